@@ -1,0 +1,43 @@
+# spacelock — run `make help` for the targets.
+SHELL        := /bin/bash
+CARGO        ?= cargo
+MODULE       := $(CURDIR)/target/release/libspacelock.so
+REDIS_SERVER ?= redis-server
+export SPACELOCK_MODULE := $(MODULE)
+
+.DEFAULT_GOAL := help
+.PHONY: help deps build run test test-unit test-integration lint fmt clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+deps: ## Install redis-server and libclang-dev (bindgen) if missing (Debian, needs root)
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
+	ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing="$$missing libclang-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps ## Build the module: target/release/libspacelock.so
+	$(CARGO) build --release -p spacelock
+
+run: build ## Build, then serve the module on 127.0.0.1:6379 (redis.conf.example)
+	$(REDIS_SERVER) $(CURDIR)/redis.conf.example --loadmodule $(MODULE)
+
+test: build ## Unit + integration tests against a real redis-server
+	$(CARGO) test --release --workspace
+
+lint: ## cargo fmt --check + clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+clean: ## Remove build output
+	$(CARGO) clean

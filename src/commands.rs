@@ -1,0 +1,145 @@
+//! Command handlers: parse and validate argv, run the state machine against
+//! the server's keys, reply. Every path sends exactly one reply, and every
+//! error reply starts with its code word.
+
+use crate::args::{check_owner, parse_ttl};
+use crate::config;
+use crate::fence;
+use crate::ffi::{Command, Ctx, RStr, Value};
+use crate::lock::{self, parse_token};
+use crate::stats;
+use crate::store::RedisStore;
+
+/// Validates `owner` and `ttl` (in that order) before any key is opened.
+fn owner_and_ttl(owner: RStr, ttl: RStr) -> Result<i64, crate::args::ArgError> {
+    check_owner(owner.as_bytes(), config::max_owner_len())?;
+    parse_ttl(ttl.as_bytes(), config::max_ttl())
+}
+
+/// `SPACELOCK.ACQUIRE key owner ttl_ms`
+pub struct Acquire;
+
+impl Command for Acquire {
+    fn run(ctx: &Ctx, args: &[RStr]) {
+        let [_, key, owner, ttl] = args else {
+            return ctx.wrong_arity();
+        };
+        let ttl = match owner_and_ttl(*owner, *ttl) {
+            Ok(t) => t,
+            Err(e) => return ctx.reply_error(&e.to_string()),
+        };
+        let mut store = RedisStore::open(ctx, *key, *owner);
+        match lock::acquire(&mut store, ttl) {
+            Ok(Some(token)) => {
+                stats::ACQUIRED.incr();
+                ctx.reply_i64(token);
+            }
+            Ok(None) => {
+                stats::ACQUIRE_CONTENDED.incr();
+                ctx.reply_null();
+            }
+            Err(e) => ctx.reply_error(&e.to_string()),
+        }
+    }
+}
+
+/// `SPACELOCK.REFRESH key owner ttl_ms`
+pub struct Refresh;
+
+impl Command for Refresh {
+    fn run(ctx: &Ctx, args: &[RStr]) {
+        let [_, key, owner, ttl] = args else {
+            return ctx.wrong_arity();
+        };
+        let ttl = match owner_and_ttl(*owner, *ttl) {
+            Ok(t) => t,
+            Err(e) => return ctx.reply_error(&e.to_string()),
+        };
+        let mut store = RedisStore::open(ctx, *key, *owner);
+        match lock::refresh(&mut store, ttl) {
+            Ok(true) => {
+                stats::REFRESHED.incr();
+                ctx.reply_i64(1);
+            }
+            Ok(false) => {
+                stats::REFRESH_NOT_OWNER.incr();
+                ctx.reply_i64(0);
+            }
+            Err(e) => ctx.reply_error(&e.to_string()),
+        }
+    }
+}
+
+/// `SPACELOCK.RELEASE key owner`
+pub struct Release;
+
+impl Command for Release {
+    fn run(ctx: &Ctx, args: &[RStr]) {
+        let [_, key, owner] = args else {
+            return ctx.wrong_arity();
+        };
+        if let Err(e) = check_owner(owner.as_bytes(), config::max_owner_len()) {
+            return ctx.reply_error(&e.to_string());
+        }
+        let mut store = RedisStore::open(ctx, *key, *owner);
+        match lock::release(&mut store) {
+            Ok(true) => {
+                stats::RELEASED.incr();
+                ctx.reply_i64(1);
+            }
+            Ok(false) => {
+                stats::RELEASE_NOT_OWNER.incr();
+                ctx.reply_i64(0);
+            }
+            Err(e) => ctx.reply_error(&e.to_string()),
+        }
+    }
+}
+
+/// `SPACELOCK.INFO key`: nil when free, else owner / ttl_ms / token / waiters.
+pub struct Info;
+
+impl Command for Info {
+    fn run(ctx: &Ctx, args: &[RStr]) {
+        let [_, key] = args else {
+            return ctx.wrong_arity();
+        };
+        let lock_key = ctx.open(*key, false);
+        let owner = match lock_key.value() {
+            Value::Empty => return ctx.reply_null(),
+            Value::Other => return ctx.reply_error(&lock::LockError::LockWrongType.to_string()),
+            Value::Str(v) => v,
+        };
+        let fence_name = crate::ffi::OwnedStr::new(&fence::fence_key(key.as_bytes()));
+        let fence_key = ctx.open(fence_name.as_rstr(), false);
+        let token = match fence_key.value() {
+            Value::Empty => 0,
+            Value::Str(v) => match parse_token(v) {
+                Ok(t) => t,
+                Err(e) => return ctx.reply_error(&e.to_string()),
+            },
+            Value::Other => return ctx.reply_error(&lock::LockError::FenceWrongType.to_string()),
+        };
+        ctx.reply_map(4);
+        ctx.reply_bulk(b"owner");
+        ctx.reply_bulk(owner);
+        ctx.reply_bulk(b"ttl_ms");
+        ctx.reply_i64(lock_key.ttl_ms().unwrap_or(-1));
+        ctx.reply_bulk(b"token");
+        ctx.reply_i64(token);
+        ctx.reply_bulk(b"waiters");
+        ctx.reply_i64(crate::waiters_on(key.as_bytes()) as i64);
+    }
+}
+
+/// `SPACELOCK.FENCEKEY key`: the name of the key's fence counter.
+pub struct FenceKey;
+
+impl Command for FenceKey {
+    fn run(ctx: &Ctx, args: &[RStr]) {
+        let [_, key] = args else {
+            return ctx.wrong_arity();
+        };
+        ctx.reply_bulk(&fence::fence_key(key.as_bytes()));
+    }
+}

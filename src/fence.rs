@@ -1,0 +1,232 @@
+//! Fence-key naming: where a lock's fencing counter lives.
+//!
+//! Every lock key `K` has a companion counter key that never expires:
+//!
+//! ```text
+//! spacelock:fence:{T}:K
+//! ```
+//!
+//! `T` is a short *slot tag*: the first string in shortlex order over the
+//! ASCII-sorted alphabet `[0-9A-Za-z]` whose Redis Cluster hash slot equals
+//! the slot of `K`. Because the fence key's first `{…}` is always our own
+//! non-empty tag (it contains no braces), the fence key hashes to `T`'s slot,
+//! which is `K`'s slot, for *every* possible `K`: with a `{hash tag}`, without
+//! one, with stray or empty braces, or with binary bytes. The counter therefore
+//! always lives on the same node as its lock and moves with it through
+//! resharding, the same guarantee Redisson gets from `redisson_lock_token:{name}`.
+//!
+//! The table of 16 384 tags is computed once at module load (a few ms).
+
+use std::sync::OnceLock;
+
+/// Prefix of every fence key; reserved for spacelock.
+pub const FENCE_PREFIX: &[u8] = b"spacelock:fence:";
+
+/// Number of Redis Cluster hash slots.
+pub const SLOTS: usize = 16_384;
+
+const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// CRC16/XMODEM, the checksum Redis Cluster uses for key slots.
+pub fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in data {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The part of `key` that Redis Cluster hashes: the content of the first
+/// `{…}` if it is non-empty, else the whole key.
+pub fn hash_part(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+/// The Redis Cluster hash slot of `key`.
+pub fn key_slot(key: &[u8]) -> u16 {
+    crc16(hash_part(key)) & (SLOTS as u16 - 1)
+}
+
+/// A tag of at most 4 bytes, stored inline so the table needs no heap per slot.
+#[derive(Clone, Copy)]
+struct Tag {
+    len: u8,
+    bytes: [u8; 4],
+}
+
+fn build_table() -> Vec<Tag> {
+    let mut table = vec![
+        Tag {
+            len: 0,
+            bytes: [0; 4]
+        };
+        SLOTS
+    ];
+    let mut missing = SLOTS;
+    let mut buf = [0u8; 4];
+    // Shortlex: all strings of length 1, then 2, … Three characters already
+    // cover every slot (62^3 = 238 328 candidates); four is a safety net.
+    for len in 1..=4usize {
+        let total = ALPHABET.len().pow(len as u32);
+        for mut n in 0..total {
+            for i in (0..len).rev() {
+                buf[i] = ALPHABET[n % ALPHABET.len()];
+                n /= ALPHABET.len();
+            }
+            let slot = usize::from(crc16(&buf[..len]) & (SLOTS as u16 - 1));
+            if table[slot].len == 0 {
+                table[slot] = Tag {
+                    len: len as u8,
+                    bytes: buf,
+                };
+                missing -= 1;
+                if missing == 0 {
+                    return table;
+                }
+            }
+        }
+    }
+    table
+}
+
+fn table() -> &'static [Tag] {
+    static TABLE: OnceLock<Vec<Tag>> = OnceLock::new();
+    TABLE.get_or_init(build_table)
+}
+
+/// Builds the tag table now, so the first ACQUIRE does not pay for it.
+pub fn warm_up() {
+    let _ = table();
+}
+
+/// The slot tag `T` for `slot` (see the module docs).
+pub fn slot_tag(slot: u16) -> &'static [u8] {
+    let tag = &table()[usize::from(slot) % SLOTS];
+    &tag.bytes[..usize::from(tag.len)]
+}
+
+/// Writes the fence key name for lock `key` into `out` (cleared first).
+pub fn fence_key_into(key: &[u8], out: &mut Vec<u8>) {
+    let tag = slot_tag(key_slot(key));
+    out.clear();
+    out.reserve(FENCE_PREFIX.len() + tag.len() + 3 + key.len());
+    out.extend_from_slice(FENCE_PREFIX);
+    out.push(b'{');
+    out.extend_from_slice(tag);
+    out.extend_from_slice(b"}:");
+    out.extend_from_slice(key);
+}
+
+/// The fence key name for lock `key`.
+pub fn fence_key(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    fence_key_into(key, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc16_matches_redis_reference_vectors() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(crc16(b"123456789"), 0x31C3);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b""), 0);
+    }
+
+    #[test]
+    fn hash_tag_rules() {
+        // (key, part that is hashed)
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"plain", b"plain"),
+            (b"{tag}rest", b"tag"),
+            (b"a{tag}b{other}", b"tag"),
+            (b"{}empty", b"{}empty"),
+            (b"{}{x}", b"{}{x}"),
+            (b"open{only", b"open{only"),
+            (b"close}only", b"close}only"),
+            (b"}{a}", b"a"),
+            (b"{{a}}", b"{a"),
+            (b"\x00{\xff\xfe}\r\n", b"\xff\xfe"),
+        ];
+        for (key, part) in cases {
+            assert_eq!(hash_part(key), *part, "key {key:?}");
+        }
+    }
+
+    #[test]
+    fn every_slot_has_a_short_tag_that_hashes_to_it() {
+        for slot in 0..SLOTS as u16 {
+            let tag = slot_tag(slot);
+            assert!(!tag.is_empty() && tag.len() <= 3, "slot {slot}");
+            assert!(!tag.contains(&b'{') && !tag.contains(&b'}'));
+            assert_eq!(crc16(tag) & 16383, slot);
+        }
+    }
+
+    #[test]
+    fn fence_key_shares_the_slot_of_any_lock_key() {
+        let keys: &[&[u8]] = &[
+            b"git-sync:lock:space-42",
+            b"{user}:lock",
+            b"x{}y",
+            b"{}",
+            b"{",
+            b"}",
+            b"a}{b",
+            b"",
+            b"\x00\x01\xff{\x80}",
+            b"spacelock:fence:{0}:nested",
+        ];
+        for key in keys {
+            let fence = fence_key(key);
+            assert!(fence.starts_with(FENCE_PREFIX));
+            assert!(fence.ends_with(key));
+            assert_eq!(key_slot(&fence), key_slot(key), "key {key:?}");
+        }
+        // Pseudo-random binary keys, deterministic so failures reproduce.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 12) as usize;
+            let key: Vec<u8> = (0..len)
+                .map(|i| match (x >> (i * 5)) & 7 {
+                    0 => b'{',
+                    1 => b'}',
+                    _ => (x >> (i * 3)) as u8,
+                })
+                .collect();
+            assert_eq!(key_slot(&fence_key(&key)), key_slot(&key), "key {key:?}");
+        }
+    }
+
+    #[test]
+    fn documented_example() {
+        // README: the fence key of `git-sync:lock:space-42`.
+        let key = b"git-sync:lock:space-42";
+        let slot = key_slot(key);
+        let tag = slot_tag(slot);
+        let expected = [b"spacelock:fence:{".as_slice(), tag, b"}:", key].concat();
+        assert_eq!(fence_key(key), expected);
+    }
+}

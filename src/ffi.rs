@@ -1,0 +1,793 @@
+//! Every `unsafe` line of spacelock lives in this file.
+//!
+//! It wraps the raw Redis Module API (function pointers filled in by
+//! `RedisModule_Init`) in small safe types used by the rest of the crate:
+//!
+//! * [`Ctx`]: a command (or load) context: replies, keys, replication,
+//!   notifications, logging;
+//! * [`RStr`]: a borrowed `RedisModuleString` (an argv element);
+//! * [`Key`]: an open key, closed on drop;
+//! * command and config registration, the INFO callback, and the module's
+//!   `RedisModule_OnLoad` entry point.
+//!
+//! Invariant relied on by every `// SAFETY:` comment below: Redis calls the
+//! module from its main thread only, with pointers that are valid for the
+//! duration of the callback, and every API function used here was checked to
+//! be present at load time ([`REQUIRED_APIS`]), so the `Option` function
+//! pointers are `Some` when a command runs.
+
+use std::ffi::{c_char, c_int, c_longlong, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use redis_module::raw;
+
+/// Calls a Redis Module API function pointer. Panics (caught by the command
+/// trampoline) only if the server lacks it, which load-time checks rule out.
+/// Only usable inside an `unsafe` block: reading the function-pointer statics
+/// is sound because RedisModule_Init wrote them once, before any other call,
+/// and the main thread is the only reader.
+macro_rules! api {
+    ($name:ident) => {
+        raw::$name.expect(concat!(stringify!($name), " is missing"))
+    };
+}
+
+/// API functions without which the module refuses to load. All exist in
+/// Redis 7.0; Redis 6.2 lacks the config and command-info ones.
+/// (name, is-present check) of an API function.
+type ApiCheck = (&'static str, fn() -> bool);
+
+const REQUIRED_APIS: &[ApiCheck] = &[
+    ("RedisModule_SetCommandInfo", || {
+        // SAFETY: see `api!`.
+        unsafe { raw::RedisModule_SetCommandInfo }.is_some()
+    }),
+    ("RedisModule_RegisterNumericConfig", || {
+        // SAFETY: see `api!`.
+        unsafe { raw::RedisModule_RegisterNumericConfig }.is_some()
+    }),
+    ("RedisModule_LoadConfigs", || {
+        // SAFETY: see `api!`.
+        unsafe { raw::RedisModule_LoadConfigs }.is_some()
+    }),
+    ("RedisModule_SetAbsExpire", || {
+        // SAFETY: see `api!`.
+        unsafe { raw::RedisModule_SetAbsExpire }.is_some()
+    }),
+    ("RedisModule_GetCommand", || {
+        // SAFETY: see `api!`.
+        unsafe { raw::RedisModule_GetCommand }.is_some()
+    }),
+];
+
+// ---------------------------------------------------------------------------
+// Strings
+
+/// A borrowed `RedisModuleString`, e.g. one element of a command's argv.
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+pub struct RStr(*mut raw::RedisModuleString);
+
+impl RStr {
+    /// The string's bytes (binary-safe).
+    pub fn as_bytes(&self) -> &[u8] {
+        let mut len = 0usize;
+        // SAFETY: `self.0` is a live string for the callback (argv element or
+        // an owned string we hold); StringPtrLen returns its buffer and length.
+        unsafe {
+            let ptr = api!(RedisModule_StringPtrLen)(self.0, &mut len);
+            if ptr.is_null() {
+                return &[];
+            }
+            std::slice::from_raw_parts(ptr.cast::<u8>(), len)
+        }
+    }
+}
+
+/// A `RedisModuleString` we created and must free.
+pub struct OwnedStr(RStr);
+
+impl OwnedStr {
+    /// Copies `bytes` into a new server string.
+    pub fn new(bytes: &[u8]) -> Self {
+        // SAFETY: CreateString copies `len` bytes from `ptr`; a NULL ctx makes
+        // the string unmanaged, freed in Drop.
+        let ptr = unsafe {
+            api!(RedisModule_CreateString)(
+                std::ptr::null_mut(),
+                bytes.as_ptr().cast::<c_char>(),
+                bytes.len(),
+            )
+        };
+        OwnedStr(RStr(ptr))
+    }
+
+    /// A borrowed view.
+    pub fn as_rstr(&self) -> RStr {
+        self.0
+    }
+}
+
+impl Drop for OwnedStr {
+    fn drop(&mut self) {
+        // SAFETY: we created the string with a NULL context and free it once.
+        unsafe { api!(RedisModule_FreeString)(std::ptr::null_mut(), self.0 .0) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Context
+
+/// Keyspace-event classes used by spacelock.
+#[derive(Clone, Copy)]
+pub enum EventClass {
+    /// `$` string events (`set`).
+    String,
+    /// `g` generic events (`expire`, `del`).
+    Generic,
+}
+
+/// A command context.
+pub struct Ctx(*mut raw::RedisModuleCtx);
+
+impl Ctx {
+    /// Replies with an integer.
+    pub fn reply_i64(&self, v: i64) {
+        // SAFETY: valid ctx for this callback.
+        unsafe { api!(RedisModule_ReplyWithLongLong)(self.0, v as c_longlong) };
+    }
+
+    /// Replies with a null (RESP2 nil bulk, RESP3 null).
+    pub fn reply_null(&self) {
+        // SAFETY: valid ctx for this callback.
+        unsafe { api!(RedisModule_ReplyWithNull)(self.0) };
+    }
+
+    /// Replies with a bulk string.
+    pub fn reply_bulk(&self, bytes: &[u8]) {
+        // SAFETY: valid ctx; the buffer is copied into the reply.
+        unsafe {
+            api!(RedisModule_ReplyWithStringBuffer)(
+                self.0,
+                bytes.as_ptr().cast::<c_char>(),
+                bytes.len(),
+            )
+        };
+    }
+
+    /// Starts a map of `pairs` entries (a flat array of 2×`pairs` under RESP2).
+    pub fn reply_map(&self, pairs: usize) {
+        // SAFETY: valid ctx for this callback.
+        unsafe { api!(RedisModule_ReplyWithMap)(self.0, pairs as std::ffi::c_long) };
+    }
+
+    /// Replies with an error. `msg` must start with its code word (`ERR …`).
+    pub fn reply_error(&self, msg: &str) {
+        // Interior NULs cannot occur in our messages; fall back just in case.
+        let text = std::ffi::CString::new(msg)
+            .unwrap_or_else(|_| std::ffi::CString::from(c"ERR spacelock error"));
+        // SAFETY: valid ctx; the message is copied.
+        unsafe { api!(RedisModule_ReplyWithError)(self.0, text.as_ptr()) };
+    }
+
+    /// Replies with the standard wrong-arity error.
+    pub fn wrong_arity(&self) {
+        // SAFETY: valid ctx for this callback.
+        unsafe { api!(RedisModule_WrongArity)(self.0) };
+    }
+
+    /// The server's wall clock, ms since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        // SAFETY: no arguments; always valid after init.
+        unsafe { api!(RedisModule_Milliseconds)() }
+    }
+
+    /// Opens `name` for writing (`write == true`) or reading.
+    pub fn open(&self, name: RStr, write: bool) -> Key {
+        let mode = if write {
+            raw::REDISMODULE_READ | raw::REDISMODULE_WRITE
+        } else {
+            raw::REDISMODULE_READ
+        };
+        // SAFETY: valid ctx and key name; the key is closed in Key::drop.
+        let ptr = unsafe { api!(RedisModule_OpenKey)(self.0, name.0, mode as c_int) };
+        Key { ptr, name }
+    }
+
+    /// Propagates `SET key value PXAT at` to replicas and the AOF.
+    pub fn replicate_set_pxat(&self, key: RStr, value: RStr, at_ms: i64) {
+        // SAFETY: "sscl" matches the two strings, one C string and one long long.
+        unsafe {
+            api!(RedisModule_Replicate)(
+                self.0,
+                c"SET".as_ptr(),
+                c"sscl".as_ptr(),
+                key.0,
+                value.0,
+                c"PXAT".as_ptr(),
+                at_ms as c_longlong,
+            )
+        };
+    }
+
+    /// Propagates `SET key <integer>`.
+    pub fn replicate_set_int(&self, key: RStr, value: i64) {
+        // SAFETY: "sl" matches one string and one long long.
+        unsafe {
+            api!(RedisModule_Replicate)(
+                self.0,
+                c"SET".as_ptr(),
+                c"sl".as_ptr(),
+                key.0,
+                value as c_longlong,
+            )
+        };
+    }
+
+    /// Propagates `PEXPIREAT key at`.
+    pub fn replicate_pexpireat(&self, key: RStr, at_ms: i64) {
+        // SAFETY: "sl" matches one string and one long long.
+        unsafe {
+            api!(RedisModule_Replicate)(
+                self.0,
+                c"PEXPIREAT".as_ptr(),
+                c"sl".as_ptr(),
+                key.0,
+                at_ms as c_longlong,
+            )
+        };
+    }
+
+    /// Propagates `DEL key`.
+    pub fn replicate_del(&self, key: RStr) {
+        // SAFETY: "s" matches one string.
+        unsafe { api!(RedisModule_Replicate)(self.0, c"DEL".as_ptr(), c"s".as_ptr(), key.0) };
+    }
+
+    /// Fires a keyspace notification, as the equivalent core command would.
+    pub fn notify(&self, class: EventClass, event: &CStr, key: RStr) {
+        let class = match class {
+            EventClass::String => raw::REDISMODULE_NOTIFY_STRING,
+            EventClass::Generic => raw::REDISMODULE_NOTIFY_GENERIC,
+        };
+        // SAFETY: valid ctx, NUL-terminated event name, live key string.
+        unsafe { api!(RedisModule_NotifyKeyspaceEvent)(self.0, class, event.as_ptr(), key.0) };
+    }
+
+    /// Tells WATCH (and client-side caching) that `key` changed. The module
+    /// opts out of implicit signalling at load, so a failed owner check opened
+    /// for writing does not invalidate a WATCH.
+    pub fn signal_modified(&self, key: RStr) {
+        // SAFETY: valid ctx and key name.
+        unsafe { api!(RedisModule_SignalModifiedKey)(self.0, key.0) };
+    }
+
+    /// Logs at `level` (`debug`, `verbose`, `notice`, `warning`).
+    pub fn log(&self, level: &CStr, msg: &str) {
+        log_raw(self.0, level, msg);
+    }
+}
+
+fn log_raw(ctx: *mut raw::RedisModuleCtx, level: &CStr, msg: &str) {
+    let text = std::ffi::CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
+    // SAFETY: "%s" with one NUL-terminated string; ctx may be NULL (allowed).
+    unsafe { api!(RedisModule_Log)(ctx, level.as_ptr(), c"%s".as_ptr(), text.as_ptr()) };
+}
+
+// ---------------------------------------------------------------------------
+// Keys
+
+/// What a key holds.
+pub enum Value<'a> {
+    /// The key does not exist.
+    Empty,
+    /// A string value (binary-safe).
+    Str(&'a [u8]),
+    /// Any other type.
+    Other,
+}
+
+/// An open key; closed (and, if modified, signalled to WATCH) on drop.
+pub struct Key {
+    ptr: *mut raw::RedisModuleKey,
+    name: RStr,
+}
+
+impl Key {
+    /// The key's name.
+    pub fn name(&self) -> RStr {
+        self.name
+    }
+
+    /// Reads the value without copying it.
+    pub fn value(&self) -> Value<'_> {
+        if self.ptr.is_null() {
+            return Value::Empty;
+        }
+        // SAFETY: `ptr` is an open key. KeyType is a plain read.
+        let kind = unsafe { api!(RedisModule_KeyType)(self.ptr) };
+        if kind == raw::REDISMODULE_KEYTYPE_EMPTY as c_int {
+            return Value::Empty;
+        }
+        if kind != raw::REDISMODULE_KEYTYPE_STRING as c_int {
+            return Value::Other;
+        }
+        let mut len = 0usize;
+        // SAFETY: a string key; READ-mode DMA returns a pointer valid until the
+        // key is modified or closed, and `&self` borrows prevent both.
+        unsafe {
+            let ptr =
+                api!(RedisModule_StringDMA)(self.ptr, &mut len, raw::REDISMODULE_READ as c_int);
+            if ptr.is_null() {
+                return Value::Other;
+            }
+            Value::Str(std::slice::from_raw_parts(ptr.cast::<u8>(), len))
+        }
+    }
+
+    /// Sets the value to `value` (binary-safe; no copy of the bytes).
+    pub fn set(&mut self, value: RStr) {
+        // SAFETY: key opened for writing; StringSet takes its own reference.
+        unsafe { api!(RedisModule_StringSet)(self.ptr, value.0) };
+    }
+
+    /// Sets the value to the decimal form of `n`.
+    pub fn set_i64(&mut self, n: i64) {
+        // SAFETY: CreateStringFromLongLong with NULL ctx returns an unmanaged
+        // string; StringSet takes its own reference, then we free ours.
+        unsafe {
+            let s =
+                api!(RedisModule_CreateStringFromLongLong)(std::ptr::null_mut(), n as c_longlong);
+            api!(RedisModule_StringSet)(self.ptr, s);
+            api!(RedisModule_FreeString)(std::ptr::null_mut(), s);
+        }
+    }
+
+    /// Sets the absolute expiry, ms since the epoch.
+    pub fn set_expire_at(&mut self, at_ms: i64) {
+        // SAFETY: key opened for writing and not empty (callers set it first).
+        unsafe { api!(RedisModule_SetAbsExpire)(self.ptr, at_ms) };
+    }
+
+    /// Remaining time to live in ms, or `None` without an expiry.
+    pub fn ttl_ms(&self) -> Option<i64> {
+        // SAFETY: open key; GetExpire is a read.
+        let ttl = unsafe { api!(RedisModule_GetExpire)(self.ptr) };
+        (ttl >= 0).then_some(ttl)
+    }
+
+    /// Deletes the key.
+    pub fn delete(&mut self) {
+        // SAFETY: key opened for writing.
+        unsafe { api!(RedisModule_DeleteKey)(self.ptr) };
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: closes the key we opened, once.
+            unsafe { api!(RedisModule_CloseKey)(self.ptr) };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Commands
+
+/// A command implementation: `run` gets the context and argv (argv[0] is the
+/// command name).
+pub trait Command {
+    /// Runs the command and sends exactly one reply.
+    fn run(ctx: &Ctx, args: &[RStr]);
+}
+
+/// The C entry point for command `C`: wraps `C::run` in `catch_unwind`, so a
+/// bug can never unwind into (and abort) the server.
+extern "C" fn trampoline<C: Command>(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    let ctx = Ctx(ctx);
+    let args: &[RStr] = if argv.is_null() || argc <= 0 {
+        &[]
+    } else {
+        // SAFETY: Redis passes `argc` valid string pointers; RStr is
+        // repr(transparent) over the pointer, so the layouts match.
+        unsafe { std::slice::from_raw_parts(argv.cast::<RStr>(), argc as usize) }
+    };
+    if catch_unwind(AssertUnwindSafe(|| C::run(&ctx, args))).is_err() {
+        ctx.log(
+            c"warning",
+            "spacelock: internal error in a command handler (bug); the command was aborted",
+        );
+        ctx.reply_error("ERR spacelock internal error (see the server log)");
+    }
+    raw::REDISMODULE_OK as c_int
+}
+
+/// Key-spec flags (see `REDISMODULE_CMD_KEY_*`).
+pub mod key_flags {
+    /// Read-only access.
+    pub const RO: u64 = 1 << 0;
+    /// Read-write access.
+    pub const RW: u64 = 1 << 1;
+    /// Overwrite.
+    pub const OW: u64 = 1 << 2;
+    /// Removes the key.
+    pub const RM: u64 = 1 << 3;
+    /// Returns user data.
+    pub const ACCESS: u64 = 1 << 4;
+    /// Updates data.
+    pub const UPDATE: u64 = 1 << 5;
+    /// Inserts new data.
+    pub const INSERT: u64 = 1 << 6;
+    /// Deletes data.
+    pub const DELETE: u64 = 1 << 7;
+}
+
+/// The type of a documented argument.
+#[derive(Clone, Copy)]
+pub enum ArgType {
+    /// A key name.
+    Key,
+    /// A string.
+    String,
+    /// An integer.
+    Integer,
+}
+
+/// One documented argument (for COMMAND DOCS).
+pub struct ArgDoc {
+    /// Argument name.
+    pub name: &'static CStr,
+    /// Its type.
+    pub kind: ArgType,
+    /// A token that precedes it (e.g. `WAIT`).
+    pub token: Option<&'static CStr>,
+    /// Whether it may be omitted.
+    pub optional: bool,
+}
+
+/// Everything needed to register one command.
+pub struct CommandDef {
+    /// Command name.
+    pub name: &'static CStr,
+    /// Command flags (`write deny-oom fast`, …).
+    pub flags: &'static CStr,
+    /// One-line summary.
+    pub summary: &'static CStr,
+    /// Complexity.
+    pub complexity: &'static CStr,
+    /// Module version the command appeared in.
+    pub since: &'static CStr,
+    /// Arity (negative: at least).
+    pub arity: i32,
+    /// Key-spec flags of the single key at argv[1].
+    pub key_flags: u64,
+    /// Documented arguments after the command name.
+    pub args: &'static [ArgDoc],
+    /// The C entry point ([`entry`]).
+    pub entry: raw::RedisModuleCmdFunc,
+}
+
+/// The C entry point for `C`.
+pub fn entry<C: Command>() -> raw::RedisModuleCmdFunc {
+    Some(trampoline::<C>)
+}
+
+static INFO_VERSION: raw::RedisModuleCommandInfoVersion = raw::RedisModuleCommandInfoVersion {
+    version: 1,
+    sizeof_historyentry: std::mem::size_of::<raw::RedisModuleCommandHistoryEntry>(),
+    sizeof_keyspec: std::mem::size_of::<raw::RedisModuleCommandKeySpec>(),
+    sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
+};
+
+/// A context during `RedisModule_OnLoad`.
+pub struct LoadCtx(*mut raw::RedisModuleCtx);
+
+impl LoadCtx {
+    /// Turns off implicit modified-key signalling on CloseKey (see
+    /// [`Ctx::signal_modified`]).
+    pub fn disable_implicit_signal(&self) {
+        // SAFETY: valid load ctx; a documented option flag.
+        unsafe {
+            api!(RedisModule_SetModuleOptions)(
+                self.0,
+                raw::REDISMODULE_OPTION_NO_IMPLICIT_SIGNAL_MODIFIED as c_int,
+            )
+        };
+    }
+
+    /// Logs at `level`.
+    pub fn log(&self, level: &CStr, msg: &str) {
+        log_raw(self.0, level, msg);
+    }
+
+    /// Registers `def` with its key spec, arity and docs. The legacy
+    /// (first, last, step) = (1, 1, 1) key positions are set too, so every
+    /// server version routes and ACL-checks argv[1].
+    pub fn create_command(&self, def: &CommandDef) -> Result<(), String> {
+        let name = def.name.to_string_lossy();
+        // SAFETY: valid load ctx; strings are NUL-terminated statics.
+        let rc = unsafe {
+            api!(RedisModule_CreateCommand)(
+                self.0,
+                def.name.as_ptr(),
+                def.entry,
+                def.flags.as_ptr(),
+                1,
+                1,
+                1,
+            )
+        };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err(format!("cannot create command {name}"));
+        }
+        // SAFETY: the command was just created under this name.
+        let cmd = unsafe { api!(RedisModule_GetCommand)(self.0, def.name.as_ptr()) };
+        if cmd.is_null() {
+            return Err(format!("cannot look up command {name}"));
+        }
+
+        // SAFETY: an all-zero key spec / arg is the documented terminator
+        // (and a valid bit pattern: null pointers and zero integers).
+        let mut specs: [raw::RedisModuleCommandKeySpec; 2] = unsafe { std::mem::zeroed() };
+        specs[0].flags = def.key_flags;
+        specs[0].begin_search_type =
+            raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX;
+        specs[0].bs.index.pos = 1;
+        specs[0].find_keys_type = raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE;
+        specs[0].fk.range.lastkey = 0;
+        specs[0].fk.range.keystep = 1;
+        specs[0].fk.range.limit = 0;
+
+        let mut args: Vec<raw::RedisModuleCommandArg> = def
+            .args
+            .iter()
+            .map(|a| {
+                // SAFETY: all-zero is a valid RedisModuleCommandArg (see above).
+                let mut arg: raw::RedisModuleCommandArg = unsafe { std::mem::zeroed() };
+                arg.name = a.name.as_ptr();
+                arg.type_ = match a.kind {
+                    ArgType::Key => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
+                    ArgType::String => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
+                    ArgType::Integer => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
+                };
+                arg.key_spec_index = if matches!(a.kind, ArgType::Key) {
+                    0
+                } else {
+                    -1
+                };
+                arg.token = a.token.map_or(std::ptr::null(), CStr::as_ptr);
+                arg.flags = if a.optional {
+                    raw::REDISMODULE_CMD_ARG_OPTIONAL as c_int
+                } else {
+                    0
+                };
+                arg
+            })
+            .collect();
+        // SAFETY: terminator, as above.
+        args.push(unsafe { std::mem::zeroed() });
+
+        let info = raw::RedisModuleCommandInfo {
+            version: &INFO_VERSION,
+            summary: def.summary.as_ptr(),
+            complexity: def.complexity.as_ptr(),
+            since: def.since.as_ptr(),
+            history: std::ptr::null_mut(),
+            tips: std::ptr::null(),
+            arity: def.arity,
+            key_specs: specs.as_mut_ptr(),
+            args: args.as_mut_ptr(),
+        };
+        // SAFETY: `info` and everything it points to outlive the call; the
+        // server copies what it keeps.
+        let rc = unsafe { api!(RedisModule_SetCommandInfo)(cmd, &info) };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err(format!("cannot set command info for {name}"));
+        }
+        Ok(())
+    }
+
+    /// Adds the module ACL category `name`; `false` if the server predates
+    /// module ACL categories (Redis < 7.4).
+    pub fn add_acl_category(&self, name: &CStr) -> Result<bool, String> {
+        // SAFETY: see `api!`.
+        let Some(add) = (unsafe { raw::RedisModule_AddACLCategory }) else {
+            return Ok(false);
+        };
+        // SAFETY: see `api!`.
+        if unsafe { raw::RedisModule_SetCommandACLCategories }.is_none() {
+            return Ok(false);
+        }
+        // SAFETY: valid load ctx, NUL-terminated name.
+        if unsafe { add(self.0, name.as_ptr()) } != raw::REDISMODULE_OK as c_int {
+            return Err(format!(
+                "cannot add ACL category {}",
+                name.to_string_lossy()
+            ));
+        }
+        Ok(true)
+    }
+
+    /// Puts command `cmd` into the ACL categories `categories` (space-separated).
+    pub fn set_acl_categories(&self, cmd: &CStr, categories: &CStr) -> Result<(), String> {
+        // SAFETY: valid load ctx; the command exists (created earlier).
+        let rc = unsafe {
+            let c = api!(RedisModule_GetCommand)(self.0, cmd.as_ptr());
+            if c.is_null() {
+                return Err(format!("unknown command {}", cmd.to_string_lossy()));
+            }
+            api!(RedisModule_SetCommandACLCategories)(c, categories.as_ptr())
+        };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err(format!(
+                "cannot set ACL categories of {}",
+                cmd.to_string_lossy()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers numeric config `spacelock.<name>`. `index` identifies it in
+    /// `crate::config`'s table for the get/set callbacks.
+    pub fn register_numeric_config(
+        &self,
+        name: &CStr,
+        default: i64,
+        min: i64,
+        max: i64,
+        index: usize,
+    ) -> Result<(), String> {
+        // SAFETY: valid load ctx; callbacks are plain functions; privdata is
+        // an index disguised as a pointer and never dereferenced.
+        let rc = unsafe {
+            api!(RedisModule_RegisterNumericConfig)(
+                self.0,
+                name.as_ptr(),
+                default,
+                raw::REDISMODULE_CONFIG_DEFAULT,
+                min,
+                max,
+                Some(config_get),
+                Some(config_set),
+                None,
+                index as *mut c_void,
+            )
+        };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err(format!(
+                "cannot register config spacelock.{}",
+                name.to_string_lossy()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies `spacelock.*` values from the server's config file.
+    pub fn load_configs(&self) -> Result<(), String> {
+        // SAFETY: valid load ctx.
+        if unsafe { api!(RedisModule_LoadConfigs)(self.0) } != raw::REDISMODULE_OK as c_int {
+            return Err("invalid spacelock.* value in the server config".into());
+        }
+        Ok(())
+    }
+
+    /// Registers the `INFO spacelock` callback.
+    pub fn register_info(&self) -> Result<(), String> {
+        // SAFETY: valid load ctx; the callback is a plain function.
+        if unsafe { api!(RedisModule_RegisterInfoFunc)(self.0, Some(info_callback)) }
+            != raw::REDISMODULE_OK as c_int
+        {
+            return Err("cannot register the INFO callback".into());
+        }
+        Ok(())
+    }
+}
+
+extern "C" fn config_get(_name: *const c_char, privdata: *mut c_void) -> c_longlong {
+    crate::config::get(privdata as usize)
+}
+
+extern "C" fn config_set(
+    _name: *const c_char,
+    value: c_longlong,
+    privdata: *mut c_void,
+    _err: *mut *mut raw::RedisModuleString,
+) -> c_int {
+    crate::config::set(privdata as usize, value);
+    raw::REDISMODULE_OK as c_int
+}
+
+/// Builder for the module's INFO section.
+pub struct InfoCtx(*mut raw::RedisModuleInfoCtx);
+
+impl InfoCtx {
+    /// Starts the section (named after the module).
+    pub fn section(&mut self) {
+        // SAFETY: valid info ctx; NULL name means the module's own section.
+        unsafe { api!(RedisModule_InfoAddSection)(self.0, std::ptr::null()) };
+    }
+
+    /// Adds `name:value`.
+    pub fn field(&mut self, name: &CStr, value: u64) {
+        // SAFETY: valid info ctx; NUL-terminated field name.
+        unsafe { api!(RedisModule_InfoAddFieldULongLong)(self.0, name.as_ptr(), value) };
+    }
+}
+
+extern "C" fn info_callback(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: c_int) {
+    let mut info = InfoCtx(ctx);
+    let _ = catch_unwind(AssertUnwindSafe(|| crate::stats::render(&mut info)));
+}
+
+// ---------------------------------------------------------------------------
+// Module entry points
+
+/// Module name and version as registered with the server.
+const MODULE_NAME: &CStr = c"spacelock";
+const MODULE_VERSION: c_int = 100; // 0.1.0
+
+/// Module entry point, called by `loadmodule` / `MODULE LOAD`.
+///
+/// # Safety
+/// Called by the server with a valid context and `argc` argument strings.
+#[no_mangle]
+pub unsafe extern "C" fn RedisModule_OnLoad(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+) -> c_int {
+    // Nothing may allocate before Init: the global allocator is the server's.
+    // SAFETY: ctx is the load context; the name is a static C string.
+    let rc = unsafe {
+        raw::Export_RedisModule_Init(
+            ctx,
+            MODULE_NAME.as_ptr(),
+            MODULE_VERSION,
+            raw::REDISMODULE_APIVER_1 as c_int,
+        )
+    };
+    if rc != raw::REDISMODULE_OK as c_int {
+        return raw::REDISMODULE_ERR as c_int;
+    }
+    let load = LoadCtx(ctx);
+    if let Some((missing, _)) = REQUIRED_APIS.iter().find(|(_, present)| !present()) {
+        load.log(
+            c"warning",
+            &format!(
+                "spacelock: refusing to load: this server lacks {missing}; spacelock needs Redis >= 7.0 or Valkey >= 7.2"
+            ),
+        );
+        return raw::REDISMODULE_ERR as c_int;
+    }
+    let args: &[RStr] = if argv.is_null() || argc <= 0 {
+        &[]
+    } else {
+        // SAFETY: `argc` valid string pointers; RStr is repr(transparent).
+        unsafe { std::slice::from_raw_parts(argv.cast::<RStr>(), argc as usize) }
+    };
+    match catch_unwind(AssertUnwindSafe(|| crate::on_load(&load, args))) {
+        Ok(Ok(())) => raw::REDISMODULE_OK as c_int,
+        Ok(Err(msg)) => {
+            load.log(c"warning", &format!("spacelock: refusing to load: {msg}"));
+            raw::REDISMODULE_ERR as c_int
+        }
+        Err(_) => {
+            load.log(
+                c"warning",
+                "spacelock: refusing to load: internal error during load",
+            );
+            raw::REDISMODULE_ERR as c_int
+        }
+    }
+}
+
+/// Module exit point (`MODULE UNLOAD`).
+#[no_mangle]
+pub extern "C" fn RedisModule_OnUnload(_ctx: *mut raw::RedisModuleCtx) -> c_int {
+    raw::REDISMODULE_OK as c_int
+}

@@ -1,0 +1,156 @@
+//! spacelock: a native lease-lock module for Redis and Valkey.
+//!
+//! This file only registers things. The lock logic is plain Rust in
+//! [`lock`] (unit-tested without a server), argument rules are in [`args`],
+//! fence-key naming in [`fence`], the server-facing store in [`store`],
+//! command handlers in [`commands`], and every `unsafe` line in [`ffi`].
+
+pub mod args;
+pub mod commands;
+pub mod config;
+pub mod fence;
+pub mod ffi;
+pub mod lock;
+pub mod stats;
+pub mod store;
+
+use ffi::{entry, key_flags as kf, ArgDoc, ArgType, CommandDef, LoadCtx, RStr};
+
+// The server's allocator in the module, so `INFO memory` and maxmemory see
+// our allocations. Unit tests run outside a server, where it would abort.
+#[cfg(not(test))]
+#[global_allocator]
+static ALLOCATOR: redis_module::alloc::RedisAlloc = redis_module::alloc::RedisAlloc;
+
+const KEY: ArgDoc = ArgDoc {
+    name: c"key",
+    kind: ArgType::Key,
+    token: None,
+    optional: false,
+};
+const OWNER: ArgDoc = ArgDoc {
+    name: c"owner",
+    kind: ArgType::String,
+    token: None,
+    optional: false,
+};
+const TTL: ArgDoc = ArgDoc {
+    name: c"ttl_ms",
+    kind: ArgType::Integer,
+    token: None,
+    optional: false,
+};
+
+/// The ACL category every spacelock command belongs to (Redis ≥ 7.4).
+const ACL_CATEGORY: &std::ffi::CStr = c"spacelock";
+
+fn command_table() -> [CommandDef; 5] {
+    [
+        CommandDef {
+            name: c"spacelock.acquire",
+            flags: c"write deny-oom fast",
+            summary: c"Acquires a lease lock if the key is free and returns a new fencing token",
+            complexity: c"O(1)",
+            since: c"0.1.0",
+            arity: 4,
+            key_flags: kf::RW | kf::INSERT,
+            args: &[KEY, OWNER, TTL],
+            entry: entry::<commands::Acquire>(),
+        },
+        CommandDef {
+            name: c"spacelock.refresh",
+            flags: c"write fast",
+            summary: c"Resets the lease's TTL if the key is held by owner",
+            complexity: c"O(1)",
+            since: c"0.1.0",
+            arity: 4,
+            key_flags: kf::RW | kf::UPDATE,
+            args: &[KEY, OWNER, TTL],
+            entry: entry::<commands::Refresh>(),
+        },
+        CommandDef {
+            name: c"spacelock.release",
+            flags: c"write fast",
+            summary: c"Deletes the lock if the key is held by owner",
+            complexity: c"O(1)",
+            since: c"0.1.0",
+            arity: 3,
+            key_flags: kf::RW | kf::DELETE,
+            args: &[KEY, OWNER],
+            entry: entry::<commands::Release>(),
+        },
+        CommandDef {
+            name: c"spacelock.info",
+            flags: c"readonly fast",
+            summary: c"Returns the holder, remaining TTL, fencing token and waiters of a lock",
+            complexity: c"O(1)",
+            since: c"0.1.0",
+            arity: 2,
+            key_flags: kf::RO | kf::ACCESS,
+            args: &[KEY],
+            entry: entry::<commands::Info>(),
+        },
+        CommandDef {
+            name: c"spacelock.fencekey",
+            flags: c"readonly fast",
+            summary: c"Returns the name of the key that holds a lock's fencing counter",
+            complexity: c"O(1)",
+            since: c"0.1.0",
+            arity: 2,
+            key_flags: kf::RO,
+            args: &[KEY],
+            entry: entry::<commands::FenceKey>(),
+        },
+    ]
+}
+
+/// Number of clients waiting (WAIT) and keys with waiters, for INFO.
+pub fn waiters_gauges() -> (u64, u64) {
+    (0, 0)
+}
+
+/// Number of clients waiting on `key`.
+pub fn waiters_on(_key: &[u8]) -> usize {
+    0
+}
+
+/// Called by `RedisModule_OnLoad` after the API check. An `Err` refuses the
+/// load; its text is logged.
+pub fn on_load(ctx: &LoadCtx, args: &[RStr]) -> Result<(), String> {
+    let args: Vec<&[u8]> = args.iter().map(RStr::as_bytes).collect();
+    config::apply_load_args(&args)?;
+    fence::warm_up();
+    ctx.disable_implicit_signal();
+
+    let commands = command_table();
+    for def in &commands {
+        ctx.create_command(def)?;
+    }
+    if ctx.add_acl_category(ACL_CATEGORY)? {
+        for def in &commands {
+            ctx.set_acl_categories(def.name, ACL_CATEGORY)?;
+        }
+    } else {
+        ctx.log(
+            c"notice",
+            "spacelock: ACL category @spacelock unavailable (needs Redis >= 7.4 or Valkey >= 8.1); commands keep @write/@read/@fast",
+        );
+    }
+
+    for (index, cfg) in config::CONFIGS.iter().enumerate() {
+        ctx.register_numeric_config(cfg.name, config::get(index), cfg.min, cfg.max, index)?;
+    }
+    ctx.load_configs()?;
+    ctx.register_info()?;
+    ctx.log(
+        c"notice",
+        &format!(
+            "spacelock {} loaded (max-ttl={} max-owner-len={} max-waiters={})",
+            env!("CARGO_PKG_VERSION"),
+            config::max_ttl(),
+            config::max_owner_len(),
+            config::max_waiters()
+        ),
+    );
+    Ok(())
+}

@@ -1,0 +1,375 @@
+//! The lock state machine, in plain Rust.
+//!
+//! The three operations are written once, against the [`Store`] trait. The
+//! server implements `Store` over real keys (`crate::store`); [`MemoryStore`]
+//! implements it over a `HashMap` with an injectable clock, so every decision
+//! is unit-tested without Redis (the redis-cell pattern).
+//!
+//! A `Store` is a view of *one* lock key and *one* caller (owner), so the
+//! operations below take no key or owner arguments.
+
+use crate::args::{expire_at, ArgError};
+
+/// What the lock key holds, relative to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The key does not exist (or has expired).
+    Free,
+    /// The key holds exactly the caller's owner id.
+    Mine,
+    /// The key holds some other value.
+    Other,
+}
+
+/// Failures that are not argument errors. `Display` is the error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockError {
+    /// A bad argument (see [`ArgError`]).
+    Arg(ArgError),
+    /// The lock key holds a non-string value.
+    LockWrongType,
+    /// The fence key holds a non-string value.
+    FenceWrongType,
+    /// The fence key is a string but not a token counter (an integer ≥ 0).
+    FenceCorrupt,
+    /// The fence counter reached `i64::MAX`; no further token can be issued.
+    TokenOverflow,
+}
+
+impl From<ArgError> for LockError {
+    fn from(e: ArgError) -> Self {
+        LockError::Arg(e)
+    }
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Arg(e) => e.fmt(f),
+            LockError::LockWrongType => {
+                f.write_str("WRONGTYPE Operation against a key holding the wrong kind of value")
+            }
+            LockError::FenceWrongType => f.write_str(
+                "WRONGTYPE the lock's fence key (spacelock:fence:…) holds the wrong kind of value",
+            ),
+            LockError::FenceCorrupt => f.write_str(
+                "ERR the lock's fence key (spacelock:fence:…) does not hold a token counter",
+            ),
+            LockError::TokenOverflow => {
+                f.write_str("ERR the lock's fencing counter is exhausted (reached 2^63-1)")
+            }
+        }
+    }
+}
+
+/// One lock key as seen by one caller.
+///
+/// Reads come first and may fail; writes are infallible, so an operation that
+/// returns an error has changed nothing.
+pub trait Store {
+    /// Current time in ms since the Unix epoch (the server's wall clock).
+    fn now_ms(&self) -> i64;
+    /// Compares the lock key with the caller's owner.
+    fn probe(&mut self) -> Result<Probe, LockError>;
+    /// The last token issued for this lock name (0 if none yet).
+    fn last_token(&mut self) -> Result<i64, LockError>;
+    /// Sets the lock key to the caller's owner expiring at `expire_at_ms`, and
+    /// the fence counter to `token`.
+    fn grant(&mut self, expire_at_ms: i64, token: i64);
+    /// Moves the lock key's expiry to `expire_at_ms`; the value is untouched.
+    fn extend(&mut self, expire_at_ms: i64);
+    /// Deletes the lock key (never the fence key).
+    fn remove(&mut self);
+}
+
+/// `SPACELOCK.ACQUIRE`: `Some(token)` when granted, `None` when the key
+/// exists (whoever holds it, the caller included, as with `SET NX`).
+pub fn acquire<S: Store>(store: &mut S, ttl_ms: i64) -> Result<Option<i64>, LockError> {
+    let at = expire_at(store.now_ms(), ttl_ms)?;
+    if store.probe()? != Probe::Free {
+        return Ok(None);
+    }
+    let token = next_token(store)?;
+    store.grant(at, token);
+    Ok(Some(token))
+}
+
+/// The token the next grant will carry. Fails, changing nothing, if the fence
+/// key is unusable.
+pub fn next_token<S: Store>(store: &mut S) -> Result<i64, LockError> {
+    store
+        .last_token()?
+        .checked_add(1)
+        .ok_or(LockError::TokenOverflow)
+}
+
+/// `SPACELOCK.REFRESH`: `true` if the caller held the lock and its TTL was
+/// reset to `ttl_ms`.
+pub fn refresh<S: Store>(store: &mut S, ttl_ms: i64) -> Result<bool, LockError> {
+    let at = expire_at(store.now_ms(), ttl_ms)?;
+    if store.probe()? != Probe::Mine {
+        return Ok(false);
+    }
+    store.extend(at);
+    Ok(true)
+}
+
+/// `SPACELOCK.RELEASE`: `true` if the caller held the lock and it was deleted.
+pub fn release<S: Store>(store: &mut S) -> Result<bool, LockError> {
+    if store.probe()? != Probe::Mine {
+        return Ok(false);
+    }
+    store.remove();
+    Ok(true)
+}
+
+/// Parses a fence counter value as stored by spacelock (a decimal ≥ 0).
+pub fn parse_token(bytes: &[u8]) -> Result<i64, LockError> {
+    match crate::args::parse_i64(bytes) {
+        Some(t) if t >= 0 => Ok(t),
+        _ => Err(LockError::FenceCorrupt),
+    }
+}
+
+/// A value in [`MemoryStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A string, as written by SET.
+    Str(Vec<u8>),
+    /// Any non-string type (a list, a hash, …).
+    Other,
+}
+
+/// An in-memory keyspace with expiry and a settable clock, for tests and for
+/// the reference model of the differential test.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    /// Current time in ms.
+    pub now: i64,
+    /// key → (value, absolute expiry in ms or None).
+    pub keys: std::collections::HashMap<Vec<u8>, (Value, Option<i64>)>,
+}
+
+impl MemoryStore {
+    /// An empty keyspace at time `now`.
+    pub fn at(now: i64) -> Self {
+        MemoryStore {
+            now,
+            keys: Default::default(),
+        }
+    }
+
+    /// The live value at `key` (expired keys read as missing).
+    pub fn get(&self, key: &[u8]) -> Option<&Value> {
+        match self.keys.get(key) {
+            Some((v, exp)) if exp.is_none_or(|e| e > self.now) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The live absolute expiry of `key`.
+    pub fn expire_at(&self, key: &[u8]) -> Option<i64> {
+        self.get(key)?;
+        self.keys.get(key).and_then(|(_, e)| *e)
+    }
+
+    /// A [`Store`] view of `key` for `owner`.
+    pub fn view<'a>(&'a mut self, key: &'a [u8], owner: &'a [u8]) -> MemoryView<'a> {
+        MemoryView {
+            fence: crate::fence::fence_key(key),
+            store: self,
+            key,
+            owner,
+        }
+    }
+}
+
+/// [`Store`] over a [`MemoryStore`].
+pub struct MemoryView<'a> {
+    store: &'a mut MemoryStore,
+    key: &'a [u8],
+    owner: &'a [u8],
+    fence: Vec<u8>,
+}
+
+impl Store for MemoryView<'_> {
+    fn now_ms(&self) -> i64 {
+        self.store.now
+    }
+    fn probe(&mut self) -> Result<Probe, LockError> {
+        match self.store.get(self.key) {
+            None => Ok(Probe::Free),
+            Some(Value::Other) => Err(LockError::LockWrongType),
+            Some(Value::Str(v)) if v == self.owner => Ok(Probe::Mine),
+            Some(Value::Str(_)) => Ok(Probe::Other),
+        }
+    }
+    fn last_token(&mut self) -> Result<i64, LockError> {
+        match self.store.get(&self.fence) {
+            None => Ok(0),
+            Some(Value::Other) => Err(LockError::FenceWrongType),
+            Some(Value::Str(v)) => parse_token(v),
+        }
+    }
+    fn grant(&mut self, expire_at_ms: i64, token: i64) {
+        self.store.keys.insert(
+            self.key.to_vec(),
+            (Value::Str(self.owner.to_vec()), Some(expire_at_ms)),
+        );
+        self.store.keys.insert(
+            self.fence.clone(),
+            (Value::Str(token.to_string().into_bytes()), None),
+        );
+    }
+    fn extend(&mut self, expire_at_ms: i64) {
+        if let Some(entry) = self.store.keys.get_mut(self.key) {
+            entry.1 = Some(expire_at_ms);
+        }
+    }
+    fn remove(&mut self) {
+        self.store.keys.remove(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    #[derive(Debug)]
+    enum Op {
+        Acquire(&'static [u8], i64),
+        Refresh(&'static [u8], i64),
+        Release(&'static [u8]),
+        Advance(i64),
+    }
+    use Op::*;
+
+    /// What each op replies: Some(token)/None as i64 (0 for nil), or 1/0.
+    fn run(ops: &[(Op, Result<i64, LockError>)]) -> MemoryStore {
+        let mut s = MemoryStore::at(T0);
+        for (i, (op, want)) in ops.iter().enumerate() {
+            let got = match op {
+                Acquire(o, ttl) => acquire(&mut s.view(b"k", o), *ttl).map(|t| t.unwrap_or(0)),
+                Refresh(o, ttl) => refresh(&mut s.view(b"k", o), *ttl).map(i64::from),
+                Release(o) => release(&mut s.view(b"k", o)).map(i64::from),
+                Advance(ms) => {
+                    s.now += ms;
+                    Ok(0)
+                }
+            };
+            assert_eq!(&got, want, "step {i}: {op:?}");
+        }
+        s
+    }
+
+    #[test]
+    fn table_of_transitions() {
+        // The seed's semantics, one row per step: acquire is SET NX (even the
+        // holder gets nil), refresh/release are owner-checked.
+        run(&[
+            (Acquire(b"a", 1000), Ok(1)),
+            (Acquire(b"a", 1000), Ok(0)),
+            (Acquire(b"b", 1000), Ok(0)),
+            (Refresh(b"b", 1000), Ok(0)),
+            (Release(b"b"), Ok(0)),
+            (Refresh(b"a", 5000), Ok(1)),
+            (Advance(4999), Ok(0)),
+            (Acquire(b"b", 1000), Ok(0)),
+            (Advance(1), Ok(0)),
+            // Expired: free for anyone, and the token keeps increasing.
+            (Refresh(b"a", 1000), Ok(0)),
+            (Release(b"a"), Ok(0)),
+            (Acquire(b"b", 1000), Ok(2)),
+            (Release(b"b"), Ok(1)),
+            (Release(b"b"), Ok(0)),
+            (Acquire(b"a", 1000), Ok(3)),
+        ]);
+    }
+
+    #[test]
+    fn refresh_sets_absolute_expiry_without_touching_value() {
+        let mut s = run(&[(Acquire(b"a", 1000), Ok(1)), (Advance(400), Ok(0))]);
+        assert!(refresh(&mut s.view(b"k", b"a"), 1000).unwrap());
+        assert_eq!(s.expire_at(b"k"), Some(T0 + 1400));
+        assert_eq!(s.get(b"k"), Some(&Value::Str(b"a".to_vec())));
+    }
+
+    #[test]
+    fn errors_change_nothing() {
+        let mut s = MemoryStore::at(T0);
+        s.keys.insert(b"k".to_vec(), (Value::Other, None));
+        let before = s.keys.clone();
+        assert_eq!(
+            acquire(&mut s.view(b"k", b"a"), 10),
+            Err(LockError::LockWrongType)
+        );
+        assert_eq!(
+            refresh(&mut s.view(b"k", b"a"), 10),
+            Err(LockError::LockWrongType)
+        );
+        assert_eq!(
+            release(&mut s.view(b"k", b"a")),
+            Err(LockError::LockWrongType)
+        );
+        assert_eq!(s.keys, before);
+
+        let mut s = MemoryStore::at(T0);
+        let fence = crate::fence::fence_key(b"k");
+        for (value, err) in [
+            (Value::Other, LockError::FenceWrongType),
+            (Value::Str(b"abc".to_vec()), LockError::FenceCorrupt),
+            (Value::Str(b"-3".to_vec()), LockError::FenceCorrupt),
+            (
+                Value::Str(i64::MAX.to_string().into_bytes()),
+                LockError::TokenOverflow,
+            ),
+        ] {
+            s.keys.insert(fence.clone(), (value, None));
+            let before = s.keys.clone();
+            assert_eq!(acquire(&mut s.view(b"k", b"a"), 10), Err(err));
+            assert_eq!(s.keys, before);
+        }
+    }
+
+    #[test]
+    fn expiry_overflow_changes_nothing() {
+        let mut s = MemoryStore::at(i64::MAX - 5);
+        assert_eq!(
+            acquire(&mut s.view(b"k", b"a"), 10),
+            Err(LockError::Arg(ArgError::TtlOverflow))
+        );
+        assert!(s.keys.is_empty());
+    }
+
+    #[test]
+    fn tokens_are_per_lock_name_and_survive_deletion_of_the_lock() {
+        let mut s = MemoryStore::at(T0);
+        assert_eq!(acquire(&mut s.view(b"x", b"o"), 10), Ok(Some(1)));
+        assert_eq!(acquire(&mut s.view(b"y", b"o"), 10), Ok(Some(1)));
+        s.keys.remove(b"x".as_slice());
+        assert_eq!(acquire(&mut s.view(b"x", b"o"), 10), Ok(Some(2)));
+        // A lock taken by plain SET NX (seed) is released by its owner.
+        s.keys
+            .insert(b"z".to_vec(), (Value::Str(b"seed".to_vec()), Some(T0 + 10)));
+        assert_eq!(release(&mut s.view(b"z", b"seed")), Ok(true));
+    }
+
+    #[test]
+    fn error_replies_carry_code_words() {
+        for e in [
+            LockError::LockWrongType,
+            LockError::FenceWrongType,
+            LockError::FenceCorrupt,
+            LockError::TokenOverflow,
+            LockError::Arg(ArgError::OwnerEmpty),
+        ] {
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("ERR ") || msg.starts_with("WRONGTYPE "),
+                "{msg}"
+            );
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! [`Store`] over real keys: the only place the lock logic meets the server.
+//!
+//! Every write is mirrored by exactly the core command a replica or an AOF
+//! replay needs, with absolute times (`SET … PXAT`, `PEXPIREAT`, `DEL`,
+//! `SET fence n`), and by the keyspace events the core command would emit.
+
+use crate::fence;
+use crate::ffi::{Ctx, EventClass, Key, OwnedStr, RStr, Value};
+use crate::lock::{parse_token, LockError, Probe, Store};
+
+/// One lock key opened for one caller.
+pub struct RedisStore<'a> {
+    ctx: &'a Ctx,
+    owner: RStr,
+    lock: Key,
+    /// Opened on first use: REFRESH and RELEASE never touch it.
+    fence: Option<(Key, OwnedStr)>,
+}
+
+impl<'a> RedisStore<'a> {
+    /// Opens `key` for writing, on behalf of `owner`.
+    pub fn open(ctx: &'a Ctx, key: RStr, owner: RStr) -> Self {
+        RedisStore {
+            ctx,
+            owner,
+            lock: ctx.open(key, true),
+            fence: None,
+        }
+    }
+
+    fn fence(&mut self) -> &mut Key {
+        let ctx = self.ctx;
+        let name = self.lock.name();
+        &mut self
+            .fence
+            .get_or_insert_with(|| {
+                let fence_name = OwnedStr::new(&fence::fence_key(name.as_bytes()));
+                (ctx.open(fence_name.as_rstr(), true), fence_name)
+            })
+            .0
+    }
+}
+
+impl Store for RedisStore<'_> {
+    fn now_ms(&self) -> i64 {
+        self.ctx.now_ms()
+    }
+
+    fn probe(&mut self) -> Result<Probe, LockError> {
+        match self.lock.value() {
+            Value::Empty => Ok(Probe::Free),
+            Value::Str(v) if v == self.owner.as_bytes() => Ok(Probe::Mine),
+            Value::Str(_) => Ok(Probe::Other),
+            Value::Other => Err(LockError::LockWrongType),
+        }
+    }
+
+    fn last_token(&mut self) -> Result<i64, LockError> {
+        match self.fence().value() {
+            Value::Empty => Ok(0),
+            Value::Str(v) => parse_token(v),
+            Value::Other => Err(LockError::FenceWrongType),
+        }
+    }
+
+    fn grant(&mut self, expire_at_ms: i64, token: i64) {
+        let (ctx, key, owner) = (self.ctx, self.lock.name(), self.owner);
+        self.lock.set(owner);
+        self.lock.set_expire_at(expire_at_ms);
+        let fence = self.fence();
+        fence.set_i64(token);
+        let fence_name = fence.name();
+        ctx.replicate_set_pxat(key, owner, expire_at_ms);
+        ctx.replicate_set_int(fence_name, token);
+        ctx.signal_modified(key);
+        ctx.signal_modified(fence_name);
+        ctx.notify(EventClass::String, c"set", key);
+        ctx.notify(EventClass::Generic, c"expire", key);
+        ctx.notify(EventClass::String, c"set", fence_name);
+    }
+
+    fn extend(&mut self, expire_at_ms: i64) {
+        let key = self.lock.name();
+        self.lock.set_expire_at(expire_at_ms);
+        self.ctx.replicate_pexpireat(key, expire_at_ms);
+        self.ctx.signal_modified(key);
+        self.ctx.notify(EventClass::Generic, c"expire", key);
+    }
+
+    fn remove(&mut self) {
+        let key = self.lock.name();
+        self.lock.delete();
+        self.ctx.replicate_del(key);
+        self.ctx.signal_modified(key);
+        self.ctx.notify(EventClass::Generic, c"del", key);
+    }
+}

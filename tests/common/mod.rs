@@ -1,0 +1,382 @@
+//! Test harness: a real `redis-server` (or `valkey-server`) with the module.
+//!
+//! * The binary comes from `$SPACELOCK_SERVER` (default `redis-server` on PATH),
+//!   so `make test-compat` runs the same suite against every server version.
+//! * The module comes from `$SPACELOCK_MODULE` (the Makefile sets it), else
+//!   `target/release/libspacelock.so` in the workspace.
+//! * Each server gets a free loopback port (`bind 127.0.0.1:0`), its own temp
+//!   dir and log file; startup polls PING with a deadline and fails fast,
+//!   printing the log, if the child exits.
+//! * Drop sends `SHUTDOWN NOSAVE`, waits, then kills.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Path of the server binary under test.
+pub fn server_binary() -> PathBuf {
+    std::env::var_os("SPACELOCK_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-server"))
+}
+
+/// Path of the built module.
+pub fn module_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("SPACELOCK_MODULE") {
+        return PathBuf::from(p);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for root in [manifest, manifest.parent().unwrap_or(manifest)] {
+        let p = root.join("target/release/libspacelock.so");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("libspacelock.so not found: run `make build` or set SPACELOCK_MODULE");
+}
+
+/// A free loopback port (the listener is dropped before the server binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Server version as (major, minor, patch), from `INFO server`.
+pub fn version_of(con: &mut redis::Connection) -> (u32, u32, u32) {
+    let info: String = redis::cmd("INFO").arg("server").query(con).unwrap();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    // Valkey reports redis_version 7.2.4 for compatibility; prefer valkey_version.
+    let v = field("valkey_version:")
+        .or_else(|| field("redis_version:"))
+        .unwrap_or_default();
+    let mut it = v.split('.').map(|p| p.parse().unwrap_or(0));
+    (
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+        it.next().unwrap_or(0),
+    )
+}
+
+/// Whether the server under test is Valkey.
+pub fn is_valkey(con: &mut redis::Connection) -> bool {
+    let info: String = redis::cmd("INFO").arg("server").query(con).unwrap();
+    info.contains("valkey_version:")
+}
+
+/// Builder for a test server.
+#[derive(Clone)]
+pub struct ServerBuilder {
+    binary: PathBuf,
+    module: Option<PathBuf>,
+    module_args: Vec<String>,
+    args: Vec<(String, String)>,
+    dir: Option<Arc<tempfile::TempDir>>,
+    port: Option<u16>,
+    debug_command: bool,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerBuilder {
+    /// A server with the module loaded, persistence off.
+    pub fn new() -> Self {
+        ServerBuilder {
+            binary: server_binary(),
+            module: Some(module_path()),
+            module_args: Vec::new(),
+            args: Vec::new(),
+            dir: None,
+            port: None,
+            debug_command: true,
+        }
+    }
+
+    /// Do not load the module (a "plain" server, e.g. a replica without it).
+    pub fn without_module(mut self) -> Self {
+        self.module = None;
+        self
+    }
+
+    /// Use another server binary.
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = path.into();
+        self
+    }
+
+    /// Arguments after the module path on the `loadmodule` line.
+    pub fn module_args(mut self, args: &[&str]) -> Self {
+        self.module_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// An extra config directive, e.g. `arg("appendonly", "yes")`.
+    pub fn arg(mut self, name: &str, value: &str) -> Self {
+        self.args.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Reuse a data directory (for restarts).
+    pub fn dir(mut self, dir: Arc<tempfile::TempDir>) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Use a fixed port.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// Do not pass `enable-debug-command` (servers older than 7.0 reject it).
+    pub fn without_debug_command(mut self) -> Self {
+        self.debug_command = false;
+        self
+    }
+
+    /// Starts the server and waits until it answers PING.
+    ///
+    /// # Panics
+    /// If the server does not come up; the panic message holds its log.
+    pub fn start(self) -> Server {
+        match self.try_start() {
+            Ok(s) => s,
+            Err(log) => panic!("server failed to start:\n{log}"),
+        }
+    }
+
+    /// Like [`start`](Self::start) but returns the server log on failure.
+    pub fn try_start(self) -> Result<Server, String> {
+        let dir = self
+            .dir
+            .clone()
+            .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("tempdir")));
+        let port = self.port.unwrap_or_else(free_port);
+        let log = dir.path().join(format!("server-{port}.log"));
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--port")
+            .arg(port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .arg("--save")
+            .arg("")
+            .arg("--daemonize")
+            .arg("no");
+        if self.debug_command {
+            cmd.arg("--enable-debug-command").arg("yes");
+        }
+        if let Some(module) = &self.module {
+            cmd.arg("--loadmodule").arg(module);
+            cmd.args(&self.module_args);
+        }
+        for (k, v) in &self.args {
+            cmd.arg(format!("--{k}")).arg(v);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot spawn {:?}: {e}", self.binary))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("exited with {status}\n{stderr}\n{text}"));
+            }
+            if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) {
+                if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(200))
+                {
+                    if redis::cmd("PING").query::<String>(&mut con).is_ok() {
+                        break;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "not ready after 20 s\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Server {
+            child: Some(child),
+            port,
+            dir,
+            log,
+            builder: self,
+        })
+    }
+}
+
+/// A running server; shut down on drop.
+pub struct Server {
+    child: Option<Child>,
+    /// Its loopback port.
+    pub port: u16,
+    /// Its data directory (shared with restarts).
+    pub dir: Arc<tempfile::TempDir>,
+    log: PathBuf,
+    builder: ServerBuilder,
+}
+
+impl Server {
+    /// Starts a default server with the module.
+    pub fn new() -> Server {
+        ServerBuilder::new().start()
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A client for this server.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    /// A new synchronous connection (RESP2).
+    pub fn conn(&self) -> redis::Connection {
+        self.client().get_connection().unwrap()
+    }
+
+    /// A new synchronous connection speaking RESP3.
+    pub fn conn_resp3(&self) -> redis::Connection {
+        redis::Client::open(format!("{}?protocol=resp3", self.url()))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// The server log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// Kills the process with SIGKILL (no shutdown, no final fsync).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops gracefully (`SHUTDOWN NOSAVE`, then kill after 5 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(mut con) = self
+                .client()
+                .get_connection_with_timeout(Duration::from_secs(1))
+            {
+                let _ = redis::cmd("SHUTDOWN").arg("NOSAVE").query::<()>(&mut con);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops this server and starts it again on the same port and data dir,
+    /// with the same settings (or with `change` applied to them).
+    pub fn restart_with(mut self, change: impl FnOnce(ServerBuilder) -> ServerBuilder) -> Server {
+        self.stop();
+        let builder = change(self.builder.clone().dir(self.dir.clone()).port(self.port));
+        builder.start()
+    }
+
+    /// Kills with SIGKILL and starts again on the same dir and port.
+    pub fn crash_and_restart(mut self) -> Server {
+        self.kill9();
+        self.builder
+            .clone()
+            .dir(self.dir.clone())
+            .port(self.port)
+            .start()
+    }
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every key in db 0, sorted, as raw bytes.
+pub fn all_keys(con: &mut redis::Connection) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(con).unwrap();
+    keys.sort();
+    keys
+}
+
+/// A dump of the keyspace: (key, type, value or "", PEXPIRETIME).
+pub fn snapshot(con: &mut redis::Connection) -> Vec<(Vec<u8>, String, Vec<u8>, i64)> {
+    all_keys(con)
+        .into_iter()
+        .map(|k| {
+            let t: String = redis::cmd("TYPE").arg(&k).query(con).unwrap();
+            let v: Vec<u8> = if t == "string" {
+                redis::cmd("GET").arg(&k).query(con).unwrap()
+            } else {
+                Vec::new()
+            };
+            let exp: i64 = redis::cmd("PEXPIRETIME").arg(&k).query(con).unwrap();
+            (k, t, v, exp)
+        })
+        .collect()
+}
+
+/// Polls `f` every 10 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
