@@ -1,0 +1,669 @@
+//! Module core (issue 2): every reply case, fencing, errors, interop with the
+//! seed's Lua, transactions/scripts, key specs, ACL, notifications, OOM.
+
+mod common;
+
+use common::{snapshot, Server, ServerBuilder};
+use redis::{Connection, Value};
+use std::time::Duration;
+
+/// The seed's exact scripts (space-lock.service.ts).
+const SEED_RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
+const SEED_REFRESH: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
+
+fn acquire(con: &mut Connection, key: &[u8], owner: &[u8], ttl: i64) -> Option<i64> {
+    redis::cmd("SPACELOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(con)
+        .unwrap()
+}
+
+fn refresh(con: &mut Connection, key: &[u8], owner: &[u8], ttl: i64) -> i64 {
+    redis::cmd("SPACELOCK.REFRESH")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(con)
+        .unwrap()
+}
+
+fn release(con: &mut Connection, key: &[u8], owner: &[u8]) -> i64 {
+    redis::cmd("SPACELOCK.RELEASE")
+        .arg(key)
+        .arg(owner)
+        .query(con)
+        .unwrap()
+}
+
+fn fence_key(con: &mut Connection, key: &[u8]) -> Vec<u8> {
+    redis::cmd("SPACELOCK.FENCEKEY")
+        .arg(key)
+        .query(con)
+        .unwrap()
+}
+
+/// Sends `args` and returns the error reply as "CODE detail".
+fn error_of(con: &mut Connection, args: &[&[u8]]) -> String {
+    let mut cmd = redis::cmd(std::str::from_utf8(args[0]).unwrap());
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query::<Value>(con) {
+        Ok(Value::ServerError(e)) => format!("{} {}", e.code(), e.details().unwrap_or("")),
+        Ok(v) => panic!("expected an error for {args:?}, got {v:?}"),
+        Err(e) => format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or("")),
+    }
+}
+
+fn pttl(con: &mut Connection, key: &[u8]) -> i64 {
+    redis::cmd("PTTL").arg(key).query(con).unwrap()
+}
+
+fn get(con: &mut Connection, key: &[u8]) -> Option<Vec<u8>> {
+    redis::cmd("GET").arg(key).query(con).unwrap()
+}
+
+#[test]
+fn acquire_refresh_release_reply_cases() {
+    let server = Server::new();
+    let mut con = server.conn();
+
+    // Free → token 1; the key is a plain string holding the owner with a TTL.
+    assert_eq!(acquire(&mut con, b"space-1", b"alice", 10_000), Some(1));
+    assert_eq!(get(&mut con, b"space-1").as_deref(), Some(&b"alice"[..]));
+    let t: String = redis::cmd("TYPE").arg("space-1").query(&mut con).unwrap();
+    assert_eq!(t, "string");
+    let ttl = pttl(&mut con, b"space-1");
+    assert!((9_000..=10_000).contains(&ttl), "pttl {ttl}");
+
+    // Held: nil for everyone, the holder included (SET NX semantics).
+    assert_eq!(acquire(&mut con, b"space-1", b"alice", 10_000), None);
+    assert_eq!(acquire(&mut con, b"space-1", b"bob", 10_000), None);
+    assert_eq!(pttl(&mut con, b"space-1") <= 10_000, true);
+
+    // REFRESH: only the holder, the value is not rewritten.
+    assert_eq!(refresh(&mut con, b"space-1", b"bob", 60_000), 0);
+    assert!(pttl(&mut con, b"space-1") <= 10_000);
+    assert_eq!(refresh(&mut con, b"space-1", b"alice", 60_000), 1);
+    assert!(pttl(&mut con, b"space-1") > 50_000);
+    assert_eq!(get(&mut con, b"space-1").as_deref(), Some(&b"alice"[..]));
+    assert_eq!(refresh(&mut con, b"missing", b"alice", 60_000), 0);
+    assert_eq!(
+        common::all_keys(&mut con).len(),
+        2,
+        "refresh of a missing key creates nothing"
+    );
+
+    // RELEASE: only the holder.
+    assert_eq!(release(&mut con, b"space-1", b"bob"), 0);
+    assert_eq!(get(&mut con, b"space-1").as_deref(), Some(&b"alice"[..]));
+    assert_eq!(release(&mut con, b"space-1", b"alice"), 1);
+    assert_eq!(get(&mut con, b"space-1"), None);
+    assert_eq!(release(&mut con, b"space-1", b"alice"), 0);
+
+    // Free again: the next grant carries the next token.
+    assert_eq!(acquire(&mut con, b"space-1", b"bob", 10_000), Some(2));
+}
+
+#[test]
+fn binary_safe_keys_and_owners() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let key: &[u8] = b"k\x00\r\n\xff\xfe{}";
+    let owner: &[u8] = b"\x00o\r\nw\xc3\x28ner\xff";
+    let other: &[u8] = b"\x00o\r\nw\xc3\x28ner\xfe";
+    assert_eq!(acquire(&mut con, key, owner, 5_000), Some(1));
+    assert_eq!(get(&mut con, key).as_deref(), Some(owner));
+    assert_eq!(refresh(&mut con, key, other, 5_000), 0);
+    assert_eq!(release(&mut con, key, other), 0);
+    assert_eq!(refresh(&mut con, key, owner, 5_000), 1);
+    // A prefix of the owner is not the owner.
+    assert_eq!(release(&mut con, key, &owner[..owner.len() - 1]), 0);
+    assert_eq!(release(&mut con, key, owner), 1);
+    assert_eq!(acquire(&mut con, key, other, 5_000), Some(2));
+    let fence = fence_key(&mut con, key);
+    assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"2"[..]));
+}
+
+#[test]
+fn tokens_increase_across_release_expiry_and_delete() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let mut last = 0;
+    for round in 0..5 {
+        let t = acquire(&mut con, b"lock", b"o", 50).expect("free");
+        assert!(t > last, "round {round}: {t} after {last}");
+        last = t;
+        match round % 3 {
+            0 => assert_eq!(release(&mut con, b"lock", b"o"), 1),
+            1 => {
+                let _: i64 = redis::cmd("DEL").arg("lock").query(&mut con).unwrap();
+            }
+            _ => assert!(common::wait_until(Duration::from_secs(2), || get(
+                &mut con, b"lock"
+            )
+            .is_none())),
+        }
+    }
+    // Other names have their own counters.
+    assert_eq!(acquire(&mut con, b"other", b"o", 1000), Some(1));
+    // The fence key never expires and GET shows the last token.
+    let fence = fence_key(&mut con, b"lock");
+    assert!(fence.starts_with(b"spacelock:fence:{") && fence.ends_with(b"}:lock"));
+    assert_eq!(get(&mut con, &fence), Some(last.to_string().into_bytes()));
+    assert_eq!(pttl(&mut con, &fence), -1);
+}
+
+/// CRC16/XMODEM and the hash-tag rule, written independently of the module.
+fn slot(key: &[u8]) -> u16 {
+    let part = match key.iter().position(|&b| b == b'{') {
+        Some(s) => match key[s + 1..].iter().position(|&b| b == b'}') {
+            Some(l) if l > 0 => &key[s + 1..s + 1 + l],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &b in part {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+#[test]
+fn fence_key_shares_the_lock_slot_for_awkward_names() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let keys: &[&[u8]] = &[
+        b"git-sync:lock:space-42",
+        b"{tenant-7}:lock",
+        b"{}",
+        b"{}x",
+        b"x{",
+        b"}x{",
+        b"a{b}c{d}",
+        b"\x00\xff{\x80\x81}",
+        b"\xc3\x28",
+        b"",
+    ];
+    for key in keys {
+        if key.is_empty() {
+            continue; // the empty key name is valid but pointless; skip it
+        }
+        let fence = fence_key(&mut con, key);
+        assert_eq!(slot(&fence), slot(key), "key {key:?} fence {fence:?}");
+        assert!(acquire(&mut con, key, b"o", 1000).is_some());
+        assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"1"[..]));
+    }
+}
+
+#[test]
+fn refresh_zero_never_deletes() {
+    // redis-py#4279: PEXPIRE 0 deletes the key and reports success.
+    let server = Server::new();
+    let mut con = server.conn();
+    acquire(&mut con, b"k", b"o", 10_000).unwrap();
+    for ttl in [&b"0"[..], b"-1", b"-0"] {
+        let e = error_of(&mut con, &[b"SPACELOCK.REFRESH", b"k", b"o", ttl]);
+        assert!(e.starts_with("ERR invalid ttl"), "{e}");
+    }
+    assert_eq!(get(&mut con, b"k").as_deref(), Some(&b"o"[..]));
+}
+
+#[test]
+fn malformed_calls_get_errors_and_change_nothing() {
+    let server = Server::new();
+    let mut con = server.conn();
+    // A populated keyspace: a held lock, a list, a fence key that is a list.
+    acquire(&mut con, b"held", b"owner", 60_000).unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg("alist")
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    let bad_fence = fence_key(&mut con, b"badfence");
+    let _: () = redis::cmd("RPUSH")
+        .arg(&bad_fence)
+        .arg("x")
+        .query(&mut con)
+        .unwrap();
+    let corrupt_fence = fence_key(&mut con, b"corrupt");
+    let _: () = redis::cmd("SET")
+        .arg(&corrupt_fence)
+        .arg("not-a-number")
+        .query(&mut con)
+        .unwrap();
+    let long_owner = vec![b'o'; 257];
+    let max_owner = vec![b'o'; 256];
+    let huge = b"86400001".to_vec();
+
+    // (argv, expected prefix of "CODE detail")
+    let cases: Vec<(Vec<&[u8]>, &str)> = vec![
+        (vec![b"SPACELOCK.ACQUIRE"], "ERR wrong number of arguments"),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k"],
+            "ERR wrong number of arguments",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o"],
+            "ERR wrong number of arguments",
+        ),
+        (
+            vec![b"SPACELOCK.REFRESH", b"k", b"o"],
+            "ERR wrong number of arguments",
+        ),
+        (
+            vec![b"SPACELOCK.REFRESH", b"k", b"o", b"1", b"2"],
+            "ERR wrong number of arguments",
+        ),
+        (
+            vec![b"SPACELOCK.RELEASE", b"k"],
+            "ERR wrong number of arguments",
+        ),
+        (
+            vec![b"SPACELOCK.RELEASE", b"k", b"o", b"x"],
+            "ERR wrong number of arguments",
+        ),
+        (vec![b"SPACELOCK.INFO"], "ERR wrong number of arguments"),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"abc"],
+            "ERR invalid ttl: not a base-10 integer",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"1.5"],
+            "ERR invalid ttl: not a base-10 integer",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"1e3"],
+            "ERR invalid ttl: not a base-10 integer",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b" 10"],
+            "ERR invalid ttl: not a base-10 integer",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"+10"],
+            "ERR invalid ttl: not a base-10 integer",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b""],
+            "ERR invalid ttl: not a base-10 integer",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"99999999999999999999"],
+            "ERR invalid ttl: not a base-10 integer",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"0"],
+            "ERR invalid ttl: must be a positive",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"-5"],
+            "ERR invalid ttl: must be a positive",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", &huge],
+            "ERR invalid ttl: above spacelock.max-ttl",
+        ),
+        (
+            vec![b"SPACELOCK.REFRESH", b"held", b"owner", b"0"],
+            "ERR invalid ttl: must be a positive",
+        ),
+        (
+            vec![b"SPACELOCK.REFRESH", b"held", b"owner", b"x"],
+            "ERR invalid ttl: not a base-10 integer",
+        ),
+        (
+            vec![b"SPACELOCK.REFRESH", b"held", b"owner", &huge],
+            "ERR invalid ttl: above spacelock.max-ttl",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", b"", b"1000"],
+            "ERR invalid owner: must not be empty",
+        ),
+        (
+            vec![b"SPACELOCK.REFRESH", b"held", b"", b"1000"],
+            "ERR invalid owner: must not be empty",
+        ),
+        (
+            vec![b"SPACELOCK.RELEASE", b"held", b""],
+            "ERR invalid owner: must not be empty",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"k", &long_owner, b"1000"],
+            "ERR invalid owner: longer than spacelock.max-owner-len",
+        ),
+        (
+            vec![b"SPACELOCK.RELEASE", b"held", &long_owner],
+            "ERR invalid owner: longer than spacelock.max-owner-len",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"alist", b"o", b"1000"],
+            "WRONGTYPE",
+        ),
+        (
+            vec![b"SPACELOCK.REFRESH", b"alist", b"o", b"1000"],
+            "WRONGTYPE",
+        ),
+        (vec![b"SPACELOCK.RELEASE", b"alist", b"o"], "WRONGTYPE"),
+        (vec![b"SPACELOCK.INFO", b"alist"], "WRONGTYPE"),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"badfence", b"o", b"1000"],
+            "WRONGTYPE the lock's fence key",
+        ),
+        (
+            vec![b"SPACELOCK.ACQUIRE", b"corrupt", b"o", b"1000"],
+            "ERR the lock's fence key",
+        ),
+    ];
+    assert!(cases.len() >= 25);
+    let before = snapshot(&mut con);
+    for (argv, want) in &cases {
+        let got = error_of(&mut con, argv);
+        assert!(
+            got.starts_with(want),
+            "{argv:?}: got {got:?}, want prefix {want:?}"
+        );
+        let after = snapshot(&mut con);
+        // PEXPIRETIME is absolute, so an unchanged keyspace compares equal.
+        assert_eq!(after, before, "{argv:?} changed the keyspace");
+    }
+    // The maximum owner length itself is accepted.
+    assert_eq!(acquire(&mut con, b"maxowner", &max_owner, 1000), Some(1));
+}
+
+#[test]
+fn expiry_overflow_is_rejected() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("spacelock.max-ttl")
+        .arg(i64::MAX)
+        .query(&mut con)
+        .unwrap();
+    let big = (i64::MAX - 1000).to_string();
+    let e = error_of(
+        &mut con,
+        &[b"SPACELOCK.ACQUIRE", b"k", b"o", big.as_bytes()],
+    );
+    assert!(
+        e.starts_with("ERR invalid ttl: the absolute expiry time would overflow"),
+        "{e}"
+    );
+    assert!(common::all_keys(&mut con).is_empty());
+    acquire(&mut con, b"k", b"o", 1000).unwrap();
+    let e = error_of(
+        &mut con,
+        &[b"SPACELOCK.REFRESH", b"k", b"o", big.as_bytes()],
+    );
+    assert!(e.contains("overflow"), "{e}");
+}
+
+#[test]
+fn seed_lua_works_on_module_locks_and_module_works_on_seed_locks() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let release_lua = redis::Script::new(SEED_RELEASE);
+    let refresh_lua = redis::Script::new(SEED_REFRESH);
+
+    // Module lock, seed refresh + release.
+    acquire(&mut con, b"git-sync:lock:s1", b"instance-a", 5_000).unwrap();
+    let r: i64 = refresh_lua
+        .key("git-sync:lock:s1")
+        .arg("instance-b")
+        .arg(60_000)
+        .invoke(&mut con)
+        .unwrap();
+    assert_eq!(r, 0);
+    let r: i64 = refresh_lua
+        .key("git-sync:lock:s1")
+        .arg("instance-a")
+        .arg(60_000)
+        .invoke(&mut con)
+        .unwrap();
+    assert_eq!(r, 1);
+    assert!(pttl(&mut con, b"git-sync:lock:s1") > 50_000);
+    let r: i64 = release_lua
+        .key("git-sync:lock:s1")
+        .arg("instance-b")
+        .invoke(&mut con)
+        .unwrap();
+    assert_eq!(r, 0);
+    let r: i64 = release_lua
+        .key("git-sync:lock:s1")
+        .arg("instance-a")
+        .invoke(&mut con)
+        .unwrap();
+    assert_eq!(r, 1);
+    assert_eq!(get(&mut con, b"git-sync:lock:s1"), None);
+
+    // Seed lock (SET NX PX), module refresh + release; ACQUIRE sees it held.
+    let ok: Option<String> = redis::cmd("SET")
+        .arg("git-sync:lock:s2")
+        .arg("instance-a")
+        .arg("PX")
+        .arg(5_000)
+        .arg("NX")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(ok.as_deref(), Some("OK"));
+    assert_eq!(
+        acquire(&mut con, b"git-sync:lock:s2", b"instance-b", 5_000),
+        None
+    );
+    assert_eq!(
+        refresh(&mut con, b"git-sync:lock:s2", b"instance-b", 60_000),
+        0
+    );
+    assert_eq!(
+        refresh(&mut con, b"git-sync:lock:s2", b"instance-a", 60_000),
+        1
+    );
+    assert!(pttl(&mut con, b"git-sync:lock:s2") > 50_000);
+    assert_eq!(release(&mut con, b"git-sync:lock:s2", b"instance-b"), 0);
+    assert_eq!(release(&mut con, b"git-sync:lock:s2", b"instance-a"), 1);
+    // And the seed's SET NX sees a module lock as held.
+    acquire(&mut con, b"git-sync:lock:s3", b"instance-a", 5_000).unwrap();
+    let ok: Option<String> = redis::cmd("SET")
+        .arg("git-sync:lock:s3")
+        .arg("instance-b")
+        .arg("PX")
+        .arg(5_000)
+        .arg("NX")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(ok, None);
+}
+
+#[test]
+fn works_inside_multi_exec_and_lua() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let (t1, t2, r, rel): (Option<i64>, Option<i64>, i64, i64) = redis::pipe()
+        .atomic()
+        .cmd("SPACELOCK.ACQUIRE")
+        .arg("m")
+        .arg("o")
+        .arg(5000)
+        .cmd("SPACELOCK.ACQUIRE")
+        .arg("m")
+        .arg("p")
+        .arg(5000)
+        .cmd("SPACELOCK.REFRESH")
+        .arg("m")
+        .arg("o")
+        .arg(9000)
+        .cmd("SPACELOCK.RELEASE")
+        .arg("m")
+        .arg("o")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((t1, t2, r, rel), (Some(1), None, 1, 1));
+
+    let lua = redis::Script::new(
+        r#"local t = redis.call('SPACELOCK.ACQUIRE', KEYS[1], ARGV[1], 5000)
+           local again = redis.call('SPACELOCK.ACQUIRE', KEYS[1], ARGV[1], 5000)
+           local r = redis.call('SPACELOCK.REFRESH', KEYS[1], ARGV[1], 7000)
+           local owner = redis.call('GET', KEYS[1])
+           local rel = redis.call('SPACELOCK.RELEASE', KEYS[1], ARGV[1])
+           return {t, tostring(again), r, owner, rel}"#,
+    );
+    let v: Vec<Value> = lua.key("m").arg("lua-owner").invoke(&mut con).unwrap();
+    assert_eq!(v[0], Value::Int(2));
+    assert_eq!(
+        v[1],
+        Value::BulkString(b"false".to_vec()),
+        "nil becomes false in Lua"
+    );
+    assert_eq!(v[2], Value::Int(1));
+    assert_eq!(v[3], Value::BulkString(b"lua-owner".to_vec()));
+    assert_eq!(v[4], Value::Int(1));
+    // Errors inside a script surface as script errors, not crashes.
+    let e = redis::Script::new("return redis.call('SPACELOCK.ACQUIRE', KEYS[1], 'o', 0)")
+        .key("m")
+        .invoke::<Value>(&mut con)
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid ttl"), "{e}");
+}
+
+#[test]
+fn failed_owner_check_does_not_invalidate_watch() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let mut other = server.conn();
+    acquire(&mut con, b"w", b"owner", 10_000).unwrap();
+    // WATCH, then a failed REFRESH/RELEASE from another client: EXEC succeeds.
+    let _: () = redis::cmd("WATCH").arg("w").query(&mut con).unwrap();
+    assert_eq!(refresh(&mut other, b"w", b"intruder", 10_000), 0);
+    assert_eq!(release(&mut other, b"w", b"intruder"), 0);
+    let r: Option<(String,)> = redis::pipe().atomic().cmd("PING").query(&mut con).unwrap();
+    assert!(r.is_some(), "EXEC aborted by a no-op");
+    // A real change does invalidate it.
+    let _: () = redis::cmd("WATCH").arg("w").query(&mut con).unwrap();
+    assert_eq!(refresh(&mut other, b"w", b"owner", 10_000), 1);
+    let r: Option<(String,)> = redis::pipe().atomic().cmd("PING").query(&mut con).unwrap();
+    assert!(r.is_none(), "EXEC should abort after a successful REFRESH");
+}
+
+#[test]
+fn command_getkeys_and_key_specs() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let calls: &[&[&str]] = &[
+        &["SPACELOCK.ACQUIRE", "git-sync:lock:a", "o", "1000"],
+        &["SPACELOCK.REFRESH", "git-sync:lock:b", "o", "1000"],
+        &["SPACELOCK.RELEASE", "git-sync:lock:c", "o"],
+        &["SPACELOCK.INFO", "git-sync:lock:d"],
+    ];
+    for call in calls {
+        let keys: Vec<String> = redis::cmd("COMMAND")
+            .arg("GETKEYS")
+            .arg(*call)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(keys, vec![call[1].to_string()], "{call:?}");
+    }
+    // Arity is enforced by the server from the registered info.
+    let info: Vec<Value> = redis::cmd("COMMAND")
+        .arg("INFO")
+        .arg("spacelock.release")
+        .query(&mut con)
+        .unwrap();
+    match &info[0] {
+        Value::Array(fields) => assert_eq!(fields[1], Value::Int(3)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn acl_key_patterns_apply() {
+    let server = Server::new();
+    let mut admin = server.conn();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "worker", "on", ">pw", "~allowed:*", "+@all"])
+        .query(&mut admin)
+        .unwrap();
+    let mut con = redis::Client::open(format!("redis://worker:pw@127.0.0.1:{}/", server.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(acquire(&mut con, b"allowed:x", b"o", 1000), Some(1));
+    assert_eq!(refresh(&mut con, b"allowed:x", b"o", 1000), 1);
+    for argv in [
+        &[&b"SPACELOCK.ACQUIRE"[..], b"denied:x", b"o", b"1000"][..],
+        &[b"SPACELOCK.REFRESH", b"denied:x", b"o", b"1000"],
+        &[b"SPACELOCK.RELEASE", b"denied:x", b"o"],
+        &[b"SPACELOCK.INFO", b"denied:x"],
+    ] {
+        let e = error_of(&mut con, argv);
+        assert!(e.starts_with("NOPERM"), "{argv:?}: {e}");
+    }
+    assert!(get(&mut admin, b"denied:x").is_none());
+}
+
+#[test]
+fn keyspace_notifications_match_core_commands() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("KEA")
+        .query(&mut con)
+        .unwrap();
+    let mut sub_con = server.conn();
+    sub_con
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut pubsub = sub_con.as_pubsub();
+    pubsub.psubscribe("__keyspace@0__:ev").unwrap();
+
+    acquire(&mut con, b"ev", b"o", 5000).unwrap();
+    assert_eq!(refresh(&mut con, b"ev", b"x", 5000), 0); // no event
+    assert_eq!(refresh(&mut con, b"ev", b"o", 5000), 1);
+    assert_eq!(release(&mut con, b"ev", b"x"), 0); // no event
+    assert_eq!(release(&mut con, b"ev", b"o"), 1);
+
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        let msg = pubsub.get_message().unwrap();
+        events.push(msg.get_payload::<String>().unwrap());
+    }
+    // SET … PX emits set + expire; PEXPIRE emits expire; DEL emits del.
+    assert_eq!(events, ["set", "expire", "expire", "del"]);
+}
+
+#[test]
+fn refresh_and_release_work_at_maxmemory_but_acquire_is_refused() {
+    let server = ServerBuilder::new()
+        .arg("maxmemory-policy", "noeviction")
+        .start();
+    let mut con = server.conn();
+    acquire(&mut con, b"held", b"o", 60_000).unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    let e = error_of(&mut con, &[b"SPACELOCK.ACQUIRE", b"new", b"o", b"1000"]);
+    assert!(e.starts_with("OOM"), "{e}");
+    assert_eq!(refresh(&mut con, b"held", b"o", 60_000), 1);
+    assert_eq!(release(&mut con, b"held", b"o"), 1);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query(&mut con)
+        .unwrap();
+}
