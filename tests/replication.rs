@@ -1,0 +1,240 @@
+//! Replication, AOF and RDB (issue 2): the module propagates only core
+//! commands with absolute times, so replicas and AOF replays need no module,
+//! and fencing tokens keep increasing across restarts and promotion.
+
+mod common;
+
+use common::{snapshot, wait_until, Server, ServerBuilder};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use redis::Connection;
+use std::time::Duration;
+
+fn acquire(con: &mut Connection, key: &str, owner: &str, ttl: i64) -> Option<i64> {
+    redis::cmd("SPACELOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(con)
+        .unwrap()
+}
+
+fn start_replica(master: &Server, with_module: bool) -> Server {
+    let mut b = ServerBuilder::new().arg("replicaof", &format!("127.0.0.1 {}", master.port));
+    if !with_module {
+        b = b.without_module();
+    }
+    let replica = b.start();
+    let mut con = replica.conn();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut con)
+                .unwrap();
+            info.contains("master_link_status:up")
+        }),
+        "replica never connected:\n{}",
+        replica.log()
+    );
+    replica
+}
+
+/// Waits until every write so far reached the replica.
+fn sync(master: &mut Connection) {
+    let acked: i64 = redis::cmd("WAIT").arg(1).arg(10_000).query(master).unwrap();
+    assert_eq!(acked, 1, "replica did not acknowledge");
+}
+
+/// Runs `n` random lock operations (a few keys and owners, short and long
+/// TTLs, plain DELs, and pauses that let short leases expire).
+fn random_workload(con: &mut Connection, seed: u64, n: usize) -> i64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut max_token = 0;
+    for i in 0..n {
+        let key = format!("git-sync:lock:{}", rng.random_range(0..8));
+        let owner = format!("instance-{}", rng.random_range(0..3));
+        let ttl = if rng.random_bool(0.3) { 20 } else { 60_000 };
+        match rng.random_range(0..10) {
+            0..=3 => {
+                if let Some(t) = acquire(con, &key, &owner, ttl) {
+                    max_token = max_token.max(t);
+                }
+            }
+            4..=5 => {
+                let _: i64 = redis::cmd("SPACELOCK.REFRESH")
+                    .arg(&key)
+                    .arg(&owner)
+                    .arg(ttl)
+                    .query(con)
+                    .unwrap();
+            }
+            6..=7 => {
+                let _: i64 = redis::cmd("SPACELOCK.RELEASE")
+                    .arg(&key)
+                    .arg(&owner)
+                    .query(con)
+                    .unwrap();
+            }
+            8 => {
+                let _: i64 = redis::cmd("DEL").arg(&key).query(con).unwrap();
+            }
+            _ => {
+                if i % 50 == 0 {
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            }
+        }
+    }
+    max_token
+}
+
+#[test]
+fn replica_without_module_ends_identical() {
+    let master = Server::new();
+    let replica = start_replica(&master, false);
+    let mut m = master.conn();
+    let seed = rand::random::<u64>();
+    println!("workload seed {seed}");
+    random_workload(&mut m, seed, 1_000);
+    // Let every 20 ms lease expire, then compare: expiry times are absolute,
+    // so both sides agree on which keys are live and when they expire.
+    std::thread::sleep(Duration::from_millis(50));
+    let want = snapshot(&mut m);
+    sync(&mut m);
+    let mut r = replica.conn();
+    let got = snapshot(&mut r);
+    assert!(!want.is_empty());
+    assert_eq!(got, want, "seed {seed}: replica differs from master");
+    assert!(want
+        .iter()
+        .any(|(k, ..)| k.starts_with(b"spacelock:fence:")));
+}
+
+#[test]
+fn aof_restart_keeps_locks_and_tokens_and_loads_without_module() {
+    let server = ServerBuilder::new()
+        .arg("appendonly", "yes")
+        .arg("appendfsync", "always")
+        .start();
+    let mut con = server.conn();
+    let mut last = 0;
+    for _ in 0..3 {
+        last = acquire(&mut con, "aof:lock", "a", 60_000).unwrap();
+        let _: i64 = redis::cmd("SPACELOCK.RELEASE")
+            .arg("aof:lock")
+            .arg("a")
+            .query(&mut con)
+            .unwrap();
+    }
+    last = acquire(&mut con, "aof:lock", "holder", 60_000)
+        .unwrap()
+        .max(last);
+    assert_eq!(last, 4);
+    let _: i64 = redis::cmd("SPACELOCK.REFRESH")
+        .arg("aof:lock")
+        .arg("holder")
+        .arg(90_000)
+        .query(&mut con)
+        .unwrap();
+    let before = snapshot(&mut con);
+    drop(con);
+
+    let server = server.restart_with(|b| b);
+    let mut con = server.conn();
+    let after = snapshot(&mut con);
+    assert_eq!(
+        after, before,
+        "AOF replay must restore values and absolute expiry"
+    );
+    let pttl: i64 = redis::cmd("PTTL").arg("aof:lock").query(&mut con).unwrap();
+    assert!(pttl > 80_000, "remaining TTL kept: {pttl}");
+    assert_eq!(
+        acquire(&mut con, "aof:lock", "other", 1000),
+        None,
+        "still held"
+    );
+    let _: i64 = redis::cmd("SPACELOCK.RELEASE")
+        .arg("aof:lock")
+        .arg("holder")
+        .query(&mut con)
+        .unwrap();
+    let next = acquire(&mut con, "aof:lock", "other", 60_000).unwrap();
+    assert!(next > last, "token {next} after restart must exceed {last}");
+    let before_plain = snapshot(&mut con);
+    drop(con);
+
+    // The same AOF loads in a server without the module.
+    let plain = server.restart_with(|b| b.without_module());
+    let mut con = plain.conn();
+    assert_eq!(snapshot(&mut con), before_plain);
+    let unknown = redis::cmd("SPACELOCK.INFO")
+        .arg("aof:lock")
+        .query::<redis::Value>(&mut con);
+    assert!(unknown.is_err(), "module really is absent");
+}
+
+#[test]
+fn rdb_restart_keeps_tokens() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let t = acquire(&mut con, "rdb:lock", "a", 60_000).unwrap();
+    let _: i64 = redis::cmd("SPACELOCK.RELEASE")
+        .arg("rdb:lock")
+        .arg("a")
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("SAVE").query(&mut con).unwrap();
+    drop(con);
+    let server = server.restart_with(|b| b);
+    let mut con = server.conn();
+    let next = acquire(&mut con, "rdb:lock", "b", 60_000).unwrap();
+    assert!(next > t, "{next} > {t}");
+}
+
+#[test]
+fn promoted_replica_continues_tokens_and_keeps_locks() {
+    let master = Server::new();
+    let replica = start_replica(&master, true);
+    let mut m = master.conn();
+    random_workload(&mut m, 7, 300);
+    acquire(&mut m, "held-at-failover", "old-master-client", 60_000).unwrap();
+    // The last token issued per lock name on the old master.
+    let mut last_tokens = Vec::new();
+    for i in 0..8 {
+        let k = format!("git-sync:lock:{i}");
+        let fence: Vec<u8> = redis::cmd("SPACELOCK.FENCEKEY")
+            .arg(&k)
+            .query(&mut m)
+            .unwrap();
+        let last: Option<i64> = redis::cmd("GET").arg(&fence).query(&mut m).unwrap();
+        last_tokens.push((k, last.unwrap_or(0)));
+    }
+    assert!(
+        last_tokens.iter().any(|(_, t)| *t > 1),
+        "workload issued tokens"
+    );
+    sync(&mut m);
+    drop(master);
+
+    let mut r = replica.conn();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut r)
+        .unwrap();
+    let v: Option<String> = redis::cmd("GET")
+        .arg("held-at-failover")
+        .query(&mut r)
+        .unwrap();
+    assert_eq!(
+        v.as_deref(),
+        Some("old-master-client"),
+        "lock survives promotion"
+    );
+    assert_eq!(acquire(&mut r, "held-at-failover", "new", 1000), None);
+    for (k, last) in last_tokens {
+        let _: i64 = redis::cmd("DEL").arg(&k).query(&mut r).unwrap();
+        let t = acquire(&mut r, &k, "new", 1000).unwrap();
+        assert_eq!(t, last + 1, "{k}: the new master continues the counter");
+    }
+}
