@@ -10,6 +10,8 @@ pub mod commands;
 pub mod config;
 pub mod fence;
 pub mod ffi;
+#[cfg(test)]
+mod fuzz;
 pub mod lock;
 pub mod stats;
 pub mod store;

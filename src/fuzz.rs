@@ -1,0 +1,118 @@
+//! In-repo fuzz harness (issue 7 §5) over argument parsing and the lock state
+//! machine. `cargo fuzz` needs a nightly toolchain, which this project does not
+//! assume; these randomized property tests run on stable, in CI, in well under
+//! a second, and longer on demand:
+//!
+//! ```sh
+//! SPACELOCK_FUZZ_ITERS=20000000 cargo test --release --lib fuzz -- --nocapture
+//! SPACELOCK_FUZZ_SEED=1234 cargo test --release --lib fuzz   # replay a seed
+//! ```
+
+use crate::args::{check_owner, expire_at, parse_i64, parse_timeout, parse_ttl};
+use crate::lock::{self, MemoryStore, Value};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+fn iters(default: usize) -> usize {
+    std::env::var("SPACELOCK_FUZZ_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("SPACELOCK_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("SPACELOCK_FUZZ_SEED={seed}");
+    seed
+}
+
+/// Bytes that look like numbers more often than not.
+fn numberish(rng: &mut StdRng) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"0123456789-+ .eEx\x00\xff";
+    let len = rng.random_range(0..24);
+    match rng.random_range(0..4) {
+        0 => rng.random::<i64>().to_string().into_bytes(),
+        1 => (0..len).map(|_| rng.random()).collect(),
+        _ => (0..len)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])
+            .collect(),
+    }
+}
+
+#[test]
+fn fuzz_integer_parsing_accepts_exactly_canonical_decimals() {
+    let mut rng = StdRng::seed_from_u64(seed());
+    for _ in 0..iters(200_000) {
+        let input = numberish(&mut rng);
+        let parsed = parse_i64(&input);
+        // string2ll semantics: accepted iff the bytes are the canonical
+        // decimal form of an i64.
+        match parsed {
+            Some(n) => assert_eq!(n.to_string().as_bytes(), &input[..]),
+            None => {
+                let canonical = std::str::from_utf8(&input)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .is_some_and(|n| n.to_string().as_bytes() == input);
+                assert!(!canonical, "rejected canonical {input:?}");
+            }
+        }
+        // The validators never panic and agree with the parser.
+        let ttl = parse_ttl(&input, 86_400_000);
+        assert_eq!(ttl.is_ok(), parsed.is_some_and(|n| (1..=86_400_000).contains(&n)));
+        assert_eq!(parse_timeout(&input).is_ok(), parsed.is_some_and(|n| n >= 0));
+        let _ = check_owner(&input, rng.random_range(-1..30));
+        let _ = expire_at(rng.random(), parsed.unwrap_or(1));
+    }
+}
+
+#[test]
+fn fuzz_state_machine_invariants() {
+    let mut rng = StdRng::seed_from_u64(seed());
+    let keys: [&[u8]; 3] = [b"a", b"{a}b", b"\x00"];
+    let owners: [&[u8]; 3] = [b"x", b"y", b"z"];
+    let mut s = MemoryStore::at(1_000_000);
+    let mut last_token = [0i64; 3];
+    for step in 0..iters(200_000) {
+        let k = rng.random_range(0..keys.len());
+        let o = owners[rng.random_range(0..owners.len())];
+        let ttl = rng.random_range(1..50);
+        let holder_before = s.get(keys[k]).cloned();
+        match rng.random_range(0..6) {
+            0 | 1 => match lock::acquire(&mut s.view(keys[k], o), ttl).unwrap() {
+                Some(t) => {
+                    assert!(holder_before.is_none(), "step {step}: granted a held lock");
+                    assert!(t > last_token[k], "step {step}: token went backwards");
+                    last_token[k] = t;
+                    assert_eq!(s.get(keys[k]), Some(&Value::Str(o.to_vec())));
+                }
+                None => assert!(holder_before.is_some()),
+            },
+            2 => {
+                let ok = lock::refresh(&mut s.view(keys[k], o), ttl).unwrap();
+                assert_eq!(ok, holder_before == Some(Value::Str(o.to_vec())));
+                if ok {
+                    assert_eq!(s.expire_at(keys[k]), Some(s.now + ttl));
+                }
+            }
+            3 => {
+                let ok = lock::release(&mut s.view(keys[k], o)).unwrap();
+                assert_eq!(ok, holder_before == Some(Value::Str(o.to_vec())));
+                assert_eq!(s.get(keys[k]).is_none(), ok || holder_before.is_none());
+            }
+            4 => s.now += rng.random_range(0..60),
+            _ => {
+                s.keys.remove(keys[k]);
+            }
+        }
+        // The fence counter always equals the last token handed out.
+        let fence = crate::fence::fence_key(keys[k]);
+        let stored = match s.get(&fence) {
+            Some(Value::Str(v)) => lock::parse_token(v).unwrap(),
+            _ => 0,
+        };
+        assert_eq!(stored, last_token[k]);
+    }
+}
