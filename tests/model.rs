@@ -10,7 +10,7 @@ mod common;
 use common::Server;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::Value;
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::time::Duration;
 
 const KEYS: &[&str] = &["m:a", "m:b", "{m}:c", "m:\x00d"];
@@ -49,16 +49,15 @@ enum Reply {
 impl Model {
     fn apply(&mut self, op: &Op) -> Reply {
         match *op {
-            Op::Acquire(k, o) => {
-                if self.holder.contains_key(&k) {
-                    Reply::Nil
-                } else {
-                    self.holder.insert(k, o);
+            Op::Acquire(k, o) => match self.holder.entry(k) {
+                Entry::Occupied(_) => Reply::Nil,
+                Entry::Vacant(slot) => {
+                    slot.insert(o);
                     let t = self.fence.entry(k).or_insert(0);
                     *t += 1;
                     Reply::Int(*t)
                 }
-            }
+            },
             Op::Refresh(k, o) => Reply::Int((self.holder.get(&k) == Some(&o)) as i64),
             Op::Release(k, o) => {
                 if self.holder.get(&k) == Some(&o) {
@@ -69,14 +68,13 @@ impl Model {
                 }
             }
             Op::Del(k) => Reply::Int(self.holder.remove(&k).is_some() as i64),
-            Op::SeedSet(k, o) => {
-                if self.holder.contains_key(&k) {
-                    Reply::Nil
-                } else {
-                    self.holder.insert(k, o);
+            Op::SeedSet(k, o) => match self.holder.entry(k) {
+                Entry::Occupied(_) => Reply::Nil,
+                Entry::Vacant(slot) => {
+                    slot.insert(o);
                     Reply::Ok
                 }
-            }
+            },
             Op::BadRefresh(..) => Reply::Err,
             Op::Expire(k) => Reply::Int(self.holder.remove(&k).is_some() as i64),
         }
