@@ -41,3 +41,7 @@ fmt: ## Format the code
 
 clean: ## Remove build output
 	$(CARGO) clean
+
+.PHONY: bench
+bench: ## Benchmarks vs native SET/DELIFEQ and the seed's Lua (QUICK=1: < 1 min); writes target/bench/results.md
+	QUICK=$(QUICK) bash bench/run.sh

