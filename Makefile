@@ -1,7 +1,8 @@
 # spacelock — run `make help` for the targets.
 SHELL        := /bin/bash
 CARGO        ?= cargo
-MODULE       := $(CURDIR)/target/release/libspacelock.so
+# Follows CARGO_TARGET_DIR, so tests load the module cargo just built.
+MODULE       := $(abspath $(or $(CARGO_TARGET_DIR),$(CURDIR)/target))/release/libspacelock.so
 REDIS_SERVER ?= redis-server
 export SPACELOCK_MODULE := $(MODULE)
 
@@ -31,6 +32,10 @@ run: build ## Build, then serve the module on 127.0.0.1:6379 (redis.conf.example
 
 test: build ## Unit + integration tests against a real redis-server
 	$(CARGO) test --release --workspace
+
+.PHONY: test-compat
+test-compat: build ## Integration suite on Redis 7.0/8.2 + Valkey 8.1/9.1, and Redis 6.2 refusal (TESTS=, SERVERS= to narrow)
+	scripts/test-compat.sh
 
 lint: ## cargo fmt --check + clippy -D warnings
 	$(CARGO) fmt --all -- --check

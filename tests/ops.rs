@@ -1,0 +1,804 @@
+//! Operations (issue 5): `INFO spacelock`, `SPACELOCK.INFO`, module configs,
+//! `COMMAND DOCS`, the `@spacelock` ACL category.
+//!
+//! Runs against whatever `$SPACELOCK_SERVER` is (see `make test-compat`).
+//! The only version-gated feature is the ACL category (Redis >= 7.4,
+//! Valkey >= 8.0); below that the tests assert the module's one-line notice
+//! instead.
+
+mod common;
+
+use common::{is_valkey, version_of, Server, ServerBuilder};
+use redis::{Connection, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const COMMANDS: [&str; 5] = [
+    "spacelock.acquire",
+    "spacelock.refresh",
+    "spacelock.release",
+    "spacelock.info",
+    "spacelock.fencekey",
+];
+
+/// The public INFO field names (issue 5), before the server's prefix.
+const INFO_FIELDS: [&str; 10] = [
+    "acquired",
+    "acquire_contended",
+    "refreshed",
+    "refresh_not_owner",
+    "released",
+    "release_not_owner",
+    "handoffs",
+    "wait_timeouts",
+    "waiting_clients",
+    "keys_with_waiters",
+];
+
+const ACL_NOTICE: &str = "spacelock: ACL category @spacelock unavailable";
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+/// Runs `args`; returns the reply or the error as "CODE detail".
+fn call(con: &mut Connection, args: &[&str]) -> Result<Value, String> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    match cmd.query::<Value>(con) {
+        Ok(Value::ServerError(e)) => Err(format!("{} {}", e.code(), e.details().unwrap_or(""))),
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!(
+            "{} {}",
+            e.code().unwrap_or("?"),
+            e.detail().unwrap_or("")
+        )),
+    }
+}
+
+fn ok(con: &mut Connection, args: &[&str]) -> Value {
+    call(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+fn err(con: &mut Connection, args: &[&str]) -> String {
+    match call(con, args) {
+        Err(e) => e,
+        Ok(v) => panic!("{args:?}: expected an error, got {v:?}"),
+    }
+}
+
+/// A string-ish reply as text.
+fn text(v: &Value) -> String {
+    match v {
+        Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        Value::SimpleString(s) => s.clone(),
+        Value::VerbatimString { text, .. } => text.clone(),
+        Value::Int(i) => i.to_string(),
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+/// A flat `[k, v, k, v…]` array (RESP2) or a map (RESP3) as pairs.
+fn pairs(v: &Value) -> Vec<(String, Value)> {
+    match v {
+        Value::Map(m) => m.iter().map(|(k, v)| (text(k), v.clone())).collect(),
+        Value::Array(a) => {
+            assert!(a.len() % 2 == 0, "odd field/value array: {a:?}");
+            a.chunks(2).map(|p| (text(&p[0]), p[1].clone())).collect()
+        }
+        other => panic!("not a map or flat array: {other:?}"),
+    }
+}
+
+fn field<'a>(pairs: &'a [(String, Value)], name: &str) -> Option<&'a Value> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a.iter().map(text).collect(),
+        other => panic!("not an array: {other:?}"),
+    }
+}
+
+/// `INFO spacelock` as (section header, name → value).
+fn info_section(con: &mut Connection) -> (Vec<String>, BTreeMap<String, String>) {
+    let raw: String = redis::cmd("INFO").arg("spacelock").query(con).unwrap();
+    let mut headers = Vec::new();
+    let mut fields = BTreeMap::new();
+    for line in raw.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(h) = line.strip_prefix('#') {
+            headers.push(h.trim().to_string());
+        } else {
+            let (k, v) = line.split_once(':').expect("name:value line");
+            fields.insert(k.to_string(), v.to_string());
+        }
+    }
+    (headers, fields)
+}
+
+/// The counters, keyed by their public names (without the server's prefix).
+fn counters(con: &mut Connection) -> BTreeMap<String, u64> {
+    let (_, fields) = info_section(con);
+    INFO_FIELDS
+        .iter()
+        .map(|name| {
+            let v = fields
+                .get(&format!("spacelock_{name}"))
+                .unwrap_or_else(|| panic!("INFO spacelock lacks spacelock_{name}: {fields:?}"));
+            (name.to_string(), v.parse().unwrap())
+        })
+        .collect()
+}
+
+fn config_get(con: &mut Connection, pattern: &str) -> BTreeMap<String, String> {
+    pairs(&ok(con, &["CONFIG", "GET", pattern]))
+        .into_iter()
+        .map(|(k, v)| (k, text(&v)))
+        .collect()
+}
+
+/// Whether the server supports module ACL categories (Redis >= 7.4,
+/// Valkey >= 8.0, which forked from Redis 7.2.4 and added them in 8.0).
+fn acl_categories_expected(con: &mut Connection) -> bool {
+    let v = version_of(con);
+    if is_valkey(con) {
+        v >= (8, 0, 0)
+    } else {
+        v >= (7, 4, 0)
+    }
+}
+
+/// Whether ACQUIRE accepts the optional `WAIT timeout` (issue 4).
+fn has_wait(con: &mut Connection) -> bool {
+    let r = call(
+        con,
+        &[
+            "SPACELOCK.ACQUIRE",
+            "ops:wait-probe",
+            "probe",
+            "1000",
+            "WAIT",
+            "1",
+        ],
+    );
+    let _ = call(con, &["SPACELOCK.RELEASE", "ops:wait-probe", "probe"]);
+    r.is_ok()
+}
+
+// ---------------------------------------------------------------------------
+// INFO spacelock
+
+#[test]
+fn info_section_has_every_field_and_counts_each_outcome() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let (headers, fields) = info_section(&mut con);
+    // Both Redis and Valkey name a module's default section after the module
+    // and prefix every field with `<module>_`; the module cannot opt out.
+    assert_eq!(headers, vec!["spacelock".to_string()], "{fields:?}");
+    let expected: Vec<String> = INFO_FIELDS
+        .iter()
+        .map(|n| format!("spacelock_{n}"))
+        .collect();
+    let mut got: Vec<String> = fields.keys().cloned().collect();
+    let mut want = expected.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "exact field set");
+    let before = counters(&mut con);
+    assert!(before.values().all(|&v| v == 0), "fresh server: {before:?}");
+
+    // Errors count as nothing.
+    err(&mut con, &["SPACELOCK.ACQUIRE", "k", "a", "0"]);
+    err(&mut con, &["SPACELOCK.REFRESH", "k", "", "10"]);
+    err(&mut con, &["SPACELOCK.RELEASE", "k"]);
+    assert_eq!(counters(&mut con), before);
+
+    let script: &[(&[&str], &str)] = &[
+        (&["SPACELOCK.ACQUIRE", "k", "a", "10000"], "acquired"),
+        (
+            &["SPACELOCK.ACQUIRE", "k", "b", "10000"],
+            "acquire_contended",
+        ),
+        (
+            &["SPACELOCK.ACQUIRE", "k", "a", "10000"],
+            "acquire_contended",
+        ),
+        (&["SPACELOCK.REFRESH", "k", "a", "10000"], "refreshed"),
+        (
+            &["SPACELOCK.REFRESH", "k", "b", "10000"],
+            "refresh_not_owner",
+        ),
+        (
+            &["SPACELOCK.REFRESH", "free", "a", "10000"],
+            "refresh_not_owner",
+        ),
+        (&["SPACELOCK.RELEASE", "k", "b"], "release_not_owner"),
+        (&["SPACELOCK.RELEASE", "k", "a"], "released"),
+        (&["SPACELOCK.RELEASE", "k", "a"], "release_not_owner"),
+        (&["SPACELOCK.ACQUIRE", "k", "b", "10000"], "acquired"),
+    ];
+    let mut expect = before.clone();
+    for (argv, counter) in script {
+        ok(&mut con, argv);
+        *expect.get_mut(*counter).unwrap() += 1;
+        assert_eq!(counters(&mut con), expect, "after {argv:?}");
+    }
+    // Read-only calls and other clients' INFO do not count.
+    ok(&mut con, &["SPACELOCK.INFO", "k"]);
+    ok(&mut con, &["SPACELOCK.FENCEKEY", "k"]);
+    assert_eq!(counters(&mut con), expect);
+    assert_eq!(expect["handoffs"], 0);
+    assert_eq!(expect["wait_timeouts"], 0);
+    assert_eq!(expect["waiting_clients"], 0);
+    assert_eq!(expect["keys_with_waiters"], 0);
+
+    // Also part of `INFO everything` and `INFO modules`-style full dumps.
+    let all: String = redis::cmd("INFO")
+        .arg("everything")
+        .query(&mut con)
+        .unwrap();
+    assert!(
+        all.contains("# spacelock"),
+        "INFO everything lacks the section"
+    );
+    assert!(all.contains("spacelock_acquired:2"), "{all}");
+}
+
+#[test]
+fn info_gauges_count_waiters_when_wait_exists() {
+    let server = Server::new();
+    let mut con = server.conn();
+    if !has_wait(&mut con) {
+        eprintln!("skip: SPACELOCK.ACQUIRE has no WAIT option yet (issue 4)");
+        return;
+    }
+    ok(&mut con, &["SPACELOCK.ACQUIRE", "w", "holder", "10000"]);
+    let mut waiters: Vec<_> = (0..2)
+        .map(|i| {
+            let client = server.client();
+            std::thread::spawn(move || {
+                let mut c = client.get_connection().unwrap();
+                let owner = format!("waiter{i}");
+                call(
+                    &mut c,
+                    &["SPACELOCK.ACQUIRE", "w", &owner, "10000", "WAIT", "5000"],
+                )
+            })
+        })
+        .collect();
+    assert!(
+        common::wait_until(Duration::from_secs(5), || {
+            counters(&mut con)["waiting_clients"] == 2
+        }),
+        "two clients should be waiting: {:?}",
+        counters(&mut con)
+    );
+    let c = counters(&mut con);
+    assert_eq!(c["keys_with_waiters"], 1, "{c:?}");
+    let info = pairs(&ok(&mut con, &["SPACELOCK.INFO", "w"]));
+    assert_eq!(field(&info, "waiters"), Some(&Value::Int(2)), "{info:?}");
+    ok(&mut con, &["SPACELOCK.RELEASE", "w", "holder"]);
+    // One waiter gets the lock by hand-off; the other keeps waiting.
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        counters(&mut con)["handoffs"] == 1
+    }));
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        waiters.iter().any(|h| h.is_finished())
+    }));
+    let done = waiters.iter().position(|h| h.is_finished()).unwrap();
+    let r = waiters.remove(done).join().unwrap().unwrap();
+    assert!(matches!(r, Value::Int(_)), "hand-off reply: {r:?}");
+    let c = counters(&mut con);
+    assert_eq!(
+        (c["waiting_clients"], c["keys_with_waiters"]),
+        (1, 1),
+        "{c:?}"
+    );
+    drop(waiters);
+}
+
+// ---------------------------------------------------------------------------
+// SPACELOCK.INFO
+
+#[test]
+fn spacelock_info_replies_resp2_and_resp3() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let mut con3 = server.conn_resp3();
+    assert_eq!(ok(&mut con, &["SPACELOCK.INFO", "job"]), Value::Nil);
+    assert_eq!(ok(&mut con3, &["SPACELOCK.INFO", "job"]), Value::Nil);
+
+    // Token 1 by alice, released, then token 2 by bob.
+    assert_eq!(
+        ok(&mut con, &["SPACELOCK.ACQUIRE", "job", "alice", "10000"]),
+        Value::Int(1)
+    );
+    ok(&mut con, &["SPACELOCK.RELEASE", "job", "alice"]);
+    assert_eq!(ok(&mut con, &["SPACELOCK.INFO", "job"]), Value::Nil);
+    assert_eq!(
+        ok(&mut con, &["SPACELOCK.ACQUIRE", "job", "bob", "10000"]),
+        Value::Int(2)
+    );
+
+    // RESP2: a flat array in a fixed order.
+    let v = ok(&mut con, &["SPACELOCK.INFO", "job"]);
+    let Value::Array(items) = &v else {
+        panic!("RESP2 reply should be a flat array: {v:?}")
+    };
+    assert_eq!(items.len(), 8, "{v:?}");
+    let names: Vec<String> = items.iter().step_by(2).map(text).collect();
+    assert_eq!(names, ["owner", "ttl_ms", "token", "waiters"]);
+    assert_eq!(items[1], Value::BulkString(b"bob".to_vec()));
+    let Value::Int(ttl) = items[3] else {
+        panic!("ttl_ms should be an integer: {v:?}")
+    };
+    assert!((9_000..=10_000).contains(&ttl), "ttl_ms {ttl}");
+    assert_eq!(items[5], Value::Int(2), "token is the holder's");
+    assert_eq!(items[7], Value::Int(0), "no waiters");
+
+    // RESP3: a map with the same content.
+    let v3 = ok(&mut con3, &["SPACELOCK.INFO", "job"]);
+    let Value::Map(m) = &v3 else {
+        panic!("RESP3 reply should be a map: {v3:?}")
+    };
+    let m: Vec<(String, Value)> = m.iter().map(|(k, v)| (text(k), v.clone())).collect();
+    assert_eq!(m.len(), 4);
+    assert_eq!(
+        field(&m, "owner"),
+        Some(&Value::BulkString(b"bob".to_vec()))
+    );
+    assert_eq!(field(&m, "token"), Some(&Value::Int(2)));
+    assert_eq!(field(&m, "waiters"), Some(&Value::Int(0)));
+    assert!(matches!(field(&m, "ttl_ms"), Some(Value::Int(t)) if (9_000..=10_000).contains(t)));
+
+    // REFRESH moves ttl_ms; token stays.
+    ok(&mut con, &["SPACELOCK.REFRESH", "job", "bob", "60000"]);
+    let p = pairs(&ok(&mut con, &["SPACELOCK.INFO", "job"]));
+    assert!(
+        matches!(field(&p, "ttl_ms"), Some(Value::Int(t)) if *t > 50_000),
+        "{p:?}"
+    );
+    assert_eq!(field(&p, "token"), Some(&Value::Int(2)));
+
+    // Expiry frees it.
+    ok(&mut con, &["SPACELOCK.ACQUIRE", "short", "carol", "50"]);
+    assert!(common::wait_until(Duration::from_secs(2), || {
+        ok(&mut con, &["SPACELOCK.INFO", "short"]) == Value::Nil
+    }));
+
+    // A non-string key.
+    ok(&mut con, &["RPUSH", "list", "x"]);
+    let e = err(&mut con, &["SPACELOCK.INFO", "list"]);
+    assert!(e.starts_with("WRONGTYPE"), "{e}");
+    let e = err(&mut con3, &["SPACELOCK.INFO", "list"]);
+    assert!(e.starts_with("WRONGTYPE"), "{e}");
+    let e = err(&mut con, &["SPACELOCK.INFO"]);
+    assert!(e.contains("wrong number of arguments"), "{e}");
+}
+
+#[test]
+fn spacelock_info_is_readonly_fast_with_a_key_spec() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let reply = ok(&mut con, &["COMMAND", "INFO", "spacelock.info"]);
+    let Value::Array(entries) = &reply else {
+        panic!("{reply:?}")
+    };
+    let Value::Array(entry) = &entries[0] else {
+        panic!("{reply:?}")
+    };
+    assert_eq!(text(&entry[0]), "spacelock.info");
+    assert_eq!(entry[1], Value::Int(2), "arity");
+    let flags = strings(&entry[2]);
+    assert!(flags.contains(&"readonly".to_string()), "{flags:?}");
+    assert!(flags.contains(&"fast".to_string()), "{flags:?}");
+    assert!(!flags.contains(&"write".to_string()), "{flags:?}");
+    // first, last, step = 1, 1, 1
+    assert_eq!(&entry[3..6], &[Value::Int(1), Value::Int(1), Value::Int(1)]);
+    // Key specs (index 8): one spec, read-only, starting at argv[1].
+    let Value::Array(specs) = &entry[8] else {
+        panic!("no key specs: {entry:?}")
+    };
+    assert_eq!(specs.len(), 1, "{specs:?}");
+    let spec = pairs(&specs[0]);
+    let spec_flags = strings(field(&spec, "flags").unwrap());
+    assert!(spec_flags.contains(&"RO".to_string()), "{spec_flags:?}");
+    assert!(!spec_flags.contains(&"RW".to_string()), "{spec_flags:?}");
+    let bs = pairs(field(&spec, "begin_search").unwrap());
+    assert_eq!(text(field(&bs, "type").unwrap()), "index");
+    let bs_spec = pairs(field(&bs, "spec").unwrap());
+    assert_eq!(field(&bs_spec, "index"), Some(&Value::Int(1)));
+}
+
+// ---------------------------------------------------------------------------
+// Configs
+
+#[test]
+fn configs_listed_with_defaults() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let all = config_get(&mut con, "spacelock.*");
+    let want: BTreeMap<String, String> = [
+        ("spacelock.max-ttl", "86400000"),
+        ("spacelock.max-owner-len", "256"),
+        ("spacelock.max-waiters", "1024"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(all, want);
+}
+
+#[test]
+fn configs_set_at_load_apply_to_commands() {
+    let server = ServerBuilder::new()
+        .module_args(&["max-ttl", "5000", "spacelock.max-owner-len", "8"])
+        .start();
+    let mut con = server.conn();
+    let all = config_get(&mut con, "spacelock.*");
+    assert_eq!(all["spacelock.max-ttl"], "5000");
+    assert_eq!(all["spacelock.max-owner-len"], "8");
+    assert_eq!(all["spacelock.max-waiters"], "1024");
+
+    let e = err(&mut con, &["SPACELOCK.ACQUIRE", "k", "o", "5001"]);
+    assert!(
+        e.starts_with("ERR") && e.contains("spacelock.max-ttl"),
+        "{e}"
+    );
+    let e = err(&mut con, &["SPACELOCK.ACQUIRE", "k", "ninechars", "100"]);
+    assert!(
+        e.starts_with("ERR") && e.contains("spacelock.max-owner-len"),
+        "{e}"
+    );
+    assert_eq!(ok(&mut con, &["EXISTS", "k"]), Value::Int(0));
+    assert_eq!(
+        ok(&mut con, &["SPACELOCK.ACQUIRE", "k", "eightchr", "5000"]),
+        Value::Int(1)
+    );
+    let e = err(&mut con, &["SPACELOCK.REFRESH", "k", "eightchr", "5001"]);
+    assert!(e.contains("spacelock.max-ttl"), "{e}");
+    assert_eq!(
+        ok(&mut con, &["SPACELOCK.REFRESH", "k", "eightchr", "5000"]),
+        Value::Int(1)
+    );
+    let e = err(&mut con, &["SPACELOCK.RELEASE", "k", "ninechars"]);
+    assert!(e.contains("spacelock.max-owner-len"), "{e}");
+}
+
+#[test]
+fn config_directive_in_server_config_is_applied() {
+    // `spacelock.max-ttl 7000` as a config-file directive after loadmodule
+    // (here on the command line, which the server treats the same way).
+    let server = ServerBuilder::new()
+        .arg("spacelock.max-ttl", "7000")
+        .arg("spacelock.max-waiters", "0")
+        .start();
+    let mut con = server.conn();
+    let all = config_get(&mut con, "spacelock.*");
+    assert_eq!(all["spacelock.max-ttl"], "7000");
+    assert_eq!(all["spacelock.max-waiters"], "0");
+    let e = err(&mut con, &["SPACELOCK.ACQUIRE", "k", "o", "7001"]);
+    assert!(e.contains("spacelock.max-ttl (7000 ms)"), "{e}");
+}
+
+#[test]
+fn config_set_applies_and_rejects_invalid_values() {
+    let server = Server::new();
+    let mut con = server.conn();
+    ok(&mut con, &["CONFIG", "SET", "spacelock.max-ttl", "100"]);
+    ok(&mut con, &["CONFIG", "SET", "spacelock.max-owner-len", "3"]);
+    ok(&mut con, &["CONFIG", "SET", "spacelock.max-waiters", "7"]);
+    let all = config_get(&mut con, "spacelock.*");
+    assert_eq!(
+        (
+            all["spacelock.max-ttl"].as_str(),
+            all["spacelock.max-owner-len"].as_str(),
+            all["spacelock.max-waiters"].as_str()
+        ),
+        ("100", "3", "7")
+    );
+    let e = err(&mut con, &["SPACELOCK.ACQUIRE", "k", "o", "101"]);
+    assert!(e.contains("spacelock.max-ttl (100 ms)"), "{e}");
+    let e = err(&mut con, &["SPACELOCK.ACQUIRE", "k", "four", "100"]);
+    assert!(e.contains("spacelock.max-owner-len (3 bytes)"), "{e}");
+    assert_eq!(
+        ok(&mut con, &["SPACELOCK.ACQUIRE", "k", "abc", "100"]),
+        Value::Int(1)
+    );
+
+    // Invalid values: out of range, not an integer. The server checks the
+    // registered range and names the config in its error.
+    for (name, bad) in [
+        ("spacelock.max-ttl", "0"),
+        ("spacelock.max-ttl", "-1"),
+        ("spacelock.max-ttl", "abc"),
+        ("spacelock.max-ttl", "1.5"),
+        ("spacelock.max-ttl", "99999999999999999999"),
+        ("spacelock.max-owner-len", "0"),
+        ("spacelock.max-owner-len", "1048577"),
+        ("spacelock.max-waiters", "-1"),
+        ("spacelock.max-waiters", "1048577"),
+        ("spacelock.max-waiters", ""),
+    ] {
+        let e = err(&mut con, &["CONFIG", "SET", name, bad]);
+        assert!(e.starts_with("ERR"), "{name} {bad}: {e}");
+        assert!(e.contains(name), "error should name the config: {e}");
+        let numeric = bad.parse::<i64>().is_ok();
+        if numeric {
+            assert!(e.contains("between"), "{name} {bad}: {e}");
+        } else {
+            assert!(
+                e.contains("integer") || e.contains("number"),
+                "{name} {bad}: {e}"
+            );
+        }
+    }
+    // Nothing changed.
+    let after = config_get(&mut con, "spacelock.*");
+    assert_eq!(after, all);
+    let e = err(&mut con, &["CONFIG", "SET", "spacelock.nope", "1"]);
+    assert!(e.starts_with("ERR"), "{e}");
+
+    // The extremes of each range are accepted.
+    ok(&mut con, &["CONFIG", "SET", "spacelock.max-ttl", "1"]);
+    ok(
+        &mut con,
+        &["CONFIG", "SET", "spacelock.max-ttl", "9223372036854775807"],
+    );
+    ok(
+        &mut con,
+        &["CONFIG", "SET", "spacelock.max-owner-len", "1048576"],
+    );
+    ok(&mut con, &["CONFIG", "SET", "spacelock.max-waiters", "0"]);
+}
+
+#[test]
+fn invalid_load_arguments_refuse_the_load_with_a_log_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["bogus", "1"], "unknown module argument 'bogus'"),
+        (
+            &["max-ttl", "0"],
+            "invalid value for max-ttl: expected an integer from 1 to",
+        ),
+        (
+            &["max-owner-len", "ten"],
+            "invalid value for max-owner-len: expected an integer from 1 to 1048576",
+        ),
+        (&["max-ttl"], "module arguments must be name/value pairs"),
+    ];
+    for (args, why) in cases {
+        let log = match ServerBuilder::new().module_args(args).try_start() {
+            Ok(_) => panic!("{args:?}: the server should refuse the module"),
+            Err(log) => log,
+        };
+        let line = format!("spacelock: refusing to load: {why}");
+        assert_eq!(
+            log.matches(&line).count(),
+            1,
+            "{args:?}: expected one line `{line}`:\n{log}"
+        );
+        assert!(
+            log.contains("exit status: 1"),
+            "clean exit expected:\n{log}"
+        );
+        assert!(!log.contains("crashed by signal"), "{log}");
+    }
+    // A bad value in the config file is refused too.
+    let log = match ServerBuilder::new()
+        .arg("spacelock.max-ttl", "0")
+        .try_start()
+    {
+        Ok(_) => panic!("spacelock.max-ttl 0 in the config should refuse the load"),
+        Err(log) => log,
+    };
+    assert!(log.contains("spacelock.max-ttl"), "{log}");
+    assert!(!log.contains("crashed by signal"), "{log}");
+}
+
+#[test]
+fn module_load_at_runtime_with_bad_arguments_fails_and_server_survives() {
+    let server = ServerBuilder::new()
+        .without_module()
+        .arg("enable-module-command", "yes")
+        .start();
+    let mut con = server.conn();
+    let module = common::module_path();
+    let module = module.to_str().unwrap();
+    let e = err(&mut con, &["MODULE", "LOAD", module, "max-ttl", "nope"]);
+    assert!(e.starts_with("ERR"), "{e}");
+    assert_eq!(ok(&mut con, &["PING"]), Value::SimpleString("PONG".into()));
+    assert!(server
+        .log()
+        .contains("spacelock: refusing to load: invalid value for max-ttl"));
+    // Nothing was left registered: a good load afterwards works.
+    ok(&mut con, &["MODULE", "LOAD", module, "max-ttl", "5000"]);
+    let all = config_get(&mut con, "spacelock.*");
+    assert_eq!(all["spacelock.max-ttl"], "5000");
+    assert_eq!(
+        ok(&mut con, &["SPACELOCK.ACQUIRE", "k", "o", "5000"]),
+        Value::Int(1)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// COMMAND DOCS
+
+/// (name, type, token, optional) of each documented argument.
+type ArgSpec = (&'static str, &'static str, Option<&'static str>, bool);
+
+fn doc_args(args: &Value) -> Vec<(String, String, Option<String>, bool)> {
+    let Value::Array(list) = args else {
+        panic!("arguments: {args:?}")
+    };
+    list.iter()
+        .map(|a| {
+            let p = pairs(a);
+            let flags = field(&p, "flags").map(strings).unwrap_or_default();
+            (
+                text(field(&p, "name").unwrap()),
+                text(field(&p, "type").unwrap()),
+                field(&p, "token").map(text),
+                flags.contains(&"optional".to_string()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn command_docs_for_every_command() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let wait = has_wait(&mut con);
+    let key: ArgSpec = ("key", "key", None, false);
+    let owner: ArgSpec = ("owner", "string", None, false);
+    let ttl: ArgSpec = ("ttl_ms", "integer", None, false);
+    let expected: [(&str, Vec<ArgSpec>); 5] = [
+        ("spacelock.acquire", vec![key, owner, ttl]),
+        ("spacelock.refresh", vec![key, owner, ttl]),
+        ("spacelock.release", vec![key, owner]),
+        ("spacelock.info", vec![key]),
+        ("spacelock.fencekey", vec![key]),
+    ];
+    for (name, want_args) in expected {
+        let reply = ok(&mut con, &["COMMAND", "DOCS", name]);
+        let top = pairs(&reply);
+        assert_eq!(top.len(), 1, "{reply:?}");
+        assert_eq!(top[0].0, name);
+        let doc = pairs(&top[0].1);
+        let summary = text(field(&doc, "summary").expect("summary"));
+        assert!(summary.len() > 20, "{name}: summary {summary:?}");
+        assert_eq!(text(field(&doc, "since").expect("since")), "0.1.0");
+        assert_eq!(text(field(&doc, "complexity").expect("complexity")), "O(1)");
+        assert_eq!(text(field(&doc, "group").expect("group")), "module");
+        assert_eq!(text(field(&doc, "module").expect("module")), "spacelock");
+        let got = doc_args(field(&doc, "arguments").expect("arguments"));
+        let mut want: Vec<(String, String, Option<String>, bool)> = want_args
+            .iter()
+            .map(|(n, t, tok, opt)| (n.to_string(), t.to_string(), tok.map(String::from), *opt))
+            .collect();
+        if name == "spacelock.acquire" && wait {
+            // The optional `WAIT timeout` (issue 4).
+            assert_eq!(got.len(), 4, "{name}: {got:?}");
+            let (n, t, tok, opt) = &got[3];
+            assert_eq!(tok.as_deref(), Some("WAIT"), "{got:?}");
+            assert_eq!(t, "integer", "{got:?}");
+            assert!(*opt, "WAIT must be optional: {got:?}");
+            want.push((n.clone(), t.clone(), tok.clone(), *opt));
+        }
+        assert_eq!(got, want, "{name}");
+        // Key arguments point at key spec 0.
+        let Some(Value::Array(args)) = field(&doc, "arguments") else {
+            unreachable!()
+        };
+        let first = pairs(&args[0]);
+        assert_eq!(field(&first, "key_spec_index"), Some(&Value::Int(0)));
+    }
+    // All five in one call (what redis-cli fetches for hints).
+    let all = pairs(&ok(
+        &mut con,
+        &[
+            "COMMAND",
+            "DOCS",
+            COMMANDS[0],
+            COMMANDS[1],
+            COMMANDS[2],
+            COMMANDS[3],
+            COMMANDS[4],
+        ],
+    ));
+    let names: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, COMMANDS);
+}
+
+// ---------------------------------------------------------------------------
+// ACL category
+
+#[test]
+fn acl_category_or_one_line_notice() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let notices = server.log().matches(ACL_NOTICE).count();
+    if !acl_categories_expected(&mut con) {
+        eprintln!(
+            "skip: server {:?} predates module ACL categories; checking the notice instead",
+            version_of(&mut con)
+        );
+        assert_eq!(notices, 1, "one notice line expected:\n{}", server.log());
+        let e = err(&mut con, &["ACL", "CAT", "spacelock"]);
+        assert!(e.contains("category"), "{e}");
+        return;
+    }
+    assert_eq!(notices, 0, "{}", server.log());
+    let mut listed = strings(&ok(&mut con, &["ACL", "CAT", "spacelock"]));
+    listed.iter_mut().for_each(|s| s.make_ascii_lowercase());
+    listed.sort();
+    let mut want: Vec<String> = COMMANDS.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    let cats: Vec<String> = strings(&ok(&mut con, &["ACL", "CAT"]));
+    assert!(cats.contains(&"spacelock".to_string()), "{cats:?}");
+
+    // The issue's example user.
+    ok(
+        &mut con,
+        &[
+            "ACL",
+            "SETUSER",
+            "worker",
+            "on",
+            "nopass",
+            "+@spacelock",
+            "~git-sync:*",
+        ],
+    );
+    let mut worker = redis::Client::open(format!("redis://worker:x@127.0.0.1:{}/", server.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    assert_eq!(
+        ok(
+            &mut worker,
+            &["SPACELOCK.ACQUIRE", "git-sync:x", "w1", "10000"]
+        ),
+        Value::Int(1)
+    );
+    assert_eq!(
+        ok(
+            &mut worker,
+            &["SPACELOCK.REFRESH", "git-sync:x", "w1", "10000"]
+        ),
+        Value::Int(1)
+    );
+    assert!(matches!(
+        ok(&mut worker, &["SPACELOCK.INFO", "git-sync:x"]),
+        Value::Array(_)
+    ));
+    assert_eq!(
+        ok(&mut worker, &["SPACELOCK.RELEASE", "git-sync:x", "w1"]),
+        Value::Int(1)
+    );
+    for argv in [
+        &["SPACELOCK.ACQUIRE", "other:x", "w1", "10000"][..],
+        &["SPACELOCK.INFO", "other:x"],
+    ] {
+        let e = err(&mut worker, argv);
+        assert!(e.starts_with("NOPERM"), "{argv:?}: {e}");
+    }
+    // The category grants only spacelock commands.
+    let e = err(&mut worker, &["GET", "git-sync:x"]);
+    assert!(e.starts_with("NOPERM"), "{e}");
+    assert_eq!(ok(&mut con, &["EXISTS", "other:x"]), Value::Int(0));
+    // COMMAND INFO shows the category.
+    let reply = ok(&mut con, &["COMMAND", "INFO", "spacelock.acquire"]);
+    let Value::Array(entries) = &reply else {
+        panic!("{reply:?}")
+    };
+    let Value::Array(entry) = &entries[0] else {
+        panic!("{reply:?}")
+    };
+    let cats = strings(&entry[6]);
+    assert!(cats.contains(&"@spacelock".to_string()), "{cats:?}");
+}
