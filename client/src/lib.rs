@@ -1,1 +1,79 @@
-//! placeholder
+//! Async Rust client for the **spacelock** Redis/Valkey lease-lock module.
+//!
+//! [`SpaceLock::with_space_lock`] runs a body while holding a named lock,
+//! like the TypeScript `SpaceLockService.withSpaceLock(spaceId, fn)` it
+//! replaces, with the seed's gaps closed:
+//!
+//! * an **in-process mutex** whose check-and-claim is atomic: two concurrent
+//!   calls for one name in one process give exactly one run and one
+//!   [`Skipped::InProgress`], never a [`Skipped::LockHeld`];
+//! * a **lease in Redis** taken with `SPACELOCK.ACQUIRE`, which hands out a
+//!   strictly increasing **fencing token** ([`Lease::token`]);
+//! * a **heartbeat** refreshing every `max(1 ms, ttl/3)`, one background task
+//!   per [`SpaceLock`] for all its leases, with a **lost signal**
+//!   ([`Lease::lost`], [`Lease::is_lost`]) when a refresh answers `0` or no
+//!   refresh has succeeded within the ttl (measured on a monotonic clock);
+//! * **release on every path**: after the body, on panic (then the panic
+//!   resumes) and on cancellation (the release is spawned onto the runtime);
+//! * an optional blocking acquire ([`SpaceLock::with_space_lock_wait`]) that
+//!   waits on the server instead of polling;
+//! * a typed [`Error::ModuleNotLoaded`] that says how to load the module.
+//!
+//! It runs over redis-rs' [`ConnectionManager`](redis::aio::ConnectionManager),
+//! [`MultiplexedConnection`](redis::aio::MultiplexedConnection) or a cluster
+//! [`ClusterConnection`](redis::cluster_async::ClusterConnection) (see
+//! [`LockConnection`]).
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use spacelock_client::{Lease, Options, Outcome, Skipped, SpaceLock};
+//!
+//! async fn do_the_sync(token: u64) -> Result<(), std::io::Error> {
+//!     println!("syncing under fencing token {token}");
+//!     Ok(())
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let redis = redis::Client::open("redis://127.0.0.1:6379/")?;
+//!     let options = Options::default()
+//!         .ttl(Duration::from_secs(30))
+//!         .key_prefix("git-sync:lock:");
+//!     let locks = SpaceLock::new(redis::aio::ConnectionManager::new(redis).await?, options);
+//!     match locks
+//!         .with_space_lock("space-42", |lease: Lease| async move {
+//!             do_the_sync(lease.token()).await
+//!         })
+//!         .await?
+//!     {
+//!         Outcome::Ran(result) => result?,
+//!         Outcome::Skipped(Skipped::LockHeld) => println!("another instance holds it"),
+//!         Outcome::Skipped(Skipped::InProgress) => println!("this instance is already running it"),
+//!         Outcome::Skipped(other) => println!("skipped: {other}"),
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Loading the module
+//!
+//! The server needs `loadmodule /path/to/libspacelock.so` in its config (or
+//! `MODULE LOAD /path/to/libspacelock.so` at runtime); otherwise every call
+//! fails with [`Error::ModuleNotLoaded`].
+#![deny(missing_docs)]
+#![warn(rustdoc::broken_intra_doc_links)]
+
+mod conn;
+mod error;
+mod heartbeat;
+mod lease;
+mod lock;
+mod options;
+
+pub use conn::{LockConnection, WaitConnection, WaitConnector};
+pub use error::Error;
+pub use lease::Lease;
+pub use lock::{AcquireReply, LockInfo, Outcome, RefreshReply, ReleaseReply, Skipped, SpaceLock};
+pub use options::{Options, DEFAULT_KEY_PREFIX, DEFAULT_TTL, DEFAULT_WAIT_CONNECTIONS};

@@ -1,0 +1,198 @@
+//! The connections a [`SpaceLock`](crate::SpaceLock) runs its commands on.
+
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, RedisFuture, RedisResult, Value};
+use tokio::sync::Semaphore;
+
+/// A shared async connection that runs each command on the node that owns the
+/// command's key.
+///
+/// Every `SPACELOCK.*` command has its key as `argv[1]`. redis-rs' cluster
+/// client routes commands it does not know by their first argument, so a
+/// [`ClusterConnection`](redis::cluster_async::ClusterConnection) sends each
+/// lock command to the shard owning its key; single-node connections have one
+/// node to send to.
+///
+/// Implemented for [`ConnectionManager`](redis::aio::ConnectionManager) (which
+/// reconnects), [`MultiplexedConnection`](redis::aio::MultiplexedConnection)
+/// and [`ClusterConnection`](redis::cluster_async::ClusterConnection). Clones
+/// must share one underlying connection (pipelining), as those three do; the
+/// heartbeat clones the connection for each refresh it sends.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use spacelock_client::{Options, SpaceLock};
+///
+/// let nodes = vec!["redis://127.0.0.1:7000/", "redis://127.0.0.1:7001/"];
+/// let cluster = redis::cluster::ClusterClient::new(nodes)?;
+/// let locks = SpaceLock::new(cluster.get_async_connection().await?, Options::default());
+/// # let _ = locks;
+/// # Ok(()) }
+/// ```
+pub trait LockConnection: ConnectionLike + Clone + Send + Sync + 'static {}
+
+impl LockConnection for redis::aio::ConnectionManager {}
+impl LockConnection for redis::aio::MultiplexedConnection {}
+impl LockConnection for redis::cluster_async::ClusterConnection {}
+
+/// Object-safe view of a connection (for the blocking pool).
+trait DynConn: Send {
+    fn req<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value>;
+}
+
+impl<T: ConnectionLike + Send> DynConn for T {
+    fn req<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.req_packed_command(cmd)
+    }
+}
+
+/// A dedicated connection for blocking commands, made by a [`WaitConnector`].
+///
+/// Blocking commands stop the server from reading anything else on their
+/// connection, so a blocking `SPACELOCK.ACQUIRE … WAIT` must never share the
+/// multiplexed connection that carries heartbeats. A `WaitConnection` is
+/// used by one blocking call at a time and must not time responses out
+/// before the wait ends (the pool applies its own deadline).
+pub struct WaitConnection(Box<dyn DynConn>);
+
+impl WaitConnection {
+    /// Wraps any async redis-rs connection.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redis::RedisResult<()> {
+    /// use spacelock_client::WaitConnection;
+    /// let client = redis::Client::open("redis://127.0.0.1/")?;
+    /// let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    /// let conn = WaitConnection::new(client.get_multiplexed_async_connection_with_config(&config).await?);
+    /// # let _ = conn;
+    /// # Ok(()) }
+    /// ```
+    pub fn new<C: ConnectionLike + Send + 'static>(conn: C) -> Self {
+        WaitConnection(Box::new(conn))
+    }
+
+    pub(crate) fn req<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req(cmd)
+    }
+}
+
+impl std::fmt::Debug for WaitConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaitConnection")
+    }
+}
+
+/// Opens dedicated connections for blocking acquires
+/// ([`SpaceLock::with_space_lock_wait`](crate::SpaceLock::with_space_lock_wait)).
+///
+/// Implemented for [`redis::Client`] (one multiplexed connection with no
+/// response timeout per call) and for
+/// [`redis::cluster::ClusterClient`] (one cluster connection per call, which
+/// routes by key). Implement it to add authentication, TLS or other setup.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use spacelock_client::{Options, SpaceLock};
+///
+/// let client = redis::Client::open("redis://127.0.0.1/")?;
+/// let manager = redis::aio::ConnectionManager::new(client.clone()).await?;
+/// let locks = SpaceLock::new(manager, Options::default()).with_wait_connector(client);
+/// # let _ = locks;
+/// # Ok(()) }
+/// ```
+pub trait WaitConnector: Send + Sync + 'static {
+    /// Opens one new connection.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the connection attempt fails with.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future abandons the attempt; nothing is leaked.
+    fn connect(&self) -> BoxFuture<'_, RedisResult<WaitConnection>>;
+}
+
+impl WaitConnector for redis::Client {
+    fn connect(&self) -> BoxFuture<'_, RedisResult<WaitConnection>> {
+        Box::pin(async move {
+            let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+            let conn = self
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            Ok(WaitConnection::new(conn))
+        })
+    }
+}
+
+impl WaitConnector for redis::cluster::ClusterClient {
+    fn connect(&self) -> BoxFuture<'_, RedisResult<WaitConnection>> {
+        Box::pin(async move {
+            // The pool puts its own deadline on every wait; the connection's
+            // response timeout must not end a wait early.
+            let config = redis::cluster::ClusterConfig::new()
+                .set_response_timeout(std::time::Duration::from_secs(365 * 24 * 3600));
+            let conn = self.get_async_connection_with_config(config).await?;
+            Ok(WaitConnection::new(conn))
+        })
+    }
+}
+
+/// A bounded pool of dedicated connections for blocking commands.
+pub(crate) struct WaitPool {
+    connector: Box<dyn WaitConnector>,
+    idle: Mutex<Vec<WaitConnection>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A connection checked out of the pool, with its permit.
+pub(crate) struct PooledConn {
+    pub(crate) conn: WaitConnection,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl WaitPool {
+    pub(crate) fn new(connector: Box<dyn WaitConnector>, size: usize) -> Self {
+        WaitPool {
+            connector,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(size.max(1))),
+        }
+    }
+
+    /// Waits for a free slot, then reuses an idle connection or opens one.
+    pub(crate) async fn checkout(&self) -> RedisResult<PooledConn> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the pool's semaphore is never closed");
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => self.connector.connect().await?,
+        };
+        Ok(PooledConn {
+            conn,
+            _permit: permit,
+        })
+    }
+
+    /// Returns a healthy connection for reuse (a broken one is just dropped).
+    pub(crate) fn checkin(&self, conn: PooledConn) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn.conn);
+    }
+}

@@ -1,0 +1,281 @@
+//! One background refresher per [`SpaceLock`](crate::SpaceLock).
+//!
+//! Every held lease is an entry in a map, and its next wake-up time sits in an
+//! ordered set. A single task sleeps until the earliest wake-up, then, for each
+//! lease that is due:
+//!
+//! * marks it lost if no refresh has succeeded within `ttl` of the *start* of
+//!   the last successful one (monotonic clock, [`Instant`]);
+//! * otherwise sends `SPACELOCK.REFRESH` if none is already in flight for it.
+//!
+//! Refreshes are sent concurrently over the shared connection (which
+//! pipelines them) and their replies are collected in a `FuturesUnordered`,
+//! so a stalled server never delays the local deadline of any lease, and the
+//! body of a lease is never blocked. A reply of `0` marks the lease lost; an
+//! error is logged and the lease is tried again at its next tick.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::Cmd;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::LockConnection;
+
+/// Interval between refreshes: `max(1 ms, ttl/3)`, with the seed's integer ms.
+pub(crate) fn refresh_interval(ttl_ms: u64) -> Duration {
+    Duration::from_millis((ttl_ms / 3).max(1))
+}
+
+struct Entry {
+    key: String,
+    ttl: Duration,
+    ttl_ms: u64,
+    interval: Duration,
+    /// Start of the last successful refresh (or of the acquire).
+    last_ok_start: Instant,
+    next_refresh: Instant,
+    /// This entry's element of `State::wakeups`.
+    wake: Instant,
+    in_flight: bool,
+    lost: CancellationToken,
+}
+
+impl Entry {
+    fn deadline(&self) -> Instant {
+        self.last_ok_start + self.ttl
+    }
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    leases: HashMap<u64, Entry>,
+    wakeups: BTreeSet<(Instant, u64)>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl State {
+    fn reschedule(&mut self, id: u64) {
+        if let Some(e) = self.leases.get_mut(&id) {
+            self.wakeups.remove(&(e.wake, id));
+            e.wake = e.next_refresh.min(e.deadline());
+            self.wakeups.insert((e.wake, id));
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let e = self.leases.remove(&id)?;
+        self.wakeups.remove(&(e.wake, id));
+        Some(e)
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    notify: Notify,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Handle to the refresher; shuts the task down when dropped.
+pub(crate) struct Heartbeat {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+impl Heartbeat {
+    pub(crate) fn new() -> Self {
+        Heartbeat {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                notify: Notify::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Starts refreshing `key`, acquired by a command that started at
+    /// `acquired_at`. `lost` is cancelled when the lease is lost.
+    pub(crate) fn register<C: LockConnection>(
+        &self,
+        conn: &C,
+        owner: &Arc<str>,
+        key: &str,
+        ttl_ms: u64,
+        acquired_at: Instant,
+        lost: CancellationToken,
+    ) -> u64 {
+        let interval = refresh_interval(ttl_ms);
+        let mut st = self.shared.lock();
+        let id = st.next_id;
+        st.next_id += 1;
+        let next_refresh = acquired_at + interval;
+        let entry = Entry {
+            key: key.to_string(),
+            ttl: Duration::from_millis(ttl_ms),
+            ttl_ms,
+            interval,
+            last_ok_start: acquired_at,
+            next_refresh,
+            wake: next_refresh,
+            in_flight: false,
+            lost,
+        };
+        st.leases.insert(id, entry);
+        st.wakeups.insert((next_refresh, id));
+        st.reschedule(id);
+        let running = st.task.as_ref().is_some_and(|t| !t.is_finished());
+        if !running {
+            let task = tokio::spawn(run(self.shared.clone(), conn.clone(), owner.clone()));
+            st.task = Some(task);
+        }
+        drop(st);
+        self.shared.notify.notify_one();
+        id
+    }
+
+    /// Stops refreshing a lease (its body is over). Idempotent.
+    pub(crate) fn unregister(&self, id: u64) {
+        self.shared.lock().remove(id);
+    }
+
+    /// Number of leases being refreshed (for tests and metrics).
+    pub(crate) fn active(&self) -> usize {
+        self.shared.lock().leases.len()
+    }
+}
+
+type RefreshResult = (u64, Instant, redis::RedisResult<i64>);
+
+async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
+    let mut inflight = FuturesUnordered::new();
+    loop {
+        let now = Instant::now();
+        let mut to_send: Vec<(u64, Cmd)> = Vec::new();
+        let next_wake = {
+            let mut st = shared.lock();
+            while let Some(&(t, id)) = st.wakeups.first() {
+                if t > now {
+                    break;
+                }
+                st.wakeups.pop_first();
+                let Some(e) = st.leases.get_mut(&id) else {
+                    continue;
+                };
+                if now >= e.deadline() {
+                    tracing::warn!(
+                        key = %e.key,
+                        ttl_ms = e.ttl_ms,
+                        "spacelock: lease lost: no refresh succeeded within the ttl"
+                    );
+                    e.lost.cancel();
+                    st.leases.remove(&id);
+                    continue;
+                }
+                if now >= e.next_refresh {
+                    if !e.in_flight {
+                        e.in_flight = true;
+                        let mut cmd = redis::cmd("SPACELOCK.REFRESH");
+                        cmd.arg(&e.key).arg(&*owner).arg(e.ttl_ms);
+                        to_send.push((id, cmd));
+                    }
+                    e.next_refresh = now + e.interval;
+                }
+                e.wake = e.next_refresh.min(e.deadline());
+                let wake = e.wake;
+                st.wakeups.insert((wake, id));
+            }
+            st.wakeups.first().map(|w| w.0)
+        };
+        for (id, cmd) in to_send {
+            let mut c = conn.clone();
+            inflight.push(async move {
+                let r = cmd.query_async::<i64>(&mut c).await;
+                (id, now, r)
+            });
+        }
+        let sleep =
+            tokio::time::sleep_until(next_wake.unwrap_or_else(|| now + Duration::from_secs(3600)));
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = shared.notify.notified() => {}
+            _ = sleep => {}
+            Some(result) = inflight.next(), if !inflight.is_empty() => {
+                handle_reply(&shared, result);
+                // Drain whatever else is ready without another pass.
+                while let Some(Some(r)) = futures_util::FutureExt::now_or_never(inflight.next()) {
+                    handle_reply(&shared, r);
+                }
+            }
+        }
+    }
+}
+
+fn handle_reply(shared: &Shared, (id, started, result): RefreshResult) {
+    let mut st = shared.lock();
+    let Some(e) = st.leases.get_mut(&id) else {
+        return; // released meanwhile
+    };
+    e.in_flight = false;
+    match result {
+        Ok(1) => {
+            if started > e.last_ok_start {
+                e.last_ok_start = started;
+            }
+            if Instant::now() >= e.deadline() {
+                tracing::warn!(
+                    key = %e.key,
+                    ttl_ms = e.ttl_ms,
+                    "spacelock: lease lost: the refresh reply came back after the ttl"
+                );
+                e.lost.cancel();
+                st.remove(id);
+            } else {
+                st.reschedule(id);
+            }
+        }
+        Ok(0) => {
+            tracing::warn!(
+                key = %e.key,
+                "spacelock: lease lost: the lock expired or has another owner"
+            );
+            e.lost.cancel();
+            st.remove(id);
+        }
+        Ok(other) => {
+            tracing::warn!(key = %e.key, reply = other, "spacelock: unexpected refresh reply; retrying next tick");
+        }
+        Err(err) => {
+            tracing::warn!(key = %e.key, error = %err, "spacelock: refresh failed; retrying next tick");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_is_a_third_at_least_one_ms() {
+        assert_eq!(refresh_interval(30_000), Duration::from_millis(10_000));
+        assert_eq!(refresh_interval(300), Duration::from_millis(100));
+        assert_eq!(refresh_interval(2), Duration::from_millis(1));
+        assert_eq!(refresh_interval(1), Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,525 @@
+//! `SpaceLock` against a real redis-server with the spacelock module.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Server, ServerBuilder};
+use redis::aio::ConnectionManager;
+use spacelock_client::{
+    AcquireReply, Error, Lease, Options, Outcome, RefreshReply, ReleaseReply, Skipped, SpaceLock,
+};
+
+async fn manager(server: &Server) -> ConnectionManager {
+    ConnectionManager::new(server.client()).await.unwrap()
+}
+
+async fn locks(server: &Server, options: Options) -> SpaceLock<ConnectionManager> {
+    SpaceLock::new(manager(server).await, options)
+}
+
+/// The owner stored in a lock key, read from outside (`None` if free).
+fn holder(server: &Server, key: &str) -> Option<String> {
+    let mut con = server.conn();
+    redis::cmd("GET").arg(key).query(&mut con).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// compile-time checks
+
+#[allow(dead_code)]
+fn assert_send_sync<T: Send + Sync>() {}
+
+#[allow(dead_code)]
+fn assert_send<T: Send>(_: &T) {}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    assert_send_sync::<SpaceLock<ConnectionManager>>();
+    assert_send_sync::<SpaceLock<redis::aio::MultiplexedConnection>>();
+    assert_send_sync::<SpaceLock<redis::cluster_async::ClusterConnection>>();
+    assert_send_sync::<Lease>();
+    assert_send_sync::<Options>();
+    assert_send_sync::<Error>();
+    assert_send_sync::<Outcome<String>>();
+    assert_send_sync::<Skipped>();
+}
+
+/// The future of `with_space_lock` is `Send` when the body is, so it can be spawned.
+#[allow(dead_code)]
+fn with_space_lock_future_is_send(
+    locks: SpaceLock<ConnectionManager>,
+    locks2: SpaceLock<ConnectionManager>,
+) {
+    let fut = async move { locks.with_space_lock("k", |_lease| async { 1 }).await };
+    assert_send(&fut);
+    let fut2 = async move {
+        locks2
+            .with_space_lock_wait("k", Duration::from_millis(1), |_lease| async { 1 })
+            .await
+    };
+    assert_send(&fut2);
+}
+
+// ---------------------------------------------------------------------------
+// semantics
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_give_in_progress_never_lock_held() {
+    let server = Server::new();
+    let locks = locks(&server, Options::default()).await;
+    for round in 0..100 {
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let returned = Arc::new(AtomicUsize::new(0));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        for _ in 0..2 {
+            let (locks, barrier, returned, notify) = (
+                locks.clone(),
+                barrier.clone(),
+                returned.clone(),
+                notify.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                let outcome = locks
+                    .with_space_lock("space", |lease| {
+                        let (returned, notify) = (returned.clone(), notify.clone());
+                        async move {
+                            // Hold the lock until the other call has returned, so
+                            // the two calls truly overlap.
+                            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                            while returned.load(Ordering::SeqCst) == 0 {
+                                let _ = tokio::time::timeout_at(deadline, notify.notified()).await;
+                                if tokio::time::Instant::now() >= deadline {
+                                    break;
+                                }
+                            }
+                            lease.token()
+                        }
+                    })
+                    .await
+                    .unwrap();
+                returned.fetch_add(1, Ordering::SeqCst);
+                notify.notify_waiters();
+                outcome
+            }));
+        }
+        let mut ran = 0;
+        let mut in_progress = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Outcome::Ran(_) => ran += 1,
+                Outcome::Skipped(Skipped::InProgress) => in_progress += 1,
+                other => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!((ran, in_progress), (1, 1), "round {round}");
+        assert!(!locks.is_running("space"));
+    }
+    assert_eq!(holder(&server, &locks.key("space")), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_held_across_two_instances() {
+    let server = Server::new();
+    let a = locks(&server, Options::default()).await;
+    let b = locks(&server, Options::default()).await;
+    assert_ne!(a.owner(), b.owner());
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let a2 = a.clone();
+    let holder_task = tokio::spawn(async move {
+        a2.with_space_lock("space", |lease| async move {
+            started_tx.send(lease.token()).unwrap();
+            stop_rx.await.unwrap();
+        })
+        .await
+        .unwrap()
+    });
+    started_rx.await.unwrap();
+    let outcome = b
+        .with_space_lock("space", |_| async { "ran" })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Skipped(Skipped::LockHeld));
+    assert!(
+        !b.is_running("space"),
+        "a LockHeld call must free its entry"
+    );
+    assert_eq!(holder(&server, &a.key("space")).as_deref(), Some(a.owner()));
+    stop_tx.send(()).unwrap();
+    assert!(holder_task.await.unwrap().is_ran());
+    let outcome = b
+        .with_space_lock("space", |_| async { "ran" })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Ran("ran"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_keeps_a_300ms_lock_for_1500ms() {
+    let server = Server::new();
+    let a = locks(&server, Options::default().ttl(Duration::from_millis(300))).await;
+    let b = locks(&server, Options::default()).await;
+    let key = a.key("space");
+    let owner = a.owner().to_string();
+    let started = Instant::now();
+    let outcome = a
+        .with_space_lock("space", |lease| {
+            let (b, key, server) = (b.clone(), key.clone(), &server);
+            async move {
+                while started.elapsed() < Duration::from_millis(1600) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    assert_eq!(
+                        holder(server, &key),
+                        Some(owner.clone()),
+                        "after {:?}",
+                        started.elapsed()
+                    );
+                    let other = b.with_space_lock("space", |_| async {}).await.unwrap();
+                    assert_eq!(other, Outcome::Skipped(Skipped::LockHeld));
+                    assert!(!lease.is_lost(), "lost after {:?}", started.elapsed());
+                }
+                lease.token()
+            }
+        })
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(outcome, Outcome::Ran(1));
+    assert_eq!(holder(&server, &key), None, "released after the body");
+    assert_eq!(a.active_leases(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_signal_when_the_key_is_deleted() {
+    let server = Server::new();
+    let server = &server;
+    let a = locks(server, Options::default().ttl(Duration::from_millis(600))).await;
+    let outcome = a
+        .with_space_lock("space", |lease| async move {
+            assert!(!lease.is_lost());
+            let t0 = Instant::now();
+            let _: i64 = redis::cmd("DEL")
+                .arg(lease.key())
+                .query(&mut server.conn())
+                .unwrap();
+            // The next refresh (every 200 ms) answers 0.
+            tokio::time::timeout(Duration::from_secs(2), lease.lost())
+                .await
+                .expect("lost() must resolve");
+            assert!(lease.is_lost());
+            t0.elapsed()
+        })
+        .await
+        .unwrap();
+    let after = outcome.ran().unwrap();
+    assert!(after <= Duration::from_millis(450), "lost after {after:?}");
+    assert_eq!(a.active_leases(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_signal_when_the_key_is_re_owned() {
+    let server = Server::new();
+    let server = &server;
+    let a = locks(server, Options::default().ttl(Duration::from_millis(600))).await;
+    let key = a.key("space");
+    a.with_space_lock("space", |lease| async move {
+        let mut con = server.conn();
+        let _: i64 = redis::cmd("DEL").arg(lease.key()).query(&mut con).unwrap();
+        let token: Option<i64> = redis::cmd("SPACELOCK.ACQUIRE")
+            .arg(lease.key())
+            .arg("intruder")
+            .arg(30_000)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(token, Some(lease.token() as i64 + 1));
+        tokio::time::timeout(Duration::from_secs(2), lease.lost())
+            .await
+            .expect("lost() must resolve");
+    })
+    .await
+    .unwrap()
+    .ran()
+    .unwrap();
+    // Our release after the body must not have deleted the intruder's lock.
+    assert_eq!(holder(server, &key).as_deref(), Some("intruder"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_by_local_deadline_while_the_server_stalls() {
+    let server = Server::new();
+    let a = locks(&server, Options::default().ttl(Duration::from_millis(300))).await;
+    let mut sleeper = server.conn();
+    let outcome = a
+        .with_space_lock("space", |lease| async move {
+            let stall = tokio::task::spawn_blocking(move || {
+                let t0 = Instant::now();
+                let _: () = redis::cmd("DEBUG")
+                    .arg("SLEEP")
+                    .arg("1.5")
+                    .query(&mut sleeper)
+                    .unwrap();
+                t0.elapsed()
+            });
+            let t0 = Instant::now();
+            tokio::time::timeout(Duration::from_millis(1200), lease.lost())
+                .await
+                .expect("the local deadline must fire while the server sleeps");
+            let lost_after = t0.elapsed();
+            assert!(
+                !stall.is_finished(),
+                "lost() must not wait for the server to wake up"
+            );
+            let slept = stall.await.unwrap();
+            assert!(slept >= Duration::from_millis(1400));
+            lost_after
+        })
+        .await
+        .unwrap();
+    let lost_after = outcome.ran().unwrap();
+    // No refresh can succeed during the stall, so the lease is lost at most
+    // one ttl after the last successful refresh started (plus scheduling).
+    assert!(
+        lost_after <= Duration::from_millis(450),
+        "lost after {lost_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_lost_drops_the_body() {
+    let server = Server::new();
+    let server = &server;
+    let a = locks(
+        server,
+        Options::default()
+            .ttl(Duration::from_millis(300))
+            .cancel_on_lost(true),
+    )
+    .await;
+    let t0 = Instant::now();
+    let err = a
+        .with_space_lock("space", |lease| async move {
+            let _: i64 = redis::cmd("DEL")
+                .arg(lease.key())
+                .query(&mut server.conn())
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "never"
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::LockLost { key } if key == &a.key("space")),
+        "{err}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert!(!a.is_running("space"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_when_the_body_returns_err() {
+    let server = Server::new();
+    let a = locks(&server, Options::default()).await;
+    let key = a.key("space");
+    let outcome = a
+        .with_space_lock("space", |_| async {
+            assert!(holder(&server, &key).is_some());
+            Err::<(), _>("boom")
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Ran(Err("boom")));
+    assert_eq!(holder(&server, &key), None);
+    assert!(!a.is_running("space"));
+    assert_eq!(a.active_leases(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_on_panic_then_resumes_it() {
+    let server = Server::new();
+    let a = locks(&server, Options::default()).await;
+    let key = a.key("space");
+    let a2 = a.clone();
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let joined = tokio::spawn(async move {
+        a2.with_space_lock("space", |lease| async move {
+            held_tx.send(lease.key().to_string()).unwrap();
+            panic!("boom in the body");
+        })
+        .await
+    })
+    .await;
+    assert_eq!(held_rx.recv().unwrap(), key);
+    let err = joined.unwrap_err();
+    assert!(err.is_panic());
+    let payload = err.into_panic();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"boom in the body"));
+    // Released before the panic resumed: nothing left to wait for.
+    assert_eq!(holder(&server, &key), None);
+    assert!(!a.is_running("space"));
+    assert_eq!(a.active_leases(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_on_cancellation() {
+    let server = Server::new();
+    let a = locks(&server, Options::default()).await;
+    let key = a.key("space");
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let a2 = a.clone();
+    let task = tokio::spawn(async move {
+        a2.with_space_lock("space", |_| async move {
+            held_tx.send(()).unwrap();
+            std::future::pending::<()>().await
+        })
+        .await
+    });
+    held_rx.await.unwrap();
+    assert_eq!(holder(&server, &key).as_deref(), Some(a.owner()));
+    assert!(a.is_running("space"));
+    assert_eq!(a.active_leases(), 1);
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert_eq!(a.active_leases(), 0, "the heartbeat stops at once");
+    let freed = common::wait_until(Duration::from_secs(2), || {
+        holder(&server, &key).is_none() && !a.is_running("space")
+    });
+    assert!(
+        freed,
+        "key and in-process entry must be freed after an abort"
+    );
+    // And the lock is usable again at once.
+    assert!(a
+        .with_space_lock("space", |_| async {})
+        .await
+        .unwrap()
+        .is_ran());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_increase_across_runs() {
+    let server = Server::new();
+    let a = locks(&server, Options::default()).await;
+    let b = locks(&server, Options::default()).await;
+    let mut last = 0;
+    for i in 0..10 {
+        let locks = if i % 2 == 0 { &a } else { &b };
+        let token = locks
+            .with_space_lock("space", |lease| async move { lease.token() })
+            .await
+            .unwrap()
+            .ran()
+            .unwrap();
+        assert!(token > last, "token {token} after {last}");
+        last = token;
+    }
+    assert_eq!(last, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_not_loaded_is_a_typed_error() {
+    let server = ServerBuilder::new().without_module().start();
+    let a = locks(&server, Options::default()).await;
+    let err = a.with_space_lock("space", |_| async {}).await.unwrap_err();
+    assert!(err.is_module_not_loaded(), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("loadmodule /path/to/libspacelock.so"), "{msg}");
+    assert!(msg.contains("MODULE LOAD"), "{msg}");
+    assert!(!a.is_running("space"));
+    assert!(matches!(
+        a.acquire("space").await,
+        Err(Error::ModuleNotLoaded { .. })
+    ));
+    assert!(matches!(
+        a.release("space").await,
+        Err(Error::ModuleNotLoaded { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_redis_errors_are_redis_errors() {
+    let server = Server::new();
+    let a = locks(&server, Options::default()).await;
+    // A list where the lock should be: WRONGTYPE from the module.
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(a.key("space"))
+        .arg("x")
+        .query(&mut server.conn())
+        .unwrap();
+    let err = a.with_space_lock("space", |_| async {}).await.unwrap_err();
+    assert!(matches!(err, Error::Redis(_)), "{err:?}");
+    assert!(err.to_string().contains("WRONGTYPE"), "{err}");
+    assert!(!a.is_running("space"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primitives_return_typed_replies() {
+    let server = Server::new();
+    let a = locks(&server, Options::default().ttl(Duration::from_secs(5))).await;
+    let b = locks(&server, Options::default()).await;
+    assert_eq!(a.info("k").await.unwrap(), None);
+    assert_eq!(
+        a.acquire("k").await.unwrap(),
+        AcquireReply::Acquired { token: 1 }
+    );
+    assert_eq!(b.acquire("k").await.unwrap(), AcquireReply::Held);
+    let info = a.info("k").await.unwrap().unwrap();
+    assert_eq!(info.owner, a.owner());
+    assert_eq!(info.token, 1);
+    assert!(info.ttl.unwrap() <= Duration::from_secs(5));
+    assert_eq!(a.refresh("k").await.unwrap(), RefreshReply::Refreshed);
+    assert_eq!(b.refresh("k").await.unwrap(), RefreshReply::NotOwner);
+    assert_eq!(b.release("k").await.unwrap(), ReleaseReply::NotOwner);
+    assert_eq!(a.release("k").await.unwrap(), ReleaseReply::Released);
+    assert_eq!(a.release("k").await.unwrap(), ReleaseReply::NotOwner);
+    assert_eq!(
+        b.acquire("k").await.unwrap(),
+        AcquireReply::Acquired { token: 2 }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_over_a_multiplexed_connection_and_with_a_custom_prefix() {
+    let server = Server::new();
+    let server = &server;
+    let conn = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let a = SpaceLock::new(
+        conn,
+        Options::default()
+            .key_prefix("git-sync:lock:")
+            .owner("me-1"),
+    );
+    assert_eq!(a.owner(), "me-1");
+    let key = a
+        .with_space_lock("space-42", |lease| async move {
+            assert_eq!(holder(server, lease.key()).as_deref(), Some("me-1"));
+            lease.key().to_string()
+        })
+        .await
+        .unwrap()
+        .ran()
+        .unwrap();
+    assert_eq!(key, "git-sync:lock:space-42");
+    assert_eq!(holder(server, &key), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_without_a_connector_is_an_error() {
+    let server = Server::new();
+    let a = locks(&server, Options::default()).await;
+    let err = a
+        .with_space_lock_wait("space", Duration::from_millis(10), |_| async {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::WaitNotConfigured), "{err:?}");
+    assert!(!a.is_running("space"));
+}
