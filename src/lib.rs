@@ -116,6 +116,23 @@ pub fn waiters_on(_key: &[u8]) -> usize {
     0
 }
 
+/// The ACL categories of `def` where modules may set them (Redis >= 7.4,
+/// Valkey >= 8.0): `spacelock` plus the core categories its flags imply
+/// (`write` or `read`, and `fast`). The server derives none of them for module
+/// commands, so without this `+@all -@write` would still allow ACQUIRE and
+/// `+@read` would not allow INFO.
+fn acl_categories(def: &CommandDef) -> std::ffi::CString {
+    let flags = def.flags.to_string_lossy();
+    let has = |f: &str| flags.split(' ').any(|x| x == f);
+    let mut cats = vec![ACL_CATEGORY.to_string_lossy().into_owned()];
+    cats.push(if has("write") { "write" } else { "read" }.to_string());
+    if has("fast") {
+        cats.push("fast".to_string());
+    }
+    // The names are static ASCII words: no NUL.
+    std::ffi::CString::new(cats.join(" ")).unwrap_or_else(|_| ACL_CATEGORY.to_owned())
+}
+
 /// Called by `RedisModule_OnLoad` after the API check. An `Err` refuses the
 /// load; its text is logged.
 pub fn on_load(ctx: &LoadCtx, args: &[RStr]) -> Result<(), String> {
@@ -130,12 +147,12 @@ pub fn on_load(ctx: &LoadCtx, args: &[RStr]) -> Result<(), String> {
     }
     if ctx.add_acl_category(ACL_CATEGORY)? {
         for def in &commands {
-            ctx.set_acl_categories(def.name, ACL_CATEGORY)?;
+            ctx.set_acl_categories(def.name, &acl_categories(def))?;
         }
     } else {
         ctx.log(
             c"notice",
-            "spacelock: ACL category @spacelock unavailable (needs Redis >= 7.4 or Valkey >= 8.1); commands keep @write/@read/@fast",
+            "spacelock: ACL category @spacelock unavailable (needs Redis >= 7.4 or Valkey >= 8.0); grant spacelock commands by name (+spacelock.acquire ...), as @write/@read/@fast do not cover module commands here",
         );
     }
 
