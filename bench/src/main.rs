@@ -95,8 +95,8 @@ impl Cfg {
         };
         Ok(Cfg {
             quick,
-            n: env_usize("BENCH_N", if quick { 20_000 } else { 100_000 }),
-            rounds: env_usize("BENCH_ROUNDS", if quick { 3 } else { 5 }).max(1),
+            n: env_usize("BENCH_N", if quick { 20_000 } else { 50_000 }),
+            rounds: env_usize("BENCH_ROUNDS", if quick { 3 } else { 7 }).max(1),
             conns: env_usize("BENCH_CONNS", 4).max(1),
             depth: env_usize("BENCH_DEPTH", 32).max(1),
             scale_n: env_usize("BENCH_SCALE_N", if quick { 100_000 } else { 1_000_000 }).max(1),
@@ -140,6 +140,20 @@ struct Case {
 struct Sample {
     us_per_call: f64,
     rps: f64,
+    /// Server main-thread CPU per call (µs), from /proc schedstat: includes
+    /// parsing and reply I/O, and unlike commandstats' wall clock it does not
+    /// grow when the server is preempted by other load on the box.
+    cpu_us: f64,
+}
+
+/// CPU time (ns) the server's main thread has run, from its schedstat.
+fn cpu_ns(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -213,6 +227,7 @@ fn used_memory(con: &mut Conn) -> Result<i64, String> {
 struct Runner<'a> {
     cfg: &'a Cfg,
     port: u16,
+    pid: u32,
     admin: Conn,
     prepared: HashSet<&'static str>,
 }
@@ -253,7 +268,10 @@ impl Runner<'_> {
             }
         }
         self.admin.call(&["CONFIG", "RESETSTAT"]).map_err(ctx)?;
-        let (n, took) = self.load(case.db, (case.run)(round)).map_err(ctx)?;
+        let cmds = (case.run)(round);
+        let cpu0 = cpu_ns(self.pid);
+        let (n, took) = self.load(case.db, cmds).map_err(ctx)?;
+        let cpu1 = cpu_ns(self.pid);
         let stats = commandstats(&mut self.admin).map_err(ctx)?;
         let (calls, usec) = stats.get(case.stat).copied().unwrap_or((0, 0));
         if calls != n as u64 {
@@ -265,6 +283,10 @@ impl Runner<'_> {
         Ok(Sample {
             us_per_call: usec as f64 / calls as f64,
             rps: n as f64 / took.as_secs_f64(),
+            cpu_us: match (cpu0, cpu1) {
+                (Some(a), Some(b)) => (b - a) as f64 / 1000.0 / n as f64,
+                _ => f64::NAN,
+            },
         })
     }
 
@@ -440,7 +462,12 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
             db: 0,
             flush: false,
             prep_once: true,
-            prep: None,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("r:s", i), OWNER, "PX", TTL]),
+                    Expect::Ok,
+                )
+            })),
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["GET", key("r:s", i)]),
@@ -454,7 +481,12 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
             db: 0,
             flush: false,
             prep_once: true,
-            prep: None,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("r:s", i), OWNER, "PX", TTL]),
+                    Expect::Ok,
+                )
+            })),
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["PEXPIRE", key("r:s", i), TTL]),
@@ -506,6 +538,28 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
         });
     }
     let _ = (rel2, refr2);
+    // Compared cases sit next to each other, so each pair runs back to back in
+    // every round (the order is reversed on odd rounds).
+    const ORDER: &[&str] = &[
+        "set_ifeq",
+        "refresh",
+        "lua_refresh",
+        "pexpire",
+        "get",
+        "fencekey",
+        "ping",
+        "lua_release",
+        "release",
+        "delifeq",
+        "acquire",
+        "set_nx_px",
+    ];
+    cases.sort_by_key(|c| {
+        ORDER
+            .iter()
+            .position(|id| *id == c.id)
+            .unwrap_or(ORDER.len())
+    });
     cases
 }
 
@@ -530,10 +584,11 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Metric {
     Us,
     Rps,
+    Cpu,
 }
 
 /// A row comparing case `a` (spacelock) with case `b` (baseline), from
@@ -543,12 +598,13 @@ fn row(label: String, s: &HashMap<&'static str, Vec<Sample>>, a: &str, b: &str, 
     let val = |x: &Sample| match m {
         Metric::Us => x.us_per_call,
         Metric::Rps => x.rps,
+        Metric::Cpu => x.cpu_us,
     };
     let ratios: Vec<f64> = sa
         .iter()
         .zip(sb)
         .map(|(x, y)| match m {
-            Metric::Us => val(y) / val(x),
+            Metric::Us | Metric::Cpu => val(y) / val(x),
             Metric::Rps => val(x) / val(y),
         })
         .collect();
@@ -577,6 +633,7 @@ fn workload1(
     let mut runner = Runner {
         cfg,
         port: srv.port,
+        pid: srv.pid(),
         admin,
         prepared: HashSet::new(),
     };
@@ -591,106 +648,71 @@ fn workload1(
         for (r, x) in s[c.id].iter().enumerate() {
             let _ = writeln!(
                 raw,
-                "{},{},{},{:.4},{:.0}",
-                srv.name, c.id, r, x.us_per_call, x.rps
+                "{},{},{},{:.4},{:.0},{:.4}",
+                srv.name, c.id, r, x.us_per_call, x.rps, x.cpu_us
             );
         }
     }
     let v = &srv.name;
-    let us = "server µs/call";
+    use Metric::{Cpu, Rps, Us};
+    let mut pairs: Vec<(&str, &str, &str, &[Metric])> = Vec::new();
     if srv.is_valkey {
-        rows.push(row(
-            format!("{v} · REFRESH held key vs native `SET k owner IFEQ owner PX ttl` · {us}"),
-            &s,
+        pairs.push((
+            "REFRESH held key vs native `SET k owner IFEQ owner PX ttl`",
             "refresh",
             "set_ifeq",
-            Metric::Us,
+            &[Us, Cpu, Rps],
         ));
-        rows.push(row(
-            format!("{v} · REFRESH held key vs native `SET k owner IFEQ owner PX ttl` · rps"),
-            &s,
-            "refresh",
-            "set_ifeq",
-            Metric::Rps,
-        ));
-        rows.push(row(
-            format!("{v} · RELEASE held key vs native `DELIFEQ k owner` · {us}"),
-            &s,
+        pairs.push((
+            "RELEASE held key vs native `DELIFEQ k owner`",
             "release",
             "delifeq",
-            Metric::Us,
-        ));
-        rows.push(row(
-            format!("{v} · RELEASE held key vs native `DELIFEQ k owner` · rps"),
-            &s,
-            "release",
-            "delifeq",
-            Metric::Rps,
+            &[Us, Cpu, Rps],
         ));
     }
-    rows.push(row(
-        format!("{v} · ACQUIRE fresh key (lock + fence) vs `SET k owner PX ttl NX` · {us}"),
-        &s,
-        "acquire",
-        "set_nx_px",
-        Metric::Us,
-    ));
-    rows.push(row(
-        format!("{v} · ACQUIRE fresh key (lock + fence) vs `SET k owner PX ttl NX` · rps"),
-        &s,
-        "acquire",
-        "set_nx_px",
-        Metric::Rps,
-    ));
-    rows.push(row(
-        format!("{v} · REFRESH held key vs seed `EVALSHA` CAS-PEXPIRE · {us}"),
-        &s,
-        "refresh",
-        "lua_refresh",
-        Metric::Us,
-    ));
-    rows.push(row(
-        format!("{v} · REFRESH held key vs seed `EVALSHA` CAS-PEXPIRE · rps"),
-        &s,
-        "refresh",
-        "lua_refresh",
-        Metric::Rps,
-    ));
-    rows.push(row(
-        format!("{v} · RELEASE held key vs seed `EVALSHA` CAS-DEL · {us}"),
-        &s,
-        "release",
-        "lua_release",
-        Metric::Us,
-    ));
-    rows.push(row(
-        format!("{v} · RELEASE held key vs seed `EVALSHA` CAS-DEL · rps"),
-        &s,
-        "release",
-        "lua_release",
-        Metric::Rps,
-    ));
-    rows.push(row(
-        format!("{v} · dispatch floor: `SPACELOCK.FENCEKEY k` vs `PING` · {us}"),
-        &s,
-        "fencekey",
-        "ping",
-        Metric::Us,
-    ));
-    rows.push(row(
-        format!("{v} · reference: REFRESH vs `PEXPIRE k ttl` (no owner check) · {us}"),
-        &s,
-        "refresh",
-        "pexpire",
-        Metric::Us,
-    ));
-    rows.push(row(
-        format!("{v} · reference: REFRESH vs `GET k` · {us}"),
-        &s,
-        "refresh",
-        "get",
-        Metric::Us,
-    ));
+    pairs.extend([
+        (
+            "ACQUIRE fresh key (lock + fence) vs `SET k owner PX ttl NX`",
+            "acquire",
+            "set_nx_px",
+            &[Us, Cpu, Rps][..],
+        ),
+        (
+            "REFRESH held key vs seed `EVALSHA` CAS-PEXPIRE",
+            "refresh",
+            "lua_refresh",
+            &[Us, Cpu, Rps],
+        ),
+        (
+            "RELEASE held key vs seed `EVALSHA` CAS-DEL",
+            "release",
+            "lua_release",
+            &[Us, Cpu, Rps],
+        ),
+        (
+            "dispatch floor: `SPACELOCK.FENCEKEY k` vs `PING`",
+            "fencekey",
+            "ping",
+            &[Us],
+        ),
+        (
+            "reference: REFRESH vs `PEXPIRE k ttl` (no owner check)",
+            "refresh",
+            "pexpire",
+            &[Us],
+        ),
+        ("reference: REFRESH vs `GET k`", "refresh", "get", &[Us]),
+    ]);
+    for (what, a, b, metrics) in pairs {
+        for m in metrics {
+            let unit = match m {
+                Us => "server µs/call",
+                Cpu => "server CPU µs/call",
+                Rps => "rps",
+            };
+            rows.push(row(format!("{v} · {what} · {unit}"), &s, a, b, *m));
+        }
+    }
     Ok(srv)
 }
 
@@ -707,6 +729,7 @@ fn workload2(cfg: &Cfg, rows: &mut Vec<Row>, raw: &mut String) -> Result<(), Str
     let mut runner = Runner {
         cfg,
         port: srv.port,
+        pid: srv.pid(),
         admin,
         prepared: HashSet::new(),
     };
@@ -811,21 +834,30 @@ fn workload2(cfg: &Cfg, rows: &mut Vec<Row>, raw: &mut String) -> Result<(), Str
     let s = runner.rounds(&cases, cfg.rounds)?;
     for c in &cases {
         for (r, x) in s[c.id].iter().enumerate() {
-            let _ = writeln!(raw, "{v},{},{},{:.4},{:.0}", c.id, r, x.us_per_call, x.rps);
+            let _ = writeln!(
+                raw,
+                "{v},{},{},{:.4},{:.0},{:.4}",
+                c.id, r, x.us_per_call, x.rps, x.cpu_us
+            );
         }
     }
     let (bn, sn) = (count_label(big), count_label(small));
-    rows.push(row(format!("{v} · scale: REFRESH with {bn} locks held (spacelock) vs {sn} held (baseline) · server µs/call"), &s, "refresh_big", "refresh_small", Metric::Us));
-    rows.push(row(format!("{v} · scale: `EVALSHA` CAS-PEXPIRE with {bn} held (spacelock column) vs {sn} held · server µs/call"), &s, "lua_big", "lua_small", Metric::Us));
-    rows.push(row(
-        format!(
-            "{v} · scale: REFRESH vs seed `EVALSHA` CAS-PEXPIRE, {bn} locks held · server µs/call"
-        ),
-        &s,
-        "refresh_big",
-        "lua_big",
-        Metric::Us,
-    ));
+    use Metric::{Cpu, Us};
+    let pairs: [(String, &str, &str); 3] = [
+        (format!("scale: REFRESH with {bn} locks held (spacelock column) vs {sn} held (baseline column)"), "refresh_big", "refresh_small"),
+        (format!("scale: seed `EVALSHA` CAS-PEXPIRE with {bn} held (spacelock column) vs {sn} held (baseline column)"), "lua_big", "lua_small"),
+        (format!("scale: REFRESH vs seed `EVALSHA` CAS-PEXPIRE, {bn} locks held"), "refresh_big", "lua_big"),
+    ];
+    for (what, a, b) in &pairs {
+        rows.push(row(format!("{v} · {what} · server µs/call"), &s, a, b, Us));
+        rows.push(row(
+            format!("{v} · {what} · server CPU µs/call"),
+            &s,
+            a,
+            b,
+            Cpu,
+        ));
+    }
     rows.push(Row {
         workload: format!("{v} · memory per held lock (lock + fence key) vs plain `SET NX PX` lock, {bn} locks · bytes"),
         spacelock: format!("{held:.1}"),
@@ -840,6 +872,83 @@ fn workload2(cfg: &Cfg, rows: &mut Vec<Row>, raw: &mut String) -> Result<(), Str
         ratio: plain / residue,
         spread: "n=1".into(),
     });
+    Ok(())
+}
+
+/// `spacelock-bench profile`: one server per case under
+/// `valgrind --tool=callgrind --instr-atstart=no`; instrumentation is switched
+/// on (callgrind_control) only around the measured run, after the prepare
+/// step, so the profile holds exactly PROFILE_N calls of the case and the
+/// event loop/socket work around them. Env: PROFILE_SERVER (default: Valkey if
+/// found, else Redis), PROFILE_N (20000), PROFILE_CASES (comma list of case
+/// ids), PROFILE_OUT (directory, default target/bench/profile).
+fn profile(cfg: &Cfg) -> Result<(), String> {
+    let binary = std::env::var_os("PROFILE_SERVER")
+        .map(PathBuf::from)
+        .or_else(|| cfg.valkey.clone())
+        .unwrap_or_else(|| cfg.redis.clone());
+    let n = env_usize("PROFILE_N", 20_000);
+    let out = std::env::var_os("PROFILE_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cfg.root.join("target/bench/profile"));
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let wanted = std::env::var("PROFILE_CASES").unwrap_or_else(|_| {
+        "refresh,set_ifeq,lua_refresh,pexpire,release,delifeq,lua_release,acquire,set_nx_px,fencekey,ping,get".into()
+    });
+    for id in wanted.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let file = out.join(format!("callgrind.{id}"));
+        let wrapper: Vec<String> = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            &format!("--callgrind-out-file={}", file.display()),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let srv = Server::start_wrapped(&wrapper, &binary, Some(&cfg.module), &[])?;
+        let mut admin = srv.conn();
+        let sha_rel = script_load(&mut admin, LUA_RELEASE)?;
+        let sha_ref = script_load(&mut admin, LUA_REFRESH)?;
+        let cases = workload1_cases(n, srv.is_valkey, &sha_rel, &sha_ref);
+        let case = cases
+            .iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| format!("no case {id:?} on {}", srv.name))?;
+        let runner = Runner {
+            cfg,
+            port: srv.port,
+            pid: srv.pid(),
+            admin,
+            prepared: HashSet::new(),
+        };
+        if let Some(prep) = &case.prep {
+            runner.load(case.db, prep(0))?;
+        }
+        let cmds = (case.run)(0);
+        let toggle = |on: bool| -> Result<(), String> {
+            let st = std::process::Command::new("callgrind_control")
+                .args(["-i", if on { "on" } else { "off" }, &srv.pid().to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map_err(|e| format!("callgrind_control: {e}"))?;
+            if st.success() {
+                Ok(())
+            } else {
+                Err(format!("callgrind_control -i failed: {st}"))
+            }
+        };
+        toggle(true)?;
+        let (_, took) = runner.load(case.db, cmds)?;
+        toggle(false)?;
+        eprintln!(
+            "profiled {id} on {}: {n} calls in {:.1} s -> {}",
+            srv.name,
+            took.as_secs_f64(),
+            file.display()
+        );
+        drop(srv);
+    }
     Ok(())
 }
 
@@ -877,6 +986,9 @@ fn main() {
 
 fn real_main() -> Result<(), String> {
     let cfg = Cfg::from_env()?;
+    if std::env::args().nth(1).as_deref() == Some("profile") {
+        return profile(&cfg);
+    }
     let t0 = Instant::now();
     let date = sh("date -u '+%Y-%m-%d %H:%M UTC'");
     let cores = std::thread::available_parallelism()
@@ -902,7 +1014,7 @@ fn real_main() -> Result<(), String> {
         cfg.module.display()
     );
     let mut rows = Vec::new();
-    let mut raw = String::from("server,case,round,us_per_call,rps\n");
+    let mut raw = String::from("server,case,round,us_per_call,rps,cpu_us_per_call\n");
     let mut servers = Vec::new();
     let mut anchor = format!(
         "Anchor: no physical-limit anchor on this run: Valkey 9.1.2 unavailable ({}).",
@@ -949,7 +1061,7 @@ fn real_main() -> Result<(), String> {
     let _ = writeln!(md);
     let _ = writeln!(md, "{anchor}");
     let _ = writeln!(md);
-    let _ = writeln!(md, "Ratio > 1 means spacelock is better: baseline/spacelock for µs and bytes, spacelock/baseline for rps; it is the median of the per-round ratios, and spread is their min–max. Server µs/call is INFO commandstats usec/calls; rps is the client's wall-clock rate.");
+    let _ = writeln!(md, "Ratio > 1 means spacelock is better: baseline/spacelock for µs and bytes, spacelock/baseline for rps; it is the median of the per-round ratios, and spread is their min–max. Server µs/call is INFO commandstats usec/calls (wall clock inside the command: it grows when the box preempts the server); server CPU µs/call is the server main thread's CPU time (/proc schedstat) over the run / calls, so it includes parsing and reply I/O but not preemption; rps is the client's wall-clock rate.");
     let _ = writeln!(md);
     let _ = writeln!(md, "| workload | spacelock | baseline | ratio | spread |");
     let _ = writeln!(md, "|---|---|---|---|---|");

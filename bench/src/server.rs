@@ -33,12 +33,30 @@ impl Server {
         module: Option<&Path>,
         extra: &[(&str, &str)],
     ) -> Result<Server, String> {
+        Self::start_wrapped(&[], binary, module, extra)
+    }
+
+    /// Like [`start`](Self::start), under `wrapper` (e.g. valgrind): the
+    /// server runs as `wrapper… binary args…`.
+    pub fn start_wrapped(
+        wrapper: &[String],
+        binary: &Path,
+        module: Option<&Path>,
+        extra: &[(&str, &str)],
+    ) -> Result<Server, String> {
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("spacelock-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let log = dir.join("server.log");
-        let mut cmd = Command::new(binary);
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         cmd.arg("--port")
             .arg(port.to_string())
             .arg("--bind")
@@ -107,6 +125,11 @@ impl Server {
         &self.log
     }
 
+    /// The server's pid (under a wrapper: the wrapper's, which valgrind shares).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub fn conn(&self) -> Conn {
         Conn::connect(self.port).expect("connect to bench server")
     }
@@ -118,7 +141,8 @@ impl Drop for Server {
             if let Ok(mut c) = Conn::connect(self.port) {
                 let _ = c.call(&["SHUTDOWN", "NOSAVE"]);
             }
-            let deadline = Instant::now() + Duration::from_secs(10);
+            // Long enough for a server under valgrind to write its profile.
+            let deadline = Instant::now() + Duration::from_secs(120);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
