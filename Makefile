@@ -50,3 +50,7 @@ clean: ## Remove build output
 .PHONY: bench
 bench: ## Benchmarks vs native SET/DELIFEQ and the seed's Lua (QUICK=1: < 1 min); writes target/bench/results.md
 	QUICK=$(QUICK) bash bench/run.sh
+
+.PHONY: bench-profile
+bench-profile: ## callgrind instruction counts per call, module vs native (PROFILE_SERVER=, PROFILE_CASES=); writes target/bench/profile/table.md
+	bash bench/run.sh profile

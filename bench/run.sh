@@ -5,6 +5,8 @@
 # BENCH_SMALL_N, BENCH_CONNS, BENCH_DEPTH, BENCH_OUT, REDIS_SERVER,
 # VALKEY_SERVER (a path; empty string = skip Valkey), BENCH_MODULE (a built
 # libspacelock.so; default: build it), BENCH_NO_BUILD=1 (do not build the module).
+# `run.sh profile`: callgrind instruction counts per call instead (PROFILE_SERVER,
+# PROFILE_N, PROFILE_CASES, PROFILE_OUT); the table lands in $PROFILE_OUT/table.md.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tgt=${CARGO_TARGET_DIR:-$root/target}
@@ -55,4 +57,17 @@ else
 fi
 
 export SPACELOCK_MODULE=$BENCH_MODULE VALKEY_SERVER VALKEY_MISSING BENCH_ROOT=$root
+if [ "${1:-}" = profile ]; then
+  # Instruction counts per call under callgrind (stable on a noisy box):
+  # one server per case, instrumentation on only around the measured calls.
+  out=${PROFILE_OUT:-$root/target/bench/profile}
+  export PROFILE_OUT=$out
+  cases=${PROFILE_CASES:-refresh,refresh_first,set_ifeq,lua_refresh,pexpire,release,delifeq,lua_release,acquire,set_nx_px,fencekey,ping,get}
+  export PROFILE_CASES=$cases
+  "$tool" profile
+  present=$(for c in ${cases//,/ }; do [ -f "$out/callgrind.$c" ] && printf '%s ' "$c"; done)
+  # shellcheck disable=SC2086
+  python3 "$root/bench/cg-table.py" "$out" "${PROFILE_N:-20000}" $present | tee "$out/table.md"
+  exit 0
+fi
 exec "$tool"

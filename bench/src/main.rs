@@ -133,6 +133,8 @@ struct Case {
     /// Prepare only before the first run (the run does not consume the state).
     prep_once: bool,
     prep: Option<Gen>,
+    /// A second prepare step, after `prep` (same once/every-run rule).
+    warm: Option<Gen>,
     run: Gen,
 }
 
@@ -265,6 +267,10 @@ impl Runner<'_> {
             if !case.prep_once || self.prepared.insert(case.id) {
                 self.load(case.db, prep(round))
                     .map_err(|e| ctx(format!("prepare: {e}")))?;
+                if let Some(warm) = &case.warm {
+                    self.load(case.db, warm(round))
+                        .map_err(|e| ctx(format!("warm-up: {e}")))?;
+                }
             }
         }
         self.admin.call(&["CONFIG", "RESETSTAT"]).map_err(ctx)?;
@@ -332,6 +338,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
             flush: true,
             prep_once: false,
             prep: None,
+            warm: None,
             run: Box::new(move |r| {
                 let p = format!("a:m:{r}");
                 (
@@ -347,6 +354,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
             flush: true,
             prep_once: false,
             prep: None,
+            warm: None,
             run: Box::new(move |r| {
                 let p = format!("a:s:{r}");
                 (
@@ -356,6 +364,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
             }),
         },
         Case {
+            // Steady state: a lease refreshed before (a heartbeat's 2nd, 3rd… call).
             id: "refresh",
             stat: "spacelock.refresh",
             db: 0,
@@ -367,9 +376,37 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
                     Expect::Token,
                 )
             })),
+            warm: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("r:m", i), OWNER, TTL]),
+                    Expect::Int(1),
+                )
+            })),
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("r:m", i), OWNER, TTL]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            // The first REFRESH after ACQUIRE: the value is still the embstr
+            // the ACQUIRE wrote (StringDMA unshares it into a raw string).
+            id: "refresh_first",
+            stat: "spacelock.refresh",
+            db: 2,
+            flush: true,
+            prep_once: false,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key("f:m", i), OWNER, TTL]),
+                    Expect::Token,
+                )
+            })),
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("f:m", i), OWNER, TTL]),
                     Expect::Int(1),
                 )
             }),
@@ -386,6 +423,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
                     Expect::Ok,
                 )
             })),
+            warm: None,
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| {
@@ -407,6 +445,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
                     Expect::Token,
                 )
             })),
+            warm: None,
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["SPACELOCK.RELEASE", key("d:m", i), OWNER]),
@@ -426,6 +465,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
                     Expect::Ok,
                 )
             })),
+            warm: None,
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["EVALSHA", rel, "1", key("d:s", i), OWNER]),
@@ -440,6 +480,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
             flush: false,
             prep_once: true,
             prep: None,
+            warm: None,
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["SPACELOCK.FENCEKEY", key("r:m", i)]),
@@ -454,6 +495,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
             flush: false,
             prep_once: true,
             prep: None,
+            warm: None,
             run: Box::new(move |_| (Commands::build(n, |_| args!["PING"]), Expect::Pong)),
         },
         Case {
@@ -468,6 +510,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
                     Expect::Ok,
                 )
             })),
+            warm: None,
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["GET", key("r:s", i)]),
@@ -487,6 +530,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
                     Expect::Ok,
                 )
             })),
+            warm: None,
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["PEXPIRE", key("r:s", i), TTL]),
@@ -508,6 +552,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
                     Expect::Ok,
                 )
             })),
+            warm: None,
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| {
@@ -529,6 +574,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
                     Expect::Ok,
                 )
             })),
+            warm: None,
             run: Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["DELIFEQ", key("d:v", i), OWNER]),
@@ -541,6 +587,7 @@ fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<
     // Compared cases sit next to each other, so each pair runs back to back in
     // every round (the order is reversed on odd rounds).
     const ORDER: &[&str] = &[
+        "refresh_first",
         "set_ifeq",
         "refresh",
         "lua_refresh",
@@ -664,6 +711,12 @@ fn workload1(
             &[Us, Cpu, Rps],
         ));
         pairs.push((
+            "first REFRESH after ACQUIRE vs native `SET k owner IFEQ owner PX ttl`",
+            "refresh_first",
+            "set_ifeq",
+            &[Us, Cpu],
+        ));
+        pairs.push((
             "RELEASE held key vs native `DELIFEQ k owner`",
             "release",
             "delifeq",
@@ -682,6 +735,12 @@ fn workload1(
             "refresh",
             "lua_refresh",
             &[Us, Cpu, Rps],
+        ),
+        (
+            "first REFRESH after ACQUIRE vs seed `EVALSHA` CAS-PEXPIRE",
+            "refresh_first",
+            "lua_refresh",
+            &[Us, Cpu],
         ),
         (
             "RELEASE held key vs seed `EVALSHA` CAS-DEL",
@@ -809,6 +868,7 @@ fn workload2(cfg: &Cfg, rows: &mut Vec<Row>, raw: &mut String) -> Result<(), Str
             flush: false,
             prep_once: true,
             prep: None,
+            warm: None,
             run: Box::new(move |_| {
                 let sha = sha.clone();
                 (
@@ -915,15 +975,22 @@ fn profile(cfg: &Cfg) -> Result<(), String> {
             .iter()
             .find(|c| c.id == id)
             .ok_or_else(|| format!("no case {id:?} on {}", srv.name))?;
-        let runner = Runner {
+        let mut runner = Runner {
             cfg,
             port: srv.port,
             pid: srv.pid(),
             admin,
             prepared: HashSet::new(),
         };
+        if case.flush {
+            runner.admin.call(&["SELECT", &case.db.to_string()])?;
+            runner.admin.call(&["FLUSHDB", "SYNC"])?;
+        }
         if let Some(prep) = &case.prep {
             runner.load(case.db, prep(0))?;
+        }
+        if let Some(warm) = &case.warm {
+            runner.load(case.db, warm(0))?;
         }
         let cmds = (case.run)(0);
         let toggle = |on: bool| -> Result<(), String> {
