@@ -61,8 +61,14 @@ fn fuzz_integer_parsing_accepts_exactly_canonical_decimals() {
         }
         // The validators never panic and agree with the parser.
         let ttl = parse_ttl(&input, 86_400_000);
-        assert_eq!(ttl.is_ok(), parsed.is_some_and(|n| (1..=86_400_000).contains(&n)));
-        assert_eq!(parse_timeout(&input).is_ok(), parsed.is_some_and(|n| n >= 0));
+        assert_eq!(
+            ttl.is_ok(),
+            parsed.is_some_and(|n| (1..=86_400_000).contains(&n))
+        );
+        assert_eq!(
+            parse_timeout(&input).is_ok(),
+            parsed.is_some_and(|n| n >= 0)
+        );
         let _ = check_owner(&input, rng.random_range(-1..30));
         let _ = expire_at(rng.random(), parsed.unwrap_or(1));
     }

@@ -39,13 +39,21 @@ fn sigkill_under_load_loses_no_acknowledged_grant() {
                 Ok(None) => {}
                 Err(_) => break,
             }
-            let r: redis::RedisResult<i64> = redis::cmd("SPACELOCK.RELEASE").arg(&name).arg("w").query(&mut con);
+            let r: redis::RedisResult<i64> = redis::cmd("SPACELOCK.RELEASE")
+                .arg(&name)
+                .arg("w")
+                .query(&mut con);
             if r.is_err() {
                 break;
             }
             if i % 7 == 0 {
                 let key = format!("crash:held:{i}");
-                match redis::cmd("SPACELOCK.ACQUIRE").arg(&key).arg("w").arg(120_000).query::<Option<i64>>(&mut con) {
+                match redis::cmd("SPACELOCK.ACQUIRE")
+                    .arg(&key)
+                    .arg("w")
+                    .arg(120_000)
+                    .query::<Option<i64>>(&mut con)
+                {
                     Ok(Some(_)) => held.push(key),
                     Ok(None) => panic!("fresh key was held"),
                     Err(_) => break,
@@ -58,7 +66,11 @@ fn sigkill_under_load_loses_no_acknowledged_grant() {
     std::thread::sleep(Duration::from_millis(400));
     server.kill9();
     let (max_token, held, ops) = writer.join().unwrap();
-    assert!(held.len() > 5, "load ran: {ops} cycles, {} held", held.len());
+    assert!(
+        held.len() > 5,
+        "load ran: {ops} cycles, {} held",
+        held.len()
+    );
 
     let server = server.crash_and_restart();
     let mut con = server.conn();
@@ -71,8 +83,16 @@ fn sigkill_under_load_loses_no_acknowledged_grant() {
     for (name, before) in &max_token {
         // The crash may have cut a cycle between its ACQUIRE and RELEASE.
         let _: i64 = redis::cmd("DEL").arg(name).query(&mut con).unwrap();
-        let t: i64 = redis::cmd("SPACELOCK.ACQUIRE").arg(name).arg("after").arg(1000).query(&mut con).unwrap();
-        assert!(t > *before, "{name}: token {t} after restart, {before} before the crash");
+        let t: i64 = redis::cmd("SPACELOCK.ACQUIRE")
+            .arg(name)
+            .arg("after")
+            .arg(1000)
+            .query(&mut con)
+            .unwrap();
+        assert!(
+            t > *before,
+            "{name}: token {t} after restart, {before} before the crash"
+        );
     }
     println!("crash: {ops} cycles, {} held locks survived", held.len());
 }
