@@ -34,11 +34,50 @@ use tokio::sync::Semaphore;
 /// # let _ = locks;
 /// # Ok(()) }
 /// ```
-pub trait LockConnection: ConnectionLike + Clone + Send + Sync + 'static {}
+pub trait LockConnection: ConnectionLike + Clone + Send + Sync + 'static {
+    /// The pipeline group of a key: refreshes that fall due together are
+    /// sent as one pipeline per group. Single-node connections put every key
+    /// in group 0 (the default); cluster connections return the key's hash
+    /// slot, because a cluster pipeline must stay within one slot.
+    fn pipeline_group(key: &[u8]) -> u16 {
+        let _ = key;
+        0
+    }
+}
 
 impl LockConnection for redis::aio::ConnectionManager {}
 impl LockConnection for redis::aio::MultiplexedConnection {}
-impl LockConnection for redis::cluster_async::ClusterConnection {}
+impl LockConnection for redis::cluster_async::ClusterConnection {
+    fn pipeline_group(key: &[u8]) -> u16 {
+        hash_slot(key)
+    }
+}
+
+/// The Redis Cluster hash slot of a key (CRC16/XMODEM of the hash tag, or of
+/// the whole key without a non-empty `{tag}`, modulo 16384).
+pub(crate) fn hash_slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
+}
 
 /// Object-safe view of a connection (for the blocking pool).
 trait DynConn: Send {
@@ -194,5 +233,20 @@ impl WaitPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn.conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hash_slot;
+
+    #[test]
+    fn hash_slots_match_redis() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"123456789"), 12739);
+        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
+        assert_eq!(hash_slot(b"foo{{bar}}zap"), hash_slot(b"{bar"));
+        assert_eq!(hash_slot(b""), 0);
     }
 }

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use redis::Cmd;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -161,13 +160,43 @@ impl Heartbeat {
     }
 }
 
-type RefreshResult = (u64, Instant, redis::RedisResult<i64>);
+/// Replies of one pipelined batch: (lease id, reply or error text).
+type Batch = Vec<(u64, Result<i64, String>)>;
+
+async fn send_batch<C: LockConnection>(mut conn: C, ids: Vec<u64>, pipe: redis::Pipeline) -> Batch {
+    match conn.req_packed_commands(&pipe, 0, ids.len()).await {
+        Ok(values) if values.len() == ids.len() => ids
+            .into_iter()
+            .zip(values)
+            .map(|(id, v)| {
+                let r = v
+                    .extract_error()
+                    .and_then(|v| Ok(redis::from_redis_value::<i64>(v)?))
+                    .map_err(|e| e.to_string());
+                (id, r)
+            })
+            .collect(),
+        Ok(values) => {
+            let msg = format!(
+                "pipeline returned {} replies for {} commands",
+                values.len(),
+                ids.len()
+            );
+            ids.into_iter().map(|id| (id, Err(msg.clone()))).collect()
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            ids.into_iter().map(|id| (id, Err(msg.clone()))).collect()
+        }
+    }
+}
 
 async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
     let mut inflight = FuturesUnordered::new();
     loop {
         let now = Instant::now();
-        let mut to_send: Vec<(u64, Cmd)> = Vec::new();
+        // Due refreshes, pipelined per group (one group, or one per cluster slot).
+        let mut batches: HashMap<u16, (Vec<u64>, redis::Pipeline)> = HashMap::new();
         let next_wake = {
             let mut st = shared.lock();
             while let Some(&(t, id)) = st.wakeups.first() {
@@ -191,9 +220,14 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
                 if now >= e.next_refresh {
                     if !e.in_flight {
                         e.in_flight = true;
-                        let mut cmd = redis::cmd("SPACELOCK.REFRESH");
-                        cmd.arg(&e.key).arg(&*owner).arg(e.ttl_ms);
-                        to_send.push((id, cmd));
+                        let (ids, pipe) = batches
+                            .entry(C::pipeline_group(e.key.as_bytes()))
+                            .or_insert_with(|| (Vec::new(), redis::pipe()));
+                        ids.push(id);
+                        pipe.cmd("SPACELOCK.REFRESH")
+                            .arg(&e.key)
+                            .arg(&*owner)
+                            .arg(e.ttl_ms);
                     }
                     e.next_refresh = now + e.interval;
                 }
@@ -203,12 +237,9 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
             }
             st.wakeups.first().map(|w| w.0)
         };
-        for (id, cmd) in to_send {
-            let mut c = conn.clone();
-            inflight.push(async move {
-                let r = cmd.query_async::<i64>(&mut c).await;
-                (id, now, r)
-            });
+        for (_, (ids, pipe)) in batches {
+            let conn = conn.clone();
+            inflight.push(async move { (now, send_batch(conn, ids, pipe).await) });
         }
         let sleep =
             tokio::time::sleep_until(next_wake.unwrap_or_else(|| now + Duration::from_secs(3600)));
@@ -216,19 +247,27 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
             _ = shared.shutdown.cancelled() => return,
             _ = shared.notify.notified() => {}
             _ = sleep => {}
-            Some(result) = inflight.next(), if !inflight.is_empty() => {
-                handle_reply(&shared, result);
-                // Drain whatever else is ready without another pass.
-                while let Some(Some(r)) = futures_util::FutureExt::now_or_never(inflight.next()) {
-                    handle_reply(&shared, r);
+            Some((started, batch)) = inflight.next(), if !inflight.is_empty() => {
+                handle_replies(&shared, started, batch);
+                // Take whatever else is ready without another pass.
+                while let Some(Some((started, batch))) =
+                    futures_util::FutureExt::now_or_never(inflight.next())
+                {
+                    handle_replies(&shared, started, batch);
                 }
             }
         }
     }
 }
 
-fn handle_reply(shared: &Shared, (id, started, result): RefreshResult) {
+fn handle_replies(shared: &Shared, started: Instant, batch: Batch) {
     let mut st = shared.lock();
+    for (id, result) in batch {
+        handle_reply(&mut st, id, started, result);
+    }
+}
+
+fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, String>) {
     let Some(e) = st.leases.get_mut(&id) else {
         return; // released meanwhile
     };
