@@ -1,0 +1,113 @@
+//! `SpaceLock` over a cluster connection: three masters with the module,
+//! each command routed by its key, refreshes pipelined per slot.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::time::Duration;
+
+use common::Cluster;
+use redis::cluster::ClusterClient;
+use spacelock_client::{Options, Outcome, SpaceLock};
+
+fn keyslot(con: &mut redis::Connection, key: &str) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(con)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_on_every_node_are_held_and_refreshed() {
+    let cluster = Cluster::start(3);
+    let client = ClusterClient::new(cluster.urls()).unwrap();
+    let conn = client.get_async_connection().await.unwrap();
+    let locks = SpaceLock::new(conn, Options::default().ttl(Duration::from_millis(300)))
+        .with_wait_connector(client.clone());
+    let mut any = cluster.nodes[0].conn();
+
+    // 30 names spread over the three nodes, held at once for > 3 ttl.
+    let names: Vec<String> = (0..30).map(|i| format!("space-{i}")).collect();
+    let mut per_node = [0usize; 3];
+    for n in &names {
+        per_node[cluster.owner_of(keyslot(&mut any, &locks.key(n)))] += 1;
+    }
+    assert!(per_node.iter().all(|&c| c > 0), "spread: {per_node:?}");
+
+    let mut tasks = Vec::new();
+    for name in names.clone() {
+        let locks = locks.clone();
+        tasks.push(tokio::spawn(async move {
+            locks
+                .with_space_lock(&name, |lease| async move {
+                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                    (lease.token(), lease.is_lost())
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Mid-body, every lock is on its own node, owned by us.
+    for name in &names {
+        let key = locks.key(name);
+        let node = cluster.owner_of(keyslot(&mut any, &key));
+        let owner: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query(&mut cluster.nodes[node].conn())
+            .unwrap();
+        assert_eq!(
+            owner.as_deref(),
+            Some(locks.owner()),
+            "{key} on node {node}"
+        );
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Outcome::Ran((1, false)));
+    }
+    assert_eq!(locks.active_leases(), 0);
+    for name in &names {
+        assert_eq!(locks.info(name).await.unwrap(), None, "{name} released");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs WAIT"]
+async fn blocking_acquire_through_a_cluster_client() {
+    let cluster = Cluster::start(3);
+    let client = ClusterClient::new(cluster.urls()).unwrap();
+    let new_locks = || async {
+        SpaceLock::new(
+            client.get_async_connection().await.unwrap(),
+            Options::default(),
+        )
+        .with_wait_connector(client.clone())
+    };
+    let (a, b) = (new_locks().await, new_locks().await);
+    for name in ["space-1", "space-2", "space-3", "space-4"] {
+        assert!(matches!(
+            a.acquire(name).await.unwrap(),
+            spacelock_client::AcquireReply::Acquired { .. }
+        ));
+        let timed_out = b
+            .with_space_lock_wait(name, Duration::from_millis(100), |_| async {})
+            .await
+            .unwrap();
+        assert_eq!(
+            timed_out,
+            Outcome::Skipped(spacelock_client::Skipped::TimedOut)
+        );
+        let b2 = b.clone();
+        let waiter = tokio::spawn(async move {
+            b2.with_space_lock_wait(name, Duration::from_secs(5), |lease| async move {
+                lease.token()
+            })
+            .await
+            .unwrap()
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = a.release(name).await.unwrap();
+        assert_eq!(waiter.await.unwrap(), Outcome::Ran(2), "{name}");
+    }
+}
