@@ -248,56 +248,92 @@ fn info_section_has_every_field_and_counts_each_outcome() {
 }
 
 #[test]
-fn info_gauges_count_waiters_when_wait_exists() {
+fn info_wait_counters_and_gauges_when_wait_exists() {
     let server = Server::new();
     let mut con = server.conn();
     if !has_wait(&mut con) {
         eprintln!("skip: SPACELOCK.ACQUIRE has no WAIT option yet (issue 4)");
         return;
     }
+    ok(&mut con, &["CONFIG", "SET", "spacelock.max-waiters", "2"]);
     ok(&mut con, &["SPACELOCK.ACQUIRE", "w", "holder", "10000"]);
-    let mut waiters: Vec<_> = (0..2)
-        .map(|i| {
-            let client = server.client();
-            std::thread::spawn(move || {
-                let mut c = client.get_connection().unwrap();
-                let owner = format!("waiter{i}");
-                call(
-                    &mut c,
-                    &["SPACELOCK.ACQUIRE", "w", &owner, "10000", "WAIT", "5000"],
-                )
-            })
+    let base = counters(&mut con);
+
+    // A WAIT that times out counts as wait_timeouts, not as contended.
+    let r = ok(
+        &mut con,
+        &["SPACELOCK.ACQUIRE", "w", "late", "10000", "WAIT", "100"],
+    );
+    assert_eq!(r, Value::Nil);
+    let mut expect = base.clone();
+    *expect.get_mut("wait_timeouts").unwrap() += 1;
+    assert_eq!(counters(&mut con), expect);
+
+    // Two waiters: the gauges and SPACELOCK.INFO show them.
+    let waiter = |owner: &'static str| {
+        let client = server.client();
+        std::thread::spawn(move || {
+            let mut c = client.get_connection().unwrap();
+            let token = call(
+                &mut c,
+                &["SPACELOCK.ACQUIRE", "w", owner, "10000", "WAIT", "10000"],
+            );
+            (owner, token, c)
         })
-        .collect();
+    };
+    let first = waiter("first");
+    assert!(common::wait_until(Duration::from_secs(5), || {
+        counters(&mut con)["waiting_clients"] == 1
+    }));
+    let second = waiter("second");
     assert!(
         common::wait_until(Duration::from_secs(5), || {
             counters(&mut con)["waiting_clients"] == 2
         }),
-        "two clients should be waiting: {:?}",
+        "{:?}",
         counters(&mut con)
     );
     let c = counters(&mut con);
-    assert_eq!(c["keys_with_waiters"], 1, "{c:?}");
+    assert_eq!((c["waiting_clients"], c["keys_with_waiters"]), (2, 1));
     let info = pairs(&ok(&mut con, &["SPACELOCK.INFO", "w"]));
     assert_eq!(field(&info, "waiters"), Some(&Value::Int(2)), "{info:?}");
-    ok(&mut con, &["SPACELOCK.RELEASE", "w", "holder"]);
-    // One waiter gets the lock by hand-off; the other keeps waiting.
-    assert!(common::wait_until(Duration::from_secs(5), || {
-        counters(&mut con)["handoffs"] == 1
-    }));
-    assert!(common::wait_until(Duration::from_secs(5), || {
-        waiters.iter().any(|h| h.is_finished())
-    }));
-    let done = waiters.iter().position(|h| h.is_finished()).unwrap();
-    let r = waiters.remove(done).join().unwrap().unwrap();
-    assert!(matches!(r, Value::Int(_)), "hand-off reply: {r:?}");
-    let c = counters(&mut con);
-    assert_eq!(
-        (c["waiting_clients"], c["keys_with_waiters"]),
-        (1, 1),
-        "{c:?}"
+
+    // spacelock.max-waiters applies.
+    let e = err(
+        &mut con,
+        &["SPACELOCK.ACQUIRE", "w", "third", "10000", "WAIT", "10000"],
     );
-    drop(waiters);
+    assert!(e.contains("spacelock.max-waiters"), "{e}");
+    assert_eq!(counters(&mut con), c, "a refused WAIT counts nothing");
+
+    // Release hands the lock to the first waiter: handoffs, not acquired.
+    ok(&mut con, &["SPACELOCK.RELEASE", "w", "holder"]);
+    let (owner, token, mut c1) = first.join().unwrap();
+    assert_eq!(owner, "first");
+    assert!(matches!(token, Ok(Value::Int(_))), "{token:?}");
+    let mut expect = c.clone();
+    *expect.get_mut("released").unwrap() += 1;
+    *expect.get_mut("handoffs").unwrap() += 1;
+    expect.insert("waiting_clients".into(), 1);
+    assert_eq!(counters(&mut con), expect);
+    let info = pairs(&ok(&mut con, &["SPACELOCK.INFO", "w"]));
+    assert_eq!(
+        field(&info, "owner"),
+        Some(&Value::BulkString(b"first".to_vec()))
+    );
+    assert_eq!(field(&info, "waiters"), Some(&Value::Int(1)));
+
+    // And on to the second; then nobody waits.
+    ok(&mut c1, &["SPACELOCK.RELEASE", "w", "first"]);
+    let (_, token, _) = second.join().unwrap();
+    assert!(matches!(token, Ok(Value::Int(_))), "{token:?}");
+    *expect.get_mut("released").unwrap() += 1;
+    *expect.get_mut("handoffs").unwrap() += 1;
+    expect.insert("waiting_clients".into(), 0);
+    expect.insert("keys_with_waiters".into(), 0);
+    assert_eq!(counters(&mut con), expect);
+    assert_eq!(expect["acquired"], base["acquired"]);
+    assert_eq!(expect["acquire_contended"], base["acquire_contended"]);
 }
 
 // ---------------------------------------------------------------------------
