@@ -145,9 +145,17 @@ pub fn on_load(ctx: &LoadCtx, args: &[RStr]) -> Result<(), String> {
     for def in &commands {
         ctx.create_command(def)?;
     }
-    if ctx.add_acl_category(ACL_CATEGORY)? {
+    // The server keeps a module's ACL categories after MODULE UNLOAD, so a
+    // reload finds @spacelock already there and cannot add it again; then
+    // setting the commands' categories below is what decides.
+    let added = ctx.add_acl_category(ACL_CATEGORY);
+    if added != Ok(false) {
         for def in &commands {
-            ctx.set_acl_categories(def.name, &acl_categories(def))?;
+            ctx.set_acl_categories(def.name, &acl_categories(def))
+                .map_err(|e| match &added {
+                    Err(add) => format!("{add}; {e}"),
+                    Ok(_) => e,
+                })?;
         }
     } else {
         ctx.log(

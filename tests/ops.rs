@@ -657,6 +657,27 @@ fn module_load_at_runtime_with_bad_arguments_fails_and_server_survives() {
         ok(&mut con, &["SPACELOCK.ACQUIRE", "k", "o", "5000"]),
         Value::Int(1)
     );
+
+    // Unload, then load again (with defaults): everything comes back,
+    // including the ACL category the server kept across the unload.
+    ok(&mut con, &["MODULE", "UNLOAD", "spacelock"]);
+    let e = err(&mut con, &["SPACELOCK.INFO", "k"]);
+    assert!(e.contains("unknown command"), "{e}");
+    ok(&mut con, &["MODULE", "LOAD", module]);
+    assert_eq!(
+        config_get(&mut con, "spacelock.max-ttl")["spacelock.max-ttl"],
+        "86400000",
+        "a reload starts from the defaults"
+    );
+    let info = pairs(&ok(&mut con, &["SPACELOCK.INFO", "k"]));
+    assert_eq!(field(&info, "token"), Some(&Value::Int(1)), "lock kept");
+    if acl_categories_expected(&mut con) {
+        assert_eq!(
+            strings(&ok(&mut con, &["ACL", "CAT", "spacelock"])).len(),
+            5
+        );
+    }
+    assert_eq!(server.log().matches("refusing to load").count(), 1);
 }
 
 // ---------------------------------------------------------------------------
