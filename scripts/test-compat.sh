@@ -48,10 +48,13 @@ label_of() {
   esac
 }
 
-# "N passed; M failed; K ignored" summed over every test binary.
+# "N passed, M failed" summed over every test binary, plus the number of
+# tests that printed a "skip: <reason>" line (version-gated features, or
+# features not built yet).
 counts() {
   awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-       END { printf "%d passed, %d failed", p, f }' "$1"
+       /^skip: / { s++ }
+       END { printf "%d passed, %d failed", p, f; if (s) printf ", %d skipped with a reason (see log)", s }' "$1"
 }
 
 run_suite() { # label server-binary log [extra env...]
@@ -59,7 +62,7 @@ run_suite() { # label server-binary log [extra env...]
   shift 3
   local start=$SECONDS rc
   env SPACELOCK_SERVER="$bin" "$@" \
-    "$CARGO" test --release --no-fail-fast -p spacelock "${target_args[@]}" -- "${FILTER[@]}" >"$log" 2>&1
+    "$CARGO" test --release --no-fail-fast -p spacelock "${target_args[@]}" -- --show-output "${FILTER[@]}" >"$log" 2>&1
   rc=$?
   local secs=$((SECONDS - start)) result=PASS
   [ $rc -eq 0 ] || { result=FAIL; status=1; }
@@ -93,7 +96,7 @@ if [ -n "${SPACELOCK_REDIS62:-}" ]; then
   log="$LOGDIR/redis62.log"
   start=$SECONDS
   env SPACELOCK_REDIS62="$SPACELOCK_REDIS62" \
-    "$CARGO" test --release -p spacelock --test compat -- redis62 >"$log" 2>&1
+    "$CARGO" test --release -p spacelock --test compat -- --show-output redis62 >"$log" 2>&1
   rc=$?
   result=PASS
   if [ $rc -ne 0 ] || grep -q '^skip:' "$log"; then result=FAIL; status=1; fi

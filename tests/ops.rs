@@ -572,9 +572,24 @@ fn config_set_applies_and_rejects_invalid_values() {
             );
         }
     }
+    // A multi-config CONFIG SET with one bad value applies none of them.
+    let e = err(
+        &mut con,
+        &[
+            "CONFIG",
+            "SET",
+            "spacelock.max-ttl",
+            "5000",
+            "spacelock.max-owner-len",
+            "0",
+        ],
+    );
+    assert!(e.contains("spacelock.max-owner-len"), "{e}");
     // Nothing changed.
     let after = config_get(&mut con, "spacelock.*");
     assert_eq!(after, all);
+    let e = err(&mut con, &["SPACELOCK.ACQUIRE", "k2", "o", "101"]);
+    assert!(e.contains("spacelock.max-ttl (100 ms)"), "{e}");
     let e = err(&mut con, &["CONFIG", "SET", "spacelock.nope", "1"]);
     assert!(e.starts_with("ERR"), "{e}");
 
