@@ -39,6 +39,16 @@ pub trait LockConnection: ConnectionLike + Clone + Send + Sync + 'static {
     /// sent as one pipeline per group. Single-node connections put every key
     /// in group 0 (the default); cluster connections return the key's hash
     /// slot, because a cluster pipeline must stay within one slot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spacelock_client::LockConnection;
+    /// use redis::{aio::ConnectionManager, cluster_async::ClusterConnection};
+    ///
+    /// assert_eq!(ConnectionManager::pipeline_group(b"foo"), 0);
+    /// assert_eq!(ClusterConnection::pipeline_group(b"foo"), 12182); // CLUSTER KEYSLOT foo
+    /// ```
     fn pipeline_group(key: &[u8]) -> u16 {
         let _ = key;
         0

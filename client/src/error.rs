@@ -6,6 +6,19 @@ use redis::RedisError;
 ///
 /// Outcomes that are not failures, such as a lock held by someone else, are
 /// not errors: they come back as [`Outcome::Skipped`](crate::Outcome::Skipped).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) {
+/// use spacelock_client::Error;
+/// match locks.with_space_lock("space-42", |_lease| async {}).await {
+///     Ok(outcome) => println!("{outcome:?}"),
+///     Err(Error::ModuleNotLoaded { .. }) => eprintln!("load libspacelock.so into the server"),
+///     Err(e) => eprintln!("redis trouble: {e}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -47,6 +60,18 @@ pub enum Error {
 
 impl Error {
     /// Whether this is [`Error::ModuleNotLoaded`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) {
+    /// if let Err(e) = locks.acquire("space-42").await {
+    ///     if e.is_module_not_loaded() {
+    ///         eprintln!("{e}"); // says how to load the module
+    ///     }
+    /// }
+    /// # }
+    /// ```
     pub fn is_module_not_loaded(&self) -> bool {
         matches!(self, Error::ModuleNotLoaded { .. })
     }

@@ -63,26 +63,93 @@ impl Lease {
     /// The fencing token of this grant: strictly greater than every token
     /// issued before for the same key. Pass it to the protected resource so
     /// it can reject writes from a holder whose lease has expired.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         // e.g. UPDATE tree SET ... WHERE last_token <= $token
+    ///         println!("writing with fencing token {}", lease.token());
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn token(&self) -> u64 {
         self.inner.token
     }
 
     /// The Redis key of the lock: the key prefix followed by the name.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         assert_eq!(lease.key(), "spacelock:lock:space-42");
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn key(&self) -> &str {
         &self.inner.key
     }
 
     /// The lock name as given to `with_space_lock` (without the prefix).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         assert_eq!(lease.name(), "space-42");
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
     /// The time to live the lease is refreshed with.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         println!("refreshed every {:?}", lease.ttl() / 3);
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn ttl(&self) -> Duration {
         self.inner.ttl
     }
 
     /// Whether the lease has been lost (or released). Once true, stays true.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         for step in 0..10 {
+    ///             if lease.is_lost() {
+    ///                 return Err(format!("lost the lock before step {step}"));
+    ///             }
+    ///             // ... one step of work ...
+    ///         }
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn is_lost(&self) -> bool {
         self.inner.lost.is_cancelled()
     }
@@ -95,6 +162,21 @@ impl Lease {
     ///
     /// Cancel safe: dropping the future has no effect, and a later call
     /// resolves just the same.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         tokio::select! {
+    ///             _ = lease.lost() => Err("lost the lock"),
+    ///             _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => Ok(()),
+    ///         }
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn lost(&self) {
         self.inner.lost.cancelled().await
     }
@@ -102,6 +184,22 @@ impl Lease {
     /// A token that is cancelled when the lease is lost, for use with APIs
     /// that take a [`CancellationToken`]. Cancelling it yourself does not
     /// affect the lease.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         let token = lease.lost_token();
+    ///         tokio::spawn(async move {
+    ///             token.cancelled().await;
+    ///             eprintln!("lock lost; stopping the helper task");
+    ///         });
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub fn lost_token(&self) -> CancellationToken {
         self.inner.lost.child_token()
     }

@@ -25,6 +25,19 @@ use crate::{Error, Lease};
 const WAIT_GRACE: Duration = Duration::from_secs(5);
 
 /// What [`SpaceLock::with_space_lock`] did.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+/// use spacelock_client::{Outcome, Skipped};
+/// match locks.with_space_lock("space-42", |_lease| async { 7 }).await? {
+///     Outcome::Ran(n) => assert_eq!(n, 7),
+///     Outcome::Skipped(Skipped::LockHeld) => {}
+///     Outcome::Skipped(_) => {}
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[must_use = "the body may not have run: check for Outcome::Skipped"]
 pub enum Outcome<T> {
@@ -36,6 +49,15 @@ pub enum Outcome<T> {
 
 impl<T> Outcome<T> {
     /// The body's output, or `None` if it was skipped.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// let seven = locks.with_space_lock("space-42", |_lease| async { 7 }).await?.ran();
+    /// assert!(seven.is_none() || seven == Some(7));
+    /// # Ok(()) }
+    /// ```
     pub fn ran(self) -> Option<T> {
         match self {
             Outcome::Ran(v) => Some(v),
@@ -44,6 +66,17 @@ impl<T> Outcome<T> {
     }
 
     /// Why the body was skipped, or `None` if it ran.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// let outcome = locks.with_space_lock("space-42", |_lease| async {}).await?;
+    /// if let Some(why) = outcome.skipped() {
+    ///     println!("skipped: {why}");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn skipped(&self) -> Option<Skipped> {
         match self {
             Outcome::Ran(_) => None,
@@ -52,12 +85,35 @@ impl<T> Outcome<T> {
     }
 
     /// Whether the body ran.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// let outcome = locks.with_space_lock("space-42", |_lease| async {}).await?;
+    /// println!("ran: {}", outcome.is_ran());
+    /// # Ok(()) }
+    /// ```
     pub fn is_ran(&self) -> bool {
         matches!(self, Outcome::Ran(_))
     }
 }
 
 /// Why a body did not run.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+/// use spacelock_client::{Outcome, Skipped};
+/// let status = match locks.with_space_lock("space-42", |_lease| async {}).await? {
+///     Outcome::Ran(()) => 200,
+///     Outcome::Skipped(Skipped::LockHeld | Skipped::InProgress) => 503,
+///     Outcome::Skipped(_) => 504,
+/// };
+/// # let _ = status;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Skipped {
@@ -80,6 +136,18 @@ impl std::fmt::Display for Skipped {
 }
 
 /// Reply of [`SpaceLock::acquire`] and [`SpaceLock::acquire_wait`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+/// use spacelock_client::AcquireReply;
+/// match locks.acquire("space-42").await? {
+///     AcquireReply::Acquired { token } => println!("token {token}"),
+///     AcquireReply::Held => println!("busy"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[must_use]
 pub enum AcquireReply {
@@ -93,6 +161,15 @@ pub enum AcquireReply {
 }
 
 /// Reply of [`SpaceLock::refresh`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+/// use spacelock_client::RefreshReply;
+/// assert_eq!(locks.refresh("not-mine").await?, RefreshReply::NotOwner);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[must_use]
 pub enum RefreshReply {
@@ -103,6 +180,15 @@ pub enum RefreshReply {
 }
 
 /// Reply of [`SpaceLock::release`].
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+/// use spacelock_client::ReleaseReply;
+/// assert_eq!(locks.release("not-mine").await?, ReleaseReply::NotOwner);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[must_use]
 pub enum ReleaseReply {
@@ -113,6 +199,16 @@ pub enum ReleaseReply {
 }
 
 /// Reply of [`SpaceLock::info`]: the state of a held lock.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+/// if let Some(info) = locks.info("space-42").await? {
+///     println!("{} holds it, token {}, {:?} left", info.owner, info.token, info.ttl);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockInfo {
     /// The owner id stored in the lock.
@@ -256,27 +352,69 @@ impl<C: LockConnection> SpaceLock<C> {
     }
 
     /// The owner id this `SpaceLock` writes into its locks.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// println!("this process writes {} into its locks", locks.owner());
+    /// # Ok(()) }
+    /// ```
     pub fn owner(&self) -> &str {
         &self.inner.owner
     }
 
     /// The options this `SpaceLock` was built with.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// println!("ttl {:?}", locks.options().get_ttl());
+    /// # Ok(()) }
+    /// ```
     pub fn options(&self) -> &Options {
         &self.inner.options
     }
 
     /// The Redis key of the lock called `name`: the key prefix, then `name`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// assert_eq!(locks.key("space-42"), "spacelock:lock:space-42");
+    /// # Ok(()) }
+    /// ```
     pub fn key(&self, name: &str) -> String {
         format!("{}{}", self.inner.options.key_prefix, name)
     }
 
     /// Whether this `SpaceLock` (or a clone) is running a body for `name`,
     /// or still cleaning up after one.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// if locks.is_running("space-42") {
+    ///     println!("a sync of space-42 is in progress here");
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub fn is_running(&self, name: &str) -> bool {
         lock_set(&self.inner.running).contains(&self.key(name))
     }
 
     /// How many leases the heartbeat is refreshing right now.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// println!("{} leases held", locks.active_leases());
+    /// # Ok(()) }
+    /// ```
     pub fn active_leases(&self) -> usize {
         self.inner.heartbeat.active()
     }

@@ -48,6 +48,15 @@ impl Default for Options {
 
 impl Options {
     /// Same as [`Options::default`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// assert_eq!(Options::new(), Options::default());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -58,6 +67,16 @@ impl Options {
     /// rejects values above its `spacelock.max-ttl`.
     ///
     /// Defaults to 30 s ([`DEFAULT_TTL`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// let options = Options::default().ttl(Duration::from_secs(10));
+    /// assert_eq!(options.get_ttl(), Duration::from_secs(10));
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -68,6 +87,16 @@ impl Options {
     /// if several locks must share a cluster slot.
     ///
     /// Defaults to `"spacelock:lock:"` ([`DEFAULT_KEY_PREFIX`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// let options = Options::default().key_prefix("git-sync:lock:");
+    /// assert_eq!(options.get_key_prefix(), "git-sync:lock:");
+    /// ```
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -79,6 +108,16 @@ impl Options {
     /// stable, unique, recognisable id.
     ///
     /// Defaults to a fresh UUID v4 for each [`SpaceLock::new`](crate::SpaceLock::new).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// let options = Options::default().owner("sync-worker-1");
+    /// assert_eq!(options.get_owner(), Some("sync-worker-1"));
+    /// ```
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self
@@ -91,6 +130,16 @@ impl Options {
     /// and [`Lease::is_lost`](crate::Lease::is_lost).
     ///
     /// Defaults to `false` (signal only).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// let options = Options::default().cancel_on_lost(true);
+    /// assert!(options.get_cancel_on_lost());
+    /// ```
     pub fn cancel_on_lost(mut self, cancel: bool) -> Self {
         self.cancel_on_lost = cancel;
         self
@@ -102,32 +151,87 @@ impl Options {
     /// queue for a free one. At least 1.
     ///
     /// Defaults to 4 ([`DEFAULT_WAIT_CONNECTIONS`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// let options = Options::default().wait_connections(16);
+    /// assert_eq!(options.get_wait_connections(), 16);
+    /// ```
     pub fn wait_connections(mut self, n: usize) -> Self {
         self.wait_connections = n.max(1);
         self
     }
 
     /// The configured lease time to live.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// assert_eq!(Options::default().get_ttl(), Duration::from_secs(30));
+    /// ```
     pub fn get_ttl(&self) -> Duration {
         self.ttl
     }
 
     /// The configured key prefix.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// assert_eq!(Options::default().get_key_prefix(), "spacelock:lock:");
+    /// ```
     pub fn get_key_prefix(&self) -> &str {
         &self.key_prefix
     }
 
     /// The configured owner id, if one was set.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// assert_eq!(Options::default().get_owner(), None);
+    /// ```
     pub fn get_owner(&self) -> Option<&str> {
         self.owner.as_deref()
     }
 
     /// Whether the body is cancelled when its lease is lost.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// assert!(!Options::default().get_cancel_on_lost());
+    /// ```
     pub fn get_cancel_on_lost(&self) -> bool {
         self.cancel_on_lost
     }
 
     /// The configured size of the blocking-acquire connection pool.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    ///
+    /// assert_eq!(Options::default().get_wait_connections(), 4);
+    /// ```
     pub fn get_wait_connections(&self) -> usize {
         self.wait_connections
     }

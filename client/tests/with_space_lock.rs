@@ -121,6 +121,19 @@ async fn concurrent_calls_give_in_progress_never_lock_held() {
         assert!(!locks.is_running("space"));
     }
     assert_eq!(holder(&server, &locks.key("space")), None);
+    // The losing call never touched Redis: one ACQUIRE per round.
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .unwrap();
+    let acquires = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_spacelock.acquire:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .unwrap_or("0")
+        .to_string();
+    assert_eq!(acquires, "100", "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
