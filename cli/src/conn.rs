@@ -1,0 +1,163 @@
+//! Connecting to the server: URL defaults, owner id, single node or cluster.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+
+/// The URL used when neither `--url`, `$SPACELOCK_URL` nor `$REDIS_URL` is set.
+pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/";
+
+/// `--url`, else `$SPACELOCK_URL`, else `$REDIS_URL`, else [`DEFAULT_URL`]
+/// (empty variables count as unset).
+pub fn resolve_url(flag: Option<&str>) -> String {
+    pick_url(
+        flag,
+        std::env::var("SPACELOCK_URL").ok().as_deref(),
+        std::env::var("REDIS_URL").ok().as_deref(),
+    )
+}
+
+fn pick_url(flag: Option<&str>, spacelock_url: Option<&str>, redis_url: Option<&str>) -> String {
+    [flag, spacelock_url, redis_url]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|u| !u.is_empty())
+        .unwrap_or(DEFAULT_URL)
+        .to_string()
+}
+
+/// The URL with any password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some((scheme, rest)) = one.split_once("://") else {
+                return one.to_string();
+            };
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+                    None => one.to_string(),
+                },
+                None => one.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A recognisable, unique owner id: `spacelock-cli:HOST:PID:UUID`.
+pub fn owner_id() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown-host".to_string());
+    let host: String = host.chars().take(64).collect();
+    format!(
+        "spacelock-cli:{host}:{}:{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    )
+}
+
+/// The one-line message for a failed lock command, after `spacelock: `.
+pub fn describe_error(e: &spacelock_client::Error, url: &str) -> String {
+    let url = redact(url);
+    match e {
+        spacelock_client::Error::ModuleNotLoaded { .. } => {
+            format!("module not loaded at {url}: {e}")
+        }
+        spacelock_client::Error::Redis(inner) => format!("redis unavailable at {url}: {inner}"),
+        other => format!("redis error at {url}: {other}"),
+    }
+}
+
+/// An open connection plus the client that opens dedicated wait connections.
+// Built once per run and moved straight into a `SpaceLock`: the size is irrelevant.
+#[allow(clippy::large_enum_variant)]
+pub enum Backend {
+    /// One server (or a primary), over a reconnecting [`ConnectionManager`].
+    Single {
+        /// Opens the dedicated connection for a blocking acquire.
+        client: redis::Client,
+        /// Carries acquires, heartbeats and releases.
+        conn: ConnectionManager,
+    },
+    /// A Redis Cluster: commands are routed by key.
+    Cluster {
+        /// Opens the dedicated connection for a blocking acquire.
+        client: ClusterClient,
+        /// Carries acquires, heartbeats and releases.
+        conn: ClusterConnection,
+    },
+}
+
+/// Connects, failing within a few seconds if the server is unreachable.
+pub async fn connect(url: &str, cluster: bool) -> Result<Backend, redis::RedisError> {
+    if cluster {
+        let nodes: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let client = ClusterClient::builder(nodes)
+            .connection_timeout(Duration::from_secs(2))
+            .retries(2)
+            .build()?;
+        let conn = client.get_async_connection().await?;
+        return Ok(Backend::Cluster { client, conn });
+    }
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+    Ok(Backend::Single { client, conn })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_precedence() {
+        let (f, s, r) = (Some("redis://f/"), Some("redis://s/"), Some("redis://r/"));
+        assert_eq!(pick_url(f, s, r), "redis://f/");
+        assert_eq!(pick_url(None, s, r), "redis://s/");
+        assert_eq!(pick_url(None, Some(""), r), "redis://r/");
+        assert_eq!(pick_url(None, None, r), "redis://r/");
+        assert_eq!(pick_url(None, None, None), DEFAULT_URL);
+        assert_eq!(pick_url(None, Some(" "), Some("")), DEFAULT_URL);
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("redis://:hunter2@db:6379/0"),
+            "redis://:***@db:6379/0"
+        );
+        assert_eq!(redact("rediss://app:s3cr@t@db/"), "rediss://app:***@db/");
+        assert_eq!(redact("redis://db:6379/"), "redis://db:6379/");
+        assert_eq!(
+            redact("redis://a:p@n1:7000,redis://a:p@n2:7001"),
+            "redis://a:***@n1:7000,redis://a:***@n2:7001"
+        );
+        assert_eq!(redact("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
+        assert_eq!(redact("redis://app@db/"), "redis://app@db/");
+    }
+
+    #[test]
+    fn owner_ids_are_unique_and_short() {
+        let (a, b) = (owner_id(), owner_id());
+        assert_ne!(a, b);
+        assert!(a.starts_with("spacelock-cli:"));
+        assert!(a.len() < 200, "{a}");
+    }
+}

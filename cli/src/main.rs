@@ -1,0 +1,351 @@
+//! `spacelock`: a distributed `flock(1)` on the spacelock Redis/Valkey module.
+//!
+//! `spacelock run KEY -- COMMAND…` runs COMMAND while holding a lease on
+//! KEY, refreshed by a heartbeat, and kills the command if the lease is lost;
+//! `spacelock info KEY` shows who holds it. See `cli/README.md`.
+
+mod conn;
+mod duration;
+mod info;
+mod run;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use duration::{parse_duration, parse_positive_duration};
+
+/// Exit codes (sysexits.h where one fits).
+pub mod exit {
+    /// Bad arguments (EX_USAGE).
+    pub const USAGE: i32 = 64;
+    /// Redis unreachable or the module not loaded (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: i32 = 69;
+    /// Internal error (EX_SOFTWARE).
+    pub const SOFTWARE: i32 = 70;
+    /// The lock is held by someone else (EX_TEMPFAIL, as `flock -E 75`).
+    pub const LOCK_HELD: i32 = 75;
+    /// The lease was lost while the command ran; it was killed.
+    pub const LEASE_LOST: i32 = 76;
+    /// The command was found but could not be executed (as shells do).
+    pub const CANNOT_EXECUTE: i32 = 126;
+    /// The command was not found (as shells do).
+    pub const NOT_FOUND: i32 = 127;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes of `spacelock run`:
+  N        the command's own exit code (128+S if it was killed by signal S)
+  64       bad arguments (EX_USAGE)
+  69       Redis unreachable, or the spacelock module not loaded (EX_UNAVAILABLE)
+  75       the lock is held by someone else; with --wait: still held at the timeout (EX_TEMPFAIL)
+  76       the lease was lost while the command ran; the command was sent SIGTERM, then SIGKILL
+  126/127  the command could not be executed / was not found (the lock is released first)
+
+Environment:
+  SPACELOCK_URL, REDIS_URL   the server URL when --url is not given (in that order)";
+
+/// A distributed flock(1): run a command while holding a lease lock in Redis/Valkey.
+#[derive(Debug, Parser)]
+#[command(
+    name = "spacelock",
+    version,
+    propagate_version = true,
+    arg_required_else_help = true,
+    after_help = EXIT_CODES,
+    long_about = "A distributed flock(1): run a command on exactly one host of many, under a lease \
+lock kept in Redis or Valkey by the spacelock module (SPACELOCK.ACQUIRE/REFRESH/RELEASE).\n\n\
+The lease is refreshed every ttl/3 while the command runs. If it is lost anyway (the key expired, \
+was deleted, or Redis stopped answering for a whole ttl), the command's process group gets \
+SIGTERM, then SIGKILL after --kill-grace, and spacelock exits 76."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run COMMAND while holding the lock KEY (acquire, heartbeat, release).
+    #[command(
+        after_help = EXIT_CODES,
+        long_about = "Run COMMAND while holding the lock PREFIX+KEY.\n\n\
+Acquires the lock (at once, or waiting up to --wait on the server), runs COMMAND in its own \
+process group with SPACELOCK_KEY (the Redis key), SPACELOCK_TOKEN (the fencing token: strictly \
+greater than every token issued before for this key) and SPACELOCK_OWNER (this run's owner id) in \
+its environment, refreshes the lease every ttl/3 while it runs, releases the lock when it exits, \
+and exits with its exit code.\n\n\
+SIGINT, SIGTERM and SIGHUP sent to spacelock are forwarded to the command's process group; the \
+lock is released once the command has exited.\n\n\
+Examples:\n  \
+spacelock run -q nightly-backup -- /usr/local/bin/backup.sh\n  \
+spacelock run --wait 5m --ttl 1m deploy-prod -- ./deploy.sh v1.2.3"
+    )]
+    Run(RunArgs),
+    /// Show who holds the lock KEY (owner, ttl, token, waiters), or "free".
+    #[command(
+        long_about = "Show who holds the lock PREFIX+KEY, from SPACELOCK.INFO: its \
+owner id, remaining ttl, fencing token and the number of clients waiting for it; or \"free\". \
+Exits 0 in both cases (69 if Redis or the module is unavailable)."
+    )]
+    Info(InfoArgs),
+}
+
+/// Where the locks live.
+#[derive(Debug, Args)]
+struct ConnArgs {
+    /// Redis/Valkey URL, e.g. redis://:password@host:6379/0 (rediss:// needs the `tls` build
+    /// feature) [default: $SPACELOCK_URL, then $REDIS_URL, then redis://127.0.0.1:6379/]
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+
+    /// The server is a Redis Cluster; URL may list several seed nodes separated by commas.
+    #[arg(long)]
+    cluster: bool,
+
+    /// Prefix put in front of KEY to form the Redis key. The default is the Rust client's
+    /// default, so `spacelock run backup` and a service calling
+    /// `with_space_lock("backup")` share one lock; use --prefix '' to lock KEY itself.
+    #[arg(long, value_name = "P", default_value = spacelock_client::DEFAULT_KEY_PREFIX)]
+    prefix: String,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+
+    /// Lease time to live; the heartbeat refreshes it every ttl/3. Units: ms, s, m, h.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    ttl: Duration,
+
+    /// If the lock is held, wait up to DURATION for it (queued fairly on the server) instead of
+    /// exiting 75 at once.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    wait: Option<Duration>,
+
+    /// After a lost lease, how long the command gets between SIGTERM and SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    kill_grace: Duration,
+
+    /// Print only errors (not "lock held", not signal forwarding).
+    #[arg(short, long)]
+    quiet: bool,
+
+    /// Name of the lock (the Redis key is PREFIX+KEY).
+    #[arg(value_name = "KEY")]
+    key: String,
+
+    /// The command to run, and its arguments (put `--` before it).
+    #[arg(
+        value_name = "COMMAND",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+
+    /// Print one JSON object: {"key":…,"held":false} or
+    /// {"key":…,"held":true,"owner":…,"ttl_ms":…,"token":…,"waiters":…}.
+    #[arg(long)]
+    json: bool,
+
+    /// Name of the lock (the Redis key is PREFIX+KEY).
+    #[arg(value_name = "KEY")]
+    key: String,
+}
+
+/// Prints `spacelock: …` lines on stderr; `quiet` silences the non-error ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Say {
+    quiet: bool,
+}
+
+impl Say {
+    /// A non-error notice (silenced by `-q`).
+    pub fn note(&self, msg: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("spacelock: {msg}");
+        }
+    }
+
+    /// An error (always printed).
+    pub fn error(&self, msg: impl std::fmt::Display) {
+        eprintln!("spacelock: {msg}");
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print on stdout and succeed; every other
+            // parse failure is a usage error (clap's own default would be 2).
+            if !e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            eprint!("{}", with_usage(&e.render().to_string()));
+            return ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("spacelock: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE as u8);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run_command(args).await,
+            Command::Info(args) => info_command(args).await,
+        }
+    });
+    // Do not wait for stray background tasks (a release spawned by a
+    // cancelled wait has already been retried in the foreground).
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    ExitCode::from(u8::try_from(code).unwrap_or(exit::SOFTWARE as u8))
+}
+
+/// Clap's error text, with the (sub)command's usage added if clap left it out
+/// (it does for invalid values).
+fn with_usage(error: &str) -> String {
+    if error.contains("Usage:") {
+        return error.to_string();
+    }
+    let mut cmd = Cli::command();
+    cmd.build();
+    let sub = std::env::args().nth(1);
+    let usage = match sub.as_deref().and_then(|s| cmd.find_subcommand_mut(s)) {
+        Some(sub) => sub.render_usage(),
+        None => cmd.render_usage(),
+    };
+    let usage = usage.to_string();
+    match error.find("\nFor more information") {
+        Some(i) => format!("{}{usage}\n{}", &error[..=i], &error[i..]),
+        None => format!("{error}\n{usage}\n"),
+    }
+}
+
+async fn run_command(args: RunArgs) -> i32 {
+    let say = Say { quiet: args.quiet };
+    let url = conn::resolve_url(args.conn.url.as_deref());
+    let options = spacelock_client::Options::default()
+        .ttl(args.ttl)
+        .key_prefix(args.conn.prefix.clone())
+        .owner(conn::owner_id())
+        .wait_connections(1);
+    match conn::connect(&url, args.conn.cluster).await {
+        Err(e) => {
+            say.error(format_args!(
+                "redis unavailable at {}: {e}",
+                conn::redact(&url)
+            ));
+            exit::UNAVAILABLE
+        }
+        Ok(conn::Backend::Single { client, conn }) => {
+            let locks = spacelock_client::SpaceLock::new(conn, options).with_wait_connector(client);
+            run::run(locks, &args, &url, say).await
+        }
+        Ok(conn::Backend::Cluster { client, conn }) => {
+            let locks = spacelock_client::SpaceLock::new(conn, options).with_wait_connector(client);
+            run::run(locks, &args, &url, say).await
+        }
+    }
+}
+
+async fn info_command(args: InfoArgs) -> i32 {
+    let say = Say { quiet: false };
+    let url = conn::resolve_url(args.conn.url.as_deref());
+    let options = spacelock_client::Options::default().key_prefix(args.conn.prefix.clone());
+    match conn::connect(&url, args.conn.cluster).await {
+        Err(e) => {
+            say.error(format_args!(
+                "redis unavailable at {}: {e}",
+                conn::redact(&url)
+            ));
+            exit::UNAVAILABLE
+        }
+        Ok(conn::Backend::Single { conn, .. }) => {
+            let locks = spacelock_client::SpaceLock::new(conn, options);
+            info::info(&locks, &args.key, args.json, &url, say).await
+        }
+        Ok(conn::Backend::Cluster { conn, .. }) => {
+            let locks = spacelock_client::SpaceLock::new(conn, options);
+            info::info(&locks, &args.key, args.json, &url, say).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_parses_with_and_without_double_dash() {
+        let cli = Cli::try_parse_from([
+            "spacelock",
+            "run",
+            "--ttl",
+            "500ms",
+            "-q",
+            "job",
+            "--",
+            "echo",
+            "-n",
+            "hi",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.ttl, Duration::from_millis(500));
+        assert_eq!(a.kill_grace, Duration::from_secs(10));
+        assert_eq!(a.wait, None);
+        assert!(a.quiet);
+        assert_eq!(a.key, "job");
+        assert_eq!(a.command, ["echo", "-n", "hi"]);
+        assert_eq!(a.conn.prefix, spacelock_client::DEFAULT_KEY_PREFIX);
+
+        let cli = Cli::try_parse_from(["spacelock", "run", "job", "ls", "-l"]).unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.command, ["ls", "-l"]);
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        for argv in [
+            &["spacelock", "run", "job"][..],
+            &["spacelock", "run", "--ttl", "0s", "job", "--", "true"],
+            &["spacelock", "run", "--ttl", "30", "job", "--", "true"],
+            &["spacelock", "run", "--wait", "soon", "job", "--", "true"],
+            &["spacelock", "info"],
+            &["spacelock", "frobnicate"],
+        ] {
+            let e = Cli::try_parse_from(argv).unwrap_err();
+            assert!(e.use_stderr(), "{argv:?} should be a usage error");
+        }
+        let e = Cli::try_parse_from(["spacelock", "--help"]).unwrap_err();
+        assert!(!e.use_stderr());
+    }
+}

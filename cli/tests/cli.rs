@@ -1,0 +1,633 @@
+//! End-to-end tests of the `spacelock` binary against real redis-server
+//! processes with (and without) the module.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, wait_until, Server, ServerBuilder};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_spacelock");
+const PREFIX: &str = "spacelock:lock:";
+
+/// The binary with a clean environment for URLs.
+fn spacelock() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("SPACELOCK_URL").env_remove("REDIS_URL");
+    c
+}
+
+/// `spacelock run --url URL <args…>`.
+fn run_cmd(server: &Server, args: &[&str]) -> Command {
+    let mut c = spacelock();
+    c.arg("run").arg("--url").arg(server.url()).args(args);
+    c
+}
+
+struct Out {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Out {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Starts `cmd` with piped stdout/stderr.
+fn start(mut cmd: Command) -> Child {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn spacelock")
+}
+
+/// Waits for `child` (killing it after `timeout`) and collects its output.
+fn finish(mut child: Child, timeout: Duration) -> Out {
+    let started = Instant::now();
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let st = child.wait().unwrap();
+            let (o, e) = (t1.join().unwrap(), t2.join().unwrap());
+            panic!("spacelock did not exit within {timeout:?} ({st}); stdout:\n{o}\nstderr:\n{e}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Out {
+        status,
+        stdout: t1.join().unwrap(),
+        stderr: t2.join().unwrap(),
+        took: started.elapsed(),
+    }
+}
+
+fn output(cmd: Command) -> Out {
+    finish(start(cmd), Duration::from_secs(20))
+}
+
+fn exists(server: &Server, key: &str) -> bool {
+    let n: i64 = redis::cmd("EXISTS")
+        .arg(key)
+        .query(&mut server.conn())
+        .unwrap();
+    n == 1
+}
+
+/// The `waiters` field of `SPACELOCK.INFO key` (0 when free).
+fn waiters(server: &Server, key: &str) -> i64 {
+    let info: Option<HashMap<String, redis::Value>> = redis::cmd("SPACELOCK.INFO")
+        .arg(key)
+        .query(&mut server.conn())
+        .unwrap();
+    info.and_then(|m| m.get("waiters").cloned())
+        .map_or(0, |v| redis::from_redis_value(v).unwrap())
+}
+
+fn wait_for_file(path: &Path) {
+    assert!(
+        wait_until(Duration::from_secs(10), || path.exists()),
+        "{} never appeared",
+        path.display()
+    );
+}
+
+fn sh(script: &str) -> [&str; 3] {
+    ["sh", "-c", script]
+}
+
+/// A shell loop that writes `started`, and on SIGTERM writes `term` and exits `code`.
+fn trap_script(dir: &Path, code: i32) -> String {
+    format!(
+        "trap 'touch {d}/term; exit {code}' TERM; touch {d}/started; while :; do sleep 0.05; done",
+        d = dir.display()
+    )
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn wait_supported() -> bool {
+    // The WAIT option of SPACELOCK.ACQUIRE (issue 4).
+    let server = Server::new();
+    let r: redis::RedisResult<Option<i64>> = redis::cmd("SPACELOCK.ACQUIRE")
+        .arg("probe")
+        .arg("o")
+        .arg(1000)
+        .arg("WAIT")
+        .arg(10)
+        .query(&mut server.conn());
+    r.is_ok()
+}
+
+#[test]
+fn env_carries_key_token_owner_and_tokens_increase() {
+    let server = Server::new();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let mut c = run_cmd(&server, &["job", "--"]);
+        c.args(sh(
+            "echo \"$SPACELOCK_TOKEN|$SPACELOCK_KEY|$SPACELOCK_OWNER\"",
+        ));
+        let out = output(c);
+        assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+        assert_eq!(out.stderr, "", "a successful run is silent");
+        let line = out.stdout.trim();
+        let parts: Vec<&str> = line.split('|').collect();
+        assert_eq!(parts.len(), 3, "{line}");
+        assert_eq!(parts[1], format!("{PREFIX}job"));
+        assert!(parts[2].starts_with("spacelock-cli:"), "{line}");
+        tokens.push(parts[0].parse::<u64>().expect("numeric token"));
+        assert!(!exists(&server, &format!("{PREFIX}job")), "released");
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens must increase: {tokens:?}"
+    );
+
+    // --prefix '' locks KEY itself; the owner differs on every run.
+    let mut c = run_cmd(&server, &["--prefix", "", "raw-key", "--"]);
+    c.args(sh(
+        "echo \"$SPACELOCK_KEY\"; redis-cli -p $PORT get raw-key",
+    ))
+    .env("PORT", server.port.to_string());
+    let out = output(c);
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines[0], "raw-key");
+    assert!(lines[1].starts_with("spacelock-cli:"), "{lines:?}");
+    assert!(!exists(&server, "raw-key"));
+}
+
+#[test]
+fn url_falls_back_to_spacelock_url_then_redis_url() {
+    let server = Server::new();
+    let dead = format!("redis://127.0.0.1:{}/", free_port());
+    let mut c = spacelock();
+    c.args(["run", "k", "--", "true"])
+        .env("SPACELOCK_URL", server.url())
+        .env("REDIS_URL", &dead);
+    assert_eq!(output(c).code(), Some(0));
+    let mut c = spacelock();
+    c.args(["run", "k", "--", "true"])
+        .env("REDIS_URL", server.url());
+    assert_eq!(output(c).code(), Some(0));
+    let mut c = spacelock();
+    c.args(["run", "k", "--", "true"])
+        .env("SPACELOCK_URL", &dead)
+        .env("REDIS_URL", server.url());
+    assert_eq!(output(c).code(), Some(69), "SPACELOCK_URL wins");
+}
+
+#[test]
+fn exit_code_is_propagated_including_signals() {
+    let server = Server::new();
+    for (script, want) in [
+        ("exit 0", 0),
+        ("exit 7", 7),
+        ("exit 255", 255),
+        ("kill -KILL $$", 128 + 9),
+        ("kill -TERM $$", 128 + 15),
+        ("kill -SEGV $$", 128 + 11),
+    ] {
+        let mut c = run_cmd(&server, &["-q", "codes", "--"]);
+        c.args(sh(script));
+        let out = output(c);
+        assert_eq!(out.code(), Some(want), "{script}: stderr {}", out.stderr);
+        assert!(
+            !exists(&server, &format!("{PREFIX}codes")),
+            "{script}: released"
+        );
+    }
+}
+
+#[test]
+fn concurrent_run_without_wait_exits_75_quickly() {
+    let server = Server::new();
+    let dir = tmp();
+    let mut c = run_cmd(&server, &["busy", "--"]);
+    c.args(sh(&trap_script(dir.path(), 0)));
+    let first = start(c);
+    wait_for_file(&dir.path().join("started"));
+
+    let mut c = run_cmd(&server, &["busy", "--", "touch"]);
+    c.arg(dir.path().join("second-ran"));
+    let out = output(c);
+    assert_eq!(out.code(), Some(75), "stderr: {}", out.stderr);
+    assert!(out.took < Duration::from_secs(3), "took {:?}", out.took);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {:?}", out.stderr);
+    assert!(
+        lines[0].starts_with(&format!("spacelock: lock held: {PREFIX}busy")),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[0].contains("owner spacelock-cli:"), "{}", lines[0]);
+    assert!(!dir.path().join("second-ran").exists());
+
+    // -q silences it; the exit code stays.
+    let mut c = run_cmd(&server, &["-q", "busy", "--", "true"]);
+    c.arg("x");
+    let out = output(c);
+    assert_eq!(out.code(), Some(75));
+    assert_eq!(out.stderr, "");
+
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
+    let out = finish(first, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(!exists(&server, &format!("{PREFIX}busy")));
+}
+
+#[test]
+fn concurrent_run_with_wait_runs_after_the_first() {
+    if !wait_supported() {
+        eprintln!("SKIPPED: the module has no ACQUIRE … WAIT yet");
+        return;
+    }
+    let server = Server::new();
+    let dir = tmp();
+    let d = dir.path().display().to_string();
+    let mut c = run_cmd(&server, &["deploy", "--"]);
+    c.args(sh(&format!(
+        "echo $SPACELOCK_TOKEN; touch {d}/a.started; sleep 1; touch {d}/a.done"
+    )));
+    let first = start(c);
+    wait_for_file(&dir.path().join("a.started"));
+
+    // Times out while the first still holds it: 75, after the wait.
+    let mut c = run_cmd(&server, &["--wait", "200ms", "deploy", "--", "touch"]);
+    c.arg(dir.path().join("never"));
+    let out = output(c);
+    assert_eq!(out.code(), Some(75), "stderr: {}", out.stderr);
+    assert!(
+        out.took >= Duration::from_millis(200),
+        "took {:?}",
+        out.took
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "lock held: {PREFIX}deploy: still held after waiting 200ms"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.path().join("never").exists());
+
+    let mut c = run_cmd(&server, &["--wait", "15s", "deploy", "--"]);
+    c.args(sh(&format!("test -f {d}/a.done && echo $SPACELOCK_TOKEN")));
+    let second = start(c);
+    let a = finish(first, Duration::from_secs(15));
+    let b = finish(second, Duration::from_secs(20));
+    assert_eq!(a.code(), Some(0), "first: {}", a.stderr);
+    assert_eq!(
+        b.code(),
+        Some(0),
+        "second ran before the first finished: {}",
+        b.stderr
+    );
+    let ta: u64 = a.stdout.trim().parse().unwrap();
+    let tb: u64 = b.stdout.trim().parse().unwrap();
+    assert!(tb > ta, "{tb} > {ta}");
+    assert!(!exists(&server, &format!("{PREFIX}deploy")));
+}
+
+#[test]
+fn sigint_while_waiting_aborts_without_running() {
+    if !wait_supported() {
+        eprintln!("SKIPPED: the module has no ACQUIRE … WAIT yet");
+        return;
+    }
+    let server = Server::new();
+    let dir = tmp();
+    let mut c = run_cmd(&server, &["held", "--"]);
+    c.args(sh(&trap_script(dir.path(), 0)));
+    let first = start(c);
+    wait_for_file(&dir.path().join("started"));
+
+    let mut c = run_cmd(&server, &["--wait", "30s", "held", "--", "touch"]);
+    c.arg(dir.path().join("waiter-ran"));
+    let waiter = start(c);
+    // Until the waiter is queued on the server.
+    assert!(wait_until(Duration::from_secs(10), || waiters(
+        &server,
+        &format!("{PREFIX}held")
+    ) == 1));
+    kill(Pid::from_raw(waiter.id() as i32), Signal::SIGINT).unwrap();
+    let out = finish(waiter, Duration::from_secs(5));
+    assert_eq!(out.code(), Some(130), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains("interrupted by SIGINT"),
+        "{}",
+        out.stderr
+    );
+
+    kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(finish(first, Duration::from_secs(10)).code(), Some(0));
+    assert!(!dir.path().join("waiter-ran").exists());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!exists(&server, &format!("{PREFIX}held")));
+}
+
+#[test]
+fn lost_lease_sigterms_the_group_and_exits_76() {
+    let server = Server::new();
+    let dir = tmp();
+    let mut c = run_cmd(
+        &server,
+        &["--ttl", "300ms", "--kill-grace", "5s", "fragile", "--"],
+    );
+    c.args(sh(&trap_script(dir.path(), 0)));
+    let child = start(c);
+    wait_for_file(&dir.path().join("started"));
+    // Held (and refreshed) well past its ttl.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(exists(&server, &format!("{PREFIX}fragile")));
+
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{PREFIX}fragile"))
+        .query(&mut server.conn())
+        .unwrap();
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(76), "stderr: {}", out.stderr);
+    assert!(dir.path().join("term").exists(), "the child got SIGTERM");
+    assert!(
+        out.stderr.contains(&format!(
+            "spacelock: lease lost: {PREFIX}fragile: the key is gone (it expired or was deleted)"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("SIGKILL;"), "{}", out.stderr);
+}
+
+#[test]
+fn lost_lease_sigkills_a_child_that_ignores_sigterm() {
+    let server = Server::new();
+    let dir = tmp();
+    let d = dir.path().display();
+    let mut c = run_cmd(
+        &server,
+        &["--ttl", "300ms", "--kill-grace", "500ms", "stubborn", "--"],
+    );
+    c.args(sh(&format!(
+        "trap '' TERM; touch {d}/started; while :; do sleep 0.05; done"
+    )));
+    let child = start(c);
+    wait_for_file(&dir.path().join("started"));
+    // Another owner takes the key over.
+    let _: () = redis::cmd("SET")
+        .arg(format!("{PREFIX}stubborn"))
+        .arg("someone-else")
+        .query(&mut server.conn())
+        .unwrap();
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(76), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("lease lost"), "{}", out.stderr);
+    assert!(out.stderr.contains("sending SIGKILL"), "{}", out.stderr);
+    // The other owner's key is untouched.
+    let v: String = redis::cmd("GET")
+        .arg(format!("{PREFIX}stubborn"))
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(v, "someone-else");
+}
+
+#[test]
+fn sigterm_to_spacelock_reaches_the_child_then_releases() {
+    let server = Server::new();
+    let dir = tmp();
+    let mut c = run_cmd(&server, &["svc", "--"]);
+    c.args(sh(&trap_script(dir.path(), 3)));
+    let child = start(c);
+    wait_for_file(&dir.path().join("started"));
+    assert!(exists(&server, &format!("{PREFIX}svc")));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(
+        out.code(),
+        Some(3),
+        "the child's own exit code; stderr {}",
+        out.stderr
+    );
+    assert!(dir.path().join("term").exists(), "the child got SIGTERM");
+    assert!(out.stderr.contains("forwarding SIGTERM"), "{}", out.stderr);
+    assert!(!exists(&server, &format!("{PREFIX}svc")), "released");
+
+    // SIGINT too; a child that dies of it gives 130.
+    let mut c = run_cmd(&server, &["-q", "svc", "--"]);
+    c.args(sh(&format!(
+        "touch {}/started2; exec sleep 30",
+        dir.path().display()
+    )));
+    let child = start(c);
+    wait_for_file(&dir.path().join("started2"));
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(130), "stderr {}", out.stderr);
+    assert_eq!(out.stderr, "", "-q");
+    assert!(!exists(&server, &format!("{PREFIX}svc")), "released");
+}
+
+#[test]
+fn unreachable_server_exits_69() {
+    let url = format!("redis://127.0.0.1:{}/", free_port());
+    let mut c = spacelock();
+    c.args(["run", "--url", &url, "k", "--", "true"]);
+    let out = output(c);
+    assert_eq!(out.code(), Some(69), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with(&format!("spacelock: redis unavailable at {url}")),
+        "{}",
+        out.stderr
+    );
+    assert!(out.took < Duration::from_secs(10), "took {:?}", out.took);
+
+    let mut c = spacelock();
+    c.args(["info", "--url", &url, "k"]);
+    assert_eq!(output(c).code(), Some(69));
+
+    // The password is not echoed.
+    let url = format!("redis://:hunter2@127.0.0.1:{}/", free_port());
+    let mut c = spacelock();
+    c.args(["run", "--url", &url, "k", "--", "true"]);
+    let out = output(c);
+    assert_eq!(out.code(), Some(69));
+    assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+}
+
+#[test]
+fn server_without_the_module_exits_69_with_the_hint() {
+    let server = ServerBuilder::new().without_module().start();
+    let dir = tmp();
+    let mut c = run_cmd(&server, &["k", "--", "touch"]);
+    c.arg(dir.path().join("ran"));
+    let out = output(c);
+    assert_eq!(out.code(), Some(69), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("module not loaded"), "{}", out.stderr);
+    assert!(out.stderr.contains("loadmodule"), "{}", out.stderr);
+    assert!(out.stderr.contains("MODULE LOAD"), "{}", out.stderr);
+    assert!(!dir.path().join("ran").exists());
+
+    let mut c = spacelock();
+    c.args(["info", "--url", &server.url(), "k"]);
+    let out = output(c);
+    assert_eq!(out.code(), Some(69));
+    assert!(out.stderr.contains("loadmodule"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_arguments_exit_64_with_usage() {
+    for args in [
+        &[][..],
+        &["run"],
+        &["run", "k"],
+        &["run", "--ttl", "30", "k", "--", "true"],
+        &["run", "--ttl", "0s", "k", "--", "true"],
+        &["run", "--wait", "forever", "k", "--", "true"],
+        &["run", "--kill-grace", "-1s", "k", "--", "true"],
+        &["run", "--bogus", "k", "--", "true"],
+        &["info"],
+        &["frobnicate"],
+    ] {
+        let mut c = spacelock();
+        c.args(args);
+        let out = output(c);
+        assert_eq!(out.code(), Some(64), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains("Usage"), "{args:?}: {}", out.stderr);
+    }
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["info", "-h"],
+        &["--version"],
+    ] {
+        let mut c = spacelock();
+        c.args(args);
+        let out = output(c);
+        assert_eq!(out.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty());
+    }
+    let mut c = spacelock();
+    c.arg("--help");
+    let help = output(c).stdout;
+    for needle in ["run", "info", "Exit codes", "75", "76", "SPACELOCK_URL"] {
+        assert!(help.contains(needle), "--help lacks {needle}");
+    }
+}
+
+#[test]
+fn missing_command_exits_127_after_releasing() {
+    let server = Server::new();
+    let mut c = run_cmd(
+        &server,
+        &["nocmd", "--", "/nonexistent/spacelock-test-cmd", "a"],
+    );
+    c.arg("b");
+    let out = output(c);
+    assert_eq!(out.code(), Some(127), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("spacelock: command not found: /nonexistent/spacelock-test-cmd"),
+        "{}",
+        out.stderr
+    );
+    assert!(!exists(&server, &format!("{PREFIX}nocmd")), "released");
+    let mut c = run_cmd(
+        &server,
+        &["nocmd", "--", "spacelock-no-such-command-on-path"],
+    );
+    c.arg("x");
+    assert_eq!(output(c).code(), Some(127));
+
+    // Found but not executable: 126, released as well.
+    let dir = tmp();
+    let script: PathBuf = dir.path().join("not-exec.sh");
+    std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
+    let mut c = run_cmd(&server, &["nocmd", "--"]);
+    c.arg(&script);
+    let out = output(c);
+    assert_eq!(out.code(), Some(126), "stderr: {}", out.stderr);
+    assert!(!exists(&server, &format!("{PREFIX}nocmd")), "released");
+}
+
+#[test]
+fn info_shows_free_and_the_holder() {
+    let server = Server::new();
+    let mut c = spacelock();
+    c.args(["info", "--url", &server.url(), "jobx"]);
+    let out = output(c);
+    assert_eq!(out.code(), Some(0));
+    assert_eq!(out.stdout, "free\n");
+    let mut c = spacelock();
+    c.args(["info", "--json", "--url", &server.url(), "jobx"]);
+    assert_eq!(
+        output(c).stdout.trim(),
+        format!(r#"{{"key":"{PREFIX}jobx","held":false}}"#)
+    );
+
+    let dir = tmp();
+    let d = dir.path().display();
+    let mut c = run_cmd(&server, &["jobx", "--"]);
+    c.args(sh(&format!(
+        "echo \"$SPACELOCK_OWNER $SPACELOCK_TOKEN\" > {d}/env.tmp; mv {d}/env.tmp {d}/env; \
+         trap 'exit 0' TERM; while :; do sleep 0.05; done"
+    )));
+    let holder = start(c);
+    wait_for_file(&dir.path().join("env"));
+    let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
+    let (owner, token) = env.trim().split_once(' ').unwrap();
+
+    let mut c = spacelock();
+    c.args(["info", "--url", &server.url(), "jobx"]);
+    let text = output(c).stdout;
+    assert!(text.starts_with("held\n"), "{text}");
+    assert!(text.contains(&format!("owner: {owner}\n")), "{text}");
+    assert!(text.contains(&format!("token: {token}\n")), "{text}");
+    assert!(text.contains("waiters: 0\n"), "{text}");
+
+    let mut c = spacelock();
+    c.args(["info", "--json", "--url", &server.url(), "jobx"]);
+    let json = output(c).stdout;
+    assert!(
+        json.starts_with(&format!(
+            r#"{{"key":"{PREFIX}jobx","held":true,"owner":"{owner}","ttl_ms":"#
+        )),
+        "{json}"
+    );
+    assert!(
+        json.trim_end()
+            .ends_with(&format!(r#","token":{token},"waiters":0}}"#)),
+        "{json}"
+    );
+
+    kill(Pid::from_raw(holder.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(finish(holder, Duration::from_secs(10)).code(), Some(0));
+}
