@@ -193,6 +193,7 @@ async fn run_child<C: LockConnection>(
         // Its own process group, so a lost lease can stop everything it started.
         .process_group(0)
         .kill_on_drop(false);
+    stop_child_when_we_die(&mut cmd);
 
     let mut child = {
         // Spawn under the lock, so a signal is either pending (and we do not
@@ -281,6 +282,40 @@ async fn run_child<C: LockConnection>(
     }
     BodyEnd::Lost
 }
+
+/// If spacelock itself dies (`kill -9`, the OOM killer), nobody refreshes the
+/// lease or stops the command when it runs out: have the kernel send the
+/// command SIGTERM then (Linux `PR_SET_PDEATHSIG`; elsewhere a no-op).
+#[cfg(target_os = "linux")]
+fn stop_child_when_we_die(cmd: &mut tokio::process::Command) {
+    let parent = i64::from(std::process::id());
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (prctl, getppid); it allocates
+    // nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died before the prctl took effect: then
+            // do not start the command at all.
+            if i64::from(libc::getppid()) != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn stop_child_when_we_die(_cmd: &mut tokio::process::Command) {}
 
 /// Why the lease was lost, as far as the server can tell now.
 async fn lost_reason<C: LockConnection>(locks: &SpaceLock<C>, name: &str) -> String {

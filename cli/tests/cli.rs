@@ -134,19 +134,6 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-fn wait_supported() -> bool {
-    // The WAIT option of SPACELOCK.ACQUIRE (issue 4).
-    let server = Server::new();
-    let r: redis::RedisResult<Option<i64>> = redis::cmd("SPACELOCK.ACQUIRE")
-        .arg("probe")
-        .arg("o")
-        .arg(1000)
-        .arg("WAIT")
-        .arg(10)
-        .query(&mut server.conn());
-    r.is_ok()
-}
-
 #[test]
 fn env_carries_key_token_owner_and_tokens_increase() {
     let server = Server::new();
@@ -267,10 +254,6 @@ fn concurrent_run_without_wait_exits_75_quickly() {
 
 #[test]
 fn concurrent_run_with_wait_runs_after_the_first() {
-    if !wait_supported() {
-        eprintln!("SKIPPED: the module has no ACQUIRE … WAIT yet");
-        return;
-    }
     let server = Server::new();
     let dir = tmp();
     let d = dir.path().display().to_string();
@@ -320,10 +303,6 @@ fn concurrent_run_with_wait_runs_after_the_first() {
 
 #[test]
 fn sigint_while_waiting_aborts_without_running() {
-    if !wait_supported() {
-        eprintln!("SKIPPED: the module has no ACQUIRE … WAIT yet");
-        return;
-    }
     let server = Server::new();
     let dir = tmp();
     let mut c = run_cmd(&server, &["held", "--"]);
@@ -630,4 +609,88 @@ fn info_shows_free_and_the_holder() {
 
     kill(Pid::from_raw(holder.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(finish(holder, Duration::from_secs(10)).code(), Some(0));
+}
+
+#[test]
+fn redis_going_away_is_a_lost_lease() {
+    let mut server = Server::new();
+    let dir = tmp();
+    let mut c = run_cmd(
+        &server,
+        &["--ttl", "500ms", "--kill-grace", "2s", "orphan", "--"],
+    );
+    c.args(sh(&trap_script(dir.path(), 0)));
+    let child = start(c);
+    wait_for_file(&dir.path().join("started"));
+    server.kill9();
+    let out = finish(child, Duration::from_secs(15));
+    assert_eq!(out.code(), Some(76), "stderr: {}", out.stderr);
+    assert!(dir.path().join("term").exists(), "the child got SIGTERM");
+    assert!(
+        out.stderr.contains(&format!(
+            "spacelock: lease lost: {PREFIX}orphan: no refresh succeeded within the ttl"
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn killing_spacelock_with_sigkill_still_stops_the_command() {
+    let server = Server::new();
+    let dir = tmp();
+    let mut c = run_cmd(&server, &["--ttl", "1s", "killed", "--"]);
+    c.args(sh(&trap_script(dir.path(), 0)));
+    let mut child = start(c);
+    wait_for_file(&dir.path().join("started"));
+    child.kill().unwrap(); // SIGKILL: no forwarding, no release
+    child.wait().unwrap();
+    wait_for_file(&dir.path().join("term"));
+    // Nobody released it; the lease runs out on its own.
+    assert!(wait_until(Duration::from_secs(5), || !exists(
+        &server,
+        &format!("{PREFIX}killed")
+    )));
+}
+
+#[test]
+fn works_against_a_cluster() {
+    let cluster = common::Cluster::start(3);
+    let urls = cluster.urls().join(",");
+    let mut tokens = Vec::new();
+    // Names that hash to different nodes.
+    for name in ["alpha", "bravo", "charlie", "alpha"] {
+        let mut c = spacelock();
+        c.args(["run", "--cluster", "--url", &urls, name, "--"])
+            .args(sh("echo $SPACELOCK_TOKEN"));
+        let out = output(c);
+        assert_eq!(out.code(), Some(0), "{name}: {}", out.stderr);
+        tokens.push((name, out.stdout.trim().parse::<u64>().unwrap()));
+    }
+    assert!(tokens[3].1 > tokens[0].1, "{tokens:?}");
+
+    let dir = tmp();
+    let mut c = spacelock();
+    c.args(["run", "--cluster", "--url", &urls, "bravo", "--"])
+        .args(sh(&trap_script(dir.path(), 0)));
+    let holder = start(c);
+    wait_for_file(&dir.path().join("started"));
+    let mut c = spacelock();
+    c.args(["info", "--cluster", "--url", &urls, "bravo"]);
+    let out = output(c);
+    assert!(
+        out.stdout.starts_with("held\n"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let mut c = spacelock();
+    c.args(["run", "--cluster", "--url", &urls, "bravo", "--", "true"]);
+    assert_eq!(output(c).code(), Some(75));
+    kill(Pid::from_raw(holder.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(finish(holder, Duration::from_secs(10)).code(), Some(0));
+    let mut c = spacelock();
+    c.args(["info", "--cluster", "--url", &urls, "bravo"]);
+    assert_eq!(output(c).stdout, "free\n");
 }
