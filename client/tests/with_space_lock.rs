@@ -536,3 +536,97 @@ async fn wait_without_a_connector_is_an_error() {
     assert!(matches!(err, Error::WaitNotConfigured), "{err:?}");
     assert!(!a.is_running("space"));
 }
+
+/// Everything logged through `tracing` by any test in this binary.
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct W(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let b = buf.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || W(b.clone()))
+            .init();
+        buf
+    })
+    .clone()
+}
+
+/// A refresh that fails (connection killed) logs a warning and is retried at
+/// the next tick; the lease survives as long as a refresh succeeds within the ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_is_retried_not_lost() {
+    let server = Server::new();
+    let logs = captured_logs();
+    let a = locks(&server, Options::default().ttl(Duration::from_millis(900))).await;
+    let key = a.key("retried");
+    let (server, key, owner) = (&server, &key, a.owner().to_string());
+    let outcome = a
+        .with_space_lock("retried", |lease| async move {
+            // Drop every client connection but this one: the next refresh
+            // fails (broken pipe), the manager reconnects, the one after succeeds.
+            let killed: i64 = redis::cmd("CLIENT")
+                .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+                .query(&mut server.conn())
+                .unwrap();
+            assert!(killed >= 1);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert_eq!(holder(server, key), Some(owner));
+            lease.is_lost()
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Ran(false));
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logs.lines().any(|l| l.contains("WARN")
+            && l.contains("refresh failed")
+            && l.contains(key.as_str())),
+        "expected a refresh warning in:\n{logs}"
+    );
+}
+
+/// A release that fails (here: times out while the server is paused) is
+/// logged and does not replace the body's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_release_does_not_replace_ran() {
+    let server = Server::new();
+    let logs = captured_logs();
+    let a = locks(&server, Options::default()).await;
+    let t0 = Instant::now();
+    let outcome = a
+        .with_space_lock("release-fails", |_| async {
+            let _: () = redis::cmd("CLIENT")
+                .arg(&["PAUSE", "1500", "ALL"][..])
+                .query(&mut server.conn())
+                .unwrap();
+            "the body's value"
+        })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Ran("the body's value"));
+    // ConnectionManager's response timeout (500 ms) ended the release, not the pause.
+    assert!(
+        t0.elapsed() < Duration::from_millis(1400),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(!a.is_running("release-fails"));
+    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let key = a.key("release-fails");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("WARN") && l.contains("failed to release") && l.contains(&key)),
+        "expected a release warning in:\n{logs}"
+    );
+}
