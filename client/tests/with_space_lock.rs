@@ -231,7 +231,9 @@ async fn lost_signal_when_the_key_is_deleted() {
         .await
         .unwrap();
     let after = outcome.ran().unwrap();
-    assert!(after <= Duration::from_millis(450), "lost after {after:?}");
+    // Before the 600 ms ttl could run out: it was the refresh answering 0
+    // (every 200 ms), not the local deadline.
+    assert!(after < Duration::from_millis(600), "lost after {after:?}");
     assert_eq!(a.active_leases(), 0);
 }
 
@@ -296,9 +298,11 @@ async fn lost_by_local_deadline_while_the_server_stalls() {
         .unwrap();
     let lost_after = outcome.ran().unwrap();
     // No refresh can succeed during the stall, so the lease is lost at most
-    // one ttl after the last successful refresh started (plus scheduling).
+    // one ttl (300 ms) after the last successful refresh started, which was
+    // at most one interval (100 ms) before the stall; the bound leaves room
+    // for a loaded machine and stays well inside the 1.5 s stall.
     assert!(
-        lost_after <= Duration::from_millis(450),
+        lost_after <= Duration::from_millis(900),
         "lost after {lost_after:?}"
     );
 }
