@@ -16,28 +16,45 @@ fn owner_and_ttl(owner: RStr, ttl: RStr) -> Result<i64, crate::args::ArgError> {
     parse_ttl(ttl.as_bytes(), config::max_ttl())
 }
 
-/// `SPACELOCK.ACQUIRE key owner ttl_ms`
+/// `SPACELOCK.ACQUIRE key owner ttl_ms [WAIT timeout_ms]`
 pub struct Acquire;
 
 impl Command for Acquire {
     fn run(ctx: &Ctx, args: &[RStr]) {
-        let [_, key, owner, ttl] = args else {
+        let [_, key, owner, ttl, rest @ ..] = args else {
             return ctx.wrong_arity();
         };
         let ttl = match owner_and_ttl(*owner, *ttl) {
             Ok(t) => t,
             Err(e) => return ctx.reply_error(&e.to_string()),
         };
-        let mut store = RedisStore::open(ctx, *key, *owner);
-        match lock::acquire(&mut store, ttl) {
+        let rest: Vec<&[u8]> = rest.iter().map(RStr::as_bytes).collect();
+        let wait = match crate::wait::parse_options(&rest) {
+            Ok(w) => w,
+            Err(e) => return ctx.reply_error(&e.to_string()),
+        };
+        let _quiet = crate::wait::SelfWrites::begin();
+        // Clients already queued go first (no barging while a grant is due).
+        crate::wait::settle(ctx, *key);
+        let outcome = {
+            let mut store = RedisStore::open(ctx, *key, *owner);
+            lock::acquire(&mut store, ttl)
+        };
+        match outcome {
             Ok(Some(token)) => {
                 stats::ACQUIRED.incr();
                 ctx.reply_i64(token);
             }
-            Ok(None) => {
-                stats::ACQUIRE_CONTENDED.incr();
-                ctx.reply_null();
-            }
+            // WAIT inside MULTI/EXEC or a script acts as a plain ACQUIRE.
+            Ok(None) => match wait {
+                Some(timeout) if ctx.may_block() => {
+                    crate::wait::enqueue(ctx, *key, *owner, ttl, timeout)
+                }
+                _ => {
+                    stats::ACQUIRE_CONTENDED.incr();
+                    ctx.reply_null();
+                }
+            },
             Err(e) => ctx.reply_error(&e.to_string()),
         }
     }
@@ -55,8 +72,14 @@ impl Command for Refresh {
             Ok(t) => t,
             Err(e) => return ctx.reply_error(&e.to_string()),
         };
-        let mut store = RedisStore::open(ctx, *key, *owner);
-        match lock::refresh(&mut store, ttl) {
+        let _quiet = crate::wait::SelfWrites::begin();
+        let outcome = {
+            let mut store = RedisStore::open(ctx, *key, *owner);
+            lock::refresh(&mut store, ttl)
+        };
+        // Moves the expiry timer of a queue, or grants an expired lock.
+        crate::wait::settle(ctx, *key);
+        match outcome {
             Ok(true) => {
                 stats::REFRESHED.incr();
                 ctx.reply_i64(1);
@@ -81,8 +104,14 @@ impl Command for Release {
         if let Err(e) = check_owner(owner.as_bytes(), config::max_owner_len()) {
             return ctx.reply_error(&e.to_string());
         }
-        let mut store = RedisStore::open(ctx, *key, *owner);
-        match lock::release(&mut store) {
+        let _quiet = crate::wait::SelfWrites::begin();
+        let outcome = {
+            let mut store = RedisStore::open(ctx, *key, *owner);
+            lock::release(&mut store)
+        };
+        // Direct handoff: the head waiter gets the lock in this same command.
+        crate::wait::settle(ctx, *key);
+        match outcome {
             Ok(true) => {
                 stats::RELEASED.incr();
                 ctx.reply_i64(1);
@@ -128,7 +157,7 @@ impl Command for Info {
         ctx.reply_bulk(b"token");
         ctx.reply_i64(token);
         ctx.reply_bulk(b"waiters");
-        ctx.reply_i64(crate::waiters_on(key.as_bytes()) as i64);
+        ctx.reply_i64(crate::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
     }
 }
 

@@ -791,3 +791,299 @@ pub unsafe extern "C" fn RedisModule_OnLoad(
 pub extern "C" fn RedisModule_OnUnload(_ctx: *mut raw::RedisModuleCtx) -> c_int {
     raw::REDISMODULE_OK as c_int
 }
+
+// ---------------------------------------------------------------------------
+// WAIT (issue 4): blocked clients, timers, keyspace and server events.
+//
+// Life cycle of a waiter's `RedisModuleBlockedClient` (see `crate::wait`):
+// exactly one `RedisModule_UnblockClient` per handle, whatever happens:
+// granted (privdata = the token), timed out (from the timeout callback) or
+// disconnected (from the disconnect callback). The server frees the handle
+// (and our privdata, through `wait_free_privdata`) in its next
+// `moduleHandleBlockedClients`, and calls the reply callback only if the
+// client is still connected.
+
+/// A blocked client's handle. Only used on the main thread; its address
+/// identifies the waiter in `crate::wait`'s registry.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct BlockedClient(*mut raw::RedisModuleBlockedClient);
+
+/// What a waiter is eventually told.
+pub enum WaitReply {
+    /// It was granted the lock with this fencing token.
+    Token(i64),
+    /// An error reply (full text, starting with its code word).
+    Error(String),
+}
+
+impl BlockedClient {
+    /// Unblocks the client with `reply` (sent by the reply callback if the
+    /// client is still connected). Must be called once per handle.
+    pub fn unblock(self, reply: WaitReply) {
+        let data = Box::into_raw(Box::new(reply));
+        // SAFETY: `self.0` is a live handle that has not been unblocked yet
+        // (the registry hands each handle out once); the server owns `data`
+        // from here and gives it back to `wait_free_privdata`.
+        let rc = unsafe { api!(RedisModule_UnblockClient)(self.0, data.cast::<c_void>()) };
+        if rc != raw::REDISMODULE_OK as c_int {
+            // SAFETY: the server refused the handle, so it did not take `data`.
+            drop(unsafe { Box::from_raw(data) });
+        }
+    }
+
+    /// Unblocks without a reply: for a client that timed out (the timeout
+    /// callback replied) or disconnected. Frees the handle.
+    pub fn release(self) {
+        // SAFETY: a live handle not unblocked yet (see `unblock`); NULL
+        // privdata means nothing for the free callback.
+        unsafe { api!(RedisModule_UnblockClient)(self.0, std::ptr::null_mut()) };
+    }
+}
+
+impl Ctx {
+    /// `RedisModule_GetContextFlags`.
+    fn flags(&self) -> u32 {
+        // SAFETY: valid ctx for this callback.
+        unsafe { api!(RedisModule_GetContextFlags)(self.0) as u32 }
+    }
+
+    /// Whether the caller may block: not inside MULTI/EXEC, a script, or any
+    /// other context that denies blocking (RM_Call, …).
+    pub fn may_block(&self) -> bool {
+        let deny = raw::REDISMODULE_CTX_FLAGS_MULTI
+            | raw::REDISMODULE_CTX_FLAGS_LUA
+            | raw::REDISMODULE_CTX_FLAGS_DENY_BLOCKING;
+        self.flags() & deny == 0
+    }
+
+    /// Whether this server is a replica (it must not write).
+    pub fn is_replica(&self) -> bool {
+        self.flags() & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0
+    }
+
+    /// The selected database of the context's client.
+    pub fn selected_db(&self) -> i32 {
+        // SAFETY: valid ctx for this callback.
+        unsafe { api!(RedisModule_GetSelectedDb)(self.0) }
+    }
+
+    /// Selects database `db` (only used on timer contexts, whose client is a
+    /// temporary one).
+    pub fn select_db(&self, db: i32) -> bool {
+        // SAFETY: valid ctx; an out-of-range id is rejected with ERR.
+        unsafe { api!(RedisModule_SelectDb)(self.0, db) == raw::REDISMODULE_OK as c_int }
+    }
+
+    /// Blocks the calling client for up to `timeout_ms` (0: no limit). The
+    /// reply, timeout, disconnect and free callbacks go to `crate::wait`.
+    /// `None` if the server refused (it then already replied with an error).
+    pub fn block_client(&self, timeout_ms: i64) -> Option<BlockedClient> {
+        // SAFETY: valid command ctx; the callbacks are plain functions that
+        // live as long as the module.
+        let bc = unsafe {
+            api!(RedisModule_BlockClient)(
+                self.0,
+                Some(wait_reply_cb),
+                Some(wait_timeout_cb),
+                Some(wait_free_privdata),
+                timeout_ms as c_longlong,
+            )
+        };
+        if bc.is_null() {
+            return None;
+        }
+        // SAFETY: `bc` was just returned by BlockClient.
+        unsafe { api!(RedisModule_SetDisconnectCallback)(bc, Some(wait_disconnect_cb)) };
+        Some(BlockedClient(bc))
+    }
+
+    /// Arms a one-shot module timer in `period_ms` that calls
+    /// `crate::wait::on_timer(ctx, data)`. Returns its id.
+    pub fn create_timer(&self, period_ms: i64, data: u64) -> u64 {
+        // SAFETY: valid ctx; `data` is an integer disguised as a pointer and
+        // never dereferenced.
+        unsafe {
+            api!(RedisModule_CreateTimer)(
+                self.0,
+                period_ms.max(0),
+                Some(wait_timer_cb),
+                data as usize as *mut c_void,
+            )
+        }
+    }
+
+    /// Stops timer `id` if it has not fired yet.
+    pub fn stop_timer(&self, id: u64) {
+        let mut data: *mut c_void = std::ptr::null_mut();
+        // SAFETY: valid ctx; an unknown or fired id is reported as ERR and
+        // is harmless. Our data is an integer, nothing to free.
+        unsafe { api!(RedisModule_StopTimer)(self.0, id, &mut data) };
+    }
+}
+
+impl Key {
+    /// Absolute expiry in ms since the epoch, or `None` without one.
+    pub fn expire_at_ms(&self) -> Option<i64> {
+        if self.ptr.is_null() {
+            return None;
+        }
+        // SAFETY: open key; GetAbsExpire is a read.
+        let at = unsafe { api!(RedisModule_GetAbsExpire)(self.ptr) };
+        (at >= 0).then_some(at)
+    }
+}
+
+impl LoadCtx {
+    /// Subscribes `crate::wait::on_key_event` to generic, string, expired and
+    /// evicted keyspace events (DEL, UNLINK, RENAME, SET, expiry, …).
+    pub fn subscribe_key_events(&self) -> Result<(), String> {
+        let types = raw::REDISMODULE_NOTIFY_GENERIC
+            | raw::REDISMODULE_NOTIFY_STRING
+            | raw::REDISMODULE_NOTIFY_EXPIRED
+            | raw::REDISMODULE_NOTIFY_EVICTED;
+        // SAFETY: valid load ctx; plain callback function.
+        let rc = unsafe {
+            api!(RedisModule_SubscribeToKeyspaceEvents)(self.0, types as c_int, Some(wait_key_cb))
+        };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err("cannot subscribe to keyspace events".into());
+        }
+        Ok(())
+    }
+
+    /// Subscribes `crate::wait::on_flush` to FLUSHALL / FLUSHDB and to
+    /// replication role changes (a primary turned replica must let its
+    /// waiters go).
+    pub fn subscribe_flush(&self) -> Result<(), String> {
+        // The header defines the event as a `static const`, so build it here.
+        let event = raw::RedisModuleEvent {
+            id: raw::REDISMODULE_EVENT_FLUSHDB,
+            dataver: 1,
+        };
+        // SAFETY: valid load ctx; plain callback function.
+        let rc =
+            unsafe { api!(RedisModule_SubscribeToServerEvent)(self.0, event, Some(wait_flush_cb)) };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err("cannot subscribe to the FlushDB server event".into());
+        }
+        let event = raw::RedisModuleEvent {
+            id: raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+            dataver: 1,
+        };
+        // SAFETY: valid load ctx; plain callback function.
+        let rc =
+            unsafe { api!(RedisModule_SubscribeToServerEvent)(self.0, event, Some(wait_role_cb)) };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err("cannot subscribe to the ReplicationRoleChanged server event".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f`, logging instead of unwinding into the server.
+fn guarded(ctx: *mut raw::RedisModuleCtx, what: &str, f: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(f)).is_err() {
+        log_raw(
+            ctx,
+            c"warning",
+            &format!("spacelock: internal error in the {what} callback (bug)"),
+        );
+    }
+}
+
+extern "C" fn wait_reply_cb(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    let c = Ctx(ctx);
+    // SAFETY: called in the blocked client's reply context; the privdata is
+    // the `WaitReply` we passed to UnblockClient (or NULL), still owned by the
+    // server until `wait_free_privdata`, so a shared borrow is sound.
+    let reply = unsafe { api!(RedisModule_GetBlockedClientPrivateData)(ctx) }.cast::<WaitReply>();
+    // SAFETY: see above; NULL is handled.
+    match unsafe { reply.as_ref() } {
+        Some(WaitReply::Token(t)) => c.reply_i64(*t),
+        Some(WaitReply::Error(e)) => c.reply_error(e),
+        None => c.reply_null(),
+    }
+    raw::REDISMODULE_OK as c_int
+}
+
+extern "C" fn wait_timeout_cb(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
+    let c = Ctx(ctx);
+    // SAFETY: in a timeout callback the context carries the handle.
+    let bc = BlockedClient(unsafe { api!(RedisModule_GetBlockedClientHandle)(ctx) });
+    guarded(ctx, "WAIT timeout", || crate::wait::on_timeout(&c, bc));
+    c.reply_null();
+    raw::REDISMODULE_OK as c_int
+}
+
+extern "C" fn wait_disconnect_cb(
+    ctx: *mut raw::RedisModuleCtx,
+    bc: *mut raw::RedisModuleBlockedClient,
+) {
+    let c = Ctx(ctx);
+    guarded(ctx, "WAIT disconnect", || {
+        crate::wait::on_disconnect(&c, BlockedClient(bc))
+    });
+}
+
+extern "C" fn wait_free_privdata(_ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+    if !data.is_null() {
+        // SAFETY: the only non-NULL privdata we pass is a Box<WaitReply>
+        // (see `BlockedClient::unblock`); the server frees it exactly once.
+        drop(unsafe { Box::from_raw(data.cast::<WaitReply>()) });
+    }
+}
+
+extern "C" fn wait_timer_cb(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+    let c = Ctx(ctx);
+    guarded(ctx, "WAIT timer", || {
+        crate::wait::on_timer(&c, data as usize as u64)
+    });
+}
+
+extern "C" fn wait_key_cb(
+    ctx: *mut raw::RedisModuleCtx,
+    _type: c_int,
+    _event: *const c_char,
+    key: *mut raw::RedisModuleString,
+) -> c_int {
+    let c = Ctx(ctx);
+    guarded(ctx, "keyspace event", || {
+        crate::wait::on_key_event(&c, RStr(key))
+    });
+    raw::REDISMODULE_OK as c_int
+}
+
+extern "C" fn wait_flush_cb(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    subevent: u64,
+    data: *mut c_void,
+) {
+    if subevent != raw::REDISMODULE_SUBEVENT_FLUSHDB_END {
+        return;
+    }
+    // SAFETY: for FlushDB events the data is a RedisModuleFlushInfo.
+    let dbnum =
+        unsafe { data.cast::<raw::RedisModuleFlushInfo>().as_ref() }.map_or(-1, |i| i.dbnum);
+    let c = Ctx(ctx);
+    guarded(ctx, "FlushDB event", || crate::wait::on_flush(&c, dbnum));
+}
+
+extern "C" fn wait_role_cb(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    _subevent: u64,
+    _data: *mut c_void,
+) {
+    let c = Ctx(ctx);
+    // Every queue is settled soon; on a replica that unblocks its waiters.
+    guarded(ctx, "role change event", || crate::wait::on_flush(&c, -1));
+}

@@ -15,6 +15,7 @@ mod fuzz;
 pub mod lock;
 pub mod stats;
 pub mod store;
+pub mod wait;
 
 use ffi::{entry, key_flags as kf, ArgDoc, ArgType, CommandDef, LoadCtx, RStr};
 
@@ -43,6 +44,13 @@ const TTL: ArgDoc = ArgDoc {
     optional: false,
 };
 
+const WAIT_TIMEOUT: ArgDoc = ArgDoc {
+    name: c"timeout_ms",
+    kind: ArgType::Integer,
+    token: Some(c"WAIT"),
+    optional: true,
+};
+
 /// The ACL category every spacelock command belongs to (Redis ≥ 7.4).
 const ACL_CATEGORY: &std::ffi::CStr = c"spacelock";
 
@@ -51,12 +59,12 @@ fn command_table() -> [CommandDef; 5] {
         CommandDef {
             name: c"spacelock.acquire",
             flags: c"write deny-oom fast",
-            summary: c"Acquires a lease lock if the key is free and returns a new fencing token",
+            summary: c"Acquires a lease lock if the key is free and returns a new fencing token; with WAIT, queues (FIFO) until the lock is handed over or the timeout passes",
             complexity: c"O(1)",
             since: c"0.1.0",
-            arity: 4,
+            arity: -4,
             key_flags: kf::RW | kf::INSERT,
-            args: &[KEY, OWNER, TTL],
+            args: &[KEY, OWNER, TTL, WAIT_TIMEOUT],
             entry: entry::<commands::Acquire>(),
         },
         CommandDef {
@@ -108,12 +116,12 @@ fn command_table() -> [CommandDef; 5] {
 
 /// Number of clients waiting (WAIT) and keys with waiters, for INFO.
 pub fn waiters_gauges() -> (u64, u64) {
-    (0, 0)
+    wait::gauges()
 }
 
-/// Number of clients waiting on `key`.
-pub fn waiters_on(_key: &[u8]) -> usize {
-    0
+/// Number of clients waiting on `key` in database `db`.
+pub fn waiters_on(db: i32, key: &[u8]) -> usize {
+    wait::waiters_on(db, key)
 }
 
 /// The ACL categories of `def` where modules may set them (Redis >= 7.4,
@@ -169,6 +177,9 @@ pub fn on_load(ctx: &LoadCtx, args: &[RStr]) -> Result<(), String> {
     }
     ctx.load_configs()?;
     ctx.register_info()?;
+    // WAIT: removals of a lock key by other means hand it to the next waiter.
+    ctx.subscribe_key_events()?;
+    ctx.subscribe_flush()?;
     ctx.log(
         c"notice",
         &format!(

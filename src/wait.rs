@@ -1,0 +1,691 @@
+//! `SPACELOCK.ACQUIRE key owner ttl_ms WAIT timeout_ms`: a server-side FIFO
+//! per lock key with direct handoff.
+//!
+//! # Design
+//!
+//! * A waiter is a client blocked with `RM_BlockClient` (not on keys), queued
+//!   in [`Registry`] under (db, key) in arrival order.
+//! * **Handoff** happens in [`settle`]: whenever the lock key is free and the
+//!   queue is not empty, the head waiter is granted with the same path as a
+//!   plain ACQUIRE (`lock::acquire` over `RedisStore`: `SET key owner PXAT`
+//!   plus `SET fence n`, replicated as core commands with keyspace events),
+//!   and unblocked with its token. `settle` runs
+//!   - inside RELEASE and REFRESH (same command: the release and the grant are
+//!     one atomic step, replicated in one MULTI/EXEC, no barging);
+//!   - inside every ACQUIRE *before* it looks at the key, so a client that
+//!     arrives while a grant is pending never overtakes the queue;
+//!   - from a module timer armed at the holder's absolute expiry (+1 ms,
+//!     because a key only counts as expired once `now > expire_at`); REFRESH
+//!     and any other change of the key re-arm it;
+//!   - from a 0 ms timer scheduled by keyspace events (DEL, UNLINK, RENAME,
+//!     SET, EXPIRE, expired, evicted) and by FLUSHALL/FLUSHDB on keys with
+//!     waiters.
+//! * **Why timers, also for keyspace events**: Redis 7.0 has no
+//!   `RM_AddPostNotificationJob` (7.2+), and writing from inside a
+//!   notification callback is unsupported. A timer callback is a normal
+//!   execution unit: on 7.0 its `RM_Replicate` calls are propagated at the end
+//!   of the callback, wrapped in MULTI/EXEC. So every write of this module
+//!   comes from a command or a timer, on every supported server.
+//! * **One unblock per handle**: a waiter leaves the registry exactly once
+//!   (granted, timed out, disconnected, or failed), and whoever removes it
+//!   calls `RedisModule_UnblockClient` for it. A disconnected client is thus
+//!   never granted: the disconnect callback removes it before any later grant.
+//! * **Other writers**: a `SET` by a non-module client keeps the key held, so
+//!   waiters keep waiting (the timer follows the key's new expiry; without an
+//!   expiry they wait for a DEL or their timeout). DEL/UNLINK/RENAME/expiry/
+//!   eviction/FLUSH free the key and the head waiter is granted within one
+//!   event-loop iteration. After FLUSHALL the fence counter restarts, as for
+//!   any lock (documented in the README).
+//! * **Replicas** never write: if the server has become a replica while
+//!   clients wait, they are unblocked with `-UNBLOCKED`.
+//! * **Memory**: a queue, its timer and its index entries are freed as soon as
+//!   it empties.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
+
+use crate::args::{parse_timeout, ArgError};
+use crate::config;
+use crate::ffi::{BlockedClient, Ctx, OwnedStr, RStr, Value, WaitReply};
+use crate::lock;
+use crate::stats;
+use crate::store::RedisStore;
+
+/// Parses the options after `key owner ttl_ms`: only `WAIT timeout_ms`
+/// (case-insensitive), at most once. `Ok(None)` without WAIT.
+pub fn parse_options(rest: &[&[u8]]) -> Result<Option<i64>, ArgError> {
+    let mut wait = None;
+    let mut it = rest.iter();
+    while let Some(opt) = it.next() {
+        if !opt.eq_ignore_ascii_case(b"WAIT") {
+            return Err(ArgError::UnknownOption);
+        }
+        if wait.is_some() {
+            return Err(ArgError::RepeatedOption);
+        }
+        let value = it.next().ok_or(ArgError::MissingValue)?;
+        wait = Some(parse_timeout(value)?);
+    }
+    Ok(wait)
+}
+
+/// The error for a WAIT beyond `spacelock.max-waiters`.
+pub fn too_many_waiters(max: i64) -> String {
+    format!("ERR too many clients waiting for this lock (spacelock.max-waiters is {max})")
+}
+
+/// The error sent to waiters when the server turned into a replica.
+pub const REPLICA_UNBLOCKED: &str =
+    "UNBLOCKED this server is now a replica; retry the WAIT on the primary";
+
+/// A queued client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiter<H> {
+    /// Its blocked-client handle.
+    pub handle: H,
+    /// The owner id it asked for.
+    pub owner: Vec<u8>,
+    /// The ttl it asked for (counted from the grant).
+    pub ttl_ms: i64,
+    /// Arrival order.
+    seq: u64,
+}
+
+/// A module timer armed for a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    /// The server's timer id.
+    pub id: u64,
+    /// The absolute lock expiry it was armed for (ms since the epoch).
+    pub at_ms: i64,
+}
+
+struct Queue<H> {
+    qid: u64,
+    waiters: BTreeMap<u64, Waiter<H>>,
+    timer: Option<Timer>,
+}
+
+/// (db, key) of a queue.
+pub type QueueKey = (i32, Vec<u8>);
+
+/// Every queue, with indexes by handle and by queue id (the timers' data).
+/// Plain Rust: unit-tested with integer handles.
+pub struct Registry<H> {
+    queues: HashMap<i32, HashMap<Vec<u8>, Queue<H>>>,
+    handles: HashMap<H, (QueueKey, u64)>,
+    qids: HashMap<u64, QueueKey>,
+    next_seq: u64,
+    next_qid: u64,
+    pending: HashSet<QueueKey>,
+    pending_timer: Option<u64>,
+}
+
+impl<H: Copy + Eq + Hash> Default for Registry<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H: Copy + Eq + Hash> Registry<H> {
+    /// An empty registry. Queue id 0 is reserved for the pending-keys timer.
+    pub fn new() -> Self {
+        Registry {
+            queues: HashMap::new(),
+            handles: HashMap::new(),
+            qids: HashMap::new(),
+            next_seq: 0,
+            next_qid: 1,
+            pending: HashSet::new(),
+            pending_timer: None,
+        }
+    }
+
+    fn queue(&self, db: i32, key: &[u8]) -> Option<&Queue<H>> {
+        self.queues.get(&db)?.get(key)
+    }
+
+    fn queue_mut(&mut self, db: i32, key: &[u8]) -> Option<&mut Queue<H>> {
+        self.queues.get_mut(&db)?.get_mut(key)
+    }
+
+    /// Number of clients waiting on `key` in `db`.
+    pub fn len(&self, db: i32, key: &[u8]) -> usize {
+        self.queue(db, key).map_or(0, |q| q.waiters.len())
+    }
+
+    /// Whether `key` in `db` has a queue.
+    pub fn has(&self, db: i32, key: &[u8]) -> bool {
+        self.queue(db, key).is_some()
+    }
+
+    /// Whether nobody waits anywhere.
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// (waiting clients, keys with waiters).
+    pub fn gauges(&self) -> (u64, u64) {
+        let keys = self.queues.values().map(HashMap::len).sum::<usize>();
+        (self.handles.len() as u64, keys as u64)
+    }
+
+    /// Queues a waiter at the tail. `Err(())` when `max` already wait.
+    #[allow(clippy::result_unit_err)]
+    pub fn push(
+        &mut self,
+        db: i32,
+        key: &[u8],
+        handle: H,
+        owner: &[u8],
+        ttl_ms: i64,
+        max: usize,
+    ) -> Result<(), ()> {
+        if self.len(db, key) >= max {
+            return Err(());
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if !self.has(db, key) {
+            let qid = self.next_qid;
+            self.next_qid += 1;
+            self.qids.insert(qid, (db, key.to_vec()));
+            self.queues.entry(db).or_default().insert(
+                key.to_vec(),
+                Queue {
+                    qid,
+                    waiters: BTreeMap::new(),
+                    timer: None,
+                },
+            );
+        }
+        let waiter = Waiter {
+            handle,
+            owner: owner.to_vec(),
+            ttl_ms,
+            seq,
+        };
+        if let Some(q) = self.queue_mut(db, key) {
+            q.waiters.insert(seq, waiter);
+        }
+        self.handles.insert(handle, ((db, key.to_vec()), seq));
+        Ok(())
+    }
+
+    /// Takes the head waiter (the longest-waiting one).
+    pub fn pop_head(&mut self, db: i32, key: &[u8]) -> Option<Waiter<H>> {
+        let (_, w) = self.queue_mut(db, key)?.waiters.pop_first()?;
+        self.handles.remove(&w.handle);
+        Some(w)
+    }
+
+    /// Puts a waiter taken by [`pop_head`](Self::pop_head) back in its place.
+    pub fn push_front(&mut self, db: i32, key: &[u8], w: Waiter<H>) {
+        let (handle, seq) = (w.handle, w.seq);
+        if let Some(q) = self.queue_mut(db, key) {
+            q.waiters.insert(seq, w);
+            self.handles.insert(handle, ((db, key.to_vec()), seq));
+        }
+    }
+
+    /// Removes the waiter with `handle`, wherever it is.
+    pub fn remove(&mut self, handle: H) -> Option<(QueueKey, Waiter<H>)> {
+        let ((db, key), seq) = self.handles.remove(&handle)?;
+        let w = self.queue_mut(db, &key)?.waiters.remove(&seq)?;
+        Some(((db, key), w))
+    }
+
+    /// Takes every waiter of `key`, in order.
+    pub fn drain(&mut self, db: i32, key: &[u8]) -> Vec<Waiter<H>> {
+        let Some(q) = self.queue_mut(db, key) else {
+            return Vec::new();
+        };
+        let all: Vec<Waiter<H>> = std::mem::take(&mut q.waiters).into_values().collect();
+        for w in &all {
+            self.handles.remove(&w.handle);
+        }
+        all
+    }
+
+    /// Frees the queue of `key` if it has no waiters left; returns the timer
+    /// the caller must stop.
+    pub fn drop_if_empty(&mut self, db: i32, key: &[u8]) -> Option<u64> {
+        let per_db = self.queues.get_mut(&db)?;
+        if !per_db.get(key)?.waiters.is_empty() {
+            return None;
+        }
+        let q = per_db.remove(key)?;
+        if per_db.is_empty() {
+            self.queues.remove(&db);
+        }
+        self.qids.remove(&q.qid);
+        self.pending.remove(&(db, key.to_vec()));
+        if self.handles.is_empty() {
+            // Give memory back once nobody waits (see the memory test).
+            self.handles.shrink_to_fit();
+            self.qids.shrink_to_fit();
+            self.queues.shrink_to_fit();
+        }
+        q.timer.map(|t| t.id)
+    }
+
+    /// The timer armed for `key`, and the queue id timers carry.
+    pub fn timer(&self, db: i32, key: &[u8]) -> Option<(u64, Option<Timer>)> {
+        self.queue(db, key).map(|q| (q.qid, q.timer))
+    }
+
+    /// Records the timer armed for `key` (None: none armed).
+    pub fn set_timer(&mut self, db: i32, key: &[u8], timer: Option<Timer>) {
+        if let Some(q) = self.queue_mut(db, key) {
+            q.timer = timer;
+        }
+    }
+
+    /// The queue a timer's data designates.
+    pub fn key_of(&self, qid: u64) -> Option<QueueKey> {
+        self.qids.get(&qid).cloned()
+    }
+
+    /// Marks `key` for a settle from the pending timer. Returns whether that
+    /// timer must be armed now.
+    pub fn mark_pending(&mut self, db: i32, key: &[u8]) -> bool {
+        if !self.has(db, key) {
+            return false;
+        }
+        self.pending.insert((db, key.to_vec()));
+        self.pending_timer.is_none()
+    }
+
+    /// Marks every queue of `db` (all dbs for -1). Returns whether the
+    /// pending timer must be armed now.
+    pub fn mark_db_pending(&mut self, db: i32) -> bool {
+        let keys: Vec<QueueKey> = self
+            .queues
+            .iter()
+            .filter(|(d, _)| db < 0 || **d == db)
+            .flat_map(|(d, qs)| qs.keys().map(move |k| (*d, k.clone())))
+            .collect();
+        let any = !keys.is_empty();
+        self.pending.extend(keys);
+        any && self.pending_timer.is_none()
+    }
+
+    /// Records the pending timer.
+    pub fn set_pending_timer(&mut self, id: Option<u64>) {
+        self.pending_timer = id;
+    }
+
+    /// Takes the pending keys (the pending timer fired).
+    pub fn take_pending(&mut self) -> Vec<QueueKey> {
+        self.pending_timer = None;
+        let mut keys: Vec<QueueKey> = self.pending.drain().collect();
+        keys.sort();
+        self.pending.shrink_to_fit();
+        keys
+    }
+}
+
+/// What to do with a queue's expiry timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerPlan {
+    /// The armed timer is right.
+    Keep,
+    /// Stop this timer; none is needed.
+    Stop(u64),
+    /// Stop `stop` (if any) and arm one for expiry `at_ms`.
+    Arm {
+        /// Timer to stop first.
+        stop: Option<u64>,
+        /// Absolute lock expiry.
+        at_ms: i64,
+    },
+}
+
+/// Decides the timer for a held key whose expiry is `want` (None: no
+/// expiry, waiters wait for a removal event or their timeout).
+pub fn timer_plan(current: Option<Timer>, want: Option<i64>) -> TimerPlan {
+    match (current, want) {
+        (Some(t), Some(at)) if t.at_ms == at => TimerPlan::Keep,
+        (current, Some(at)) => TimerPlan::Arm {
+            stop: current.map(|t| t.id),
+            at_ms: at,
+        },
+        (Some(t), None) => TimerPlan::Stop(t.id),
+        (None, None) => TimerPlan::Keep,
+    }
+}
+
+/// Delay for a timer that must fire once `now > at_ms` (Redis' expiry test).
+pub fn timer_period(at_ms: i64, now_ms: i64) -> i64 {
+    at_ms.saturating_sub(now_ms).saturating_add(1).max(1)
+}
+
+// ---------------------------------------------------------------------------
+// Server glue. Everything below runs on the server's main thread. The
+// registry is never borrowed across a server call (server calls can re-enter
+// this module through keyspace events).
+
+thread_local! {
+    static REGISTRY: RefCell<Registry<BlockedClient>> = RefCell::new(Registry::new());
+    static SELF_WRITES: Cell<u32> = const { Cell::new(0) };
+}
+
+fn with<R>(f: impl FnOnce(&mut Registry<BlockedClient>) -> R) -> R {
+    REGISTRY.with(|r| f(&mut r.borrow_mut()))
+}
+
+/// While alive, keyspace events are ours (a spacelock command or a settle
+/// that handles its key itself) and are not scheduled for a settle.
+pub struct SelfWrites(());
+
+impl SelfWrites {
+    /// Starts a section of spacelock's own writes.
+    #[must_use]
+    pub fn begin() -> Self {
+        SELF_WRITES.with(|c| c.set(c.get() + 1));
+        SelfWrites(())
+    }
+}
+
+impl Drop for SelfWrites {
+    fn drop(&mut self) {
+        SELF_WRITES.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// (waiting clients, keys with waiters) for INFO.
+pub fn gauges() -> (u64, u64) {
+    REGISTRY.with(|r| r.try_borrow().map(|r| r.gauges()).unwrap_or((0, 0)))
+}
+
+/// Clients waiting on `key` in `db`.
+pub fn waiters_on(db: i32, key: &[u8]) -> usize {
+    REGISTRY.with(|r| r.try_borrow().map(|r| r.len(db, key)).unwrap_or(0))
+}
+
+/// Blocks the caller in `key`'s queue (the lock is held: the caller checked).
+/// Replies itself on error.
+pub fn enqueue(ctx: &Ctx, key: RStr, owner: RStr, ttl_ms: i64, timeout_ms: i64) {
+    let db = ctx.selected_db();
+    let name = key.as_bytes();
+    let max = config::max_waiters();
+    if with(|r| r.len(db, name)) as u64 >= max.max(0) as u64 {
+        return ctx.reply_error(&too_many_waiters(max));
+    }
+    let Some(bc) = ctx.block_client(timeout_ms) else {
+        return ctx.reply_error("ERR spacelock: this client cannot block here");
+    };
+    let pushed = with(|r| r.push(db, name, bc, owner.as_bytes(), ttl_ms, usize::MAX));
+    debug_assert!(pushed.is_ok());
+    settle(ctx, key);
+}
+
+/// Grants `key` to its head waiters while it is free, then keeps the expiry
+/// timer in line with the holder's expiry; frees the queue once empty. Call
+/// with `ctx` on the key's database.
+pub fn settle(ctx: &Ctx, key: RStr) {
+    if with(|r| r.is_empty()) {
+        return;
+    }
+    let db = ctx.selected_db();
+    let name = key.as_bytes();
+    if !with(|r| r.has(db, name)) {
+        return;
+    }
+    let _quiet = SelfWrites::begin();
+    if ctx.is_replica() {
+        for w in with(|r| r.drain(db, name)) {
+            w.handle.unblock(WaitReply::Error(REPLICA_UNBLOCKED.into()));
+        }
+    } else {
+        loop {
+            let (free, expire_at) = {
+                let k = ctx.open(key, false);
+                (matches!(k.value(), Value::Empty), k.expire_at_ms())
+            };
+            if !free {
+                arm(ctx, db, name, expire_at);
+                break;
+            }
+            let Some(w) = with(|r| r.pop_head(db, name)) else {
+                break;
+            };
+            let owner = OwnedStr::new(&w.owner);
+            let outcome = {
+                let mut store = RedisStore::open(ctx, key, owner.as_rstr());
+                lock::acquire(&mut store, w.ttl_ms)
+            };
+            match outcome {
+                Ok(Some(token)) => {
+                    stats::HANDOFFS.incr();
+                    w.handle.unblock(WaitReply::Token(token));
+                }
+                // Not reachable (the key was just free); keep its place and
+                // look at the key again.
+                Ok(None) => with(|r| r.push_front(db, name, w)),
+                Err(e) => w.handle.unblock(WaitReply::Error(e.to_string())),
+            }
+        }
+    }
+    finish(ctx, db, name);
+}
+
+/// Arms, moves or stops `key`'s expiry timer (only while waiters remain).
+fn arm(ctx: &Ctx, db: i32, name: &[u8], expire_at: Option<i64>) {
+    if with(|r| r.len(db, name)) == 0 {
+        return;
+    }
+    let Some((qid, current)) = with(|r| r.timer(db, name)) else {
+        return;
+    };
+    match timer_plan(current, expire_at) {
+        TimerPlan::Keep => {}
+        TimerPlan::Stop(id) => {
+            ctx.stop_timer(id);
+            with(|r| r.set_timer(db, name, None));
+        }
+        TimerPlan::Arm { stop, at_ms } => {
+            if let Some(id) = stop {
+                ctx.stop_timer(id);
+            }
+            let id = ctx.create_timer(timer_period(at_ms, ctx.now_ms()), qid);
+            with(|r| r.set_timer(db, name, Some(Timer { id, at_ms })));
+        }
+    }
+}
+
+/// Frees `key`'s queue and timer if nobody waits any more.
+fn finish(ctx: &Ctx, db: i32, name: &[u8]) {
+    if let Some(id) = with(|r| r.drop_if_empty(db, name)) {
+        ctx.stop_timer(id);
+    }
+}
+
+/// A waiter's timeout fired (the ffi callback replies nil).
+pub fn on_timeout(ctx: &Ctx, bc: BlockedClient) {
+    if let Some(((db, key), _)) = with(|r| r.remove(bc)) {
+        stats::WAIT_TIMEOUTS.incr();
+        bc.release();
+        finish(ctx, db, &key);
+    }
+}
+
+/// A waiter disconnected (or was unblocked by CLIENT UNBLOCK … ERROR, or by
+/// a role change): it leaves the queue and is never granted.
+pub fn on_disconnect(ctx: &Ctx, bc: BlockedClient) {
+    if let Some(((db, key), _)) = with(|r| r.remove(bc)) {
+        bc.release();
+        finish(ctx, db, &key);
+    }
+}
+
+/// A timer fired: the expiry timer of a queue, or (data 0) the pending one.
+pub fn on_timer(ctx: &Ctx, data: u64) {
+    let keys = if data == 0 {
+        with(|r| r.take_pending())
+    } else {
+        match with(|r| r.key_of(data)) {
+            Some((db, key)) => {
+                with(|r| r.set_timer(db, &key, None));
+                vec![(db, key)]
+            }
+            None => Vec::new(),
+        }
+    };
+    for (db, key) in keys {
+        if ctx.select_db(db) {
+            let name = OwnedStr::new(&key);
+            settle(ctx, name.as_rstr());
+        }
+    }
+}
+
+fn arm_pending(ctx: &Ctx, needed: bool) {
+    if needed {
+        let id = ctx.create_timer(0, 0);
+        with(|r| r.set_pending_timer(Some(id)));
+    }
+}
+
+/// A keyspace event on `key` by someone else: settle it soon.
+pub fn on_key_event(ctx: &Ctx, key: RStr) {
+    if SELF_WRITES.with(Cell::get) > 0 || with(|r| r.is_empty()) {
+        return;
+    }
+    let db = ctx.selected_db();
+    let needed = with(|r| r.mark_pending(db, key.as_bytes()));
+    arm_pending(ctx, needed);
+}
+
+/// FLUSHALL (`db` = -1) or FLUSHDB finished, or the replication role changed
+/// (`db` = -1): settle every queue of it soon.
+pub fn on_flush(ctx: &Ctx, db: i32) {
+    if with(|r| r.is_empty()) {
+        return;
+    }
+    let needed = with(|r| r.mark_db_pending(db));
+    arm_pending(ctx, needed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(args: &[&str]) -> Result<Option<i64>, ArgError> {
+        let v: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+        parse_options(&v)
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(opts(&[]), Ok(None));
+        assert_eq!(opts(&["WAIT", "0"]), Ok(Some(0)));
+        assert_eq!(opts(&["wait", "250"]), Ok(Some(250)));
+        assert_eq!(opts(&["WAIT"]), Err(ArgError::MissingValue));
+        assert_eq!(opts(&["WAIT", "-1"]), Err(ArgError::TimeoutInvalid));
+        assert_eq!(opts(&["WAIT", "1.5"]), Err(ArgError::TimeoutInvalid));
+        assert_eq!(opts(&["WAIT", "x"]), Err(ArgError::TimeoutInvalid));
+        assert_eq!(
+            opts(&["WAIT", "1", "WAIT", "2"]),
+            Err(ArgError::RepeatedOption)
+        );
+        assert_eq!(opts(&["NOWAIT", "1"]), Err(ArgError::UnknownOption));
+        assert_eq!(opts(&["WAIT", "1", "PX"]), Err(ArgError::UnknownOption));
+        assert!(too_many_waiters(3).starts_with("ERR "));
+        assert!(REPLICA_UNBLOCKED.starts_with("UNBLOCKED "));
+    }
+
+    #[test]
+    fn fifo_per_key_and_db() {
+        let mut r: Registry<u32> = Registry::new();
+        for h in 1..=5 {
+            r.push(0, b"k", h, b"o", 100, 10).unwrap();
+        }
+        r.push(1, b"k", 9, b"o", 100, 10).unwrap();
+        assert_eq!(r.gauges(), (6, 2));
+        assert_eq!(r.len(0, b"k"), 5);
+        assert_eq!(r.pop_head(0, b"k").unwrap().handle, 1);
+        // A waiter leaving from the middle keeps the others' order.
+        assert_eq!(r.remove(3).unwrap().0, (0, b"k".to_vec()));
+        assert!(r.remove(3).is_none(), "removed only once");
+        let w = r.pop_head(0, b"k").unwrap();
+        assert_eq!(w.handle, 2);
+        r.push_front(0, b"k", w);
+        let order: Vec<u32> = std::iter::from_fn(|| r.pop_head(0, b"k"))
+            .map(|w| w.handle)
+            .collect();
+        assert_eq!(order, vec![2, 4, 5]);
+        assert_eq!(r.pop_head(1, b"k").unwrap().handle, 9);
+    }
+
+    #[test]
+    fn limit_and_cleanup() {
+        let mut r: Registry<u32> = Registry::new();
+        r.push(0, b"k", 1, b"a", 1, 2).unwrap();
+        r.push(0, b"k", 2, b"b", 1, 2).unwrap();
+        assert!(r.push(0, b"k", 3, b"c", 1, 2).is_err());
+        assert!(r.push(0, b"other", 3, b"c", 1, 2).is_ok());
+        assert_eq!(r.push(0, b"x", 4, b"c", 1, 0), Err(()));
+        let (qid, _) = r.timer(0, b"k").unwrap();
+        r.set_timer(0, b"k", Some(Timer { id: 77, at_ms: 5 }));
+        assert_eq!(r.key_of(qid), Some((0, b"k".to_vec())));
+        assert_eq!(r.drop_if_empty(0, b"k"), None, "not empty yet");
+        assert!(r.mark_pending(0, b"k"));
+        let drained = r.drain(0, b"k");
+        assert_eq!(drained.iter().map(|w| w.handle).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(r.drop_if_empty(0, b"k"), Some(77), "its timer must stop");
+        assert!(!r.has(0, b"k"));
+        assert_eq!(r.key_of(qid), None);
+        assert!(r.remove(3).is_some());
+        assert_eq!(r.drop_if_empty(0, b"other"), None, "no timer armed");
+        assert!(r.is_empty());
+        assert_eq!(r.gauges(), (0, 0));
+        assert!(r.queues.is_empty() && r.qids.is_empty() && r.pending.is_empty());
+    }
+
+    #[test]
+    fn pending_marks() {
+        let mut r: Registry<u32> = Registry::new();
+        assert!(!r.mark_pending(0, b"k"), "no queue, nothing to do");
+        r.push(0, b"k", 1, b"a", 1, 9).unwrap();
+        r.push(2, b"j", 2, b"a", 1, 9).unwrap();
+        assert!(r.mark_pending(0, b"k"));
+        r.set_pending_timer(Some(5));
+        assert!(!r.mark_pending(0, b"k"), "timer already armed");
+        assert_eq!(r.take_pending(), vec![(0, b"k".to_vec())]);
+        assert!(r.mark_db_pending(2));
+        assert_eq!(r.take_pending(), vec![(2, b"j".to_vec())]);
+        assert!(r.mark_db_pending(-1));
+        assert_eq!(r.take_pending().len(), 2);
+        assert!(!r.mark_db_pending(7));
+    }
+
+    #[test]
+    fn timer_decisions() {
+        let t = |id, at_ms| Some(Timer { id, at_ms });
+        assert_eq!(timer_plan(None, None), TimerPlan::Keep);
+        assert_eq!(timer_plan(t(1, 50), Some(50)), TimerPlan::Keep);
+        assert_eq!(
+            timer_plan(None, Some(50)),
+            TimerPlan::Arm {
+                stop: None,
+                at_ms: 50
+            }
+        );
+        // REFRESH moved the expiry.
+        assert_eq!(
+            timer_plan(t(1, 50), Some(80)),
+            TimerPlan::Arm {
+                stop: Some(1),
+                at_ms: 80
+            }
+        );
+        // SET without expiry by another client.
+        assert_eq!(timer_plan(t(1, 50), None), TimerPlan::Stop(1));
+        assert_eq!(timer_period(1_000, 900), 101);
+        assert_eq!(timer_period(1_000, 1_000), 1);
+        assert_eq!(timer_period(1_000, 5_000), 1);
+        assert_eq!(timer_period(i64::MAX, i64::MIN), i64::MAX);
+    }
+}

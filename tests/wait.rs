@@ -1,0 +1,758 @@
+//! `SPACELOCK.ACQUIRE … WAIT timeout_ms` (issue 4) against real servers:
+//! FIFO order, direct handoff on release and on expiry, timeouts,
+//! disconnects, MULTI/scripts, other writers, replicas, limits, memory.
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use common::{snapshot, wait_until, Server, ServerBuilder};
+use redis::Connection;
+
+const LONG: Duration = Duration::from_secs(10);
+
+fn conn(server: &Server) -> Connection {
+    let con = server.conn();
+    con.set_read_timeout(Some(LONG)).unwrap();
+    con
+}
+
+fn acquire(con: &mut Connection, key: &str, owner: &str, ttl: i64) -> Option<i64> {
+    redis::cmd("SPACELOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(con)
+        .unwrap()
+}
+
+fn acquire_wait(
+    con: &mut Connection,
+    key: &str,
+    owner: &str,
+    ttl: i64,
+    timeout: i64,
+) -> redis::RedisResult<Option<i64>> {
+    redis::cmd("SPACELOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .arg("WAIT")
+        .arg(timeout)
+        .query(con)
+}
+
+fn release(con: &mut Connection, key: &str, owner: &str) -> i64 {
+    redis::cmd("SPACELOCK.RELEASE")
+        .arg(key)
+        .arg(owner)
+        .query(con)
+        .unwrap()
+}
+
+fn get(con: &mut Connection, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(con).unwrap()
+}
+
+/// A field of `INFO spacelock` (without the `spacelock_` prefix).
+fn stat(con: &mut Connection, field: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("spacelock").query(con).unwrap();
+    let prefix = format!("spacelock_{field}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn info_field(con: &mut Connection, section: &str, field: &str) -> i64 {
+    let info: String = redis::cmd("INFO").arg(section).query(con).unwrap();
+    let prefix = format!("{field}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {field}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn waiting(con: &mut Connection) -> u64 {
+    stat(con, "waiting_clients")
+}
+
+/// Waits until `n` clients are queued (server-side).
+fn until_waiting(con: &mut Connection, n: u64) {
+    assert!(
+        wait_until(LONG, || waiting(con) == n),
+        "expected {n} waiting clients, have {}",
+        waiting(con)
+    );
+}
+
+/// A client that sends `ACQUIRE key owner ttl WAIT timeout` on its own
+/// connection; the thread returns the reply and when it arrived.
+fn spawn_waiter(
+    server: &Server,
+    key: &str,
+    owner: &str,
+    ttl: i64,
+    timeout: i64,
+) -> JoinHandle<(redis::RedisResult<Option<i64>>, Instant)> {
+    let mut con = conn(server);
+    let (key, owner) = (key.to_string(), owner.to_string());
+    thread::spawn(move || {
+        let r = acquire_wait(&mut con, &key, &owner, ttl, timeout);
+        (r, Instant::now())
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[test]
+fn free_lock_is_granted_at_once_and_ten_waiters_in_arrival_order() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    assert_eq!(
+        acquire_wait(&mut con, "k", "h", 10_000, 0).unwrap(),
+        Some(1)
+    );
+
+    // Each waiter, once granted, records its token and releases, which hands
+    // the lock to the next one.
+    let mut waiters = Vec::new();
+    for i in 0..10 {
+        let mut c = conn(&server);
+        let owner = format!("w{i}");
+        waiters.push(thread::spawn(move || {
+            let token = acquire_wait(&mut c, "k", &owner, 10_000, 0).unwrap();
+            assert_eq!(release(&mut c, "k", &owner), 1);
+            token
+        }));
+        until_waiting(&mut con, i + 1);
+    }
+    assert_eq!(acquire(&mut con, "k", "late", 1000), None, "no barging");
+    assert_eq!(get(&mut con, "k").as_deref(), Some("h"));
+    assert_eq!(release(&mut con, "k", "h"), 1);
+    let tokens: Vec<Option<i64>> = waiters.into_iter().map(|h| h.join().unwrap()).collect();
+    let expected: Vec<Option<i64>> = (2..12).map(Some).collect();
+    assert_eq!(
+        tokens, expected,
+        "granted in arrival order, tokens increasing"
+    );
+    until_waiting(&mut con, 0);
+    assert_eq!(get(&mut con, "k"), None);
+    assert_eq!(stat(&mut con, "handoffs"), 10);
+    assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
+}
+
+#[test]
+fn handoff_on_release_is_pushed_without_polling() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    let trials = 50;
+    let mut lat = Vec::new();
+    for t in 0..trials {
+        let key = format!("r{t}");
+        assert!(acquire(&mut con, &key, "h", 10_000).is_some());
+        let w = spawn_waiter(&server, &key, "w", 10_000, 0);
+        until_waiting(&mut con, 1);
+        // The lock passes in the RELEASE itself: the key already belongs to
+        // the waiter when RELEASE replies.
+        let sent = Instant::now();
+        assert_eq!(release(&mut con, &key, "h"), 1);
+        assert_eq!(get(&mut con, &key).as_deref(), Some("w"));
+        let (reply, at) = w.join().unwrap();
+        assert_eq!(reply.unwrap(), Some(2));
+        lat.push(at.saturating_duration_since(sent));
+    }
+    // One ACQUIRE per holder and per waiter: nobody retried.
+    let calls = {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut con)
+            .unwrap();
+        let line = info
+            .lines()
+            .find(|l| l.starts_with("cmdstat_spacelock.acquire:"))
+            .unwrap()
+            .to_string();
+        line.split(&[':', '=', ','][..])
+            .nth(2)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert_eq!(calls, 2 * trials as u64);
+    lat.sort();
+    eprintln!(
+        "handoff on release (RELEASE sent -> waiter's reply): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {trials}",
+        ms(percentile(&lat, 0.5)),
+        ms(percentile(&lat, 0.99)),
+        ms(*lat.last().unwrap())
+    );
+    assert!(percentile(&lat, 0.5) < Duration::from_millis(10));
+}
+
+#[test]
+fn handoff_on_expiry_within_bound() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    let trials = 50;
+    let ttl = 100;
+    let mut lat = Vec::new();
+    for t in 0..trials {
+        let key = format!("e{t}");
+        let sent = Instant::now();
+        assert!(acquire(&mut con, &key, "h", ttl).is_some());
+        let w = spawn_waiter(&server, &key, "w", 10_000, 0);
+        // On a loaded box the waiter may only arrive after the expiry, and
+        // then simply acquires: such a trial measures nothing.
+        let (reply, at) = w.join().unwrap();
+        assert_eq!(reply.unwrap(), Some(2));
+        assert_eq!(get(&mut con, &key).as_deref(), Some("w"));
+        if stat(&mut con, "handoffs") == lat.len() as u64 {
+            continue;
+        }
+        // The key expires at (server time of the ACQUIRE) + ttl, which is no
+        // earlier than `sent + ttl`: this overestimates the latency slightly.
+        lat.push(at.saturating_duration_since(sent + Duration::from_millis(ttl as u64)));
+    }
+    assert!(
+        lat.len() >= trials * 4 / 5,
+        "only {} trials queued in time",
+        lat.len()
+    );
+    assert_eq!(stat(&mut con, "handoffs"), lat.len() as u64);
+    lat.sort();
+    let (p50, p99, max) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        *lat.last().unwrap(),
+    );
+    eprintln!(
+        "handoff on expiry (TTL zero -> waiter's reply): p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms over {}",
+        ms(p50),
+        ms(p99),
+        ms(max),
+        lat.len()
+    );
+    // The contract is 10 ms. The median must meet it; single trials on a
+    // shared 2-core box can lose the CPU to other processes for tens of ms, so
+    // the maximum only gets a looser bound (polling at 10 Hz would fail both).
+    assert!(p50 <= Duration::from_millis(10), "p50 {p50:?}");
+    assert!(max <= Duration::from_millis(100), "max {max:?}");
+}
+
+#[test]
+fn refresh_moves_the_expiry_timer() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    assert!(acquire(&mut con, "k", "h", 150).is_some());
+    let w = spawn_waiter(&server, "k", "w", 1000, 0);
+    until_waiting(&mut con, 1);
+    let refreshed: i64 = redis::cmd("SPACELOCK.REFRESH")
+        .arg("k")
+        .arg("h")
+        .arg(600)
+        .query(&mut con)
+        .unwrap();
+    let at = Instant::now();
+    assert_eq!(refreshed, 1);
+    let (reply, got) = w.join().unwrap();
+    assert_eq!(reply.unwrap(), Some(2));
+    let waited = got.duration_since(at);
+    assert!(
+        waited >= Duration::from_millis(550),
+        "granted after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(700),
+        "granted after {waited:?}"
+    );
+}
+
+#[test]
+fn timeout_replies_nil_and_leaves_the_queue() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let before = snapshot(&mut con);
+    let start = Instant::now();
+    assert_eq!(acquire_wait(&mut con, "k", "w", 1000, 100).unwrap(), None);
+    let waited = start.elapsed();
+    // Blocked-client timeouts are checked once per event-loop iteration
+    // (server.hz = 10 here), so allow one cron period of lateness.
+    assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    assert!(waited < Duration::from_millis(400), "{waited:?}");
+    assert_eq!(stat(&mut con, "wait_timeouts"), 1);
+    assert_eq!(waiting(&mut con), 0);
+    assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
+    assert_eq!(snapshot(&mut con), before, "a timeout changes nothing");
+    assert_eq!(release(&mut con, "k", "h"), 1);
+    assert_eq!(get(&mut con, "k"), None, "nobody left to hand over to");
+}
+
+/// Sends `ACQUIRE … WAIT 0` on a raw socket and returns it (to drop later).
+fn raw_waiter(server: &Server, key: &str, owner: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let args = ["SPACELOCK.ACQUIRE", key, owner, "10000", "WAIT", "0"];
+    let mut buf = format!("*{}\r\n", args.len());
+    for a in args {
+        buf.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(buf.as_bytes()).unwrap();
+    s
+}
+
+#[test]
+fn disconnected_waiter_is_never_granted() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let gone = raw_waiter(&server, "k", "gone");
+    until_waiting(&mut con, 1);
+    let stays = spawn_waiter(&server, "k", "stays", 10_000, 0);
+    until_waiting(&mut con, 2);
+    drop(gone);
+    until_waiting(&mut con, 1);
+    assert_eq!(release(&mut con, "k", "h"), 1);
+    assert_eq!(stays.join().unwrap().0.unwrap(), Some(2));
+    assert_eq!(get(&mut con, "k").as_deref(), Some("stays"));
+
+    // The only waiter disconnects: the queue and its timer go away, and the
+    // next release just frees the key.
+    let gone = raw_waiter(&server, "k", "gone");
+    until_waiting(&mut con, 1);
+    drop(gone);
+    until_waiting(&mut con, 0);
+    assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
+    assert_eq!(release(&mut con, "k", "stays"), 1);
+    assert_eq!(get(&mut con, "k"), None);
+    assert_eq!(stat(&mut con, "handoffs"), 1);
+}
+
+#[test]
+fn client_unblock_counts_as_timeout_or_leaves_the_queue() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let mut w = conn(&server);
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut w).unwrap();
+    let h = thread::spawn(move || acquire_wait(&mut w, "k", "w", 1000, 0));
+    until_waiting(&mut con, 1);
+    let n: i64 = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(id)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(h.join().unwrap().unwrap(), None);
+    assert_eq!(waiting(&mut con), 0);
+
+    let mut w = conn(&server);
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut w).unwrap();
+    let h = thread::spawn(move || acquire_wait(&mut w, "k", "w", 1000, 0));
+    until_waiting(&mut con, 1);
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("UNBLOCK")
+        .arg(id)
+        .arg("ERROR")
+        .query(&mut con)
+        .unwrap();
+    let err = h.join().unwrap().unwrap_err();
+    assert_eq!(err.code(), Some("UNBLOCKED"), "{err}");
+    assert_eq!(waiting(&mut con), 0);
+    assert_eq!(release(&mut con, "k", "h"), 1);
+    assert_eq!(get(&mut con, "k"), None);
+}
+
+#[test]
+fn multi_and_scripts_do_not_block() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let start = Instant::now();
+    let (held, free): (Option<i64>, Option<i64>) = redis::pipe()
+        .atomic()
+        .cmd("SPACELOCK.ACQUIRE")
+        .arg("k")
+        .arg("w")
+        .arg(1000)
+        .arg("WAIT")
+        .arg(0)
+        .cmd("SPACELOCK.ACQUIRE")
+        .arg("free")
+        .arg("w")
+        .arg(1000)
+        .arg("WAIT")
+        .arg(0)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((held, free), (None, Some(1)));
+    let r: Option<i64> = redis::cmd("EVAL")
+        .arg("return redis.call('SPACELOCK.ACQUIRE', KEYS[1], 'w', 1000, 'WAIT', 0)")
+        .arg(1)
+        .arg("k")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(r, None);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(waiting(&mut con), 0);
+    assert_eq!(stat(&mut con, "acquire_contended"), 2);
+
+    // RELEASE inside MULTI hands over inside the transaction.
+    let w = spawn_waiter(&server, "k", "w", 10_000, 0);
+    until_waiting(&mut con, 1);
+    let (released, owner): (i64, String) = redis::pipe()
+        .atomic()
+        .cmd("SPACELOCK.RELEASE")
+        .arg("k")
+        .arg("h")
+        .cmd("GET")
+        .arg("k")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((released, owner.as_str()), (1, "w"));
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(2));
+}
+
+#[test]
+fn other_writers_del_set_flushall() {
+    let server = Server::new();
+    let mut con = conn(&server);
+
+    // DEL by another client frees the key: the head waiter gets it.
+    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let w = spawn_waiter(&server, "k", "w", 10_000, 0);
+    until_waiting(&mut con, 1);
+    let _: i64 = redis::cmd("DEL").arg("k").query(&mut con).unwrap();
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(2));
+    assert_eq!(get(&mut con, "k").as_deref(), Some("w"));
+
+    // UNLINK too.
+    let w = spawn_waiter(&server, "k", "w2", 10_000, 0);
+    until_waiting(&mut con, 1);
+    let _: i64 = redis::cmd("UNLINK").arg("k").query(&mut con).unwrap();
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(3));
+
+    // SET by a non-module client keeps the key taken: waiters keep waiting,
+    // following the new expiry.
+    let w = spawn_waiter(&server, "k", "w3", 10_000, 0);
+    until_waiting(&mut con, 1);
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("foreign")
+        .query(&mut con)
+        .unwrap();
+    thread::sleep(Duration::from_millis(150));
+    assert_eq!(waiting(&mut con), 1);
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("foreign")
+        .arg("PX")
+        .arg(100)
+        .query(&mut con)
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(4));
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(get(&mut con, "k").as_deref(), Some("w3"));
+
+    // FLUSHALL empties everything, fence counters included: the waiter gets
+    // the lock with token 1, as any first acquire after a flush.
+    let w = spawn_waiter(&server, "k", "w4", 10_000, 0);
+    until_waiting(&mut con, 1);
+    let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(1));
+    assert_eq!(get(&mut con, "k").as_deref(), Some("w4"));
+
+    // Databases are separate queues.
+    let mut db1 = server
+        .client()
+        .get_connection()
+        .and_then(|mut c| redis::cmd("SELECT").arg(1).query::<()>(&mut c).map(|_| c))
+        .unwrap();
+    assert!(acquire(&mut db1, "k", "h1", 10_000).is_some());
+    let mut c1 = conn(&server);
+    let _: () = redis::cmd("SELECT").arg(1).query(&mut c1).unwrap();
+    let w = thread::spawn(move || acquire_wait(&mut c1, "k", "w1", 10_000, 0));
+    until_waiting(&mut con, 1);
+    assert_eq!(release(&mut con, "k", "w4"), 1, "db 0 has no waiter");
+    assert_eq!(waiting(&mut con), 1);
+    let _: () = redis::cmd("FLUSHDB").query(&mut db1).unwrap();
+    assert_eq!(w.join().unwrap().unwrap(), Some(1));
+    assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
+}
+
+#[test]
+fn bad_wait_arguments_are_rejected_and_change_nothing() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    assert!(acquire(&mut con, "held", "h", 10_000).is_some());
+    let before = snapshot(&mut con);
+    let cases: &[&[&str]] = &[
+        &["WAIT", "-1"],
+        &["WAIT", "1.5"],
+        &["WAIT", "abc"],
+        &["WAIT", ""],
+        &["WAIT", "99999999999999999999"],
+        &["WAIT"],
+        &["WAIT", "10", "WAIT", "10"],
+        &["NOWAIT", "10"],
+        &["WAIT", "10", "EXTRA"],
+        &["PX", "5"],
+    ];
+    for key in ["held", "free"] {
+        for extra in cases {
+            let r: redis::RedisResult<Option<i64>> = redis::cmd("SPACELOCK.ACQUIRE")
+                .arg(key)
+                .arg("w")
+                .arg(1000)
+                .arg(*extra)
+                .query(&mut con);
+            let err = r.expect_err("must be rejected");
+            assert_eq!(err.code(), Some("ERR"), "{extra:?}: {err}");
+        }
+    }
+    assert_eq!(snapshot(&mut con), before);
+    assert_eq!(waiting(&mut con), 0);
+    // Wrong arity still reported as such.
+    let r: redis::RedisResult<Option<i64>> = redis::cmd("SPACELOCK.ACQUIRE")
+        .arg("k")
+        .arg("w")
+        .query(&mut con);
+    assert!(r
+        .unwrap_err()
+        .to_string()
+        .contains("wrong number of arguments"));
+}
+
+#[test]
+fn max_waiters_overflow_is_an_error() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("spacelock.max-waiters")
+        .arg(2)
+        .query(&mut con)
+        .unwrap();
+    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let a = spawn_waiter(&server, "k", "a", 10_000, 0);
+    until_waiting(&mut con, 1);
+    let b = spawn_waiter(&server, "k", "b", 10_000, 0);
+    until_waiting(&mut con, 2);
+    let err = acquire_wait(&mut con, "k", "c", 1000, 0).unwrap_err();
+    assert_eq!(err.code(), Some("ERR"));
+    assert!(err.to_string().contains("max-waiters"), "{err}");
+    // Another key has its own limit.
+    let mut other = conn(&server);
+    assert!(acquire(&mut other, "k2", "h", 10_000).is_some());
+    let c = spawn_waiter(&server, "k2", "c", 10_000, 50);
+    assert_eq!(c.join().unwrap().0.unwrap(), None);
+    assert_eq!(release(&mut con, "k", "h"), 1);
+    assert_eq!(a.join().unwrap().0.unwrap(), Some(2));
+    assert_eq!(release(&mut con, "k", "a"), 1);
+    assert_eq!(b.join().unwrap().0.unwrap(), Some(3));
+    assert_eq!(waiting(&mut con), 0);
+}
+
+#[test]
+fn replica_without_module_stays_identical_and_replicas_refuse_wait() {
+    let master = Server::new();
+    let plain = ServerBuilder::new()
+        .without_module()
+        .arg("replicaof", &format!("127.0.0.1 {}", master.port))
+        .start();
+    let with_module = ServerBuilder::new()
+        .arg("replicaof", &format!("127.0.0.1 {}", master.port))
+        .start();
+    let mut con = conn(&master);
+    let linked = |s: &Server| {
+        let mut c = s.conn();
+        wait_until(LONG, || {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut c).unwrap();
+            info.contains("master_link_status:up")
+        })
+    };
+    assert!(linked(&plain) && linked(&with_module));
+
+    // Release handoffs.
+    let mut holder = "h0".to_string();
+    assert!(acquire(&mut con, "r", &holder, 60_000).is_some());
+    for i in 1..=30 {
+        let owner = format!("h{i}");
+        let w = spawn_waiter(&master, "r", &owner, 60_000, 0);
+        until_waiting(&mut con, 1);
+        assert_eq!(release(&mut con, "r", &holder), 1);
+        assert!(w.join().unwrap().0.unwrap().is_some());
+        holder = owner;
+    }
+    // Expiry handoffs (timer-driven writes) and a DEL handoff.
+    for i in 0..10 {
+        let key = format!("e{i}");
+        assert!(acquire(&mut con, &key, "short", 30).is_some());
+        let w = spawn_waiter(&master, &key, "next", 60_000, 0);
+        assert!(w.join().unwrap().0.unwrap().is_some());
+    }
+    assert!(acquire(&mut con, "d", "h", 60_000).is_some());
+    let w = spawn_waiter(&master, "d", "next", 60_000, 0);
+    until_waiting(&mut con, 1);
+    let _: i64 = redis::cmd("DEL").arg("d").query(&mut con).unwrap();
+    assert!(w.join().unwrap().0.unwrap().is_some());
+
+    // Replicas refuse writes, WAIT included.
+    let mut rc = conn(&with_module);
+    let err = acquire_wait(&mut rc, "r", "x", 1000, 0).unwrap_err();
+    assert_eq!(err.code(), Some("READONLY"), "{err}");
+
+    let synced: i64 = redis::cmd("WAIT").arg(2).arg(5000).query(&mut con).unwrap();
+    assert_eq!(synced, 2);
+    let want = snapshot(&mut con);
+    assert_eq!(want.len(), 1 + 1 + 10 * 2 + 2, "{want:?}");
+    assert_eq!(snapshot(&mut plain.conn()), want);
+    assert_eq!(snapshot(&mut with_module.conn()), want);
+}
+
+/// Grant cycles on a contended key, then timeout cycles behind a held key.
+fn cycles(server: &Server, grant_pairs: usize, timeouts: usize) {
+    let mut con = conn(server);
+    // Every worker queues behind the main connection first, so from then on
+    // each ACQUIRE finds the lock held and each RELEASE hands it over.
+    assert!(acquire(&mut con, "c", "main", 600_000).is_some());
+    let workers = 8;
+    let hs: Vec<_> = (0..workers)
+        .map(|i| {
+            let url = server.url();
+            let per = grant_pairs / workers;
+            thread::spawn(move || {
+                let s = ServerRef(url);
+                s.churn("c", format!("c{i}"), per, 5_000, true)
+            })
+        })
+        .collect();
+    until_waiting(&mut con, workers as u64);
+    assert_eq!(release(&mut con, "c", "main"), 1);
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert!(acquire(&mut con, "t", "holder", 600_000).is_some());
+    let conns = 50;
+    let hs: Vec<_> = (0..conns)
+        .map(|i| {
+            let url = server.url();
+            let per = timeouts / conns;
+            thread::spawn(move || ServerRef(url).churn("t", format!("t{i}"), per, 1, false))
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(release(&mut con, "t", "holder"), 1);
+}
+
+/// A server address usable from worker threads.
+struct ServerRef(String);
+
+impl ServerRef {
+    /// One worker connection pipelining `pairs` × (ACQUIRE … WAIT wait_ms
+    /// [, RELEASE]) in batches of 500.
+    fn churn(&self, key: &str, owner: String, pairs: usize, wait_ms: i64, release: bool) {
+        let client = redis::Client::open(self.0.as_str()).unwrap();
+        let mut c = client.get_connection().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut left = pairs;
+        while left > 0 {
+            let n = left.min(500);
+            let mut p = redis::pipe();
+            for _ in 0..n {
+                p.cmd("SPACELOCK.ACQUIRE")
+                    .arg(key)
+                    .arg(&owner)
+                    .arg(1000)
+                    .arg("WAIT")
+                    .arg(wait_ms);
+                if release {
+                    p.cmd("SPACELOCK.RELEASE").arg(key).arg(&owner);
+                }
+            }
+            let _: Vec<redis::Value> = p.query(&mut c).unwrap();
+            left -= n;
+        }
+    }
+}
+
+/// `used_memory` once the workers' connections are gone and the figure has
+/// settled: the server releases some client memory lazily (the figure drops
+/// by up to ~1.5 MB within a second or two after many pipelining clients
+/// close), so poll until two readings 300 ms apart agree.
+fn used_memory_settled(con: &mut Connection) -> i64 {
+    assert!(wait_until(LONG, || info_field(
+        con,
+        "clients",
+        "connected_clients"
+    ) == 1));
+    assert!(wait_until(LONG, || waiting(con) == 0));
+    let mut last = info_field(con, "memory", "used_memory");
+    for _ in 0..20 {
+        thread::sleep(Duration::from_millis(300));
+        let now = info_field(con, "memory", "used_memory");
+        if (now - last).abs() < 8 * 1024 {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+#[test]
+fn memory_returns_to_baseline_after_100k_cycles() {
+    let server = ServerBuilder::new().arg("hz", "100").start();
+    let mut con = conn(&server);
+    // Warm-up: same shape, so allocator pools and tables exist already.
+    cycles(&server, 4_000, 1_000);
+    let base = used_memory_settled(&mut con);
+
+    let (h0, t0) = (stat(&mut con, "handoffs"), stat(&mut con, "wait_timeouts"));
+    let start = Instant::now();
+    cycles(&server, 96_000, 10_000);
+    let took = start.elapsed();
+    // A few disconnect cycles too.
+    assert!(acquire(&mut con, "t2", "holder", 600_000).is_some());
+    for i in 0..200 {
+        drop(raw_waiter(&server, "t2", &format!("d{i}")));
+    }
+    assert!(wait_until(LONG, || waiting(&mut con) == 0));
+    assert_eq!(release(&mut con, "t2", "holder"), 1);
+    let end = used_memory_settled(&mut con);
+    let (handoffs, timeouts) = (
+        stat(&mut con, "handoffs") - h0,
+        stat(&mut con, "wait_timeouts") - t0,
+    );
+    eprintln!(
+        "106k WAIT cycles in {took:?}: {handoffs} handoffs, {timeouts} timeouts; used_memory {base} -> {end} ({:+} bytes)",
+        end - base
+    );
+    assert!(handoffs > 10_000, "handoffs {handoffs}");
+    assert!(timeouts >= 10_000, "timeouts {timeouts}");
+    assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
+    // A leak of even 16 bytes per cycle would show as > 1.6 MB.
+    assert!(
+        (end - base).abs() < 256 * 1024,
+        "used_memory {base} -> {end}"
+    );
+}
