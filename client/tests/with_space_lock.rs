@@ -122,18 +122,7 @@ async fn concurrent_calls_give_in_progress_never_lock_held() {
     }
     assert_eq!(holder(&server, &locks.key("space")), None);
     // The losing call never touched Redis: one ACQUIRE per round.
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.conn())
-        .unwrap();
-    let acquires = stats
-        .lines()
-        .find(|l| l.starts_with("cmdstat_spacelock.acquire:"))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .unwrap_or("0")
-        .to_string();
-    assert_eq!(acquires, "100", "{stats}");
+    assert_eq!(calls(&server, "spacelock.acquire"), 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -633,4 +622,59 @@ async fn a_failed_release_does_not_replace_ran() {
             .any(|l| l.contains("WARN") && l.contains("failed to release") && l.contains(&key)),
         "expected a release warning in:\n{logs}"
     );
+}
+
+fn calls(server: &Server, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .unwrap();
+    stats
+        .lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Cancelled while the ACQUIRE is in flight: the server grants it later, and
+/// the spawned release (sent after it on the same connection) frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_when_cancelled_during_acquire() {
+    let server = Server::new();
+    let a = locks(&server, Options::default()).await;
+    let key = a.key("space");
+    // Hold every write command (ACQUIRE included) for 400 ms.
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "400", "WRITE"][..])
+        .query(&mut server.conn())
+        .unwrap();
+    let a2 = a.clone();
+    let task = tokio::spawn(async move {
+        a2.with_space_lock("space", |_| std::future::pending::<()>())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!task.is_finished(), "the acquire must still be paused");
+    assert!(a.is_running("space"));
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let freed = common::wait_until(Duration::from_secs(3), || {
+        holder(&server, &key).is_none() && !a.is_running("space")
+    });
+    assert!(freed, "holder {:?}", holder(&server, &key));
+    // The acquire did run (and was granted: the fence counter moved), then
+    // the release freed it.
+    assert_eq!(calls(&server, "spacelock.acquire"), 1);
+    assert_eq!(calls(&server, "spacelock.release"), 1);
+    let fence: String = redis::cmd("SPACELOCK.FENCEKEY")
+        .arg(&key)
+        .query(&mut server.conn())
+        .unwrap();
+    let last: i64 = redis::cmd("GET")
+        .arg(fence)
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(last, 1);
 }
