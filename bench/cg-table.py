@@ -13,7 +13,7 @@ FUNCS = [
     "VM_NotifyKeyspaceEvent", "RM_NotifyKeyspaceEvent", "VM_SignalModifiedKey", "RM_SignalModifiedKey",
     "VM_ReplyWithLongLong", "RM_ReplyWithLongLong", "VM_CloseKey", "RM_CloseKey",
     "VM_StringPtrLen", "RM_StringPtrLen", "VM_CreateString", "RM_CreateString",
-    "VM_FreeString", "RM_FreeString", "VM_Milliseconds", "RM_Milliseconds",
+    "VM_FreeString", "RM_FreeString", "VM_Milliseconds", "RM_Milliseconds", "RedisModuleCommandDispatcher", "propagateNow", "alsoPropagate", "propagatePendingCommands", "notifyKeyspaceEvent", "signalModifiedKey", "lookupCommandByCString", "createStringObjectFromLongLong", "setExpire", "dbAdd", "setKey", "luaCallFunction", "evalGenericCommand",
     "replaceClientCommandVector", "lookupKey", "dbGenericDeleteWithDictIndex", "dbGenericDelete",
     "resetClient", "freeClientArgv",
 ]
