@@ -808,6 +808,12 @@ pub extern "C" fn RedisModule_OnUnload(_ctx: *mut raw::RedisModuleCtx) -> c_int 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct BlockedClient(*mut raw::RedisModuleBlockedClient);
 
+// SAFETY: a handle is only created, stored and used on the server's main
+// thread; `Send` only lets `crate::wait` keep handles in a `static Mutex`
+// (a `thread_local!` would register a TLS destructor that blocks MODULE
+// UNLOAD).
+unsafe impl Send for BlockedClient {}
+
 /// What a waiter is eventually told.
 pub enum WaitReply {
     /// It was granted the lock with this fencing token.

@@ -41,9 +41,10 @@
 //! * **Memory**: a queue, its timer and its index entries are freed as soon as
 //!   it empties.
 
-use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::args::{parse_timeout, ArgError};
 use crate::config;
@@ -363,16 +364,24 @@ pub fn timer_period(at_ms: i64, now_ms: i64) -> i64 {
 
 // ---------------------------------------------------------------------------
 // Server glue. Everything below runs on the server's main thread. The
-// registry is never borrowed across a server call (server calls can re-enter
+// registry is never locked across a server call (server calls can re-enter
 // this module through keyspace events).
+//
+// Plain statics, not `thread_local!`: a TLS destructor registered by the
+// shared object would keep glibc from unloading it on MODULE UNLOAD (and a
+// reload would then see the old statics).
 
-thread_local! {
-    static REGISTRY: RefCell<Registry<BlockedClient>> = RefCell::new(Registry::new());
-    static SELF_WRITES: Cell<u32> = const { Cell::new(0) };
+static REGISTRY: Mutex<Option<Registry<BlockedClient>>> = Mutex::new(None);
+static SELF_WRITES: AtomicU32 = AtomicU32::new(0);
+
+fn lock_registry() -> MutexGuard<'static, Option<Registry<BlockedClient>>> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn with<R>(f: impl FnOnce(&mut Registry<BlockedClient>) -> R) -> R {
-    REGISTRY.with(|r| f(&mut r.borrow_mut()))
+    f(lock_registry().get_or_insert_with(Registry::new))
 }
 
 /// While alive, keyspace events are ours (a spacelock command or a settle
@@ -383,25 +392,29 @@ impl SelfWrites {
     /// Starts a section of spacelock's own writes.
     #[must_use]
     pub fn begin() -> Self {
-        SELF_WRITES.with(|c| c.set(c.get() + 1));
+        SELF_WRITES.fetch_add(1, Relaxed);
         SelfWrites(())
     }
 }
 
 impl Drop for SelfWrites {
     fn drop(&mut self) {
-        SELF_WRITES.with(|c| c.set(c.get().saturating_sub(1)));
+        SELF_WRITES.fetch_sub(1, Relaxed);
     }
 }
 
 /// (waiting clients, keys with waiters) for INFO.
 pub fn gauges() -> (u64, u64) {
-    REGISTRY.with(|r| r.try_borrow().map(|r| r.gauges()).unwrap_or((0, 0)))
+    // try_lock: INFO may run in a crash report while the lock is held.
+    match REGISTRY.try_lock() {
+        Ok(r) => r.as_ref().map_or((0, 0), Registry::gauges),
+        Err(_) => (0, 0),
+    }
 }
 
 /// Clients waiting on `key` in `db`.
 pub fn waiters_on(db: i32, key: &[u8]) -> usize {
-    REGISTRY.with(|r| r.try_borrow().map(|r| r.len(db, key)).unwrap_or(0))
+    lock_registry().as_ref().map_or(0, |r| r.len(db, key))
 }
 
 /// Blocks the caller in `key`'s queue (the lock is held: the caller checked).
@@ -550,7 +563,7 @@ fn arm_pending(ctx: &Ctx, needed: bool) {
 
 /// A keyspace event on `key` by someone else: settle it soon.
 pub fn on_key_event(ctx: &Ctx, key: RStr) {
-    if SELF_WRITES.with(Cell::get) > 0 || with(|r| r.is_empty()) {
+    if SELF_WRITES.load(Relaxed) > 0 || with(|r| r.is_empty()) {
         return;
     }
     let db = ctx.selected_db();
