@@ -756,3 +756,29 @@ fn memory_returns_to_baseline_after_100k_cycles() {
         "used_memory {base} -> {end}"
     );
 }
+
+#[test]
+fn waiters_are_let_go_when_the_primary_becomes_a_replica() {
+    let primary = Server::new();
+    let other = ServerBuilder::new().without_module().start();
+    let mut con = conn(&primary);
+    assert!(acquire(&mut con, "k", "h", 600_000).is_some());
+    let w = spawn_waiter(&primary, "k", "w", 10_000, 0);
+    until_waiting(&mut con, 1);
+    let start = Instant::now();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(other.port)
+        .query(&mut con)
+        .unwrap();
+    // Either the server itself (UNBLOCKED … master -> replica) or spacelock's
+    // role-change handler unblocks the waiter; it must not stay blocked nor
+    // be granted a lock on a replica.
+    let err = w.join().unwrap().0.unwrap_err();
+    eprintln!("waiter after REPLICAOF: {err}");
+    assert_eq!(err.code(), Some("UNBLOCKED"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(waiting(&mut con), 0);
+    assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
+    assert_eq!(stat(&mut con, "handoffs"), 0);
+}
