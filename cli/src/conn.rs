@@ -66,15 +66,38 @@ pub fn owner_id() -> String {
     )
 }
 
-/// The one-line message for a failed lock command, after `spacelock: `.
-pub fn describe_error(e: &spacelock_client::Error, url: &str) -> String {
+/// The one-line message (after `spacelock: `) and the exit code for a failed
+/// lock command: 64 for a ttl the server refuses, else 69.
+pub fn describe_error(e: &spacelock_client::Error, url: &str) -> (String, i32) {
     let url = redact(url);
     match e {
-        spacelock_client::Error::ModuleNotLoaded { .. } => {
-            format!("module not loaded at {url}: {e}")
+        spacelock_client::Error::ModuleNotLoaded { .. } => (
+            format!("module not loaded at {url}: {e}"),
+            crate::exit::UNAVAILABLE,
+        ),
+        spacelock_client::Error::Redis(inner)
+            if inner.is_io_error()
+                || inner.is_connection_refusal()
+                || inner.is_connection_dropped()
+                || inner.is_timeout() =>
+        {
+            (
+                format!("redis unavailable at {url}: {inner}"),
+                crate::exit::UNAVAILABLE,
+            )
         }
-        spacelock_client::Error::Redis(inner) => format!("redis unavailable at {url}: {inner}"),
-        other => format!("redis error at {url}: {other}"),
+        spacelock_client::Error::Redis(inner) if inner.to_string().contains("invalid ttl") => (
+            format!("the server refuses --ttl: {inner}"),
+            crate::exit::USAGE,
+        ),
+        spacelock_client::Error::Redis(inner) => (
+            format!("redis error at {url}: {inner}"),
+            crate::exit::UNAVAILABLE,
+        ),
+        other => (
+            format!("redis error at {url}: {other}"),
+            crate::exit::UNAVAILABLE,
+        ),
     }
 }
 

@@ -3,7 +3,7 @@
 use spacelock_client::{LockConnection, LockInfo, SpaceLock};
 
 use crate::duration::format_duration;
-use crate::{conn, exit, Say};
+use crate::{conn, Say};
 
 /// Prints the holder of `name` (or "free") and returns the exit code.
 pub async fn info<C: LockConnection>(
@@ -24,8 +24,9 @@ pub async fn info<C: LockConnection>(
             0
         }
         Err(e) => {
-            say.error(conn::describe_error(&e, url));
-            exit::UNAVAILABLE
+            let (msg, code) = conn::describe_error(&e, url);
+            say.error(msg);
+            code
         }
     }
 }

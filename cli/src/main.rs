@@ -38,8 +38,8 @@ pub mod exit {
 const EXIT_CODES: &str = "\
 Exit codes of `spacelock run`:
   N        the command's own exit code (128+S if it was killed by signal S)
-  64       bad arguments (EX_USAGE)
-  69       Redis unreachable, or the spacelock module not loaded (EX_UNAVAILABLE)
+  64       bad arguments, or a --ttl above the server's spacelock.max-ttl (EX_USAGE)
+  69       Redis unreachable, the spacelock module not loaded, or another server error (EX_UNAVAILABLE)
   75       the lock is held by someone else; with --wait: still held at the timeout (EX_TEMPFAIL)
   76       the lease was lost while the command ran; the command was sent SIGTERM, then SIGKILL
   126/127  the command could not be executed / was not found (the lock is released first)

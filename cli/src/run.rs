@@ -121,8 +121,9 @@ pub async fn run<C: LockConnection>(
             exit::LOCK_HELD
         }
         Err(e) => {
-            say.error(conn::describe_error(&e, url));
-            exit::UNAVAILABLE
+            let (msg, code) = conn::describe_error(&e, url);
+            say.error(msg);
+            code
         }
     }
 }

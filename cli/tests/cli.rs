@@ -523,6 +523,52 @@ fn bad_arguments_exit_64_with_usage() {
 }
 
 #[test]
+fn server_errors_are_reported() {
+    let server = Server::new();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("spacelock.max-ttl")
+        .arg(1000)
+        .query(&mut server.conn())
+        .unwrap();
+    let mut c = run_cmd(&server, &["--ttl", "2s", "k", "--", "true"]);
+    c.arg("x");
+    let out = output(c);
+    assert_eq!(out.code(), Some(64), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("spacelock: the server refuses --ttl: ")
+            && out.stderr.contains("max-ttl"),
+        "{}",
+        out.stderr
+    );
+
+    // An ACL user without the spacelock commands: a clear error, 69.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("ro")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-spacelock.acquire")
+        .query(&mut server.conn())
+        .unwrap();
+    let mut c = spacelock();
+    c.args([
+        "run",
+        "--url",
+        &format!("redis://ro:pw@127.0.0.1:{}/", server.port),
+    ])
+    .args(["k", "--", "true"]);
+    let out = output(c);
+    assert_eq!(out.code(), Some(69), "stderr: {}", out.stderr);
+    assert!(out.stderr.contains("redis error at"), "{}", out.stderr);
+    assert!(out.stderr.contains("no permissions"), "{}", out.stderr);
+    assert!(!out.stderr.contains(":pw@"), "{}", out.stderr);
+}
+
+#[test]
 fn missing_command_exits_127_after_releasing() {
     let server = Server::new();
     let mut c = run_cmd(
