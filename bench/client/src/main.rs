@@ -467,6 +467,9 @@ struct Contention {
     sections_per_s: f64,
     wait_ms: Vec<f64>,
     handoff_ms: Vec<f64>,
+    /// Jain's fairness index of the sections per client: 1.0 = all equal,
+    /// 1/8 = one client took them all.
+    fairness: f64,
 }
 
 async fn contend(env: &Env, wait: bool, secs: f64, tag: &str) -> Res<Contention> {
@@ -475,6 +478,7 @@ async fn contend(env: &Env, wait: bool, secs: f64, tag: &str) -> Res<Contention>
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     let last_release = Arc::new(AtomicU64::new(u64::MAX));
+    let last_holder = Arc::new(AtomicUsize::new(usize::MAX));
     let sections = Arc::new(AtomicU64::new(0));
     let name = format!("contend:{tag}");
     let mut tasks = Vec::new();
@@ -484,11 +488,16 @@ async fn contend(env: &Env, wait: bool, secs: f64, tag: &str) -> Res<Contention>
             Options::default().ttl(Duration::from_secs(10)),
         )
         .with_wait_connector(env.client.clone());
-        let (last_release, sections, name) = (last_release.clone(), sections.clone(), name.clone());
+        let (last_release, last_holder, sections, name) = (
+            last_release.clone(),
+            last_holder.clone(),
+            sections.clone(),
+            name.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut rng =
                 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407);
-            let (mut waits, mut handoffs) = (Vec::new(), Vec::new());
+            let (mut waits, mut handoffs, mut mine) = (Vec::new(), Vec::new(), 0u64);
             while Instant::now() < deadline {
                 let want = Instant::now();
                 loop {
@@ -501,12 +510,12 @@ async fn contend(env: &Env, wait: bool, secs: f64, tag: &str) -> Res<Contention>
                         Ok(AcquireReply::Acquired { .. }) => break,
                         Ok(AcquireReply::Held) if wait => {
                             if Instant::now() >= deadline {
-                                return Ok::<_, spacelock_client::Error>((waits, handoffs));
+                                return Ok::<_, spacelock_client::Error>((waits, handoffs, mine));
                             }
                         }
                         Ok(AcquireReply::Held) => {
                             if Instant::now() >= deadline {
-                                return Ok((waits, handoffs));
+                                return Ok((waits, handoffs, mine));
                             }
                             rng ^= rng << 13;
                             rng ^= rng >> 7;
@@ -521,7 +530,9 @@ async fn contend(env: &Env, wait: bool, secs: f64, tag: &str) -> Res<Contention>
                 let got = Instant::now();
                 waits.push((got - want).as_secs_f64() * 1e3);
                 let lr = last_release.load(Ordering::Acquire);
-                if lr != u64::MAX {
+                // A handoff is a grant to another client than the last holder.
+                let prev = last_holder.swap(c, Ordering::AcqRel);
+                if lr != u64::MAX && prev != c {
                     let got_ns = (got - start).as_nanos() as u64;
                     handoffs.push(got_ns.saturating_sub(lr) as f64 / 1e6);
                 }
@@ -530,6 +541,7 @@ async fn contend(env: &Env, wait: bool, secs: f64, tag: &str) -> Res<Contention>
                     std::hint::spin_loop();
                 }
                 sections.fetch_add(1, Ordering::Relaxed);
+                mine += 1;
                 last_release.store(
                     (Instant::now() - start).as_nanos() as u64,
                     Ordering::Release,
@@ -541,12 +553,13 @@ async fn contend(env: &Env, wait: bool, secs: f64, tag: &str) -> Res<Contention>
                     }
                 }
             }
-            Ok((waits, handoffs))
+            Ok((waits, handoffs, mine))
         }));
     }
-    let (mut wait_ms, mut handoff_ms) = (Vec::new(), Vec::new());
+    let (mut wait_ms, mut handoff_ms, mut per_client) = (Vec::new(), Vec::new(), Vec::new());
     for t in tasks {
-        let (w, h) = t.await??;
+        let (w, h, m) = t.await??;
+        per_client.push(m as f64);
         wait_ms.extend(w);
         handoff_ms.extend(h);
     }
@@ -557,6 +570,11 @@ async fn contend(env: &Env, wait: bool, secs: f64, tag: &str) -> Res<Contention>
         sections_per_s: sections.load(Ordering::Relaxed) as f64 / el,
         wait_ms,
         handoff_ms,
+        fairness: {
+            let sum: f64 = per_client.iter().sum();
+            let sq: f64 = per_client.iter().map(|x| x * x).sum();
+            sum * sum / (per_client.len() as f64 * sq)
+        },
     })
 }
 
@@ -647,7 +665,12 @@ async fn workload4(env: &Env) -> Res<()> {
         (a, b, median(&ratios), spread(&ratios))
     };
     type Metric = Box<dyn Fn(&Contention) -> f64>;
-    let metrics: [(&str, Metric, bool); 5] = [
+    let metrics: [(&str, Metric, bool); 7] = [
+        (
+            "fairness: Jain's index of sections per client (1 = equal)",
+            Box::new(|c: &Contention| c.fairness),
+            true,
+        ),
         (
             "critical sections/s",
             Box::new(|c: &Contention| c.sections_per_s),
@@ -664,7 +687,12 @@ async fn workload4(env: &Env) -> Res<()> {
             false,
         ),
         (
-            "handoff (RELEASE sent → next holder granted) p50 ms",
+            "wait-to-acquire max ms",
+            Box::new(|c: &Contention| pct(&c.wait_ms, 100.0)),
+            false,
+        ),
+        (
+            "handoff to another client (its RELEASE sent → the grant) p50 ms",
             Box::new(|c: &Contention| pct(&c.handoff_ms, 50.0)),
             false,
         ),
