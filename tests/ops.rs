@@ -150,23 +150,6 @@ fn acl_categories_expected(con: &mut Connection) -> bool {
     }
 }
 
-/// Whether ACQUIRE accepts the optional `WAIT timeout` (issue 4).
-fn has_wait(con: &mut Connection) -> bool {
-    let r = call(
-        con,
-        &[
-            "SPACELOCK.ACQUIRE",
-            "ops:wait-probe",
-            "probe",
-            "1000",
-            "WAIT",
-            "1",
-        ],
-    );
-    let _ = call(con, &["SPACELOCK.RELEASE", "ops:wait-probe", "probe"]);
-    r.is_ok()
-}
-
 // ---------------------------------------------------------------------------
 // INFO spacelock
 
@@ -248,13 +231,9 @@ fn info_section_has_every_field_and_counts_each_outcome() {
 }
 
 #[test]
-fn info_wait_counters_and_gauges_when_wait_exists() {
+fn info_wait_counters_and_gauges() {
     let server = Server::new();
     let mut con = server.conn();
-    if !has_wait(&mut con) {
-        eprintln!("skip: SPACELOCK.ACQUIRE has no WAIT option yet (issue 4)");
-        return;
-    }
     ok(&mut con, &["CONFIG", "SET", "spacelock.max-waiters", "2"]);
     ok(&mut con, &["SPACELOCK.ACQUIRE", "w", "holder", "10000"]);
     let base = counters(&mut con);
@@ -723,12 +702,12 @@ fn doc_args(args: &Value) -> Vec<(String, String, Option<String>, bool)> {
 fn command_docs_for_every_command() {
     let server = Server::new();
     let mut con = server.conn();
-    let wait = has_wait(&mut con);
     let key: ArgSpec = ("key", "key", None, false);
     let owner: ArgSpec = ("owner", "string", None, false);
     let ttl: ArgSpec = ("ttl_ms", "integer", None, false);
+    let wait: ArgSpec = ("timeout_ms", "integer", Some("WAIT"), true);
     let expected: [(&str, Vec<ArgSpec>); 5] = [
-        ("spacelock.acquire", vec![key, owner, ttl]),
+        ("spacelock.acquire", vec![key, owner, ttl, wait]),
         ("spacelock.refresh", vec![key, owner, ttl]),
         ("spacelock.release", vec![key, owner]),
         ("spacelock.info", vec![key]),
@@ -747,19 +726,10 @@ fn command_docs_for_every_command() {
         assert_eq!(text(field(&doc, "group").expect("group")), "module");
         assert_eq!(text(field(&doc, "module").expect("module")), "spacelock");
         let got = doc_args(field(&doc, "arguments").expect("arguments"));
-        let mut want: Vec<(String, String, Option<String>, bool)> = want_args
+        let want: Vec<(String, String, Option<String>, bool)> = want_args
             .iter()
             .map(|(n, t, tok, opt)| (n.to_string(), t.to_string(), tok.map(String::from), *opt))
             .collect();
-        if name == "spacelock.acquire" && wait {
-            // The optional `WAIT timeout` (issue 4).
-            assert_eq!(got.len(), 4, "{name}: {got:?}");
-            let (n, t, tok, opt) = &got[3];
-            assert_eq!(tok.as_deref(), Some("WAIT"), "{got:?}");
-            assert_eq!(t, "integer", "{got:?}");
-            assert!(*opt, "WAIT must be optional: {got:?}");
-            want.push((n.clone(), t.clone(), tok.clone(), *opt));
-        }
         assert_eq!(got, want, "{name}");
         // Key arguments point at key spec 0.
         let Some(Value::Array(args)) = field(&doc, "arguments") else {
