@@ -357,9 +357,31 @@ pub fn timer_plan(current: Option<Timer>, want: Option<i64>) -> TimerPlan {
     }
 }
 
-/// Delay for a timer that must fire once `now > at_ms` (Redis' expiry test).
+/// Longest module timer armed at once (1 h). The server computes
+/// `now_us + period * 1000` without overflow checks, so a lease of years must
+/// not become one timer; a timer that fires early just re-arms.
+pub const MAX_TIMER_MS: i64 = 3_600_000;
+
+/// Delay for a timer that must fire once `now > at_ms` (Redis' expiry test),
+/// at most [`MAX_TIMER_MS`].
 pub fn timer_period(at_ms: i64, now_ms: i64) -> i64 {
-    at_ms.saturating_sub(now_ms).saturating_add(1).max(1)
+    at_ms
+        .saturating_sub(now_ms)
+        .saturating_add(1)
+        .clamp(1, MAX_TIMER_MS)
+}
+
+/// WAIT timeouts beyond this (about 100 years) mean "no limit": the server
+/// computes `now + timeout` without overflow checks.
+pub const MAX_FINITE_TIMEOUT_MS: i64 = 100 * 365 * 86_400_000;
+
+/// The timeout handed to `RM_BlockClient` for a WAIT of `timeout_ms`.
+pub fn block_timeout(timeout_ms: i64) -> i64 {
+    if timeout_ms > MAX_FINITE_TIMEOUT_MS {
+        0
+    } else {
+        timeout_ms
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -426,7 +448,7 @@ pub fn enqueue(ctx: &Ctx, key: RStr, owner: RStr, ttl_ms: i64, timeout_ms: i64) 
     if with(|r| r.len(db, name)) as u64 >= max.max(0) as u64 {
         return ctx.reply_error(&too_many_waiters(max));
     }
-    let Some(bc) = ctx.block_client(timeout_ms) else {
+    let Some(bc) = ctx.block_client(block_timeout(timeout_ms)) else {
         return ctx.reply_error("ERR spacelock: this client cannot block here");
     };
     let pushed = with(|r| r.push(db, name, bc, owner.as_bytes(), ttl_ms, usize::MAX));
@@ -699,6 +721,11 @@ mod tests {
         assert_eq!(timer_period(1_000, 900), 101);
         assert_eq!(timer_period(1_000, 1_000), 1);
         assert_eq!(timer_period(1_000, 5_000), 1);
-        assert_eq!(timer_period(i64::MAX, i64::MIN), i64::MAX);
+        assert_eq!(timer_period(i64::MAX, i64::MIN), MAX_TIMER_MS);
+        assert_eq!(timer_period(1_000 + 2 * MAX_TIMER_MS, 1_000), MAX_TIMER_MS);
+        assert_eq!(block_timeout(0), 0);
+        assert_eq!(block_timeout(250), 250);
+        assert_eq!(block_timeout(MAX_FINITE_TIMEOUT_MS), MAX_FINITE_TIMEOUT_MS);
+        assert_eq!(block_timeout(i64::MAX), 0);
     }
 }

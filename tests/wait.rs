@@ -306,6 +306,15 @@ fn timeout_replies_nil_and_leaves_the_queue() {
     assert_eq!(snapshot(&mut con), before, "a timeout changes nothing");
     assert_eq!(release(&mut con, "k", "h"), 1);
     assert_eq!(get(&mut con, "k"), None, "nobody left to hand over to");
+
+    // The largest timeout is accepted (and means "no limit" in practice).
+    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let w = spawn_waiter(&server, "k", "w", 1000, i64::MAX);
+    until_waiting(&mut con, 1);
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(waiting(&mut con), 1);
+    assert_eq!(release(&mut con, "k", "h"), 1);
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(3));
 }
 
 /// Sends `ACQUIRE … WAIT 0` on a raw socket and returns it (to drop later).
