@@ -37,15 +37,19 @@ pub mod exit {
 
 const EXIT_CODES: &str = "\
 Exit codes of `spacelock run`:
-  N        the command's own exit code (128+S if it was killed by signal S)
-  64       bad arguments, or a --ttl above the server's spacelock.max-ttl (EX_USAGE)
-  69       Redis unreachable, the spacelock module not loaded, or another server error (EX_UNAVAILABLE)
-  75       the lock is held by someone else; with --wait: still held at the timeout (EX_TEMPFAIL)
-  76       the lease was lost while the command ran; the command was sent SIGTERM, then SIGKILL
-  126/127  the command could not be executed / was not found (the lock is released first)
+  N    the command's exit code (128+S if it was killed by signal S)
+  64   bad arguments, or --ttl above the server's spacelock.max-ttl
+  69   Redis unreachable, module not loaded, other server error
+  75   lock held by someone else (with --wait: still held at the timeout)
+  76   lease lost while the command ran: it got SIGTERM, then SIGKILL
+  126  command not executable (the lock is released first)
+  127  command not found (the lock is released first)
 
 Environment:
-  SPACELOCK_URL, REDIS_URL   the server URL when --url is not given (in that order)";
+  SPACELOCK_URL, REDIS_URL  the server URL if --url is not given, in order
+  SPACELOCK_KEY             set for COMMAND: the Redis key of the lock
+  SPACELOCK_TOKEN           set for COMMAND: the fencing token of the grant
+  SPACELOCK_OWNER           set for COMMAND: this run's owner id";
 
 /// A distributed flock(1): run a command while holding a lease lock in Redis/Valkey.
 #[derive(Debug, Parser)]
@@ -77,6 +81,9 @@ process group with SPACELOCK_KEY (the Redis key), SPACELOCK_TOKEN (the fencing t
 greater than every token issued before for this key) and SPACELOCK_OWNER (this run's owner id) in \
 its environment, refreshes the lease every ttl/3 while it runs, releases the lock when it exits, \
 and exits with its exit code.\n\n\
+If the lease is lost while COMMAND runs, its process group gets SIGTERM, then SIGKILL after \
+--kill-grace, and spacelock exits 76. If spacelock itself is killed with SIGKILL, COMMAND gets \
+SIGTERM (Linux).\n\n\
 SIGINT, SIGTERM and SIGHUP sent to spacelock are forwarded to the command's process group; the \
 lock is released once the command has exited.\n\n\
 Examples:\n  \
