@@ -65,10 +65,11 @@ impl Store for RedisStore<'_> {
 
     fn grant(&mut self, expire_at_ms: i64, token: i64) {
         let (ctx, key, owner) = (self.ctx, self.lock.name(), self.owner);
-        self.lock.set(owner);
+        self.lock.write(owner.as_bytes());
         self.lock.set_expire_at(expire_at_ms);
         let fence = self.fence();
-        fence.set_i64(token);
+        let mut digits = [0u8; 20];
+        fence.write(decimal(token, &mut digits));
         let fence_name = fence.name();
         ctx.replicate_set_pxat(key, owner, expire_at_ms);
         ctx.replicate_set_int(fence_name, token);
@@ -93,5 +94,30 @@ impl Store for RedisStore<'_> {
         self.ctx.replicate_del(key);
         self.ctx.signal_modified(key);
         self.ctx.notify(EventClass::Generic, c"del", key);
+    }
+}
+
+/// The decimal digits of `n` (≥ 0), written at the end of `buf`.
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut n = n.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decimal_digits() {
+        let mut buf = [0u8; 20];
+        for n in [0, 1, 9, 10, 12345, i64::MAX] {
+            assert_eq!(super::decimal(n, &mut buf), n.to_string().as_bytes());
+        }
     }
 }
