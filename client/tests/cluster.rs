@@ -73,7 +73,6 @@ async fn leases_on_every_node_are_held_and_refreshed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs WAIT"]
 async fn blocking_acquire_through_a_cluster_client() {
     let cluster = Cluster::start(3);
     let client = ClusterClient::new(cluster.urls()).unwrap();

@@ -34,7 +34,6 @@ fn holder(server: &Server, key: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs WAIT"]
 async fn waits_for_the_holder_then_runs() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -81,7 +80,6 @@ async fn waits_for_the_holder_then_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs WAIT"]
 async fn times_out_while_held() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -112,7 +110,6 @@ async fn times_out_while_held() {
 /// A blocked wait must not stall the heartbeats of other leases of the same
 /// `SpaceLock` (they use the shared connection, the wait a dedicated one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs WAIT"]
 async fn a_blocked_wait_does_not_stall_heartbeats() {
     let server = Server::new();
     let other = locks(&server, Options::default()).await;
@@ -143,7 +140,6 @@ async fn a_blocked_wait_does_not_stall_heartbeats() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs WAIT"]
 async fn cancelling_a_wait_leaves_nothing_held() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
