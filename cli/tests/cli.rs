@@ -123,9 +123,12 @@ fn sh(script: &str) -> [&str; 3] {
 }
 
 /// A shell loop that writes `started`, and on SIGTERM writes `term` and exits `code`.
+/// (`sleep & wait` rather than a foreground `sleep`: a trapped signal
+/// interrupts `wait` at once, so the trap runs promptly and reliably.)
 fn trap_script(dir: &Path, code: i32) -> String {
     format!(
-        "trap 'touch {d}/term; exit {code}' TERM; touch {d}/started; while :; do sleep 0.05; done",
+        "trap 'touch {d}/term; exit {code}' TERM; touch {d}/started; \
+         while :; do sleep 0.05 & wait $!; done",
         d = dir.display()
     )
 }
@@ -355,7 +358,11 @@ fn lost_lease_sigterms_the_group_and_exits_76() {
         .unwrap();
     let out = finish(child, Duration::from_secs(10));
     assert_eq!(out.code(), Some(76), "stderr: {}", out.stderr);
-    assert!(dir.path().join("term").exists(), "the child got SIGTERM");
+    assert!(
+        dir.path().join("term").exists(),
+        "the child got SIGTERM; stderr: {}",
+        out.stderr
+    );
     assert!(
         out.stderr.contains(&format!(
             "spacelock: lease lost: {PREFIX}fragile: the key is gone (it expired or was deleted)"
@@ -622,8 +629,9 @@ fn info_shows_free_and_the_holder() {
     let d = dir.path().display();
     let mut c = run_cmd(&server, &["jobx", "--"]);
     c.args(sh(&format!(
-        "echo \"$SPACELOCK_OWNER $SPACELOCK_TOKEN\" > {d}/env.tmp; mv {d}/env.tmp {d}/env; \
-         trap 'exit 0' TERM; while :; do sleep 0.05; done"
+        "trap 'exit 0' TERM; \
+         echo \"$SPACELOCK_OWNER $SPACELOCK_TOKEN\" > {d}/env.tmp; mv {d}/env.tmp {d}/env; \
+         while :; do sleep 0.05 & wait $!; done"
     )));
     let holder = start(c);
     wait_for_file(&dir.path().join("env"));
