@@ -406,6 +406,43 @@ fn lost_lease_sigkills_a_child_that_ignores_sigterm() {
 }
 
 #[test]
+fn lost_lease_also_stops_what_the_command_left_behind() {
+    let server = Server::new();
+    let dir = tmp();
+    let d = dir.path().display();
+    // The command starts a helper that ignores SIGTERM, then waits; on
+    // SIGTERM it exits at once, leaving the helper behind in its group.
+    let mut c = run_cmd(
+        &server,
+        &["--ttl", "300ms", "--kill-grace", "700ms", "leftover", "--"],
+    );
+    c.args(sh(&format!(
+        "(trap '' TERM; while :; do sleep 0.05; done) & echo $! > {d}/helper.pid; \
+         trap 'exit 0' TERM; touch {d}/started; while :; do sleep 0.05 & wait $!; done"
+    )));
+    let child = start(c);
+    wait_for_file(&dir.path().join("started"));
+    let helper: i32 = std::fs::read_to_string(dir.path().join("helper.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{PREFIX}leftover"))
+        .query(&mut server.conn())
+        .unwrap();
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(76), "stderr: {}", out.stderr);
+    // The helper got SIGKILL at the end of the grace (it may linger a moment
+    // as a zombie until init reaps it).
+    let gone = wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{helper}/stat"))
+            .map_or(true, |st| st.contains(") Z "))
+    });
+    assert!(gone, "the helper {helper} survived the lost lease");
+}
+
+#[test]
 fn sigterm_to_spacelock_reaches_the_child_then_releases() {
     let server = Server::new();
     let dir = tmp();
