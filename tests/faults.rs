@@ -23,7 +23,7 @@ fn sigkill_under_load_loses_no_acknowledged_grant() {
         let mut max_token: HashMap<String, i64> = HashMap::new();
         let mut held: Vec<String> = Vec::new();
         let mut i = 0u64;
-        let _ = tx.send(());
+        let mut signalled = false;
         loop {
             i += 1;
             let name = format!("crash:cycle:{}", i % 10);
@@ -54,7 +54,14 @@ fn sigkill_under_load_loses_no_acknowledged_grant() {
                     .arg(120_000)
                     .query::<Option<i64>>(&mut con)
                 {
-                    Ok(Some(_)) => held.push(key),
+                    Ok(Some(_)) => {
+                        held.push(key);
+                        // Enough acknowledged work: let the main thread kill.
+                        if held.len() > 5 && !signalled {
+                            signalled = true;
+                            let _ = tx.send(());
+                        }
+                    }
                     Ok(None) => panic!("fresh key was held"),
                     Err(_) => break,
                 }
@@ -62,8 +69,11 @@ fn sigkill_under_load_loses_no_acknowledged_grant() {
         }
         (max_token, held, i)
     });
-    rx.recv().unwrap();
-    std::thread::sleep(Duration::from_millis(400));
+    // Kill mid-load: once some grants are acknowledged, after a short,
+    // variable amount of further work.
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("writer made no progress");
+    std::thread::sleep(Duration::from_millis(50 + rand::random::<u64>() % 200));
     server.kill9();
     let (max_token, held, ops) = writer.join().unwrap();
     assert!(
