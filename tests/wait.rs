@@ -282,7 +282,7 @@ fn refresh_moves_the_expiry_timer() {
         "granted after {waited:?}"
     );
     assert!(
-        waited < Duration::from_millis(700),
+        waited < Duration::from_millis(1000),
         "granted after {waited:?}"
     );
 }
@@ -481,7 +481,7 @@ fn other_writers_del_set_flushall() {
     let t = Instant::now();
     assert_eq!(w.join().unwrap().0.unwrap(), Some(4));
     assert!(
-        t.elapsed() < Duration::from_millis(300),
+        t.elapsed() < Duration::from_millis(600),
         "{:?}",
         t.elapsed()
     );
