@@ -136,16 +136,23 @@ impl Heartbeat {
             in_flight: false,
             lost,
         };
+        // The refresher sleeps until the earliest wake-up: wake it only if
+        // this lease is due before that (a lock cycle then costs no task switch).
+        let earliest = st.wakeups.first().map(|w| w.0);
         st.leases.insert(id, entry);
         st.wakeups.insert((next_refresh, id));
         st.reschedule(id);
+        let wake_refresher = earliest
+            .is_none_or(|t| next_refresh.min(acquired_at + Duration::from_millis(ttl_ms)) < t);
         let running = st.task.as_ref().is_some_and(|t| !t.is_finished());
         if !running {
             let task = tokio::spawn(run(self.shared.clone(), conn.clone(), owner.clone()));
             st.task = Some(task);
         }
         drop(st);
-        self.shared.notify.notify_one();
+        if wake_refresher {
+            self.shared.notify.notify_one();
+        }
         id
     }
 
