@@ -882,6 +882,48 @@ impl Ctx {
         self.flags() & raw::REDISMODULE_CTX_FLAGS_SLAVE != 0
     }
 
+    /// Whether cluster mode is enabled.
+    pub fn in_cluster(&self) -> bool {
+        self.flags() & raw::REDISMODULE_CTX_FLAGS_CLUSTER != 0
+    }
+
+    /// The text of `CLUSTER NODES` (through `RedisModule_Call`), or `None`
+    /// if the call fails.
+    pub fn cluster_nodes(&self) -> Option<String> {
+        // SAFETY: valid ctx; "c" matches one NUL-terminated C string.
+        let reply = unsafe {
+            api!(RedisModule_Call)(
+                self.0,
+                c"CLUSTER".as_ptr(),
+                c"c".as_ptr(),
+                c"NODES".as_ptr(),
+            )
+        };
+        if reply.is_null() {
+            return None;
+        }
+        // SAFETY: `reply` is a live call reply until freed below; the string
+        // pointer is valid for `len` bytes while the reply lives, and we copy
+        // it before freeing.
+        unsafe {
+            let kind = api!(RedisModule_CallReplyType)(reply) as isize;
+            let text = if kind == raw::REDISMODULE_REPLY_STRING
+                || kind == raw::REDISMODULE_REPLY_VERBATIM_STRING
+            {
+                let mut len = 0usize;
+                let ptr = api!(RedisModule_CallReplyStringPtr)(reply, &mut len);
+                (!ptr.is_null()).then(|| {
+                    String::from_utf8_lossy(std::slice::from_raw_parts(ptr.cast::<u8>(), len))
+                        .into_owned()
+                })
+            } else {
+                None
+            };
+            api!(RedisModule_FreeCallReply)(reply);
+            text
+        }
+    }
+
     /// The selected database of the context's client.
     pub fn selected_db(&self) -> i32 {
         // SAFETY: valid ctx for this callback.

@@ -76,6 +76,38 @@ pub fn too_many_waiters(max: i64) -> String {
     format!("ERR too many clients waiting for this lock (spacelock.max-waiters is {max})")
 }
 
+/// The error sent to waiters when, in a cluster, the node no longer (or not
+/// stably) serves the lock's hash slot: resharding moved the key away.
+pub const SLOT_MOVED_TRYAGAIN: &str =
+    "TRYAGAIN the lock's hash slot is migrating or has moved; retry the WAIT";
+
+/// Whether the `myself` node of a `CLUSTER NODES` text serves `slot` and is
+/// neither migrating nor importing it.
+pub fn serves_slot(nodes: &str, slot: u16) -> bool {
+    let Some(line) = nodes.lines().find(|l| {
+        l.split(' ')
+            .nth(2)
+            .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
+    }) else {
+        return false;
+    };
+    let mut owned = false;
+    for field in line.split(' ').skip(8) {
+        if let Some(open) = field.strip_prefix('[') {
+            // `[slot->-id]` (migrating) or `[slot-<-id]` (importing).
+            if open.split('-').next().and_then(|n| n.parse::<u16>().ok()) == Some(slot) {
+                return false;
+            }
+            continue;
+        }
+        let (lo, hi) = field.split_once('-').unwrap_or((field, field));
+        if let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+            owned |= (lo..=hi).contains(&slot);
+        }
+    }
+    owned
+}
+
 /// The error sent to waiters when the server turned into a replica.
 pub const REPLICA_UNBLOCKED: &str =
     "UNBLOCKED this server is now a replica; retry the WAIT on the primary";
@@ -458,8 +490,18 @@ pub fn enqueue(ctx: &Ctx, key: RStr, owner: RStr, ttl_ms: i64, timeout_ms: i64) 
 
 /// Grants `key` to its head waiters while it is free, then keeps the expiry
 /// timer in line with the holder's expiry; frees the queue once empty. Call
-/// with `ctx` on the key's database.
+/// with `ctx` on the key's database, from a spacelock command (the cluster
+/// has already routed it to the slot's owner).
 pub fn settle(ctx: &Ctx, key: RStr) {
+    settle_from(ctx, key, false);
+}
+
+/// [`settle`], from a timer when `from_timer`: in a cluster the node must
+/// then check that it still serves the key's slot before it grants, because
+/// nothing routed this call. A MIGRATE deletes the key on the source node;
+/// granting there would create a second holder (with a token from a fence
+/// counter that moved away) in a slot the node is handing over.
+fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
     if with(|r| r.is_empty()) {
         return;
     }
@@ -469,6 +511,7 @@ pub fn settle(ctx: &Ctx, key: RStr) {
         return;
     }
     let _quiet = SelfWrites::begin();
+    let mut slot_checked = false;
     if ctx.is_replica() {
         for w in with(|r| r.drain(db, name)) {
             w.handle.unblock(WaitReply::Error(REPLICA_UNBLOCKED.into()));
@@ -482,6 +525,17 @@ pub fn settle(ctx: &Ctx, key: RStr) {
             if !free {
                 arm(ctx, db, name, expire_at);
                 break;
+            }
+            if from_timer && !slot_checked && ctx.in_cluster() && with(|r| r.len(db, name)) > 0 {
+                slot_checked = true;
+                let slot = crate::fence::key_slot(name);
+                if !ctx.cluster_nodes().is_some_and(|n| serves_slot(&n, slot)) {
+                    for w in with(|r| r.drain(db, name)) {
+                        w.handle
+                            .unblock(WaitReply::Error(SLOT_MOVED_TRYAGAIN.into()));
+                    }
+                    break;
+                }
             }
             let Some(w) = with(|r| r.pop_head(db, name)) else {
                 break;
@@ -571,7 +625,7 @@ pub fn on_timer(ctx: &Ctx, data: u64) {
     for (db, key) in keys {
         if ctx.select_db(db) {
             let name = OwnedStr::new(&key);
-            settle(ctx, name.as_rstr());
+            settle_from(ctx, name.as_rstr(), true);
         }
     }
 }
@@ -694,6 +748,24 @@ mod tests {
         assert!(r.mark_db_pending(-1));
         assert_eq!(r.take_pending().len(), 2);
         assert!(!r.mark_db_pending(7));
+    }
+
+    #[test]
+    fn cluster_nodes_parsing() {
+        let me = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-100 200 [150->-b2] [300-<-b2]\n";
+        let other = "b2 127.0.0.1:7001@17001 master - 0 1 2 connected 101-199 201-16383\n";
+        let nodes = format!("{other}{me}");
+        assert!(serves_slot(&nodes, 0));
+        assert!(serves_slot(&nodes, 100));
+        assert!(serves_slot(&nodes, 200));
+        assert!(!serves_slot(&nodes, 101), "another node's slot");
+        assert!(!serves_slot(&nodes, 150), "migrating away");
+        assert!(!serves_slot(&nodes, 300), "importing");
+        assert!(!serves_slot(&nodes, 16383));
+        let replica = "c3 127.0.0.1:7002@17002 myself,slave a1 0 0 1 connected\n";
+        assert!(!serves_slot(replica, 0));
+        assert!(!serves_slot("", 0));
+        assert!(SLOT_MOVED_TRYAGAIN.starts_with("TRYAGAIN "));
     }
 
     #[test]

@@ -804,3 +804,38 @@ fn waiters_are_let_go_when_the_primary_becomes_a_replica() {
     assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
     assert_eq!(stat(&mut con, "handoffs"), 0);
 }
+
+#[test]
+fn cluster_waiters_are_not_granted_on_a_node_that_lost_the_slot() {
+    let cluster = common::Cluster::start(2);
+    let key = "wait:migrating";
+    let mut any = cluster.nodes[0].conn();
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(&mut any)
+        .unwrap();
+    let from = cluster.owner_of(slot);
+    let to = 1 - from;
+    let mut src = conn(&cluster.nodes[from]);
+    assert_eq!(acquire(&mut src, key, "h", 60_000), Some(1));
+    let w = spawn_waiter(&cluster.nodes[from], key, "w", 60_000, 0);
+    until_waiting(&mut src, 1);
+
+    // Resharding moves the held lock (and its fence) away. MIGRATE deletes
+    // the key on the source; granting the waiter there would create a second
+    // holder, with a token that restarts at 1, in a slot the node gives up.
+    let moved = cluster.migrate_slot(slot, from, to);
+    assert!(moved.iter().any(|k| k == key.as_bytes()), "{moved:?}");
+    let err = w.join().unwrap().0.unwrap_err();
+    assert_eq!(err.code(), Some("TRYAGAIN"), "{err}");
+    assert_eq!(waiting(&mut src), 0);
+    let n: i64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(slot)
+        .query(&mut src)
+        .unwrap();
+    assert_eq!(n, 0, "nothing re-created on the source");
+    let mut dst = conn(&cluster.nodes[to]);
+    assert_eq!(get(&mut dst, key).as_deref(), Some("h"));
+}
