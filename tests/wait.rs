@@ -141,6 +141,12 @@ fn free_lock_is_granted_at_once_and_ten_waiters_in_arrival_order() {
         until_waiting(&mut con, i + 1);
     }
     assert_eq!(acquire(&mut con, "k", "late", 1000), None, "no barging");
+    let info: Vec<redis::Value> = redis::cmd("SPACELOCK.INFO")
+        .arg("k")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(info.last(), Some(&redis::Value::Int(10)), "{info:?}");
+    assert_eq!(stat(&mut con, "keys_with_waiters"), 1);
     assert_eq!(get(&mut con, "k").as_deref(), Some("h"));
     assert_eq!(release(&mut con, "k", "h"), 1);
     let tokens: Vec<Option<i64>> = waiters.into_iter().map(|h| h.join().unwrap()).collect();
