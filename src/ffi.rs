@@ -1017,7 +1017,7 @@ impl LoadCtx {
         Ok(())
     }
 
-    /// Subscribes `crate::wait::on_flush` to FLUSHALL / FLUSHDB and to
+    /// Subscribes `crate::wait::on_flush` to FLUSHALL / FLUSHDB, SWAPDB and
     /// replication role changes (a primary turned replica must let its
     /// waiters go).
     pub fn subscribe_flush(&self) -> Result<(), String> {
@@ -1042,6 +1042,14 @@ impl LoadCtx {
         if rc != raw::REDISMODULE_OK as c_int {
             return Err("cannot subscribe to the ReplicationRoleChanged server event".into());
         }
+        let event = raw::RedisModuleEvent {
+            id: raw::REDISMODULE_EVENT_SWAPDB,
+            dataver: 1,
+        };
+        // SAFETY: valid load ctx; plain callback function. Optional: without
+        // it, SWAPDB is only noticed when a queue's timer fires.
+        let _ =
+            unsafe { api!(RedisModule_SubscribeToServerEvent)(self.0, event, Some(wait_role_cb)) };
         Ok(())
     }
 }
@@ -1150,6 +1158,9 @@ extern "C" fn wait_role_cb(
     _data: *mut c_void,
 ) {
     let c = Ctx(ctx);
-    // Every queue is settled soon; on a replica that unblocks its waiters.
-    guarded(ctx, "role change event", || crate::wait::on_flush(&c, -1));
+    // Every queue is settled soon; on a replica that unblocks its waiters,
+    // after SWAPDB it grants locks whose key is gone from its database.
+    guarded(ctx, "role change / SWAPDB event", || {
+        crate::wait::on_flush(&c, -1)
+    });
 }

@@ -517,6 +517,16 @@ fn other_writers_del_set_flushall() {
     let _: () = redis::cmd("FLUSHDB").query(&mut db1).unwrap();
     assert_eq!(w.join().unwrap().unwrap(), Some(1));
     assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
+
+    // SWAPDB: a queue belongs to (db, key). Swapping an empty db 1 into
+    // db 0 frees `k` there, so its waiter gets it (its fence went away too).
+    let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
+    assert!(acquire(&mut con, "k", "h", 600_000).is_some());
+    let w = spawn_waiter(&server, "k", "w5", 10_000, 0);
+    until_waiting(&mut con, 1);
+    let _: () = redis::cmd("SWAPDB").arg(0).arg(1).query(&mut con).unwrap();
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(1));
+    assert_eq!(get(&mut con, "k").as_deref(), Some("w5"));
 }
 
 #[test]
