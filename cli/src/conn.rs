@@ -67,6 +67,28 @@ pub fn owner_id() -> String {
 }
 
 /// The one-line message (after `spacelock: `) and the exit code for a failed
+/// connection: 64 for a URL this binary cannot use, else 69.
+pub fn describe_connect_error(e: &redis::RedisError, url: &str) -> (String, i32) {
+    let shown = redact(url);
+    if e.kind() == redis::ErrorKind::InvalidClientConfig {
+        let text = e.to_string();
+        let hint = if text.contains("TLS") {
+            " (rediss:// needs spacelock built with `--features tls`)"
+        } else {
+            ""
+        };
+        return (
+            format!("invalid --url {shown}: {text}{hint}"),
+            crate::exit::USAGE,
+        );
+    }
+    (
+        format!("redis unavailable at {shown}: {e}"),
+        crate::exit::UNAVAILABLE,
+    )
+}
+
+/// The one-line message (after `spacelock: `) and the exit code for a failed
 /// lock command: 64 for a ttl the server refuses, else 69.
 pub fn describe_error(e: &spacelock_client::Error, url: &str) -> (String, i32) {
     let url = redact(url);

@@ -38,7 +38,7 @@ pub mod exit {
 const EXIT_CODES: &str = "\
 Exit codes of `spacelock run`:
   N    the command's exit code (128+S if it was killed by signal S)
-  64   bad arguments, or --ttl above the server's spacelock.max-ttl
+  64   bad arguments or URL, or --ttl above the server's spacelock.max-ttl
   69   Redis unreachable, module not loaded, other server error
   75   lock held by someone else (with --wait: still held at the timeout)
   76   lease lost while the command ran: it got SIGTERM, then SIGKILL
@@ -257,11 +257,9 @@ async fn run_command(args: RunArgs) -> i32 {
         .wait_connections(1);
     match conn::connect(&url, args.conn.cluster).await {
         Err(e) => {
-            say.error(format_args!(
-                "redis unavailable at {}: {e}",
-                conn::redact(&url)
-            ));
-            exit::UNAVAILABLE
+            let (msg, code) = conn::describe_connect_error(&e, &url);
+            say.error(msg);
+            code
         }
         Ok(conn::Backend::Single { client, conn }) => {
             let locks = spacelock_client::SpaceLock::new(conn, options).with_wait_connector(client);
@@ -280,11 +278,9 @@ async fn info_command(args: InfoArgs) -> i32 {
     let options = spacelock_client::Options::default().key_prefix(args.conn.prefix.clone());
     match conn::connect(&url, args.conn.cluster).await {
         Err(e) => {
-            say.error(format_args!(
-                "redis unavailable at {}: {e}",
-                conn::redact(&url)
-            ));
-            exit::UNAVAILABLE
+            let (msg, code) = conn::describe_connect_error(&e, &url);
+            say.error(msg);
+            code
         }
         Ok(conn::Backend::Single { conn, .. }) => {
             let locks = spacelock_client::SpaceLock::new(conn, options);

@@ -504,6 +504,17 @@ fn unreachable_server_exits_69() {
     let out = output(c);
     assert_eq!(out.code(), Some(69));
     assert!(!out.stderr.contains("hunter2"), "{}", out.stderr);
+
+    // A URL that does not parse is a usage error.
+    let mut c = spacelock();
+    c.args(["run", "--url", "not a url", "k", "--", "true"]);
+    let out = output(c);
+    assert_eq!(out.code(), Some(64), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.starts_with("spacelock: invalid --url not a url"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
