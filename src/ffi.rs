@@ -996,27 +996,51 @@ impl Key {
     }
 }
 
-impl LoadCtx {
-    /// Subscribes `crate::wait::on_key_event` to generic, expired and
-    /// evicted keyspace events (DEL, UNLINK, RENAME, MOVE, EXPIRE — which
-    /// `SET … PX` also fires —, expiry, eviction). Not to string events: a
-    /// plain `SET` would then pay for a module callback on every key of the
-    /// server (measured +0.1–0.15 µs per SET on Redis 7.0), and a `SET`
-    /// without expiry over a held lock is caught when the armed timer fires.
-    pub fn subscribe_key_events(&self) -> Result<(), String> {
-        let types = raw::REDISMODULE_NOTIFY_GENERIC
-            | raw::REDISMODULE_NOTIFY_EXPIRED
-            | raw::REDISMODULE_NOTIFY_EVICTED;
-        // SAFETY: valid load ctx; plain callback function.
+/// Keyspace-event classes WAIT listens to: generic, expired and evicted
+/// (DEL, UNLINK, RENAME, MOVE, MIGRATE, EXPIRE — which `SET … PX` also fires
+/// —, expiry, eviction). Not string events: a plain `SET` would then pay for a
+/// module callback on every key of the server (measured +0.1–0.15 µs per SET
+/// on Redis 7.0), and a `SET` without expiry over a held lock is caught when
+/// the armed timer fires.
+const WAIT_EVENTS: c_int = (raw::REDISMODULE_NOTIFY_GENERIC
+    | raw::REDISMODULE_NOTIFY_EXPIRED
+    | raw::REDISMODULE_NOTIFY_EVICTED) as c_int;
+
+impl Ctx {
+    /// Subscribes `crate::wait::on_key_event` to [`WAIT_EVENTS`]. Done
+    /// lazily, when the first client waits: until then the server pays
+    /// nothing for keyspace events on behalf of spacelock.
+    pub fn subscribe_key_events(&self) -> bool {
+        // SAFETY: valid ctx; plain callback function.
         let rc = unsafe {
-            api!(RedisModule_SubscribeToKeyspaceEvents)(self.0, types as c_int, Some(wait_key_cb))
+            api!(RedisModule_SubscribeToKeyspaceEvents)(self.0, WAIT_EVENTS, Some(wait_key_cb))
         };
-        if rc != raw::REDISMODULE_OK as c_int {
-            return Err("cannot subscribe to keyspace events".into());
-        }
-        Ok(())
+        rc == raw::REDISMODULE_OK as c_int
     }
 
+    /// Whether this server can undo a keyspace-event subscription.
+    pub fn can_unsubscribe_key_events() -> bool {
+        // SAFETY: see `api!`.
+        unsafe { raw::RedisModule_UnsubscribeFromKeyspaceEvents }.is_some()
+    }
+
+    /// Undoes [`subscribe_key_events`](Self::subscribe_key_events) where the
+    /// server can (Redis >= 7.4, Valkey >= 8.1 …); `false` if it cannot.
+    /// Call only from a timer callback, never while the server dispatches a
+    /// keyspace event (it walks the subscriber list).
+    pub fn unsubscribe_key_events(&self) -> bool {
+        // SAFETY: see `api!`; the function may be absent on older servers.
+        let Some(unsubscribe) = (unsafe { raw::RedisModule_UnsubscribeFromKeyspaceEvents }) else {
+            return false;
+        };
+        // SAFETY: valid ctx; the same (types, callback) pair we subscribed.
+        unsafe {
+            unsubscribe(self.0, WAIT_EVENTS, Some(wait_key_cb)) == raw::REDISMODULE_OK as c_int
+        }
+    }
+}
+
+impl LoadCtx {
     /// Subscribes `crate::wait::on_flush` to FLUSHALL / FLUSHDB, SWAPDB and
     /// replication role changes (a primary turned replica must let its
     /// waiters go).

@@ -177,8 +177,8 @@ pub fn on_load(ctx: &LoadCtx, args: &[RStr]) -> Result<(), String> {
     }
     ctx.load_configs()?;
     ctx.register_info()?;
-    // WAIT: removals of a lock key by other means hand it to the next waiter.
-    ctx.subscribe_key_events()?;
+    // WAIT: FLUSH*/SWAPDB/role changes settle the queues (keyspace events
+    // are subscribed lazily, by the first WAIT: see crate::wait).
     ctx.subscribe_flush()?;
     ctx.log(
         c"notice",

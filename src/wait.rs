@@ -43,7 +43,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::args::{parse_timeout, ArgError};
@@ -344,6 +344,12 @@ impl<H: Copy + Eq + Hash> Registry<H> {
         any && self.pending_timer.is_none()
     }
 
+    /// Asks the pending timer to run (to unsubscribe from keyspace events
+    /// once idle). Returns whether it must be armed now.
+    pub fn mark_unsubscribe(&mut self) -> bool {
+        self.pending_timer.is_none()
+    }
+
     /// Records the pending timer.
     pub fn set_pending_timer(&mut self, id: Option<u64>) {
         self.pending_timer = id;
@@ -427,6 +433,8 @@ pub fn block_timeout(timeout_ms: i64) -> i64 {
 
 static REGISTRY: Mutex<Option<Registry<BlockedClient>>> = Mutex::new(None);
 static SELF_WRITES: AtomicU32 = AtomicU32::new(0);
+/// Whether `on_key_event` is subscribed (see [`enqueue`] and [`on_timer`]).
+static SUBSCRIBED: AtomicBool = AtomicBool::new(false);
 
 fn lock_registry() -> MutexGuard<'static, Option<Registry<BlockedClient>>> {
     REGISTRY
@@ -485,6 +493,11 @@ pub fn enqueue(ctx: &Ctx, key: RStr, owner: RStr, ttl_ms: i64, timeout_ms: i64) 
     };
     let pushed = with(|r| r.push(db, name, bc, owner.as_bytes(), ttl_ms, usize::MAX));
     debug_assert!(pushed.is_ok());
+    // Keyspace events matter only while someone waits: subscribe now (a
+    // server where nobody ever waits pays nothing for them).
+    if !SUBSCRIBED.load(Relaxed) && ctx.subscribe_key_events() {
+        SUBSCRIBED.store(true, Relaxed);
+    }
     settle(ctx, key);
 }
 
@@ -584,10 +597,16 @@ fn arm(ctx: &Ctx, db: i32, name: &[u8], expire_at: Option<i64>) {
     }
 }
 
-/// Frees `key`'s queue and timer if nobody waits any more.
+/// Frees `key`'s queue and timer if nobody waits any more. Once nobody
+/// waits anywhere, the pending timer unsubscribes from keyspace events (from
+/// a timer: this may run inside the server's event dispatch).
 fn finish(ctx: &Ctx, db: i32, name: &[u8]) {
     if let Some(id) = with(|r| r.drop_if_empty(db, name)) {
         ctx.stop_timer(id);
+    }
+    if SUBSCRIBED.load(Relaxed) && Ctx::can_unsubscribe_key_events() && with(|r| r.is_empty()) {
+        let needed = with(|r| r.mark_unsubscribe());
+        arm_pending(ctx, needed);
     }
 }
 
@@ -612,6 +631,10 @@ pub fn on_disconnect(ctx: &Ctx, bc: BlockedClient) {
 /// A timer fired: the expiry timer of a queue, or (data 0) the pending one.
 pub fn on_timer(ctx: &Ctx, data: u64) {
     let keys = if data == 0 {
+        let idle = with(|r| r.is_empty());
+        if idle && SUBSCRIBED.load(Relaxed) && ctx.unsubscribe_key_events() {
+            SUBSCRIBED.store(false, Relaxed);
+        }
         with(|r| r.take_pending())
     } else {
         match with(|r| r.key_of(data)) {
