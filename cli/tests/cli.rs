@@ -206,11 +206,15 @@ fn exit_code_is_propagated_including_signals() {
         ("kill -KILL $$", 128 + 9),
         ("kill -TERM $$", 128 + 15),
         ("kill -SEGV $$", 128 + 11),
+        // SIGPIPE is not left ignored for the command (Rust ignores it in
+        // spacelock itself): `yes` dies of it quietly.
+        ("yes | head -n 1 >/dev/null; exit 0", 0),
     ] {
         let mut c = run_cmd(&server, &["-q", "codes", "--"]);
         c.args(sh(script));
         let out = output(c);
         assert_eq!(out.code(), Some(want), "{script}: stderr {}", out.stderr);
+        assert_eq!(out.stderr, "", "{script}");
         assert!(
             !exists(&server, &format!("{PREFIX}codes")),
             "{script}: released"
