@@ -676,12 +676,20 @@ fn fence_key_never_keeps_a_ttl_someone_put_on_it() {
     acquire(&mut con, b"t", b"o", 1000).unwrap();
     release(&mut con, b"t", b"o");
     let fence = fence_key(&mut con, b"t");
-    let _: i64 = redis::cmd("PEXPIRE").arg(&fence).arg(100_000).query(&mut con).unwrap();
+    let _: i64 = redis::cmd("PEXPIRE")
+        .arg(&fence)
+        .arg(100_000)
+        .query(&mut con)
+        .unwrap();
     assert_eq!(acquire(&mut con, b"t", b"o", 1000), Some(2));
     assert_eq!(pttl(&mut con, &fence), -1);
     assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"2"[..]));
     // An integer-encoded counter (as a replica stores it) is rewritten too.
-    let _: () = redis::cmd("SET").arg(&fence).arg(99).query(&mut con).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&fence)
+        .arg(99)
+        .query(&mut con)
+        .unwrap();
     release(&mut con, b"t", b"o");
     assert_eq!(acquire(&mut con, b"t", b"o", 1000), Some(100));
     assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"100"[..]));
