@@ -72,6 +72,12 @@ pub fn is_valkey(con: &mut redis::Connection) -> bool {
     info.contains("valkey_version:")
 }
 
+/// Whether a failed start was a port taken by someone else.
+fn port_clash(log: &str) -> bool {
+    log.contains("Address already in use")
+        || log.contains("Could not create server TCP listening socket")
+}
+
 /// Builder for a test server.
 #[derive(Clone)]
 pub struct ServerBuilder {
@@ -151,9 +157,15 @@ impl ServerBuilder {
     /// # Panics
     /// If the server does not come up; the panic message holds its log.
     pub fn start(self) -> Server {
-        match self.try_start() {
-            Ok(s) => s,
-            Err(log) => panic!("server failed to start:\n{log}"),
+        // `free_port` releases the port before the server binds it, so
+        // another process can take it in between: retry on a fresh port.
+        let mut attempt = 0;
+        loop {
+            match self.clone().try_start() {
+                Ok(s) => return s,
+                Err(log) if attempt < 4 && self.port.is_none() && port_clash(&log) => attempt += 1,
+                Err(log) => panic!("server failed to start:\n{log}"),
+            }
         }
     }
 
