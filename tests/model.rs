@@ -7,7 +7,6 @@
 
 mod common;
 
-use common::Server;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::Value;
 use std::collections::hash_map::{Entry, HashMap};
@@ -29,6 +28,9 @@ enum Op {
     BadRefresh(usize, usize),
     /// Expire the key for real: PEXPIRE 1, then wait 2 ms before the next batch.
     Expire(usize),
+    /// `ACQUIRE … WAIT 1`: deterministic with one client, since nobody can
+    /// release in between: granted at once when free, nil after 1 ms when held.
+    AcquireWait(usize, usize),
 }
 
 /// The reference: lock holders and fence counters.
@@ -49,7 +51,7 @@ enum Reply {
 impl Model {
     fn apply(&mut self, op: &Op) -> Reply {
         match *op {
-            Op::Acquire(k, o) => match self.holder.entry(k) {
+            Op::Acquire(k, o) | Op::AcquireWait(k, o) => match self.holder.entry(k) {
                 Entry::Occupied(_) => Reply::Nil,
                 Entry::Vacant(slot) => {
                     slot.insert(o);
@@ -85,7 +87,8 @@ fn random_op(rng: &mut StdRng) -> Op {
     let k = rng.random_range(0..KEYS.len());
     let o = rng.random_range(0..OWNERS.len());
     match rng.random_range(0..100) {
-        0..=34 => Op::Acquire(k, o),
+        0..=32 => Op::Acquire(k, o),
+        33..=34 => Op::AcquireWait(k, o),
         35..=54 => Op::Refresh(k, o),
         55..=79 => Op::Release(k, o),
         80..=86 => Op::Del(k),
@@ -122,6 +125,13 @@ fn add_to_pipe(pipe: &mut redis::Pipeline, op: &Op) {
             .arg(OWNERS[o])
             .arg(0),
         Op::Expire(k) => pipe.cmd("PEXPIRE").arg(KEYS[k]).arg(1),
+        Op::AcquireWait(k, o) => pipe
+            .cmd("SPACELOCK.ACQUIRE")
+            .arg(KEYS[k])
+            .arg(OWNERS[o])
+            .arg(LONG_TTL)
+            .arg("WAIT")
+            .arg(1),
     };
 }
 
@@ -147,7 +157,9 @@ fn live_server_matches_reference_model() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(100_000);
     println!("model test: SPACELOCK_MODEL_SEED={seed} SPACELOCK_MODEL_OPS={total}");
-    let server = Server::new();
+    // A WAIT on a held key blocks until its 1 ms timeout, which the server
+    // notices on its next cron tick: a high hz keeps those pauses short.
+    let server = common::ServerBuilder::new().arg("hz", "500").start();
     let mut con = server.conn();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = Model::default();

@@ -238,3 +238,98 @@ fn promoted_replica_continues_tokens_and_keeps_locks() {
         assert_eq!(t, last + 1, "{k}: the new master continues the counter");
     }
 }
+
+fn repl_offset(con: &mut Connection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("replication").query(con).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn calls_that_change_nothing_propagate_nothing() {
+    // Keep the master's pings to the replica from moving the offset.
+    let master = ServerBuilder::new()
+        .arg("repl-ping-replica-period", "3600")
+        .start();
+    let _replica = start_replica(&master, false);
+    let mut m = master.conn();
+    acquire(&mut m, "held", "owner", 60_000).unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg("list")
+        .arg("x")
+        .query(&mut m)
+        .unwrap();
+    sync(&mut m);
+    let before = repl_offset(&mut m);
+    for _ in 0..20 {
+        assert_eq!(acquire(&mut m, "held", "owner", 1000), None);
+        assert_eq!(acquire(&mut m, "held", "other", 1000), None);
+        let r: i64 = redis::cmd("SPACELOCK.REFRESH")
+            .arg("held")
+            .arg("other")
+            .arg(1000)
+            .query(&mut m)
+            .unwrap();
+        assert_eq!(r, 0);
+        let r: i64 = redis::cmd("SPACELOCK.REFRESH")
+            .arg("missing")
+            .arg("owner")
+            .arg(1000)
+            .query(&mut m)
+            .unwrap();
+        assert_eq!(r, 0);
+        let r: i64 = redis::cmd("SPACELOCK.RELEASE")
+            .arg("held")
+            .arg("other")
+            .query(&mut m)
+            .unwrap();
+        assert_eq!(r, 0);
+        let r: i64 = redis::cmd("SPACELOCK.RELEASE")
+            .arg("missing")
+            .arg("owner")
+            .query(&mut m)
+            .unwrap();
+        assert_eq!(r, 0);
+        for bad in [
+            redis::cmd("SPACELOCK.ACQUIRE")
+                .arg("list")
+                .arg("o")
+                .arg(1000)
+                .clone(),
+            redis::cmd("SPACELOCK.ACQUIRE")
+                .arg("k")
+                .arg("o")
+                .arg(0)
+                .clone(),
+            redis::cmd("SPACELOCK.REFRESH")
+                .arg("held")
+                .arg("owner")
+                .arg("x")
+                .clone(),
+        ] {
+            assert!(bad.query::<redis::Value>(&mut m).is_err());
+        }
+        let _: redis::Value = redis::cmd("SPACELOCK.INFO")
+            .arg("held")
+            .query(&mut m)
+            .unwrap();
+    }
+    assert_eq!(
+        repl_offset(&mut m),
+        before,
+        "a call that changed nothing was propagated"
+    );
+    // A call that changes something does move it.
+    let r: i64 = redis::cmd("SPACELOCK.REFRESH")
+        .arg("held")
+        .arg("owner")
+        .arg(60_000)
+        .query(&mut m)
+        .unwrap();
+    assert_eq!(r, 1);
+    assert!(repl_offset(&mut m) > before);
+}
