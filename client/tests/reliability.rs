@@ -463,9 +463,57 @@ fn keyslot(con: &mut redis::Connection, key: &str) -> u16 {
         .unwrap()
 }
 
+/// Each node's view of every node's config epoch, from `CLUSTER NODES`.
+fn epoch_views(cluster: &Cluster) -> Vec<Vec<(String, u64)>> {
+    cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let text: String = redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query(&mut n.conn())
+                .unwrap();
+            let mut view: Vec<(String, u64)> = text
+                .lines()
+                .map(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    (f[0].to_string(), f[6].parse().unwrap())
+                })
+                .collect();
+            view.sort();
+            view
+        })
+        .collect()
+}
+
+/// Waits until every node agrees on distinct config epochs for all nodes.
+///
+/// `Cluster::start` joins nodes that all start at config epoch 0, and the
+/// cluster resolves the collisions by gossip over the next second or so.
+/// Migrating a slot before that can lose it: seen once in ~20 runs, the
+/// target took the slot without bumping its epoch (it already had the
+/// highest epoch it knew of), the source then rose to a higher epoch by
+/// collision handling and its stale gossip took the slot back on the target
+/// only, leaving node 0 and node 2 each sending MOVED to the other.
+/// `redis-cli --cluster create` avoids this with `CLUSTER SET-CONFIG-EPOCH`
+/// per node before MEET.
+fn wait_for_settled_epochs(cluster: &Cluster) {
+    let settled = common::wait_until(Duration::from_secs(15), || {
+        let views = epoch_views(cluster);
+        let epochs: HashSet<u64> = views[0].iter().map(|(_, e)| *e).collect();
+        views.iter().all(|v| v == &views[0]) && epochs.len() == cluster.nodes.len()
+    });
+    assert!(
+        settled,
+        "config epochs never settled: {:?}",
+        epoch_views(cluster)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_follows_a_slot_migration() {
     let cluster = Arc::new(Cluster::start(3));
+    wait_for_settled_epochs(&cluster);
     let client = ClusterClient::new(cluster.urls()).unwrap();
     let mut conn = client.get_async_connection().await.unwrap();
     let locks = SpaceLock::new(
