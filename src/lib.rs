@@ -58,7 +58,7 @@ fn command_table() -> [CommandDef; 5] {
     [
         CommandDef {
             name: c"spacelock.acquire",
-            flags: c"write deny-oom fast",
+            flags: c"write deny-oom fast blocking",
             summary: c"Acquires a lease lock if the key is free and returns a new fencing token; with WAIT, queues (FIFO) until the lock is handed over or the timeout passes",
             complexity: c"O(1)",
             since: c"0.1.0",

@@ -416,6 +416,14 @@ impl Cluster {
             })
             .collect();
         for (i, node) in nodes.iter().enumerate() {
+            // Distinct config epochs up front, as `redis-cli --cluster create`
+            // does: otherwise the nodes settle epoch collisions after MEET, and
+            // a slot migrated meanwhile can be taken back by stale gossip.
+            let _: () = redis::cmd("CLUSTER")
+                .arg("SET-CONFIG-EPOCH")
+                .arg(i + 1)
+                .query(&mut node.conn())
+                .unwrap();
             let lo = i * 16384 / n;
             let hi = (i + 1) * 16384 / n - 1;
             let mut con = node.conn();
