@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::LockConnection;
+use crate::lease::ValidUntil;
 
 /// Interval between refreshes: `max(1 ms, ttl/3)`, with the seed's integer ms.
 pub(crate) fn refresh_interval(ttl_ms: u64) -> Duration {
@@ -43,6 +44,8 @@ struct Entry {
     wake: Instant,
     in_flight: bool,
     lost: CancellationToken,
+    /// Shared with the [`Lease`](crate::Lease), which reads it directly.
+    valid_until: Arc<ValidUntil>,
 }
 
 impl Entry {
@@ -110,17 +113,19 @@ impl Heartbeat {
     }
 
     /// Starts refreshing `key`, acquired by a command that started at
-    /// `acquired_at`. `lost` is cancelled when the lease is lost.
+    /// `valid_until.start()`. `lost` is cancelled when the lease is lost;
+    /// `valid_until` is moved forward on every successful refresh.
     pub(crate) fn register<C: LockConnection>(
         &self,
         conn: &C,
         owner: &Arc<str>,
         key: &str,
         ttl_ms: u64,
-        acquired_at: Instant,
         lost: CancellationToken,
+        valid_until: Arc<ValidUntil>,
     ) -> u64 {
         let interval = refresh_interval(ttl_ms);
+        let acquired_at = valid_until.start();
         let mut st = self.shared.lock();
         let id = st.next_id;
         st.next_id += 1;
@@ -135,6 +140,7 @@ impl Heartbeat {
             wake: next_refresh,
             in_flight: false,
             lost,
+            valid_until,
         };
         // The refresher sleeps until the earliest wake-up: wake it only if
         // this lease is due before that (a lock cycle then costs no task switch).
@@ -214,6 +220,12 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
                 let Some(e) = st.leases.get_mut(&id) else {
                     continue;
                 };
+                // Declared lost by the holder (`Lease::is_lost` saw the
+                // deadline pass first): stop refreshing it.
+                if e.lost.is_cancelled() {
+                    st.leases.remove(&id);
+                    continue;
+                }
                 if now >= e.deadline() {
                     tracing::warn!(
                         key = %e.key,
@@ -279,10 +291,15 @@ fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, S
         return; // released meanwhile
     };
     e.in_flight = false;
+    if e.lost.is_cancelled() {
+        st.remove(id);
+        return;
+    }
     match result {
         Ok(1) => {
             if started > e.last_ok_start {
                 e.last_ok_start = started;
+                e.valid_until.extend(started, e.ttl);
             }
             if Instant::now() >= e.deadline() {
                 tracing::warn!(

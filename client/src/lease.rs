@@ -1,7 +1,10 @@
 //! The [`Lease`] handed to a locked body.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +42,50 @@ struct LeaseInner {
     token: u64,
     ttl: Duration,
     lost: CancellationToken,
+    valid_until: Arc<ValidUntil>,
+}
+
+/// The local deadline of a lease: the start of its last successful refresh
+/// (or of the acquire) plus the ttl, on the monotonic clock. The heartbeat
+/// moves it forward; [`Lease::is_lost`] reads it directly, so a holder sees
+/// the deadline pass even when the heartbeat task has not run yet (a busy or
+/// starved runtime).
+#[derive(Debug)]
+pub(crate) struct ValidUntil {
+    base: Instant,
+    nanos: AtomicU64,
+}
+
+impl ValidUntil {
+    /// A deadline of `start + ttl`.
+    pub(crate) fn new(start: Instant, ttl: Duration) -> Arc<Self> {
+        let v = Arc::new(ValidUntil {
+            base: start,
+            nanos: AtomicU64::new(0),
+        });
+        v.extend(start, ttl);
+        v
+    }
+
+    /// Moves the deadline to `start + ttl` if that is later.
+    pub(crate) fn extend(&self, start: Instant, ttl: Duration) {
+        let at = (start + ttl)
+            .saturating_duration_since(self.base)
+            .as_nanos();
+        self.nanos
+            .fetch_max(u64::try_from(at).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// The acquire's start, which the first deadline counts from.
+    pub(crate) fn start(&self) -> Instant {
+        self.base
+    }
+
+    /// Whether `now` is at or past the deadline.
+    pub(crate) fn passed(&self, now: Instant) -> bool {
+        let at = self.base + Duration::from_nanos(self.nanos.load(Ordering::Acquire));
+        now >= at
+    }
 }
 
 impl Lease {
@@ -48,6 +95,7 @@ impl Lease {
         token: u64,
         ttl: Duration,
         lost: CancellationToken,
+        valid_until: Arc<ValidUntil>,
     ) -> Self {
         Lease {
             inner: Arc::new(LeaseInner {
@@ -56,6 +104,7 @@ impl Lease {
                 token,
                 ttl,
                 lost,
+                valid_until,
             }),
         }
     }
@@ -133,6 +182,10 @@ impl Lease {
 
     /// Whether the lease has been lost (or released). Once true, stays true.
     ///
+    /// True as soon as a refresh answered `0`, or as soon as the local
+    /// deadline (start of the last successful refresh + ttl, monotonic clock)
+    /// has passed, even if the heartbeat task has not woken up yet.
+    ///
     /// # Examples
     ///
     /// ```no_run
@@ -151,7 +204,16 @@ impl Lease {
     /// # Ok(()) }
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.inner.lost.is_cancelled()
+        if self.inner.lost.is_cancelled() {
+            return true;
+        }
+        // The deadline check does not wait for the heartbeat task to notice.
+        // Latch it: `lost()` resolves too, and the heartbeat stops.
+        if self.inner.valid_until.passed(Instant::now()) {
+            self.inner.lost.cancel();
+            return true;
+        }
+        false
     }
 
     /// Resolves when the lease is lost: a refresh answered `0` (the key

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::{LockConnection, WaitConnector, WaitPool};
 use crate::heartbeat::Heartbeat;
+use crate::lease::ValidUntil;
 use crate::options::{millis_ceil, Options};
 use crate::{Error, Lease};
 
@@ -599,22 +600,18 @@ impl<C: LockConnection> SpaceLock<C> {
         };
 
         let lost = CancellationToken::new();
+        let ttl = Duration::from_millis(self.inner.ttl_ms);
+        let valid_until = ValidUntil::new(started, ttl);
         guard.heartbeat_id = Some(self.inner.heartbeat.register(
             &self.inner.conn,
             &self.inner.owner,
             &key,
             self.inner.ttl_ms,
-            started,
             lost.clone(),
+            valid_until.clone(),
         ));
         guard.lost = Some(lost.clone());
-        let lease = Lease::new(
-            name,
-            key.clone(),
-            token,
-            Duration::from_millis(self.inner.ttl_ms),
-            lost.clone(),
-        );
+        let lease = Lease::new(name, key.clone(), token, ttl, lost.clone(), valid_until);
 
         let body = AssertUnwindSafe(async move { f(lease).await }).catch_unwind();
         let result: Option<Result<T, Box<dyn Any + Send>>> = if self.inner.options.cancel_on_lost {
