@@ -761,7 +761,11 @@ fn memory_returns_to_baseline_after_100k_cycles() {
     let _ = cycles(&server, 4_000, 1_000);
     let base = used_memory_settled(&mut con);
 
-    let (h0, t0) = (stat(&mut con, "handoffs"), stat(&mut con, "wait_timeouts"));
+    let (h0, t0, a0) = (
+        stat(&mut con, "handoffs"),
+        stat(&mut con, "wait_timeouts"),
+        stat(&mut con, "acquired"),
+    );
     let start = Instant::now();
     let chain = cycles(&server, 96_000, 10_000);
     let took = start.elapsed();
@@ -773,9 +777,10 @@ fn memory_returns_to_baseline_after_100k_cycles() {
     assert!(wait_until(LONG, || waiting(&mut con) == 0));
     assert_eq!(release(&mut con, "t2", "holder"), 1);
     let end = used_memory_settled(&mut con);
-    let (handoffs, timeouts) = (
+    let (handoffs, timeouts, immediate) = (
         stat(&mut con, "handoffs") - h0,
         stat(&mut con, "wait_timeouts") - t0,
+        stat(&mut con, "acquired") - a0,
     );
     eprintln!(
         "handoff chain, 8 pipelining waiters: 96k ACQUIRE WAIT + RELEASE pairs in {chain:?} ({:.0} pairs/s)",
@@ -785,7 +790,14 @@ fn memory_returns_to_baseline_after_100k_cycles() {
         "106k WAIT cycles in {took:?}: {handoffs} handoffs, {timeouts} timeouts; used_memory {base} -> {end} ({:+} bytes)",
         end - base
     );
-    assert!(handoffs > 10_000, "handoffs {handoffs}");
+    // Every ACQUIRE … WAIT of the chain was granted, by a handoff or (when
+    // the pipelines drift apart, more often on some servers) at once; the
+    // handoff path itself must have run many times.
+    assert!(
+        handoffs + immediate >= 96_000,
+        "grants {handoffs} + {immediate}"
+    );
+    assert!(handoffs > 1_000, "handoffs {handoffs}");
     assert!(timeouts >= 10_000, "timeouts {timeouts}");
     assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
     // A leak of even 16 bytes per cycle would show as > 1.6 MB.
