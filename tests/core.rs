@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{snapshot, Server, ServerBuilder};
+use common::{acquire, release, snapshot, Server, ServerBuilder};
 use redis::{Connection, Value};
 use std::time::Duration;
 
@@ -11,28 +11,11 @@ use std::time::Duration;
 const SEED_RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
 const SEED_REFRESH: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
 
-fn acquire(con: &mut Connection, key: &[u8], owner: &[u8], ttl: i64) -> Option<i64> {
-    redis::cmd("SPACELOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(con)
-        .unwrap()
-}
-
 fn refresh(con: &mut Connection, key: &[u8], owner: &[u8], ttl: i64) -> i64 {
     redis::cmd("SPACELOCK.REFRESH")
         .arg(key)
         .arg(owner)
         .arg(ttl)
-        .query(con)
-        .unwrap()
-}
-
-fn release(con: &mut Connection, key: &[u8], owner: &[u8]) -> i64 {
-    redis::cmd("SPACELOCK.RELEASE")
-        .arg(key)
-        .arg(owner)
         .query(con)
         .unwrap()
 }

@@ -4,19 +4,10 @@
 
 mod common;
 
-use common::{snapshot, wait_until, Server, ServerBuilder};
+use common::{acquire, snapshot, wait_until, Server, ServerBuilder};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::Connection;
 use std::time::Duration;
-
-fn acquire(con: &mut Connection, key: &str, owner: &str, ttl: i64) -> Option<i64> {
-    redis::cmd("SPACELOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(con)
-        .unwrap()
-}
 
 fn start_replica(master: &Server, with_module: bool) -> Server {
     let mut b = ServerBuilder::new().arg("replicaof", &format!("127.0.0.1 {}", master.port));

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{snapshot, wait_until, Server, ServerBuilder};
+use common::{acquire, release, snapshot, wait_until, Server, ServerBuilder};
 use redis::Connection;
 
 const LONG: Duration = Duration::from_secs(10);
@@ -17,15 +17,6 @@ fn conn(server: &Server) -> Connection {
     let con = server.conn();
     con.set_read_timeout(Some(LONG)).unwrap();
     con
-}
-
-fn acquire(con: &mut Connection, key: &str, owner: &str, ttl: i64) -> Option<i64> {
-    redis::cmd("SPACELOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(con)
-        .unwrap()
 }
 
 fn acquire_wait(
@@ -42,14 +33,6 @@ fn acquire_wait(
         .arg("WAIT")
         .arg(timeout)
         .query(con)
-}
-
-fn release(con: &mut Connection, key: &str, owner: &str) -> i64 {
-    redis::cmd("SPACELOCK.RELEASE")
-        .arg(key)
-        .arg(owner)
-        .query(con)
-        .unwrap()
 }
 
 fn get(con: &mut Connection, key: &str) -> Option<String> {

@@ -355,6 +355,34 @@ impl Drop for Server {
     }
 }
 
+/// `SPACELOCK.ACQUIRE key owner ttl`: the token, or `None` when held.
+pub fn acquire(
+    con: &mut redis::Connection,
+    key: impl redis::ToRedisArgs,
+    owner: impl redis::ToRedisArgs,
+    ttl: i64,
+) -> Option<i64> {
+    redis::cmd("SPACELOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(con)
+        .unwrap()
+}
+
+/// `SPACELOCK.RELEASE key owner`: 1 if released, 0 otherwise.
+pub fn release(
+    con: &mut redis::Connection,
+    key: impl redis::ToRedisArgs,
+    owner: impl redis::ToRedisArgs,
+) -> i64 {
+    redis::cmd("SPACELOCK.RELEASE")
+        .arg(key)
+        .arg(owner)
+        .query(con)
+        .unwrap()
+}
+
 /// Every key in db 0, sorted, as raw bytes.
 pub fn all_keys(con: &mut redis::Connection) -> Vec<Vec<u8>> {
     let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(con).unwrap();
