@@ -6,9 +6,9 @@ use crate::args::{check_owner, parse_ttl};
 use crate::config;
 use crate::fence;
 use crate::ffi::{Command, Ctx, RStr, Value};
-use crate::lock::{self, parse_token};
+use crate::lock;
 use crate::stats;
-use crate::store::RedisStore;
+use crate::store::{fence_token, RedisStore};
 
 /// Validates `owner` and `ttl` (in that order) before any key is opened.
 fn owner_and_ttl(owner: RStr, ttl: RStr) -> Result<i64, crate::args::ArgError> {
@@ -141,13 +141,9 @@ impl Command for Info {
         };
         let fence_name = crate::ffi::OwnedStr::new(&fence::fence_key(key.as_bytes()));
         let fence_key = ctx.open(fence_name.as_rstr(), false);
-        let token = match fence_key.value() {
-            Value::Empty => 0,
-            Value::Str(v) => match parse_token(v) {
-                Ok(t) => t,
-                Err(e) => return ctx.reply_error(&e.to_string()),
-            },
-            Value::Other => return ctx.reply_error(&lock::LockError::FenceWrongType.to_string()),
+        let token = match fence_token(&fence_key) {
+            Ok(t) => t,
+            Err(e) => return ctx.reply_error(&e.to_string()),
         };
         ctx.reply_map(4);
         ctx.reply_bulk(b"owner");
@@ -157,7 +153,7 @@ impl Command for Info {
         ctx.reply_bulk(b"token");
         ctx.reply_i64(token);
         ctx.reply_bulk(b"waiters");
-        ctx.reply_i64(crate::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
+        ctx.reply_i64(crate::wait::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
     }
 }
 

@@ -114,16 +114,6 @@ fn command_table() -> [CommandDef; 5] {
     ]
 }
 
-/// Number of clients waiting (WAIT) and keys with waiters, for INFO.
-pub fn waiters_gauges() -> (u64, u64) {
-    wait::gauges()
-}
-
-/// Number of clients waiting on `key` in database `db`.
-pub fn waiters_on(db: i32, key: &[u8]) -> usize {
-    wait::waiters_on(db, key)
-}
-
 /// The ACL categories of `def` where modules may set them (Redis >= 7.4,
 /// Valkey >= 8.0): `spacelock` plus the core categories its flags imply
 /// (`write` or `read`, and `fast`). The server derives none of them for module

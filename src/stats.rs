@@ -50,7 +50,7 @@ pub fn render(info: &mut InfoCtx) {
     info.field(c"release_not_owner", RELEASE_NOT_OWNER.get());
     info.field(c"handoffs", HANDOFFS.get());
     info.field(c"wait_timeouts", WAIT_TIMEOUTS.get());
-    let (clients, keys) = crate::waiters_gauges();
+    let (clients, keys) = crate::wait::gauges();
     info.field(c"waiting_clients", clients);
     info.field(c"keys_with_waiters", keys);
 }

@@ -8,6 +8,15 @@ use crate::fence;
 use crate::ffi::{Ctx, EventClass, Key, OwnedStr, RStr, Value};
 use crate::lock::{parse_token, LockError, Probe, Store};
 
+/// The last token stored in an open fence key: 0 when it does not exist.
+pub fn fence_token(fence: &Key) -> Result<i64, LockError> {
+    match fence.value() {
+        Value::Empty => Ok(0),
+        Value::Str(v) => parse_token(v),
+        Value::Other => Err(LockError::FenceWrongType),
+    }
+}
+
 /// One lock key opened for one caller.
 pub struct RedisStore<'a> {
     ctx: &'a Ctx,
@@ -56,11 +65,7 @@ impl Store for RedisStore<'_> {
     }
 
     fn last_token(&mut self) -> Result<i64, LockError> {
-        match self.fence().value() {
-            Value::Empty => Ok(0),
-            Value::Str(v) => parse_token(v),
-            Value::Other => Err(LockError::FenceWrongType),
-        }
+        fence_token(self.fence())
     }
 
     fn grant(&mut self, expire_at_ms: i64, token: i64) {
