@@ -4,8 +4,9 @@
 //!   so `make test-compat` runs the same suite against every server version.
 //! * The module comes from `$SPACELOCK_MODULE` (the Makefile sets it), else
 //!   `target/release/libspacelock.so` in the workspace.
-//! * Each server gets a free loopback port (`bind 127.0.0.1:0`), its own temp
-//!   dir and log file; startup polls PING with a deadline and fails fast,
+//! * Each server gets a free loopback port below the kernel's ephemeral range
+//!   (so no test's outgoing connection can take it before the server binds),
+//!   its own temp dir and log file; startup polls PING with a deadline and fails fast,
 //!   printing the log, if the child exits.
 //! * Drop sends `SHUTDOWN NOSAVE`, waits, then kills.
 #![allow(dead_code)]
@@ -13,6 +14,7 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +40,50 @@ pub fn module_path() -> PathBuf {
     panic!("libspacelock.so not found: run `make build` or set SPACELOCK_MODULE");
 }
 
-/// A free loopback port (the listener is dropped before the server binds it).
+/// The kernel's ephemeral port range (`ip_local_port_range`), where outgoing
+/// connections get their local ports.
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// A free loopback port, checked by binding it (the listener is dropped
+/// before the server binds it).
+///
+/// Why not `bind(127.0.0.1:0)`: that hands out a port from the ephemeral
+/// range, and the suite's many client connections draw their local ports
+/// from the same range. Between our check and the server's bind, a parallel
+/// test's connection can take the port (seen in CI on a cluster bus port).
+/// Ports below the range are never used for outgoing connections, and each
+/// call in this process walks to a different one from a per-process start.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (lo, hi) = ephemeral_range();
+    let (base, span) = if lo > 12_000 {
+        (10_000u32, u32::from(lo) - 10_000)
+    } else {
+        (u32::from(hi) + 1, 65_535 - u32::from(hi))
+    };
+    // A start that differs per process, so parallel test binaries (and the
+    // test-compat runs) spread out instead of racing for the same ports.
+    let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos()),
+    );
+    let _ = NEXT.compare_exchange(0, seed | 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..span.min(4096) {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -87,6 +131,9 @@ pub struct ServerBuilder {
     args: Vec<(String, String)>,
     dir: Option<Arc<tempfile::TempDir>>,
     port: Option<u16>,
+    /// `Some` for a cluster node; the inner value is a fixed bus port
+    /// (restarts), `None` picks a fresh one on every start attempt.
+    cluster_bus: Option<Option<u16>>,
     debug_command: bool,
 }
 
@@ -106,6 +153,7 @@ impl ServerBuilder {
             args: Vec::new(),
             dir: None,
             port: None,
+            cluster_bus: None,
             debug_command: true,
         }
     }
@@ -146,6 +194,13 @@ impl ServerBuilder {
         self
     }
 
+    /// A cluster node (`cluster-enabled yes`) with its own bus port
+    /// (`cluster-port`), chosen afresh on each start attempt.
+    pub fn cluster(mut self) -> Self {
+        self.cluster_bus = Some(None);
+        self
+    }
+
     /// Do not pass `enable-debug-command` (servers older than 7.0 reject it).
     pub fn without_debug_command(mut self) -> Self {
         self.debug_command = false;
@@ -176,6 +231,7 @@ impl ServerBuilder {
             .clone()
             .unwrap_or_else(|| Arc::new(tempfile::tempdir().expect("tempdir")));
         let port = self.port.unwrap_or_else(free_port);
+        let bus_port = self.cluster_bus.map(|bus| bus.unwrap_or_else(free_port));
         let log = dir.path().join(format!("server-{port}.log"));
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--port")
@@ -192,6 +248,12 @@ impl ServerBuilder {
             .arg("no");
         if self.debug_command {
             cmd.arg("--enable-debug-command").arg("yes");
+        }
+        if let Some(bus) = bus_port {
+            cmd.arg("--cluster-enabled")
+                .arg("yes")
+                .arg("--cluster-port")
+                .arg(bus.to_string());
         }
         if let Some(module) = &self.module {
             cmd.arg("--loadmodule").arg(module);
@@ -238,9 +300,14 @@ impl ServerBuilder {
         Ok(Server {
             child: Some(child),
             port,
+            bus_port,
             dir,
             log,
-            builder: self,
+            // A restart keeps the bus port, as it keeps the port.
+            builder: ServerBuilder {
+                cluster_bus: bus_port.map(Some),
+                ..self
+            },
         })
     }
 }
@@ -250,6 +317,8 @@ pub struct Server {
     child: Option<Child>,
     /// Its loopback port.
     pub port: u16,
+    /// Its cluster bus port, for a cluster node.
+    pub bus_port: Option<u16>,
     /// Its data directory (shared with restarts).
     pub dir: Arc<tempfile::TempDir>,
     log: PathBuf,
@@ -432,13 +501,10 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` masters and waits until every node reports `cluster_state:ok`.
     pub fn start(n: usize) -> Cluster {
-        let bus_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let nodes: Vec<Server> = bus_ports
-            .iter()
-            .map(|bus| {
+        let nodes: Vec<Server> = (0..n)
+            .map(|_| {
                 ServerBuilder::new()
-                    .arg("cluster-enabled", "yes")
-                    .arg("cluster-port", &bus.to_string())
+                    .cluster()
                     .arg("cluster-node-timeout", "5000")
                     .start()
             })
@@ -463,12 +529,13 @@ impl Cluster {
                 .unwrap();
         }
         let mut first = nodes[0].conn();
-        for (node, bus) in nodes.iter().zip(&bus_ports).skip(1) {
+        for node in nodes.iter().skip(1) {
+            let bus = node.bus_port.expect("cluster node has a bus port");
             let _: () = redis::cmd("CLUSTER")
                 .arg("MEET")
                 .arg("127.0.0.1")
                 .arg(node.port)
-                .arg(*bus)
+                .arg(bus)
                 .query(&mut first)
                 .unwrap();
         }

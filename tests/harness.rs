@@ -1,0 +1,41 @@
+//! Checks on the test harness itself: the port picker that every
+//! integration test depends on.
+
+mod common;
+
+use std::collections::HashSet;
+
+/// Ports come from below the kernel's ephemeral range (where the suite's
+/// outgoing connections take their local ports), are bindable, and do not
+/// repeat within a process.
+#[test]
+fn free_ports_avoid_the_ephemeral_range_and_do_not_repeat() {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let lo: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let mut seen = HashSet::new();
+    for _ in 0..200 {
+        let p = common::free_port();
+        assert!(
+            p < lo || lo <= 12_000,
+            "port {p} is in the ephemeral range (from {lo})"
+        );
+        assert!(seen.insert(p), "port {p} handed out twice");
+    }
+}
+
+/// A cluster node gets its own bus port, and keeps it across a restart.
+#[test]
+fn cluster_nodes_keep_their_bus_port_on_restart() {
+    let node = common::ServerBuilder::new().cluster().start();
+    let bus = node.bus_port.expect("bus port");
+    assert_ne!(bus, node.port);
+    let info: String = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("cluster-port")
+        .query::<Vec<String>>(&mut node.conn())
+        .unwrap()
+        .join(" ");
+    assert!(info.ends_with(&bus.to_string()), "{info}");
+    let node = node.restart_with(|b| b);
+    assert_eq!(node.bus_port, Some(bus));
+}
