@@ -4,10 +4,13 @@
 //! KEY, refreshed by a heartbeat, and kills the command if the lease is lost;
 //! `spacelock info KEY` shows who holds it. See `cli/README.md`.
 
+#![deny(unsafe_code)]
+
 mod conn;
 mod duration;
 mod info;
 mod run;
+mod sys;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::duration::format_duration;
+use crate::sys::{self, Terminal};
 use crate::{conn, exit, RunArgs, Say};
 
 /// How long the best-effort side queries (who holds it, why it was lost) may take.
@@ -194,7 +195,18 @@ async fn run_child<C: LockConnection>(
         // Its own process group, so a lost lease can stop everything it started.
         .process_group(0)
         .kill_on_drop(false);
-    stop_child_when_we_die(&mut cmd);
+    // In a terminal's foreground, the command gets the terminal, so that it
+    // can read from it (see `sys`).
+    let terminal = Terminal::foreground();
+    sys::prepare_child(&mut cmd, terminal);
+    // Subscribe before spawning, so no stop of the child can be missed.
+    let mut chld = match terminal.map(|_| signal(SignalKind::child())).transpose() {
+        Ok(chld) => chld,
+        Err(e) => {
+            say.error(format_args!("cannot watch the command: {e}"));
+            return BodyEnd::SpawnFailed(exit::SOFTWARE);
+        }
+    };
 
     let mut child = {
         // Spawn under the lock, so a signal is either pending (and we do not
@@ -227,12 +239,25 @@ async fn run_child<C: LockConnection>(
         }
     };
     let pg = lock(&shared).child_pg;
+    if let (Some(t), Some(pg)) = (terminal, pg) {
+        t.give_to(pg);
+    }
 
-    let status = tokio::select! {
-        biased;
-        status = child.wait() => Some(status),
-        () = lease.lost() => None,
+    let status = loop {
+        tokio::select! {
+            biased;
+            status = child.wait() => break Some(status),
+            () = lease.lost() => break None,
+            Some(()) = async { chld.as_mut()?.recv().await } => {
+                if let (Some(t), Some(pg)) = (terminal, pg) {
+                    follow_stop(t, pg, &say);
+                }
+            }
+        }
     };
+    if let Some(t) = terminal {
+        t.take_back();
+    }
     if let Some(status) = status {
         lock(&shared).child_pg = None;
         return BodyEnd::Exited(match status {
@@ -249,6 +274,9 @@ async fn run_child<C: LockConnection>(
     let deadline = Instant::now() + grace;
     if let Some(pg) = pg {
         let _ = killpg(pg, Signal::SIGTERM);
+        // A stopped process (Ctrl-Z, or SIGTTIN now that it lost the
+        // terminal) only acts on SIGTERM once continued.
+        let _ = killpg(pg, Signal::SIGCONT);
     }
     let why = lost_reason(&locks, &args.key).await;
     say.error(format_args!(
@@ -284,39 +312,27 @@ async fn run_child<C: LockConnection>(
     BodyEnd::Lost
 }
 
-/// If spacelock itself dies (`kill -9`, the OOM killer), nobody refreshes the
-/// lease or stops the command when it runs out: have the kernel send the
-/// command SIGTERM then (Linux `PR_SET_PDEATHSIG`; elsewhere a no-op).
-#[cfg(target_os = "linux")]
-fn stop_child_when_we_die(cmd: &mut tokio::process::Command) {
-    let parent = i64::from(std::process::id());
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid); it allocates
-    // nothing and touches no lock.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGTERM as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before the prctl took effect: then
-            // do not start the command at all.
-            if i64::from(libc::getppid()) != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
+/// Job control for a command that owns the terminal: when it is stopped
+/// (Ctrl-Z sends SIGTSTP to the foreground group, which is the command's),
+/// take the terminal back and stop spacelock too, so the shell sees its job
+/// stopped and gets its prompt back. When the shell continues us (`fg`), hand
+/// the terminal back if we are in the foreground again, and continue the
+/// command. While stopped, spacelock does not refresh the lease: a job
+/// suspended for longer than the ttl loses it (and is then stopped).
+fn follow_stop(terminal: Terminal, pg: Pid, say: &Say) {
+    if !sys::is_stopped(pg) {
+        return;
     }
+    terminal.take_back();
+    say.note(format_args!(
+        "the command was stopped; stopping too (the lease is not refreshed while stopped)"
+    ));
+    sys::stop_self();
+    if terminal.is_ours() {
+        terminal.give_to(pg);
+    }
+    let _ = killpg(pg, Signal::SIGCONT);
 }
-
-#[cfg(not(target_os = "linux"))]
-fn stop_child_when_we_die(_cmd: &mut tokio::process::Command) {}
 
 /// Why the lease was lost, as far as the server can tell now.
 async fn lost_reason<C: LockConnection>(locks: &SpaceLock<C>, name: &str) -> String {

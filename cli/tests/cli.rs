@@ -800,3 +800,114 @@ fn works_against_a_cluster() {
     c.args(["info", "--cluster", "--url", &urls, "bravo"]);
     assert_eq!(output(c).stdout, "free\n");
 }
+
+/// `script(1)` (util-linux, in every Debian) runs `spacelock` on a fresh
+/// pseudo-terminal, in the terminal's foreground group, as a shell prompt
+/// would. Bytes written to the returned child's stdin reach the terminal.
+fn under_terminal(server: &Server, key: &str, command: &str) -> Child {
+    let line = format!(
+        "{BIN} run --url {} --ttl 3s {key} -- sh -c '{command}'",
+        server.url()
+    );
+    Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env_remove("SPACELOCK_URL")
+        .env_remove("REDIS_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn script(1)")
+}
+
+/// The pid of the `spacelock run` process locking `key` (under `script`).
+fn spacelock_pid(key: &str) -> Option<Pid> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        (args.first() == Some(&BIN.as_bytes()) && args.contains(&key.as_bytes()))
+            .then(|| Pid::from_raw(pid))
+    })
+}
+
+/// State letter of a process (`S`, `R`, `T` for stopped, …).
+fn proc_state(pid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Run from a terminal, the command (in its own process group, for
+/// kill-on-loss) is handed the terminal and can read from it, instead of
+/// being stopped by SIGTTIN.
+#[test]
+fn an_interactive_command_can_read_the_terminal() {
+    use std::io::Write;
+    let server = Server::new();
+    let mut child = under_terminal(&server, "tty-read", "read x; echo got:$x");
+    let key = format!("{PREFIX}tty-read");
+    assert!(
+        wait_until(Duration::from_secs(10), || exists(&server, &key)),
+        "the lock was never taken"
+    );
+    child.stdin.as_mut().unwrap().write_all(b"hello\n").unwrap();
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("got:hello"), "stdout:\n{}", out.stdout);
+    assert!(!exists(&server, &key), "released after the command");
+}
+
+/// Ctrl-Z stops the command (the terminal's foreground group); spacelock
+/// then stops too, so a shell sees the job stopped. Continued, it hands
+/// the terminal back and continues the command, which finishes normally.
+#[test]
+fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
+    use std::io::Write;
+    let server = Server::new();
+    let mut child = under_terminal(&server, "tty-stop", "read x; echo got:$x");
+    let key = format!("{PREFIX}tty-stop");
+    assert!(wait_until(Duration::from_secs(10), || exists(
+        &server, &key
+    )));
+    let pid = spacelock_pid("tty-stop").expect("spacelock process");
+    let stdin = child.stdin.as_mut().unwrap();
+    stdin.write_all(&[0x1a]).unwrap(); // Ctrl-Z
+    stdin.flush().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || proc_state(pid) == Some('T')),
+        "spacelock did not stop with its command (state {:?})",
+        proc_state(pid)
+    );
+    // script(1) stops itself when its child stops, as a shell's job would
+    // appear stopped; continuing it continues spacelock (as `fg` would).
+    let script = Pid::from_raw(i32::try_from(child.id()).unwrap());
+    kill(script, Signal::SIGCONT).unwrap();
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || proc_state(pid) != Some('T')),
+        "spacelock did not continue"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let stdin = child.stdin.as_mut().unwrap();
+    stdin.write_all(b"again\n").unwrap();
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("got:again"), "stdout:\n{}", out.stdout);
+    assert!(
+        out.stdout.contains("the command was stopped"),
+        "stdout:\n{}",
+        out.stdout
+    );
+}
