@@ -38,8 +38,15 @@
 //!   any lock (documented in the README).
 //! * **Replicas** never write: if the server has become a replica while
 //!   clients wait, they are unblocked with `-UNBLOCKED`.
-//! * **Memory**: a queue, its timer and its index entries are freed as soon as
-//!   it empties.
+//! * **Timeouts** are the server's blocked-client timeouts (nil reply), which
+//!   it checks before each event-loop sleep. An idle server sleeps until its
+//!   next timer, up to one cron period (1000/hz ms: 100 ms at the default
+//!   hz 10), so each waiter with a finite timeout also gets a no-op module
+//!   *wake* timer just after its deadline: the timeout is answered within
+//!   about a millisecond, like the expiry handoff. The wake timer is stopped
+//!   when the waiter leaves earlier.
+//! * **Memory**: a queue, its timers and its index entries are freed as soon
+//!   as it empties.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
@@ -121,6 +128,8 @@ pub struct Waiter<H> {
     pub owner: Vec<u8>,
     /// The ttl it asked for (counted from the grant).
     pub ttl_ms: i64,
+    /// The wake timer armed just after its WAIT deadline, if any.
+    pub wake: Option<u64>,
     /// Arrival order.
     seq: u64,
 }
@@ -237,6 +246,7 @@ impl<H: Copy + Eq + Hash> Registry<H> {
             handle,
             owner: owner.to_vec(),
             ttl_ms,
+            wake: None,
             seq,
         };
         if let Some(q) = self.queue_mut(db, key) {
@@ -244,6 +254,19 @@ impl<H: Copy + Eq + Hash> Registry<H> {
         }
         self.handles.insert(handle, ((db, key.to_vec()), seq));
         Ok(())
+    }
+
+    /// Records the wake timer armed for the waiter with `handle`.
+    pub fn set_wake(&mut self, handle: H, timer: u64) {
+        let Some(((db, key), seq)) = self.handles.get(&handle).cloned() else {
+            return;
+        };
+        if let Some(w) = self
+            .queue_mut(db, &key)
+            .and_then(|q| q.waiters.get_mut(&seq))
+        {
+            w.wake = Some(timer);
+        }
     }
 
     /// Takes the head waiter (the longest-waiting one).
@@ -409,6 +432,19 @@ pub fn timer_period(at_ms: i64, now_ms: i64) -> i64 {
         .clamp(1, MAX_TIMER_MS)
 }
 
+/// Timer data of the wake timers (see the module docs): not a queue id
+/// (those count up from 1), and nothing to do when it fires.
+pub const WAKE_TIMER: u64 = u64::MAX;
+
+/// The wake timer's delay for a WAIT of `timeout_ms` (1 ms after the
+/// deadline, as the server answers once `now >= deadline`), or `None` when
+/// none is needed: no limit, or a limit so far off that a cron period of
+/// lateness does not matter.
+pub fn wake_period(timeout_ms: i64) -> Option<i64> {
+    let block = block_timeout(timeout_ms);
+    (block > 0 && block < MAX_TIMER_MS).then(|| block + 1)
+}
+
 /// WAIT timeouts beyond this (about 100 years) mean "no limit": the server
 /// computes `now + timeout` without overflow checks.
 pub const MAX_FINITE_TIMEOUT_MS: i64 = 100 * 365 * 86_400_000;
@@ -493,6 +529,10 @@ pub fn enqueue(ctx: &Ctx, key: RStr, owner: RStr, ttl_ms: i64, timeout_ms: i64) 
     };
     let pushed = with(|r| r.push(db, name, bc, owner.as_bytes(), ttl_ms, usize::MAX));
     debug_assert!(pushed.is_ok());
+    if let Some(period) = wake_period(timeout_ms) {
+        let id = ctx.create_timer(period, WAKE_TIMER);
+        with(|r| r.set_wake(bc, id));
+    }
     // Keyspace events matter only while someone waits: subscribe now (a
     // server where nobody ever waits pays nothing for them).
     if !SUBSCRIBED.load(Relaxed) && ctx.subscribe_key_events() {
@@ -527,6 +567,7 @@ fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
     let mut slot_checked = false;
     if ctx.is_replica() {
         for w in with(|r| r.drain(db, name)) {
+            stop_wake(ctx, &w);
             w.handle.unblock(WaitReply::Error(REPLICA_UNBLOCKED.into()));
         }
     } else {
@@ -544,6 +585,7 @@ fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
                 let slot = crate::fence::key_slot(name);
                 if !ctx.cluster_nodes().is_some_and(|n| serves_slot(&n, slot)) {
                     for w in with(|r| r.drain(db, name)) {
+                        stop_wake(ctx, &w);
                         w.handle
                             .unblock(WaitReply::Error(SLOT_MOVED_TRYAGAIN.into()));
                     }
@@ -561,12 +603,16 @@ fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
             match outcome {
                 Ok(Some(token)) => {
                     stats::HANDOFFS.incr();
+                    stop_wake(ctx, &w);
                     w.handle.unblock(WaitReply::Token(token));
                 }
                 // Not reachable (the key was just free); keep its place and
                 // look at the key again.
                 Ok(None) => with(|r| r.push_front(db, name, w)),
-                Err(e) => w.handle.unblock(WaitReply::Error(e.to_string())),
+                Err(e) => {
+                    stop_wake(ctx, &w);
+                    w.handle.unblock(WaitReply::Error(e.to_string()));
+                }
             }
         }
     }
@@ -610,10 +656,20 @@ fn finish(ctx: &Ctx, db: i32, name: &[u8]) {
     }
 }
 
+/// Stops the wake timer of a waiter that leaves the queue.
+fn stop_wake<H>(ctx: &Ctx, w: &Waiter<H>) {
+    if let Some(id) = w.wake {
+        ctx.stop_timer(id);
+    }
+}
+
 /// A waiter's timeout fired (the ffi callback replies nil).
 pub fn on_timeout(ctx: &Ctx, bc: BlockedClient) {
-    if let Some(((db, key), _)) = with(|r| r.remove(bc)) {
+    if let Some(((db, key), w)) = with(|r| r.remove(bc)) {
         stats::WAIT_TIMEOUTS.incr();
+        // Usually fired already (it is what woke the server); not when the
+        // server happened to check the timeout first.
+        stop_wake(ctx, &w);
         bc.release();
         finish(ctx, db, &key);
     }
@@ -622,14 +678,21 @@ pub fn on_timeout(ctx: &Ctx, bc: BlockedClient) {
 /// A waiter disconnected (or was unblocked by CLIENT UNBLOCK … ERROR, or by
 /// a role change): it leaves the queue and is never granted.
 pub fn on_disconnect(ctx: &Ctx, bc: BlockedClient) {
-    if let Some(((db, key), _)) = with(|r| r.remove(bc)) {
+    if let Some(((db, key), w)) = with(|r| r.remove(bc)) {
+        stop_wake(ctx, &w);
         bc.release();
         finish(ctx, db, &key);
     }
 }
 
-/// A timer fired: the expiry timer of a queue, or (data 0) the pending one.
+/// A timer fired: the expiry timer of a queue, (data 0) the pending one, or
+/// a waiter's wake timer.
 pub fn on_timer(ctx: &Ctx, data: u64) {
+    if data == WAKE_TIMER {
+        // Nothing to do: firing woke the event loop, and the server answers
+        // the due timeouts before it sleeps again.
+        return;
+    }
     let keys = if data == 0 {
         let idle = with(|r| r.is_empty());
         if idle && SUBSCRIBED.load(Relaxed) && ctx.unsubscribe_key_events() {
@@ -789,6 +852,28 @@ mod tests {
         assert!(!serves_slot(replica, 0));
         assert!(!serves_slot("", 0));
         assert!(SLOT_MOVED_TRYAGAIN.starts_with("TRYAGAIN "));
+    }
+
+    #[test]
+    fn wake_timers() {
+        // Finite timeouts get a wake timer 1 ms after the deadline; "no
+        // limit" (0, or beyond the finite range) and hour-plus waits do not.
+        assert_eq!(wake_period(50), Some(51));
+        assert_eq!(wake_period(1), Some(2));
+        assert_eq!(wake_period(0), None);
+        assert_eq!(wake_period(MAX_TIMER_MS), None);
+        assert_eq!(wake_period(i64::MAX), None);
+        let mut r: Registry<u32> = Registry::new();
+        r.push(0, b"k", 1, b"a", 1, 9).unwrap();
+        r.push(0, b"k", 2, b"b", 1, 9).unwrap();
+        r.set_wake(2, 42);
+        r.set_wake(7, 43); // unknown handle: ignored
+        assert_eq!(r.pop_head(0, b"k").unwrap().wake, None);
+        assert_eq!(
+            r.remove(2).unwrap().1.wake,
+            Some(42),
+            "leaves with its timer"
+        );
     }
 
     #[test]

@@ -276,6 +276,34 @@ fn refresh_moves_the_expiry_timer() {
     );
 }
 
+/// An idle server sleeps until its next timer: at `hz 1` that is up to a
+/// second, and the server's own blocked-client timeout check would answer a
+/// 50 ms WAIT up to a second late (as it does BLPOP). The waiter's wake
+/// timer answers it right after its deadline, every time.
+#[test]
+fn timeouts_are_answered_on_time_on_an_idle_server() {
+    let server = ServerBuilder::new().arg("hz", "1").start();
+    let mut con = conn(&server);
+    assert!(acquire(&mut con, "k", "h", 60_000).is_some());
+    let mut took = Vec::new();
+    for i in 0..5 {
+        let start = Instant::now();
+        assert_eq!(
+            acquire_wait(&mut con, "k", &format!("w{i}"), 1000, 50).unwrap(),
+            None
+        );
+        took.push(start.elapsed());
+        // A random phase against the server's cron for the next try.
+        thread::sleep(Duration::from_millis(37 * i));
+    }
+    for t in &took {
+        assert!(*t >= Duration::from_millis(50), "{took:?}");
+        assert!(*t < Duration::from_millis(400), "late timeouts: {took:?}");
+    }
+    assert_eq!(stat(&mut con, "wait_timeouts"), 5);
+    assert_eq!(waiting(&mut con), 0);
+}
+
 #[test]
 fn timeout_replies_nil_and_leaves_the_queue() {
     let server = Server::new();
@@ -285,8 +313,6 @@ fn timeout_replies_nil_and_leaves_the_queue() {
     let start = Instant::now();
     assert_eq!(acquire_wait(&mut con, "k", "w", 1000, 100).unwrap(), None);
     let waited = start.elapsed();
-    // Blocked-client timeouts are checked once per event-loop iteration
-    // (server.hz = 10 here), so allow one cron period of lateness.
     assert!(waited >= Duration::from_millis(100), "{waited:?}");
     assert!(waited < Duration::from_millis(400), "{waited:?}");
     assert_eq!(stat(&mut con, "wait_timeouts"), 1);
