@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use spacelock_client::{Lease, LockConnection, LockInfo, Outcome, Skipped, SpaceLock};
+use spacelock_client::{Lease, LockConnection, LockInfo, LostReason, Outcome, Skipped, SpaceLock};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -278,7 +278,7 @@ async fn run_child<C: LockConnection>(
         // terminal) only acts on SIGTERM once continued.
         let _ = killpg(pg, Signal::SIGCONT);
     }
-    let why = lost_reason(&locks, &args.key).await;
+    let why = lost_reason(&locks, &lease).await;
     say.error(format_args!(
         "lease lost: {}: {why}; sent SIGTERM to the command (SIGKILL in {})",
         lease.key(),
@@ -334,17 +334,26 @@ fn follow_stop(terminal: Terminal, pg: Pid, say: &Say) {
     let _ = killpg(pg, Signal::SIGCONT);
 }
 
-/// Why the lease was lost, as far as the server can tell now.
-async fn lost_reason<C: LockConnection>(locks: &SpaceLock<C>, name: &str) -> String {
-    match tokio::time::timeout(SIDE_QUERY_TIMEOUT, locks.info(name)).await {
-        Ok(Ok(None)) => "the key is gone (it expired or was deleted)".to_string(),
-        Ok(Ok(Some(info))) if info.owner == locks.owner() => {
-            "no refresh succeeded within the ttl".to_string()
-        }
-        Ok(Ok(Some(info))) => format!(
-            "the lock now belongs to {} (token {})",
-            info.owner, info.token
+/// Why the lease was lost: the client's reason, with what the server can
+/// tell now (who holds the key, if anyone).
+async fn lost_reason<C: LockConnection>(locks: &SpaceLock<C>, lease: &Lease) -> String {
+    let server = tokio::time::timeout(SIDE_QUERY_TIMEOUT, locks.info(lease.name())).await;
+    let expired = lease.lost_reason() != Some(LostReason::NotOwner);
+    match server {
+        Ok(Ok(Some(info))) if info.owner != locks.owner() => format!(
+            "{}the lock now belongs to {} (token {})",
+            if expired {
+                "no refresh succeeded within the ttl; "
+            } else {
+                ""
+            },
+            info.owner,
+            info.token
         ),
+        Ok(Ok(None)) if !expired => "the key is gone (it expired or was deleted)".to_string(),
+        Ok(Ok(None)) => "no refresh succeeded within the ttl; the key is gone".to_string(),
+        _ if !expired => LostReason::NotOwner.to_string(),
+        Ok(Ok(Some(_))) => "no refresh succeeded within the ttl".to_string(),
         Ok(Err(e)) => format!("no refresh succeeded within the ttl ({e})"),
         Err(_) => "no refresh succeeded within the ttl (redis is not answering)".to_string(),
     }

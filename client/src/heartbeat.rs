@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::conn::LockConnection;
-use crate::lease::ValidUntil;
+use crate::lease::{LostReason, LostSignal, ValidUntil};
 
 /// Interval between refreshes: `max(1 ms, ttl/3)`, with the seed's integer ms.
 pub(crate) fn refresh_interval(ttl_ms: u64) -> Duration {
@@ -43,7 +43,7 @@ struct Entry {
     /// This entry's element of `State::wakeups`.
     wake: Instant,
     in_flight: bool,
-    lost: CancellationToken,
+    lost: Arc<LostSignal>,
     /// Shared with the [`Lease`](crate::Lease), which reads it directly.
     valid_until: Arc<ValidUntil>,
 }
@@ -121,7 +121,7 @@ impl Heartbeat {
         owner: &Arc<str>,
         key: &str,
         ttl_ms: u64,
-        lost: CancellationToken,
+        lost: Arc<LostSignal>,
         valid_until: Arc<ValidUntil>,
     ) -> u64 {
         let interval = refresh_interval(ttl_ms);
@@ -222,7 +222,7 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
                 };
                 // Declared lost by the holder (`Lease::is_lost` saw the
                 // deadline pass first): stop refreshing it.
-                if e.lost.is_cancelled() {
+                if e.lost.is_lost() {
                     st.leases.remove(&id);
                     continue;
                 }
@@ -232,7 +232,7 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
                         ttl_ms = e.ttl_ms,
                         "spacelock: lease lost: no refresh succeeded within the ttl"
                     );
-                    e.lost.cancel();
+                    e.lost.lose(LostReason::Expired);
                     st.leases.remove(&id);
                     continue;
                 }
@@ -291,7 +291,7 @@ fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, S
         return; // released meanwhile
     };
     e.in_flight = false;
-    if e.lost.is_cancelled() {
+    if e.lost.is_lost() {
         st.remove(id);
         return;
     }
@@ -307,7 +307,7 @@ fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, S
                     ttl_ms = e.ttl_ms,
                     "spacelock: lease lost: the refresh reply came back after the ttl"
                 );
-                e.lost.cancel();
+                e.lost.lose(LostReason::Expired);
                 st.remove(id);
             } else {
                 st.reschedule(id);
@@ -318,7 +318,7 @@ fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, S
                 key = %e.key,
                 "spacelock: lease lost: the lock expired or has another owner"
             );
-            e.lost.cancel();
+            e.lost.lose(LostReason::NotOwner);
             st.remove(id);
         }
         Ok(other) => {

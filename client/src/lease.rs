@@ -1,6 +1,6 @@
 //! The [`Lease`] handed to a locked body.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +41,112 @@ struct LeaseInner {
     key: String,
     token: u64,
     ttl: Duration,
-    lost: CancellationToken,
+    lost: Arc<LostSignal>,
     valid_until: Arc<ValidUntil>,
+}
+
+/// Why a lease ended, from [`Lease::lost_reason`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use spacelock_client::LostReason;
+/// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+/// locks
+///     .with_space_lock("space-42", |lease| async move {
+///         lease.lost().await;
+///         match lease.lost_reason() {
+///             Some(LostReason::NotOwner) => eprintln!("someone else has the lock now"),
+///             Some(LostReason::Expired) => eprintln!("could not refresh in time"),
+///             _ => {}
+///         }
+///     })
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LostReason {
+    /// A refresh answered `0`: the key expired, was deleted, or has another owner.
+    NotOwner,
+    /// No refresh succeeded within the ttl (Redis unreachable, slow or stalled, or this process starved), so the lock may have expired.
+    Expired,
+    /// The body ended (returned, panicked or was cancelled) and the lock was released.
+    Released,
+}
+
+impl LostReason {
+    fn code(self) -> u8 {
+        match self {
+            LostReason::NotOwner => 1,
+            LostReason::Expired => 2,
+            LostReason::Released => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(LostReason::NotOwner),
+            2 => Some(LostReason::Expired),
+            3 => Some(LostReason::Released),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LostReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LostReason::NotOwner => "the lock expired or has another owner",
+            LostReason::Expired => "no refresh succeeded within the ttl",
+            LostReason::Released => "the lock was released",
+        })
+    }
+}
+
+/// The end of a lease, shared by the lease, its heartbeat entry and the
+/// guard that releases it: a cancellation token, and the reason of whoever
+/// ended it first.
+#[derive(Debug, Default)]
+pub(crate) struct LostSignal {
+    token: CancellationToken,
+    reason: AtomicU8,
+}
+
+impl LostSignal {
+    /// A lease that is not lost yet.
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Ends the lease for `reason`, unless it has already ended (the first
+    /// reason stays).
+    pub(crate) fn lose(&self, reason: LostReason) {
+        let _ = self
+            .reason
+            .compare_exchange(0, reason.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.token.cancel();
+    }
+
+    /// Whether the lease has ended.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Why it ended, once it has.
+    pub(crate) fn reason(&self) -> Option<LostReason> {
+        LostReason::from_code(self.reason.load(Ordering::Acquire))
+    }
+
+    /// Resolves once the lease has ended.
+    pub(crate) async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    /// A token cancelled when the lease ends.
+    pub(crate) fn child_token(&self) -> CancellationToken {
+        self.token.child_token()
+    }
 }
 
 /// The local deadline of a lease: the start of its last successful refresh
@@ -94,7 +198,7 @@ impl Lease {
         key: String,
         token: u64,
         ttl: Duration,
-        lost: CancellationToken,
+        lost: Arc<LostSignal>,
         valid_until: Arc<ValidUntil>,
     ) -> Self {
         Lease {
@@ -204,16 +308,45 @@ impl Lease {
     /// # Ok(()) }
     /// ```
     pub fn is_lost(&self) -> bool {
-        if self.inner.lost.is_cancelled() {
+        if self.inner.lost.is_lost() {
             return true;
         }
         // The deadline check does not wait for the heartbeat task to notice.
         // Latch it: `lost()` resolves too, and the heartbeat stops.
         if self.inner.valid_until.passed(Instant::now()) {
-            self.inner.lost.cancel();
+            self.inner.lost.lose(LostReason::Expired);
             return true;
         }
         false
+    }
+
+    /// Why the lease ended: `None` while it is held.
+    ///
+    /// [`LostReason::NotOwner`] when a refresh answered `0`,
+    /// [`LostReason::Expired`] when no refresh succeeded within the ttl
+    /// (also when [`is_lost`](Self::is_lost) saw the local deadline pass),
+    /// and [`LostReason::Released`] once the body has ended and the lock was
+    /// released. The first reason stays.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         assert_eq!(lease.lost_reason(), None, "held while the body runs");
+    ///         lease.lost().await;
+    ///         eprintln!("lost {}: {}", lease.key(), lease.lost_reason().unwrap());
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn lost_reason(&self) -> Option<LostReason> {
+        if self.is_lost() {
+            self.inner.lost.reason()
+        } else {
+            None
+        }
     }
 
     /// Resolves when the lease is lost: a refresh answered `0` (the key

@@ -74,6 +74,6 @@ mod options;
 
 pub use conn::{LockConnection, WaitConnection, WaitConnector};
 pub use error::Error;
-pub use lease::Lease;
+pub use lease::{Lease, LostReason};
 pub use lock::{AcquireReply, LockInfo, Outcome, RefreshReply, ReleaseReply, Skipped, SpaceLock};
 pub use options::{Options, DEFAULT_KEY_PREFIX, DEFAULT_TTL, DEFAULT_WAIT_CONNECTIONS};

@@ -13,11 +13,10 @@ use redis::{Cmd, FromRedisValue, Value};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::conn::{LockConnection, WaitConnector, WaitPool};
 use crate::heartbeat::Heartbeat;
-use crate::lease::ValidUntil;
+use crate::lease::{LostReason, LostSignal, ValidUntil};
 use crate::options::{millis_ceil, Options};
 use crate::{Error, Lease};
 
@@ -599,7 +598,7 @@ impl<C: LockConnection> SpaceLock<C> {
             }
         };
 
-        let lost = CancellationToken::new();
+        let lost = LostSignal::new();
         let ttl = Duration::from_millis(self.inner.ttl_ms);
         let valid_until = ValidUntil::new(started, ttl);
         guard.heartbeat_id = Some(self.inner.heartbeat.register(
@@ -879,7 +878,7 @@ struct Guard<C: LockConnection> {
     entry: Option<Entry>,
     state: State,
     heartbeat_id: Option<u64>,
-    lost: Option<CancellationToken>,
+    lost: Option<Arc<LostSignal>>,
     pending_wait: Option<JoinHandle<Result<Option<u64>, Error>>>,
     handle: Handle,
 }
@@ -890,7 +889,7 @@ impl<C: LockConnection> Guard<C> {
             self.lock.inner.heartbeat.unregister(id);
         }
         if let Some(lost) = self.lost.take() {
-            lost.cancel();
+            lost.lose(LostReason::Released);
         }
     }
 

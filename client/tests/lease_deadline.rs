@@ -24,6 +24,10 @@ async fn is_lost_sees_the_deadline_even_when_the_heartbeat_is_starved() {
             // Block the only runtime thread past the ttl: no refresh runs.
             std::thread::sleep(Duration::from_millis(300));
             let lost_now = lease.is_lost();
+            assert_eq!(
+                lease.lost_reason(),
+                Some(spacelock_client::LostReason::Expired)
+            );
             // And the signal latches: lost() resolves at once, without waiting
             // for the heartbeat to wake.
             let resolved = tokio::time::timeout(Duration::ZERO, lease.lost())

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use common::{Server, ServerBuilder};
 use redis::aio::ConnectionManager;
 use spacelock_client::{
-    AcquireReply, Error, Lease, Options, Outcome, RefreshReply, ReleaseReply, Skipped, SpaceLock,
+    AcquireReply, Error, Lease, LostReason, Options, Outcome, RefreshReply, ReleaseReply, Skipped,
+    SpaceLock,
 };
 
 async fn manager(server: &Server) -> ConnectionManager {
@@ -205,6 +206,7 @@ async fn lost_signal_when_the_key_is_deleted() {
     let outcome = a
         .with_space_lock("space", |lease| async move {
             assert!(!lease.is_lost());
+            assert_eq!(lease.lost_reason(), None, "held");
             let t0 = Instant::now();
             let _: i64 = redis::cmd("DEL")
                 .arg(lease.key())
@@ -215,6 +217,7 @@ async fn lost_signal_when_the_key_is_deleted() {
                 .await
                 .expect("lost() must resolve");
             assert!(lease.is_lost());
+            assert_eq!(lease.lost_reason(), Some(LostReason::NotOwner));
             t0.elapsed()
         })
         .await
@@ -245,6 +248,7 @@ async fn lost_signal_when_the_key_is_re_owned() {
         tokio::time::timeout(Duration::from_secs(2), lease.lost())
             .await
             .expect("lost() must resolve");
+        assert_eq!(lease.lost_reason(), Some(LostReason::NotOwner));
     })
     .await
     .unwrap()
@@ -275,6 +279,7 @@ async fn lost_by_local_deadline_while_the_server_stalls() {
                 .await
                 .expect("the local deadline must fire while the server sleeps");
             let lost_after = t0.elapsed();
+            assert_eq!(lease.lost_reason(), Some(LostReason::Expired));
             assert!(
                 !stall.is_finished(),
                 "lost() must not wait for the server to wake up"
@@ -332,15 +337,21 @@ async fn releases_when_the_body_returns_err() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
     let key = a.key("space");
+    let kept = std::sync::Mutex::new(None);
     let outcome = a
-        .with_space_lock("space", |_| async {
+        .with_space_lock("space", |lease| async {
             assert!(holder(&server, &key).is_some());
+            *kept.lock().unwrap() = Some(lease);
             Err::<(), _>("boom")
         })
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Ran(Err("boom")));
     assert_eq!(holder(&server, &key), None);
+    // A lease kept past its body reads as ended, for that reason.
+    let lease = kept.lock().unwrap().take().unwrap();
+    assert!(lease.is_lost());
+    assert_eq!(lease.lost_reason(), Some(LostReason::Released));
     assert!(!a.is_running("space"));
     assert_eq!(a.active_leases(), 0);
 }
