@@ -820,6 +820,19 @@ fn under_terminal(server: &Server, key: &str, command: &str) -> Child {
         .expect("spawn script(1)")
 }
 
+/// Waits for the `script(1)` run (10 s at most) and checks it exited 0.
+fn finish_under_terminal(child: Child) -> Out {
+    let out = finish(child, Duration::from_secs(10));
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
 /// The pid of the `spacelock run` process locking `key` (under `script`).
 fn spacelock_pid(key: &str) -> Option<Pid> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -851,14 +864,7 @@ fn an_interactive_command_can_read_the_terminal() {
         "the lock was never taken"
     );
     child.stdin.as_mut().unwrap().write_all(b"hello\n").unwrap();
-    let out = finish(child, Duration::from_secs(10));
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout,
-        out.stderr
-    );
+    let out = finish_under_terminal(child);
     assert!(out.stdout.contains("got:hello"), "stdout:\n{}", out.stdout);
     assert!(!exists(&server, &key), "released after the command");
 }
@@ -884,6 +890,10 @@ fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
         "spacelock did not stop with its command (state {:?})",
         proc_state(pid)
     );
+    assert!(
+        exists(&server, &key),
+        "still held while stopped (within the ttl)"
+    );
     // script(1) stops itself when its child stops, as a shell's job would
     // appear stopped; continuing it continues spacelock (as `fg` would).
     let script = Pid::from_raw(i32::try_from(child.id()).unwrap());
@@ -896,18 +906,12 @@ fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
     std::thread::sleep(Duration::from_millis(200));
     let stdin = child.stdin.as_mut().unwrap();
     stdin.write_all(b"again\n").unwrap();
-    let out = finish(child, Duration::from_secs(10));
-    assert_eq!(
-        out.code(),
-        Some(0),
-        "stdout:\n{}\nstderr:\n{}",
-        out.stdout,
-        out.stderr
-    );
+    let out = finish_under_terminal(child);
     assert!(out.stdout.contains("got:again"), "stdout:\n{}", out.stdout);
     assert!(
         out.stdout.contains("the command was stopped"),
         "stdout:\n{}",
         out.stdout
     );
+    assert!(!exists(&server, &key), "released after the command");
 }
