@@ -195,10 +195,9 @@ async fn run_child<C: LockConnection>(
         // Its own process group, so a lost lease can stop everything it started.
         .process_group(0)
         .kill_on_drop(false);
-    // In a terminal's foreground, the command gets the terminal, so that it
-    // can read from it (see `sys`).
-    let terminal = Terminal::foreground();
-    sys::prepare_child(&mut cmd, terminal);
+    // On a terminal, the command gets it if spacelock has it (see `sys`).
+    let terminal = Terminal::of_stdin();
+    sys::prepare_child(&mut cmd, terminal.filter(|t| t.is_ours()));
     // Subscribe before spawning, so no stop of the child can be missed.
     let mut chld = match terminal.map(|_| signal(SignalKind::child())).transpose() {
         Ok(chld) => chld,
@@ -240,7 +239,9 @@ async fn run_child<C: LockConnection>(
     };
     let pg = lock(&shared).child_pg;
     if let (Some(t), Some(pg)) = (terminal, pg) {
-        t.give_to(pg);
+        if t.is_ours() {
+            t.give_to(pg);
+        }
     }
 
     let status = loop {
@@ -255,8 +256,12 @@ async fn run_child<C: LockConnection>(
             }
         }
     };
-    if let Some(t) = terminal {
-        t.take_back();
+    // Take the terminal back from the command's group, never from a shell
+    // that has it because we run in the background.
+    if let (Some(t), Some(pg)) = (terminal, pg) {
+        if t.is_foreground(pg) {
+            t.take_back();
+        }
     }
     if let Some(status) = status {
         lock(&shared).child_pg = None;
@@ -312,18 +317,22 @@ async fn run_child<C: LockConnection>(
     BodyEnd::Lost
 }
 
-/// Job control for a command that owns the terminal: when it is stopped
-/// (Ctrl-Z sends SIGTSTP to the foreground group, which is the command's),
-/// take the terminal back and stop spacelock too, so the shell sees its job
-/// stopped and gets its prompt back. When the shell continues us (`fg`), hand
-/// the terminal back if we are in the foreground again, and continue the
-/// command. While stopped, spacelock does not refresh the lease: a job
-/// suspended for longer than the ttl loses it (and is then stopped).
+/// Job control for a command on a terminal: when it is stopped (Ctrl-Z
+/// sends SIGTSTP to the foreground group, which is the command's; a
+/// command in the background that reads the terminal gets SIGTTIN), take
+/// the terminal back if the command has it, and stop spacelock too, so the
+/// shell sees its job stopped and gets its prompt back. When the shell
+/// continues us (`fg`), hand the terminal on if we are in the foreground,
+/// and continue the command. While stopped, spacelock does not refresh the
+/// lease: a job suspended for longer than the ttl loses it (and is then
+/// stopped).
 fn follow_stop(terminal: Terminal, pg: Pid, say: &Say) {
     if !sys::is_stopped(pg) {
         return;
     }
-    terminal.take_back();
+    if terminal.is_foreground(pg) {
+        terminal.take_back();
+    }
     say.note(format_args!(
         "the command was stopped; stopping too (the lease is not refreshed while stopped)"
     ));

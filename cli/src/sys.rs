@@ -8,7 +8,10 @@
 //! terminal's foreground group gets `SIGTTIN` when it reads from the
 //! terminal (and stops). So when `spacelock` itself runs in the foreground of
 //! a terminal, it hands the terminal to the command's group, as a shell does
-//! for a job, and takes it back when the command exits or stops.
+//! for a job, and takes it back when the command exits or stops. Run as a
+//! background job, it never takes the terminal from the shell; a command
+//! that then reads it stops, spacelock stops with it, and `fg` continues both
+//! with the terminal handed on.
 
 #![allow(unsafe_code)]
 
@@ -18,26 +21,33 @@ use std::os::unix::io::RawFd;
 use nix::sys::signal::{kill, pthread_sigmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::{getpgrp, tcgetpgrp, tcsetpgrp, Pid};
 
-/// The terminal on stdin, if `spacelock` is in its foreground process group.
+/// The controlling terminal, on stdin.
 #[derive(Debug, Clone, Copy)]
 pub struct Terminal {
     fd: RawFd,
 }
 
 impl Terminal {
-    /// The terminal on stdin when this process is in its foreground group;
-    /// `None` otherwise (no terminal: cron, pipes, CI; or a background job).
-    pub fn foreground() -> Option<Terminal> {
+    /// The terminal on stdin, if it is this process's controlling terminal;
+    /// `None` otherwise (cron, pipes, CI).
+    pub fn of_stdin() -> Option<Terminal> {
         let fd = 0;
         if !std::io::stdin().is_terminal() {
             return None;
         }
-        (tcgetpgrp(fd).ok()? == getpgrp()).then_some(Terminal { fd })
+        // Fails (ENOTTY) for a terminal that is not our controlling one.
+        tcgetpgrp(fd).ok()?;
+        Some(Terminal { fd })
+    }
+
+    /// Whether `pg` is the terminal's foreground process group.
+    pub fn is_foreground(self, pg: Pid) -> bool {
+        tcgetpgrp(self.fd).is_ok_and(|fg| fg == pg)
     }
 
     /// Whether this process's group is (again) the foreground group.
     pub fn is_ours(self) -> bool {
-        tcgetpgrp(self.fd).is_ok_and(|pg| pg == getpgrp())
+        self.is_foreground(getpgrp())
     }
 
     /// Makes `pg` the foreground process group.
@@ -89,13 +99,13 @@ pub fn stop_self() {
 /// * if spacelock dies (`kill -9`, the OOM killer), nobody refreshes the
 ///   lease or stops the command when it runs out, so have the kernel send
 ///   the command `SIGTERM` then (Linux `PR_SET_PDEATHSIG`);
-/// * with `terminal`, make the command's new process group the terminal's
-///   foreground group from inside the child too, so it is foreground before
-///   it can read (the parent does the same after spawn; whichever runs first
-///   wins the race a shell also closes this way).
+/// * with `foreground` (the terminal spacelock holds as its foreground
+///   group), make the command's new process group the foreground group from
+///   inside the child too, so it is foreground before it can read (the
+///   parent does the same after spawn: the race a shell closes this way).
 ///
 /// The command must be spawned with `process_group(0)`.
-pub fn prepare_child(cmd: &mut tokio::process::Command, terminal: Option<Terminal>) {
+pub fn prepare_child(cmd: &mut tokio::process::Command, foreground: Option<Terminal>) {
     let parent = std::process::id();
     // SAFETY: the closure runs in the forked child before exec and makes
     // only async-signal-safe system calls (prctl, getppid, sigprocmask,
@@ -122,7 +132,7 @@ pub fn prepare_child(cmd: &mut tokio::process::Command, terminal: Option<Termina
             }
             #[cfg(not(target_os = "linux"))]
             let _ = parent;
-            if let Some(t) = terminal {
+            if let Some(t) = foreground {
                 // std has set the new group (setpgid) before pre_exec hooks
                 // run, and reset the signal mask; the helper blocks SIGTTOU
                 // around the call and restores the mask.

@@ -915,3 +915,65 @@ fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
     );
     assert!(!exists(&server, &key), "released after the command");
 }
+
+/// Started as a background job of an interactive shell, spacelock leaves the
+/// terminal to the shell. The command stops when it reads the terminal
+/// (SIGTTIN); spacelock stops with it, so the shell reports the job stopped,
+/// and `fg` hands the terminal on to the command, which then reads it.
+#[test]
+fn a_background_job_reading_the_terminal_stops_and_fg_resumes_it() {
+    use std::io::Write;
+    let server = Server::new();
+    let key = format!("{PREFIX}bg-read");
+    let mut shell = Command::new("script")
+        .args(["-q", "-c", "bash --norc --noprofile -i", "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PS1", "$ ")
+        .env("TERM", "dumb")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn script(1)");
+    let line = format!(
+        "{BIN} run --url {} --ttl 3s bg-read -- sh -c 'read x; echo got:$x' &\n",
+        server.url()
+    );
+    shell
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(line.as_bytes())
+        .unwrap();
+    let mut pid = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pid = spacelock_pid("bg-read");
+            pid.is_some_and(|p| proc_state(p) == Some('T'))
+        }),
+        "the background job did not stop (pid {pid:?})"
+    );
+    assert!(exists(&server, &key), "held while the job is stopped");
+    let pid = pid.unwrap();
+    shell.stdin.as_mut().unwrap().write_all(b"fg\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || proc_state(pid) != Some('T')),
+        "fg did not continue spacelock"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let stdin = shell.stdin.as_mut().unwrap();
+    stdin.write_all(b"yo\n").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !exists(&server, &key)),
+        "the command did not finish and release after reading"
+    );
+    stdin.write_all(b"exit\n").unwrap();
+    let out = finish(shell, Duration::from_secs(10));
+    assert!(out.stdout.contains("got:yo"), "stdout:\n{}", out.stdout);
+    assert!(
+        out.stdout.contains("the command was stopped; stopping too"),
+        "stdout:\n{}",
+        out.stdout
+    );
+}
