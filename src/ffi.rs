@@ -924,6 +924,36 @@ impl Ctx {
         }
     }
 
+    /// Whether `key` is stored in the selected database at all, expired or
+    /// not (`MEMORY USAGE`, which looks the key up without the expiry
+    /// check); `None` if the call fails (e.g. the command was renamed).
+    pub fn stored_at_all(&self, key: RStr) -> Option<bool> {
+        // SAFETY: valid ctx; "cs" matches one NUL-terminated C string and
+        // one live server string.
+        let reply = unsafe {
+            api!(RedisModule_Call)(
+                self.0,
+                c"MEMORY".as_ptr(),
+                c"cs".as_ptr(),
+                c"USAGE".as_ptr(),
+                key.0,
+            )
+        };
+        if reply.is_null() {
+            return None;
+        }
+        // SAFETY: `reply` is a live call reply, freed once here.
+        unsafe {
+            let kind = api!(RedisModule_CallReplyType)(reply) as isize;
+            api!(RedisModule_FreeCallReply)(reply);
+            match kind {
+                raw::REDISMODULE_REPLY_INTEGER => Some(true),
+                raw::REDISMODULE_REPLY_NULL => Some(false),
+                _ => None,
+            }
+        }
+    }
+
     /// The selected database of the context's client.
     pub fn selected_db(&self) -> i32 {
         // SAFETY: valid ctx for this callback.

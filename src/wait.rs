@@ -471,6 +471,8 @@ static REGISTRY: Mutex<Option<Registry<BlockedClient>>> = Mutex::new(None);
 static SELF_WRITES: AtomicU32 = AtomicU32::new(0);
 /// Whether `on_key_event` is subscribed (see [`enqueue`] and [`on_timer`]).
 static SUBSCRIBED: AtomicBool = AtomicBool::new(false);
+/// Whether the failure of the write-pause probe has been logged.
+static PROBE_WARNED: AtomicBool = AtomicBool::new(false);
 
 fn lock_registry() -> MutexGuard<'static, Option<Registry<BlockedClient>>> {
     REGISTRY
@@ -565,6 +567,7 @@ fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
     }
     let _quiet = SelfWrites::begin();
     let mut slot_checked = false;
+    let mut pause_checked = false;
     if ctx.is_replica() {
         for w in with(|r| r.drain(db, name)) {
             stop_wake(ctx, &w);
@@ -579,6 +582,15 @@ fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
             if !free {
                 arm(ctx, db, name, expire_at);
                 break;
+            }
+            if from_timer && !pause_checked {
+                pause_checked = true;
+                if writes_paused(ctx, key) {
+                    // Look again shortly: the first look after the pause
+                    // deletes the expired key, and the grant goes ahead.
+                    arm(ctx, db, name, Some(ctx.now_ms() + PAUSE_RETRY_MS));
+                    break;
+                }
             }
             if from_timer && !slot_checked && ctx.in_cluster() && with(|r| r.len(db, name)) > 0 {
                 slot_checked = true;
@@ -617,6 +629,33 @@ fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
         }
     }
     finish(ctx, db, name);
+}
+
+/// How often a grant held back by a write pause is tried again.
+const PAUSE_RETRY_MS: i64 = 10;
+
+/// Whether the server's writes are paused (`CLIENT PAUSE … WRITE`,
+/// `FAILOVER`, a cluster manual failover), as far as `key` tells: it reads
+/// as free yet is still stored. A primary deletes an expired key as soon as
+/// it is looked up, except while writes are paused (the server keeps the
+/// dataset still and only pretends the key is gone). Granting then would be
+/// a write during the pause, and the server would abort: its own `SET` path
+/// asserts that the key it adds is not stored yet. Only timers can run
+/// then; every spacelock command is a write command, which the pause holds.
+/// If the probe fails (`MEMORY` renamed), the grant goes ahead, as before.
+fn writes_paused(ctx: &Ctx, key: RStr) -> bool {
+    match ctx.stored_at_all(key) {
+        Some(stored) => stored,
+        None => {
+            if !PROBE_WARNED.swap(true, Relaxed) {
+                ctx.log(
+                    c"warning",
+                    "spacelock: MEMORY USAGE failed, so a WAIT grant from a timer cannot tell a write pause (CLIENT PAUSE WRITE, FAILOVER); keep the MEMORY command available",
+                );
+            }
+            false
+        }
+    }
 }
 
 /// Arms, moves or stops `key`'s expiry timer (only while waiters remain).

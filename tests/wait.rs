@@ -276,6 +276,53 @@ fn refresh_moves_the_expiry_timer() {
     );
 }
 
+/// While writes are paused (`CLIENT PAUSE … WRITE`, as `FAILOVER` does), an
+/// expired lock key stays stored and only reads as gone. The expiry timer
+/// must not grant then: that would be a write during the pause, and the
+/// server aborts when a write adds a key that is still stored (it did, before
+/// the grant learned to wait). The waiter is granted once the pause ends.
+#[test]
+fn expiry_handoff_waits_out_a_write_pause() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    assert!(acquire(&mut con, "k", "holder", 300).is_some());
+    let waiter = spawn_waiter(&server, "k", "next", 10_000, 10_000);
+    until_waiting(&mut con, 1);
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1500)
+        .arg("WRITE")
+        .query(&mut con)
+        .unwrap();
+    // Past the holder's expiry, inside the pause.
+    thread::sleep(Duration::from_millis(700));
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG", "the server survived the expiry timer");
+    assert_eq!(
+        get(&mut con, "k"),
+        None,
+        "expired, as the server reports it"
+    );
+    assert_eq!(waiting(&mut con), 1, "not granted during the pause");
+    let stored: Option<i64> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg("k")
+        .query(&mut con)
+        .unwrap();
+    assert!(stored.is_some(), "the pause keeps the expired key stored");
+    let unpaused = Instant::now();
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut con).unwrap();
+    let (r, at) = waiter.join().unwrap();
+    assert_eq!(r.unwrap(), Some(2), "granted with the next token");
+    let late = at.saturating_duration_since(unpaused);
+    assert!(
+        late < Duration::from_millis(500),
+        "granted {late:?} after the pause"
+    );
+    assert_eq!(get(&mut con, "k").as_deref(), Some("next"));
+    assert!(!server.log().contains("ASSERTION"), "{}", server.log());
+}
+
 /// An idle server sleeps until its next timer: at `hz 1` that is up to a
 /// second, and the server's own blocked-client timeout check would answer a
 /// 50 ms WAIT up to a second late (as it does BLPOP). The waiter's wake
