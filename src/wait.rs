@@ -635,16 +635,19 @@ fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
 const PAUSE_RETRY_MS: i64 = 10;
 
 /// Whether the server's writes are paused (`CLIENT PAUSE … WRITE`,
-/// `FAILOVER`, a cluster manual failover), as far as `key` tells: it reads
-/// as free yet is still stored. A primary deletes an expired key as soon as
-/// it is looked up, except while writes are paused (the server keeps the
-/// dataset still and only pretends the key is gone). Granting then would be
-/// a write during the pause, and the server would abort: its own `SET` path
-/// asserts that the key it adds is not stored yet. Only timers can run
-/// then; every spacelock command is a write command, which the pause holds.
-/// If the probe fails (`MEMORY` renamed), the grant goes ahead, as before.
+/// `FAILOVER`, a cluster manual failover), as far as the keys a grant would
+/// write tell: one reads as free yet is still stored. A primary deletes an
+/// expired key as soon as it is looked up, except while writes are paused
+/// (the server keeps the dataset still and only pretends the key is gone).
+/// Granting then would be a write during the pause, and the server would
+/// abort: its own `SET` path asserts that the key it adds is not stored yet.
+/// The lock key reads as free here by definition; the fence key never
+/// expires unless someone gave it a ttl, so it is probed only when it reads
+/// as free too. Only timers can run during a pause; every spacelock command
+/// is a write command, which the pause holds. If the probe fails (`MEMORY`
+/// renamed), the grant goes ahead, as before.
 fn writes_paused(ctx: &Ctx, key: RStr) -> bool {
-    match ctx.stored_at_all(key) {
+    let stored = |name: RStr| match ctx.stored_at_all(name) {
         Some(stored) => stored,
         None => {
             if !PROBE_WARNED.swap(true, Relaxed) {
@@ -655,7 +658,13 @@ fn writes_paused(ctx: &Ctx, key: RStr) -> bool {
             }
             false
         }
+    };
+    if stored(key) {
+        return true;
     }
+    let fence = OwnedStr::new(&crate::fence::fence_key(key.as_bytes()));
+    let fence_free = matches!(ctx.open(fence.as_rstr(), false).value(), Value::Empty);
+    fence_free && stored(fence.as_rstr())
 }
 
 /// Arms, moves or stops `key`'s expiry timer (only while waiters remain).

@@ -323,6 +323,53 @@ fn expiry_handoff_waits_out_a_write_pause() {
     assert!(!server.log().contains("ASSERTION"), "{}", server.log());
 }
 
+/// The same for the fence key, should someone give it a ttl: a `DEL` of the
+/// lock key makes the next settle run from a timer, here during a write
+/// pause begun in the same transaction, after the fence key's ttl ran out.
+/// The grant must wait for the pause to end rather than write the expired,
+/// still stored fence key (which also aborted the server).
+#[test]
+fn a_grant_waits_out_a_write_pause_for_an_expired_fence_key() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    assert_eq!(acquire(&mut con, "k", "holder", 60_000), Some(1));
+    let fence: String = redis::cmd("SPACELOCK.FENCEKEY")
+        .arg("k")
+        .query(&mut con)
+        .unwrap();
+    let waiter = spawn_waiter(&server, "k", "next", 10_000, 10_000);
+    until_waiting(&mut con, 1);
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("PEXPIRE")
+        .arg(&fence)
+        .arg(1)
+        .ignore()
+        .cmd("DEBUG")
+        .arg("SLEEP")
+        .arg("0.01")
+        .ignore()
+        .cmd("DEL")
+        .arg("k")
+        .ignore()
+        .cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1000)
+        .arg("WRITE")
+        .ignore()
+        .query(&mut con)
+        .unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(pong, "PONG", "the server survived the grant timer");
+    assert_eq!(waiting(&mut con), 1, "not granted during the pause");
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut con).unwrap();
+    let (r, _) = waiter.join().unwrap();
+    // The fence key expired, so the counter restarts (as after FLUSHALL).
+    assert_eq!(r.unwrap(), Some(1));
+    assert_eq!(get(&mut con, "k").as_deref(), Some("next"));
+}
+
 /// An idle server sleeps until its next timer: at `hz 1` that is up to a
 /// second, and the server's own blocked-client timeout check would answer a
 /// 50 ms WAIT up to a second late (as it does BLPOP). The waiter's wake
