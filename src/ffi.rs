@@ -924,6 +924,15 @@ impl Ctx {
         }
     }
 
+    /// Whether the server asks modules not to add replication traffic: its
+    /// writes are paused (`CLIENT PAUSE`, `FAILOVER`, a cluster manual
+    /// failover) so that replicas can catch up with its offset.
+    pub fn avoid_replica_traffic(&self) -> bool {
+        // SAFETY: a plain query of server state from the main thread; the
+        // pointer is checked (the function exists since Redis 6.0).
+        unsafe { raw::RedisModule_AvoidReplicaTraffic.is_some_and(|f| f() != 0) }
+    }
+
     /// Whether `key` is stored in the selected database at all, expired or
     /// not (`MEMORY USAGE`, which looks the key up without the expiry
     /// check); `None` if the call fails (e.g. the command was renamed).

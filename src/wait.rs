@@ -634,37 +634,49 @@ fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
 /// How often a grant held back by a write pause is tried again.
 const PAUSE_RETRY_MS: i64 = 10;
 
-/// Whether the server's writes are paused (`CLIENT PAUSE … WRITE`,
-/// `FAILOVER`, a cluster manual failover), as far as the keys a grant would
-/// write tell: one reads as free yet is still stored. A primary deletes an
-/// expired key as soon as it is looked up, except while writes are paused
-/// (the server keeps the dataset still and only pretends the key is gone).
-/// Granting then would be a write during the pause, and the server would
-/// abort: its own `SET` path asserts that the key it adds is not stored yet.
-/// The lock key reads as free here by definition; the fence key never
-/// expires unless someone gave it a ttl, so it is probed only when it reads
-/// as free too. Only timers can run during a pause; every spacelock command
-/// is a write command, which the pause holds. If the probe fails (`MEMORY`
-/// renamed), the grant goes ahead, as before.
+/// Whether a grant from a timer must wait because the server's writes are
+/// paused (`CLIENT PAUSE … WRITE`, `FAILOVER`, a cluster manual failover).
+///
+/// Only timers can run then: every spacelock command is a write command,
+/// which the pause holds. A grant during the pause would be a write the
+/// failover does not expect (a manual failover can lose it), and on an
+/// expired lock or fence key the server aborts: a paused primary keeps
+/// expired keys stored and only reports them gone, and its `SET` path
+/// asserts that a key it adds is not stored yet.
+///
+/// The server says so through `RedisModule_AvoidReplicaTraffic`. As a
+/// backstop for any other state that keeps expired keys stored even for a
+/// write, a key the grant would write that reads as free after a look-up
+/// for writing is probed with `MEMORY USAGE` (which looks keys up without
+/// the expiry check): stored means wait too. The fence key is probed only
+/// when it reads as free (it never expires unless someone gave it a ttl).
+/// If the probe fails (`MEMORY` renamed), the grant goes ahead.
 fn writes_paused(ctx: &Ctx, key: RStr) -> bool {
+    if ctx.avoid_replica_traffic() {
+        return true;
+    }
     let stored = |name: RStr| match ctx.stored_at_all(name) {
         Some(stored) => stored,
         None => {
             if !PROBE_WARNED.swap(true, Relaxed) {
                 ctx.log(
                     c"warning",
-                    "spacelock: MEMORY USAGE failed, so a WAIT grant from a timer cannot tell a write pause (CLIENT PAUSE WRITE, FAILOVER); keep the MEMORY command available",
+                    "spacelock: MEMORY USAGE failed, so a WAIT grant from a timer cannot tell whether an expired key is still stored; keep the MEMORY command available",
                 );
             }
             false
         }
     };
-    if stored(key) {
+    // A look-up for writing deletes an expired key whenever the server
+    // allows it (Valkey's import-mode, say, keeps expired keys until then),
+    // so only a key still stored after one would make the grant's write
+    // abort the server.
+    let stuck = |name: RStr| matches!(ctx.open(name, true).value(), Value::Empty) && stored(name);
+    if stuck(key) {
         return true;
     }
     let fence = OwnedStr::new(&crate::fence::fence_key(key.as_bytes()));
-    let fence_free = matches!(ctx.open(fence.as_rstr(), false).value(), Value::Empty);
-    fence_free && stored(fence.as_rstr())
+    stuck(fence.as_rstr())
 }
 
 /// Arms, moves or stops `key`'s expiry timer (only while waiters remain).
