@@ -650,7 +650,8 @@ const PAUSE_RETRY_MS: i64 = 10;
 /// for writing is probed with `MEMORY USAGE` (which looks keys up without
 /// the expiry check): stored means wait too. The fence key is probed only
 /// when it reads as free (it never expires unless someone gave it a ttl).
-/// If the probe fails (`MEMORY` renamed), the grant goes ahead.
+/// If the probe fails (`MEMORY` renamed; in a cluster, a slot being
+/// migrated redirects it), the grant goes ahead, as it did before.
 fn writes_paused(ctx: &Ctx, key: RStr) -> bool {
     if ctx.avoid_replica_traffic() {
         return true;
@@ -661,7 +662,7 @@ fn writes_paused(ctx: &Ctx, key: RStr) -> bool {
             if !PROBE_WARNED.swap(true, Relaxed) {
                 ctx.log(
                     c"warning",
-                    "spacelock: MEMORY USAGE failed, so a WAIT grant from a timer cannot tell whether an expired key is still stored; keep the MEMORY command available",
+                    "spacelock: could not ask MEMORY USAGE whether a free-looking key is still stored (the command is renamed, or the cluster redirects it); WAIT grants from timers go ahead without that check",
                 );
             }
             false
