@@ -993,6 +993,80 @@ fn waiters_are_let_go_when_the_primary_becomes_a_replica() {
     assert_eq!(stat(&mut con, "handoffs"), 0);
 }
 
+/// `FAILOVER` pauses the primary's writes until its replica has caught up.
+/// With the replica stalled (`DEBUG SLEEP`), the holder's lease runs out
+/// inside that pause: the primary must survive, must not grant during the
+/// pause, and once it has become a replica lets the waiter go with
+/// `-UNBLOCKED`; the new primary holds no lock for the waiter.
+#[test]
+fn failover_with_an_expiring_holder_and_a_waiter() {
+    let primary = ServerBuilder::new()
+        .arg("repl-diskless-sync-delay", "0")
+        .start();
+    let replica = Server::new();
+    let mut rcon = conn(&replica);
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port)
+        .query(&mut rcon)
+        .unwrap();
+    let replication =
+        |c: &mut Connection| -> String { redis::cmd("INFO").arg("replication").query(c).unwrap() };
+    assert!(
+        wait_until(LONG, || replication(&mut rcon)
+            .contains("master_link_status:up")),
+        "replica never synced"
+    );
+    let mut con = conn(&primary);
+    assert!(acquire(&mut con, "k", "holder", 400).is_some());
+    let w = spawn_waiter(&primary, "k", "next", 10_000, 0);
+    until_waiting(&mut con, 1);
+    // Stall the replica so that the failover's write pause outlives the lease.
+    let stall = {
+        let mut c = conn(&replica);
+        thread::spawn(move || {
+            let _: () = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg("1.2")
+                .query(&mut c)
+                .unwrap();
+        })
+    };
+    thread::sleep(Duration::from_millis(50));
+    let _: () = redis::cmd("FAILOVER")
+        .arg("TO")
+        .arg("127.0.0.1")
+        .arg(replica.port)
+        .arg("TIMEOUT")
+        .arg(5000)
+        .query(&mut con)
+        .unwrap();
+    thread::sleep(Duration::from_millis(600));
+    let pong: String = redis::cmd("PING").query(&mut con).unwrap();
+    assert_eq!(
+        pong, "PONG",
+        "the primary survived the lease expiring in the pause"
+    );
+    assert_eq!(
+        stat(&mut con, "handoffs"),
+        0,
+        "no grant during the failover pause"
+    );
+    stall.join().unwrap();
+    let err = w.join().unwrap().0.unwrap_err();
+    assert_eq!(err.code(), Some("UNBLOCKED"), "{err}");
+    assert!(
+        wait_until(LONG, || replication(&mut rcon).contains("role:master")),
+        "the replica was never promoted"
+    );
+    assert_eq!(
+        get(&mut rcon, "k"),
+        None,
+        "no lock for the waiter on the new primary"
+    );
+    assert!(!primary.log().contains("ASSERTION"), "{}", primary.log());
+}
+
 #[test]
 fn cluster_waiters_are_not_granted_on_a_node_that_lost_the_slot() {
     let cluster = common::Cluster::start(2);
