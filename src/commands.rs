@@ -8,7 +8,7 @@ use crate::fence;
 use crate::ffi::{Command, Ctx, RStr, Value};
 use crate::lock;
 use crate::stats;
-use crate::store::{fence_token, RedisStore};
+use crate::store::{fence_name, fence_token, RedisStore};
 
 /// Validates `owner` and `ttl` (in that order) before any key is opened.
 fn owner_and_ttl(owner: RStr, ttl: RStr) -> Result<i64, crate::args::ArgError> {
@@ -139,8 +139,8 @@ impl Command for Info {
             Value::Other => return ctx.reply_error(&lock::LockError::LockWrongType.to_string()),
             Value::Str(v) => v,
         };
-        let fence_name = crate::ffi::OwnedStr::new(&fence::fence_key(key.as_bytes()));
-        let fence_key = ctx.open(fence_name.as_rstr(), false);
+        let name = fence_name(key.as_bytes());
+        let fence_key = ctx.open(name.as_rstr(), false);
         let token = match fence_token(&fence_key) {
             Ok(t) => t,
             Err(e) => return ctx.reply_error(&e.to_string()),

@@ -119,23 +119,28 @@ pub fn slot_tag(slot: u16) -> &'static [u8] {
     &tag.bytes[..usize::from(tag.len)]
 }
 
-/// Writes the fence key name for lock `key` into `out` (cleared first).
-pub fn fence_key_into(key: &[u8], out: &mut Vec<u8>) {
-    let tag = slot_tag(key_slot(key));
-    out.clear();
-    out.reserve(FENCE_PREFIX.len() + tag.len() + 3 + key.len());
-    out.extend_from_slice(FENCE_PREFIX);
-    out.push(b'{');
-    out.extend_from_slice(tag);
-    out.extend_from_slice(b"}:");
-    out.extend_from_slice(key);
+/// The pieces of the fence key name for lock `key`, in order.
+fn fence_key_parts(key: &[u8]) -> [&[u8]; 5] {
+    [FENCE_PREFIX, b"{", slot_tag(key_slot(key)), b"}:", key]
 }
 
 /// The fence key name for lock `key`.
 pub fn fence_key(key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    fence_key_into(key, &mut out);
-    out
+    fence_key_parts(key).concat()
+}
+
+/// Writes the fence key name for lock `key` into the front of `out` and
+/// returns it, or `None` if it does not fit (then use [`fence_key`]). Lets
+/// the command path build the name without a heap allocation.
+pub fn fence_key_in<'a>(key: &[u8], out: &'a mut [u8]) -> Option<&'a [u8]> {
+    let parts = fence_key_parts(key);
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut at = 0;
+    for part in parts {
+        out.get_mut(at..at + part.len())?.copy_from_slice(part);
+        at += part.len();
+    }
+    out.get(..len)
 }
 
 #[cfg(test)]
@@ -218,6 +223,24 @@ mod tests {
                 .collect();
             assert_eq!(key_slot(&fence_key(&key)), key_slot(&key), "key {key:?}");
         }
+    }
+
+    #[test]
+    fn fence_key_in_matches_fence_key_or_says_it_does_not_fit() {
+        let mut buf = [0u8; 40];
+        for key in [
+            &b""[..],
+            b"k",
+            b"{tag}x",
+            b"a-rather-long-lock-key-name-0123456789",
+        ] {
+            let whole = fence_key(key);
+            match fence_key_in(key, &mut buf) {
+                Some(name) => assert_eq!(name, &whole[..], "key {key:?}"),
+                None => assert!(whole.len() > buf.len(), "key {key:?} fits"),
+            }
+        }
+        assert!(fence_key_in(b"a-rather-long-lock-key-name-0123456789", &mut buf).is_none());
     }
 
     #[test]

@@ -17,6 +17,16 @@ pub fn fence_token(fence: &Key) -> Result<i64, LockError> {
     }
 }
 
+/// The fence key of lock `key`, as a server string. Built on the stack for
+/// any key name of usual length (one allocation, the server string's).
+pub fn fence_name(key: &[u8]) -> OwnedStr {
+    let mut buf = [0u8; 192];
+    match fence::fence_key_in(key, &mut buf) {
+        Some(name) => OwnedStr::new(name),
+        None => OwnedStr::new(&fence::fence_key(key)),
+    }
+}
+
 /// One lock key opened for one caller.
 pub struct RedisStore<'a> {
     ctx: &'a Ctx,
@@ -43,8 +53,8 @@ impl<'a> RedisStore<'a> {
         &mut self
             .fence
             .get_or_insert_with(|| {
-                let fence_name = OwnedStr::new(&fence::fence_key(name.as_bytes()));
-                (ctx.open(fence_name.as_rstr(), true), fence_name)
+                let fence = fence_name(name.as_bytes());
+                (ctx.open(fence.as_rstr(), true), fence)
             })
             .0
     }

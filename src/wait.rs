@@ -676,7 +676,7 @@ fn writes_paused(ctx: &Ctx, key: RStr) -> bool {
     if stuck(key) {
         return true;
     }
-    let fence = OwnedStr::new(&crate::fence::fence_key(key.as_bytes()));
+    let fence = crate::store::fence_name(key.as_bytes());
     stuck(fence.as_rstr())
 }
 
