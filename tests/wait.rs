@@ -276,6 +276,27 @@ fn refresh_moves_the_expiry_timer() {
     );
 }
 
+/// Runs the commands `before` adds, then `CLIENT PAUSE ms WRITE`, in one
+/// MULTI/EXEC: the pause begins before any timer those commands schedule
+/// can run.
+fn then_pause_writes(con: &mut Connection, ms: u64, before: impl FnOnce(&mut redis::Pipeline)) {
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    before(&mut pipe);
+    let _: () = pipe
+        .cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .ignore()
+        .query(con)
+        .unwrap();
+}
+
+fn unpause(con: &mut Connection) {
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(con).unwrap();
+}
+
 /// While writes are paused (`CLIENT PAUSE … WRITE`, as `FAILOVER` does), an
 /// expired lock key stays stored and only reads as gone. The expiry timer
 /// must not grant then: that would be a write during the pause, and the
@@ -288,12 +309,7 @@ fn expiry_handoff_waits_out_a_write_pause() {
     assert!(acquire(&mut con, "k", "holder", 300).is_some());
     let waiter = spawn_waiter(&server, "k", "next", 10_000, 10_000);
     until_waiting(&mut con, 1);
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1500)
-        .arg("WRITE")
-        .query(&mut con)
-        .unwrap();
+    then_pause_writes(&mut con, 1500, |_| {});
     // Past the holder's expiry, inside the pause.
     thread::sleep(Duration::from_millis(700));
     let pong: String = redis::cmd("PING").query(&mut con).unwrap();
@@ -311,7 +327,7 @@ fn expiry_handoff_waits_out_a_write_pause() {
         .unwrap();
     assert!(stored.is_some(), "the pause keeps the expired key stored");
     let unpaused = Instant::now();
-    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut con).unwrap();
+    unpause(&mut con);
     let (r, at) = waiter.join().unwrap();
     assert_eq!(r.unwrap(), Some(2), "granted with the next token");
     let late = at.saturating_duration_since(unpaused);
@@ -334,22 +350,13 @@ fn a_grant_after_a_del_waits_out_a_write_pause() {
     assert_eq!(acquire(&mut con, "k", "holder", 60_000), Some(1));
     let waiter = spawn_waiter(&server, "k", "next", 10_000, 10_000);
     until_waiting(&mut con, 1);
-    let _: () = redis::pipe()
-        .atomic()
-        .cmd("DEL")
-        .arg("k")
-        .ignore()
-        .cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1000)
-        .arg("WRITE")
-        .ignore()
-        .query(&mut con)
-        .unwrap();
+    then_pause_writes(&mut con, 1000, |p| {
+        p.cmd("DEL").arg("k").ignore();
+    });
     thread::sleep(Duration::from_millis(300));
     assert_eq!(waiting(&mut con), 1, "not granted during the pause");
     assert_eq!(get(&mut con, "k"), None, "nothing written during the pause");
-    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut con).unwrap();
+    unpause(&mut con);
     let (r, _) = waiter.join().unwrap();
     assert_eq!(r.unwrap(), Some(2));
     assert_eq!(get(&mut con, "k").as_deref(), Some("next"));
@@ -396,31 +403,16 @@ fn a_grant_waits_out_a_write_pause_for_an_expired_fence_key() {
         .unwrap();
     let waiter = spawn_waiter(&server, "k", "next", 10_000, 10_000);
     until_waiting(&mut con, 1);
-    let _: () = redis::pipe()
-        .atomic()
-        .cmd("PEXPIRE")
-        .arg(&fence)
-        .arg(1)
-        .ignore()
-        .cmd("DEBUG")
-        .arg("SLEEP")
-        .arg("0.01")
-        .ignore()
-        .cmd("DEL")
-        .arg("k")
-        .ignore()
-        .cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1000)
-        .arg("WRITE")
-        .ignore()
-        .query(&mut con)
-        .unwrap();
+    then_pause_writes(&mut con, 1000, |p| {
+        p.cmd("PEXPIRE").arg(&fence).arg(1).ignore();
+        p.cmd("DEBUG").arg("SLEEP").arg("0.01").ignore();
+        p.cmd("DEL").arg("k").ignore();
+    });
     thread::sleep(Duration::from_millis(300));
     let pong: String = redis::cmd("PING").query(&mut con).unwrap();
     assert_eq!(pong, "PONG", "the server survived the grant timer");
     assert_eq!(waiting(&mut con), 1, "not granted during the pause");
-    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut con).unwrap();
+    unpause(&mut con);
     let (r, _) = waiter.join().unwrap();
     // The fence key expired, so the counter restarts (as after FLUSHALL).
     assert_eq!(r.unwrap(), Some(1));
