@@ -5,17 +5,9 @@
 
 mod common;
 
-use common::Cluster;
+use common::{keyslot, Cluster};
 use redis::cluster::ClusterClient;
 use redis::Commands;
-
-fn keyslot(con: &mut redis::Connection, key: &[u8]) -> u16 {
-    redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query(con)
-        .unwrap()
-}
 
 #[test]
 fn locks_across_slots_and_through_slot_migration() {

@@ -1064,11 +1064,7 @@ fn cluster_waiters_are_not_granted_on_a_node_that_lost_the_slot() {
     let cluster = common::Cluster::start(2);
     let key = "wait:migrating";
     let mut any = cluster.nodes[0].conn();
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query(&mut any)
-        .unwrap();
+    let slot = common::keyslot(&mut any, key);
     let from = cluster.owner_of(slot);
     let to = 1 - from;
     let mut src = conn(&cluster.nodes[from]);

@@ -6,17 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::Cluster;
+use common::{keyslot, Cluster};
 use redis::cluster::ClusterClient;
 use spacelock_client::{Options, Outcome, SpaceLock};
-
-fn keyslot(con: &mut redis::Connection, key: &str) -> u16 {
-    redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query(con)
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_on_every_node_are_held_and_refreshed() {
@@ -31,7 +23,7 @@ async fn leases_on_every_node_are_held_and_refreshed() {
     let names: Vec<String> = (0..30).map(|i| format!("space-{i}")).collect();
     let mut per_node = [0usize; 3];
     for n in &names {
-        per_node[cluster.owner_of(keyslot(&mut any, &locks.key(n)))] += 1;
+        per_node[cluster.owner_of(keyslot(&mut any, locks.key(n)))] += 1;
     }
     assert!(per_node.iter().all(|&c| c > 0), "spread: {per_node:?}");
 

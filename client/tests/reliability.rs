@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Server};
+use common::{keyslot, Cluster, Server};
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use spacelock_client::{AcquireReply, Options, Outcome, RefreshReply, ReleaseReply, SpaceLock};
@@ -454,14 +454,6 @@ async fn exclusion_and_fencing_under_expiry() {
 
 // ---------------------------------------------------------------------------
 // §4 Cluster: the heartbeat follows a slot migration
-
-fn keyslot(con: &mut redis::Connection, key: &str) -> u16 {
-    redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query(con)
-        .unwrap()
-}
 
 /// Each node's view of every node's config epoch, from `CLUSTER NODES`.
 fn epoch_views(cluster: &Cluster) -> Vec<Vec<(String, u64)>> {

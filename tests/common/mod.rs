@@ -476,6 +476,15 @@ pub fn snapshot(con: &mut redis::Connection) -> Vec<(Vec<u8>, String, Vec<u8>, i
         .collect()
 }
 
+/// `CLUSTER KEYSLOT key`: the hash slot the server computes for `key`.
+pub fn keyslot(con: &mut redis::Connection, key: impl redis::ToRedisArgs) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(con)
+        .unwrap()
+}
+
 /// Polls `f` every 10 ms until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
