@@ -38,6 +38,10 @@
 //!   any lock (documented in the README).
 //! * **Replicas** never write: if the server has become a replica while
 //!   clients wait, they are unblocked with `-UNBLOCKED`.
+//! * **Write pauses** (`CLIENT PAUSE … WRITE`, `FAILOVER`, a cluster manual
+//!   failover) hold every spacelock command, but not timers: a grant from a
+//!   timer waits while the server asks modules to avoid replica traffic,
+//!   and is tried again every 10 ms (see `writes_paused`).
 //! * **Timeouts** are the server's blocked-client timeouts (nil reply), which
 //!   it checks before each event-loop sleep. An idle server sleeps until its
 //!   next timer, up to one cron period (1000/hz ms: 100 ms at the default
