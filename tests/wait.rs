@@ -1004,13 +1004,17 @@ fn failover_with_an_expiring_holder_and_a_waiter() {
         .unwrap();
     let replication =
         |c: &mut Connection| -> String { redis::cmd("INFO").arg("replication").query(c).unwrap() };
+    let mut con = conn(&primary);
+    // FAILOVER needs the replica online as the primary sees it (after its
+    // first ACK), which can come a little after the replica's link is up:
+    // CI once got "FAILOVER target replica is not online".
     assert!(
         wait_until(LONG, || replication(&mut rcon)
-            .contains("master_link_status:up")),
+            .contains("master_link_status:up")
+            && replication(&mut con).contains("state=online")),
         "replica never synced"
     );
-    let mut con = conn(&primary);
-    assert!(acquire(&mut con, "k", "holder", 400).is_some());
+    assert!(acquire(&mut con, "k", "holder", 60_000).is_some());
     let w = spawn_waiter(&primary, "k", "next", 10_000, 0);
     until_waiting(&mut con, 1);
     // Stall the replica so that the failover's write pause outlives the lease.
@@ -1025,6 +1029,15 @@ fn failover_with_an_expiring_holder_and_a_waiter() {
         })
     };
     thread::sleep(Duration::from_millis(50));
+    // Shorten the lease only now, so that however slow the setup was, it
+    // runs out inside the pause (which lasts until the replica wakes).
+    let refreshed: i64 = redis::cmd("SPACELOCK.REFRESH")
+        .arg("k")
+        .arg("holder")
+        .arg(400)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(refreshed, 1);
     let _: () = redis::cmd("FAILOVER")
         .arg("TO")
         .arg("127.0.0.1")
