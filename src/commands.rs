@@ -2,16 +2,16 @@
 //! the server's keys, reply. Every path sends exactly one reply, and every
 //! error reply starts with its code word.
 
-use crate::args::{check_owner, parse_ttl};
 use crate::config;
-use crate::fence;
 use crate::ffi::{Command, Ctx, RStr, Value};
-use crate::lock;
 use crate::stats;
 use crate::store::{fence_name, fence_token, RedisStore};
+use spacelock_core::args::{check_owner, parse_ttl};
+use spacelock_core::fence;
+use spacelock_core::lock;
 
 /// Validates `owner` and `ttl` (in that order) before any key is opened.
-fn owner_and_ttl(owner: RStr, ttl: RStr) -> Result<i64, crate::args::ArgError> {
+fn owner_and_ttl(owner: RStr, ttl: RStr) -> Result<i64, spacelock_core::args::ArgError> {
     check_owner(owner.as_bytes(), config::max_owner_len())?;
     parse_ttl(ttl.as_bytes(), config::max_ttl())
 }

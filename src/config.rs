@@ -111,7 +111,7 @@ pub fn apply_load_args(args: &[&[u8]]) -> Result<(), String> {
             .iter()
             .find(|c| c.name.to_bytes() == name.as_bytes())
             .ok_or_else(|| format!("unknown module argument '{raw_name}'"))?;
-        let value = crate::args::parse_i64(pair[1])
+        let value = spacelock_core::args::parse_i64(pair[1])
             .filter(|v| (cfg.min..=cfg.max).contains(v))
             .ok_or_else(|| {
                 format!(

@@ -1,18 +1,13 @@
 //! spacelock: a native lease-lock module for Redis and Valkey.
 //!
 //! This file only registers things. The lock logic is plain Rust in
-//! [`lock`] (unit-tested without a server), argument rules are in [`args`],
-//! fence-key naming in [`fence`], the server-facing store in [`store`],
+//! `spacelock_core::lock` (unit-tested without a server), argument rules are in `spacelock_core::args`,
+//! fence-key naming in `spacelock_core::fence`, the server-facing store in [`store`],
 //! command handlers in [`commands`], and every `unsafe` line in [`ffi`].
 
-pub mod args;
 pub mod commands;
 pub mod config;
-pub mod fence;
 pub mod ffi;
-#[cfg(test)]
-mod fuzz;
-pub mod lock;
 pub mod stats;
 pub mod store;
 pub mod wait;
@@ -136,7 +131,7 @@ fn acl_categories(def: &CommandDef) -> std::ffi::CString {
 pub fn on_load(ctx: &LoadCtx, args: &[RStr]) -> Result<(), String> {
     let args: Vec<&[u8]> = args.iter().map(RStr::as_bytes).collect();
     config::apply_load_args(&args)?;
-    fence::warm_up();
+    spacelock_core::fence::warm_up();
     ctx.disable_implicit_signal();
 
     let commands = command_table();

@@ -4,9 +4,9 @@
 //! replay needs, with absolute times (`SET … PXAT`, `PEXPIREAT`, `DEL`,
 //! `SET fence n`), and by the keyspace events the core command would emit.
 
-use crate::fence;
 use crate::ffi::{Ctx, EventClass, Key, OwnedStr, RStr, Value};
-use crate::lock::{parse_token, LockError, Probe, Store};
+use spacelock_core::fence;
+use spacelock_core::lock::{parse_token, LockError, Probe, Store};
 
 /// The last token stored in an open fence key: 0 when it does not exist.
 pub fn fence_token(fence: &Key) -> Result<i64, LockError> {

@@ -57,12 +57,12 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::args::{parse_timeout, ArgError};
 use crate::config;
 use crate::ffi::{BlockedClient, Ctx, OwnedStr, RStr, Value, WaitReply};
-use crate::lock;
 use crate::stats;
 use crate::store::RedisStore;
+use spacelock_core::args::{parse_timeout, ArgError};
+use spacelock_core::lock;
 
 /// Parses the options after `key owner ttl_ms`: only `WAIT timeout_ms`
 /// (case-insensitive), at most once. `Ok(None)` without WAIT.
@@ -598,7 +598,7 @@ fn settle_from(ctx: &Ctx, key: RStr, from_timer: bool) {
             }
             if from_timer && !slot_checked && ctx.in_cluster() && with(|r| r.len(db, name)) > 0 {
                 slot_checked = true;
-                let slot = crate::fence::key_slot(name);
+                let slot = spacelock_core::fence::key_slot(name);
                 if !ctx.cluster_nodes().is_some_and(|n| serves_slot(&n, slot)) {
                     for w in with(|r| r.drain(db, name)) {
                         stop_wake(ctx, &w);

@@ -59,34 +59,8 @@ impl LockConnection for redis::aio::ConnectionManager {}
 impl LockConnection for redis::aio::MultiplexedConnection {}
 impl LockConnection for redis::cluster_async::ClusterConnection {
     fn pipeline_group(key: &[u8]) -> u16 {
-        hash_slot(key)
+        spacelock_core::fence::key_slot(key)
     }
-}
-
-/// The Redis Cluster hash slot of a key (CRC16/XMODEM of the hash tag, or of
-/// the whole key without a non-empty `{tag}`, modulo 16384).
-pub(crate) fn hash_slot(key: &[u8]) -> u16 {
-    let tagged = key
-        .iter()
-        .position(|&b| b == b'{')
-        .and_then(|open| {
-            let rest = &key[open + 1..];
-            let close = rest.iter().position(|&b| b == b'}')?;
-            (close > 0).then(|| &rest[..close])
-        })
-        .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for &byte in tagged {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16_384
 }
 
 /// Object-safe view of a connection (for the blocking pool).
@@ -243,20 +217,5 @@ impl WaitPool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(conn.conn);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::hash_slot;
-
-    #[test]
-    fn hash_slots_match_redis() {
-        // Values from CLUSTER KEYSLOT.
-        assert_eq!(hash_slot(b"foo"), 12182);
-        assert_eq!(hash_slot(b"123456789"), 12739);
-        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
-        assert_eq!(hash_slot(b"foo{{bar}}zap"), hash_slot(b"{bar"));
-        assert_eq!(hash_slot(b""), 0);
     }
 }

@@ -4,8 +4,8 @@
 //! a second, and longer on demand:
 //!
 //! ```sh
-//! SPACELOCK_FUZZ_ITERS=20000000 cargo test --release --lib fuzz -- --nocapture
-//! SPACELOCK_FUZZ_SEED=1234 cargo test --release --lib fuzz   # replay a seed
+//! SPACELOCK_FUZZ_ITERS=20000000 cargo test --release -p spacelock-core fuzz -- --nocapture
+//! SPACELOCK_FUZZ_SEED=1234 cargo test --release -p spacelock-core fuzz   # replay a seed
 //! ```
 
 use crate::args::{check_owner, expire_at, parse_i64, parse_timeout, parse_ttl};

@@ -1,0 +1,19 @@
+//! spacelock's pure logic: no `redis-module`, no I/O, no globals.
+//!
+//! Everything here is plain Rust, unit-tested without a server (the
+//! redis-cell pattern): the module (`spacelock`), the client, the CLI, the
+//! bench and the tests all build on it.
+//!
+//! * [`args`]: argument rules (integers as Redis parses them, ttl, owner);
+//! * [`fence`]: the cluster hash slot (the only CRC16 in the tree) and
+//!   fence-key naming;
+//! * [`lock`]: the lock state machine over a [`lock::Store`], with
+//!   [`lock::MemoryStore`] and an injectable clock.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod args;
+pub mod fence;
+#[cfg(test)]
+mod fuzz;
+pub mod lock;
