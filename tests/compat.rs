@@ -7,22 +7,20 @@
 //!   load fails, the process exits normally instead of crashing, and the log
 //!   says why. Skipped, with a printed reason, when the variable is unset.
 
-mod common;
+use spacelock_testkit as kit;
 
-use common::{is_valkey, version_of, Server, ServerBuilder};
+use kit::{is_valkey, version_of, Server, ServerBuilder};
 use redis::Value;
 use std::path::PathBuf;
 
-fn redis62() -> Option<PathBuf> {
+/// The Redis 6.2 binary, or a skip: `make test-compat` provides it.
+fn redis62() -> PathBuf {
     match std::env::var_os("SPACELOCK_REDIS62") {
-        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
-        _ => {
-            eprintln!(
-                "skip: SPACELOCK_REDIS62 is not set (run `eval \"$(scripts/fetch-servers.sh)\"` \
-                 or `make test-compat`)"
-            );
-            None
-        }
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => kit::skip(
+            "SPACELOCK_REDIS62 is not set (run `eval \"$(scripts/fetch-servers.sh)\"` \
+             or `make test-compat`)",
+        ),
     }
 }
 
@@ -48,7 +46,7 @@ fn assert_refused_cleanly(log: &str) {
     }
 }
 
-#[test]
+#[kit::test]
 fn server_under_test_is_supported_and_loads_the_module() {
     let server = Server::new();
     let mut con = server.conn();
@@ -75,9 +73,9 @@ fn server_under_test_is_supported_and_loads_the_module() {
     assert!(format!("{list:?}").contains("spacelock"), "{list:?}");
 }
 
-#[test]
+#[kit::test]
 fn redis62_refuses_the_module_at_startup() {
-    let Some(bin) = redis62() else { return };
+    let bin = redis62();
     let result = ServerBuilder::new()
         .binary(&bin)
         .without_debug_command()
@@ -97,9 +95,9 @@ fn redis62_refuses_the_module_at_startup() {
     assert!(log.contains("exited with exit status: 1"), "{log}");
 }
 
-#[test]
+#[kit::test]
 fn redis62_refuses_module_load_at_runtime_and_keeps_serving() {
-    let Some(bin) = redis62() else { return };
+    let bin = redis62();
     let server = ServerBuilder::new()
         .binary(&bin)
         .without_debug_command()
@@ -107,7 +105,7 @@ fn redis62_refuses_module_load_at_runtime_and_keeps_serving() {
         .start();
     let mut con = server.conn();
     assert_eq!(version_of(&mut con).0, 6);
-    let module = common::module_path();
+    let module = kit::module_path();
     let r: redis::RedisResult<Value> = redis::cmd("MODULE")
         .arg("LOAD")
         .arg(module.to_str().unwrap())
@@ -132,3 +130,5 @@ fn redis62_refuses_module_load_at_runtime_and_keeps_serving() {
     );
     assert_refused_cleanly(&server.log());
 }
+
+kit::main!();

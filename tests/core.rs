@@ -1,9 +1,9 @@
 //! Module core (issue 2): every reply case, fencing, errors, interop with the
 //! seed's Lua, transactions/scripts, key specs, ACL, notifications, OOM.
 
-mod common;
+use spacelock_testkit as kit;
 
-use common::{acquire, release, snapshot, Server, ServerBuilder};
+use kit::{acquire, release, snapshot, Server, ServerBuilder};
 use redis::{Connection, Value};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ fn get(con: &mut Connection, key: &[u8]) -> Option<Vec<u8>> {
     redis::cmd("GET").arg(key).query(con).unwrap()
 }
 
-#[test]
+#[kit::test]
 fn acquire_refresh_release_reply_cases() {
     let server = Server::new();
     let mut con = server.conn();
@@ -74,7 +74,7 @@ fn acquire_refresh_release_reply_cases() {
     assert_eq!(get(&mut con, b"space-1").as_deref(), Some(&b"alice"[..]));
     assert_eq!(refresh(&mut con, b"missing", b"alice", 60_000), 0);
     assert_eq!(
-        common::all_keys(&mut con).len(),
+        kit::all_keys(&mut con).len(),
         2,
         "refresh of a missing key creates nothing"
     );
@@ -90,7 +90,7 @@ fn acquire_refresh_release_reply_cases() {
     assert_eq!(acquire(&mut con, b"space-1", b"bob", 10_000), Some(2));
 }
 
-#[test]
+#[kit::test]
 fn binary_safe_keys_and_owners() {
     let server = Server::new();
     let mut con = server.conn();
@@ -110,7 +110,7 @@ fn binary_safe_keys_and_owners() {
     assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"2"[..]));
 }
 
-#[test]
+#[kit::test]
 fn tokens_increase_across_release_expiry_and_delete() {
     let server = Server::new();
     let mut con = server.conn();
@@ -124,7 +124,7 @@ fn tokens_increase_across_release_expiry_and_delete() {
             1 => {
                 let _: i64 = redis::cmd("DEL").arg("lock").query(&mut con).unwrap();
             }
-            _ => assert!(common::wait_until(Duration::from_secs(2), || get(
+            _ => assert!(kit::wait_until(Duration::from_secs(2), || get(
                 &mut con, b"lock"
             )
             .is_none())),
@@ -162,7 +162,7 @@ fn slot(key: &[u8]) -> u16 {
     crc % 16384
 }
 
-#[test]
+#[kit::test]
 fn fence_key_shares_the_lock_slot_for_awkward_names() {
     let server = Server::new();
     let mut con = server.conn();
@@ -189,7 +189,7 @@ fn fence_key_shares_the_lock_slot_for_awkward_names() {
     }
 }
 
-#[test]
+#[kit::test]
 fn refresh_zero_never_deletes() {
     // redis-py#4279: PEXPIRE 0 deletes the key and reports success.
     let server = Server::new();
@@ -202,7 +202,7 @@ fn refresh_zero_never_deletes() {
     assert_eq!(get(&mut con, b"k").as_deref(), Some(&b"o"[..]));
 }
 
-#[test]
+#[kit::test]
 fn malformed_calls_get_errors_and_change_nothing() {
     let server = Server::new();
     let mut con = server.conn();
@@ -364,7 +364,7 @@ fn malformed_calls_get_errors_and_change_nothing() {
     assert_eq!(acquire(&mut con, b"maxowner", &max_owner, 1000), Some(1));
 }
 
-#[test]
+#[kit::test]
 fn expiry_overflow_is_rejected() {
     let server = Server::new();
     let mut con = server.conn();
@@ -383,7 +383,7 @@ fn expiry_overflow_is_rejected() {
         e.starts_with("ERR invalid ttl: the absolute expiry time would overflow"),
         "{e}"
     );
-    assert!(common::all_keys(&mut con).is_empty());
+    assert!(kit::all_keys(&mut con).is_empty());
     acquire(&mut con, b"k", b"o", 1000).unwrap();
     let e = error_of(
         &mut con,
@@ -392,7 +392,7 @@ fn expiry_overflow_is_rejected() {
     assert!(e.contains("overflow"), "{e}");
 }
 
-#[test]
+#[kit::test]
 fn seed_lua_works_on_module_locks_and_module_works_on_seed_locks() {
     let server = Server::new();
     let mut con = server.conn();
@@ -468,7 +468,7 @@ fn seed_lua_works_on_module_locks_and_module_works_on_seed_locks() {
     assert_eq!(ok, None);
 }
 
-#[test]
+#[kit::test]
 fn works_inside_multi_exec_and_lua() {
     let server = Server::new();
     let mut con = server.conn();
@@ -519,7 +519,7 @@ fn works_inside_multi_exec_and_lua() {
     assert!(e.to_string().contains("invalid ttl"), "{e}");
 }
 
-#[test]
+#[kit::test]
 fn failed_owner_check_does_not_invalidate_watch() {
     let server = Server::new();
     let mut con = server.conn();
@@ -538,7 +538,7 @@ fn failed_owner_check_does_not_invalidate_watch() {
     assert!(r.is_none(), "EXEC should abort after a successful REFRESH");
 }
 
-#[test]
+#[kit::test]
 fn command_getkeys_and_key_specs() {
     let server = Server::new();
     let mut con = server.conn();
@@ -568,7 +568,7 @@ fn command_getkeys_and_key_specs() {
     }
 }
 
-#[test]
+#[kit::test]
 fn acl_key_patterns_apply() {
     let server = Server::new();
     let mut admin = server.conn();
@@ -594,7 +594,7 @@ fn acl_key_patterns_apply() {
     assert!(get(&mut admin, b"denied:x").is_none());
 }
 
-#[test]
+#[kit::test]
 fn keyspace_notifications_match_core_commands() {
     let server = Server::new();
     let mut con = server.conn();
@@ -626,7 +626,7 @@ fn keyspace_notifications_match_core_commands() {
     assert_eq!(events, ["set", "expire", "expire", "del"]);
 }
 
-#[test]
+#[kit::test]
 fn refresh_and_release_work_at_maxmemory_but_acquire_is_refused() {
     let server = ServerBuilder::new()
         .arg("maxmemory-policy", "noeviction")
@@ -651,7 +651,7 @@ fn refresh_and_release_work_at_maxmemory_but_acquire_is_refused() {
         .unwrap();
 }
 
-#[test]
+#[kit::test]
 fn fence_key_never_keeps_a_ttl_someone_put_on_it() {
     // SET (what replicas see) clears a TTL; the in-place counter write must too.
     let server = Server::new();
@@ -677,3 +677,5 @@ fn fence_key_never_keeps_a_ttl_someone_put_on_it() {
     assert_eq!(acquire(&mut con, b"t", b"o", 1000), Some(100));
     assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"100"[..]));
 }
+
+kit::main!();

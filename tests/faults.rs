@@ -2,14 +2,14 @@
 //! Every acknowledged, unreleased grant survives with its TTL, and every token
 //! issued after the restart exceeds every token issued before the crash.
 
-mod common;
+use spacelock_testkit as kit;
 
-use common::ServerBuilder;
+use kit::ServerBuilder;
 use std::collections::HashMap;
 use std::sync::mpsc;
 use std::time::Duration;
 
-#[test]
+#[kit::test]
 fn sigkill_under_load_loses_no_acknowledged_grant() {
     let mut server = ServerBuilder::new()
         .arg("appendonly", "yes")
@@ -106,3 +106,5 @@ fn sigkill_under_load_loses_no_acknowledged_grant() {
     }
     println!("crash: {ops} cycles, {} held locks survived", held.len());
 }
+
+kit::main!();

@@ -1,20 +1,20 @@
 //! Checks on the test harness itself: the port picker that every
 //! integration test depends on.
 
-mod common;
+use spacelock_testkit as kit;
 
 use std::collections::HashSet;
 
 /// Ports come from below the kernel's ephemeral range (where the suite's
 /// outgoing connections take their local ports), are bindable, and do not
 /// repeat within a process.
-#[test]
+#[kit::test]
 fn free_ports_avoid_the_ephemeral_range_and_do_not_repeat() {
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
     let lo: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
     let mut seen = HashSet::new();
     for _ in 0..200 {
-        let p = common::free_port();
+        let p = kit::free_port();
         assert!(
             p < lo || lo <= 12_000,
             "port {p} is in the ephemeral range (from {lo})"
@@ -24,9 +24,9 @@ fn free_ports_avoid_the_ephemeral_range_and_do_not_repeat() {
 }
 
 /// A cluster node gets its own bus port, and keeps it across a restart.
-#[test]
+#[kit::test]
 fn cluster_nodes_keep_their_bus_port_on_restart() {
-    let node = common::ServerBuilder::new().cluster().start();
+    let node = kit::ServerBuilder::new().cluster().start();
     let bus = node.bus_port.expect("bus port");
     assert_ne!(bus, node.port);
     let info: String = redis::cmd("CONFIG")
@@ -39,3 +39,5 @@ fn cluster_nodes_keep_their_bus_port_on_restart() {
     let node = node.restart_with(|b| b);
     assert_eq!(node.bus_port, Some(bus));
 }
+
+kit::main!();

@@ -2,9 +2,9 @@
 //! server down, must always get a well-formed reply, and must not touch keys
 //! they do not name.
 
-mod common;
+use spacelock_testkit as kit;
 
-use common::Server;
+use kit::Server;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::Value;
 
@@ -36,7 +36,7 @@ fn junk(rng: &mut StdRng) -> Vec<u8> {
     }
 }
 
-#[test]
+#[kit::test]
 fn random_argument_vectors_never_hurt_the_server() {
     let seed: u64 = std::env::var("SPACELOCK_HOSTILE_SEED")
         .ok()
@@ -62,7 +62,7 @@ fn random_argument_vectors_never_hurt_the_server() {
         .arg("a list")
         .query(&mut con)
         .unwrap();
-    let bystanders_before = common::snapshot(&mut con)
+    let bystanders_before = kit::snapshot(&mut con)
         .into_iter()
         .filter(|(k, ..)| k.starts_with(b"bystander:"))
         .collect::<Vec<_>>();
@@ -125,7 +125,7 @@ fn random_argument_vectors_never_hurt_the_server() {
     assert!(server.is_alive(), "server died:\n{}", server.log());
     let pong: String = redis::cmd("PING").query(&mut con).unwrap();
     assert_eq!(pong, "PONG");
-    let bystanders_after = common::snapshot(&mut con)
+    let bystanders_after = kit::snapshot(&mut con)
         .into_iter()
         .filter(|(k, ..)| k.starts_with(b"bystander:"))
         .collect::<Vec<_>>();
@@ -134,7 +134,7 @@ fn random_argument_vectors_never_hurt_the_server() {
     assert_eq!(t, "list", "a list is never overwritten by a lock command");
     // Every other key is a lock (a string with a TTL) or a fence counter.
     let mut locks = 0;
-    for (k, t, v, exp) in common::snapshot(&mut con) {
+    for (k, t, v, exp) in kit::snapshot(&mut con) {
         // A lock may expire between KEYS and TYPE/PEXPIRETIME (random TTLs).
         if k.starts_with(b"bystander:") || k == b"h:5" || t == "none" || exp == -2 {
             continue;
@@ -156,3 +156,5 @@ fn random_argument_vectors_never_hurt_the_server() {
         "a handler panicked"
     );
 }
+
+kit::main!();

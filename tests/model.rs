@@ -5,7 +5,7 @@
 //! `SPACELOCK_MODEL_SEED` replays a run; `SPACELOCK_MODEL_OPS` sets its
 //! length (default 100 000; use e.g. 5 000 000 for a soak).
 
-mod common;
+use spacelock_testkit as kit;
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::Value;
@@ -146,7 +146,7 @@ fn to_reply(v: &Value) -> Reply {
     }
 }
 
-#[test]
+#[kit::test]
 fn live_server_matches_reference_model() {
     let seed: u64 = std::env::var("SPACELOCK_MODEL_SEED")
         .ok()
@@ -159,7 +159,7 @@ fn live_server_matches_reference_model() {
     println!("model test: SPACELOCK_MODEL_SEED={seed} SPACELOCK_MODEL_OPS={total}");
     // A WAIT on a held key blocks until its 1 ms timeout, which the server
     // notices on its next cron tick: a high hz keeps those pauses short.
-    let server = common::ServerBuilder::new().arg("hz", "500").start();
+    let server = kit::ServerBuilder::new().arg("hz", "500").start();
     let mut con = server.conn();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut model = Model::default();
@@ -230,3 +230,5 @@ fn live_server_matches_reference_model() {
     }
     assert!(model.fence.values().sum::<i64>() > 0);
 }
+
+kit::main!();

@@ -6,9 +6,9 @@
 //! Valkey >= 8.0); below that the tests assert the module's one-line notice
 //! instead.
 
-mod common;
+use spacelock_testkit as kit;
 
-use common::{is_valkey, version_of, Server, ServerBuilder};
+use kit::{is_valkey, version_of, Server, ServerBuilder};
 use redis::{Connection, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -153,7 +153,7 @@ fn acl_categories_expected(con: &mut Connection) -> bool {
 // ---------------------------------------------------------------------------
 // INFO spacelock
 
-#[test]
+#[kit::test]
 fn info_section_has_every_field_and_counts_each_outcome() {
     let server = Server::new();
     let mut con = server.conn();
@@ -230,7 +230,7 @@ fn info_section_has_every_field_and_counts_each_outcome() {
     assert!(all.contains("spacelock_acquired:2"), "{all}");
 }
 
-#[test]
+#[kit::test]
 fn info_wait_counters_and_gauges() {
     let server = Server::new();
     let mut con = server.conn();
@@ -261,12 +261,12 @@ fn info_wait_counters_and_gauges() {
         })
     };
     let first = waiter("first");
-    assert!(common::wait_until(Duration::from_secs(5), || {
+    assert!(kit::wait_until(Duration::from_secs(5), || {
         counters(&mut con)["waiting_clients"] == 1
     }));
     let second = waiter("second");
     assert!(
-        common::wait_until(Duration::from_secs(5), || {
+        kit::wait_until(Duration::from_secs(5), || {
             counters(&mut con)["waiting_clients"] == 2
         }),
         "{:?}",
@@ -318,7 +318,7 @@ fn info_wait_counters_and_gauges() {
 // ---------------------------------------------------------------------------
 // SPACELOCK.INFO
 
-#[test]
+#[kit::test]
 fn spacelock_info_replies_resp2_and_resp3() {
     let server = Server::new();
     let mut con = server.conn();
@@ -380,7 +380,7 @@ fn spacelock_info_replies_resp2_and_resp3() {
 
     // Expiry frees it.
     ok(&mut con, &["SPACELOCK.ACQUIRE", "short", "carol", "50"]);
-    assert!(common::wait_until(Duration::from_secs(2), || {
+    assert!(kit::wait_until(Duration::from_secs(2), || {
         ok(&mut con, &["SPACELOCK.INFO", "short"]) == Value::Nil
     }));
 
@@ -394,7 +394,7 @@ fn spacelock_info_replies_resp2_and_resp3() {
     assert!(e.contains("wrong number of arguments"), "{e}");
 }
 
-#[test]
+#[kit::test]
 fn spacelock_info_is_readonly_fast_with_a_key_spec() {
     let server = Server::new();
     let mut con = server.conn();
@@ -431,7 +431,7 @@ fn spacelock_info_is_readonly_fast_with_a_key_spec() {
 // ---------------------------------------------------------------------------
 // Configs
 
-#[test]
+#[kit::test]
 fn configs_listed_with_defaults() {
     let server = Server::new();
     let mut con = server.conn();
@@ -447,7 +447,7 @@ fn configs_listed_with_defaults() {
     assert_eq!(all, want);
 }
 
-#[test]
+#[kit::test]
 fn configs_set_at_load_apply_to_commands() {
     let server = ServerBuilder::new()
         .module_args(&["max-ttl", "5000", "spacelock.max-owner-len", "8"])
@@ -483,7 +483,7 @@ fn configs_set_at_load_apply_to_commands() {
     assert!(e.contains("spacelock.max-owner-len"), "{e}");
 }
 
-#[test]
+#[kit::test]
 fn config_directive_in_server_config_is_applied() {
     // `spacelock.max-ttl 7000` as a config-file directive after loadmodule
     // (here on the command line, which the server treats the same way).
@@ -499,7 +499,7 @@ fn config_directive_in_server_config_is_applied() {
     assert!(e.contains("spacelock.max-ttl (7000 ms)"), "{e}");
 }
 
-#[test]
+#[kit::test]
 fn config_set_applies_and_rejects_invalid_values() {
     let server = Server::new();
     let mut con = server.conn();
@@ -585,7 +585,7 @@ fn config_set_applies_and_rejects_invalid_values() {
     ok(&mut con, &["CONFIG", "SET", "spacelock.max-waiters", "0"]);
 }
 
-#[test]
+#[kit::test]
 fn invalid_load_arguments_refuse_the_load_with_a_log_line() {
     let cases: &[(&[&str], &str)] = &[
         (&["bogus", "1"], "unknown module argument 'bogus'"),
@@ -628,14 +628,14 @@ fn invalid_load_arguments_refuse_the_load_with_a_log_line() {
     assert!(!log.contains("crashed by signal"), "{log}");
 }
 
-#[test]
+#[kit::test]
 fn module_load_at_runtime_with_bad_arguments_fails_and_server_survives() {
     let server = ServerBuilder::new()
         .without_module()
         .arg("enable-module-command", "yes")
         .start();
     let mut con = server.conn();
-    let module = common::module_path();
+    let module = kit::module_path();
     let module = module.to_str().unwrap();
     let e = err(&mut con, &["MODULE", "LOAD", module, "max-ttl", "nope"]);
     assert!(e.starts_with("ERR"), "{e}");
@@ -698,7 +698,7 @@ fn doc_args(args: &Value) -> Vec<(String, String, Option<String>, bool)> {
         .collect()
 }
 
-#[test]
+#[kit::test]
 fn command_docs_for_every_command() {
     let server = Server::new();
     let mut con = server.conn();
@@ -758,14 +758,14 @@ fn command_docs_for_every_command() {
 // ---------------------------------------------------------------------------
 // ACL category
 
-#[test]
+#[kit::test]
 fn acl_category_or_one_line_notice() {
     let server = Server::new();
     let mut con = server.conn();
     let notices = server.log().matches(ACL_NOTICE).count();
     if !acl_categories_expected(&mut con) {
         eprintln!(
-            "skip: server {:?} predates module ACL categories; checking the notice instead",
+            "server {:?} predates module ACL categories; checking the notice instead",
             version_of(&mut con)
         );
         assert_eq!(notices, 1, "one notice line expected:\n{}", server.log());
@@ -931,3 +931,5 @@ fn user_conn(server: &Server, name: &str) -> Connection {
         .get_connection()
         .unwrap()
 }
+
+kit::main!();

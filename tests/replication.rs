@@ -2,9 +2,9 @@
 //! commands with absolute times, so replicas and AOF replays need no module,
 //! and fencing tokens keep increasing across restarts and promotion.
 
-mod common;
+use spacelock_testkit as kit;
 
-use common::{acquire, snapshot, wait_until, Server, ServerBuilder};
+use kit::{acquire, snapshot, wait_until, Server, ServerBuilder};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::Connection;
 use std::time::Duration;
@@ -79,7 +79,7 @@ fn random_workload(con: &mut Connection, seed: u64, n: usize) -> i64 {
     max_token
 }
 
-#[test]
+#[kit::test]
 fn replica_without_module_ends_identical() {
     let master = Server::new();
     let replica = start_replica(&master, false);
@@ -101,7 +101,7 @@ fn replica_without_module_ends_identical() {
         .any(|(k, ..)| k.starts_with(b"spacelock:fence:")));
 }
 
-#[test]
+#[kit::test]
 fn aof_restart_keeps_locks_and_tokens_and_loads_without_module() {
     let server = ServerBuilder::new()
         .arg("appendonly", "yes")
@@ -164,7 +164,7 @@ fn aof_restart_keeps_locks_and_tokens_and_loads_without_module() {
     assert!(unknown.is_err(), "module really is absent");
 }
 
-#[test]
+#[kit::test]
 fn rdb_restart_keeps_tokens() {
     let server = Server::new();
     let mut con = server.conn();
@@ -182,7 +182,7 @@ fn rdb_restart_keeps_tokens() {
     assert!(next > t, "{next} > {t}");
 }
 
-#[test]
+#[kit::test]
 fn promoted_replica_continues_tokens_and_keeps_locks() {
     let master = Server::new();
     let replica = start_replica(&master, true);
@@ -240,7 +240,7 @@ fn repl_offset(con: &mut Connection) -> i64 {
         .unwrap()
 }
 
-#[test]
+#[kit::test]
 fn calls_that_change_nothing_propagate_nothing() {
     // Keep the master's pings to the replica from moving the offset.
     let master = ServerBuilder::new()
@@ -324,3 +324,5 @@ fn calls_that_change_nothing_propagate_nothing() {
     assert_eq!(r, 1);
     assert!(repl_offset(&mut m) > before);
 }
+
+kit::main!();

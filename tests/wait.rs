@@ -1,14 +1,14 @@
 //! `SPACELOCK.ACQUIRE … WAIT timeout_ms` (issue 4) against real servers:
 //! FIFO order, direct handoff on release and on expiry, timeouts,
 //! disconnects, MULTI/scripts, other writers, replicas, limits, memory.
-mod common;
+use spacelock_testkit as kit;
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{acquire, release, snapshot, wait_until, Server, ServerBuilder};
+use kit::{acquire, release, snapshot, wait_until, Server, ServerBuilder};
 use redis::Connection;
 
 const LONG: Duration = Duration::from_secs(10);
@@ -101,7 +101,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-#[test]
+#[kit::test]
 fn free_lock_is_granted_at_once_and_ten_waiters_in_arrival_order() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -144,7 +144,7 @@ fn free_lock_is_granted_at_once_and_ten_waiters_in_arrival_order() {
     assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
 }
 
-#[test]
+#[kit::test]
 fn handoff_on_release_is_pushed_without_polling() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -192,7 +192,7 @@ fn handoff_on_release_is_pushed_without_polling() {
     assert!(percentile(&lat, 0.5) < Duration::from_millis(10));
 }
 
-#[test]
+#[kit::test]
 fn handoff_on_expiry_within_bound() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -248,7 +248,7 @@ fn handoff_on_expiry_within_bound() {
     assert!(p90 <= Duration::from_millis(50), "p90 {p90:?}, max {max:?}");
 }
 
-#[test]
+#[kit::test]
 fn refresh_moves_the_expiry_timer() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -302,7 +302,7 @@ fn unpause(con: &mut Connection) {
 /// must not grant then: that would be a write during the pause, and the
 /// server aborts when a write adds a key that is still stored (it did, before
 /// the grant learned to wait). The waiter is granted once the pause ends.
-#[test]
+#[kit::test]
 fn expiry_handoff_waits_out_a_write_pause() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -343,7 +343,7 @@ fn expiry_handoff_waits_out_a_write_pause() {
 /// same transaction): the settle timer the DEL schedules runs during the
 /// pause and must not write the grant then (a manual failover could lose
 /// it); the waiter is granted once the pause ends.
-#[test]
+#[kit::test]
 fn a_grant_after_a_del_waits_out_a_write_pause() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -365,8 +365,8 @@ fn a_grant_after_a_del_waits_out_a_write_pause() {
 /// Valkey's `import-mode` keeps expired keys stored until a look-up for
 /// writing: that is no pause, and the expiry handoff must still happen (the
 /// write-pause backstop looks at keys only after such a look-up). Servers
-/// without the setting skip with a reason.
-#[test]
+/// without the setting are skipped with the reason.
+#[kit::test]
 fn expiry_handoff_works_in_valkey_import_mode() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -376,8 +376,7 @@ fn expiry_handoff_works_in_valkey_import_mode() {
         .arg("yes")
         .query(&mut con);
     if let Err(e) = set {
-        eprintln!("skip: this server has no import-mode ({e})");
-        return;
+        kit::skip(format!("this server has no import-mode ({e})"));
     }
     assert!(acquire(&mut con, "k", "holder", 200).is_some());
     let (r, _) = spawn_waiter(&server, "k", "next", 10_000, 3_000)
@@ -392,7 +391,7 @@ fn expiry_handoff_works_in_valkey_import_mode() {
 /// pause begun in the same transaction, after the fence key's ttl ran out.
 /// The grant must wait for the pause to end rather than write the expired,
 /// still stored fence key (which also aborted the server).
-#[test]
+#[kit::test]
 fn a_grant_waits_out_a_write_pause_for_an_expired_fence_key() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -423,7 +422,7 @@ fn a_grant_waits_out_a_write_pause_for_an_expired_fence_key() {
 /// second, and the server's own blocked-client timeout check would answer a
 /// 50 ms WAIT up to a second late (as it does BLPOP). The waiter's wake
 /// timer answers it right after its deadline, every time.
-#[test]
+#[kit::test]
 fn timeouts_are_answered_on_time_on_an_idle_server() {
     let server = ServerBuilder::new().arg("hz", "1").start();
     let mut con = conn(&server);
@@ -447,7 +446,7 @@ fn timeouts_are_answered_on_time_on_an_idle_server() {
     assert_eq!(waiting(&mut con), 0);
 }
 
-#[test]
+#[kit::test]
 fn timeout_replies_nil_and_leaves_the_queue() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -487,7 +486,7 @@ fn raw_waiter(server: &Server, key: &str, owner: &str) -> TcpStream {
     s
 }
 
-#[test]
+#[kit::test]
 fn disconnected_waiter_is_never_granted() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -514,7 +513,7 @@ fn disconnected_waiter_is_never_granted() {
     assert_eq!(stat(&mut con, "handoffs"), 1);
 }
 
-#[test]
+#[kit::test]
 fn client_unblock_counts_as_timeout_or_leaves_the_queue() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -549,7 +548,7 @@ fn client_unblock_counts_as_timeout_or_leaves_the_queue() {
     assert_eq!(get(&mut con, "k"), None);
 }
 
-#[test]
+#[kit::test]
 fn multi_and_scripts_do_not_block() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -599,7 +598,7 @@ fn multi_and_scripts_do_not_block() {
     assert_eq!(w.join().unwrap().0.unwrap(), Some(2));
 }
 
-#[test]
+#[kit::test]
 fn other_writers_del_set_flushall() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -681,7 +680,7 @@ fn other_writers_del_set_flushall() {
     assert_eq!(get(&mut con, "k").as_deref(), Some("w5"));
 }
 
-#[test]
+#[kit::test]
 fn bad_wait_arguments_are_rejected_and_change_nothing() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -724,7 +723,7 @@ fn bad_wait_arguments_are_rejected_and_change_nothing() {
         .contains("wrong number of arguments"));
 }
 
-#[test]
+#[kit::test]
 fn max_waiters_overflow_is_an_error() {
     let server = Server::new();
     let mut con = conn(&server);
@@ -754,7 +753,7 @@ fn max_waiters_overflow_is_an_error() {
     assert_eq!(waiting(&mut con), 0);
 }
 
-#[test]
+#[kit::test]
 fn replica_without_module_stays_identical_and_replicas_refuse_wait() {
     let master = Server::new();
     let plain = ServerBuilder::new()
@@ -905,7 +904,7 @@ fn used_memory_settled(con: &mut Connection) -> i64 {
     last
 }
 
-#[test]
+#[kit::test]
 fn memory_returns_to_baseline_after_100k_cycles() {
     let server = ServerBuilder::new().arg("hz", "100").start();
     let mut con = conn(&server);
@@ -959,7 +958,7 @@ fn memory_returns_to_baseline_after_100k_cycles() {
     );
 }
 
-#[test]
+#[kit::test]
 fn waiters_are_let_go_when_the_primary_becomes_a_replica() {
     let primary = Server::new();
     let other = ServerBuilder::new().without_module().start();
@@ -990,7 +989,7 @@ fn waiters_are_let_go_when_the_primary_becomes_a_replica() {
 /// inside that pause: the primary must survive, must not grant during the
 /// pause, and once it has become a replica lets the waiter go with
 /// `-UNBLOCKED`; the new primary holds no lock for the waiter.
-#[test]
+#[kit::test]
 fn failover_with_an_expiring_holder_and_a_waiter() {
     let primary = ServerBuilder::new()
         .arg("repl-diskless-sync-delay", "0")
@@ -1072,12 +1071,12 @@ fn failover_with_an_expiring_holder_and_a_waiter() {
     assert!(!primary.log().contains("ASSERTION"), "{}", primary.log());
 }
 
-#[test]
+#[kit::test]
 fn cluster_waiters_are_not_granted_on_a_node_that_lost_the_slot() {
-    let cluster = common::Cluster::start(2);
+    let cluster = kit::Cluster::start(2);
     let key = "wait:migrating";
     let mut any = cluster.nodes[0].conn();
-    let slot = common::keyslot(&mut any, key);
+    let slot = kit::keyslot(&mut any, key);
     let from = cluster.owner_of(slot);
     let to = 1 - from;
     let mut src = conn(&cluster.nodes[from]);
@@ -1102,3 +1101,5 @@ fn cluster_waiters_are_not_granted_on_a_node_that_lost_the_slot() {
     let mut dst = conn(&cluster.nodes[to]);
     assert_eq!(get(&mut dst, key).as_deref(), Some("h"));
 }
+
+kit::main!();

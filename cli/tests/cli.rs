@@ -1,8 +1,7 @@
 //! End-to-end tests of the `spacelock` binary against real redis-server
 //! processes with (and without) the module.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use spacelock_testkit as kit;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -10,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, wait_until, Server, ServerBuilder};
+use kit::{free_port, wait_until, Server, ServerBuilder};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -137,7 +136,7 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-#[test]
+#[kit::test]
 fn env_carries_key_token_owner_and_tokens_increase() {
     let server = Server::new();
     let mut tokens = Vec::new();
@@ -176,7 +175,7 @@ fn env_carries_key_token_owner_and_tokens_increase() {
     assert!(!exists(&server, "raw-key"));
 }
 
-#[test]
+#[kit::test]
 fn url_falls_back_to_spacelock_url_then_redis_url() {
     let server = Server::new();
     let dead = format!("redis://127.0.0.1:{}/", free_port());
@@ -196,7 +195,7 @@ fn url_falls_back_to_spacelock_url_then_redis_url() {
     assert_eq!(output(c).code(), Some(69), "SPACELOCK_URL wins");
 }
 
-#[test]
+#[kit::test]
 fn exit_code_is_propagated_including_signals() {
     let server = Server::new();
     for (script, want) in [
@@ -222,7 +221,7 @@ fn exit_code_is_propagated_including_signals() {
     }
 }
 
-#[test]
+#[kit::test]
 fn concurrent_run_without_wait_exits_75_quickly() {
     let server = Server::new();
     let dir = tmp();
@@ -259,7 +258,7 @@ fn concurrent_run_without_wait_exits_75_quickly() {
     assert!(!exists(&server, &format!("{PREFIX}busy")));
 }
 
-#[test]
+#[kit::test]
 fn concurrent_run_with_wait_runs_after_the_first() {
     let server = Server::new();
     let dir = tmp();
@@ -308,7 +307,7 @@ fn concurrent_run_with_wait_runs_after_the_first() {
     assert!(!exists(&server, &format!("{PREFIX}deploy")));
 }
 
-#[test]
+#[kit::test]
 fn sigint_while_waiting_aborts_without_running() {
     let server = Server::new();
     let dir = tmp();
@@ -341,7 +340,7 @@ fn sigint_while_waiting_aborts_without_running() {
     assert!(!exists(&server, &format!("{PREFIX}held")));
 }
 
-#[test]
+#[kit::test]
 fn lost_lease_sigterms_the_group_and_exits_76() {
     let server = Server::new();
     let dir = tmp();
@@ -377,7 +376,7 @@ fn lost_lease_sigterms_the_group_and_exits_76() {
     assert!(!out.stderr.contains("SIGKILL;"), "{}", out.stderr);
 }
 
-#[test]
+#[kit::test]
 fn lost_lease_sigkills_a_child_that_ignores_sigterm() {
     let server = Server::new();
     let dir = tmp();
@@ -409,7 +408,7 @@ fn lost_lease_sigkills_a_child_that_ignores_sigterm() {
     assert_eq!(v, "someone-else");
 }
 
-#[test]
+#[kit::test]
 fn lost_lease_also_stops_what_the_command_left_behind() {
     let server = Server::new();
     let dir = tmp();
@@ -446,7 +445,7 @@ fn lost_lease_also_stops_what_the_command_left_behind() {
     assert!(gone, "the helper {helper} survived the lost lease");
 }
 
-#[test]
+#[kit::test]
 fn sigterm_to_spacelock_reaches_the_child_then_releases() {
     let server = Server::new();
     let dir = tmp();
@@ -482,7 +481,7 @@ fn sigterm_to_spacelock_reaches_the_child_then_releases() {
     assert!(!exists(&server, &format!("{PREFIX}svc")), "released");
 }
 
-#[test]
+#[kit::test]
 fn unreachable_server_exits_69() {
     let url = format!("redis://127.0.0.1:{}/", free_port());
     let mut c = spacelock();
@@ -521,7 +520,7 @@ fn unreachable_server_exits_69() {
     );
 }
 
-#[test]
+#[kit::test]
 fn server_without_the_module_exits_69_with_the_hint() {
     let server = ServerBuilder::new().without_module().start();
     let dir = tmp();
@@ -541,7 +540,7 @@ fn server_without_the_module_exits_69_with_the_hint() {
     assert!(out.stderr.contains("loadmodule"), "{}", out.stderr);
 }
 
-#[test]
+#[kit::test]
 fn bad_arguments_exit_64_with_usage() {
     for args in [
         &[][..],
@@ -581,7 +580,7 @@ fn bad_arguments_exit_64_with_usage() {
     }
 }
 
-#[test]
+#[kit::test]
 fn server_errors_are_reported() {
     let server = Server::new();
     let _: () = redis::cmd("CONFIG")
@@ -627,7 +626,7 @@ fn server_errors_are_reported() {
     assert!(!out.stderr.contains(":pw@"), "{}", out.stderr);
 }
 
-#[test]
+#[kit::test]
 fn missing_command_exits_127_after_releasing() {
     let server = Server::new();
     let mut c = run_cmd(
@@ -662,7 +661,7 @@ fn missing_command_exits_127_after_releasing() {
     assert!(!exists(&server, &format!("{PREFIX}nocmd")), "released");
 }
 
-#[test]
+#[kit::test]
 fn info_shows_free_and_the_holder() {
     let server = Server::new();
     let mut c = spacelock();
@@ -717,7 +716,7 @@ fn info_shows_free_and_the_holder() {
     assert_eq!(finish(holder, Duration::from_secs(10)).code(), Some(0));
 }
 
-#[test]
+#[kit::test]
 fn redis_going_away_is_a_lost_lease() {
     let mut server = Server::new();
     let dir = tmp();
@@ -742,7 +741,7 @@ fn redis_going_away_is_a_lost_lease() {
 }
 
 #[cfg(target_os = "linux")]
-#[test]
+#[kit::test]
 fn killing_spacelock_with_sigkill_still_stops_the_command() {
     let server = Server::new();
     let dir = tmp();
@@ -760,9 +759,9 @@ fn killing_spacelock_with_sigkill_still_stops_the_command() {
     )));
 }
 
-#[test]
+#[kit::test]
 fn works_against_a_cluster() {
-    let cluster = common::Cluster::start(3);
+    let cluster = kit::Cluster::start(3);
     let urls = cluster.urls().join(",");
     let mut tokens = Vec::new();
     // Names that hash to different nodes.
@@ -853,7 +852,7 @@ fn proc_state(pid: Pid) -> Option<char> {
 /// Run from a terminal, the command (in its own process group, for
 /// kill-on-loss) is handed the terminal and can read from it, instead of
 /// being stopped by SIGTTIN.
-#[test]
+#[kit::test]
 fn an_interactive_command_can_read_the_terminal() {
     use std::io::Write;
     let server = Server::new();
@@ -872,7 +871,7 @@ fn an_interactive_command_can_read_the_terminal() {
 /// Ctrl-Z stops the command (the terminal's foreground group); spacelock
 /// then stops too, so a shell sees the job stopped. Continued, it hands
 /// the terminal back and continues the command, which finishes normally.
-#[test]
+#[kit::test]
 fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
     use std::io::Write;
     let server = Server::new();
@@ -920,7 +919,7 @@ fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
 /// terminal to the shell. The command stops when it reads the terminal
 /// (SIGTTIN); spacelock stops with it, so the shell reports the job stopped,
 /// and `fg` hands the terminal on to the command, which then reads it.
-#[test]
+#[kit::test]
 fn a_background_job_reading_the_terminal_stops_and_fg_resumes_it() {
     use std::io::Write;
     let server = Server::new();
@@ -977,3 +976,5 @@ fn a_background_job_reading_the_terminal_stops_and_fg_resumes_it() {
         out.stdout
     );
 }
+
+kit::main!();

@@ -1,16 +1,15 @@
 //! `SpaceLock` over a cluster connection: three masters with the module,
 //! each command routed by its key, refreshes pipelined per slot.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use spacelock_testkit as kit;
 
 use std::time::Duration;
 
-use common::{keyslot, Cluster};
+use kit::{keyslot, Cluster};
 use redis::cluster::ClusterClient;
 use spacelock_client::{Options, Outcome, SpaceLock};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn leases_on_every_node_are_held_and_refreshed() {
     let cluster = Cluster::start(3);
     let client = ClusterClient::new(cluster.urls()).unwrap();
@@ -64,7 +63,7 @@ async fn leases_on_every_node_are_held_and_refreshed() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn blocking_acquire_through_a_cluster_client() {
     let cluster = Cluster::start(3);
     let client = ClusterClient::new(cluster.urls()).unwrap();
@@ -102,3 +101,5 @@ async fn blocking_acquire_through_a_cluster_client() {
         assert_eq!(waiter.await.unwrap(), Outcome::Ran(2), "{name}");
     }
 }
+
+kit::main!();

@@ -2,18 +2,17 @@
 //! is starved (the heartbeat task cannot run) still learns, the moment it
 //! looks, that its lease may have expired on the server.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use spacelock_testkit as kit;
 
 use std::time::Duration;
 
-use common::Server;
+use kit::Server;
 use redis::aio::ConnectionManager;
 use spacelock_client::{Options, Outcome, SpaceLock};
 
 // current_thread runtime: while the body blocks the thread, no other task
 // (the heartbeat included) can run.
-#[tokio::test]
+#[kit::test(current_thread)]
 async fn is_lost_sees_the_deadline_even_when_the_heartbeat_is_starved() {
     let server = Server::new();
     let conn = ConnectionManager::new(server.client()).await.unwrap();
@@ -34,7 +33,7 @@ async fn is_lost_sees_the_deadline_even_when_the_heartbeat_is_starved() {
                 .await
                 .is_ok();
             // The server really let the key go (the same deadline, in wall time).
-            let mut con = common::Server::conn(&server);
+            let mut con = kit::Server::conn(&server);
             let holder: Option<String> =
                 redis::cmd("GET").arg(lease.key()).query(&mut con).unwrap();
             (lost_now, resolved, holder, lease.is_lost())
@@ -52,3 +51,5 @@ async fn is_lost_sees_the_deadline_even_when_the_heartbeat_is_starved() {
     assert!(still_lost, "once true, stays true");
     assert_eq!(holder, None, "the server expired the lease too");
 }
+
+kit::main!();

@@ -3,15 +3,14 @@
 //! §5 owner ids and foreign refresh/release. Real servers with the module;
 //! nothing is mocked.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use spacelock_testkit as kit;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{keyslot, Cluster, Server};
+use kit::{keyslot, Cluster, Server};
 use redis::aio::MultiplexedConnection;
 use redis::cluster::ClusterClient;
 use spacelock_client::{AcquireReply, Options, Outcome, RefreshReply, ReleaseReply, SpaceLock};
@@ -229,7 +228,7 @@ async fn body(
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn exclusion_and_fencing_under_expiry() {
     let server = Server::new();
     let client = server.client();
@@ -490,7 +489,7 @@ fn epoch_views(cluster: &Cluster) -> Vec<Vec<(String, u64)>> {
 /// `redis-cli --cluster create` avoids this with `CLUSTER SET-CONFIG-EPOCH`
 /// per node before MEET.
 fn wait_for_settled_epochs(cluster: &Cluster) {
-    let settled = common::wait_until(Duration::from_secs(15), || {
+    let settled = kit::wait_until(Duration::from_secs(15), || {
         let views = epoch_views(cluster);
         let epochs: HashSet<u64> = views[0].iter().map(|(_, e)| *e).collect();
         views.iter().all(|v| v == &views[0]) && epochs.len() == cluster.nodes.len()
@@ -502,7 +501,7 @@ fn wait_for_settled_epochs(cluster: &Cluster) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn heartbeat_follows_a_slot_migration() {
     let cluster = Arc::new(Cluster::start(3));
     wait_for_settled_epochs(&cluster);
@@ -619,7 +618,7 @@ async fn heartbeat_follows_a_slot_migration() {
 // ---------------------------------------------------------------------------
 // §5 Security: owner ids and foreign owners
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn owner_ids_are_uuid_v4_and_foreign_owners_cannot_touch_a_lock() {
     let server = Server::new();
     let mk = |ttl: Duration| {
@@ -656,7 +655,7 @@ async fn owner_ids_are_uuid_v4_and_foreign_owners_cannot_touch_a_lock() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut con = server.conn();
-    let before = common::snapshot(&mut con);
+    let before = kit::snapshot(&mut con);
     // b (another owner, a 60 s ttl) can neither refresh nor release it.
     assert_eq!(b.refresh(name).await.unwrap(), RefreshReply::NotOwner);
     assert_eq!(b.release(name).await.unwrap(), ReleaseReply::NotOwner);
@@ -693,7 +692,7 @@ async fn owner_ids_are_uuid_v4_and_foreign_owners_cannot_touch_a_lock() {
         assert_eq!(r, 0, "release with {guess:?}");
     }
     // The key, its fence counter and both expiries are unchanged.
-    assert_eq!(common::snapshot(&mut con), before);
+    assert_eq!(kit::snapshot(&mut con), before);
     let info = a.info(name).await.unwrap().unwrap();
     assert_eq!((info.owner.as_str(), info.token), (a.owner(), token));
     assert!(
@@ -705,3 +704,5 @@ async fn owner_ids_are_uuid_v4_and_foreign_owners_cannot_touch_a_lock() {
     assert_eq!(a.release(name).await.unwrap(), ReleaseReply::Released);
     assert_eq!(a.info(name).await.unwrap(), None);
 }
+
+kit::main!();

@@ -1,11 +1,10 @@
 //! Blocking acquire (`SPACELOCK.ACQUIRE … WAIT`) through `with_space_lock_wait`.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use spacelock_testkit as kit;
 
 use std::time::{Duration, Instant};
 
-use common::Server;
+use kit::Server;
 use redis::aio::ConnectionManager;
 use spacelock_client::{AcquireReply, Options, Outcome, Skipped, SpaceLock};
 
@@ -33,7 +32,7 @@ fn holder(server: &Server, key: &str) -> Option<String> {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn waits_for_the_holder_then_runs() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -59,7 +58,7 @@ async fn waits_for_the_holder_then_runs() {
         .await
         .unwrap()
     });
-    assert!(common::wait_until(Duration::from_secs(2), || waiters(
+    assert!(kit::wait_until(Duration::from_secs(2), || waiters(
         &server, &key
     ) == 1));
     let released = Instant::now();
@@ -72,14 +71,14 @@ async fn waits_for_the_holder_then_runs() {
         handoff < Duration::from_millis(200),
         "handoff took {handoff:?}"
     );
-    assert!(common::wait_until(Duration::from_secs(1), || holder(
+    assert!(kit::wait_until(Duration::from_secs(1), || holder(
         &server, &key
     )
     .is_none()));
     assert!(!b.is_running("space"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn times_out_while_held() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -109,7 +108,7 @@ async fn times_out_while_held() {
 
 /// A blocked wait must not stall the heartbeats of other leases of the same
 /// `SpaceLock` (they use the shared connection, the wait a dedicated one).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn a_blocked_wait_does_not_stall_heartbeats() {
     let server = Server::new();
     let other = locks(&server, Options::default()).await;
@@ -139,7 +138,7 @@ async fn a_blocked_wait_does_not_stall_heartbeats() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn cancelling_a_wait_leaves_nothing_held() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -154,7 +153,7 @@ async fn cancelling_a_wait_leaves_nothing_held() {
         b2.with_space_lock_wait("space", Duration::from_secs(2), |_| async {})
             .await
     });
-    assert!(common::wait_until(Duration::from_secs(2), || waiters(
+    assert!(kit::wait_until(Duration::from_secs(2), || waiters(
         &server, &key
     ) == 1));
     waiter.abort();
@@ -164,7 +163,7 @@ async fn cancelling_a_wait_leaves_nothing_held() {
         a.release("space").await.unwrap(),
         spacelock_client::ReleaseReply::Released
     );
-    let clean = common::wait_until(Duration::from_secs(4), || {
+    let clean = kit::wait_until(Duration::from_secs(4), || {
         holder(&server, &key).is_none() && !b.is_running("space")
     });
     assert!(
@@ -174,3 +173,5 @@ async fn cancelling_a_wait_leaves_nothing_held() {
         b.is_running("space")
     );
 }
+
+kit::main!();

@@ -1,13 +1,12 @@
 //! `SpaceLock` against a real redis-server with the spacelock module.
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use spacelock_testkit as kit;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Server, ServerBuilder};
+use kit::{Server, ServerBuilder};
 use redis::aio::ConnectionManager;
 use spacelock_client::{
     AcquireReply, Error, Lease, LostReason, Options, Outcome, RefreshReply, ReleaseReply, Skipped,
@@ -37,7 +36,7 @@ fn assert_send_sync<T: Send + Sync>() {}
 #[allow(dead_code)]
 fn assert_send<T: Send>(_: &T) {}
 
-#[test]
+#[kit::test]
 fn public_types_are_send_and_sync() {
     assert_send_sync::<SpaceLock<ConnectionManager>>();
     assert_send_sync::<SpaceLock<redis::aio::MultiplexedConnection>>();
@@ -68,7 +67,7 @@ fn with_space_lock_future_is_send(
 // ---------------------------------------------------------------------------
 // semantics
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn concurrent_calls_give_in_progress_never_lock_held() {
     let server = Server::new();
     let locks = locks(&server, Options::default()).await;
@@ -126,7 +125,7 @@ async fn concurrent_calls_give_in_progress_never_lock_held() {
     assert_eq!(calls(&server, "spacelock.acquire"), 100);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn lock_held_across_two_instances() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -163,7 +162,7 @@ async fn lock_held_across_two_instances() {
     assert_eq!(outcome, Outcome::Ran("ran"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn heartbeat_keeps_a_300ms_lock_for_1500ms() {
     let server = Server::new();
     let a = locks(&server, Options::default().ttl(Duration::from_millis(300))).await;
@@ -198,7 +197,7 @@ async fn heartbeat_keeps_a_300ms_lock_for_1500ms() {
     assert_eq!(a.active_leases(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn lost_signal_when_the_key_is_deleted() {
     let server = Server::new();
     let server = &server;
@@ -229,7 +228,7 @@ async fn lost_signal_when_the_key_is_deleted() {
     assert_eq!(a.active_leases(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn lost_signal_when_the_key_is_re_owned() {
     let server = Server::new();
     let server = &server;
@@ -258,7 +257,7 @@ async fn lost_signal_when_the_key_is_re_owned() {
     assert_eq!(holder(server, &key).as_deref(), Some("intruder"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn lost_by_local_deadline_while_the_server_stalls() {
     let server = Server::new();
     let a = locks(&server, Options::default().ttl(Duration::from_millis(300))).await;
@@ -301,7 +300,7 @@ async fn lost_by_local_deadline_while_the_server_stalls() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn cancel_on_lost_drops_the_body() {
     let server = Server::new();
     let server = &server;
@@ -332,7 +331,7 @@ async fn cancel_on_lost_drops_the_body() {
     assert!(!a.is_running("space"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn releases_when_the_body_returns_err() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -356,7 +355,7 @@ async fn releases_when_the_body_returns_err() {
     assert_eq!(a.active_leases(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn releases_on_panic_then_resumes_it() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -382,7 +381,7 @@ async fn releases_on_panic_then_resumes_it() {
     assert_eq!(a.active_leases(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn releases_on_cancellation() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -403,7 +402,7 @@ async fn releases_on_cancellation() {
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
     assert_eq!(a.active_leases(), 0, "the heartbeat stops at once");
-    let freed = common::wait_until(Duration::from_secs(2), || {
+    let freed = kit::wait_until(Duration::from_secs(2), || {
         holder(&server, &key).is_none() && !a.is_running("space")
     });
     assert!(
@@ -418,7 +417,7 @@ async fn releases_on_cancellation() {
         .is_ran());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn tokens_increase_across_runs() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -438,7 +437,7 @@ async fn tokens_increase_across_runs() {
     assert_eq!(last, 10);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn module_not_loaded_is_a_typed_error() {
     let server = ServerBuilder::new().without_module().start();
     let a = locks(&server, Options::default()).await;
@@ -458,7 +457,7 @@ async fn module_not_loaded_is_a_typed_error() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn other_redis_errors_are_redis_errors() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -474,7 +473,7 @@ async fn other_redis_errors_are_redis_errors() {
     assert!(!a.is_running("space"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn primitives_return_typed_replies() {
     let server = Server::new();
     let a = locks(&server, Options::default().ttl(Duration::from_secs(5))).await;
@@ -500,7 +499,7 @@ async fn primitives_return_typed_replies() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn works_over_a_multiplexed_connection_and_with_a_custom_prefix() {
     let server = Server::new();
     let server = &server;
@@ -529,7 +528,7 @@ async fn works_over_a_multiplexed_connection_and_with_a_custom_prefix() {
     assert_eq!(holder(server, &key), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn wait_without_a_connector_is_an_error() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -568,7 +567,7 @@ fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
 
 /// A refresh that fails (connection killed) logs a warning and is retried at
 /// the next tick; the lease survives as long as a refresh succeeds within the ttl.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn a_failed_refresh_is_retried_not_lost() {
     let server = Server::new();
     let logs = captured_logs();
@@ -602,7 +601,7 @@ async fn a_failed_refresh_is_retried_not_lost() {
 
 /// A release that fails (here: times out while the server is paused) is
 /// logged and does not replace the body's output.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn a_failed_release_does_not_replace_ran() {
     let server = Server::new();
     let logs = captured_logs();
@@ -651,7 +650,7 @@ fn calls(server: &Server, command: &str) -> u64 {
 
 /// Cancelled while the ACQUIRE is in flight: the server grants it later, and
 /// the spawned release (sent after it on the same connection) frees it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[kit::test]
 async fn releases_when_cancelled_during_acquire() {
     let server = Server::new();
     let a = locks(&server, Options::default()).await;
@@ -671,7 +670,7 @@ async fn releases_when_cancelled_during_acquire() {
     assert!(a.is_running("space"));
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    let freed = common::wait_until(Duration::from_secs(3), || {
+    let freed = kit::wait_until(Duration::from_secs(3), || {
         holder(&server, &key).is_none() && !a.is_running("space")
     });
     assert!(freed, "holder {:?}", holder(&server, &key));
@@ -689,3 +688,5 @@ async fn releases_when_cancelled_during_acquire() {
         .unwrap();
     assert_eq!(last, 1);
 }
+
+kit::main!();

@@ -1,4 +1,5 @@
-//! Test harness: a real `redis-server` (or `valkey-server`) with the module.
+//! A real `redis-server` (or `valkey-server`) with the module, on a free
+//! loopback port.
 //!
 //! * The binary comes from `$SPACELOCK_SERVER` (default `redis-server` on PATH),
 //!   so `make test-compat` runs the same suite against every server version.
@@ -9,7 +10,6 @@
 //!   its own temp dir and log file; startup polls PING with a deadline and fails fast,
 //!   printing the log, if the child exits.
 //! * Drop sends `SHUTDOWN NOSAVE`, waits, then kills.
-#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -30,8 +30,9 @@ pub fn module_path() -> PathBuf {
     if let Some(p) = std::env::var_os("SPACELOCK_MODULE") {
         return PathBuf::from(p);
     }
+    // This crate sits one level below the workspace root.
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for root in [manifest, manifest.parent().unwrap_or(manifest)] {
+    for root in [manifest.parent().unwrap_or(manifest), manifest] {
         let p = root.join("target/release/libspacelock.so");
         if p.exists() {
             return p;
@@ -421,232 +422,5 @@ impl Default for Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// `SPACELOCK.ACQUIRE key owner ttl`: the token, or `None` when held.
-pub fn acquire(
-    con: &mut redis::Connection,
-    key: impl redis::ToRedisArgs,
-    owner: impl redis::ToRedisArgs,
-    ttl: i64,
-) -> Option<i64> {
-    redis::cmd("SPACELOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .query(con)
-        .unwrap()
-}
-
-/// `SPACELOCK.RELEASE key owner`: 1 if released, 0 otherwise.
-pub fn release(
-    con: &mut redis::Connection,
-    key: impl redis::ToRedisArgs,
-    owner: impl redis::ToRedisArgs,
-) -> i64 {
-    redis::cmd("SPACELOCK.RELEASE")
-        .arg(key)
-        .arg(owner)
-        .query(con)
-        .unwrap()
-}
-
-/// Every key in db 0, sorted, as raw bytes.
-pub fn all_keys(con: &mut redis::Connection) -> Vec<Vec<u8>> {
-    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(con).unwrap();
-    keys.sort();
-    keys
-}
-
-/// A dump of the keyspace: (key, type, value or "", PEXPIRETIME).
-pub fn snapshot(con: &mut redis::Connection) -> Vec<(Vec<u8>, String, Vec<u8>, i64)> {
-    all_keys(con)
-        .into_iter()
-        .map(|k| {
-            let t: String = redis::cmd("TYPE").arg(&k).query(con).unwrap();
-            let v: Vec<u8> = if t == "string" {
-                redis::cmd("GET").arg(&k).query(con).unwrap()
-            } else {
-                Vec::new()
-            };
-            let exp: i64 = redis::cmd("PEXPIRETIME").arg(&k).query(con).unwrap();
-            (k, t, v, exp)
-        })
-        .collect()
-}
-
-/// `CLUSTER KEYSLOT key`: the hash slot the server computes for `key`.
-pub fn keyslot(con: &mut redis::Connection, key: impl redis::ToRedisArgs) -> u16 {
-    redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(key)
-        .query(con)
-        .unwrap()
-}
-
-/// Polls `f` every 10 ms until it returns true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A Redis Cluster of `n` masters on loopback, the module loaded on each.
-/// Built with `CLUSTER ADDSLOTSRANGE` + `CLUSTER MEET` (no redis-cli needed);
-/// bus ports are chosen explicitly (`cluster-port`) so they are always valid.
-pub struct Cluster {
-    /// The nodes, in slot order: node i serves slots [i*16384/n, (i+1)*16384/n).
-    pub nodes: Vec<Server>,
-}
-
-impl Cluster {
-    /// Starts `n` masters and waits until every node reports `cluster_state:ok`.
-    pub fn start(n: usize) -> Cluster {
-        let nodes: Vec<Server> = (0..n)
-            .map(|_| {
-                ServerBuilder::new()
-                    .cluster()
-                    .arg("cluster-node-timeout", "5000")
-                    .start()
-            })
-            .collect();
-        for (i, node) in nodes.iter().enumerate() {
-            // Distinct config epochs up front, as `redis-cli --cluster create`
-            // does: otherwise the nodes settle epoch collisions after MEET, and
-            // a slot migrated meanwhile can be taken back by stale gossip.
-            let _: () = redis::cmd("CLUSTER")
-                .arg("SET-CONFIG-EPOCH")
-                .arg(i + 1)
-                .query(&mut node.conn())
-                .unwrap();
-            let lo = i * 16384 / n;
-            let hi = (i + 1) * 16384 / n - 1;
-            let mut con = node.conn();
-            let _: () = redis::cmd("CLUSTER")
-                .arg("ADDSLOTSRANGE")
-                .arg(lo)
-                .arg(hi)
-                .query(&mut con)
-                .unwrap();
-        }
-        let mut first = nodes[0].conn();
-        for node in nodes.iter().skip(1) {
-            let bus = node.bus_port.expect("cluster node has a bus port");
-            let _: () = redis::cmd("CLUSTER")
-                .arg("MEET")
-                .arg("127.0.0.1")
-                .arg(node.port)
-                .arg(bus)
-                .query(&mut first)
-                .unwrap();
-        }
-        for node in &nodes {
-            let mut con = node.conn();
-            assert!(
-                wait_until(Duration::from_secs(30), || {
-                    let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut con).unwrap();
-                    info.contains("cluster_state:ok")
-                        && info.contains(&format!("cluster_known_nodes:{n}"))
-                }),
-                "cluster never became ok:\n{}",
-                node.log()
-            );
-        }
-        Cluster { nodes }
-    }
-
-    /// Seed URLs for a cluster client.
-    pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.url()).collect()
-    }
-
-    /// The node id of node `i`.
-    pub fn node_id(&self, i: usize) -> String {
-        let mut con = self.nodes[i].conn();
-        redis::cmd("CLUSTER").arg("MYID").query(&mut con).unwrap()
-    }
-
-    /// Index of the node currently serving `slot` (asks node 0).
-    pub fn owner_of(&self, slot: u16) -> usize {
-        let mut con = self.nodes[0].conn();
-        let slots: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut con).unwrap();
-        for range in slots {
-            if let redis::Value::Array(items) = range {
-                let lo: i64 = redis::from_redis_value(items[0].clone()).unwrap();
-                let hi: i64 = redis::from_redis_value(items[1].clone()).unwrap();
-                if (lo..=hi).contains(&i64::from(slot)) {
-                    if let redis::Value::Array(master) = &items[2] {
-                        let port: i64 = redis::from_redis_value(master[1].clone()).unwrap();
-                        return self
-                            .nodes
-                            .iter()
-                            .position(|n| i64::from(n.port) == port)
-                            .unwrap();
-                    }
-                }
-            }
-        }
-        panic!("slot {slot} not served");
-    }
-
-    /// Moves `slot` from node `from` to node `to` the way `redis-cli --cluster
-    /// reshard` does: IMPORTING/MIGRATING, MIGRATE every key, then SETSLOT NODE
-    /// on every node. Returns the keys moved.
-    pub fn migrate_slot(&self, slot: u16, from: usize, to: usize) -> Vec<Vec<u8>> {
-        let from_id = self.node_id(from);
-        let to_id = self.node_id(to);
-        let mut src = self.nodes[from].conn();
-        let mut dst = self.nodes[to].conn();
-        let _: () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("IMPORTING")
-            .arg(&from_id)
-            .query(&mut dst)
-            .unwrap();
-        let _: () = redis::cmd("CLUSTER")
-            .arg("SETSLOT")
-            .arg(slot)
-            .arg("MIGRATING")
-            .arg(&to_id)
-            .query(&mut src)
-            .unwrap();
-        let keys: Vec<Vec<u8>> = redis::cmd("CLUSTER")
-            .arg("GETKEYSINSLOT")
-            .arg(slot)
-            .arg(1000)
-            .query(&mut src)
-            .unwrap();
-        if !keys.is_empty() {
-            let _: () = redis::cmd("MIGRATE")
-                .arg("127.0.0.1")
-                .arg(self.nodes[to].port)
-                .arg("")
-                .arg(0)
-                .arg(5000)
-                .arg("KEYS")
-                .arg(&keys)
-                .query(&mut src)
-                .unwrap();
-        }
-        for node in &self.nodes {
-            let mut con = node.conn();
-            let _: () = redis::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg("NODE")
-                .arg(&to_id)
-                .query(&mut con)
-                .unwrap();
-        }
-        keys
     }
 }

@@ -1,0 +1,128 @@
+//! Small helpers over a synchronous connection: the lock commands, keyspace
+//! dumps, INFO fields, and waits driven by what the server reports.
+
+use std::time::{Duration, Instant};
+
+/// `SPACELOCK.ACQUIRE key owner ttl`: the token, or `None` when held.
+pub fn acquire(
+    con: &mut redis::Connection,
+    key: impl redis::ToRedisArgs,
+    owner: impl redis::ToRedisArgs,
+    ttl: i64,
+) -> Option<i64> {
+    redis::cmd("SPACELOCK.ACQUIRE")
+        .arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .query(con)
+        .unwrap()
+}
+
+/// `SPACELOCK.RELEASE key owner`: 1 if released, 0 otherwise.
+pub fn release(
+    con: &mut redis::Connection,
+    key: impl redis::ToRedisArgs,
+    owner: impl redis::ToRedisArgs,
+) -> i64 {
+    redis::cmd("SPACELOCK.RELEASE")
+        .arg(key)
+        .arg(owner)
+        .query(con)
+        .unwrap()
+}
+
+/// Every key in db 0, sorted, as raw bytes.
+pub fn all_keys(con: &mut redis::Connection) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(con).unwrap();
+    keys.sort();
+    keys
+}
+
+/// A dump of the keyspace: (key, type, value or "", PEXPIRETIME).
+pub fn snapshot(con: &mut redis::Connection) -> Vec<(Vec<u8>, String, Vec<u8>, i64)> {
+    all_keys(con)
+        .into_iter()
+        .map(|k| {
+            let t: String = redis::cmd("TYPE").arg(&k).query(con).unwrap();
+            let v: Vec<u8> = if t == "string" {
+                redis::cmd("GET").arg(&k).query(con).unwrap()
+            } else {
+                Vec::new()
+            };
+            let exp: i64 = redis::cmd("PEXPIRETIME").arg(&k).query(con).unwrap();
+            (k, t, v, exp)
+        })
+        .collect()
+}
+
+/// `CLUSTER KEYSLOT key`: the hash slot the server computes for `key`.
+pub fn keyslot(con: &mut redis::Connection, key: impl redis::ToRedisArgs) -> u16 {
+    redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(con)
+        .unwrap()
+}
+
+/// Polls `f` every 10 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A field of `INFO <section>`, as text (`None` if absent).
+pub fn info_text(con: &mut redis::Connection, section: &str, field: &str) -> Option<String> {
+    let info: String = redis::cmd("INFO").arg(section).query(con).unwrap();
+    let prefix = format!("{field}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().to_string())
+}
+
+/// An integer field of `INFO <section>`.
+///
+/// # Panics
+/// If the field is missing or not an integer.
+pub fn info_field(con: &mut redis::Connection, section: &str, field: &str) -> i64 {
+    let text = info_text(con, section, field)
+        .unwrap_or_else(|| panic!("INFO {section} has no field {field}"));
+    text.parse()
+        .unwrap_or_else(|_| panic!("INFO {section} {field} is not an integer: {text}"))
+}
+
+/// A field of `INFO spacelock`, without its `spacelock_` prefix.
+pub fn stat(con: &mut redis::Connection, field: &str) -> u64 {
+    let v = info_field(con, "spacelock", &format!("spacelock_{field}"));
+    u64::try_from(v).unwrap_or_else(|_| panic!("spacelock_{field} is negative: {v}"))
+}
+
+/// Clients blocked in `SPACELOCK.ACQUIRE … WAIT` right now.
+pub fn waiting_clients(con: &mut redis::Connection) -> u64 {
+    stat(con, "waiting_clients")
+}
+
+/// Waits until exactly `n` clients are queued, as the server reports it:
+/// the synchronisation point for "the waiter is in the queue".
+///
+/// # Panics
+/// If that does not happen within 20 s.
+pub fn until_waiting(con: &mut redis::Connection, n: u64) {
+    assert!(
+        wait_until(Duration::from_secs(20), || waiting_clients(con) == n),
+        "expected {n} waiting clients, have {}",
+        waiting_clients(con)
+    );
+}
+
+/// Whether the timestamp is in the past; for loops with a deadline.
+pub fn passed(deadline: Instant) -> bool {
+    Instant::now() >= deadline
+}

@@ -1,0 +1,98 @@
+//! spacelock's test kit, shared by every integration test of the workspace.
+//!
+//! * [`ServerBuilder`] / [`Server`]: a real `redis-server` or `valkey-server`
+//!   (`$SPACELOCK_SERVER`, default `redis-server`) with the module
+//!   (`$SPACELOCK_MODULE`, default `target/release/libspacelock.so`) on a free
+//!   loopback port below the ephemeral range, in its own temp dir; readiness
+//!   is polled with a deadline, and `Drop` sends `SHUTDOWN NOSAVE`, waits,
+//!   then kills.
+//! * [`Cluster`]: masters with slots assigned and met, for cluster tests.
+//! * [`mod@cmd`] helpers: the lock commands, keyspace snapshots, `INFO`
+//!   fields and waits driven by what the server reports ([`until_waiting`]),
+//!   so that no test sleeps in place of synchronisation.
+//! * A harness that can say *skipped*: a test binary declares
+//!   `harness = false`, marks its tests `#[spacelock_testkit::test]` (sync,
+//!   or `async fn` on a two-worker tokio runtime) and ends with
+//!   `spacelock_testkit::main!();`. A test that cannot run calls
+//!   [`skip`], and is reported and counted as ignored, never as passed.
+//!
+//! Nothing here downloads anything: servers other than the default come in
+//! through `$SPACELOCK_SERVER` (see `scripts/fetch-servers.sh`).
+
+mod cluster;
+pub mod cmd;
+mod server;
+
+pub use cluster::Cluster;
+pub use cmd::*;
+pub use server::*;
+pub use spacelock_testkit_macros::test;
+
+#[doc(hidden)]
+pub use linkme;
+
+/// One registered test (made by `#[spacelock_testkit::test]`).
+#[doc(hidden)]
+pub struct Case {
+    pub name: &'static str,
+    pub run: fn(),
+}
+
+/// Every test of this binary.
+#[doc(hidden)]
+#[linkme::distributed_slice]
+pub static TESTS: [Case];
+
+/// The payload of [`skip`].
+struct Skip(String);
+
+/// Ends the current test as *skipped*, with `reason` printed. Use it only
+/// for a test that cannot run here (a server without the feature, a tool
+/// that is not installed); never to hide a failure.
+pub fn skip(reason: impl Into<String>) -> ! {
+    // resume_unwind: no panic message, no backtrace; the harness turns the
+    // payload into "ignored".
+    std::panic::resume_unwind(Box::new(Skip(reason.into())))
+}
+
+/// Runs every registered test; `main!()` calls it.
+#[doc(hidden)]
+pub fn run_all() {
+    let mut cases: Vec<&'static Case> = TESTS.iter().collect();
+    cases.sort_by_key(|c| c.name);
+    let trials = cases.into_iter().map(|case| {
+        libtest2_mimic::Trial::test(case.name, move |ctx| {
+            match std::panic::catch_unwind(case.run) {
+                Ok(()) => Ok(()),
+                Err(payload) => match payload.downcast::<Skip>() {
+                    Ok(skip) => {
+                        eprintln!("skipped {}: {}", case.name, skip.0);
+                        ctx.ignore_for(skip.0)
+                    }
+                    Err(payload) => std::panic::resume_unwind(payload),
+                },
+            }
+        })
+    });
+    // Output is never captured by this harness, so libtest's capture flags
+    // (which scripts and habits pass) are accepted and dropped.
+    let args = std::env::args_os().filter(|a| {
+        !matches!(
+            a.to_str(),
+            Some("--nocapture" | "--no-capture" | "--show-output")
+        )
+    });
+    libtest2_mimic::Harness::with_args(args)
+        .discover(trials)
+        .main();
+}
+
+/// The `main` of a test binary built with `harness = false`.
+#[macro_export]
+macro_rules! main {
+    () => {
+        fn main() {
+            $crate::run_all()
+        }
+    };
+}
