@@ -1,62 +1,76 @@
 //! Command handlers: parse and validate argv, run the state machine against
-//! the server's keys, reply. Every path sends exactly one reply, and every
-//! error reply starts with its code word.
+//! the server's keys, reply. A handler either replies (or blocks) and
+//! returns `Ok`, or returns the error, which the FFI trampoline replies.
+//! Validation happens before any key is opened, so bad input changes
+//! nothing.
 
-use crate::config;
-use crate::ffi::{Command, Ctx, RStr, Value};
-use crate::stats;
-use crate::store::{fence_name, fence_token, RedisStore};
-use spacelock_core::args::{check_owner, parse_ttl};
+use spacelock_core::args::{check_owner, parse_token_arg, parse_ttl, ArgError};
 use spacelock_core::fence;
-use spacelock_core::lock;
+use spacelock_core::lock::{self, LockError};
+use spacelock_core::wait::parse_options;
+
+use crate::ffi::{Command, CommandError, Contents, Ctx, RStr};
+use crate::store::{fence_name, fence_token, holds, RedisStore};
+use crate::{config, stats, terms, wait};
+
+impl From<ArgError> for CommandError {
+    fn from(e: ArgError) -> Self {
+        CommandError::Reply(e.to_string())
+    }
+}
+
+impl From<LockError> for CommandError {
+    fn from(e: LockError) -> Self {
+        CommandError::Reply(e.to_string())
+    }
+}
 
 /// Validates `owner` and `ttl` (in that order) before any key is opened.
-fn owner_and_ttl(owner: RStr, ttl: RStr) -> Result<i64, spacelock_core::args::ArgError> {
+fn owner_and_ttl(owner: RStr<'_>, ttl: RStr<'_>) -> Result<i64, ArgError> {
     check_owner(owner.as_bytes(), config::max_owner_len())?;
     parse_ttl(ttl.as_bytes(), config::max_ttl())
+}
+
+/// Replies 1 or 0.
+fn reply_bool(ctx: &Ctx, yes: bool) {
+    ctx.reply_i64(i64::from(yes));
 }
 
 /// `SPACELOCK.ACQUIRE key owner ttl_ms [WAIT timeout_ms]`
 pub struct Acquire;
 
 impl Command for Acquire {
-    fn run(ctx: &Ctx, args: &[RStr]) {
+    fn run(ctx: &Ctx, args: &[RStr<'_>]) -> Result<(), CommandError> {
         let [_, key, owner, ttl, rest @ ..] = args else {
-            return ctx.wrong_arity();
+            return Err(CommandError::WrongArity);
         };
-        let ttl = match owner_and_ttl(*owner, *ttl) {
-            Ok(t) => t,
-            Err(e) => return ctx.reply_error(&e.to_string()),
-        };
+        let ttl = owner_and_ttl(*owner, *ttl)?;
         let rest: Vec<&[u8]> = rest.iter().map(RStr::as_bytes).collect();
-        let wait = match crate::wait::parse_options(&rest) {
-            Ok(w) => w,
-            Err(e) => return ctx.reply_error(&e.to_string()),
-        };
-        let _quiet = crate::wait::SelfWrites::begin();
-        // Clients already queued go first (no barging while a grant is due).
-        crate::wait::settle(ctx, *key);
-        let outcome = {
-            let mut store = RedisStore::open(ctx, *key, *owner);
-            lock::acquire(&mut store, ttl)
-        };
-        match outcome {
-            Ok(Some(token)) => {
+        let wait_ms = parse_options(&rest)?;
+        let _quiet = wait::SelfWrites::begin();
+        // Clients already queued go first (no barging while a grant is due),
+        // and a grant nobody received is undone before this one looks.
+        wait::settle(ctx, *key);
+        let mut store = RedisStore::open(ctx, *key, *owner);
+        let granted = terms::with(ctx.now_ms(), |t| {
+            lock::acquire(&mut store, ttl, t, config::token_mode())
+        })?;
+        drop(store);
+        match (granted, wait_ms) {
+            (Some(token), _) => {
                 stats::ACQUIRED.incr();
                 ctx.reply_i64(token);
             }
             // WAIT inside MULTI/EXEC or a script acts as a plain ACQUIRE.
-            Ok(None) => match wait {
-                Some(timeout) if ctx.may_block() => {
-                    crate::wait::enqueue(ctx, *key, *owner, ttl, timeout)
-                }
-                _ => {
-                    stats::ACQUIRE_CONTENDED.incr();
-                    ctx.reply_null();
-                }
-            },
-            Err(e) => ctx.reply_error(&e.to_string()),
+            (None, Some(timeout)) if ctx.may_block() => {
+                wait::enqueue(ctx, *key, *owner, ttl, timeout)?;
+            }
+            (None, _) => {
+                stats::ACQUIRE_CONTENDED.incr();
+                ctx.reply_null();
+            }
         }
+        Ok(())
     }
 }
 
@@ -64,32 +78,22 @@ impl Command for Acquire {
 pub struct Refresh;
 
 impl Command for Refresh {
-    fn run(ctx: &Ctx, args: &[RStr]) {
+    fn run(ctx: &Ctx, args: &[RStr<'_>]) -> Result<(), CommandError> {
         let [_, key, owner, ttl] = args else {
-            return ctx.wrong_arity();
+            return Err(CommandError::WrongArity);
         };
-        let ttl = match owner_and_ttl(*owner, *ttl) {
-            Ok(t) => t,
-            Err(e) => return ctx.reply_error(&e.to_string()),
-        };
-        let _quiet = crate::wait::SelfWrites::begin();
-        let outcome = {
-            let mut store = RedisStore::open(ctx, *key, *owner);
-            lock::refresh(&mut store, ttl)
-        };
-        // Moves the expiry timer of a queue, or grants an expired lock.
-        crate::wait::settle(ctx, *key);
-        match outcome {
-            Ok(true) => {
-                stats::REFRESHED.incr();
-                ctx.reply_i64(1);
-            }
-            Ok(false) => {
-                stats::REFRESH_NOT_OWNER.incr();
-                ctx.reply_i64(0);
-            }
-            Err(e) => ctx.reply_error(&e.to_string()),
+        let ttl = owner_and_ttl(*owner, *ttl)?;
+        let _quiet = wait::SelfWrites::begin();
+        let refreshed = lock::refresh(&mut RedisStore::open(ctx, *key, *owner), ttl)?;
+        // Moves the expiry timer of a queue.
+        wait::settle(ctx, *key);
+        if refreshed {
+            stats::REFRESHED.incr();
+        } else {
+            stats::REFRESH_NOT_OWNER.incr();
         }
+        reply_bool(ctx, refreshed);
+        Ok(())
     }
 }
 
@@ -97,55 +101,50 @@ impl Command for Refresh {
 pub struct Release;
 
 impl Command for Release {
-    fn run(ctx: &Ctx, args: &[RStr]) {
+    fn run(ctx: &Ctx, args: &[RStr<'_>]) -> Result<(), CommandError> {
         let [_, key, owner] = args else {
-            return ctx.wrong_arity();
+            return Err(CommandError::WrongArity);
         };
-        if let Err(e) = check_owner(owner.as_bytes(), config::max_owner_len()) {
-            return ctx.reply_error(&e.to_string());
-        }
-        let _quiet = crate::wait::SelfWrites::begin();
-        let outcome = {
-            let mut store = RedisStore::open(ctx, *key, *owner);
-            lock::release(&mut store)
-        };
+        check_owner(owner.as_bytes(), config::max_owner_len())?;
+        let _quiet = wait::SelfWrites::begin();
+        let released = lock::release(&mut RedisStore::open(ctx, *key, *owner))?;
         // Direct handoff: the head waiter gets the lock in this same command.
-        crate::wait::settle(ctx, *key);
-        match outcome {
-            Ok(true) => {
-                stats::RELEASED.incr();
-                ctx.reply_i64(1);
-            }
-            Ok(false) => {
-                stats::RELEASE_NOT_OWNER.incr();
-                ctx.reply_i64(0);
-            }
-            Err(e) => ctx.reply_error(&e.to_string()),
+        wait::settle(ctx, *key);
+        if released {
+            stats::RELEASED.incr();
+        } else {
+            stats::RELEASE_NOT_OWNER.incr();
         }
+        reply_bool(ctx, released);
+        Ok(())
     }
 }
 
-/// `SPACELOCK.INFO key`: nil when free, else owner / ttl_ms / token / waiters.
+/// `SPACELOCK.INFO key`: nil when free, else owner / ttl_ms / token /
+/// waiters, and the process's term (term_start_ms, token_floor).
 pub struct Info;
 
 impl Command for Info {
-    fn run(ctx: &Ctx, args: &[RStr]) {
+    fn run(ctx: &Ctx, args: &[RStr<'_>]) -> Result<(), CommandError> {
         let [_, key] = args else {
-            return ctx.wrong_arity();
+            return Err(CommandError::WrongArity);
         };
-        let lock_key = ctx.open(*key, false);
-        let owner = match lock_key.value() {
-            Value::Empty => return ctx.reply_null(),
-            Value::Other => return ctx.reply_error(&lock::LockError::LockWrongType.to_string()),
-            Value::Str(v) => v,
+        let Some(lock_key) = ctx.open_read(*key) else {
+            ctx.reply_null();
+            return Ok(());
+        };
+        let owner = match lock_key.contents() {
+            Contents::Missing => {
+                ctx.reply_null();
+                return Ok(());
+            }
+            Contents::Other => return Err(LockError::LockWrongType.into()),
+            Contents::Str(v) => v,
         };
         let name = fence_name(key.as_bytes());
-        let fence_key = ctx.open(name.as_rstr(), false);
-        let token = match fence_token(&fence_key) {
-            Ok(t) => t,
-            Err(e) => return ctx.reply_error(&e.to_string()),
-        };
-        ctx.reply_map(4);
+        let token = fence_token(ctx.open_read(name.as_rstr()).as_ref())?;
+        let term = terms::with(ctx.now_ms(), |t| *t);
+        ctx.reply_map(6);
         ctx.reply_bulk(b"owner");
         ctx.reply_bulk(owner);
         ctx.reply_bulk(b"ttl_ms");
@@ -153,7 +152,34 @@ impl Command for Info {
         ctx.reply_bulk(b"token");
         ctx.reply_i64(token);
         ctx.reply_bulk(b"waiters");
-        ctx.reply_i64(crate::wait::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
+        ctx.reply_i64(wait::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
+        ctx.reply_bulk(b"term_start_ms");
+        ctx.reply_i64(term.start_ms());
+        ctx.reply_bulk(b"token_floor");
+        ctx.reply_i64(term.next());
+        Ok(())
+    }
+}
+
+/// `SPACELOCK.CHECK key owner token`: 1 if `key` holds `owner` under the
+/// grant with `token`, else 0. Read-only, for fenced writes from Lua.
+pub struct Check;
+
+impl Command for Check {
+    fn run(ctx: &Ctx, args: &[RStr<'_>]) -> Result<(), CommandError> {
+        let [_, key, owner, token] = args else {
+            return Err(CommandError::WrongArity);
+        };
+        check_owner(owner.as_bytes(), config::max_owner_len())?;
+        let token = parse_token_arg(token.as_bytes())?;
+        let current = holds(ctx, *key, owner.as_bytes(), token)?;
+        if current {
+            stats::CHECKS_PASSED.incr();
+        } else {
+            stats::CHECKS_FAILED.incr();
+        }
+        reply_bool(ctx, current);
+        Ok(())
     }
 }
 
@@ -161,10 +187,35 @@ impl Command for Info {
 pub struct FenceKey;
 
 impl Command for FenceKey {
-    fn run(ctx: &Ctx, args: &[RStr]) {
+    fn run(ctx: &Ctx, args: &[RStr<'_>]) -> Result<(), CommandError> {
         let [_, key] = args else {
-            return ctx.wrong_arity();
+            return Err(CommandError::WrongArity);
         };
         ctx.reply_bulk(&fence::fence_key(key.as_bytes()));
+        Ok(())
+    }
+}
+
+/// `SPACELOCK.NEWTERM`: opens a new token term now (after restoring a
+/// backup, say) and replies its floor: every later grant issues a token of
+/// at least that.
+pub struct NewTerm;
+
+impl Command for NewTerm {
+    fn run(ctx: &Ctx, args: &[RStr<'_>]) -> Result<(), CommandError> {
+        if args.len() != 1 {
+            return Err(CommandError::WrongArity);
+        }
+        let term = terms::open(ctx.now_ms());
+        ctx.log(
+            crate::ffi::Level::Notice,
+            &format!(
+                "spacelock: SPACELOCK.NEWTERM opened a token term at {} (next token >= {})",
+                term.start_ms(),
+                term.next()
+            ),
+        );
+        ctx.reply_i64(term.next());
+        Ok(())
     }
 }

@@ -1,24 +1,38 @@
 //! spacelock: a native lease-lock module for Redis and Valkey.
 //!
-//! This file only registers things. The lock logic is plain Rust in
-//! `spacelock_core::lock` (unit-tested without a server), argument rules are in `spacelock_core::args`,
-//! fence-key naming in `spacelock_core::fence`, the server-facing store in [`store`],
-//! command handlers in [`commands`], and every `unsafe` line in [`ffi`].
+//! This file wires things together: the command table, the configs, the
+//! INFO section and the event handlers, registered at load. The decisions
+//! live in `spacelock_core` (pure Rust, unit-tested without a server): the
+//! lock state machine, the token rule, every WAIT decision. Here:
+//!
+//! * [`commands`]: the command handlers;
+//! * [`store`]: the lock state machine's `Store` over real keys
+//!   (replication, notifications);
+//! * [`wait`]: WAIT's host over the server and its callbacks;
+//! * [`terms`]: the process's token term;
+//! * [`config`], [`stats`]: configs and `INFO spacelock`;
+//! * [`ffi`]: the only `unsafe` code, a leaf that imports nothing from the
+//!   rest.
+#![deny(unsafe_code)]
 
 pub mod commands;
 pub mod config;
+#[allow(unsafe_code)]
 pub mod ffi;
 pub mod stats;
 pub mod store;
+pub mod terms;
 pub mod wait;
 
-use ffi::{entry, key_flags as kf, ArgDoc, ArgType, CommandDef, LoadCtx, RStr};
+use ffi::{entry, ArgDoc, ArgType, CommandDef, KeyFlags, Level, LoadCtx, RStr};
 
 // The server's allocator in the module, so `INFO memory` and maxmemory see
 // our allocations. Unit tests run outside a server, where it would abort.
 #[cfg(not(test))]
 #[global_allocator]
 static ALLOCATOR: redis_module::alloc::RedisAlloc = redis_module::alloc::RedisAlloc;
+
+module_entry_points!(name: c"spacelock", version: 100, on_load: on_load);
 
 const KEY: ArgDoc = ArgDoc {
     name: c"key",
@@ -38,18 +52,27 @@ const TTL: ArgDoc = ArgDoc {
     token: None,
     optional: false,
 };
-
 const WAIT_TIMEOUT: ArgDoc = ArgDoc {
     name: c"timeout_ms",
     kind: ArgType::Integer,
     token: Some(c"WAIT"),
     optional: true,
 };
+const TOKEN: ArgDoc = ArgDoc {
+    name: c"token",
+    kind: ArgType::Integer,
+    token: None,
+    optional: false,
+};
 
 /// The ACL category every spacelock command belongs to (Redis ≥ 7.4).
 const ACL_CATEGORY: &std::ffi::CStr = c"spacelock";
 
-fn command_table() -> [CommandDef; 5] {
+/// Every command, in one table. Each one's ACL categories are `spacelock`
+/// plus the core categories its flags imply, which the server does not
+/// derive for module commands on its own (so `+@all -@write` removes
+/// ACQUIRE, and `+@read` allows INFO).
+fn command_table() -> [CommandDef; 7] {
     [
         CommandDef {
             name: c"spacelock.acquire",
@@ -58,8 +81,9 @@ fn command_table() -> [CommandDef; 5] {
             complexity: c"O(1)",
             since: c"0.1.0",
             arity: -4,
-            key_flags: kf::RW | kf::INSERT,
+            key: Some(KeyFlags::RW | KeyFlags::INSERT),
             args: &[KEY, OWNER, TTL, WAIT_TIMEOUT],
+            acl: c"spacelock write fast",
             entry: entry::<commands::Acquire>(),
         },
         CommandDef {
@@ -69,8 +93,9 @@ fn command_table() -> [CommandDef; 5] {
             complexity: c"O(1)",
             since: c"0.1.0",
             arity: 4,
-            key_flags: kf::RW | kf::UPDATE,
+            key: Some(KeyFlags::RW | KeyFlags::UPDATE),
             args: &[KEY, OWNER, TTL],
+            acl: c"spacelock write fast",
             entry: entry::<commands::Refresh>(),
         },
         CommandDef {
@@ -80,20 +105,34 @@ fn command_table() -> [CommandDef; 5] {
             complexity: c"O(1)",
             since: c"0.1.0",
             arity: 3,
-            key_flags: kf::RW | kf::DELETE,
+            key: Some(KeyFlags::RW | KeyFlags::DELETE),
             args: &[KEY, OWNER],
+            acl: c"spacelock write fast",
             entry: entry::<commands::Release>(),
         },
         CommandDef {
             name: c"spacelock.info",
             flags: c"readonly fast",
-            summary: c"Returns the holder, remaining TTL, fencing token and waiters of a lock",
+            summary: c"Returns the holder, remaining TTL, fencing token and waiters of a lock, and the server's token term",
             complexity: c"O(1)",
             since: c"0.1.0",
             arity: 2,
-            key_flags: kf::RO | kf::ACCESS,
+            key: Some(KeyFlags::RO | KeyFlags::ACCESS),
             args: &[KEY],
+            acl: c"spacelock read fast",
             entry: entry::<commands::Info>(),
+        },
+        CommandDef {
+            name: c"spacelock.check",
+            flags: c"readonly fast",
+            summary: c"Returns 1 if the key is held by owner under the grant with this fencing token, else 0 (for fenced writes from Lua)",
+            complexity: c"O(1)",
+            since: c"0.2.0",
+            arity: 4,
+            key: Some(KeyFlags::RO | KeyFlags::ACCESS),
+            args: &[KEY, OWNER, TOKEN],
+            acl: c"spacelock read fast",
+            entry: entry::<commands::Check>(),
         },
         CommandDef {
             name: c"spacelock.fencekey",
@@ -102,33 +141,29 @@ fn command_table() -> [CommandDef; 5] {
             complexity: c"O(1)",
             since: c"0.1.0",
             arity: 2,
-            key_flags: kf::RO,
+            key: Some(KeyFlags::RO),
             args: &[KEY],
+            acl: c"spacelock read fast",
             entry: entry::<commands::FenceKey>(),
+        },
+        CommandDef {
+            name: c"spacelock.newterm",
+            flags: c"admin fast",
+            summary: c"Opens a new token term now: every later grant issues a token of at least the reply",
+            complexity: c"O(1)",
+            since: c"0.2.0",
+            arity: 1,
+            key: None,
+            args: &[],
+            acl: c"spacelock admin fast",
+            entry: entry::<commands::NewTerm>(),
         },
     ]
 }
 
-/// The ACL categories of `def` where modules may set them (Redis >= 7.4,
-/// Valkey >= 8.0): `spacelock` plus the core categories its flags imply
-/// (`write` or `read`, and `fast`). The server derives none of them for module
-/// commands, so without this `+@all -@write` would still allow ACQUIRE and
-/// `+@read` would not allow INFO.
-fn acl_categories(def: &CommandDef) -> std::ffi::CString {
-    let flags = def.flags.to_string_lossy();
-    let has = |f: &str| flags.split(' ').any(|x| x == f);
-    let mut cats = vec![ACL_CATEGORY.to_string_lossy().into_owned()];
-    cats.push(if has("write") { "write" } else { "read" }.to_string());
-    if has("fast") {
-        cats.push("fast".to_string());
-    }
-    // The names are static ASCII words: no NUL.
-    std::ffi::CString::new(cats.join(" ")).unwrap_or_else(|_| ACL_CATEGORY.to_owned())
-}
-
 /// Called by `RedisModule_OnLoad` after the API check. An `Err` refuses the
 /// load; its text is logged.
-pub fn on_load(ctx: &LoadCtx, args: &[RStr]) -> Result<(), String> {
+fn on_load(ctx: &LoadCtx, args: &[RStr<'_>]) -> Result<(), String> {
     let args: Vec<&[u8]> = args.iter().map(RStr::as_bytes).collect();
     config::apply_load_args(&args)?;
     spacelock_core::fence::warm_up();
@@ -144,35 +179,36 @@ pub fn on_load(ctx: &LoadCtx, args: &[RStr]) -> Result<(), String> {
     let added = ctx.add_acl_category(ACL_CATEGORY);
     if added != Ok(false) {
         for def in &commands {
-            ctx.set_acl_categories(def.name, &acl_categories(def))
-                .map_err(|e| match &added {
-                    Err(add) => format!("{add}; {e}"),
-                    Ok(_) => e,
-                })?;
+            ctx.set_acl_categories(def).map_err(|e| match &added {
+                Err(add) => format!("{add}; {e}"),
+                Ok(_) => e,
+            })?;
         }
     } else {
         ctx.log(
-            c"notice",
+            Level::Notice,
             "spacelock: ACL category @spacelock unavailable (needs Redis >= 7.4 or Valkey >= 8.0); grant spacelock commands by name (+spacelock.acquire ...), as @write/@read/@fast do not cover module commands here",
         );
     }
 
-    for (index, cfg) in config::CONFIGS.iter().enumerate() {
-        ctx.register_numeric_config(cfg.name, config::get(index), cfg.min, cfg.max, index)?;
-    }
-    ctx.load_configs()?;
-    ctx.register_info()?;
-    // WAIT: FLUSH*/SWAPDB/role changes settle the queues (keyspace events
-    // are subscribed lazily, by the first WAIT: see crate::wait).
-    ctx.subscribe_flush()?;
+    config::register(ctx)?;
+    ctx.register_info::<stats::ModuleInfo>()?;
+    // WAIT: flushes, SWAPDB and role changes settle the queues (keyspace
+    // events are subscribed by the first WAIT); becoming a primary also
+    // opens a token term.
+    ctx.subscribe_server_events::<wait::Waits>()?;
+    let term = terms::open(ctx.now_ms());
     ctx.log(
-        c"notice",
+        Level::Notice,
         &format!(
-            "spacelock {} loaded (max-ttl={} max-owner-len={} max-waiters={})",
+            "spacelock {} loaded (max-ttl={} max-owner-len={} max-waiters={} token-mode={}; token term opened at {}, next token >= {})",
             env!("CARGO_PKG_VERSION"),
             config::max_ttl(),
             config::max_owner_len(),
-            config::max_waiters()
+            config::max_waiters(),
+            config::token_mode().name(),
+            term.start_ms(),
+            term.next()
         ),
     );
     Ok(())

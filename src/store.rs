@@ -4,16 +4,21 @@
 //! replay needs, with absolute times (`SET … PXAT`, `PEXPIREAT`, `DEL`,
 //! `SET fence n`), and by the keyspace events the core command would emit.
 
-use crate::ffi::{Ctx, EventClass, Key, OwnedStr, RStr, Value};
 use spacelock_core::fence;
 use spacelock_core::lock::{parse_token, LockError, Probe, Store};
 
-/// The last token stored in an open fence key: 0 when it does not exist.
-pub fn fence_token(fence: &Key) -> Result<i64, LockError> {
-    match fence.value() {
-        Value::Empty => Ok(0),
-        Value::Str(v) => parse_token(v),
-        Value::Other => Err(LockError::FenceWrongType),
+use crate::ffi::{Contents, Ctx, EventClass, Key, OwnedStr, RStr};
+
+/// The last token stored in a fence key: 0 when it does not exist.
+///
+/// # Errors
+///
+/// When the fence key holds another type or a non-counter.
+pub fn fence_token(fence: Option<&Key<'_>>) -> Result<i64, LockError> {
+    match fence.map_or(Contents::Missing, Key::contents) {
+        Contents::Missing => Ok(0),
+        Contents::Str(v) => parse_token(v),
+        Contents::Other => Err(LockError::FenceWrongType),
     }
 }
 
@@ -30,33 +35,30 @@ pub fn fence_name(key: &[u8]) -> OwnedStr {
 /// One lock key opened for one caller.
 pub struct RedisStore<'a> {
     ctx: &'a Ctx,
-    owner: RStr,
-    lock: Key,
+    owner: RStr<'a>,
+    lock: Key<'a>,
     /// Opened on first use: REFRESH and RELEASE never touch it.
-    fence: Option<(Key, OwnedStr)>,
+    fence: Option<Key<'a>>,
 }
 
 impl<'a> RedisStore<'a> {
     /// Opens `key` for writing, on behalf of `owner`.
-    pub fn open(ctx: &'a Ctx, key: RStr, owner: RStr) -> Self {
+    pub fn open(ctx: &'a Ctx, key: RStr<'_>, owner: RStr<'a>) -> Self {
         RedisStore {
             ctx,
             owner,
-            lock: ctx.open(key, true),
+            lock: ctx.open_write(key),
             fence: None,
         }
     }
 
-    fn fence(&mut self) -> &mut Key {
-        let ctx = self.ctx;
-        let name = self.lock.name();
-        &mut self
-            .fence
-            .get_or_insert_with(|| {
-                let fence = fence_name(name.as_bytes());
-                (ctx.open(fence.as_rstr(), true), fence)
-            })
-            .0
+    fn fence(&mut self) -> &mut Key<'a> {
+        let (ctx, lock) = (self.ctx, &self.lock);
+        self.fence.get_or_insert_with(|| {
+            // The open key keeps its own reference to the name.
+            let name = fence_name(lock.name().as_bytes());
+            ctx.open_write(name.as_rstr())
+        })
     }
 }
 
@@ -66,50 +68,94 @@ impl Store for RedisStore<'_> {
     }
 
     fn probe(&mut self) -> Result<Probe, LockError> {
-        match self.lock.value() {
-            Value::Empty => Ok(Probe::Free),
-            Value::Str(v) if v == self.owner.as_bytes() => Ok(Probe::Mine),
-            Value::Str(_) => Ok(Probe::Other),
-            Value::Other => Err(LockError::LockWrongType),
+        match self.lock.contents() {
+            Contents::Missing => Ok(Probe::Free),
+            Contents::Str(v) if v == self.owner.as_bytes() => Ok(Probe::Mine),
+            Contents::Str(_) => Ok(Probe::Other),
+            Contents::Other => Err(LockError::LockWrongType),
         }
     }
 
     fn last_token(&mut self) -> Result<i64, LockError> {
-        fence_token(self.fence())
+        fence_token(Some(self.fence()))
     }
 
-    fn grant(&mut self, expire_at_ms: i64, token: i64) {
-        let (ctx, key, owner) = (self.ctx, self.lock.name(), self.owner);
-        self.lock.write(owner.as_bytes());
-        self.lock.set_expire_at(expire_at_ms);
-        let fence = self.fence();
+    fn grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError> {
+        let ctx = self.ctx;
         let mut digits = [0u8; 20];
-        fence.write(decimal(token, &mut digits));
-        let fence_name = fence.name();
+        let fence = self.fence();
+        fence
+            .write(decimal(token, &mut digits))
+            .map_err(|_| LockError::WriteFailed)?;
+        let fence_key = fence.name();
+        ctx.replicate_set_int(fence_key, token);
+        ctx.signal_modified(fence_key);
+        ctx.notify(EventClass::String, c"set", fence_key);
+
+        let (owner, lock) = (self.owner, &mut self.lock);
+        lock.write(owner.as_bytes())
+            .map_err(|_| LockError::WriteFailed)?;
+        lock.set_expire_at(expire_at_ms);
+        let key = lock.name();
         ctx.replicate_set_pxat(key, owner, expire_at_ms);
-        ctx.replicate_set_int(fence_name, token);
         ctx.signal_modified(key);
-        ctx.signal_modified(fence_name);
         ctx.notify(EventClass::String, c"set", key);
         ctx.notify(EventClass::Generic, c"expire", key);
-        ctx.notify(EventClass::String, c"set", fence_name);
+        Ok(())
     }
 
     fn extend(&mut self, expire_at_ms: i64) {
-        let key = self.lock.name();
         self.lock.set_expire_at(expire_at_ms);
+        let key = self.lock.name();
         self.ctx.replicate_pexpireat(key, expire_at_ms);
         self.ctx.signal_modified(key);
         self.ctx.notify(EventClass::Generic, c"expire", key);
     }
 
     fn remove(&mut self) {
-        let key = self.lock.name();
         self.lock.delete();
+        let key = self.lock.name();
         self.ctx.replicate_del(key);
         self.ctx.signal_modified(key);
         self.ctx.notify(EventClass::Generic, c"del", key);
     }
+}
+
+/// Deletes `key` (replicated as `DEL`, with its events), the way RELEASE
+/// does, if it holds exactly `owner` and its fence counter `token`: the
+/// undo of a grant nobody received. Whether it did.
+pub fn remove_grant(ctx: &Ctx, key: &[u8], owner: &[u8], token: i64) -> bool {
+    let name = OwnedStr::new(key);
+    let mut lock = ctx.open_write(name.as_rstr());
+    if lock.contents() != Contents::Str(owner) {
+        return false;
+    }
+    let fence = fence_name(key);
+    if fence_token(ctx.open_read(fence.as_rstr()).as_ref()) != Ok(token) {
+        return false;
+    }
+    lock.delete();
+    let key = lock.name();
+    ctx.replicate_del(key);
+    ctx.signal_modified(key);
+    ctx.notify(EventClass::Generic, c"del", key);
+    true
+}
+
+/// Whether `key` holds exactly `owner` and its fence counter `token`.
+///
+/// # Errors
+///
+/// When the lock key holds a non-string, or the fence key is unusable.
+pub fn holds(ctx: &Ctx, key: RStr<'_>, owner: &[u8], token: i64) -> Result<bool, LockError> {
+    let lock = ctx.open_read(key);
+    match lock.as_ref().map_or(Contents::Missing, Key::contents) {
+        Contents::Str(v) if v == owner => {}
+        Contents::Other => return Err(LockError::LockWrongType),
+        _ => return Ok(false),
+    }
+    let fence = fence_name(key.as_bytes());
+    Ok(fence_token(ctx.open_read(fence.as_rstr()).as_ref())? == token)
 }
 
 /// The decimal digits of `n` (≥ 0), written at the end of `buf`.

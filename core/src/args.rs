@@ -22,6 +22,8 @@ pub enum ArgError {
     OwnerTooLong(i64),
     /// A WAIT timeout that is not an integer ≥ 0.
     TimeoutInvalid,
+    /// A fencing token argument that is not an integer ≥ 0.
+    TokenInvalid,
     /// An option that is not recognised.
     UnknownOption,
     /// An option given twice.
@@ -51,6 +53,9 @@ impl fmt::Display for ArgError {
             ArgError::TimeoutInvalid => f.write_str(
                 "ERR invalid WAIT timeout: must be a base-10 integer >= 0 (0 waits forever)",
             ),
+            ArgError::TokenInvalid => {
+                f.write_str("ERR invalid token: must be a base-10 integer >= 0")
+            }
             ArgError::UnknownOption => f.write_str("ERR syntax error: unknown option"),
             ArgError::RepeatedOption => f.write_str("ERR syntax error: option given twice"),
             ArgError::MissingValue => f.write_str("ERR syntax error: option needs a value"),
@@ -130,6 +135,14 @@ pub fn parse_timeout(bytes: &[u8]) -> Result<i64, ArgError> {
     }
 }
 
+/// Parses a fencing token argument (SPACELOCK.CHECK): an integer ≥ 0.
+pub fn parse_token_arg(bytes: &[u8]) -> Result<i64, ArgError> {
+    match parse_i64(bytes) {
+        Some(t) if t >= 0 => Ok(t),
+        _ => Err(ArgError::TokenInvalid),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +210,14 @@ mod tests {
         assert_eq!(parse_timeout(b"250"), Ok(250));
         assert_eq!(parse_timeout(b"-1"), Err(ArgError::TimeoutInvalid));
         assert_eq!(parse_timeout(b"x"), Err(ArgError::TimeoutInvalid));
+        assert_eq!(parse_token_arg(b"0"), Ok(0));
+        assert_eq!(parse_token_arg(b"9223372036854775807"), Ok(i64::MAX));
+        assert_eq!(parse_token_arg(b"-1"), Err(ArgError::TokenInvalid));
+        assert_eq!(
+            parse_token_arg(b"18446744073709551615"),
+            Err(ArgError::TokenInvalid)
+        );
+        assert_eq!(parse_token_arg(b""), Err(ArgError::TokenInvalid));
     }
 
     #[test]
@@ -209,6 +230,7 @@ mod tests {
             ArgError::OwnerEmpty,
             ArgError::OwnerTooLong(5),
             ArgError::TimeoutInvalid,
+            ArgError::TokenInvalid,
             ArgError::UnknownOption,
             ArgError::RepeatedOption,
             ArgError::MissingValue,

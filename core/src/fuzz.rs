@@ -10,6 +10,7 @@
 
 use crate::args::{check_owner, expire_at, parse_i64, parse_timeout, parse_ttl};
 use crate::lock::{self, MemoryStore, Value};
+use crate::tokens::{Terms, TokenMode};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
 fn iters(default: usize) -> usize {
@@ -80,17 +81,33 @@ fn fuzz_state_machine_invariants() {
     let keys: [&[u8]; 3] = [b"a", b"{a}b", b"\x00"];
     let owners: [&[u8]; 3] = [b"x", b"y", b"z"];
     let mut s = MemoryStore::at(1_000_000);
+    let mut terms = Terms::open_at(s.now);
     let mut last_token = [0i64; 3];
+    // Every token ever issued, by any name, in term mode: never twice.
+    let mut issued = std::collections::HashSet::new();
+    let mut fence_lost = [false; 3];
     for step in 0..iters(200_000) {
         let k = rng.random_range(0..keys.len());
         let o = owners[rng.random_range(0..owners.len())];
         let ttl = rng.random_range(1..50);
         let holder_before = s.get(keys[k]).cloned();
-        match rng.random_range(0..6) {
-            0 | 1 => match lock::acquire(&mut s.view(keys[k], o), ttl).unwrap() {
+        // Mostly term mode; sometimes a switch to plain counters and back.
+        let mode = if rng.random_range(0..20) == 0 {
+            TokenMode::Counter
+        } else {
+            TokenMode::Term
+        };
+        match rng.random_range(0..7) {
+            0 | 1 => match lock::acquire(&mut s.view(keys[k], o), ttl, &mut terms, mode).unwrap() {
                 Some(t) => {
                     assert!(holder_before.is_none(), "step {step}: granted a held lock");
-                    assert!(t > last_token[k], "step {step}: token went backwards");
+                    if mode == TokenMode::Term {
+                        assert!(t > last_token[k], "step {step}: token went backwards");
+                        assert!(issued.insert(t), "step {step}: token {t} issued twice");
+                    } else if !fence_lost[k] {
+                        assert!(t > last_token[k], "step {step}: counter went backwards");
+                    }
+                    fence_lost[k] = false;
                     last_token[k] = t;
                     assert_eq!(s.get(keys[k]), Some(&Value::Str(o.to_vec())));
                 }
@@ -109,16 +126,22 @@ fn fuzz_state_machine_invariants() {
                 assert_eq!(s.get(keys[k]).is_none(), ok || holder_before.is_none());
             }
             4 => s.now += rng.random_range(0..60),
-            _ => {
+            5 => {
                 s.keys.remove(keys[k]);
             }
+            _ => {
+                // The fence key is lost (eviction, FLUSHALL, DEL).
+                s.keys.remove(&crate::fence::fence_key(keys[k]));
+                fence_lost[k] = true;
+            }
         }
-        // The fence counter always equals the last token handed out.
+        // The fence counter equals the last token handed out, unless lost.
         let fence = crate::fence::fence_key(keys[k]);
         let stored = match s.get(&fence) {
             Some(Value::Str(v)) => lock::parse_token(v).unwrap(),
             _ => 0,
         };
-        assert_eq!(stored, last_token[k]);
+        let want = if fence_lost[k] { 0 } else { last_token[k] };
+        assert_eq!(stored, want, "step {step}");
     }
 }

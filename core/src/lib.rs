@@ -8,7 +8,10 @@
 //! * [`fence`]: the cluster hash slot (the only CRC16 in the tree) and
 //!   fence-key naming;
 //! * [`lock`]: the lock state machine over a [`lock::Store`], with
-//!   [`lock::MemoryStore`] and an injectable clock.
+//!   [`lock::MemoryStore`] and an injectable clock;
+//! * [`tokens`]: which fencing token a grant issues (terms and their floor);
+//! * [`wait`]: the WAIT queues and every decision they make, against a
+//!   [`wait::Host`] trait.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -17,3 +20,5 @@ pub mod fence;
 #[cfg(test)]
 mod fuzz;
 pub mod lock;
+pub mod tokens;
+pub mod wait;

@@ -9,6 +9,7 @@
 //! operations below take no key or owner arguments.
 
 use crate::args::{expire_at, ArgError};
+use crate::tokens::{Terms, TokenMode};
 
 /// What the lock key holds, relative to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub enum LockError {
     FenceCorrupt,
     /// The fence counter reached `i64::MAX`; no further token can be issued.
     TokenOverflow,
+    /// The server refused a write the grant needed (it changed nothing
+    /// that was not replicated).
+    WriteFailed,
 }
 
 impl From<ArgError> for LockError {
@@ -58,14 +62,18 @@ impl std::fmt::Display for LockError {
             LockError::TokenOverflow => {
                 f.write_str("ERR the lock's fencing counter is exhausted (reached 2^63-1)")
             }
+            LockError::WriteFailed => {
+                f.write_str("ERR spacelock could not write the lock (see the server log)")
+            }
         }
     }
 }
 
 /// One lock key as seen by one caller.
 ///
-/// Reads come first and may fail; writes are infallible, so an operation that
-/// returns an error has changed nothing.
+/// Reads come first and may fail. A grant's writes fail only if the server
+/// refuses them, which no input can cause; [`Store::grant`] then reports it
+/// after leaving the keyspace as consistent as it found it (see its docs).
 pub trait Store {
     /// Current time in ms since the Unix epoch (the server's wall clock).
     fn now_ms(&self) -> i64;
@@ -73,9 +81,15 @@ pub trait Store {
     fn probe(&mut self) -> Result<Probe, LockError>;
     /// The last token issued for this lock name (0 if none yet).
     fn last_token(&mut self) -> Result<i64, LockError>;
-    /// Sets the lock key to the caller's owner expiring at `expire_at_ms`, and
-    /// the fence counter to `token`.
-    fn grant(&mut self, expire_at_ms: i64, token: i64);
+    /// Sets the fence counter to `token` and the lock key to the caller's
+    /// owner expiring at `expire_at_ms`, in that order.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::WriteFailed`] if the server refused a write. A refused
+    /// fence write changes nothing; a refused lock write leaves the fence
+    /// advanced (and replicated), which only skips a token.
+    fn grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError>;
     /// Moves the lock key's expiry to `expire_at_ms`; the value is untouched.
     fn extend(&mut self, expire_at_ms: i64);
     /// Deletes the lock key (never the fence key).
@@ -84,23 +98,23 @@ pub trait Store {
 
 /// `SPACELOCK.ACQUIRE`: `Some(token)` when granted, `None` when the key
 /// exists (whoever holds it, the caller included, as with `SET NX`).
-pub fn acquire<S: Store>(store: &mut S, ttl_ms: i64) -> Result<Option<i64>, LockError> {
+///
+/// The token follows the rule of [`crate::tokens`]: `max(fence + 1, next)`
+/// in [`TokenMode::Term`], `fence + 1` in [`TokenMode::Counter`].
+pub fn acquire<S: Store>(
+    store: &mut S,
+    ttl_ms: i64,
+    terms: &mut Terms,
+    mode: TokenMode,
+) -> Result<Option<i64>, LockError> {
     let at = expire_at(store.now_ms(), ttl_ms)?;
     if store.probe()? != Probe::Free {
         return Ok(None);
     }
-    let token = next_token(store)?;
-    store.grant(at, token);
+    let token = terms.peek(store.last_token()?, mode)?;
+    store.grant(at, token)?;
+    terms.issued(token);
     Ok(Some(token))
-}
-
-/// The token the next grant will carry. Fails, changing nothing, if the fence
-/// key is unusable.
-pub fn next_token<S: Store>(store: &mut S) -> Result<i64, LockError> {
-    store
-        .last_token()?
-        .checked_add(1)
-        .ok_or(LockError::TokenOverflow)
 }
 
 /// `SPACELOCK.REFRESH`: `true` if the caller held the lock and its TTL was
@@ -211,15 +225,16 @@ impl Store for MemoryView<'_> {
             Some(Value::Str(v)) => parse_token(v),
         }
     }
-    fn grant(&mut self, expire_at_ms: i64, token: i64) {
-        self.store.keys.insert(
-            self.key.to_vec(),
-            (Value::Str(self.owner.to_vec()), Some(expire_at_ms)),
-        );
+    fn grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError> {
         self.store.keys.insert(
             self.fence.clone(),
             (Value::Str(token.to_string().into_bytes()), None),
         );
+        self.store.keys.insert(
+            self.key.to_vec(),
+            (Value::Str(self.owner.to_vec()), Some(expire_at_ms)),
+        );
+        Ok(())
     }
     fn extend(&mut self, expire_at_ms: i64) {
         if let Some(entry) = self.store.keys.get_mut(self.key) {
@@ -236,6 +251,13 @@ mod tests {
     use super::*;
 
     const T0: i64 = 1_700_000_000_000;
+    /// The first token of the test process's term.
+    const F: i64 = T0 * crate::tokens::PER_MS;
+
+    /// A plain counter, for readable token sequences.
+    fn acq(v: &mut MemoryView<'_>, ttl: i64) -> Result<Option<i64>, LockError> {
+        acquire(v, ttl, &mut Terms::open_at(T0), TokenMode::Counter)
+    }
 
     #[derive(Debug)]
     enum Op {
@@ -251,7 +273,7 @@ mod tests {
         let mut s = MemoryStore::at(T0);
         for (i, (op, want)) in ops.iter().enumerate() {
             let got = match op {
-                Acquire(o, ttl) => acquire(&mut s.view(b"k", o), *ttl).map(|t| t.unwrap_or(0)),
+                Acquire(o, ttl) => acq(&mut s.view(b"k", o), *ttl).map(|t| t.unwrap_or(0)),
                 Refresh(o, ttl) => refresh(&mut s.view(b"k", o), *ttl).map(i64::from),
                 Release(o) => release(&mut s.view(b"k", o)).map(i64::from),
                 Advance(ms) => {
@@ -302,7 +324,7 @@ mod tests {
         s.keys.insert(b"k".to_vec(), (Value::Other, None));
         let before = s.keys.clone();
         assert_eq!(
-            acquire(&mut s.view(b"k", b"a"), 10),
+            acq(&mut s.view(b"k", b"a"), 10),
             Err(LockError::LockWrongType)
         );
         assert_eq!(
@@ -328,7 +350,11 @@ mod tests {
         ] {
             s.keys.insert(fence.clone(), (value, None));
             let before = s.keys.clone();
-            assert_eq!(acquire(&mut s.view(b"k", b"a"), 10), Err(err));
+            assert_eq!(acq(&mut s.view(b"k", b"a"), 10), Err(err.clone()));
+            let mut terms = Terms::open_at(T0);
+            let got = acquire(&mut s.view(b"k", b"a"), 10, &mut terms, TokenMode::Term);
+            assert_eq!(got, Err(err));
+            assert_eq!(terms, Terms::open_at(T0), "a failed grant issues nothing");
             assert_eq!(s.keys, before);
         }
     }
@@ -337,7 +363,7 @@ mod tests {
     fn expiry_overflow_changes_nothing() {
         let mut s = MemoryStore::at(i64::MAX - 5);
         assert_eq!(
-            acquire(&mut s.view(b"k", b"a"), 10),
+            acq(&mut s.view(b"k", b"a"), 10),
             Err(LockError::Arg(ArgError::TtlOverflow))
         );
         assert!(s.keys.is_empty());
@@ -346,14 +372,67 @@ mod tests {
     #[test]
     fn tokens_are_per_lock_name_and_survive_deletion_of_the_lock() {
         let mut s = MemoryStore::at(T0);
-        assert_eq!(acquire(&mut s.view(b"x", b"o"), 10), Ok(Some(1)));
-        assert_eq!(acquire(&mut s.view(b"y", b"o"), 10), Ok(Some(1)));
+        assert_eq!(acq(&mut s.view(b"x", b"o"), 10), Ok(Some(1)));
+        assert_eq!(acq(&mut s.view(b"y", b"o"), 10), Ok(Some(1)));
         s.keys.remove(b"x".as_slice());
-        assert_eq!(acquire(&mut s.view(b"x", b"o"), 10), Ok(Some(2)));
+        assert_eq!(acq(&mut s.view(b"x", b"o"), 10), Ok(Some(2)));
         // A lock taken by plain SET NX (seed) is released by its owner.
         s.keys
             .insert(b"z".to_vec(), (Value::Str(b"seed".to_vec()), Some(T0 + 10)));
         assert_eq!(release(&mut s.view(b"z", b"seed")), Ok(true));
+    }
+
+    #[test]
+    fn term_tokens_survive_the_loss_of_fence_keys() {
+        // One process (one Terms), two names; fence keys vanish (FLUSHALL,
+        // eviction) between grants. Every token is above every earlier one.
+        let mut s = MemoryStore::at(T0);
+        let mut t = Terms::open_at(T0);
+        let mut grant = |s: &mut MemoryStore, key: &'static [u8]| {
+            let got = acquire(&mut s.view(key, b"o"), 10, &mut t, TokenMode::Term);
+            s.keys.remove(key);
+            got.unwrap().unwrap()
+        };
+        assert_eq!(grant(&mut s, b"x"), F);
+        assert_eq!(grant(&mut s, b"x"), F + 1);
+        assert_eq!(grant(&mut s, b"y"), F + 2);
+        s.keys.clear(); // FLUSHALL
+        assert_eq!(grant(&mut s, b"x"), F + 3);
+        assert_eq!(grant(&mut s, b"y"), F + 4);
+        // GET on the fence key still shows the last token of the name.
+        let fence = crate::fence::fence_key(b"y");
+        assert_eq!(
+            s.get(&fence),
+            Some(&Value::Str((F + 4).to_string().into_bytes()))
+        );
+    }
+
+    #[test]
+    fn a_refused_write_is_an_error_and_issues_nothing() {
+        struct Refusing(MemoryStore);
+        impl Store for Refusing {
+            fn now_ms(&self) -> i64 {
+                self.0.now
+            }
+            fn probe(&mut self) -> Result<Probe, LockError> {
+                Ok(Probe::Free)
+            }
+            fn last_token(&mut self) -> Result<i64, LockError> {
+                Ok(0)
+            }
+            fn grant(&mut self, _: i64, _: i64) -> Result<(), LockError> {
+                Err(LockError::WriteFailed)
+            }
+            fn extend(&mut self, _: i64) {}
+            fn remove(&mut self) {}
+        }
+        let mut t = Terms::open_at(T0);
+        let mut store = Refusing(MemoryStore::at(T0));
+        assert_eq!(
+            acquire(&mut store, 10, &mut t, TokenMode::Term),
+            Err(LockError::WriteFailed)
+        );
+        assert_eq!(t.next(), F, "nothing issued");
     }
 
     #[test]
@@ -363,6 +442,7 @@ mod tests {
             LockError::FenceWrongType,
             LockError::FenceCorrupt,
             LockError::TokenOverflow,
+            LockError::WriteFailed,
             LockError::Arg(ArgError::OwnerEmpty),
         ] {
             let msg = e.to_string();

@@ -1,0 +1,773 @@
+//! Every WAIT decision against a fake host: an in-memory keyspace
+//! ([`MemoryStore`]), a settable clock, switches for replica, cluster, slot
+//! and write pause, and a log of what the host was asked to do. Timers fire
+//! only when a test says so, so two events can be made to meet in any order.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::timers::{MAX_TIMER_MS, PAUSE_RETRY_MS};
+use super::*;
+use crate::fence::fence_key;
+use crate::lock::{self, LockError, MemoryStore, Value};
+use crate::tokens::{Terms, TokenMode};
+
+const T0: i64 = 1_700_000_000_000;
+
+#[derive(Default)]
+struct Fake {
+    keys: MemoryStore,
+    terms: Option<Terms>,
+    replica: bool,
+    cluster: bool,
+    slot_moved: bool,
+    paused: bool,
+    closing: HashSet<u64>,
+    unblocked: Vec<(u32, Outcome)>,
+    released: Vec<u32>,
+    timers: BTreeMap<u64, (TimerKind, i64)>,
+    next_timer: u64,
+    events: Vec<Event>,
+    idle: usize,
+}
+
+/// Keys of db `d` live under a `d:` prefix in the one MemoryStore.
+fn k(db: Db, key: &[u8]) -> Vec<u8> {
+    [format!("{db}:").as_bytes(), key].concat()
+}
+
+impl Host for Fake {
+    type Handle = u32;
+    fn now_ms(&mut self) -> i64 {
+        self.keys.now
+    }
+    fn is_replica(&mut self) -> bool {
+        self.replica
+    }
+    fn in_cluster(&mut self) -> bool {
+        self.cluster
+    }
+    fn serves_slot(&mut self, _key: &[u8]) -> bool {
+        !self.slot_moved
+    }
+    fn writes_paused(&mut self, _db: Db, _key: &[u8]) -> bool {
+        self.paused
+    }
+    fn client_closing(&mut self, client_id: u64) -> bool {
+        self.closing.contains(&client_id)
+    }
+    fn lock_state(&mut self, db: Db, key: &[u8]) -> LockState {
+        let key = k(db, key);
+        match self.keys.get(&key) {
+            None => LockState::Free,
+            Some(_) => LockState::Held {
+                expire_at_ms: self.keys.expire_at(&key),
+            },
+        }
+    }
+    fn grant(
+        &mut self,
+        db: Db,
+        key: &[u8],
+        owner: &[u8],
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, LockError> {
+        let key = k(db, key);
+        let terms = self.terms.get_or_insert_with(|| Terms::open_at(T0));
+        lock::acquire(
+            &mut self.keys.view(&key, owner),
+            ttl_ms,
+            terms,
+            TokenMode::Counter,
+        )
+    }
+    fn grant_stands(&mut self, g: &Grant) -> bool {
+        let key = k(g.db, &g.key);
+        let fence = fence_key(&key);
+        self.keys.get(&key) == Some(&Value::Str(g.owner.clone()))
+            && self.keys.get(&fence) == Some(&Value::Str(g.token.to_string().into_bytes()))
+    }
+    fn undo(&mut self, g: &Grant) -> bool {
+        let stands = self.grant_stands(g);
+        if stands {
+            self.keys.keys.remove(&k(g.db, &g.key));
+        }
+        stands
+    }
+    fn unblock(&mut self, handle: u32, outcome: Outcome) {
+        self.unblocked.push((handle, outcome));
+    }
+    fn release(&mut self, handle: u32) {
+        self.released.push(handle);
+    }
+    fn arm(&mut self, kind: TimerKind, period_ms: i64) -> TimerId {
+        self.next_timer += 1;
+        self.timers
+            .insert(self.next_timer, (kind, self.keys.now + period_ms));
+        TimerId(self.next_timer)
+    }
+    fn stop(&mut self, id: TimerId) {
+        self.timers.remove(&id.0);
+    }
+    fn count(&mut self, event: Event) {
+        self.events.push(event);
+    }
+    fn idle(&mut self) {
+        self.idle += 1;
+    }
+}
+
+struct World {
+    host: Fake,
+    reg: Registry<u32>,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            host: Fake {
+                keys: MemoryStore::at(T0),
+                ..Fake::default()
+            },
+            reg: Registry::new(),
+        }
+    }
+
+    /// `owner` takes `key` in db 0 as a plain ACQUIRE would.
+    fn hold(&mut self, key: &[u8], owner: &[u8], ttl: i64) -> i64 {
+        self.host.grant(0, key, owner, ttl).unwrap().unwrap()
+    }
+
+    /// Client `h` (connection id h) WAITs on `key` for `timeout` ms.
+    fn wait(&mut self, key: &[u8], h: u32, timeout: i64) -> WaiterId {
+        assert!(may_enqueue(&self.reg, 0, key, 100).is_ok());
+        let owner = format!("w{h}");
+        let req = Request {
+            handle: h,
+            client_id: u64::from(h),
+            owner: owner.as_bytes(),
+            ttl_ms: 1_000,
+            timeout_ms: timeout,
+        };
+        enqueue(&mut self.host, &mut self.reg, 0, key, req)
+    }
+
+    /// A spacelock command on `key` (RELEASE, REFRESH, ACQUIRE's pre-settle).
+    fn command(&mut self, key: &[u8]) {
+        settle(&mut self.host, &mut self.reg, 0, key, Origin::Command);
+    }
+
+    /// The holder's RELEASE: delete, then the same command settles.
+    fn release(&mut self, key: &[u8]) {
+        self.host.keys.keys.remove(&k(0, key));
+        self.command(key);
+    }
+
+    fn advance(&mut self, ms: i64) {
+        self.host.keys.now += ms;
+    }
+
+    /// Fires every timer due now, in due order (ties: in arming order).
+    fn fire_due(&mut self) {
+        loop {
+            let now = self.host.keys.now;
+            let due = self
+                .host
+                .timers
+                .iter()
+                .filter(|(_, (_, at))| *at <= now)
+                .min_by_key(|(id, (_, at))| (*at, **id))
+                .map(|(id, (kind, _))| (*id, *kind));
+            let Some((id, kind)) = due else { return };
+            self.host.timers.remove(&id);
+            on_timer(&mut self.host, &mut self.reg, kind);
+        }
+    }
+
+    fn outcomes(&self) -> Vec<(u32, Outcome)> {
+        self.host.unblocked.clone()
+    }
+
+    fn granted(&self, h: u32) -> Option<i64> {
+        self.host.unblocked.iter().find_map(|(x, o)| match o {
+            Outcome::Granted(g) if *x == h => Some(g.token),
+            _ => None,
+        })
+    }
+
+    fn holder(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.host.keys.get(&k(0, key)) {
+            Some(Value::Str(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// The reply callback for `h`'s outcome.
+    fn reply(&mut self, h: u32) -> Option<Answer> {
+        let outcome = self
+            .host
+            .unblocked
+            .iter()
+            .find(|(x, _)| *x == h)
+            .map(|(_, o)| o.clone())
+            .expect("unblocked");
+        answer(&mut self.host, &outcome, u64::from(h))
+    }
+
+    /// The server frees `h`'s outcome without a reply (it disconnected).
+    fn freed_without_reply(&mut self, h: u32) {
+        let outcome = self
+            .host
+            .unblocked
+            .iter()
+            .find(|(x, _)| *x == h)
+            .map(|(_, o)| o.clone())
+            .expect("unblocked");
+        undelivered(&mut self.host, &mut self.reg, outcome);
+    }
+}
+
+#[test]
+fn release_hands_the_lock_to_the_head_in_the_same_command() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.wait(b"k", 2, 0);
+    assert!(w.outcomes().is_empty(), "held: both queue");
+    w.release(b"k");
+    assert_eq!(w.holder(b"k"), Some(b"w1".to_vec()));
+    assert_eq!(
+        w.granted(1),
+        Some(2),
+        "the next token, written with the grant"
+    );
+    assert_eq!(w.reg.len(0, b"k"), 1);
+    // The expiry timer follows the new holder.
+    let timer = w.reg.expiry_timer(0, b"k").unwrap();
+    assert_eq!(timer.at_ms, T0 + 1_000);
+    // The reply callback answers the token, and counts a handoff.
+    assert_eq!(w.reply(1), Some(Answer::Token(2)));
+    assert_eq!(w.host.events, [Event::Handoff]);
+}
+
+#[test]
+fn expiry_hands_the_lock_on_in_fifo_order() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 100);
+    for h in 1..=3 {
+        w.wait(b"k", h, 0);
+    }
+    w.advance(100);
+    w.fire_due();
+    assert!(w.outcomes().is_empty(), "now == expiry: not expired yet");
+    w.advance(1);
+    w.fire_due();
+    assert_eq!(w.holder(b"k"), Some(b"w1".to_vec()));
+    w.advance(1_001);
+    w.fire_due();
+    w.advance(1_001);
+    w.fire_due();
+    let order: Vec<u32> = w.outcomes().iter().map(|(h, _)| *h).collect();
+    assert_eq!(order, [1, 2, 3]);
+    assert!(!w.reg.has(0, b"k"), "queue freed once empty");
+    assert!(w.host.timers.is_empty(), "no timer left behind");
+    assert!(w.host.idle >= 1);
+}
+
+#[test]
+fn a_deadline_that_passed_before_the_release_is_never_granted() {
+    // The deadline timer has not run yet (a slow command held the loop)
+    // when the RELEASE comes: the waiter gets nil, the next one the lock.
+    let mut w = World::new();
+    w.hold(b"k", b"a", 10_000);
+    w.wait(b"k", 1, 50);
+    w.wait(b"k", 2, 0);
+    w.advance(80);
+    w.release(b"k");
+    assert_eq!(w.outcomes()[0], (1, Outcome::TimedOut));
+    assert!(w.granted(2).is_some());
+    assert_eq!(w.holder(b"k"), Some(b"w2".to_vec()));
+    // Its deadline timer was stopped: firing everything changes nothing.
+    w.fire_due();
+    assert_eq!(w.outcomes().len(), 2);
+    assert_eq!(w.reply(1), Some(Answer::Nil));
+}
+
+#[test]
+fn a_deadline_timer_times_out_and_cleans_up() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 10_000);
+    w.wait(b"k", 1, 50);
+    w.advance(49);
+    w.fire_due();
+    assert!(w.outcomes().is_empty());
+    w.advance(1);
+    w.fire_due();
+    assert_eq!(w.outcomes(), [(1, Outcome::TimedOut)]);
+    assert!(!w.reg.has(0, b"k"));
+    assert!(
+        w.host.timers.is_empty(),
+        "the expiry timer went with the queue"
+    );
+    assert_eq!(w.reply(1), Some(Answer::Nil));
+    assert_eq!(w.host.events, [Event::Timeout]);
+    assert_eq!(w.holder(b"k"), Some(b"a".to_vec()), "the holder keeps it");
+}
+
+#[test]
+fn a_wait_longer_than_the_longest_timer_re_arms() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 100 * MAX_TIMER_MS);
+    w.wait(b"k", 1, 2 * MAX_TIMER_MS + 5);
+    w.advance(MAX_TIMER_MS);
+    w.fire_due();
+    w.advance(MAX_TIMER_MS);
+    w.fire_due();
+    assert!(w.outcomes().is_empty(), "not due yet");
+    w.advance(5);
+    w.fire_due();
+    assert_eq!(w.outcomes(), [(1, Outcome::TimedOut)]);
+}
+
+#[test]
+fn expiry_and_deadline_due_in_the_same_millisecond() {
+    // Whichever timer runs first, the waiter is told exactly one thing, and
+    // a deadline that has come is never granted.
+    for deadline_first in [false, true] {
+        let mut w = World::new();
+        w.hold(b"k", b"a", 100);
+        // Expiry timer due at T0+101; the deadline at T0+101 too.
+        w.wait(b"k", 1, 101);
+        w.advance(101);
+        if deadline_first {
+            let (id, kind) = w
+                .host
+                .timers
+                .iter()
+                .find(|(_, (kind, _))| matches!(kind, TimerKind::Deadline(_)))
+                .map(|(id, (kind, _))| (*id, *kind))
+                .unwrap();
+            w.host.timers.remove(&id);
+            on_timer(&mut w.host, &mut w.reg, kind);
+        }
+        w.fire_due();
+        assert_eq!(
+            w.outcomes(),
+            [(1, Outcome::TimedOut)],
+            "deadline_first={deadline_first}"
+        );
+        assert_eq!(w.holder(b"k"), None, "nothing held in its name");
+    }
+    // One millisecond more of patience, and it is granted.
+    let mut w = World::new();
+    w.hold(b"k", b"a", 100);
+    w.wait(b"k", 1, 102);
+    w.advance(101);
+    w.fire_due();
+    assert!(w.granted(1).is_some());
+}
+
+#[test]
+fn a_queued_waiter_that_disconnects_is_never_granted() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 500);
+    w.wait(b"k", 2, 0);
+    on_disconnect(&mut w.host, &mut w.reg, 1);
+    assert_eq!(w.host.released, [1]);
+    w.release(b"k");
+    assert_eq!(w.outcomes().len(), 1);
+    assert!(w.granted(2).is_some());
+    // Its deadline timer went with it.
+    assert!(w
+        .host
+        .timers
+        .values()
+        .all(|(kind, _)| !matches!(kind, TimerKind::Deadline(_))));
+    // A second disconnect callback (or one for a stranger) changes nothing.
+    on_disconnect(&mut w.host, &mut w.reg, 1);
+    assert_eq!(w.host.released, [1]);
+}
+
+#[test]
+fn a_grant_whose_client_goes_away_is_undone_and_handed_on() {
+    // The RELEASE grants waiter 1, then its socket closes in the same
+    // iteration: the server frees the outcome without a reply.
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.wait(b"k", 2, 0);
+    w.release(b"k");
+    let t1 = w.granted(1).unwrap();
+    on_disconnect(&mut w.host, &mut w.reg, 1); // already unblocked: nothing
+    w.freed_without_reply(1);
+    assert_eq!(
+        w.holder(b"k"),
+        Some(b"w1".to_vec()),
+        "until the pending timer"
+    );
+    w.fire_due(); // the pending timer, in the next iteration
+    assert_eq!(w.holder(b"k"), Some(b"w2".to_vec()));
+    assert!(w.granted(2).unwrap() > t1);
+    assert!(w.host.events.contains(&Event::Undone));
+}
+
+#[test]
+fn a_command_undoes_an_undelivered_grant_before_it_looks() {
+    // Before the pending timer runs, an ACQUIRE (its pre-settle) on the key
+    // must not find the lock held by the client that is gone.
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.release(b"k");
+    w.freed_without_reply(1);
+    w.command(b"k");
+    assert_eq!(w.holder(b"k"), None, "free for the ACQUIRE");
+    assert!(!w.reg.has_pending(), "nothing left for the timer");
+}
+
+#[test]
+fn a_closing_client_is_skipped_at_the_grant() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.wait(b"k", 2, 0);
+    w.host.closing.insert(1);
+    w.release(b"k");
+    assert_eq!(w.outcomes()[0], (1, Outcome::Gone));
+    assert_eq!(w.holder(b"k"), Some(b"w2".to_vec()));
+}
+
+#[test]
+fn a_client_that_starts_closing_after_its_grant_gets_it_undone() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.release(b"k");
+    w.host.closing.insert(1);
+    assert_eq!(w.reply(1), None, "undeliverable");
+    w.freed_without_reply(1);
+    w.fire_due();
+    assert_eq!(w.holder(b"k"), None);
+    assert_eq!(w.host.events, [Event::Undone]);
+}
+
+#[test]
+fn a_grant_that_no_longer_stands_is_answered_nil() {
+    // A slow script after the RELEASE runs past the new lease (or DELs it):
+    // the reply callback finds the grant gone and says nil.
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.release(b"k");
+    w.advance(5_000);
+    assert_eq!(w.reply(1), Some(Answer::Nil));
+    assert_eq!(w.host.events, [Event::GrantLost]);
+    // Re-granted meanwhile to the same owner name: the token decides.
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.release(b"k");
+    w.host.keys.keys.remove(&k(0, b"k"));
+    w.hold(b"k", b"w1", 1_000);
+    assert_eq!(w.reply(1), Some(Answer::Nil));
+}
+
+#[test]
+fn a_timer_grant_waits_out_a_write_pause() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 100);
+    w.wait(b"k", 1, 0);
+    w.host.paused = true;
+    w.advance(101);
+    w.fire_due();
+    assert!(w.outcomes().is_empty(), "no write during the pause");
+    w.advance(PAUSE_RETRY_MS);
+    w.fire_due();
+    assert!(w.outcomes().is_empty(), "still paused");
+    w.host.paused = false;
+    w.advance(PAUSE_RETRY_MS);
+    w.fire_due();
+    assert!(
+        w.granted(1).is_some(),
+        "granted within one retry of the end"
+    );
+}
+
+#[test]
+fn an_undo_waits_out_a_write_pause_too() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.wait(b"k", 2, 0);
+    w.release(b"k");
+    w.freed_without_reply(1);
+    w.host.paused = true;
+    w.fire_due();
+    assert_eq!(
+        w.holder(b"k"),
+        Some(b"w1".to_vec()),
+        "no DEL during the pause"
+    );
+    w.host.paused = false;
+    w.advance(PAUSE_RETRY_MS);
+    w.fire_due();
+    assert_eq!(w.holder(b"k"), Some(b"w2".to_vec()));
+}
+
+#[test]
+fn commands_do_not_check_pause_or_slot() {
+    // A command was admitted (routed here, not held by a pause): its
+    // handoff goes ahead.
+    let mut w = World::new();
+    w.host.paused = true;
+    w.host.cluster = true;
+    w.host.slot_moved = true;
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.release(b"k");
+    assert!(w.granted(1).is_some());
+}
+
+#[test]
+fn a_replica_lets_its_waiters_go_and_drops_undos() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.wait(b"k", 2, 50);
+    w.host.replica = true;
+    on_flush(&mut w.host, &mut w.reg, DbScope::All); // the role change event
+    w.fire_due();
+    assert_eq!(
+        w.outcomes(),
+        [
+            (1, Outcome::Failed(REPLICA_UNBLOCKED.into())),
+            (2, Outcome::Failed(REPLICA_UNBLOCKED.into()))
+        ]
+    );
+    assert!(w.host.timers.is_empty(), "deadline timers stopped");
+    // An undelivered grant on a replica is its primary's business.
+    w.reg.push_undo(Grant {
+        db: 0,
+        key: b"k".to_vec(),
+        owner: b"a".to_vec(),
+        token: 1,
+    });
+    arm_pending(&mut w.host, &mut w.reg);
+    w.fire_due();
+    assert_eq!(w.holder(b"k"), Some(b"a".to_vec()));
+    assert!(w.reg.is_idle());
+}
+
+#[test]
+fn a_node_that_lost_the_slot_never_grants_from_a_timer() {
+    let mut w = World::new();
+    w.host.cluster = true;
+    w.hold(b"k", b"a", 100);
+    w.wait(b"k", 1, 0);
+    w.wait(b"k", 2, 0);
+    w.host.slot_moved = true;
+    // MIGRATE deleted the key here: the keyspace event marks it.
+    w.host.keys.keys.remove(&k(0, b"k"));
+    on_key_event(&mut w.host, &mut w.reg, 0, b"k");
+    w.fire_due();
+    assert_eq!(
+        w.outcomes(),
+        [
+            (1, Outcome::Failed(SLOT_MOVED_TRYAGAIN.into())),
+            (2, Outcome::Failed(SLOT_MOVED_TRYAGAIN.into()))
+        ]
+    );
+    assert_eq!(w.holder(b"k"), None, "no second holder on the old node");
+}
+
+#[test]
+fn the_expiry_timer_follows_the_holder() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    let first = w.reg.expiry_timer(0, b"k").unwrap();
+    // REFRESH moves the expiry; the command settles and re-arms.
+    let key = k(0, b"k");
+    w.host.keys.keys.get_mut(&key).unwrap().1 = Some(T0 + 5_000);
+    w.command(b"k");
+    let moved = w.reg.expiry_timer(0, b"k").unwrap();
+    assert_eq!(moved.at_ms, T0 + 5_000);
+    assert!(
+        !w.host.timers.contains_key(&first.id.0),
+        "old timer stopped"
+    );
+    // A plain SET without expiry by someone else: no timer; waiters wait for
+    // a removal or their deadline.
+    w.host.keys.keys.get_mut(&key).unwrap().1 = None;
+    w.command(b"k");
+    assert_eq!(w.reg.expiry_timer(0, b"k"), None);
+    assert!(w.outcomes().is_empty());
+}
+
+#[test]
+fn a_grant_error_goes_to_that_waiter_and_the_next_one_tries() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    // Someone put a list where the fence counter lives.
+    let fence = fence_key(&k(0, b"k"));
+    w.host.keys.keys.insert(fence, (Value::Other, None));
+    w.release(b"k");
+    assert_eq!(
+        w.outcomes(),
+        [(1, Outcome::Failed(LockError::FenceWrongType.to_string()))]
+    );
+    assert_eq!(
+        w.reply(1),
+        Some(Answer::Error(LockError::FenceWrongType.to_string()))
+    );
+    assert_eq!(w.holder(b"k"), None);
+}
+
+#[test]
+fn keyspace_events_and_flushes_share_one_pending_timer() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.hold(b"j", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    w.wait(b"j", 2, 0);
+    let pending = |w: &World| {
+        w.host
+            .timers
+            .values()
+            .filter(|(kind, _)| *kind == TimerKind::Pending)
+            .count()
+    };
+    on_key_event(&mut w.host, &mut w.reg, 0, b"nobody-waits");
+    assert_eq!(pending(&w), 0);
+    on_key_event(&mut w.host, &mut w.reg, 0, b"k");
+    on_flush(&mut w.host, &mut w.reg, DbScope::One(0));
+    on_flush(&mut w.host, &mut w.reg, DbScope::One(3));
+    assert_eq!(pending(&w), 1);
+    // FLUSHDB removed both keys: both waiters are granted by the timer.
+    w.host.keys.keys.clear();
+    w.fire_due();
+    assert!(w.granted(1).is_some() && w.granted(2).is_some());
+}
+
+#[test]
+fn max_waiters_is_checked_before_blocking() {
+    let mut w = World::new();
+    w.hold(b"k", b"a", 1_000);
+    w.wait(b"k", 1, 0);
+    assert_eq!(may_enqueue(&w.reg, 0, b"k", 1), Err(Refused::TooMany));
+    assert_eq!(may_enqueue(&w.reg, 0, b"other", 1), Ok(()));
+    assert_eq!(may_enqueue(&w.reg, 0, b"other", 0), Err(Refused::TooMany));
+}
+
+#[test]
+fn every_waiter_leaves_exactly_once_under_random_interleavings() {
+    // A small deterministic soak: random commands, timers, disconnects,
+    // closings, pauses and slow "iterations" between a grant and its
+    // reply. Invariants: each waiter is unblocked at most once and released
+    // only if never unblocked; a delivered token means the key holds it; a
+    // nil means nothing is held in its name; tokens only grow.
+    let mut seed: u64 = 0x5EED_1234_ABCD_0001;
+    let mut rnd = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut w = World::new();
+    let mut next_h: u32 = 1;
+    let mut live: Vec<u32> = Vec::new();
+    let mut answered: HashSet<u32> = HashSet::new();
+    let mut last_token = 0;
+    for step in 0..20_000 {
+        match rnd(9) {
+            0 | 1 => {
+                let h = next_h;
+                next_h += 1;
+                w.command(b"k"); // ACQUIRE's pre-settle
+                if w.holder(b"k").is_none() {
+                    let t = w.hold(b"k", format!("w{h}").as_bytes(), 1 + rnd(50) as i64);
+                    assert!(t > last_token);
+                    last_token = t;
+                } else {
+                    w.wait(b"k", h, rnd(80) as i64);
+                    live.push(h);
+                }
+            }
+            // The holder releases (whoever it is).
+            2 if w.holder(b"k").is_some() => w.release(b"k"),
+            3 => w.advance(1 + rnd(20) as i64),
+            4 => w.fire_due(),
+            5 if !live.is_empty() => {
+                let h = live[rnd(live.len() as u64) as usize];
+                on_disconnect(&mut w.host, &mut w.reg, h);
+                w.host.closing.insert(u64::from(h));
+            }
+            6 => w.host.paused = rnd(4) == 0,
+            _ => {}
+        }
+        // Sometimes a socket closes after its grant, in the same iteration.
+        let fresh = w.host.unblocked.len() - answered.len();
+        if fresh > 0 && rnd(3) == 0 {
+            let h = w.host.unblocked[answered.len() + rnd(fresh as u64) as usize].0;
+            w.host.closing.insert(u64::from(h));
+        }
+        // Deliver every outcome not answered yet (the reply callbacks at
+        // the end of the iteration), or free it for gone clients.
+        let fresh: Vec<(u32, Outcome)> = w.host.unblocked[answered.len()..].to_vec();
+        for (h, outcome) in fresh {
+            assert!(answered.insert(h), "step {step}: {h} unblocked twice");
+            live.retain(|x| *x != h);
+            let reply = answer(&mut w.host, &outcome, u64::from(h));
+            if w.host.closing.contains(&u64::from(h)) {
+                match reply {
+                    Some(Answer::Token(_)) => panic!("step {step}: a token to a closing client"),
+                    None => undelivered(&mut w.host, &mut w.reg, outcome),
+                    Some(_) => {}
+                }
+                continue;
+            }
+            match reply {
+                Some(Answer::Token(t)) => {
+                    assert_eq!(
+                        w.holder(b"k"),
+                        Some(format!("w{h}").into_bytes()),
+                        "step {step}"
+                    );
+                    assert!(t > last_token, "step {step}: token went backwards");
+                    last_token = t;
+                }
+                Some(Answer::Nil) => {
+                    assert_ne!(
+                        w.holder(b"k"),
+                        Some(format!("w{h}").into_bytes()),
+                        "step {step}"
+                    );
+                }
+                other => panic!("step {step}: {other:?}"),
+            }
+        }
+    }
+    for h in &w.host.released {
+        assert!(!answered.contains(h), "{h} released after an unblock");
+    }
+    // No lock is left with a client that went away.
+    w.host.paused = false;
+    w.fire_due();
+    w.command(b"k");
+    if let Some(holder) = w.holder(b"k") {
+        let h: u64 = String::from_utf8(holder[1..].to_vec())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            !w.host.closing.contains(&h),
+            "w{h} is gone but holds the lock"
+        );
+    }
+    assert!(next_h > 1000, "the soak queued enough waiters: {next_h}");
+    for event in [Event::Handoff, Event::Timeout, Event::Undone] {
+        let n = w.host.events.iter().filter(|e| **e == event).count();
+        assert!(n > 10, "the soak exercised {event:?}: {n}");
+    }
+}

@@ -1,0 +1,116 @@
+//! Core commands the module runs through `RedisModule_Call`, each wrapped in
+//! a function that returns plain Rust data.
+
+use std::ffi::c_char;
+
+use redis_module::raw;
+
+use super::{Ctx, RStr};
+
+/// A call reply, freed on drop.
+struct Reply(*mut raw::RedisModuleCallReply);
+
+impl Reply {
+    fn new(ptr: *mut raw::RedisModuleCallReply) -> Option<Self> {
+        (!ptr.is_null()).then_some(Reply(ptr))
+    }
+
+    fn kind(&self) -> isize {
+        // SAFETY: a live reply.
+        unsafe { api!(RedisModule_CallReplyType)(self.0) as isize }
+    }
+
+    /// The text of a string reply.
+    fn text(&self) -> Option<String> {
+        let kind = self.kind();
+        if kind != raw::REDISMODULE_REPLY_STRING && kind != raw::REDISMODULE_REPLY_VERBATIM_STRING {
+            return None;
+        }
+        let mut len = 0usize;
+        // SAFETY: a live string reply; its buffer is valid for `len` bytes
+        // while the reply lives, and we copy it out before the drop.
+        unsafe {
+            let ptr = api!(RedisModule_CallReplyStringPtr)(self.0, &mut len);
+            (!ptr.is_null()).then(|| {
+                String::from_utf8_lossy(std::slice::from_raw_parts(ptr.cast::<u8>(), len))
+                    .into_owned()
+            })
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        // SAFETY: a reply we received and free once.
+        unsafe { api!(RedisModule_FreeCallReply)(self.0) };
+    }
+}
+
+impl Ctx {
+    /// The text of `CLUSTER NODES`, or `None` if the call fails.
+    pub fn cluster_nodes(&self) -> Option<String> {
+        // SAFETY: valid ctx; "c" matches one NUL-terminated C string.
+        let reply = unsafe {
+            api!(RedisModule_Call)(
+                self.raw(),
+                c"CLUSTER".as_ptr(),
+                c"c".as_ptr(),
+                c"NODES".as_ptr(),
+            )
+        };
+        Reply::new(reply)?.text()
+    }
+
+    /// Whether `key` is stored in the selected database at all, expired or
+    /// not (`MEMORY USAGE` looks keys up without the expiry check); `None`
+    /// if the call fails (the command renamed, a cluster redirect).
+    pub fn stored_at_all(&self, key: RStr<'_>) -> Option<bool> {
+        // SAFETY: valid ctx; "cs" matches one C string and one live string.
+        let reply = unsafe {
+            api!(RedisModule_Call)(
+                self.raw(),
+                c"MEMORY".as_ptr(),
+                c"cs".as_ptr(),
+                c"USAGE".as_ptr(),
+                key.ptr(),
+            )
+        };
+        match Reply::new(reply)?.kind() {
+            raw::REDISMODULE_REPLY_INTEGER => Some(true),
+            raw::REDISMODULE_REPLY_NULL => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The `flags=` field of client `id` in `CLIENT LIST ID`, or `None` if
+    /// the client is gone or the call fails.
+    pub fn client_flags(&self, id: u64) -> Option<String> {
+        let id = std::ffi::CString::new(id.to_string()).ok()?;
+        // SAFETY: valid ctx; "ccc" matches three NUL-terminated C strings.
+        let reply = unsafe {
+            api!(RedisModule_Call)(
+                self.raw(),
+                c"CLIENT".as_ptr(),
+                c"ccc".as_ptr(),
+                c"LIST".as_ptr(),
+                c"ID".as_ptr(),
+                id.as_ptr() as *const c_char,
+            )
+        };
+        let text = Reply::new(reply)?.text()?;
+        text.split_whitespace()
+            .find_map(|field| field.strip_prefix("flags="))
+            .map(str::to_string)
+    }
+
+    /// Brings the server's cached clock up to date. Redis 7.0 refreshes it
+    /// only in its cron (every 1000/hz ms) and at the start of a command, so
+    /// a timer that asks whether a write pause has ended would otherwise
+    /// learn it up to one cron period late; running any command through
+    /// `RedisModule_Call` refreshes it (newer servers need no help).
+    pub fn refresh_cached_clock(&self) {
+        // SAFETY: valid ctx; "" takes no arguments.
+        let reply = unsafe { api!(RedisModule_Call)(self.raw(), c"PING".as_ptr(), c"".as_ptr()) };
+        drop(Reply::new(reply));
+    }
+}
