@@ -8,7 +8,9 @@ use std::net::TcpStream;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use kit::{acquire, release, snapshot, wait_until, Server, ServerBuilder};
+use kit::{
+    acquire, info_field, release, snapshot, stat, until_waiting, wait_until, Server, ServerBuilder,
+};
 use redis::Connection;
 
 const LONG: Duration = Duration::from_secs(10);
@@ -39,40 +41,13 @@ fn get(con: &mut Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(con).unwrap()
 }
 
-/// A field of `INFO spacelock` (without the `spacelock_` prefix).
-fn stat(con: &mut Connection, field: &str) -> u64 {
-    let info: String = redis::cmd("INFO").arg("spacelock").query(con).unwrap();
-    let prefix = format!("spacelock_{field}:");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {field} in {info}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-fn info_field(con: &mut Connection, section: &str, field: &str) -> i64 {
-    let info: String = redis::cmd("INFO").arg(section).query(con).unwrap();
-    let prefix = format!("{field}:");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {field}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 fn waiting(con: &mut Connection) -> u64 {
-    stat(con, "waiting_clients")
+    kit::waiting_clients(con)
 }
 
-/// Waits until `n` clients are queued (server-side).
-fn until_waiting(con: &mut Connection, n: u64) {
-    assert!(
-        wait_until(LONG, || waiting(con) == n),
-        "expected {n} waiting clients, have {}",
-        waiting(con)
-    );
+/// The token the next grant of a name whose fence key is below it issues.
+fn floor(con: &mut Connection) -> i64 {
+    kit::info_field(con, "spacelock", "spacelock_token_floor")
 }
 
 /// A client that sends `ACQUIRE key owner ttl WAIT timeout` on its own
@@ -105,9 +80,10 @@ fn ms(d: Duration) -> f64 {
 fn free_lock_is_granted_at_once_and_ten_waiters_in_arrival_order() {
     let server = Server::new();
     let mut con = conn(&server);
+    let t0 = floor(&mut con);
     assert_eq!(
         acquire_wait(&mut con, "k", "h", 10_000, 0).unwrap(),
-        Some(1)
+        Some(t0)
     );
 
     // Each waiter, once granted, records its token and releases, which hands
@@ -128,12 +104,12 @@ fn free_lock_is_granted_at_once_and_ten_waiters_in_arrival_order() {
         .arg("k")
         .query(&mut con)
         .unwrap();
-    assert_eq!(info.last(), Some(&redis::Value::Int(10)), "{info:?}");
+    assert_eq!(info.get(7), Some(&redis::Value::Int(10)), "{info:?}");
     assert_eq!(stat(&mut con, "keys_with_waiters"), 1);
     assert_eq!(get(&mut con, "k").as_deref(), Some("h"));
     assert_eq!(release(&mut con, "k", "h"), 1);
     let tokens: Vec<Option<i64>> = waiters.into_iter().map(|h| h.join().unwrap()).collect();
-    let expected: Vec<Option<i64>> = (2..12).map(Some).collect();
+    let expected: Vec<Option<i64>> = (t0 + 1..t0 + 11).map(Some).collect();
     assert_eq!(
         tokens, expected,
         "granted in arrival order, tokens increasing"
@@ -152,7 +128,7 @@ fn handoff_on_release_is_pushed_without_polling() {
     let mut lat = Vec::new();
     for t in 0..trials {
         let key = format!("r{t}");
-        assert!(acquire(&mut con, &key, "h", 10_000).is_some());
+        let held = acquire(&mut con, &key, "h", 10_000).expect("free");
         let w = spawn_waiter(&server, &key, "w", 10_000, 0);
         until_waiting(&mut con, 1);
         // The lock passes in the RELEASE itself: the key already belongs to
@@ -161,7 +137,7 @@ fn handoff_on_release_is_pushed_without_polling() {
         assert_eq!(release(&mut con, &key, "h"), 1);
         assert_eq!(get(&mut con, &key).as_deref(), Some("w"));
         let (reply, at) = w.join().unwrap();
-        assert_eq!(reply.unwrap(), Some(2));
+        assert_eq!(reply.unwrap(), Some(held + 1));
         lat.push(at.saturating_duration_since(sent));
     }
     // One ACQUIRE per holder and per waiter: nobody retried.
@@ -205,12 +181,12 @@ fn handoff_on_expiry_within_bound() {
     for t in 0..trials {
         let key = format!("e{t}");
         let sent = Instant::now();
-        assert!(acquire(&mut con, &key, "h", ttl).is_some());
+        let held = acquire(&mut con, &key, "h", ttl).expect("free");
         let w = spawn_waiter(&server, &key, "w", 10_000, 0);
         // On a loaded box the waiter may only arrive after the expiry, and
         // then simply acquires: such a trial measures nothing.
         let (reply, at) = w.join().unwrap();
-        assert_eq!(reply.unwrap(), Some(2));
+        assert_eq!(reply.unwrap(), Some(held + 1));
         assert_eq!(get(&mut con, &key).as_deref(), Some("w"));
         if stat(&mut con, "handoffs") == lat.len() as u64 {
             continue;
@@ -252,7 +228,7 @@ fn handoff_on_expiry_within_bound() {
 fn refresh_moves_the_expiry_timer() {
     let server = Server::new();
     let mut con = conn(&server);
-    assert!(acquire(&mut con, "k", "h", 150).is_some());
+    let held = acquire(&mut con, "k", "h", 150).expect("free");
     let w = spawn_waiter(&server, "k", "w", 1000, 0);
     until_waiting(&mut con, 1);
     let refreshed: i64 = redis::cmd("SPACELOCK.REFRESH")
@@ -264,7 +240,7 @@ fn refresh_moves_the_expiry_timer() {
     let at = Instant::now();
     assert_eq!(refreshed, 1);
     let (reply, got) = w.join().unwrap();
-    assert_eq!(reply.unwrap(), Some(2));
+    assert_eq!(reply.unwrap(), Some(held + 1));
     let waited = got.duration_since(at);
     assert!(
         waited >= Duration::from_millis(550),
@@ -306,7 +282,7 @@ fn unpause(con: &mut Connection) {
 fn expiry_handoff_waits_out_a_write_pause() {
     let server = Server::new();
     let mut con = conn(&server);
-    assert!(acquire(&mut con, "k", "holder", 300).is_some());
+    let held = acquire(&mut con, "k", "holder", 300).expect("free");
     let waiter = spawn_waiter(&server, "k", "next", 10_000, 10_000);
     until_waiting(&mut con, 1);
     then_pause_writes(&mut con, 1500, |_| {});
@@ -329,7 +305,7 @@ fn expiry_handoff_waits_out_a_write_pause() {
     let unpaused = Instant::now();
     unpause(&mut con);
     let (r, at) = waiter.join().unwrap();
-    assert_eq!(r.unwrap(), Some(2), "granted with the next token");
+    assert_eq!(r.unwrap(), Some(held + 1), "granted with the next token");
     let late = at.saturating_duration_since(unpaused);
     assert!(
         late < Duration::from_millis(500),
@@ -347,7 +323,7 @@ fn expiry_handoff_waits_out_a_write_pause() {
 fn a_grant_after_a_del_waits_out_a_write_pause() {
     let server = Server::new();
     let mut con = conn(&server);
-    assert_eq!(acquire(&mut con, "k", "holder", 60_000), Some(1));
+    let held = acquire(&mut con, "k", "holder", 60_000).expect("free");
     let waiter = spawn_waiter(&server, "k", "next", 10_000, 10_000);
     until_waiting(&mut con, 1);
     then_pause_writes(&mut con, 1000, |p| {
@@ -358,7 +334,7 @@ fn a_grant_after_a_del_waits_out_a_write_pause() {
     assert_eq!(get(&mut con, "k"), None, "nothing written during the pause");
     unpause(&mut con);
     let (r, _) = waiter.join().unwrap();
-    assert_eq!(r.unwrap(), Some(2));
+    assert_eq!(r.unwrap(), Some(held + 1));
     assert_eq!(get(&mut con, "k").as_deref(), Some("next"));
 }
 
@@ -378,11 +354,11 @@ fn expiry_handoff_works_in_valkey_import_mode() {
     if let Err(e) = set {
         kit::skip(format!("this server has no import-mode ({e})"));
     }
-    assert!(acquire(&mut con, "k", "holder", 200).is_some());
+    let held = acquire(&mut con, "k", "holder", 200).expect("free");
     let (r, _) = spawn_waiter(&server, "k", "next", 10_000, 3_000)
         .join()
         .unwrap();
-    assert_eq!(r.unwrap(), Some(2), "granted at the holder's expiry");
+    assert_eq!(r.unwrap(), Some(held + 1), "granted at the holder's expiry");
     assert_eq!(get(&mut con, "k").as_deref(), Some("next"));
 }
 
@@ -395,7 +371,7 @@ fn expiry_handoff_works_in_valkey_import_mode() {
 fn a_grant_waits_out_a_write_pause_for_an_expired_fence_key() {
     let server = Server::new();
     let mut con = conn(&server);
-    assert_eq!(acquire(&mut con, "k", "holder", 60_000), Some(1));
+    let held = acquire(&mut con, "k", "holder", 60_000).expect("free");
     let fence: String = redis::cmd("SPACELOCK.FENCEKEY")
         .arg("k")
         .query(&mut con)
@@ -413,8 +389,8 @@ fn a_grant_waits_out_a_write_pause_for_an_expired_fence_key() {
     assert_eq!(waiting(&mut con), 1, "not granted during the pause");
     unpause(&mut con);
     let (r, _) = waiter.join().unwrap();
-    // The fence key expired, so the counter restarts (as after FLUSHALL).
-    assert_eq!(r.unwrap(), Some(1));
+    // The fence key expired; the token still goes up (the term's counter).
+    assert_eq!(r.unwrap(), Some(held + 1));
     assert_eq!(get(&mut con, "k").as_deref(), Some("next"));
 }
 
@@ -450,7 +426,7 @@ fn timeouts_are_answered_on_time_on_an_idle_server() {
 fn timeout_replies_nil_and_leaves_the_queue() {
     let server = Server::new();
     let mut con = conn(&server);
-    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let first = acquire(&mut con, "k", "h", 10_000).expect("free");
     let before = snapshot(&mut con);
     let start = Instant::now();
     assert_eq!(acquire_wait(&mut con, "k", "w", 1000, 100).unwrap(), None);
@@ -471,7 +447,7 @@ fn timeout_replies_nil_and_leaves_the_queue() {
     thread::sleep(Duration::from_millis(50));
     assert_eq!(waiting(&mut con), 1);
     assert_eq!(release(&mut con, "k", "h"), 1);
-    assert_eq!(w.join().unwrap().0.unwrap(), Some(3));
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(first + 2));
 }
 
 /// Sends `ACQUIRE … WAIT 0` on a raw socket and returns it (to drop later).
@@ -490,7 +466,7 @@ fn raw_waiter(server: &Server, key: &str, owner: &str) -> TcpStream {
 fn disconnected_waiter_is_never_granted() {
     let server = Server::new();
     let mut con = conn(&server);
-    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let held = acquire(&mut con, "k", "h", 10_000).expect("free");
     let gone = raw_waiter(&server, "k", "gone");
     until_waiting(&mut con, 1);
     let stays = spawn_waiter(&server, "k", "stays", 10_000, 0);
@@ -498,7 +474,7 @@ fn disconnected_waiter_is_never_granted() {
     drop(gone);
     until_waiting(&mut con, 1);
     assert_eq!(release(&mut con, "k", "h"), 1);
-    assert_eq!(stays.join().unwrap().0.unwrap(), Some(2));
+    assert_eq!(stays.join().unwrap().0.unwrap(), Some(held + 1));
     assert_eq!(get(&mut con, "k").as_deref(), Some("stays"));
 
     // The only waiter disconnects: the queue and its timer go away, and the
@@ -513,46 +489,55 @@ fn disconnected_waiter_is_never_granted() {
     assert_eq!(stat(&mut con, "handoffs"), 1);
 }
 
+/// The module owns WAIT deadlines, so `CLIENT UNBLOCK` (which the server
+/// applies only to module clients with a timeout callback) leaves a WAIT
+/// alone: it replies 0, the waiter stays queued and ends by its own grant
+/// or deadline. (An unblock racing a grant could otherwise tell a client
+/// "unblocked" while the lock was written in its name.)
 #[kit::test]
-fn client_unblock_counts_as_timeout_or_leaves_the_queue() {
+fn client_unblock_does_not_interrupt_a_wait() {
     let server = Server::new();
     let mut con = conn(&server);
-    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let held = acquire(&mut con, "k", "h", 10_000).expect("free");
     let mut w = conn(&server);
     let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut w).unwrap();
     let h = thread::spawn(move || acquire_wait(&mut w, "k", "w", 1000, 0));
+    until_waiting(&mut con, 1);
+    for how in [None, Some("TIMEOUT"), Some("ERROR")] {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(id);
+        if let Some(how) = how {
+            cmd.arg(how);
+        }
+        let n: i64 = cmd.query(&mut con).unwrap();
+        assert_eq!(n, 0, "CLIENT UNBLOCK {how:?}");
+    }
+    assert_eq!(waiting(&mut con), 1);
+    assert_eq!(release(&mut con, "k", "h"), 1);
+    assert_eq!(h.join().unwrap().unwrap(), Some(held + 1));
+
+    // A finite WAIT still ends at its own deadline.
+    let mut w = conn(&server);
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut w).unwrap();
+    let h = thread::spawn(move || acquire_wait(&mut w, "k", "w2", 1000, 300));
     until_waiting(&mut con, 1);
     let n: i64 = redis::cmd("CLIENT")
-        .arg("UNBLOCK")
-        .arg(id)
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(n, 1);
-    assert_eq!(h.join().unwrap().unwrap(), None);
-    assert_eq!(waiting(&mut con), 0);
-
-    let mut w = conn(&server);
-    let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut w).unwrap();
-    let h = thread::spawn(move || acquire_wait(&mut w, "k", "w", 1000, 0));
-    until_waiting(&mut con, 1);
-    let _: i64 = redis::cmd("CLIENT")
         .arg("UNBLOCK")
         .arg(id)
         .arg("ERROR")
         .query(&mut con)
         .unwrap();
-    let err = h.join().unwrap().unwrap_err();
-    assert_eq!(err.code(), Some("UNBLOCKED"), "{err}");
+    assert_eq!(n, 0);
+    assert_eq!(h.join().unwrap().unwrap(), None);
     assert_eq!(waiting(&mut con), 0);
-    assert_eq!(release(&mut con, "k", "h"), 1);
-    assert_eq!(get(&mut con, "k"), None);
+    assert_eq!(get(&mut con, "k").as_deref(), Some("w"));
 }
 
 #[kit::test]
 fn multi_and_scripts_do_not_block() {
     let server = Server::new();
     let mut con = conn(&server);
-    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let first = acquire(&mut con, "k", "h", 10_000).expect("free");
     let start = Instant::now();
     let (held, free): (Option<i64>, Option<i64>) = redis::pipe()
         .atomic()
@@ -570,7 +555,7 @@ fn multi_and_scripts_do_not_block() {
         .arg(0)
         .query(&mut con)
         .unwrap();
-    assert_eq!((held, free), (None, Some(1)));
+    assert_eq!((held, free), (None, Some(first + 1)));
     let r: Option<i64> = redis::cmd("EVAL")
         .arg("return redis.call('SPACELOCK.ACQUIRE', KEYS[1], 'w', 1000, 'WAIT', 0)")
         .arg(1)
@@ -595,7 +580,7 @@ fn multi_and_scripts_do_not_block() {
         .query(&mut con)
         .unwrap();
     assert_eq!((released, owner.as_str()), (1, "w"));
-    assert_eq!(w.join().unwrap().0.unwrap(), Some(2));
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(first + 2));
 }
 
 #[kit::test]
@@ -604,18 +589,18 @@ fn other_writers_del_set_flushall() {
     let mut con = conn(&server);
 
     // DEL by another client frees the key: the head waiter gets it.
-    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let first = acquire(&mut con, "k", "h", 10_000).expect("free");
     let w = spawn_waiter(&server, "k", "w", 10_000, 0);
     until_waiting(&mut con, 1);
     let _: i64 = redis::cmd("DEL").arg("k").query(&mut con).unwrap();
-    assert_eq!(w.join().unwrap().0.unwrap(), Some(2));
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(first + 1));
     assert_eq!(get(&mut con, "k").as_deref(), Some("w"));
 
     // UNLINK too.
     let w = spawn_waiter(&server, "k", "w2", 10_000, 0);
     until_waiting(&mut con, 1);
     let _: i64 = redis::cmd("UNLINK").arg("k").query(&mut con).unwrap();
-    assert_eq!(w.join().unwrap().0.unwrap(), Some(3));
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(first + 2));
 
     // SET by a non-module client keeps the key taken: waiters keep waiting,
     // following the new expiry.
@@ -636,7 +621,7 @@ fn other_writers_del_set_flushall() {
         .query(&mut con)
         .unwrap();
     let t = Instant::now();
-    assert_eq!(w.join().unwrap().0.unwrap(), Some(4));
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(first + 3));
     assert!(
         t.elapsed() < Duration::from_millis(600),
         "{:?}",
@@ -645,11 +630,11 @@ fn other_writers_del_set_flushall() {
     assert_eq!(get(&mut con, "k").as_deref(), Some("w3"));
 
     // FLUSHALL empties everything, fence counters included: the waiter gets
-    // the lock with token 1, as any first acquire after a flush.
+    // the lock, and its token still goes up (tokens never go backwards).
     let w = spawn_waiter(&server, "k", "w4", 10_000, 0);
     until_waiting(&mut con, 1);
     let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
-    assert_eq!(w.join().unwrap().0.unwrap(), Some(1));
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(first + 4));
     assert_eq!(get(&mut con, "k").as_deref(), Some("w4"));
 
     // Databases are separate queues.
@@ -658,7 +643,7 @@ fn other_writers_del_set_flushall() {
         .get_connection()
         .and_then(|mut c| redis::cmd("SELECT").arg(1).query::<()>(&mut c).map(|_| c))
         .unwrap();
-    assert!(acquire(&mut db1, "k", "h1", 10_000).is_some());
+    assert_eq!(acquire(&mut db1, "k", "h1", 10_000), Some(first + 5));
     let mut c1 = conn(&server);
     let _: () = redis::cmd("SELECT").arg(1).query(&mut c1).unwrap();
     let w = thread::spawn(move || acquire_wait(&mut c1, "k", "w1", 10_000, 0));
@@ -666,17 +651,18 @@ fn other_writers_del_set_flushall() {
     assert_eq!(release(&mut con, "k", "w4"), 1, "db 0 has no waiter");
     assert_eq!(waiting(&mut con), 1);
     let _: () = redis::cmd("FLUSHDB").query(&mut db1).unwrap();
-    assert_eq!(w.join().unwrap().unwrap(), Some(1));
+    assert_eq!(w.join().unwrap().unwrap(), Some(first + 6));
     assert_eq!(stat(&mut con, "keys_with_waiters"), 0);
 
     // SWAPDB: a queue belongs to (db, key). Swapping an empty db 1 into
-    // db 0 frees `k` there, so its waiter gets it (its fence went away too).
+    // db 0 frees `k` there, so its waiter gets it (its fence went away too,
+    // and the holder swapped into db 1 keeps a lower token).
     let _: () = redis::cmd("FLUSHALL").query(&mut con).unwrap();
-    assert!(acquire(&mut con, "k", "h", 600_000).is_some());
+    assert_eq!(acquire(&mut con, "k", "h", 600_000), Some(first + 7));
     let w = spawn_waiter(&server, "k", "w5", 10_000, 0);
     until_waiting(&mut con, 1);
     let _: () = redis::cmd("SWAPDB").arg(0).arg(1).query(&mut con).unwrap();
-    assert_eq!(w.join().unwrap().0.unwrap(), Some(1));
+    assert_eq!(w.join().unwrap().0.unwrap(), Some(first + 8));
     assert_eq!(get(&mut con, "k").as_deref(), Some("w5"));
 }
 
@@ -733,7 +719,7 @@ fn max_waiters_overflow_is_an_error() {
         .arg(2)
         .query(&mut con)
         .unwrap();
-    assert!(acquire(&mut con, "k", "h", 10_000).is_some());
+    let held = acquire(&mut con, "k", "h", 10_000).expect("free");
     let a = spawn_waiter(&server, "k", "a", 10_000, 0);
     until_waiting(&mut con, 1);
     let b = spawn_waiter(&server, "k", "b", 10_000, 0);
@@ -743,13 +729,13 @@ fn max_waiters_overflow_is_an_error() {
     assert!(err.to_string().contains("max-waiters"), "{err}");
     // Another key has its own limit.
     let mut other = conn(&server);
-    assert!(acquire(&mut other, "k2", "h", 10_000).is_some());
+    assert_eq!(acquire(&mut other, "k2", "h", 10_000), Some(held + 1));
     let c = spawn_waiter(&server, "k2", "c", 10_000, 50);
     assert_eq!(c.join().unwrap().0.unwrap(), None);
     assert_eq!(release(&mut con, "k", "h"), 1);
-    assert_eq!(a.join().unwrap().0.unwrap(), Some(2));
+    assert_eq!(a.join().unwrap().0.unwrap(), Some(held + 2));
     assert_eq!(release(&mut con, "k", "a"), 1);
-    assert_eq!(b.join().unwrap().0.unwrap(), Some(3));
+    assert_eq!(b.join().unwrap().0.unwrap(), Some(held + 3));
     assert_eq!(waiting(&mut con), 0);
 }
 
@@ -1080,13 +1066,13 @@ fn cluster_waiters_are_not_granted_on_a_node_that_lost_the_slot() {
     let from = cluster.owner_of(slot);
     let to = 1 - from;
     let mut src = conn(&cluster.nodes[from]);
-    assert_eq!(acquire(&mut src, key, "h", 60_000), Some(1));
+    assert!(acquire(&mut src, key, "h", 60_000).is_some());
     let w = spawn_waiter(&cluster.nodes[from], key, "w", 60_000, 0);
     until_waiting(&mut src, 1);
 
     // Resharding moves the held lock (and its fence) away. MIGRATE deletes
     // the key on the source; granting the waiter there would create a second
-    // holder, with a token that restarts at 1, in a slot the node gives up.
+    // holder in a slot the node gives up.
     let moved = cluster.migrate_slot(slot, from, to);
     assert!(moved.iter().any(|k| k == key.as_bytes()), "{moved:?}");
     let err = w.join().unwrap().0.unwrap_err();

@@ -12,7 +12,13 @@ struct Reply(*mut raw::RedisModuleCallReply);
 
 impl Reply {
     fn new(ptr: *mut raw::RedisModuleCallReply) -> Option<Self> {
-        (!ptr.is_null()).then_some(Reply(ptr))
+        // Not `then_some(Reply(ptr))`: that would build (and drop, freeing
+        // NULL) a Reply even when the call returned none.
+        if ptr.is_null() {
+            None
+        } else {
+            Some(Reply(ptr))
+        }
     }
 
     fn kind(&self) -> isize {

@@ -421,6 +421,19 @@ impl Default for Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // A server that died on its own (a crash) is worth its log: the
+        // temp dir holding it goes away with this value.
+        let died = matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(Some(_))));
+        if died {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(400).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!(
+                "server on port {} exited unexpectedly; last lines of its log:\n{}",
+                self.port,
+                tail.join("\n")
+            );
+        }
         self.stop();
     }
 }
