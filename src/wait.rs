@@ -85,7 +85,10 @@ enum Site {
 /// `Host` over one callback's context.
 struct ServerHost<'c> {
     ctx: &'c Ctx,
-    db: i32,
+    /// The database the context is on, asked for when first needed: the
+    /// context of a free callback has no client (and so no database), and
+    /// must never ask.
+    db: Option<i32>,
     site: Site,
     went_idle: bool,
 }
@@ -94,7 +97,7 @@ impl<'c> ServerHost<'c> {
     fn new(ctx: &'c Ctx, site: Site) -> Self {
         ServerHost {
             ctx,
-            db: ctx.selected_db(),
+            db: None,
             site,
             went_idle: false,
         }
@@ -103,11 +106,12 @@ impl<'c> ServerHost<'c> {
     /// Acts on database `db`: timers select it; elsewhere the engine only
     /// ever asks for the context's own database.
     fn select(&mut self, db: i32) -> bool {
-        if self.db == db {
+        let ctx = self.ctx;
+        if *self.db.get_or_insert_with(|| ctx.selected_db()) == db {
             return true;
         }
         if self.site == Site::Timer && self.ctx.select_db(db) {
-            self.db = db;
+            self.db = Some(db);
             return true;
         }
         false
