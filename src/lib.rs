@@ -10,7 +10,8 @@
 //!   (replication, notifications);
 //! * [`wait`]: WAIT's host over the server and its callbacks;
 //! * [`terms`]: the process's token term;
-//! * [`config`], [`stats`]: configs and `INFO spacelock`;
+//! * [`config`], [`stats`], [`info`]: configs, counters and `INFO
+//!   spacelock`;
 //! * [`ffi`]: the only `unsafe` code, a leaf that imports nothing from the
 //!   rest.
 #![deny(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod ffi;
+pub mod info;
 pub mod stats;
 pub mod store;
 pub mod terms;
@@ -192,7 +194,7 @@ fn on_load(ctx: &LoadCtx, args: &[RStr<'_>]) -> Result<(), String> {
     }
 
     config::register(ctx)?;
-    ctx.register_info::<stats::ModuleInfo>()?;
+    ctx.register_info::<info::ModuleInfo>()?;
     // WAIT: flushes, SWAPDB and role changes settle the queues (keyspace
     // events are subscribed by the first WAIT); becoming a primary also
     // opens a token term.

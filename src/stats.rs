@@ -1,10 +1,6 @@
-//! Counters and gauges for `INFO spacelock`. Field names are a public
-//! contract (dashboards rely on them); the server prefixes each with
-//! `spacelock_`.
+//! The counters behind `INFO spacelock` (rendered by [`crate::info`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
-use crate::ffi::{InfoCtx, InfoSection};
 
 /// A monotonically increasing counter.
 pub struct Counter(AtomicU64);
@@ -47,39 +43,3 @@ pub static WAIT_GRANTS_LOST: Counter = Counter::new();
 pub static CHECKS_PASSED: Counter = Counter::new();
 /// SPACELOCK.CHECK calls answered 0.
 pub static CHECKS_FAILED: Counter = Counter::new();
-
-/// The `INFO spacelock` section.
-pub struct ModuleInfo;
-
-impl InfoSection for ModuleInfo {
-    fn render(info: &mut InfoCtx, _for_crash_report: bool) {
-        info.section();
-        info.field(c"acquired", ACQUIRED.get());
-        info.field(c"acquire_contended", ACQUIRE_CONTENDED.get());
-        info.field(c"refreshed", REFRESHED.get());
-        info.field(c"refresh_not_owner", REFRESH_NOT_OWNER.get());
-        info.field(c"released", RELEASED.get());
-        info.field(c"release_not_owner", RELEASE_NOT_OWNER.get());
-        info.field(c"handoffs", HANDOFFS.get());
-        info.field(c"wait_timeouts", WAIT_TIMEOUTS.get());
-        info.field(c"wait_grants_undone", WAIT_GRANTS_UNDONE.get());
-        info.field(c"wait_grants_lost", WAIT_GRANTS_LOST.get());
-        let (clients, keys) = crate::wait::gauges();
-        info.field(c"waiting_clients", clients);
-        info.field(c"keys_with_waiters", keys);
-        info.field(c"checks_passed", CHECKS_PASSED.get());
-        info.field(c"checks_failed", CHECKS_FAILED.get());
-        info.field_str(
-            c"token_mode",
-            match crate::config::token_mode() {
-                spacelock_core::tokens::TokenMode::Term => c"term",
-                spacelock_core::tokens::TokenMode::Counter => c"counter",
-            },
-        );
-        if let Some(terms) = crate::terms::snapshot() {
-            info.field_i64(c"term_start_ms", terms.start_ms());
-            info.field_i64(c"token_floor", terms.next());
-            info.field(c"terms_opened", terms.opened());
-        }
-    }
-}

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod args;
+mod error;
 pub mod fence;
 #[cfg(test)]
 mod fuzz;

@@ -8,7 +8,8 @@
 //! A `Store` is a view of *one* lock key and *one* caller (owner), so the
 //! operations below take no key or owner arguments.
 
-use crate::args::{expire_at, ArgError};
+use crate::args::expire_at;
+pub use crate::error::LockError;
 use crate::tokens::{Terms, TokenMode};
 
 /// What the lock key holds, relative to the caller.
@@ -20,53 +21,6 @@ pub enum Probe {
     Mine,
     /// The key holds some other value.
     Other,
-}
-
-/// Failures that are not argument errors. `Display` is the error reply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LockError {
-    /// A bad argument (see [`ArgError`]).
-    Arg(ArgError),
-    /// The lock key holds a non-string value.
-    LockWrongType,
-    /// The fence key holds a non-string value.
-    FenceWrongType,
-    /// The fence key is a string but not a token counter (an integer ≥ 0).
-    FenceCorrupt,
-    /// The fence counter reached `i64::MAX`; no further token can be issued.
-    TokenOverflow,
-    /// The server refused a write the grant needed (it changed nothing
-    /// that was not replicated).
-    WriteFailed,
-}
-
-impl From<ArgError> for LockError {
-    fn from(e: ArgError) -> Self {
-        LockError::Arg(e)
-    }
-}
-
-impl std::fmt::Display for LockError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            LockError::Arg(e) => e.fmt(f),
-            LockError::LockWrongType => {
-                f.write_str("WRONGTYPE Operation against a key holding the wrong kind of value")
-            }
-            LockError::FenceWrongType => f.write_str(
-                "WRONGTYPE the lock's fence key (spacelock:fence:…) holds the wrong kind of value",
-            ),
-            LockError::FenceCorrupt => f.write_str(
-                "ERR the lock's fence key (spacelock:fence:…) does not hold a token counter",
-            ),
-            LockError::TokenOverflow => {
-                f.write_str("ERR the lock's fencing counter is exhausted (reached 2^63-1)")
-            }
-            LockError::WriteFailed => {
-                f.write_str("ERR spacelock could not write the lock (see the server log)")
-            }
-        }
-    }
 }
 
 /// One lock key as seen by one caller.
@@ -249,6 +203,7 @@ impl Store for MemoryView<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::ArgError;
 
     const T0: i64 = 1_700_000_000_000;
     /// The first token of the test process's term.

@@ -38,7 +38,7 @@
 //!
 //! i64 headroom: ms × 10^6 stays below `i64::MAX` until the year 2262.
 
-use crate::lock::LockError;
+use crate::error::LockError;
 
 /// Tokens per millisecond of a term's start: the floor's scale.
 pub const PER_MS: i64 = 1_000_000;

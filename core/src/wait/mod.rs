@@ -64,6 +64,7 @@
 //! * **Memory**: a queue, its timers and index entries go when it empties.
 
 mod engine;
+mod ids;
 mod options;
 mod registry;
 pub mod timers;

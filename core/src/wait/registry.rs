@@ -4,23 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::Hash;
 
-use super::timers::{ExpiryTimer, TimerId};
-
-/// A database number.
-pub type Db = i32;
-
-/// (db, key) of a queue.
-pub type QueueKey = (Db, Vec<u8>);
-
-/// A waiter's id: unique for the life of the process (never reused, unlike
-/// the server's blocked-client handles), so a timer that fires late can
-/// never act on a later waiter. Ids also give the arrival order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WaiterId(pub u64);
-
-/// A queue's id, carried by its expiry timer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct QueueId(pub u64);
+use super::ids::TimerId;
+pub use super::ids::{Db, QueueId, QueueKey, WaiterId};
+use super::timers::ExpiryTimer;
 
 /// Which databases a flush or a role change concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 //! A server timer carries one pointer-sized word of data. [`TimerKind`]
 //! packs what the timer is for into it, so no magic value stands for a kind.
 
-use super::registry::{QueueId, WaiterId};
+pub use super::ids::TimerId;
+use super::ids::{QueueId, WaiterId};
 
 /// What a module timer is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,10 +43,6 @@ impl TimerKind {
         }
     }
 }
-
-/// A timer's id as the server hands it out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TimerId(pub u64);
 
 /// Longest module timer armed at once (1 h). The server computes
 /// `now_us + period * 1000` without overflow checks, so a lease or a WAIT of
