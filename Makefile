@@ -31,6 +31,8 @@ run: build ## Build, then serve the module on 127.0.0.1:6379 (redis.conf.example
 	$(REDIS_SERVER) $(CURDIR)/redis.conf.example --loadmodule $(MODULE)
 
 test: build ## Unit + integration tests against a real redis-server
+	CARGO_TARGET_DIR=$(abspath $(or $(CARGO_TARGET_DIR),$(CURDIR)/target))/bench-tool \
+	  $(CARGO) build --release --quiet --manifest-path bench/Cargo.toml
 	$(CARGO) test --release --workspace
 
 .PHONY: test-compat

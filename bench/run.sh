@@ -20,10 +20,13 @@ if [ -z "${BENCH_MODULE:-}" ]; then
 fi
 [ -f "$BENCH_MODULE" ] || { echo "bench: module not found: $BENCH_MODULE" >&2; exit 1; }
 
-# The load tool: its own target dir, so a `cargo test` holding the
-# workspace's build lock (the smoke test) never waits on itself.
-CARGO_TARGET_DIR=$tgt/bench-tool "$cargo" build --release --quiet --manifest-path "$root/bench/Cargo.toml"
+# The load tool, in its own target dir. BENCH_TOOL_NO_BUILD=1 uses the one
+# built before (`make test` builds it, so the smoke test never runs cargo).
 tool=$tgt/bench-tool/release/spacelock-bench
+if [ -z "${BENCH_TOOL_NO_BUILD:-}" ]; then
+  CARGO_TARGET_DIR=$tgt/bench-tool "$cargo" build --release --quiet --manifest-path "$root/bench/Cargo.toml"
+fi
+[ -x "$tool" ] || { echo "bench: load tool not built: $tool (run make bench, or make test)" >&2; exit 3; }
 
 # Workloads 3-4 run through the real spacelock-client crate: a separate
 # crate (tokio + redis), so the first build takes minutes; BENCH_SKIP_CLIENT=1

