@@ -52,9 +52,7 @@ impl Command for Acquire {
         // and a grant nobody received is undone before this one looks.
         wait::settle(ctx, *key);
         let mut store = RedisStore::open(ctx, *key, *owner);
-        let granted = terms::with(ctx.now_ms(), |t| {
-            lock::acquire(&mut store, ttl, t, config::token_mode())
-        })?;
+        let granted = terms::with(|t| lock::acquire(&mut store, ttl, t, config::token_mode()))?;
         drop(store);
         match (granted, wait_ms) {
             (Some(token), _) => {
@@ -143,7 +141,7 @@ impl Command for Info {
         };
         let name = fence_name(key.as_bytes());
         let token = fence_token(ctx.open_read(name.as_rstr()).as_ref())?;
-        let term = terms::with(ctx.now_ms(), |t| *t);
+        let term = terms::with(|t| *t);
         ctx.reply_map(6);
         ctx.reply_bulk(b"owner");
         ctx.reply_bulk(owner);

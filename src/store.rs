@@ -82,13 +82,12 @@ impl Store for RedisStore<'_> {
 
     fn grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError> {
         let ctx = self.ctx;
-        let mut digits = [0u8; 20];
+        let mut buf = [0u8; 20];
+        let digits = decimal(token, &mut buf);
         let fence = self.fence();
-        fence
-            .write(decimal(token, &mut digits))
-            .map_err(|_| LockError::WriteFailed)?;
+        fence.write(digits).map_err(|_| LockError::WriteFailed)?;
         let fence_key = fence.name();
-        ctx.replicate_set_int(fence_key, token);
+        ctx.replicate_set(fence_key, digits);
         ctx.signal_modified(fence_key);
         ctx.notify(EventClass::String, c"set", fence_key);
 

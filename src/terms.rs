@@ -6,33 +6,30 @@ use std::sync::{Mutex, MutexGuard};
 use spacelock_core::tokens::Terms;
 
 // A plain static, not `thread_local!` (see `crate::wait`).
-static TERMS: Mutex<Option<Terms>> = Mutex::new(None);
+static TERMS: Mutex<Terms> = Mutex::new(Terms::UNOPENED);
 
-fn lock() -> MutexGuard<'static, Option<Terms>> {
+fn lock() -> MutexGuard<'static, Terms> {
     TERMS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Opens a new term at `now_ms` (the first one at load).
+/// Opens a new term at `now_ms` (the first one at load) and returns it.
 pub fn open(now_ms: i64) -> Terms {
     let mut terms = lock();
-    match terms.as_mut() {
-        Some(t) => t.open(now_ms),
-        None => *terms = Some(Terms::open_at(now_ms)),
-    }
-    terms.unwrap_or_else(|| Terms::open_at(now_ms))
+    terms.open(now_ms);
+    *terms
 }
 
 /// Runs `f` on the term state. Never held across anything that could call
 /// back into it (grants run with keyspace events muted, see
 /// `crate::wait::SelfWrites`).
-pub fn with<R>(now_ms: i64, f: impl FnOnce(&mut Terms) -> R) -> R {
-    f(lock().get_or_insert_with(|| Terms::open_at(now_ms)))
+pub fn with<R>(f: impl FnOnce(&mut Terms) -> R) -> R {
+    f(&mut lock())
 }
 
 /// The term state for INFO, if it is not busy (INFO may run in a crash
 /// report while it is held).
 pub fn snapshot() -> Option<Terms> {
-    TERMS.try_lock().ok().and_then(|t| *t)
+    TERMS.try_lock().ok().map(|t| *t)
 }

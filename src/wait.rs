@@ -212,9 +212,7 @@ impl Host for ServerHost<'_> {
         }
         let (name, owner) = (OwnedStr::new(key), OwnedStr::new(owner));
         let mut store = RedisStore::open(self.ctx, name.as_rstr(), owner.as_rstr());
-        terms::with(self.ctx.now_ms(), |t| {
-            lock::acquire(&mut store, ttl_ms, t, config::token_mode())
-        })
+        terms::with(|t| lock::acquire(&mut store, ttl_ms, t, config::token_mode()))
     }
 
     fn grant_stands(&mut self, grant: &Grant) -> bool {

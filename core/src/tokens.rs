@@ -76,13 +76,17 @@ pub struct Terms {
 }
 
 impl Terms {
+    /// The state before any term opened: it issues plain counters from 1
+    /// (the module opens a term at load, before any command can run).
+    pub const UNOPENED: Terms = Terms {
+        start_ms: 0,
+        next: 1,
+        opened: 0,
+    };
+
     /// The state of a process that opens its first term at `now_ms`.
     pub fn open_at(now_ms: i64) -> Self {
-        let mut t = Terms {
-            start_ms: 0,
-            next: 1,
-            opened: 0,
-        };
+        let mut t = Terms::UNOPENED;
         t.open(now_ms);
         t
     }

@@ -113,16 +113,19 @@ impl Ctx {
         };
     }
 
-    /// Propagates `SET key <integer>`.
-    pub fn replicate_set_int(&self, key: RStr<'_>, value: i64) {
-        // SAFETY: "sl" matches one string and one long long.
+    /// Propagates `SET key <value>` (a value the caller has already
+    /// formatted: the server then only copies it).
+    pub fn replicate_set(&self, key: RStr<'_>, value: &[u8]) {
+        // SAFETY: "sb" matches one string and one (pointer, length) buffer,
+        // which the server copies.
         unsafe {
             api!(RedisModule_Replicate)(
                 self.0,
                 c"SET".as_ptr(),
-                c"sl".as_ptr(),
+                c"sb".as_ptr(),
                 key.ptr(),
-                value as c_longlong,
+                value.as_ptr().cast::<c_char>(),
+                value.len(),
             )
         };
     }
