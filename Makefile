@@ -57,6 +57,6 @@ bench: ## Benchmarks vs native SET/DELIFEQ and the seed's Lua (QUICK=1: < 1 min)
 bench-profile: ## callgrind instruction counts per call, module vs native (PROFILE_SERVER=, PROFILE_CASES=); writes target/bench/profile/table.md
 	bash bench/run.sh profile
 
-.PHONY: bench-readme
-bench-readme: ## Copy target/bench/results.md (from the last `make bench`) into README.md's Performance section, unedited
-	python3 bench/readme_table.py target/bench/results.md README.md
+.PHONY: bench-docs
+bench-docs: ## Copy target/bench/results.md (from the last `make bench`) into docs/performance.md, unedited
+	python3 bench/readme_table.py target/bench/results.md docs/performance.md

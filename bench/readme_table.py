@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Copy a bench results file into README.md between the bench markers, verbatim.
+"""Copy a bench results file between the bench markers of a Markdown page
+(docs/performance.md), verbatim.
 
-Usage: readme_table.py RESULTS README
+Usage: readme_table.py RESULTS PAGE
 """
 import sys
 
