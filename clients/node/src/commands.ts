@@ -16,7 +16,7 @@ export const SEED_REFRESH_LUA =
 export function acquireCommand(mode: Mode, key: string, owner: string, ttlMs: number): Command {
   return mode === 'module'
     ? new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs)])
-    : new Command('set', [key, owner, 'PX', String(ttlMs), 'NX']);
+    : new Command('set', [key, owner, 'PX', String(ttlMs), 'NX'], { replyEncoding: 'utf8' });
 }
 
 export function acquireWaitCommand(key: string, owner: string, ttlMs: number, waitMs: number): Command {
@@ -33,7 +33,7 @@ export function refreshSpec(mode: Mode, key: string, owner: string, ttlMs: numbe
 export function releaseCommand(mode: Mode, key: string, owner: string): Command {
   return mode === 'module'
     ? new KeyedCommand('spacelock.release', [key, owner])
-    : new Command('eval', [SEED_RELEASE_LUA, '1', key, owner]);
+    : new Command('eval', [SEED_RELEASE_LUA, '1', key, owner], { replyEncoding: 'utf8' });
 }
 
 export function infoCommand(key: string): Command {

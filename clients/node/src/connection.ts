@@ -34,7 +34,7 @@ export class KeyedCommand extends Command {
   private readonly lockKey: string;
 
   constructor(name: string, args: string[]) {
-    super(name, args);
+    super(name, args, { replyEncoding: 'utf8' });
     this.lockKey = args[0] as string;
   }
 
