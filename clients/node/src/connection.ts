@@ -9,7 +9,7 @@
  * SpaceLock prepends it itself, so every command sees the same key).
  */
 import { Command } from 'ioredis';
-import type { Cluster, Redis } from 'ioredis';
+import type { Cluster, Redis, RedisOptions } from 'ioredis';
 
 /** What a SpaceLock accepts: a single-node connection or a cluster. */
 export type RedisConnection = Redis | Cluster;
@@ -152,14 +152,41 @@ export function send(conn: RedisConnection, command: Command): Promise<unknown> 
   return command.promise as Promise<unknown>;
 }
 
+/**
+ * ioredis builds a Cluster's slot map from `CLUSTER SLOTS`, read on a copy
+ * of a node connection. With `stringNumbers` the slot numbers arrive as
+ * strings and its `for (slot = "5461"; slot <= "10921"; …)` loop skips
+ * every range whose bounds compare the wrong way as text: those slots are
+ * unmapped and every command to them bounces off MOVED. So on our cluster
+ * copies, the slot reader's connection parses numbers as numbers again. If a
+ * future ioredis renames this method, commands still work (via MOVED).
+ */
+function readSlotsWithNumbers(cluster: Cluster): Cluster {
+  type GetInfo = (this: Cluster, node: Redis | undefined, callback: (err?: Error) => void) => void;
+  const target = cluster as unknown as { getInfoFromNode?: GetInfo };
+  const original = target.getInfoFromNode;
+  if (typeof original !== 'function') return cluster;
+  target.getInfoFromNode = function (node, callback) {
+    const plain =
+      node &&
+      (Object.create(node, {
+        duplicate: { value: (o: RedisOptions = {}) => node.duplicate({ ...o, stringNumbers: false }) },
+      }) as Redis);
+    return original.call(this, plain, callback);
+  };
+  return cluster;
+}
+
 /** A connection for ordinary (non-blocking) lock commands. */
 export function duplicateForCommands(conn: RedisConnection): RedisConnection {
   const own = { stringNumbers: true, keyPrefix: '' };
   if (isCluster(conn)) {
-    return conn.duplicate([], {
-      keyPrefix: '',
-      redisOptions: { ...conn.options.redisOptions, ...own },
-    });
+    return readSlotsWithNumbers(
+      conn.duplicate([], {
+        keyPrefix: '',
+        redisOptions: { ...conn.options.redisOptions, ...own },
+      }),
+    );
   }
   return conn.duplicate(own);
 }
@@ -180,11 +207,13 @@ export function duplicateForWaits(conn: RedisConnection): RedisConnection {
     lazyConnect: false,
   };
   if (isCluster(conn)) {
-    return conn.duplicate([], {
-      keyPrefix: '',
-      lazyConnect: false,
-      redisOptions: { ...conn.options.redisOptions, ...own },
-    });
+    return readSlotsWithNumbers(
+      conn.duplicate([], {
+        keyPrefix: '',
+        lazyConnect: false,
+        redisOptions: { ...conn.options.redisOptions, ...own },
+      }),
+    );
   }
   return conn.duplicate({ ...own, retryStrategy: () => null });
 }

@@ -260,3 +260,46 @@ export function stallEventLoop(ms: number): void {
     // spin
   }
 }
+
+/** A Redis Cluster of `n` masters with the module, slots split evenly. */
+export class TestCluster {
+  private constructor(readonly nodes: TestServer[]) {}
+
+  static async start(n = 3): Promise<TestCluster> {
+    const nodes: TestServer[] = [];
+    for (let i = 0; i < n; i++) nodes.push(await TestServer.start({ clusterBusPort: await freePort() }));
+    const cluster = new TestCluster(nodes);
+    const admin = nodes.map((s) => s.client());
+    for (let i = 0; i < n; i++) {
+      // Distinct config epochs up front, as `redis-cli --cluster create` does.
+      await admin[i]!.call('CLUSTER', 'SET-CONFIG-EPOCH', String(i + 1));
+      const lo = Math.floor((i * 16384) / n);
+      const hi = Math.floor(((i + 1) * 16384) / n) - 1;
+      await admin[i]!.call('CLUSTER', 'ADDSLOTSRANGE', String(lo), String(hi));
+    }
+    for (let i = 1; i < n; i++) {
+      const bus = ((await admin[i]!.config('GET', 'cluster-port')) as string[])[1]!;
+      await admin[0]!.call('CLUSTER', 'MEET', '127.0.0.1', String(nodes[i]!.port), bus);
+    }
+    for (const a of admin) {
+      await waitFor(
+        'cluster_state:ok',
+        async () => {
+          const info = (await a.call('CLUSTER', 'INFO')) as string;
+          return info.includes('cluster_state:ok') && info.includes(`cluster_known_nodes:${n}`);
+        },
+        30_000,
+        50,
+      );
+    }
+    return cluster;
+  }
+
+  get startupNodes(): Array<{ host: string; port: number }> {
+    return this.nodes.map((s) => ({ host: '127.0.0.1', port: s.port }));
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all(this.nodes.map((s) => s.dispose()));
+  }
+}
