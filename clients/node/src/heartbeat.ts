@@ -47,9 +47,9 @@ export class Heartbeat {
     }
   }
 
+  /** The timer stays armed when the last lease goes; its next tick stops it if none came back. */
   delete(lease: LeaseState): void {
     this.leases.delete(lease);
-    if (this.leases.size === 0) this.stop();
   }
 
   stop(): void {
@@ -68,7 +68,12 @@ export class Heartbeat {
     const now = performance.now();
     // Timers may fire a hair early; a tick within 1 ms of its time counts.
     const refreshDue = now >= this.nextTickAt - 1;
-    if (refreshDue) this.nextTickAt = now + this.interval;
+    if (refreshDue) {
+      // A steady cadence (a late tick does not push the next one back),
+      // unless we fell a whole interval behind, e.g. after a stalled loop.
+      this.nextTickAt += this.interval;
+      if (this.nextTickAt <= now) this.nextTickAt = now + this.interval;
+    }
     const due: LeaseState[] = [];
     let earliest = Infinity;
     for (const lease of this.leases) {
@@ -91,6 +96,7 @@ export class Heartbeat {
     }
     if (due.length > 0) this.send(due, now);
     if (this.leases.size > 0) this.schedule(Math.min(this.nextTickAt, earliest) - now);
+    else this.stop();
   };
 
   private send(due: LeaseState[], sentAt: number): void {
@@ -114,15 +120,15 @@ export class Heartbeat {
     const target = this.conn();
     if ('cluster' in target) {
       for (const lease of due) {
-        const args = lease.refreshArgs;
-        const command = new ReplyCommand(lease.refreshName, args, lease.refreshWire, (err, reply) => onReply(lease, err, reply));
+        const { name, args, wire } = lease.refreshCommand;
+        const command = new ReplyCommand(name, args, wire, (err, reply) => onReply(lease, err, reply));
         target.cluster.sendCommand(command);
       }
       return;
     }
     const conn = target.single;
     const batch = new BatchCommand(
-      due.map((lease) => lease.refreshWire),
+      due.map((lease) => lease.refreshCommand.wire),
       (i, err, reply) => {
         const lease = due[i];
         if (lease) onReply(lease, err, reply);

@@ -15,13 +15,14 @@ export class LeaseState {
   /** When the refresh in flight was sent, if one is. */
   refreshSentAt: number | undefined;
   reason: LostReason | undefined;
-  readonly controller = new AbortController();
-  /** The heartbeat's refresh for this lease, encoded once. */
-  readonly refreshName: string;
-  readonly refreshArgs: string[];
-  readonly refreshWire: string;
-  readonly lost: Promise<LostReason>;
-  private resolveLost!: (r: LostReason) => void;
+  // The signal, the lost promise and the refresh's wire form are made on
+  // first use: a short body that never looks at them (the seed's callers)
+  // then pays for none of them.
+  private controller: AbortController | undefined;
+  private callerReason: { reason: unknown } | undefined;
+  private lostPromise: Promise<LostReason> | undefined;
+  private resolveLost: ((r: LostReason) => void) | undefined;
+  private refresh: { name: string; args: string[]; wire: string } | undefined;
 
   constructor(
     readonly key: string,
@@ -32,13 +33,15 @@ export class LeaseState {
     start: number,
   ) {
     this.lastOkStart = start;
-    const { name, args } = refreshSpec(mode, redisKey, owner, ttlMs);
-    this.refreshName = name;
-    this.refreshArgs = args;
-    this.refreshWire = encodeCommand(name, args);
-    this.lost = new Promise((resolve) => {
-      this.resolveLost = resolve;
-    });
+  }
+
+  /** The heartbeat's refresh for this lease, encoded once. */
+  get refreshCommand(): { name: string; args: string[]; wire: string } {
+    if (!this.refresh) {
+      const { name, args } = refreshSpec(this.mode, this.redisKey, this.owner, this.ttlMs);
+      this.refresh = { name, args, wire: encodeCommand(name, args) };
+    }
+    return this.refresh;
   }
 
   /** Local deadline: no refresh succeeded within one ttl after this. */
@@ -46,17 +49,42 @@ export class LeaseState {
     return this.lastOkStart + this.ttlMs;
   }
 
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.callerReason) this.controller.abort(this.callerReason.reason);
+      else if (this.reason !== undefined) this.controller.abort(this.lostError(this.reason));
+    }
+    return this.controller.signal;
+  }
+
+  get lost(): Promise<LostReason> {
+    if (!this.lostPromise) {
+      this.lostPromise =
+        this.reason !== undefined
+          ? Promise.resolve(this.reason)
+          : new Promise((resolve) => {
+              this.resolveLost = resolve;
+            });
+    }
+    return this.lostPromise;
+  }
+
   /** Ends the lease (the first reason stays) and aborts its signal. */
   lose(reason: LostReason): void {
     if (this.reason !== undefined) return;
     this.reason = reason;
-    this.resolveLost(reason);
-    if (!this.controller.signal.aborted) this.controller.abort(new LeaseLostError(this.key, reason));
+    this.resolveLost?.(reason);
+    if (this.controller && !this.controller.signal.aborted) this.controller.abort(this.lostError(reason));
   }
 
   /** Aborts the body's signal for the caller's own cancellation (the lease is not lost). */
   abortFromCaller(reason: unknown): void {
-    if (!this.controller.signal.aborted) this.controller.abort(reason);
+    if (this.controller) {
+      if (!this.controller.signal.aborted) this.controller.abort(reason);
+    } else if (this.reason === undefined) {
+      this.callerReason ??= { reason };
+    }
   }
 
   /** Whether the lease has ended, checking the deadline itself (no heartbeat needed). */
@@ -67,6 +95,20 @@ export class LeaseState {
       return true;
     }
     return false;
+  }
+
+  /**
+   * The abort reason. Its stack would only show a timer callback, and
+   * capturing one costs more than the rest of a lock cycle: leave it out.
+   */
+  private lostError(reason: LostReason): LeaseLostError {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      return new LeaseLostError(this.key, reason);
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
   }
 }
 
@@ -120,7 +162,7 @@ export class Lease {
    * {@link LeaseLostError} (or the caller's abort reason).
    */
   get signal(): AbortSignal {
-    return this.#state.controller.signal;
+    return this.#state.signal;
   }
 
   /** Resolves with the reason once the lease has ended; never rejects. */
