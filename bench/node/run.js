@@ -22,7 +22,7 @@ const quick = !!process.env.QUICK && process.env.QUICK !== '0';
 const rounds = Number(process.env.BENCH_NODE_ROUNDS ?? (quick ? 1 : 3));
 const cycles = Number(process.env.BENCH_NODE_CYCLES ?? (quick ? 5_000 : 20_000));
 const leases = Number(process.env.BENCH_NODE_LEASES ?? 10_000);
-const holdS = Number(process.env.BENCH_NODE_HOLD_S ?? (quick ? 6 : 9));
+const holdS = Number(process.env.BENCH_NODE_HOLD_S ?? (quick ? 6 : 9)); // whole seconds: whole heartbeat intervals
 const TTL_MS = 3_000;
 
 // ---- child side -----------------------------------------------------------
@@ -87,6 +87,21 @@ async function childHeartbeat(which, n, seconds) {
   }
   while (held < n) await new Promise((r) => setTimeout(r, 20));
   await new Promise((r) => setTimeout(r, 1_000)); // past the acquire burst
+  // The client refreshes in one batch per ttl/3, the seed spread over time.
+  // Start the window just before a batch (found by watching the server's
+  // counter jump), so a window of whole intervals holds exactly one batch per
+  // interval instead of one more or one less.
+  const interval = TTL_MS / 3;
+  const watchUntil = performance.now() + interval * 1.2;
+  for (let last = await refreshCalls(admin); performance.now() < watchUntil; ) {
+    await new Promise((r) => setTimeout(r, 5));
+    const now = await refreshCalls(admin);
+    if (now - last >= n / 10) {
+      await new Promise((r) => setTimeout(r, interval - 60));
+      break;
+    }
+    last = now;
+  }
   const calls0 = await refreshCalls(admin);
   const c0 = process.cpuUsage();
   const t0 = performance.now();

@@ -41,7 +41,11 @@ export class Heartbeat {
   add(lease: LeaseState): void {
     this.leases.add(lease);
     if (this.timer === undefined) {
-      this.conn(); // open the heartbeat's connection now, so it is ready by the first tick
+      try {
+        this.conn(); // open the heartbeat's connection now, so it is ready by the first tick
+      } catch {
+        // closed: the first tick reports it
+      }
       this.nextTickAt = performance.now() + this.interval;
       this.schedule(this.interval);
     }
@@ -117,7 +121,14 @@ export class Heartbeat {
       if (problem) fail(problem);
       done();
     };
-    const target = this.conn();
+    let target: ReturnType<typeof this.conn>;
+    try {
+      target = this.conn();
+    } catch (err) {
+      // The SpaceLock was closed under a held lease: nothing can refresh it.
+      for (const lease of due) onReply(lease, err instanceof Error ? err : new Error(String(err)), null);
+      return;
+    }
     if ('cluster' in target) {
       for (const lease of due) {
         const { name, args, wire } = lease.refreshCommand;

@@ -216,14 +216,17 @@ export class SpaceLock {
   }
 
   /**
-   * Closes the connections this SpaceLock opened and stops its heartbeat.
-   * Call it once the bodies have finished (NestJS: `onModuleDestroy`); later
-   * calls to `withSpaceLock` throw. The connection you passed stays open.
+   * Closes the connections this SpaceLock opened. Call it once the bodies
+   * have finished (NestJS: `onModuleDestroy`): a lease still held then is
+   * no longer refreshed, and its signal aborts within a ttl. Later calls to
+   * `withSpaceLock` throw. The connection you passed stays open.
    */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.heartbeat.stop();
+    // The heartbeat goes on for leases still held: with the connections gone
+    // their refreshes fail, so their signals abort within a ttl (no lease
+    // outlives close() silently). Its timer stops by itself once none is left.
     this.waitPool?.close();
     await Promise.all([this.commandConn, this.heartbeatConn].map((c) => c && closeConnection(c)));
   }

@@ -188,6 +188,20 @@ describe('lease', () => {
     assert.equal(locks.activeLeases, 0, 'the heartbeat forgot it');
   });
 
+  it('close() under a held lease: the lease is no longer refreshed and its signal aborts within a ttl', async (t) => {
+    if (skipped(t)) return;
+    const locks = make({ ttlMs: 300 });
+    const r = await locks.withSpaceLock('closed-under', async (lease) => {
+      await locks.close();
+      const closedAt = performance.now();
+      const reason = await lease.lost;
+      assert.ok(performance.now() - closedAt < 600, 'lost within two ttl');
+      return reason;
+    });
+    assert.equal(r, 'expired');
+    await assert.rejects(locks.withSpaceLock('closed-under', async () => 1), /closed/);
+  });
+
   it('keeps many leases alive with one heartbeat', async (t) => {
     if (skipped(t)) return;
     const locks = make({ ttlMs: 300 });
