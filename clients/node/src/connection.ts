@@ -143,6 +143,7 @@ export function duplicateForHeartbeats(conn: Redis): Redis {
     keyPrefix: '',
     commandTimeout: undefined,
     autoResendUnfulfilledCommands: false,
+    enableOfflineQueue: true,
   });
 }
 
@@ -177,18 +178,24 @@ function readSlotsWithNumbers(cluster: Cluster): Cluster {
   return cluster;
 }
 
-/** A connection for ordinary (non-blocking) lock commands. */
+/**
+ * A connection for ordinary (non-blocking) lock commands. Our copies are
+ * opened on first use, so the first command always meets a connecting
+ * socket: they queue commands until ready even if yours has
+ * `enableOfflineQueue: false`.
+ */
 export function duplicateForCommands(conn: RedisConnection): RedisConnection {
   const own = { stringNumbers: true, keyPrefix: '' };
   if (isCluster(conn)) {
     return readSlotsWithNumbers(
       conn.duplicate([], {
         keyPrefix: '',
+        enableOfflineQueue: true,
         redisOptions: { ...conn.options.redisOptions, ...own },
       }),
     );
   }
-  return conn.duplicate(own);
+  return conn.duplicate({ ...own, enableOfflineQueue: true });
 }
 
 /**
@@ -211,11 +218,12 @@ export function duplicateForWaits(conn: RedisConnection): RedisConnection {
       conn.duplicate([], {
         keyPrefix: '',
         lazyConnect: false,
+        enableOfflineQueue: true,
         redisOptions: { ...conn.options.redisOptions, ...own },
       }),
     );
   }
-  return conn.duplicate({ ...own, retryStrategy: () => null });
+  return conn.duplicate({ ...own, enableOfflineQueue: true, retryStrategy: () => null });
 }
 
 /** Whether a pooled connection can still carry a command. */

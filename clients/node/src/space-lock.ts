@@ -233,6 +233,9 @@ export class SpaceLock {
 
   /** The connection for ordinary commands, opened on first use. */
   private conn(): RedisConnection {
+    // A copy that gave up reconnecting (your retryStrategy returned null) is
+    // replaced, so one outage does not break this SpaceLock for good.
+    if (this.commandConn?.status === 'end' && !this.closed) this.commandConn = undefined;
     if (!this.commandConn) {
       if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
       const conn = duplicateForCommands(this.source);
@@ -247,6 +250,7 @@ export class SpaceLock {
   private heartbeatTarget(): { cluster: RedisConnection } | { single: Redis } {
     const conn = this.conn();
     if (isCluster(conn)) return { cluster: conn };
+    if (this.heartbeatConn?.status === 'end' && !this.closed) this.heartbeatConn = undefined;
     if (!this.heartbeatConn) {
       this.heartbeatConn = duplicateForHeartbeats(this.source as Redis);
       this.heartbeatConn.on('error', this.reportOnce());

@@ -122,4 +122,16 @@ describe('faults', () => {
     assert.equal(token, 1n);
     assert.equal(await locks.withSpaceLock('restart-2', async () => 'ok'), 'ok');
   });
+
+  it('a connection that never reconnects (retryStrategy: () => null): the next call after a restart still works', async (t) => {
+    if (skipped(t)) return;
+    const fragile = server.client({ retryStrategy: () => null });
+    const locks = new SpaceLock(fragile, { keyPrefix: 'fault:', ttlMs: 600, logger: recordingLogger() });
+    made.push(locks);
+    assert.equal(await locks.withSpaceLock('fragile', async () => 'before'), 'before');
+    await server.restartEmpty();
+    // Its copies gave up on the restart ('end'); the SpaceLock replaces them.
+    assert.equal(await locks.withSpaceLock('fragile', async () => 'after'), 'after');
+    assert.equal(await locks.withSpaceLock('fragile', async (lease) => lease.token), 2n);
+  });
 });

@@ -25,7 +25,6 @@ async function main(): Promise<void> {
   // The seed reads its prefix and ttl from its constants module at load.
   process.env.SEED_LOCK_PREFIX = a.prefix;
   process.env.SEED_LOCK_TTL_MS = String(a.ttlMs);
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
   const seed = require(path.join(REPO, 'bench/node/seed-loader.js')) as SeedLoader;
   const redis = new seed.Redis(a.url);
   const guard = new seed.Redis(a.url);

@@ -194,6 +194,16 @@ describe('seed behaviour', () => {
     assert.equal(await locks.withSpaceLock('space-10', async () => 'mine now'), 'mine now');
   });
 
+  it("works over a connection with enableOfflineQueue: false (its copies connect on first use)", async (t) => {
+    if (skipped(t)) return;
+    const strict = server.client({ enableOfflineQueue: false });
+    await new Promise((resolve) => strict.once('ready', resolve));
+    const locks = new SpaceLock(strict, { keyPrefix: 'git-sync:lock:', logger: recordingLogger() });
+    made.push(locks);
+    assert.equal(await locks.withSpaceLock('space-11', async (lease) => typeof lease.token), 'bigint');
+    assert.equal(await locks.withSpaceLock('space-11', async () => 'ok', { waitMs: 100 }), 'ok');
+  });
+
   it('rejects bad options and a closed SpaceLock', async (t) => {
     if (skipped(t)) return;
     assert.throws(() => new SpaceLock(redis, { ttlMs: 0 }), RangeError);
