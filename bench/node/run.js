@@ -88,16 +88,16 @@ async function childHeartbeat(which, n, seconds) {
   while (held < n) await new Promise((r) => setTimeout(r, 20));
   await new Promise((r) => setTimeout(r, 1_000)); // past the acquire burst
   // The client refreshes in one batch per ttl/3, the seed spread over time.
-  // Start the window just before a batch (found by watching the server's
-  // counter jump), so a window of whole intervals holds exactly one batch per
-  // interval instead of one more or one less.
+  // Start the window half an interval after a batch (found by watching the
+  // server's counter jump; this process may notice it late), so a window of
+  // whole intervals holds exactly one batch per interval, not one more or less.
   const interval = TTL_MS / 3;
   const watchUntil = performance.now() + interval * 1.2;
   for (let last = await refreshCalls(admin); performance.now() < watchUntil; ) {
     await new Promise((r) => setTimeout(r, 5));
     const now = await refreshCalls(admin);
     if (now - last >= n / 10) {
-      await new Promise((r) => setTimeout(r, interval - 60));
+      await new Promise((r) => setTimeout(r, interval / 2));
       break;
     }
     last = now;

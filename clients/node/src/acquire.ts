@@ -8,7 +8,7 @@
  */
 import { acquireCommand, acquireWaitCommand, parseGrant, releaseCommand } from './commands';
 import { send, type RedisConnection } from './connection';
-import { CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
+import { COMMAND_TIMED_OUT, CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
 import type { Mode } from './lease';
 import type { ResolvedOptions } from './options';
 import type { WaitPool } from './wait-pool';
@@ -45,6 +45,12 @@ type Settled =
   | { kind: 'timeout' }
   | { kind: 'abort' };
 
+const reply = (value: unknown): Settled => ({ kind: 'reply', value });
+const failure = (error: unknown): Settled => ({
+  kind: 'error',
+  error: error instanceof Error ? error : new Error(String(error)),
+});
+
 /** Waits for `p`, at most `ms`, and no longer than `signal` allows. Never rejects. */
 function settle(p: Promise<unknown>, ms: number, signal?: AbortSignal): Promise<Settled> {
   return new Promise((resolve) => {
@@ -54,13 +60,10 @@ function settle(p: Promise<unknown>, ms: number, signal?: AbortSignal): Promise<
       resolve(s);
     };
     const onAbort = (): void => finish({ kind: 'abort' });
-    const timer = setTimeout(() => finish({ kind: 'timeout' }), Math.max(0, ms));
+    const timer = Number.isFinite(ms) ? setTimeout(() => finish({ kind: 'timeout' }), Math.max(0, ms)) : undefined;
     if (signal?.aborted) return finish({ kind: 'abort' });
     signal?.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (value) => finish({ kind: 'reply', value }),
-      (error: unknown) => finish({ kind: 'error', error: error instanceof Error ? error : new Error(String(error)) }),
-    );
+    p.then(reply, failure).then(finish);
   });
 }
 
@@ -103,8 +106,16 @@ export async function acquireOnce(
     const ttl = ctx.opts.ttlMs;
     const epoch = ctx.reconnects();
     const start = performance.now();
-    const p = send(ctx.conn(), acquireCommand(mode, key, owner, ttl));
-    const s = await settle(p, ttl, signal);
+    const command = acquireCommand(mode, key, owner, ttl);
+    // ioredis' own per-command timer bounds the wait (cheaper than a race
+    // on the hot path); it rejects with "Command timed out".
+    command.setTimeout(ttl);
+    const p = send(ctx.conn(), command);
+    const s = signal ? await settle(p, Infinity, signal) : await p.then(reply, failure);
+    if (s.kind === 'error' && s.error.message === COMMAND_TIMED_OUT) {
+      releaseLater(ctx, key, owner, mode); // runs after the ACQUIRE on the same connection
+      throw new CommandTimeoutError(mode === 'module' ? 'SPACELOCK.ACQUIRE' : 'SET NX PX', ttl);
+    }
     if (s.kind === 'reply') {
       let grant: { token: bigint | undefined } | null;
       try {
@@ -128,13 +139,9 @@ export async function acquireOnce(
       if (!isReplyError(s.error)) releaseLater(ctx, key, owner, mode);
       throw s.error;
     }
-    // No reply in time, or the caller gave up: release whatever it grants.
+    // The caller gave up: release whatever it grants (the RELEASE queues
+    // behind the ACQUIRE on the same connection).
     releaseLater(ctx, key, owner, mode);
-    p.then(
-      (v) => v !== null && releaseLater(ctx, key, owner, mode),
-      () => undefined,
-    );
-    if (s.kind === 'timeout') throw new CommandTimeoutError(mode === 'module' ? 'SPACELOCK.ACQUIRE' : 'SET NX PX', ttl);
     throw signal?.reason;
   }
 }

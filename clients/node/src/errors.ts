@@ -85,6 +85,9 @@ export class LeaseLostError extends SpaceLockError {
   }
 }
 
+/** The message of ioredis' own per-command timeout (`Command#setTimeout`). */
+export const COMMAND_TIMED_OUT = 'Command timed out';
+
 /** Whether `err` is the server's "unknown command" reply to a SPACELOCK.* command. */
 export function isUnknownSpacelockCommand(err: unknown): boolean {
   if (!(err instanceof Error)) return false;

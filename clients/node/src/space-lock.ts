@@ -12,7 +12,7 @@ import {
   send,
   type RedisConnection,
 } from './connection';
-import { isUnknownSpacelockCommand, ModuleNotLoadedError, SpaceLockError } from './errors';
+import { COMMAND_TIMED_OUT, isUnknownSpacelockCommand, ModuleNotLoadedError, SpaceLockError } from './errors';
 import { Heartbeat } from './heartbeat';
 import { Lease, LeaseState, type Mode } from './lease';
 import { resolveOptions, type ResolvedOptions, type SpaceLockOptions, type WithSpaceLockOptions } from './options';
@@ -299,7 +299,11 @@ export class SpaceLock {
     } catch {
       return Promise.resolve(true); // closed: nothing to release on
     }
-    const p = send(conn, releaseCommand(mode, redisKey, owner)).then(
+    const command = releaseCommand(mode, redisKey, owner);
+    // ioredis' per-command timer bounds the wait. The RELEASE itself is
+    // already on its way and still runs; only our waiting for it stops.
+    if (boundMs > 0) command.setTimeout(boundMs);
+    const done = send(conn, command).then(
       (reply) => {
         if (reply === '0' || reply === 0) {
           this.opts.logger.log(`spacelock: release of ${redisKey} found the lock no longer ours`);
@@ -307,17 +311,13 @@ export class SpaceLock {
         return true;
       },
       (err: unknown) => {
+        if (err instanceof Error && err.message === COMMAND_TIMED_OUT) return false;
         this.opts.logger.warn(
           `spacelock: failed to release lock ${redisKey}: ${err instanceof Error ? err.message : String(err)}`,
         );
         return true;
       },
     );
-    if (boundMs <= 0) return Promise.resolve(true);
-    let timer: NodeJS.Timeout | undefined;
-    const bound = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), boundMs);
-    });
-    return Promise.race([p, bound]).finally(() => clearTimeout(timer));
+    return boundMs > 0 ? done : Promise.resolve(true);
   }
 }
