@@ -4,13 +4,14 @@
 // seed-loader.js), on one server with the module (BENCH_PORT).
 //
 //   * cycles: sequential withSpaceLock calls with an empty body on distinct
-//     keys (both take two round trips: acquire + release): cycles/s.
+//     keys (both take two round trips: acquire + release): cycles/s, both in
+//     one process in alternated blocks of 1 000, a ratio per pair of blocks.
 //   * heartbeat: 10 000 leases held at once with a 3 s ttl: process CPU
 //     (user + system) over whole ttls once all are held, and refreshes/s
 //     counted by the server.
 //
-// Every measurement runs in a fresh child process, alternating seed/client
-// (order reversed every round). Prints `ROW\t<workload>\t<client>\t<seed>\t<ratio>\t<spread>`
+// The heartbeat measurements each run in a fresh child process, alternating
+// seed/client (order reversed every round). Prints `ROW\t<workload>\t<client>\t<seed>\t<ratio>\t<spread>`
 // lines for bench/src/main.rs; ratio > 1 means the client is better.
 // Environment: BENCH_PORT, QUICK, BENCH_NODE_ROUNDS, BENCH_NODE_CYCLES,
 // BENCH_NODE_LEASES, BENCH_NODE_HOLD_S.
@@ -47,20 +48,30 @@ function impl(which, ttlMs) {
   };
 }
 
-async function childCycles(which, n) {
-  const l = impl(which, 30_000);
+// Both implementations in one process, in alternating blocks of cycles: on a
+// shared box, load from elsewhere then hits both sides of each pair alike.
+async function childCycles(blocks, perBlock) {
+  const impls = { seed: impl('seed', 30_000), client: impl('client', 30_000) };
   const empty = async () => undefined;
-  for (let i = 0; i < 1_000; i++) await l.run(`warm-${i}`, empty);
-  const t0 = performance.now();
-  const c0 = process.cpuUsage();
-  for (let i = 0; i < n; i++) {
-    const r = await l.run(`c-${i}`, empty);
-    if (r !== undefined) throw new Error(`cycle ${i} skipped: ${JSON.stringify(r)}`);
+  for (const l of Object.values(impls)) for (let i = 0; i < 2_000; i++) await l.run(`warm-${i}`, empty);
+  const out = { seed: [], client: [], seedCpu: [], clientCpu: [] };
+  let n = 0;
+  for (let b = 0; b < blocks; b++) {
+    for (const which of b % 2 === 0 ? ['seed', 'client'] : ['client', 'seed']) {
+      const l = impls[which];
+      const t0 = performance.now();
+      const c0 = process.cpuUsage();
+      for (let i = 0; i < perBlock; i++) {
+        const r = await l.run(`c-${n++}`, empty);
+        if (r !== undefined) throw new Error(`cycle skipped: ${JSON.stringify(r)}`);
+      }
+      const cpu = process.cpuUsage(c0);
+      out[which].push(perBlock / ((performance.now() - t0) / 1_000));
+      out[`${which}Cpu`].push((cpu.user + cpu.system) / perBlock);
+    }
   }
-  const secs = (performance.now() - t0) / 1_000;
-  const cpu = process.cpuUsage(c0);
-  await l.close();
-  return { rate: n / secs, cpuUsPerCycle: (cpu.user + cpu.system) / n };
+  for (const l of Object.values(impls)) await l.close();
+  return out;
 }
 
 async function refreshCalls(admin) {
@@ -142,17 +153,13 @@ function row(workload, client, seed, better) {
 }
 
 async function parent() {
-  const cyc = { client: [], seed: [], clientCpu: [], seedCpu: [] };
+  const blocks = Math.max(2, Math.round(cycles / 1_000));
+  process.stderr.write(`node bench: cycles, ${blocks} alternated blocks of 1000 per side\n`);
+  const cyc = child(['cycles', blocks, 1_000]);
   const hb = { client: [], seed: [], clientRps: [], seedRps: [] };
   for (let r = 0; r < rounds; r++) {
     const order = r % 2 === 0 ? ['seed', 'client'] : ['client', 'seed'];
     for (const which of order) {
-      process.stderr.write(`node bench round ${r + 1}/${rounds}: ${which} cycles\n`);
-      const c = child(['cycles', which, cycles]);
-      cyc[which].push(c.rate);
-      cyc[`${which}Cpu`].push(c.cpuUsPerCycle);
-    }
-    for (const which of [...order].reverse()) {
       process.stderr.write(`node bench round ${r + 1}/${rounds}: ${which} heartbeat, ${leases} leases\n`);
       const h = child(['heartbeat', which, leases, holdS]);
       hb[which].push(h.cpuPct);
@@ -160,8 +167,9 @@ async function parent() {
     }
   }
   const k = leases % 1000 === 0 ? `${leases / 1000} k` : String(leases);
-  row(`Node client vs seed SpaceLockService (ioredis) · sequential withSpaceLock, empty body, distinct keys · cycles/s`, cyc.client, cyc.seed, 'higher');
-  row(`Node client vs seed SpaceLockService (ioredis) · sequential withSpaceLock · client CPU µs/cycle`, cyc.clientCpu, cyc.seedCpu, 'lower');
+  const label = `Node client vs seed SpaceLockService (ioredis) · sequential withSpaceLock, empty body, distinct keys, ${blocks} alternated blocks of 1 k`;
+  row(`${label} · cycles/s`, cyc.client, cyc.seed, 'higher');
+  row(`${label} · client process CPU µs/cycle`, cyc.clientCpu, cyc.seedCpu, 'lower');
   row(
     `Node client vs seed SpaceLockService (ioredis) · ${k} leases held, ttl 3 s, ${holdS} s window (refreshes/s: ${fmt(median(hb.clientRps))} vs ${fmt(median(hb.seedRps))}) · process CPU % of a core`,
     hb.client,
@@ -172,7 +180,7 @@ async function parent() {
 
 if (process.argv[2] === 'child') {
   const [what, which, ...rest] = process.argv.slice(3);
-  const job = what === 'cycles' ? childCycles(which, Number(rest[0])) : childHeartbeat(which, Number(rest[0]), Number(rest[1]));
+  const job = what === 'cycles' ? childCycles(Number(which), Number(rest[0])) : childHeartbeat(which, Number(rest[0]), Number(rest[1]));
   job.then(
     (r) => {
       console.log(JSON.stringify(r));
