@@ -111,7 +111,16 @@ export async function acquireOnce(
     // on the hot path); it rejects with "Command timed out".
     command.setTimeout(ttl);
     const p = send(ctx.conn(), command);
-    const s = signal ? await settle(p, Infinity, signal) : await p.then(reply, failure);
+    let s: Settled;
+    if (signal) {
+      s = await settle(p, Infinity, signal);
+    } else {
+      try {
+        s = { kind: 'reply', value: await p };
+      } catch (e) {
+        s = failure(e);
+      }
+    }
     if (s.kind === 'error' && s.error.message === COMMAND_TIMED_OUT) {
       releaseLater(ctx, key, owner, mode); // runs after the ACQUIRE on the same connection
       throw new CommandTimeoutError(mode === 'module' ? 'SPACELOCK.ACQUIRE' : 'SET NX PX', ttl);
