@@ -23,7 +23,7 @@ const quick = !!process.env.QUICK && process.env.QUICK !== '0';
 const rounds = Number(process.env.BENCH_NODE_ROUNDS ?? (quick ? 1 : 3));
 const cycles = Number(process.env.BENCH_NODE_CYCLES ?? (quick ? 5_000 : 20_000));
 const leases = Number(process.env.BENCH_NODE_LEASES ?? 10_000);
-const holdS = Number(process.env.BENCH_NODE_HOLD_S ?? (quick ? 6 : 9)); // whole seconds: whole heartbeat intervals
+const holdS = Number(process.env.BENCH_NODE_HOLD_S ?? (quick ? 3 : 9)); // whole seconds: whole heartbeat intervals
 const TTL_MS = 3_000;
 
 // ---- child side -----------------------------------------------------------
