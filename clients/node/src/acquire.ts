@@ -60,10 +60,12 @@ function settle(p: Promise<unknown>, ms: number, signal?: AbortSignal): Promise<
       resolve(s);
     };
     const onAbort = (): void => finish({ kind: 'abort' });
+    // Observe `p` first, whatever happens next: a rejection nobody handles
+    // would end the process.
+    p.then(reply, failure).then(finish);
     const timer = Number.isFinite(ms) ? setTimeout(() => finish({ kind: 'timeout' }), Math.max(0, ms)) : undefined;
     if (signal?.aborted) return finish({ kind: 'abort' });
     signal?.addEventListener('abort', onAbort, { once: true });
-    p.then(reply, failure).then(finish);
   });
 }
 
