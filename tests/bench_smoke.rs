@@ -74,6 +74,8 @@ fn bench_quick_produces_a_well_formed_table() {
         .env("VALKEY_SERVER", &valkey)
         // Workloads 3-4 need the tokio client crate built: not in a smoke test.
         .env("BENCH_SKIP_CLIENT", "1")
+        // Workload 5 needs the Node client built (make test-node covers it).
+        .env("BENCH_SKIP_NODE", "1")
         .env("BENCH_OUT", &out)
         // The load tool builds in <target>/bench-tool: never our own build lock.
         .env("CARGO_TARGET_DIR", &target)

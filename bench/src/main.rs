@@ -1043,7 +1043,19 @@ fn workloads34(cfg: &Cfg, rows: &mut Vec<Row>, missing: &mut Vec<String>) -> Res
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("{}: {e}", tool.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    collect_rows(&String::from_utf8_lossy(&out.stdout), rows, missing);
+    if !out.status.success() {
+        missing.push(format!(
+            "workloads 3-4: the client bench tool exited with {}",
+            out.status
+        ));
+    }
+    Ok(())
+}
+
+/// `ROW\t<workload>\t<spacelock>\t<baseline>\t<ratio>\t<spread>` and
+/// `MISSING\t<note>` lines from a bench tool's stdout.
+fn collect_rows(text: &str, rows: &mut Vec<Row>, missing: &mut Vec<String>) {
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();
         match f.as_slice() {
@@ -1058,11 +1070,34 @@ fn workloads34(cfg: &Cfg, rows: &mut Vec<Row>, missing: &mut Vec<String>) -> Res
             _ => {}
         }
     }
+}
+
+/// Workload 5: the Node client (clients/node) side by side with the seed's
+/// own SpaceLockService run unmodified on ioredis (`bench/node/run.js`), on a
+/// fresh Redis with the module: cycles/s and the heartbeat's process CPU.
+fn workload5_node(cfg: &Cfg, rows: &mut Vec<Row>, missing: &mut Vec<String>) -> Result<(), String> {
+    let tool = match std::env::var_os("BENCH_NODE_TOOL").map(PathBuf::from) {
+        Some(t) if t.exists() => t,
+        _ => {
+            missing.push(format!(
+                "workload 5 (Node client vs the seed's service: cycles/s, heartbeat CPU of 10 k leases): {}",
+                std::env::var("BENCH_NODE_MISSING").unwrap_or_else(|_| "BENCH_NODE_TOOL not set".into())
+            ));
+            return Ok(());
+        }
+    };
+    let srv = Server::start(&cfg.redis, Some(&cfg.module), &[])?;
+    eprintln!("workload 5 (Node) on {} (port {})", srv.name, srv.port);
+    let out = std::process::Command::new(std::env::var("NODE").unwrap_or_else(|_| "node".into()))
+        .arg(&tool)
+        .env("BENCH_PORT", srv.port.to_string())
+        .env("QUICK", if cfg.quick { "1" } else { "" })
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("node {}: {e}", tool.display()))?;
+    collect_rows(&String::from_utf8_lossy(&out.stdout), rows, missing);
     if !out.status.success() {
-        missing.push(format!(
-            "workloads 3-4: the client bench tool exited with {}",
-            out.status
-        ));
+        missing.push(format!("workload 5: bench/node/run.js exited with {}", out.status));
     }
     Ok(())
 }
@@ -1160,6 +1195,7 @@ fn real_main() -> Result<(), String> {
     workload2(&cfg, &mut rows, &mut raw)?;
     let mut missing = Vec::new();
     workloads34(&cfg, &mut rows, &mut missing)?;
+    workload5_node(&cfg, &mut rows, &mut missing)?;
 
     let mut md = String::new();
     let _ = writeln!(

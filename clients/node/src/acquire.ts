@@ -1,0 +1,270 @@
+/**
+ * Taking a lock: one ACQUIRE, a server-side WAIT on a pooled connection, or
+ * (in Lua mode) polling with backoff and jitter.
+ *
+ * Every attempt writes its own owner value, so whatever an abandoned attempt
+ * may still be granted later is released by an owner-checked RELEASE that can
+ * never touch another lease, not even one of ours.
+ */
+import { acquireCommand, acquireWaitCommand, parseGrant, releaseCommand } from './commands';
+import { send, type RedisConnection } from './connection';
+import { COMMAND_TIMED_OUT, CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
+import type { Mode } from './lease';
+import type { ResolvedOptions } from './options';
+import type { WaitPool } from './wait-pool';
+
+/** What acquiring needs from its SpaceLock. */
+export interface AcquireContext {
+  readonly opts: ResolvedOptions;
+  readonly mode: Mode;
+  conn(): RedisConnection;
+  pool(): WaitPool;
+  /** Connection losses so far on the command connection. */
+  reconnects(): number;
+  /** Switches to Lua mode if `fallback: 'lua'` allows; warns once. */
+  switchToLua(err: Error): boolean;
+  /** An owner-checked RELEASE, awaited for at most `boundMs`; never throws. */
+  release(key: string, owner: string, mode: Mode, boundMs: number): Promise<void>;
+}
+
+/** A grant: its token, when the lease's clock starts, its owner value and mode. */
+export interface Grant {
+  token: bigint | undefined;
+  start: number;
+  owner: string;
+  mode: Mode;
+}
+
+/** Lua mode polls with exponential backoff from 25 ms up to 250 ms, with jitter. */
+const POLL_BASE_MS = 25;
+const POLL_CAP_MS = 250;
+
+type Settled =
+  | { kind: 'reply'; value: unknown }
+  | { kind: 'error'; error: Error }
+  | { kind: 'timeout' }
+  | { kind: 'abort' };
+
+const reply = (value: unknown): Settled => ({ kind: 'reply', value });
+const failure = (error: unknown): Settled => ({
+  kind: 'error',
+  error: error instanceof Error ? error : new Error(String(error)),
+});
+
+/** Waits for `p`, at most `ms`, and no longer than `signal` allows. Never rejects. */
+function settle(p: Promise<unknown>, ms: number, signal?: AbortSignal): Promise<Settled> {
+  return new Promise((resolve) => {
+    const finish = (s: Settled): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      resolve(s);
+    };
+    const onAbort = (): void => finish({ kind: 'abort' });
+    // Observe `p` first, whatever happens next: a rejection nobody handles
+    // would end the process.
+    p.then(reply, failure).then(finish);
+    const timer = Number.isFinite(ms) ? setTimeout(() => finish({ kind: 'timeout' }), Math.max(0, ms)) : undefined;
+    if (signal?.aborted) return finish({ kind: 'abort' });
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onAbort = (): void => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+function moduleNotLoaded(err: Error): ModuleNotLoadedError {
+  return new ModuleNotLoadedError(err.message, { cause: err });
+}
+
+/** Fire-and-forget owner-checked RELEASE (for attempts in doubt). */
+function releaseLater(ctx: AcquireContext, key: string, owner: string, mode: Mode): void {
+  void ctx.release(key, owner, mode, 0);
+}
+
+/**
+ * One ACQUIRE (`SET NX PX` in Lua mode). `null` when the lock is held.
+ * Gives up after one ttl without a reply: a grant that late would be
+ * worthless, as its lease would already count as expired.
+ */
+export async function acquireOnce(
+  ctx: AcquireContext,
+  key: string,
+  owner: string,
+  signal?: AbortSignal,
+): Promise<Grant | null> {
+  for (;;) {
+    const mode = ctx.mode;
+    const ttl = ctx.opts.ttlMs;
+    const epoch = ctx.reconnects();
+    const start = performance.now();
+    const command = acquireCommand(mode, key, owner, ttl);
+    // ioredis' own per-command timer bounds the wait (cheaper than a race
+    // on the hot path); it rejects with "Command timed out".
+    command.setTimeout(ttl);
+    const p = send(ctx.conn(), command);
+    let s: Settled;
+    if (signal) {
+      s = await settle(p, Infinity, signal);
+    } else {
+      try {
+        s = { kind: 'reply', value: await p };
+      } catch (e) {
+        s = failure(e);
+      }
+    }
+    if (s.kind === 'error' && s.error.message === COMMAND_TIMED_OUT) {
+      releaseLater(ctx, key, owner, mode); // runs after the ACQUIRE on the same connection
+      throw new CommandTimeoutError(mode === 'module' ? 'SPACELOCK.ACQUIRE' : 'SET NX PX', ttl);
+    }
+    if (s.kind === 'reply') {
+      let grant: { token: bigint | undefined } | null;
+      try {
+        grant = parseGrant(mode, s.value);
+      } catch (e) {
+        releaseLater(ctx, key, owner, mode);
+        throw e;
+      }
+      if (grant) return { token: grant.token, start, owner, mode };
+      // After a reconnect ioredis may have resent the command: its first copy
+      // may have granted the lock to us, and the resent one then saw it held.
+      if (ctx.reconnects() !== epoch) releaseLater(ctx, key, owner, mode);
+      return null;
+    }
+    if (s.kind === 'error') {
+      if (mode === 'module' && isUnknownSpacelockCommand(s.error)) {
+        if (ctx.switchToLua(s.error)) continue;
+        throw moduleNotLoaded(s.error);
+      }
+      // A connection failure leaves us in doubt whether the server applied it.
+      if (!isReplyError(s.error)) releaseLater(ctx, key, owner, mode);
+      throw s.error;
+    }
+    // The caller gave up: release whatever it grants (the RELEASE queues
+    // behind the ACQUIRE on the same connection).
+    releaseLater(ctx, key, owner, mode);
+    throw signal?.reason;
+  }
+}
+
+/**
+ * Waits up to `waitMs` for the lock: `SPACELOCK.ACQUIRE … WAIT` on a pooled
+ * dedicated connection, or polling in Lua mode. `null` when it timed out.
+ * Never takes longer than `waitMs` plus `waitGraceMs`.
+ */
+export async function acquireWait(
+  ctx: AcquireContext,
+  key: string,
+  owner: string,
+  waitMs: number,
+  signal?: AbortSignal,
+): Promise<Grant | null> {
+  const deadline = performance.now() + waitMs;
+  const hardDeadline = deadline + ctx.opts.waitGraceMs;
+  for (let attempt = 0; ; attempt++) {
+    if (ctx.mode === 'lua') return pollWait(ctx, key, owner, deadline, signal);
+    const pool = ctx.pool();
+    const conn = await pool.checkout(deadline, signal);
+    if (!conn) return null; // every pooled connection stayed busy for the whole wait
+    const attemptOwner = attempt === 0 ? owner : `${owner}.${attempt}`;
+    const left = Math.max(1, Math.ceil(deadline - performance.now()));
+    const p = send(conn, acquireWaitCommand(key, attemptOwner, ctx.opts.ttlMs, left));
+    const s = await settle(p, hardDeadline - performance.now(), signal);
+    const graceLeft = (): number => Math.max(0, hardDeadline - performance.now());
+    if (s.kind === 'reply') {
+      pool.checkin(conn);
+      let grant: { token: bigint | undefined } | null;
+      try {
+        grant = parseGrant('module', s.value);
+      } catch (e) {
+        releaseLater(ctx, key, attemptOwner, 'module');
+        throw e;
+      }
+      // The lease's clock starts when the grant arrives, not before the wait:
+      // the server counts the ttl from the handoff.
+      if (grant) return { token: grant.token, start: performance.now(), owner: attemptOwner, mode: 'module' };
+      await ctx.release(key, attemptOwner, 'module', graceLeft()); // a nil in doubt costs one RELEASE
+      return null;
+    }
+    if (s.kind === 'error') {
+      const err = s.error;
+      if (isUnknownSpacelockCommand(err)) {
+        pool.checkin(conn);
+        if (ctx.switchToLua(err)) continue;
+        throw moduleNotLoaded(err);
+      }
+      if (isReplyError(err)) {
+        pool.checkin(conn);
+        await ctx.release(key, attemptOwner, 'module', graceLeft());
+        throw err;
+      }
+      // The connection failed (closed by the server's idle timeout, say):
+      // release in doubt, and try again on a fresh one while time is left.
+      pool.release();
+      conn.disconnect();
+      releaseLater(ctx, key, attemptOwner, 'module');
+      if (attempt < 2 && performance.now() < deadline) continue;
+      throw err;
+    }
+    abandonWait(ctx, pool, conn, p, key, attemptOwner, left);
+    if (s.kind === 'timeout') {
+      throw new CommandTimeoutError('SPACELOCK.ACQUIRE … WAIT', Math.round(waitMs + ctx.opts.waitGraceMs));
+    }
+    throw signal?.reason;
+  }
+}
+
+/**
+ * Gives up on a blocked WAIT without losing track of it. A RELEASE queued on
+ * the same connection runs right after the WAIT ends on the server, so it
+ * also undoes a grant that happens later; another goes out on the command
+ * connection in case this one is dead. The connection is closed once both
+ * have answered, or after the wait plus one ttl, when any grant has expired.
+ */
+function abandonWait(
+  ctx: AcquireContext,
+  pool: WaitPool,
+  conn: RedisConnection,
+  wait: Promise<unknown>,
+  key: string,
+  owner: string,
+  waitMs: number,
+): void {
+  pool.release();
+  const queued = send(conn, releaseCommand('module', key, owner));
+  releaseLater(ctx, key, owner, 'module');
+  const bound = setTimeout(() => conn.disconnect(), waitMs + ctx.opts.ttlMs);
+  bound.unref();
+  void Promise.allSettled([wait, queued]).then(() => {
+    clearTimeout(bound);
+    conn.disconnect();
+  });
+}
+
+/** Lua mode's wait: `SET NX PX` again and again, with backoff and jitter. */
+async function pollWait(
+  ctx: AcquireContext,
+  key: string,
+  owner: string,
+  deadline: number,
+  signal?: AbortSignal,
+): Promise<Grant | null> {
+  for (let i = 0; ; i++) {
+    const grant = await acquireOnce(ctx, key, owner, signal);
+    if (grant) return grant;
+    const left = deadline - performance.now();
+    if (left <= 0) return null;
+    const backoff = Math.min(POLL_CAP_MS, POLL_BASE_MS * 2 ** i);
+    await sleep(Math.min(left, backoff * (0.5 + Math.random() / 2)), signal);
+  }
+}

@@ -1,0 +1,90 @@
+/**
+ * The commands behind each lock operation, for both modes: the module's
+ * `SPACELOCK.*`, and the seed's exact `SET NX PX` + Lua (`fallback: 'lua'`).
+ */
+import { Command } from 'ioredis';
+import { KeyedCommand } from './connection';
+import type { Mode } from './lease';
+
+/** The seed's release script, byte for byte (space-lock.service.ts). */
+export const SEED_RELEASE_LUA =
+  'if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end';
+/** The seed's refresh script, byte for byte (space-lock.service.ts). */
+export const SEED_REFRESH_LUA =
+  'if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end';
+
+export function acquireCommand(mode: Mode, key: string, owner: string, ttlMs: number): Command {
+  return mode === 'module'
+    ? new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs)])
+    : new Command('set', [key, owner, 'PX', String(ttlMs), 'NX'], { replyEncoding: 'utf8' });
+}
+
+export function acquireWaitCommand(key: string, owner: string, ttlMs: number, waitMs: number): Command {
+  return new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs), 'WAIT', String(waitMs)]);
+}
+
+/** The heartbeat's refresh, as a name and arguments (the key first for the module). */
+export function refreshSpec(mode: Mode, key: string, owner: string, ttlMs: number): { name: string; args: string[] } {
+  return mode === 'module'
+    ? { name: 'spacelock.refresh', args: [key, owner, String(ttlMs)] }
+    : { name: 'eval', args: [SEED_REFRESH_LUA, '1', key, owner, String(ttlMs)] };
+}
+
+export function releaseCommand(mode: Mode, key: string, owner: string): Command {
+  return mode === 'module'
+    ? new KeyedCommand('spacelock.release', [key, owner])
+    : new Command('eval', [SEED_RELEASE_LUA, '1', key, owner], { replyEncoding: 'utf8' });
+}
+
+export function infoCommand(key: string): Command {
+  return new KeyedCommand('spacelock.info', [key]);
+}
+
+/**
+ * The grant in an ACQUIRE reply: `null` when the lock is held, else the
+ * token (`undefined` in Lua mode). Replies arrive as strings
+ * (`stringNumbers: true`), so the token is exact.
+ */
+export function parseGrant(mode: Mode, reply: unknown): { token: bigint | undefined } | null {
+  if (reply === null) return null;
+  if (mode === 'lua') {
+    if (reply === 'OK') return { token: undefined };
+  } else if (typeof reply === 'string' && /^[0-9]+$/.test(reply)) {
+    return { token: BigInt(reply) };
+  }
+  throw new TypeError(`unexpected reply to ${mode === 'module' ? 'SPACELOCK.ACQUIRE' : 'SET NX PX'}: ${String(reply)}`);
+}
+
+/** 1 → true, 0 → false (REFRESH, RELEASE and the seed's scripts). */
+export function parseFlag(command: string, reply: unknown): boolean {
+  if (reply === '1' || reply === 1) return true;
+  if (reply === '0' || reply === 0) return false;
+  throw new TypeError(`unexpected reply to ${command}: ${String(reply)}`);
+}
+
+/** A held lock, from `SPACELOCK.INFO`. */
+export interface LockInfo {
+  /** The value stored in the key. */
+  owner: string;
+  /** Remaining time to live in ms (-1: no expiry). */
+  ttlMs: number;
+  /** The last token issued for the key (the holder's, if it used the module). */
+  token: bigint;
+  /** Clients blocked in `SPACELOCK.ACQUIRE … WAIT` on this key. */
+  waiters: number;
+}
+
+export function parseInfo(reply: unknown): LockInfo | null {
+  if (reply === null) return null;
+  if (!Array.isArray(reply) || reply.length % 2 !== 0) {
+    throw new TypeError(`unexpected reply to SPACELOCK.INFO: ${String(reply)}`);
+  }
+  const f = new Map<string, unknown>();
+  for (let i = 0; i < reply.length; i += 2) f.set(String(reply[i]), reply[i + 1]);
+  return {
+    owner: String(f.get('owner')),
+    ttlMs: Number(f.get('ttl_ms')),
+    token: BigInt(String(f.get('token'))),
+    waiters: Number(f.get('waiters') ?? 0),
+  };
+}

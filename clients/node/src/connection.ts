@@ -1,0 +1,275 @@
+/**
+ * The connections a SpaceLock runs its commands on.
+ *
+ * ioredis parses integer replies into JS numbers unless the connection has
+ * `stringNumbers: true`, and fencing tokens may exceed 2^53. So a SpaceLock
+ * never sends on the user's connection: it duplicates it with
+ * `stringNumbers: true` (and without the user's `keyPrefix`, which ioredis
+ * would apply to `SET`/`EVAL` keys but not to `SPACELOCK.*` keys: the
+ * SpaceLock prepends it itself, so every command sees the same key).
+ */
+import { Command } from 'ioredis';
+import type { Cluster, Redis, RedisOptions } from 'ioredis';
+
+/** What a SpaceLock accepts: a single-node connection or a cluster. */
+export type RedisConnection = Redis | Cluster;
+
+export function isCluster(conn: RedisConnection): conn is Cluster {
+  return (conn as { isCluster?: boolean }).isCluster === true;
+}
+
+/** The key prefix ioredis would apply to known commands on `conn`. */
+export function connectionKeyPrefix(conn: RedisConnection): string {
+  const opts = conn.options as { keyPrefix?: string; redisOptions?: { keyPrefix?: string } };
+  return opts.keyPrefix || opts.redisOptions?.keyPrefix || '';
+}
+
+/**
+ * A command whose key is its first argument. ioredis only knows the key
+ * positions of built-in commands; without this, a Cluster would send
+ * `SPACELOCK.*` commands to a random node and follow MOVED every time, and
+ * refuse to pipeline them.
+ */
+export class KeyedCommand extends Command {
+  private readonly lockKey: string;
+
+  constructor(name: string, args: string[]) {
+    super(name, args, { replyEncoding: 'utf8' });
+    this.lockKey = args[0] as string;
+  }
+
+  override getKeys(): Array<string | Buffer> {
+    return [this.lockKey];
+  }
+}
+
+/** The RESP encoding of a command, as ioredis writes it. */
+export function encodeCommand(name: string, args: readonly string[]): string {
+  let out = `*${args.length + 1}\r\n$${Buffer.byteLength(name)}\r\n${name}\r\n`;
+  for (const a of args) out += `$${Buffer.byteLength(a)}\r\n${a}\r\n`;
+  return out;
+}
+
+/**
+ * A command for the heartbeat's hot path: its wire form is encoded once per
+ * lease and reused every tick, and its reply goes straight to `onReply`
+ * instead of through a promise (at 10 000 leases, ioredis' per-command
+ * promise and pipeline bookkeeping cost more than everything else together).
+ * `onReply` is called once, with the reply or the error.
+ */
+export class ReplyCommand extends Command {
+  private readonly lockKey: string;
+  private readonly wire: string;
+
+  constructor(name: string, args: string[], wire: string, onReply: (err: Error | null, reply: unknown) => void) {
+    super(name, args);
+    this.lockKey = args[0] as string;
+    this.wire = wire;
+    let done = false;
+    this.resolve = (reply: unknown): void => {
+      // Also stops a `commandTimeout` timer from rejecting after the reply.
+      this.isResolved = true;
+      if (done) return;
+      done = true;
+      onReply(null, reply);
+    };
+    this.reject = (err: Error): void => {
+      if (done) return;
+      done = true;
+      onReply(err, null);
+    };
+  }
+
+  override getKeys(): Array<string | Buffer> {
+    return [this.lockKey];
+  }
+
+  override toWritable(): string {
+    return this.wire;
+  }
+}
+
+/**
+ * One heartbeat batch on a single-node connection, as one Command object
+ * sent once per lease: ioredis queues an entry per send and settles them in
+ * order, one reply each, so the n-th resolve or reject is the n-th lease's.
+ * A Command and its promise per refresh cost four times as much CPU as the
+ * refresh itself. This relies on every entry settling in queue order, so the
+ * connection it runs on must have no `commandTimeout` (whose timer would
+ * reject out of order) and no resending after a reconnect.
+ */
+export class BatchCommand extends Command {
+  private written = 0;
+  private settled = 0;
+
+  constructor(
+    private readonly wires: readonly string[],
+    onReply: (index: number, err: Error | null, reply: unknown) => void,
+  ) {
+    super('spacelock.refresh', []);
+    this.resolve = (reply: unknown): void => onReply(this.settled++, null, reply);
+    this.reject = (err: Error): void => onReply(this.settled++, err, null);
+  }
+
+  override toWritable(): string {
+    return this.wires[this.written++] ?? '';
+  }
+
+  /** Writes the whole batch to `conn` in one socket write, as ioredis' Pipeline does. */
+  sendOn(conn: Redis): void {
+    let pending = this.wires.length;
+    let data = '';
+    // `sendCommand`'s stream argument is how ioredis' own Pipeline batches writes.
+    const stream = {
+      isPipeline: true,
+      destination: { redis: conn },
+      write(chunk: string): void {
+        data += chunk;
+        if (--pending === 0) conn.stream.write(data);
+      },
+    };
+    for (let i = 0; i < this.wires.length; i++) conn.sendCommand(this, stream as never);
+  }
+}
+
+/**
+ * The heartbeat's own connection (single node): no command timeout and no
+ * resending, as {@link BatchCommand} needs. Refreshes lost with a broken
+ * connection are simply sent afresh at the next tick.
+ */
+export function duplicateForHeartbeats(conn: Redis): Redis {
+  return conn.duplicate({
+    stringNumbers: true,
+    keyPrefix: '',
+    commandTimeout: undefined,
+    autoResendUnfulfilledCommands: false,
+    enableOfflineQueue: true,
+  });
+}
+
+/** Sends `command` on `conn` and returns its reply. */
+export function send(conn: RedisConnection, command: Command): Promise<unknown> {
+  conn.sendCommand(command);
+  return command.promise as Promise<unknown>;
+}
+
+/**
+ * ioredis builds a Cluster's slot map from `CLUSTER SLOTS`, read on a copy
+ * of a node connection. With `stringNumbers` the slot numbers arrive as
+ * strings and its `for (slot = "5461"; slot <= "10921"; …)` loop skips
+ * every range whose bounds compare the wrong way as text: those slots are
+ * unmapped and every command to them bounces off MOVED. So on our cluster
+ * copies, the slot reader's connection parses numbers as numbers again. If a
+ * future ioredis renames this method, commands still work (via MOVED).
+ */
+function readSlotsWithNumbers(cluster: Cluster): Cluster {
+  type GetInfo = (this: Cluster, node: Redis | undefined, callback: (err?: Error) => void) => void;
+  const target = cluster as unknown as { getInfoFromNode?: GetInfo };
+  const original = target.getInfoFromNode;
+  if (typeof original !== 'function') return cluster;
+  target.getInfoFromNode = function (node, callback) {
+    const plain =
+      node &&
+      (Object.create(node, {
+        duplicate: { value: (o: RedisOptions = {}) => node.duplicate({ ...o, stringNumbers: false }) },
+      }) as Redis);
+    return original.call(this, plain, callback);
+  };
+  return cluster;
+}
+
+/**
+ * A connection for ordinary (non-blocking) lock commands. Our copies are
+ * opened on first use, so the first command always meets a connecting
+ * socket: they queue commands until ready even if yours has
+ * `enableOfflineQueue: false`.
+ */
+export function duplicateForCommands(conn: RedisConnection): RedisConnection {
+  const own = { stringNumbers: true, keyPrefix: '' };
+  if (isCluster(conn)) {
+    return readSlotsWithNumbers(
+      conn.duplicate([], {
+        keyPrefix: '',
+        enableOfflineQueue: true,
+        redisOptions: { ...conn.options.redisOptions, ...own },
+      }),
+    );
+  }
+  return conn.duplicate({ ...own, enableOfflineQueue: true });
+}
+
+/**
+ * A dedicated connection for one blocking `SPACELOCK.ACQUIRE … WAIT` at a
+ * time: no command timeout (the SpaceLock applies its own deadline), no
+ * resending after a reconnect and no reconnecting (a broken connection is
+ * dropped from the pool), so a wait is never silently repeated.
+ */
+export function duplicateForWaits(conn: RedisConnection): RedisConnection {
+  const own = {
+    stringNumbers: true,
+    keyPrefix: '',
+    commandTimeout: undefined,
+    autoResendUnfulfilledCommands: false,
+    reconnectOnError: null,
+    lazyConnect: false,
+  };
+  if (isCluster(conn)) {
+    return readSlotsWithNumbers(
+      conn.duplicate([], {
+        keyPrefix: '',
+        lazyConnect: false,
+        enableOfflineQueue: true,
+        redisOptions: { ...conn.options.redisOptions, ...own },
+      }),
+    );
+  }
+  return conn.duplicate({ ...own, enableOfflineQueue: true, retryStrategy: () => null });
+}
+
+/** Whether a pooled connection can still carry a command. */
+export function isUsable(conn: RedisConnection): boolean {
+  return conn.status !== 'end' && conn.status !== 'close' && conn.status !== 'disconnecting';
+}
+
+/** Closes a connection we own: QUIT, then a hard disconnect if that fails or stalls. */
+export async function closeConnection(conn: RedisConnection, timeoutMs = 1_000): Promise<void> {
+  if (!isUsable(conn) || conn.status === 'wait') {
+    conn.disconnect();
+    return;
+  }
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      conn.quit(),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, timeoutMs);
+      }),
+    ]);
+  } catch {
+    // QUIT failed: the hard disconnect below is all we can do.
+  } finally {
+    clearTimeout(timer);
+    conn.disconnect();
+  }
+}
+
+/**
+ * Counts connection losses on `conn` (every node of a cluster), so a caller
+ * can tell whether a reply may come from a command that ioredis resent after
+ * a reconnect.
+ */
+export class ReconnectCounter {
+  epoch = 0;
+
+  constructor(conn: RedisConnection) {
+    const bump = (): void => {
+      this.epoch++;
+    };
+    if (isCluster(conn)) {
+      conn.on('+node', (node: Redis) => node.on('close', bump));
+      conn.on('-node', bump);
+    } else {
+      conn.on('close', bump);
+    }
+  }
+}

@@ -1,0 +1,177 @@
+/**
+ * One heartbeat per SpaceLock: a single unref'ed timer that, every ttl/3,
+ * refreshes every held lease with one pipelined batch: one socket write on a
+ * single node; on a cluster the client routes each refresh to its slot's
+ * node. The seed runs one setInterval and one full EVAL per lease instead.
+ *
+ * A lease is lost when a refresh answers 0, or when no refresh has succeeded
+ * within one ttl of the *start* of the last successful one (or of the
+ * acquire), on the monotonic clock. Between ticks the timer also wakes at the
+ * earliest such deadline, so a loss is signalled on time even when refreshes
+ * are failing.
+ */
+import { BatchCommand, ReplyCommand, type RedisConnection } from './connection';
+import type { Redis } from 'ioredis';
+import type { LeaseState } from './lease';
+import { refreshInterval, type SpaceLockLogger } from './options';
+
+export class Heartbeat {
+  private readonly leases = new Set<LeaseState>();
+  private timer: NodeJS.Timeout | undefined;
+  private nextTickAt = 0;
+  private readonly interval: number;
+
+  /**
+   * @param conn where refreshes go: a Cluster (each refresh is routed to its
+   *   slot's node), or a single-node connection for {@link BatchCommand}.
+   */
+  constructor(
+    private readonly conn: () => { cluster: RedisConnection } | { single: Redis },
+    private readonly ttlMs: number,
+    private readonly logger: SpaceLockLogger,
+  ) {
+    this.interval = refreshInterval(ttlMs);
+  }
+
+  /** Leases being refreshed right now. */
+  get size(): number {
+    return this.leases.size;
+  }
+
+  add(lease: LeaseState): void {
+    this.leases.add(lease);
+    if (this.timer === undefined) {
+      try {
+        this.conn(); // open the heartbeat's connection now, so it is ready by the first tick
+      } catch {
+        // closed: the first tick reports it
+      }
+      this.nextTickAt = performance.now() + this.interval;
+      this.schedule(this.interval);
+    }
+  }
+
+  /** The timer stays armed when the last lease goes; its next tick stops it if none came back. */
+  delete(lease: LeaseState): void {
+    this.leases.delete(lease);
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private schedule(ms: number): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(this.tick, Math.max(1, Math.ceil(ms)));
+    this.timer.unref();
+  }
+
+  private readonly tick = (): void => {
+    this.timer = undefined;
+    const now = performance.now();
+    // Timers may fire a hair early; a tick within 1 ms of its time counts.
+    const refreshDue = now >= this.nextTickAt - 1;
+    if (refreshDue) {
+      // A steady cadence (a late tick does not push the next one back),
+      // unless we fell a whole interval behind, e.g. after a stalled loop.
+      this.nextTickAt += this.interval;
+      if (this.nextTickAt <= now) this.nextTickAt = now + this.interval;
+    }
+    const due: LeaseState[] = [];
+    let earliest = Infinity;
+    for (const lease of this.leases) {
+      if (lease.reason !== undefined) {
+        this.leases.delete(lease);
+        continue;
+      }
+      if (lease.checkLost(now)) {
+        this.logger.warn(`spacelock: lease lost on ${lease.key}: no refresh succeeded within the ttl (${this.ttlMs} ms)`);
+        this.leases.delete(lease);
+        continue;
+      }
+      // One refresh in flight per lease, unless it has been stuck for a whole interval.
+      const stuck = lease.refreshSentAt === undefined || now - lease.refreshSentAt >= this.interval - 1;
+      if (refreshDue && stuck) {
+        lease.refreshSentAt = now;
+        due.push(lease);
+      }
+      earliest = Math.min(earliest, lease.deadline);
+    }
+    if (due.length > 0) this.send(due, now);
+    if (this.leases.size > 0) this.schedule(Math.min(this.nextTickAt, earliest) - now);
+    else this.stop();
+  };
+
+  private send(due: LeaseState[], sentAt: number): void {
+    const tally = { left: due.length, failed: 0, firstError: '' };
+    const done = (): void => {
+      if (--tally.left > 0 || tally.failed === 0) return;
+      // One line per failed batch, not one per lease: 10 000 leases on a dead
+      // server must not print 10 000 warnings a tick.
+      this.logger.warn(`spacelock: refresh failed for ${tally.failed} lease(s), retrying next tick: ${tally.firstError}`);
+    };
+    const fail = (message: string): void => {
+      tally.failed++;
+      tally.firstError ||= message;
+    };
+    const onReply = (lease: LeaseState, err: Error | null, reply: unknown): void => {
+      if (lease.refreshSentAt === sentAt) lease.refreshSentAt = undefined;
+      const problem = err ? err.message : this.onReply(lease, sentAt, reply);
+      if (problem) fail(problem);
+      done();
+    };
+    let target: ReturnType<typeof this.conn>;
+    try {
+      target = this.conn();
+    } catch (err) {
+      // The SpaceLock was closed under a held lease: nothing can refresh it.
+      for (const lease of due) onReply(lease, err instanceof Error ? err : new Error(String(err)), null);
+      return;
+    }
+    if ('cluster' in target) {
+      for (const lease of due) {
+        const { name, args, wire } = lease.refreshCommand;
+        const command = new ReplyCommand(name, args, wire, (err, reply) => onReply(lease, err, reply));
+        target.cluster.sendCommand(command);
+      }
+      return;
+    }
+    const conn = target.single;
+    const batch = new BatchCommand(
+      due.map((lease) => lease.refreshCommand.wire),
+      (i, err, reply) => {
+        const lease = due[i];
+        if (lease) onReply(lease, err, reply);
+      },
+    );
+    if (!['reconnecting', 'close', 'end', 'disconnecting'].includes(conn.status)) {
+      batch.sendOn(conn); // still connecting: ioredis queues it until ready
+    } else {
+      // Queueing refreshes behind a reconnect would pile up a batch per
+      // tick; the next tick sends fresh ones.
+      const err = new Error(`connection is ${conn.status}`);
+      for (let i = 0; i < due.length; i++) batch.reject(err);
+    }
+  }
+
+  /** Applies one refresh reply; returns a problem to report, if any. */
+  private onReply(lease: LeaseState, sentAt: number, reply: unknown): string | undefined {
+    if (lease.reason !== undefined || !this.leases.has(lease)) return undefined; // lost or released meanwhile
+    if (reply === '1' || reply === 1) {
+      if (sentAt > lease.lastOkStart) lease.lastOkStart = sentAt;
+      if (lease.checkLost()) {
+        this.logger.warn(`spacelock: lease lost on ${lease.key}: the refresh reply came back after the ttl`);
+        this.delete(lease);
+      }
+      return undefined;
+    }
+    if (reply === '0' || reply === 0) {
+      this.logger.warn(`spacelock: lease lost on ${lease.key}: the lock expired, was deleted, or has another owner`);
+      lease.lose('not-owner');
+      this.delete(lease);
+      return undefined;
+    }
+    return `unexpected reply ${String(reply)}`;
+  }
+}

@@ -1,0 +1,20 @@
+/**
+ * spacelock-client: lease locks over Redis/Valkey with the spacelock module,
+ * for ioredis. See README.md.
+ *
+ * @packageDocumentation
+ */
+export { SpaceLock, isSkipped, type Skipped, type SkipReason } from './space-lock';
+export { Lease } from './lease';
+export type { Mode } from './lease';
+export type { LockInfo } from './commands';
+export { SEED_REFRESH_LUA, SEED_RELEASE_LUA } from './commands';
+export type { SpaceLockLogger, SpaceLockOptions, WithSpaceLockOptions } from './options';
+export type { RedisConnection } from './connection';
+export {
+  SpaceLockError,
+  ModuleNotLoadedError,
+  CommandTimeoutError,
+  LeaseLostError,
+  type LostReason,
+} from './errors';

@@ -1,0 +1,187 @@
+import { refreshSpec } from './commands';
+import { encodeCommand } from './connection';
+import { LeaseLostError, type LostReason } from './errors';
+
+/** Which command set took a lease: the module's, or the seed's SET NX PX + Lua. */
+export type Mode = 'module' | 'lua';
+
+/**
+ * The bookkeeping of one held lease, shared by the {@link Lease} handed to
+ * the body and the heartbeat. Times are `performance.now()` (monotonic).
+ */
+export class LeaseState {
+  /** Start of the last successful refresh (or the acquire's start). */
+  lastOkStart: number;
+  /** When the refresh in flight was sent, if one is. */
+  refreshSentAt: number | undefined;
+  reason: LostReason | undefined;
+  // The signal, the lost promise and the refresh's wire form are made on
+  // first use: a short body that never looks at them (the seed's callers)
+  // then pays for none of them.
+  private controller: AbortController | undefined;
+  private callerReason: { reason: unknown } | undefined;
+  private lostPromise: Promise<LostReason> | undefined;
+  private resolveLost: ((r: LostReason) => void) | undefined;
+  private refresh: { name: string; args: string[]; wire: string } | undefined;
+
+  constructor(
+    readonly key: string,
+    readonly redisKey: string,
+    readonly owner: string,
+    readonly ttlMs: number,
+    readonly mode: Mode,
+    start: number,
+  ) {
+    this.lastOkStart = start;
+  }
+
+  /** The heartbeat's refresh for this lease, encoded once. */
+  get refreshCommand(): { name: string; args: string[]; wire: string } {
+    if (!this.refresh) {
+      const { name, args } = refreshSpec(this.mode, this.redisKey, this.owner, this.ttlMs);
+      this.refresh = { name, args, wire: encodeCommand(name, args) };
+    }
+    return this.refresh;
+  }
+
+  /** Local deadline: no refresh succeeded within one ttl after this. */
+  get deadline(): number {
+    return this.lastOkStart + this.ttlMs;
+  }
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.callerReason) this.controller.abort(this.callerReason.reason);
+      else if (this.reason !== undefined) this.controller.abort(this.lostError(this.reason));
+    }
+    return this.controller.signal;
+  }
+
+  get lost(): Promise<LostReason> {
+    if (!this.lostPromise) {
+      this.lostPromise =
+        this.reason !== undefined
+          ? Promise.resolve(this.reason)
+          : new Promise((resolve) => {
+              this.resolveLost = resolve;
+            });
+    }
+    return this.lostPromise;
+  }
+
+  /** Ends the lease (the first reason stays) and aborts its signal. */
+  lose(reason: LostReason): void {
+    if (this.reason !== undefined) return;
+    this.reason = reason;
+    this.resolveLost?.(reason);
+    if (this.controller && !this.controller.signal.aborted) this.controller.abort(this.lostError(reason));
+  }
+
+  /** Aborts the body's signal for the caller's own cancellation (the lease is not lost). */
+  abortFromCaller(reason: unknown): void {
+    if (this.controller) {
+      if (!this.controller.signal.aborted) this.controller.abort(reason);
+    } else if (this.reason === undefined) {
+      this.callerReason ??= { reason };
+    }
+  }
+
+  /** Whether the lease has ended, checking the deadline itself (no heartbeat needed). */
+  checkLost(now = performance.now()): boolean {
+    if (this.reason !== undefined) return true;
+    if (now >= this.deadline) {
+      this.lose('expired');
+      return true;
+    }
+    return false;
+  }
+
+  /**
+   * The abort reason. Its stack would only show a timer callback, and
+   * capturing one costs more than the rest of a lock cycle: leave it out.
+   */
+  private lostError(reason: LostReason): LeaseLostError {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
+    try {
+      return new LeaseLostError(this.key, reason);
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
+  }
+}
+
+/**
+ * A held lock, as seen by the body running under it.
+ *
+ * @example
+ * ```ts
+ * await locks.withSpaceLock('space-42', async (lease) => {
+ *   await store.write(data, { fencingToken: lease.token, signal: lease.signal });
+ * });
+ * ```
+ */
+export class Lease {
+  readonly #state: LeaseState;
+  /** The lock name as passed to `withSpaceLock`. */
+  readonly name: string;
+  /**
+   * The fencing token of this grant, strictly greater than every token
+   * issued before for the key. `undefined` when the lease was taken with
+   * `fallback: 'lua'` on a server without the module.
+   */
+  readonly token: bigint | undefined;
+
+  /** @internal */
+  constructor(name: string, token: bigint | undefined, state: LeaseState) {
+    this.name = name;
+    this.token = token;
+    this.#state = state;
+  }
+
+  /** The lock's key: the SpaceLock's `keyPrefix` followed by the name. */
+  get key(): string {
+    return this.#state.key;
+  }
+
+  /** The value stored in the key while this lease holds it. */
+  get owner(): string {
+    return this.#state.owner;
+  }
+
+  /** The time to live the lease is refreshed with (ms). */
+  get ttlMs(): number {
+    return this.#state.ttlMs;
+  }
+
+  /**
+   * Aborted when the lease is lost (a refresh answered 0, or no refresh
+   * succeeded within one ttl), when the call's own `signal` aborts, and
+   * once the body has finished and the lock is released. Its `reason` is a
+   * {@link LeaseLostError} (or the caller's abort reason).
+   */
+  get signal(): AbortSignal {
+    return this.#state.signal;
+  }
+
+  /** Resolves with the reason once the lease has ended; never rejects. */
+  get lost(): Promise<LostReason> {
+    return this.#state.lost;
+  }
+
+  /**
+   * Whether the lease has ended. Also true as soon as the local deadline
+   * (start of the last successful refresh + ttl) has passed, even if the
+   * heartbeat has not run yet (a busy event loop).
+   */
+  isLost(): boolean {
+    return this.#state.checkLost();
+  }
+
+  /** Why the lease ended, or `undefined` while it is held. */
+  lostReason(): LostReason | undefined {
+    this.#state.checkLost();
+    return this.#state.reason;
+  }
+}

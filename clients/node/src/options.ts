@@ -1,0 +1,114 @@
+import { randomUUID } from 'node:crypto';
+
+/**
+ * A NestJS-compatible logger: `new Logger('SpaceLock')` from `@nestjs/common`
+ * fits, and so does `console`.
+ */
+export interface SpaceLockLogger {
+  log(message: string, ...rest: unknown[]): unknown;
+  warn(message: string, ...rest: unknown[]): unknown;
+  error(message: string, ...rest: unknown[]): unknown;
+}
+
+/** Options of a {@link SpaceLock}. */
+export interface SpaceLockOptions {
+  /**
+   * Lease time to live in ms; the heartbeat refreshes every `ttlMs / 3`.
+   * Default 30 000.
+   */
+  ttlMs?: number;
+  /** Prepended to every lock name to form its Redis key. Default `'spacelock:lock:'`. */
+  keyPrefix?: string;
+  /**
+   * This instance's id (the seed's `instanceId`). Each lease writes
+   * `<owner>:<n>` into its key, so a late command of an old lease can never
+   * touch a newer one. Default: a fresh UUID v4.
+   */
+  owner?: string;
+  /** Where warnings go. Default: `console.warn` / `console.error`, nothing for `log`. */
+  logger?: SpaceLockLogger;
+  /**
+   * `'lua'`: on a server without the module, run the seed's exact commands
+   * (`SET NX PX` and its Lua refresh and release). Locks taken either way
+   * exclude each other. Default: off (a {@link ModuleNotLoadedError} is thrown).
+   */
+  fallback?: 'lua';
+  /** Most dedicated connections for `waitMs` acquires. Default 4. */
+  waitConnections?: number;
+  /**
+   * How long past `waitMs` a waiting call may take before it gives up on the
+   * server's reply. Default 2 000 ms.
+   */
+  waitGraceMs?: number;
+  /**
+   * How long `withSpaceLock` waits for the release before it returns `fn`'s
+   * result anyway (the release goes on in the background). Default 2 000 ms.
+   */
+  releaseTimeoutMs?: number;
+}
+
+/** Options of one {@link SpaceLock.withSpaceLock} call. */
+export interface WithSpaceLockOptions {
+  /**
+   * Wait up to this many ms for a held lock, queued on the server
+   * (`SPACELOCK.ACQUIRE … WAIT`). Omitted or 0: do not wait.
+   */
+  waitMs?: number;
+  /**
+   * Cancels the call: while waiting it stops the wait (the call rejects with
+   * the signal's reason); while `fn` runs it aborts `lease.signal`.
+   */
+  signal?: AbortSignal;
+}
+
+/** Options with defaults applied. */
+export interface ResolvedOptions {
+  ttlMs: number;
+  keyPrefix: string;
+  owner: string;
+  logger: SpaceLockLogger;
+  fallback: 'lua' | undefined;
+  waitConnections: number;
+  waitGraceMs: number;
+  releaseTimeoutMs: number;
+}
+
+const consoleLogger: SpaceLockLogger = {
+  log: () => undefined,
+  warn: (m: string) => console.warn(`[spacelock] ${m}`),
+  error: (m: string) => console.error(`[spacelock] ${m}`),
+};
+
+function positiveInt(name: string, v: number | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!Number.isFinite(v) || v <= 0) throw new RangeError(`${name} must be a positive number, got ${v}`);
+  return Math.ceil(v);
+}
+
+function nonNegative(name: string, v: number | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!Number.isFinite(v) || v < 0) throw new RangeError(`${name} must be a finite number ≥ 0, got ${v}`);
+  return v;
+}
+
+export function resolveOptions(o: SpaceLockOptions = {}): ResolvedOptions {
+  if (o.fallback !== undefined && o.fallback !== 'lua') {
+    throw new RangeError(`fallback must be 'lua' or undefined, got ${String(o.fallback)}`);
+  }
+  if (o.owner !== undefined && o.owner.length === 0) throw new RangeError('owner must not be empty');
+  return {
+    ttlMs: positiveInt('ttlMs', o.ttlMs, 30_000),
+    keyPrefix: o.keyPrefix ?? 'spacelock:lock:',
+    owner: o.owner ?? randomUUID(),
+    logger: o.logger ?? consoleLogger,
+    fallback: o.fallback,
+    waitConnections: positiveInt('waitConnections', o.waitConnections, 4),
+    waitGraceMs: nonNegative('waitGraceMs', o.waitGraceMs, 2_000),
+    releaseTimeoutMs: nonNegative('releaseTimeoutMs', o.releaseTimeoutMs, 2_000),
+  };
+}
+
+/** Interval between heartbeats: `max(1, floor(ttl / 3))` ms, as the seed computes it. */
+export function refreshInterval(ttlMs: number): number {
+  return Math.max(1, Math.floor(ttlMs / 3));
+}

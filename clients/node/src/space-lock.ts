@@ -1,0 +1,323 @@
+import type { Redis } from 'ioredis';
+import { acquireOnce, acquireWait, type AcquireContext, type Grant } from './acquire';
+import { infoCommand, parseInfo, releaseCommand, type LockInfo } from './commands';
+import {
+  closeConnection,
+  connectionKeyPrefix,
+  duplicateForCommands,
+  duplicateForHeartbeats,
+  duplicateForWaits,
+  isCluster,
+  ReconnectCounter,
+  send,
+  type RedisConnection,
+} from './connection';
+import { COMMAND_TIMED_OUT, isUnknownSpacelockCommand, ModuleNotLoadedError, SpaceLockError } from './errors';
+import { Heartbeat } from './heartbeat';
+import { Lease, LeaseState, type Mode } from './lease';
+import { resolveOptions, type ResolvedOptions, type SpaceLockOptions, type WithSpaceLockOptions } from './options';
+import { WaitPool } from './wait-pool';
+
+/** Why `withSpaceLock` did not run `fn`. */
+export type SkipReason = 'in-progress' | 'lock-held' | 'timed-out';
+
+/** The sentinel `withSpaceLock` returns instead of `fn`'s value when it did not run `fn`. */
+export interface Skipped<R extends SkipReason = SkipReason> {
+  readonly skipped: R;
+}
+
+/** Whether `withSpaceLock`'s result is a skip sentinel rather than `fn`'s value. */
+export function isSkipped(value: unknown): value is Skipped {
+  if (typeof value !== 'object' || value === null || !('skipped' in value)) return false;
+  const s = (value as { skipped: unknown }).skipped;
+  return s === 'in-progress' || s === 'lock-held' || s === 'timed-out';
+}
+
+/**
+ * Per-name lease locks over Redis with the spacelock module: the seed's
+ * `SpaceLockService`, with fencing tokens, a lost-lease signal, one batched
+ * heartbeat and fair server-side waiting.
+ *
+ * A SpaceLock runs its commands on connections it duplicates from the one
+ * you pass (with `stringNumbers: true`, so tokens above 2^53 stay exact);
+ * call {@link SpaceLock.close} on shutdown. Your connection is never used
+ * for commands nor closed.
+ *
+ * @example
+ * ```ts
+ * const locks = new SpaceLock(redis, { ttlMs: 30_000, keyPrefix: 'git-sync:lock:' });
+ * const r = await locks.withSpaceLock(spaceId, async (lease) => sync(lease.token, lease.signal));
+ * if (isSkipped(r)) return r.skipped; // 'in-progress' | 'lock-held'
+ * ```
+ */
+export class SpaceLock {
+  /** This instance's id; each lease writes `<owner>:<n>` into its key. */
+  readonly owner: string;
+  private readonly opts: ResolvedOptions;
+  private readonly source: RedisConnection;
+  private readonly connPrefix: string;
+  private readonly running = new Set<string>();
+  private readonly heartbeat: Heartbeat;
+  private commandConn: RedisConnection | undefined;
+  private heartbeatConn: Redis | undefined;
+  private reconnectCounter: ReconnectCounter | undefined;
+  private waitPool: WaitPool | undefined;
+  private mode: Mode = 'module';
+  private seq = 0;
+  private closed = false;
+  private readonly ctx: AcquireContext;
+
+  /**
+   * @param redis an ioredis `Redis` or `Cluster`; the SpaceLock duplicates it.
+   * @param options see {@link SpaceLockOptions}.
+   */
+  constructor(redis: RedisConnection, options: SpaceLockOptions = {}) {
+    this.opts = resolveOptions(options);
+    this.owner = this.opts.owner;
+    this.source = redis;
+    this.connPrefix = connectionKeyPrefix(redis);
+    this.heartbeat = new Heartbeat(() => this.heartbeatTarget(), this.opts.ttlMs, this.opts.logger);
+    const self = this; // for the `mode` getter below
+    this.ctx = {
+      opts: this.opts,
+      get mode() {
+        return self.mode;
+      },
+      conn: () => this.conn(),
+      pool: () => this.pool(),
+      reconnects: () => this.reconnectCounter?.epoch ?? 0,
+      switchToLua: (err) => this.switchToLua(err),
+      release: (key, owner, mode, boundMs) => this.release(key, owner, mode, boundMs).then(() => undefined),
+    };
+  }
+
+  /** The lock's key for `name`: the `keyPrefix` followed by `name`. */
+  key(name: string): string {
+    return this.opts.keyPrefix + name;
+  }
+
+  /** Whether this SpaceLock is inside `name` right now. */
+  isRunning(name: string): boolean {
+    return this.running.has(this.key(name));
+  }
+
+  /** How many leases the heartbeat is keeping alive. */
+  get activeLeases(): number {
+    return this.heartbeat.size;
+  }
+
+  /** `'lua'` once `fallback: 'lua'` has switched to the seed's commands, else `'module'`. */
+  get commandMode(): Mode {
+    return this.mode;
+  }
+
+  /**
+   * Runs `fn` while holding the lock `name`, as the seed's
+   * `withSpaceLock(spaceId, fn)`:
+   *
+   * 1. If this SpaceLock is already inside `name`, returns
+   *    `{ skipped: 'in-progress' }` at once (the check and the claim are one
+   *    synchronous step).
+   * 2. Takes the lock (`SPACELOCK.ACQUIRE`); if another owner holds it,
+   *    returns `{ skipped: 'lock-held' }` — or, with `waitMs`, waits for it
+   *    on the server and returns `{ skipped: 'timed-out' }` if it did not
+   *    come free in time.
+   * 3. Calls `fn(lease)` while the heartbeat refreshes the lock every ttl/3.
+   *    If the lease is lost, `lease.signal` aborts; `fn` decides what to do.
+   * 4. Releases the lock however `fn` ends, and returns its value or
+   *    rethrows its error. A failed release is logged, never thrown.
+   *
+   * @throws {@link ModuleNotLoadedError} when the server lacks the module
+   *   (unless `fallback: 'lua'`), {@link CommandTimeoutError} when the server
+   *   does not answer the acquire in time, the caller's `signal.reason` when
+   *   it aborts before `fn` starts, Redis errors from the acquire, and
+   *   whatever `fn` throws.
+   */
+  withSpaceLock<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options?: WithSpaceLockOptions & { waitMs?: undefined },
+  ): Promise<T | Skipped<'in-progress' | 'lock-held'>>;
+  withSpaceLock<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions,
+  ): Promise<T | Skipped>;
+  async withSpaceLock<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions = {},
+  ): Promise<T | Skipped> {
+    const waitMs = options.waitMs ?? 0;
+    if (!Number.isFinite(waitMs) || waitMs < 0) {
+      throw new RangeError(`waitMs must be a finite number ≥ 0, got ${waitMs}`);
+    }
+    if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
+    options.signal?.throwIfAborted();
+    const key = this.key(name);
+    // Check and claim in one synchronous step: no await between them.
+    if (this.running.has(key)) return { skipped: 'in-progress' };
+    this.running.add(key);
+    try {
+      return await this.runClaimed(name, key, fn, waitMs, options.signal);
+    } finally {
+      this.running.delete(key);
+    }
+  }
+
+  private async runClaimed<T>(
+    name: string,
+    key: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    waitMs: number,
+    signal: AbortSignal | undefined,
+  ): Promise<T | Skipped> {
+    const redisKey = this.connPrefix + key;
+    const owner = `${this.owner}:${++this.seq}`;
+    const grant: Grant | null =
+      waitMs > 0
+        ? await acquireWait(this.ctx, redisKey, owner, waitMs, signal)
+        : await acquireOnce(this.ctx, redisKey, owner, signal);
+    if (!grant) return { skipped: waitMs > 0 ? 'timed-out' : 'lock-held' };
+
+    const state = new LeaseState(key, redisKey, grant.owner, this.opts.ttlMs, grant.mode, grant.start);
+    const lease = new Lease(name, grant.token, state);
+    const onAbort = (): void => state.abortFromCaller(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    this.heartbeat.add(state);
+    try {
+      return await fn(lease);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      this.heartbeat.delete(state);
+      state.lose('released');
+      const done = await this.release(redisKey, grant.owner, grant.mode, this.opts.releaseTimeoutMs);
+      if (!done) {
+        this.opts.logger.warn(
+          `spacelock: release of ${key} did not complete within ${this.opts.releaseTimeoutMs} ms; it goes on in the background`,
+        );
+      }
+    }
+  }
+
+  /**
+   * `SPACELOCK.INFO` for `name`: who holds it, for how long, its last token
+   * and how many clients wait; `null` when it is free.
+   *
+   * @throws {@link ModuleNotLoadedError} when the server lacks the module.
+   */
+  async info(name: string): Promise<LockInfo | null> {
+    try {
+      return parseInfo(await send(this.conn(), infoCommand(this.connPrefix + this.key(name))));
+    } catch (err) {
+      if (isUnknownSpacelockCommand(err)) throw new ModuleNotLoadedError((err as Error).message, { cause: err });
+      throw err;
+    }
+  }
+
+  /**
+   * Closes the connections this SpaceLock opened. Call it once the bodies
+   * have finished (NestJS: `onModuleDestroy`): a lease still held then is
+   * no longer refreshed, and its signal aborts within a ttl. Later calls to
+   * `withSpaceLock` throw. The connection you passed stays open.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    // The heartbeat goes on for leases still held: with the connections gone
+    // their refreshes fail, so their signals abort within a ttl (no lease
+    // outlives close() silently). Its timer stops by itself once none is left.
+    this.waitPool?.close();
+    await Promise.all([this.commandConn, this.heartbeatConn].map((c) => c && closeConnection(c)));
+  }
+
+  /** The connection for ordinary commands, opened on first use. */
+  private conn(): RedisConnection {
+    // A copy that gave up reconnecting (your retryStrategy returned null) is
+    // replaced, so one outage does not break this SpaceLock for good.
+    if (this.commandConn?.status === 'end' && !this.closed) this.commandConn = undefined;
+    if (!this.commandConn) {
+      if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
+      const conn = duplicateForCommands(this.source);
+      this.reconnectCounter = new ReconnectCounter(conn);
+      conn.on('error', this.reportOnce());
+      this.commandConn = conn;
+    }
+    return this.commandConn;
+  }
+
+  /** Where the heartbeat sends: the cluster itself, or a dedicated single-node connection. */
+  private heartbeatTarget(): { cluster: RedisConnection } | { single: Redis } {
+    const conn = this.conn();
+    if (isCluster(conn)) return { cluster: conn };
+    if (this.heartbeatConn?.status === 'end' && !this.closed) this.heartbeatConn = undefined;
+    if (!this.heartbeatConn) {
+      this.heartbeatConn = duplicateForHeartbeats(this.source as Redis);
+      this.heartbeatConn.on('error', this.reportOnce());
+    }
+    return { single: this.heartbeatConn };
+  }
+
+  /** An 'error' listener that logs once per outage (ioredis emits one per failed reconnect). */
+  private reportOnce(): (err: Error) => void {
+    let reported = false;
+    return (err) => {
+      if (reported) return;
+      reported = true;
+      setTimeout(() => {
+        reported = false;
+      }, 10_000).unref();
+      this.opts.logger.warn(`spacelock: connection error: ${err.message}`);
+    };
+  }
+
+  private pool(): WaitPool {
+    this.waitPool ??= new WaitPool(() => duplicateForWaits(this.source), this.opts.waitConnections);
+    return this.waitPool;
+  }
+
+  private switchToLua(err: Error): boolean {
+    if (this.opts.fallback !== 'lua') return false;
+    if (this.mode !== 'lua') {
+      this.mode = 'lua';
+      this.opts.logger.warn(
+        `spacelock: the module is not loaded on this server (${err.message}); falling back to the seed's ` +
+          'SET NX PX + Lua commands: no fencing tokens, and waits poll. Load the module to get them.',
+      );
+    }
+    return true;
+  }
+
+  /**
+   * Owner-checked release, awaited at most `boundMs`. Failures are logged,
+   * never thrown. Resolves `false` if it was still pending at the bound.
+   */
+  private release(redisKey: string, owner: string, mode: Mode, boundMs: number): Promise<boolean> {
+    let conn: RedisConnection;
+    try {
+      conn = this.conn();
+    } catch {
+      return Promise.resolve(true); // closed: nothing to release on
+    }
+    const command = releaseCommand(mode, redisKey, owner);
+    // ioredis' per-command timer bounds the wait. The RELEASE itself is
+    // already on its way and still runs; only our waiting for it stops.
+    if (boundMs > 0) command.setTimeout(boundMs);
+    const done = send(conn, command).then(
+      (reply) => {
+        if (reply === '0' || reply === 0) {
+          this.opts.logger.log(`spacelock: release of ${redisKey} found the lock no longer ours`);
+        }
+        return true;
+      },
+      (err: unknown) => {
+        if (err instanceof Error && err.message === COMMAND_TIMED_OUT) return false;
+        this.opts.logger.warn(
+          `spacelock: failed to release lock ${redisKey}: ${err instanceof Error ? err.message : String(err)}`,
+        );
+        return true;
+      },
+    );
+    return boundMs > 0 ? done : Promise.resolve(true);
+  }
+}

@@ -1,0 +1,305 @@
+/**
+ * Test harness: real `redis-server`s with the module, started and stopped by
+ * the tests.
+ *
+ * * The binary is `$SPACELOCK_SERVER` (default `redis-server` on PATH); the
+ *   module is `$SPACELOCK_MODULE`, else `<repo>/target/release/libspacelock.so`.
+ * * Each server gets a free loopback port below the kernel's ephemeral range
+ *   (so no client connection of a parallel test can take it between our
+ *   check and the server's bind), its own temp dir and log file.
+ * * Startup polls PING with a deadline and fails fast, with the log, if the
+ *   process exits. Teardown sends SHUTDOWN NOSAVE, then kills.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createConnection, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Redis, type RedisOptions } from 'ioredis';
+import type { SpaceLockLogger } from '../src';
+
+/** The repository root (this file runs from clients/node/build/test/). */
+export const REPO = path.resolve(__dirname, '../../../..');
+
+export function moduleFile(): string {
+  return process.env.SPACELOCK_MODULE ?? path.join(REPO, 'target/release/libspacelock.so');
+}
+
+export function serverBinary(): string {
+  return process.env.SPACELOCK_SERVER ?? 'redis-server';
+}
+
+/** Why the module tests cannot run here, or undefined if they can. */
+export function missingModule(): string | undefined {
+  const m = moduleFile();
+  return existsSync(m) ? undefined : `module not built: ${m} (run \`make build\` or set SPACELOCK_MODULE)`;
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `check` every `everyMs` until it returns true; fails after `timeoutMs`. */
+export async function waitFor(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 10_000,
+  everyMs = 10,
+): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    if (await check()) return;
+    if (performance.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+function ephemeralRange(): [number, number] {
+  try {
+    const [lo, hi] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (lo && hi) return [lo, hi];
+  } catch {
+    // not Linux: use the IANA range
+  }
+  return [49152, 65535];
+}
+
+let nextPort = 0;
+
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+  });
+}
+
+/** A free loopback port below the ephemeral range, different per process. */
+export async function freePort(): Promise<number> {
+  const [lo, hi] = ephemeralRange();
+  const [base, span] = lo > 12_000 ? [10_000, lo - 10_000] : [hi + 1, 65_535 - hi];
+  if (nextPort === 0) nextPort = (process.pid * 7919 + Date.now()) % span;
+  for (let i = 0; i < Math.min(span, 4096); i++) {
+    const port = base + (nextPort++ % span);
+    if (await portIsFree(port)) return port;
+  }
+  throw new Error('no free port');
+}
+
+/** Sends one command over a raw socket (no client library retries); resolves with the raw reply. */
+function rawCommand(port: number, args: string[], timeoutMs = 1_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const sock = createConnection({ port, host: '127.0.0.1' });
+    let data = '';
+    const done = (err?: Error): void => {
+      clearTimeout(timer);
+      sock.destroy();
+      if (err) reject(err);
+      else resolve(data);
+    };
+    const timer = setTimeout(() => done(new Error('timeout')), timeoutMs);
+    sock.on('error', done);
+    sock.on('close', () => done());
+    sock.on('data', (d) => {
+      data += d.toString();
+      if (data.endsWith('\r\n')) done();
+    });
+    sock.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
+  });
+}
+
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
+
+export interface ServerOptions {
+  /** Load the module (default true). */
+  module?: boolean;
+  /** Extra `--name value` directives. */
+  args?: Array<[string, string]>;
+  /** Reuse this port (restarts). */
+  port?: number;
+  /** A cluster node with this bus port. */
+  clusterBusPort?: number;
+}
+
+export class TestServer {
+  private child: ChildProcess | undefined;
+  private readonly clients: Redis[] = [];
+
+  private constructor(
+    readonly port: number,
+    readonly dir: string,
+    private readonly options: ServerOptions,
+  ) {}
+
+  /** Starts a server and waits until it answers PING (retrying on a port clash). */
+  static async start(options: ServerOptions = {}): Promise<TestServer> {
+    for (let attempt = 0; ; attempt++) {
+      const port = options.port ?? (await freePort());
+      const dir = mkdtempSync(path.join(tmpdir(), 'spacelock-node-'));
+      const s = new TestServer(port, dir, options);
+      try {
+        await s.spawn();
+        return s;
+      } catch (err) {
+        rmSync(dir, { recursive: true, force: true });
+        const clash = /Address already in use|Could not create server TCP/.test(String(err));
+        if (!clash || options.port !== undefined || attempt >= 4) throw err;
+      }
+    }
+  }
+
+  get logFile(): string {
+    return path.join(this.dir, `server-${this.port}.log`);
+  }
+
+  log(): string {
+    try {
+      return readFileSync(this.logFile, 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  private async spawn(): Promise<void> {
+    const args = ['--port', String(this.port), '--bind', '127.0.0.1', '--dir', this.dir, '--logfile', this.logFile];
+    args.push('--save', '', '--appendonly', 'no', '--daemonize', 'no', '--enable-debug-command', 'yes');
+    if (this.options.clusterBusPort !== undefined) {
+      args.push('--cluster-enabled', 'yes', '--cluster-port', String(this.options.clusterBusPort));
+      args.push('--cluster-node-timeout', '5000');
+    }
+    if (this.options.module !== false) args.push('--loadmodule', moduleFile());
+    for (const [k, v] of this.options.args ?? []) args.push(`--${k}`, v);
+    const child = spawn(serverBinary(), args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr?.on('data', (d) => (stderr += d));
+    let exited: string | undefined;
+    child.on('exit', (code, sig) => {
+      exited = `exited with ${code ?? sig}`;
+      live.delete(child);
+    });
+    child.on('error', (e) => (exited = `cannot spawn ${serverBinary()}: ${e.message}`));
+    live.add(child);
+    this.child = child;
+    const deadline = performance.now() + 20_000;
+    for (;;) {
+      if (exited) throw new Error(`server ${exited}\n${stderr}\n${this.log()}`);
+      const reply = await rawCommand(this.port, ['PING'], 200).catch(() => '');
+      if (reply.startsWith('+PONG')) return;
+      if (performance.now() > deadline) {
+        child.kill('SIGKILL');
+        throw new Error(`server not ready after 20 s\n${this.log()}`);
+      }
+      await sleep(20);
+    }
+  }
+
+  /** A new ioredis connection (closed at stop). */
+  client(options: RedisOptions = {}): Redis {
+    const c = new Redis({ port: this.port, host: '127.0.0.1', lazyConnect: false, ...options });
+    c.on('error', () => undefined);
+    this.clients.push(c);
+    return c;
+  }
+
+  /** SHUTDOWN NOSAVE, then SIGKILL after 5 s. */
+  async stop(): Promise<void> {
+    for (const c of this.clients.splice(0)) c.disconnect();
+    const child = this.child;
+    this.child = undefined;
+    if (!child || child.exitCode !== null) return;
+    const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    await rawCommand(this.port, ['SHUTDOWN', 'NOSAVE']).catch(() => undefined);
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+    await gone;
+    clearTimeout(timer);
+  }
+
+  /** Stops, then starts again on the same port with an empty data set. */
+  async restartEmpty(): Promise<void> {
+    await this.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+    const fresh = await TestServer.start({ ...this.options, port: this.port });
+    this.child = fresh.child;
+    (this as { dir: string }).dir = fresh.dir;
+  }
+
+  async dispose(): Promise<void> {
+    await this.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+/** `INFO spacelock` field `spacelock_<name>` as a number. */
+export async function spacelockStat(redis: Redis, name: string): Promise<number> {
+  const info = await redis.info('spacelock');
+  const m = new RegExp(`^spacelock_${name}:(\\d+)`, 'm').exec(info);
+  if (!m) throw new Error(`no spacelock_${name} in INFO spacelock`);
+  return Number(m[1]);
+}
+
+/** A logger that records what the client says, for assertions. */
+export function recordingLogger(): SpaceLockLogger & { warns: string[]; logs: string[]; errors: string[] } {
+  const warns: string[] = [];
+  const logs: string[] = [];
+  const errors: string[] = [];
+  return {
+    warns,
+    logs,
+    errors,
+    log: (m: string) => void logs.push(m),
+    warn: (m: string) => void warns.push(m),
+    error: (m: string) => void errors.push(m),
+  };
+}
+
+/** Blocks the event loop for `ms` (a stalled process: GC, CPU-bound work). */
+export function stallEventLoop(ms: number): void {
+  const end = performance.now() + ms;
+  while (performance.now() < end) {
+    // spin
+  }
+}
+
+/** A Redis Cluster of `n` masters with the module, slots split evenly. */
+export class TestCluster {
+  private constructor(readonly nodes: TestServer[]) {}
+
+  static async start(n = 3): Promise<TestCluster> {
+    const nodes: TestServer[] = [];
+    for (let i = 0; i < n; i++) nodes.push(await TestServer.start({ clusterBusPort: await freePort() }));
+    const cluster = new TestCluster(nodes);
+    const admin = nodes.map((s) => s.client());
+    for (let i = 0; i < n; i++) {
+      // Distinct config epochs up front, as `redis-cli --cluster create` does.
+      await admin[i]!.call('CLUSTER', 'SET-CONFIG-EPOCH', String(i + 1));
+      const lo = Math.floor((i * 16384) / n);
+      const hi = Math.floor(((i + 1) * 16384) / n) - 1;
+      await admin[i]!.call('CLUSTER', 'ADDSLOTSRANGE', String(lo), String(hi));
+    }
+    for (let i = 1; i < n; i++) {
+      const bus = ((await admin[i]!.config('GET', 'cluster-port')) as string[])[1]!;
+      await admin[0]!.call('CLUSTER', 'MEET', '127.0.0.1', String(nodes[i]!.port), bus);
+    }
+    for (const a of admin) {
+      await waitFor(
+        'cluster_state:ok',
+        async () => {
+          const info = (await a.call('CLUSTER', 'INFO')) as string;
+          return info.includes('cluster_state:ok') && info.includes(`cluster_known_nodes:${n}`);
+        },
+        30_000,
+        50,
+      );
+    }
+    return cluster;
+  }
+
+  get startupNodes(): Array<{ host: string; port: number }> {
+    return this.nodes.map((s) => ({ host: '127.0.0.1', port: s.port }));
+  }
+
+  async dispose(): Promise<void> {
+    await Promise.all(this.nodes.map((s) => s.dispose()));
+  }
+}

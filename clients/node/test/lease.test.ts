@@ -1,0 +1,232 @@
+/**
+ * The lease handed to fn: exact bigint tokens, keep-alive, the lost signal
+ * (external DEL, a stalled event loop), release on every path, and the
+ * in-process mutex under a burst of concurrent calls.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import type { Redis } from 'ioredis';
+import { LeaseLostError, SpaceLock, type Lease } from '../src';
+import { missingModule, recordingLogger, sleep, stallEventLoop, TestServer, waitFor } from './harness';
+
+const skipReason = missingModule();
+const skipped = (t: TestContext): boolean => {
+  if (skipReason) t.skip(skipReason);
+  return skipReason !== undefined;
+};
+
+describe('lease', () => {
+  let server: TestServer;
+  let redis: Redis;
+  let admin: Redis;
+  const made: SpaceLock[] = [];
+  const make = (opts: ConstructorParameters<typeof SpaceLock>[1] = {}): SpaceLock => {
+    const l = new SpaceLock(redis, { keyPrefix: 'lease:', logger: recordingLogger(), ...opts });
+    made.push(l);
+    return l;
+  };
+
+  before(async () => {
+    if (skipReason) return;
+    server = await TestServer.start();
+    redis = server.client();
+    admin = server.client();
+  });
+  after(async () => {
+    await Promise.all(made.map((l) => l.close()));
+    await server?.dispose();
+  });
+
+  it('50 simultaneous calls on one space: exactly 1 runs, 49 get in-progress', async (t) => {
+    if (skipped(t)) return;
+    const locks = make();
+    let runs = 0;
+    const results = await Promise.all(
+      Array.from({ length: 50 }, () =>
+        locks.withSpaceLock('burst', async () => {
+          runs++;
+          await sleep(50);
+          return 'ran';
+        }),
+      ),
+    );
+    assert.equal(runs, 1);
+    assert.equal(results.filter((r) => r === 'ran').length, 1);
+    assert.equal(results.filter((r) => typeof r === 'object' && r.skipped === 'in-progress').length, 49);
+  });
+
+  it('tokens are exact bigints far above 2^53, and increase on every grant', async (t) => {
+    if (skipped(t)) return;
+    const locks = make();
+    const fence = (await admin.call('SPACELOCK.FENCEKEY', 'lease:big')) as string;
+    // Tokens of the module's wall-clock terms are ms × 1 000 000 ≈ 1.8e18,
+    // far above 2^53. A fence above any term floor decides the next grant
+    // (fence + 1) whichever token mode the module runs, and its last digits
+    // are ones a double cannot hold.
+    const floor = 5_000_000_000_123_456_789n;
+    await admin.set(fence, floor.toString());
+    const t1 = await locks.withSpaceLock('big', async (lease) => lease.token);
+    const t2 = await locks.withSpaceLock('big', async (lease) => lease.token);
+    assert.equal(typeof t1, 'bigint');
+    assert.equal(t1, floor + 1n);
+    assert.equal(t2, floor + 2n);
+    assert.ok(Number(floor) > Number.MAX_SAFE_INTEGER);
+    const info = await locks.withSpaceLock('big', async () => locks.info('big'));
+    assert.ok(info !== null && 'token' in info);
+    assert.equal(info.token, floor + 3n);
+    assert.equal(await locks.info('big'), null, 'free again');
+  });
+
+  it('a 300 ms lease is kept alive for 1.5 s', async (t) => {
+    if (skipped(t)) return;
+    const locks = make({ ttlMs: 300 });
+    const start = performance.now();
+    let checks = 0;
+    await locks.withSpaceLock('keepalive', async (lease) => {
+      while (performance.now() - start < 1_500) {
+        assert.equal(await admin.get('lease:keepalive'), lease.owner);
+        assert.equal(lease.isLost(), false);
+        assert.equal(lease.signal.aborted, false);
+        checks++;
+        await sleep(50);
+      }
+    });
+    assert.ok(checks >= 10, `checked ${checks} times`);
+    assert.equal(await admin.exists('lease:keepalive'), 0);
+  });
+
+  it('signal aborts within one ttl after an external DEL (reason: not-owner)', async (t) => {
+    if (skipped(t)) return;
+    const logger = recordingLogger();
+    const locks = make({ ttlMs: 300, logger });
+    await locks.withSpaceLock('deleted', async (lease) => {
+      await sleep(50);
+      await admin.del('lease:deleted');
+      const deletedAt = performance.now();
+      await new Promise((resolve) => lease.signal.addEventListener('abort', resolve, { once: true }));
+      const after = performance.now() - deletedAt;
+      assert.ok(after < 300, `aborted ${after.toFixed(0)} ms after the DEL`);
+      assert.ok(lease.signal.reason instanceof LeaseLostError);
+      assert.equal((lease.signal.reason as LeaseLostError).reason, 'not-owner');
+      assert.equal(await lease.lost, 'not-owner');
+      assert.equal(lease.isLost(), true);
+      assert.equal(lease.lostReason(), 'not-owner');
+    });
+    assert.ok(logger.warns.some((w) => w.includes('lease lost on lease:deleted')), logger.warns.join('\n'));
+  });
+
+  it('signal aborts within one ttl after the event loop stalls longer than the ttl (reason: expired)', async (t) => {
+    if (skipped(t)) return;
+    const locks = make({ ttlMs: 300 });
+    await locks.withSpaceLock('stalled', async (lease) => {
+      await sleep(20);
+      stallEventLoop(450); // GC pause, CPU-bound work: no heartbeat can run
+      const stallEnd = performance.now();
+      // isLost() sees the deadline pass without waiting for the heartbeat.
+      assert.equal(lease.isLost(), true);
+      await new Promise((resolve) => {
+        if (lease.signal.aborted) resolve(undefined);
+        else lease.signal.addEventListener('abort', resolve, { once: true });
+      });
+      const after = performance.now() - stallEnd;
+      assert.ok(after < 300, `aborted ${after.toFixed(0)} ms after the stall`);
+      assert.equal((lease.signal.reason as LeaseLostError).reason, 'expired');
+    });
+  });
+
+  it('the signal aborts on its own after a stall too, without anyone calling isLost()', async (t) => {
+    if (skipped(t)) return;
+    const locks = make({ ttlMs: 300 });
+    await locks.withSpaceLock('stalled-2', async (lease) => {
+      await sleep(20);
+      stallEventLoop(450);
+      const stallEnd = performance.now();
+      const reason = await lease.lost;
+      assert.equal(reason, 'expired');
+      assert.ok(performance.now() - stallEnd < 300);
+    });
+  });
+
+  it('releases when fn rejects after the caller aborts (release on abort)', async (t) => {
+    if (skipped(t)) return;
+    const locks = make({ ttlMs: 1_000 });
+    const caller = new AbortController();
+    let seen: Lease | undefined;
+    const run = locks.withSpaceLock(
+      'aborted',
+      async (lease) => {
+        seen = lease;
+        await new Promise((_, reject) => lease.signal.addEventListener('abort', () => reject(lease.signal.reason)));
+      },
+      { signal: caller.signal },
+    );
+    await waitFor('fn to start', () => seen !== undefined);
+    assert.equal(await admin.exists('lease:aborted'), 1);
+    caller.abort(new Error('client went away'));
+    await assert.rejects(run, /client went away/);
+    assert.equal(await admin.exists('lease:aborted'), 0, 'released');
+    assert.equal(seen?.isLost(), true, 'the lease has ended');
+    assert.equal(seen?.lostReason(), 'released');
+    assert.equal(locks.isRunning('aborted'), false);
+  });
+
+  it('a signal already aborted rejects before taking the lock', async (t) => {
+    if (skipped(t)) return;
+    const locks = make();
+    const ac = new AbortController();
+    ac.abort(new Error('too late'));
+    await assert.rejects(locks.withSpaceLock('pre-aborted', async () => 1, { signal: ac.signal }), /too late/);
+    assert.equal(await admin.exists('lease:pre-aborted'), 0);
+  });
+
+  it('after fn returns the lease has ended: signal aborted with reason released, lost resolved', async (t) => {
+    if (skipped(t)) return;
+    const locks = make();
+    const lease = await locks.withSpaceLock('ended', async (l) => l);
+    assert.ok(typeof lease === 'object' && lease !== null && !('skipped' in lease));
+    const l = lease as Lease;
+    assert.equal(l.signal.aborted, true);
+    assert.equal((l.signal.reason as LeaseLostError).reason, 'released');
+    assert.equal(await l.lost, 'released');
+    assert.equal(locks.activeLeases, 0, 'the heartbeat forgot it');
+  });
+
+  it('close() under a held lease: the lease is no longer refreshed and its signal aborts within a ttl', async (t) => {
+    if (skipped(t)) return;
+    const locks = make({ ttlMs: 300 });
+    const r = await locks.withSpaceLock('closed-under', async (lease) => {
+      await locks.close();
+      const closedAt = performance.now();
+      const reason = await lease.lost;
+      assert.ok(performance.now() - closedAt < 600, 'lost within two ttl');
+      return reason;
+    });
+    assert.equal(r, 'expired');
+    await assert.rejects(locks.withSpaceLock('closed-under', async () => 1), /closed/);
+  });
+
+  it('keeps many leases alive with one heartbeat', async (t) => {
+    if (skipped(t)) return;
+    const locks = make({ ttlMs: 300 });
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const leases: Lease[] = [];
+    const runs = Array.from({ length: 200 }, (_, i) =>
+      locks.withSpaceLock(`many-${i}`, async (lease) => {
+        leases.push(lease);
+        await gate;
+        return lease.isLost();
+      }),
+    );
+    await waitFor('200 leases', () => leases.length === 200);
+    assert.equal(locks.activeLeases, 200);
+    const before = Number((await admin.info('commandstats')).match(/cmdstat_spacelock\.refresh:calls=(\d+)/)?.[1] ?? 0);
+    await sleep(900);
+    const after = Number((await admin.info('commandstats')).match(/cmdstat_spacelock\.refresh:calls=(\d+)/)?.[1] ?? 0);
+    release();
+    assert.deepEqual(new Set(await Promise.all(runs)), new Set([false]), 'none lost');
+    // 900 ms at one refresh per lease every 100 ms: about 9 per lease.
+    assert.ok(after - before >= 200 * 5, `refreshes: ${after - before}`);
+    assert.equal(locks.activeLeases, 0);
+  });
+});

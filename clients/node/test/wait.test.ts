@@ -1,0 +1,228 @@
+/**
+ * waitMs: SPACELOCK.ACQUIRE … WAIT on pooled dedicated connections. FIFO
+ * order, timeouts, a lease after a long wait, aborts, a stalled server, and
+ * never a lock left behind.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it, type TestContext } from 'node:test';
+import type { Redis } from 'ioredis';
+import { CommandTimeoutError, SpaceLock, type LeaseLostError } from '../src';
+import { missingModule, recordingLogger, sleep, spacelockStat, TestServer, waitFor } from './harness';
+
+const skipReason = missingModule();
+const skipped = (t: TestContext): boolean => {
+  if (skipReason) t.skip(skipReason);
+  return skipReason !== undefined;
+};
+
+describe('waitMs', () => {
+  let server: TestServer;
+  let redis: Redis;
+  let admin: Redis;
+  const made: SpaceLock[] = [];
+  const make = (opts: ConstructorParameters<typeof SpaceLock>[1] = {}): SpaceLock => {
+    const l = new SpaceLock(redis, { keyPrefix: 'wait:', logger: recordingLogger(), ...opts });
+    made.push(l);
+    return l;
+  };
+  const waiting = (): Promise<number> => spacelockStat(admin, 'waiting_clients');
+
+  before(async () => {
+    if (skipReason) return;
+    server = await TestServer.start();
+    redis = server.client();
+    admin = server.client();
+  });
+  after(async () => {
+    await Promise.all(made.map((l) => l.close()));
+    await server?.dispose();
+  });
+
+  it('waiters are served in FIFO order, each through the server queue', async (t) => {
+    if (skipped(t)) return;
+    const holder = make();
+    let releaseHolder!: () => void;
+    const held = new Promise<void>((r) => (releaseHolder = r));
+    let holding = false;
+    const first = holder.withSpaceLock('fifo', async () => {
+      holding = true;
+      await held;
+    });
+    await waitFor('the holder', () => holding);
+    const order: number[] = [];
+    const tokens: bigint[] = [];
+    const runs: Array<Promise<unknown>> = [];
+    const base = await waiting();
+    for (let i = 0; i < 5; i++) {
+      const w = make();
+      runs.push(
+        w.withSpaceLock(
+          'fifo',
+          async (lease) => {
+            order.push(i);
+            tokens.push(lease.token ?? -1n);
+            await sleep(5);
+          },
+          { waitMs: 10_000 },
+        ),
+      );
+      // Queue them one at a time, so the queue order is known.
+      await waitFor(`waiter ${i} queued`, async () => (await waiting()) === base + i + 1);
+    }
+    const handoffs = await spacelockStat(admin, 'handoffs');
+    releaseHolder();
+    await Promise.all([first, ...runs]);
+    assert.deepEqual(order, [0, 1, 2, 3, 4]);
+    for (let i = 1; i < tokens.length; i++) assert.ok(tokens[i]! > tokens[i - 1]!, 'tokens increase');
+    assert.equal(await spacelockStat(admin, 'handoffs'), handoffs + 5, 'every waiter got a server handoff');
+  });
+
+  it("times out with { skipped: 'timed-out' } near waitMs, leaving the holder's lock alone", async (t) => {
+    if (skipped(t)) return;
+    await admin.set('wait:timeout', 'other-replica', 'PX', 30_000);
+    const locks = make();
+    const start = performance.now();
+    const r = await locks.withSpaceLock('timeout', async () => 'ran', { waitMs: 300 });
+    const took = performance.now() - start;
+    assert.deepEqual(r, { skipped: 'timed-out' });
+    assert.ok(took >= 290 && took < 300 + 2_000, `took ${took.toFixed(0)} ms`);
+    assert.equal(await admin.get('wait:timeout'), 'other-replica');
+    assert.equal(await waiting(), 0);
+  });
+
+  it('a free lock is granted at once with waitMs', async (t) => {
+    if (skipped(t)) return;
+    const locks = make();
+    const r = await locks.withSpaceLock('free', async (lease) => lease.token, { waitMs: 1_000 });
+    assert.equal(typeof r, 'bigint');
+  });
+
+  it('waitMs 0 does not wait: lock-held', async (t) => {
+    if (skipped(t)) return;
+    await admin.set('wait:zero', 'other', 'PX', 30_000);
+    const locks = make();
+    assert.deepEqual(await locks.withSpaceLock('zero', async () => 1, { waitMs: 0 }), { skipped: 'lock-held' });
+  });
+
+  it('a lease granted after a wait longer than the ttl is valid for a whole ttl from the reply', async (t) => {
+    if (skipped(t)) return;
+    const ttl = 300;
+    const holder = make({ ttlMs: ttl });
+    const waiter = make({ ttlMs: ttl });
+    let holding = false;
+    const hold = holder.withSpaceLock('long', async () => {
+      holding = true;
+      await sleep(3 * ttl); // the waiter waits 3 ttl
+    });
+    await waitFor('the holder', () => holding);
+    const r = await waiter.withSpaceLock(
+      'long',
+      async (lease) => {
+        const replyAt = performance.now();
+        assert.equal(lease.isLost(), false, 'not lost on arrival');
+        assert.equal(await admin.get('wait:long'), lease.owner);
+        // Stall every refresh from now on: only the local deadline can end the lease.
+        await admin.call('CLIENT', 'PAUSE', String(4 * ttl), 'WRITE');
+        const reason = await lease.lost;
+        const lostAfter = performance.now() - replyAt;
+        assert.equal(reason, 'expired');
+        assert.ok(lostAfter >= ttl - 5, `lost ${lostAfter.toFixed(0)} ms after the reply: before a whole ttl`);
+        assert.ok(lostAfter < 3 * ttl, `lost ${lostAfter.toFixed(0)} ms after the reply`);
+        await admin.call('CLIENT', 'UNPAUSE');
+        return 'ran';
+      },
+      { waitMs: 10_000 },
+    );
+    await hold;
+    assert.equal(r, 'ran');
+  });
+
+  it('abort while waiting: rejects with the reason, leaves no lock behind even if granted just after', async (t) => {
+    if (skipped(t)) return;
+    const holder = make();
+    const waiter = make();
+    let releaseHolder!: () => void;
+    const held = new Promise<void>((r) => (releaseHolder = r));
+    let holding = false;
+    const hold = holder.withSpaceLock('abort', async () => {
+      holding = true;
+      await held;
+    });
+    await waitFor('the holder', () => holding);
+    const base = await waiting();
+    const ac = new AbortController();
+    let ran = false;
+    const w = waiter.withSpaceLock(
+      'abort',
+      async () => {
+        ran = true;
+      },
+      { waitMs: 10_000, signal: ac.signal },
+    );
+    await waitFor('the waiter queued', async () => (await waiting()) === base + 1);
+    // Abort, and release the holder at once: the server may hand the lock to
+    // the abandoned waiter before it notices; the client must release it.
+    ac.abort(new Error('caller gave up'));
+    releaseHolder();
+    await assert.rejects(w, /caller gave up/);
+    await hold;
+    assert.equal(ran, false);
+    await waitFor('no lock left behind', async () => (await admin.exists('wait:abort')) === 0 && (await waiting()) === base);
+    assert.equal(await holder.withSpaceLock('abort', async () => 'free again'), 'free again');
+  });
+
+  it('all pooled connections busy for the whole wait: timed-out, not hung', async (t) => {
+    if (skipped(t)) return;
+    await admin.set('wait:pool-a', 'other', 'PX', 30_000);
+    await admin.set('wait:pool-b', 'other', 'PX', 30_000);
+    const locks = make({ waitConnections: 1 });
+    const a = locks.withSpaceLock('pool-a', async () => 1, { waitMs: 1_500 });
+    await waitFor('a queued', async () => (await waiting()) >= 1);
+    const start = performance.now();
+    const b = await locks.withSpaceLock('pool-b', async () => 1, { waitMs: 300 });
+    assert.deepEqual(b, { skipped: 'timed-out' });
+    assert.ok(performance.now() - start < 1_200, 'b gave up at its own waitMs');
+    assert.deepEqual(await a, { skipped: 'timed-out' });
+  });
+
+  it('never hangs past waitMs + grace on a stalled server, and releases what it may be granted', async (t) => {
+    if (skipped(t)) return;
+    const holder = make();
+    const waiter = make({ waitGraceMs: 300 });
+    let holding = false;
+    let releaseHolder!: () => void;
+    const held = new Promise<void>((r) => (releaseHolder = r));
+    const hold = holder.withSpaceLock('stall', async () => {
+      holding = true;
+      await held;
+    });
+    await waitFor('the holder', () => holding);
+    // The server stops answering everyone for 1.5 s.
+    await admin.call('CLIENT', 'PAUSE', '1500', 'ALL');
+    const start = performance.now();
+    await assert.rejects(
+      waiter.withSpaceLock('stall', async () => 'ran', { waitMs: 300 }),
+      (e) => e instanceof CommandTimeoutError,
+    );
+    const took = performance.now() - start;
+    assert.ok(took < 300 + 300 + 250, `gave up after ${took.toFixed(0)} ms`);
+    releaseHolder(); // its release runs once the pause ends; the waiter's WAIT may then be granted
+    await hold;
+    await waitFor('no lock left behind', async () => (await admin.exists('wait:stall')) === 0 && (await waiting()) === 0, 5_000);
+  });
+
+  it('lease.signal of a waited-for lease still aborts on loss', async (t) => {
+    if (skipped(t)) return;
+    const locks = make({ ttlMs: 300 });
+    const r = await locks.withSpaceLock(
+      'lost-after-wait',
+      async (lease) => {
+        await admin.del('wait:lost-after-wait');
+        await lease.lost;
+        return (lease.signal.reason as LeaseLostError).reason;
+      },
+      { waitMs: 1_000 },
+    );
+    assert.equal(r, 'not-owner');
+  });
+});
