@@ -189,15 +189,13 @@ async fn sentinel_failover_issues_only_higher_tokens_and_the_old_lease_is_lost()
         .fold(max_before, i64::max);
     let floor = kit::token_floor(&mut r);
     assert!(floor > max_before, "floor {floor} <= {max_before}");
-    let mut next = floor;
-    for name in NAMES.iter().chain(&["fo:lease", "fo:fresh"]) {
+    for (next, name) in (floor..).zip(NAMES.iter().chain(&["fo:lease", "fo:fresh"])) {
         // A lock the replica still has from the stream or the client.
         let _: i64 = redis::cmd("DEL").arg(*name).query(&mut r).unwrap();
         let t = acquire(&mut r, *name, "after-failover", 60_000).unwrap();
         assert_eq!(t, next, "{name}");
         assert!(t > max_before, "{name}: {t} <= {max_before}");
         assert_eq!(release(&mut r, *name, "after-failover"), 1);
-        next += 1;
     }
     stop.store(true, Ordering::Relaxed);
     let took = test_start.elapsed();
