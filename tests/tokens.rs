@@ -244,13 +244,15 @@ fn move_of_a_fence_key_never_brings_a_token_back() {
 // ---------------------------------------------------------------------------
 // Eviction
 
-/// Writes 100 kB filler values, each read a few times (so it is both more
-/// recently and more frequently used than a lock's keys), until no fence
-/// key is left: eviction took it. KEYS does not touch a key's LRU/LFU data.
-/// Returns the writes made.
-fn evict_fence_keys(con: &mut Connection, tag: &str) -> usize {
-    let filler = vec![b'x'; 100_000];
-    for i in 0..5_000 {
+/// Writes 10 kB filler values until no fence key is left: eviction took
+/// it. Each filler is then read more often than the fence key has been
+/// used (`OBJECT FREQ` under an LFU policy: every grant touches the fence
+/// key, so a busy lock's fence key is hot), so that the fence key is the
+/// least recently and least frequently used key. KEYS and OBJECT do not
+/// touch a key's LRU/LFU data. Returns the writes made.
+fn evict_fence_keys(con: &mut Connection, tag: &str, lfu: bool) -> usize {
+    let filler = vec![b'x'; 10_000];
+    for i in 0..20_000 {
         let fences: Vec<String> = redis::cmd("KEYS")
             .arg("spacelock:fence:*")
             .query(con)
@@ -258,15 +260,29 @@ fn evict_fence_keys(con: &mut Connection, tag: &str) -> usize {
         if fences.is_empty() {
             return i;
         }
+        let reads = if lfu {
+            let freq = fences
+                .iter()
+                .filter_map(|f| {
+                    redis::cmd("OBJECT")
+                        .arg("FREQ")
+                        .arg(f)
+                        .query::<i64>(con)
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0);
+            (freq + 10).min(250)
+        } else {
+            4
+        };
         let name = format!("fill:{tag}:{i}");
-        let _: () = redis::cmd("SET")
-            .arg(&name)
-            .arg(&filler[..])
-            .query(con)
-            .unwrap();
-        for _ in 0..4 {
-            let _: () = redis::cmd("STRLEN").arg(&name).query(con).unwrap();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&name).arg(&filler[..]).ignore();
+        for _ in 0..reads {
+            pipe.cmd("STRLEN").arg(&name).ignore();
         }
+        let _: () = pipe.query(con).unwrap();
     }
     panic!("the fence key was never evicted");
 }
@@ -284,6 +300,7 @@ fn eviction_hands_over_increasing_tokens(policy: &str) {
     // A FIFO queue of 20 waiters. Each one, once granted, fills memory until
     // the fence key is evicted, then releases: every handover follows an
     // eviction of the fence key (the old module issued 1 every time).
+    let lfu = policy.contains("lfu");
     let mut waiters = Vec::new();
     for i in 0..WAITERS {
         let client = server.client();
@@ -298,7 +315,7 @@ fn eviction_hands_over_increasing_tokens(policy: &str) {
                 .arg(60_000)
                 .query(&mut c)
                 .unwrap();
-            evict_fence_keys(&mut c, &owner);
+            evict_fence_keys(&mut c, &owner, lfu);
             // 0 when the lock key was evicted too (the next waiter already
             // has it): allowed, as it has a ttl.
             let _ = release(&mut c, "ev:lock", &owner);
@@ -306,14 +323,17 @@ fn eviction_hands_over_increasing_tokens(policy: &str) {
         }));
         kit::until_waiting(&mut con, i as u64 + 1);
     }
+    // Headroom for the fillers, and for the query buffers of up to 21
+    // clients filling at once (a lock key evicted with its fence key hands
+    // the lock on while its holder is still filling).
     let used = kit::info_field(&mut con, "memory", "used_memory");
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxmemory")
-        .arg(used + 2_000_000)
+        .arg(used + 4_000_000)
         .query(&mut con)
         .unwrap();
-    evict_fence_keys(&mut con, "holder");
+    evict_fence_keys(&mut con, "holder", lfu);
     let _ = release(&mut con, "ev:lock", "holder");
     let tokens: Vec<i64> = waiters
         .into_iter()
