@@ -227,14 +227,24 @@ fn add_to_pipe(pipe: &mut redis::Pipeline, op: &Op, fences: &[Vec<u8>]) {
     };
 }
 
-/// A Lua loop that keeps the server busy for `ARGV[1]` ms (by `TIME`, with
-/// an iteration cap in case the clock were frozen inside scripts).
+/// A Lua loop that keeps the server busy for `ARGV[1]` ms: by `os.clock()`
+/// (CPU time) where the sandbox has it (Redis 7.2+, Valkey), else by `TIME`
+/// (Redis 7.0, where it reads the real clock inside a script; newer servers
+/// freeze it), with an iteration cap as a backstop.
 const BUSY_LUA: &str = r#"
+local ms = tonumber(ARGV[1])
+local ok, clock = pcall(function() return os.clock end)
+if ok and clock then
+  local s = clock()
+  local i = 0
+  while clock() - s < ms / 1000 do i = i + 1 end
+  return i
+end
 local t = redis.call('TIME')
 local start = t[1] * 1000000 + t[2]
-for i = 1, 2000000 do
+for i = 1, 200000 do
   local n = redis.call('TIME')
-  if (n[1] * 1000000 + n[2]) - start >= tonumber(ARGV[1]) * 1000 then return i end
+  if (n[1] * 1000000 + n[2]) - start >= ms * 1000 then return i end
 end
 return -1"#;
 
