@@ -848,13 +848,17 @@ fn check_guards_a_write_from_lua_and_from_a_function() {
 #[kit::test]
 fn lua_numbers_cannot_hold_a_term_token_so_scripts_pass_it_as_a_string() {
     // Lua keeps integer replies as doubles: above 2^53 (every term token)
-    // the low digits are lost. A script that hands a token on as a number
-    // fails closed: CHECK gets "1.795…e+18" (an error, Redis 7.0, Valkey)
-    // or the rounded integer (0, Redis 8). The token passed as a string
-    // (ARGV) is exact.
+    // only multiples of 256 survive; an odd token never does. A script
+    // that hands a token on as a Lua number fails closed: CHECK gets
+    // "1.795…e+18" (an error: Redis 7.0) or the rounded integer (0: Redis
+    // 8.2, Valkey). The token passed as a string (ARGV) is exact.
     let server = Server::new();
     let mut con = server.conn();
+    let floor = cycle(&mut con, "ln:lock");
     let token = acquire(&mut con, "ln:lock", "o", 60_000).unwrap();
+    assert_eq!(token, floor + 1);
+    assert!(token > (1_i64 << 53) && token % 2 == 1, "{token}");
+    assert_ne!(token as f64 as i64, token, "a double cannot hold it");
     let as_number = redis::Script::new(
         r#"local t = tonumber(ARGV[1])
            local ok, r = pcall(redis.call, 'SPACELOCK.CHECK', KEYS[1], 'o', t)
@@ -865,13 +869,9 @@ fn lua_numbers_cannot_hold_a_term_token_so_scripts_pass_it_as_a_string() {
         .key("ln:lock")
         .arg(token.to_string())
         .invoke::<Value>(&mut con);
-    if token > (1_i64 << 53) {
-        eprintln!("CHECK with a Lua number for {token}: {r:?}");
-        let refused = matches!(r, Err(_) | Ok(Value::ServerError(_)) | Ok(Value::Int(0)));
-        assert!(refused, "a rounded token must not pass: {r:?}");
-    } else {
-        assert!(matches!(r, Ok(Value::Int(1))), "{r:?}");
-    }
+    eprintln!("CHECK with a Lua number for {token}: {r:?}");
+    let refused = matches!(r, Err(_) | Ok(Value::ServerError(_)) | Ok(Value::Int(0)));
+    assert!(refused, "a rounded token must not pass: {r:?}");
     let as_string = redis::Script::new(FENCED_WRITE);
     let wrote: i64 = as_string
         .key("ln:lock")
