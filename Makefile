@@ -13,9 +13,10 @@ help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-deps: ## Install redis-server, libclang-dev (bindgen), nodejs and npm if missing (Debian, needs root)
+deps: ## Install redis-server, redis-sentinel, libclang-dev (bindgen), nodejs and npm if missing (Debian, needs root)
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-sentinel >/dev/null || missing="$$missing redis-sentinel"; \
 	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \

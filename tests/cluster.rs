@@ -15,6 +15,7 @@ fn locks_across_slots_and_through_slot_migration() {
     let client = ClusterClient::new(cluster.urls()).unwrap();
     let mut con = client.get_connection().unwrap();
     let mut any = cluster.nodes[0].conn();
+    let mut direct: Vec<redis::Connection> = cluster.nodes.iter().map(|n| n.conn()).collect();
 
     // 300 locks over all three nodes (and a few awkward names).
     let mut keys: Vec<Vec<u8>> = (0..300)
@@ -28,13 +29,17 @@ fn locks_across_slots_and_through_slot_migration() {
     ]);
     let mut per_node = [0usize; 3];
     for key in &keys {
+        // Each node issues from its own term: a fresh name gets the floor
+        // of the node that serves it.
+        let node = cluster.owner_of(keyslot(&mut any, key));
+        let floor = kit::token_floor(&mut direct[node]);
         let t: Option<i64> = redis::cmd("SPACELOCK.ACQUIRE")
             .arg(key)
             .arg("w1")
             .arg(60_000)
             .query(&mut con)
             .unwrap();
-        assert_eq!(t, Some(1), "{key:?}");
+        assert_eq!(t, Some(floor), "{key:?}");
         let fence: Vec<u8> = redis::cmd("SPACELOCK.FENCEKEY")
             .arg(key)
             .query(&mut con)
@@ -47,7 +52,7 @@ fn locks_across_slots_and_through_slot_migration() {
         );
         // The counter is readable through the cluster client (same node).
         let stored: i64 = con.get(&fence).unwrap();
-        assert_eq!(stored, 1);
+        assert_eq!(stored, floor);
         per_node[cluster.owner_of(slot)] += 1;
     }
     assert!(per_node.iter().all(|&n| n > 50), "spread: {per_node:?}");
@@ -61,6 +66,7 @@ fn locks_across_slots_and_through_slot_migration() {
         .arg(&key)
         .query(&mut con)
         .unwrap();
+    let before: i64 = con.get(&fence).unwrap();
     let moved = cluster.migrate_slot(slot, from, to);
     assert!(
         moved.contains(&key) && moved.contains(&fence),
@@ -87,15 +93,19 @@ fn locks_across_slots_and_through_slot_migration() {
         .query(&mut con)
         .unwrap();
     assert_eq!(r, 1);
+    // The target issues max(fence + 1, its own next token): the counter
+    // moved with the lock, so the token is above the source's either way.
+    let target_floor = kit::token_floor(&mut target);
     let t: i64 = redis::cmd("SPACELOCK.ACQUIRE")
         .arg(&key)
         .arg("w2")
         .arg(60_000)
         .query(&mut con)
         .unwrap();
-    assert_eq!(t, 2, "the counter moved with the lock");
+    assert!(t > before, "{t} after the source's {before}");
+    assert_eq!(t, (before + 1).max(target_floor));
     let stored: i64 = target.get(&fence).unwrap();
-    assert_eq!(stored, 2);
+    assert_eq!(stored, t);
     // The source node no longer has either key.
     let mut source = cluster.nodes[from].conn();
     let n: i64 = redis::cmd("CLUSTER")

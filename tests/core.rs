@@ -53,8 +53,12 @@ fn acquire_refresh_release_reply_cases() {
     let server = Server::new();
     let mut con = server.conn();
 
-    // Free → token 1; the key is a plain string holding the owner with a TTL.
-    assert_eq!(acquire(&mut con, b"space-1", b"alice", 10_000), Some(1));
+    // Free → the token floor (the process's next token: a fresh name has no
+    // fence key below it); the key is a plain string holding the owner with
+    // a TTL.
+    let floor = kit::token_floor(&mut con);
+    assert_eq!(acquire(&mut con, b"space-1", b"alice", 10_000), Some(floor));
+    assert_eq!(kit::token_floor(&mut con), floor + 1, "the floor moves up");
     assert_eq!(get(&mut con, b"space-1").as_deref(), Some(&b"alice"[..]));
     let t: String = redis::cmd("TYPE").arg("space-1").query(&mut con).unwrap();
     assert_eq!(t, "string");
@@ -86,8 +90,12 @@ fn acquire_refresh_release_reply_cases() {
     assert_eq!(get(&mut con, b"space-1"), None);
     assert_eq!(release(&mut con, b"space-1", b"alice"), 0);
 
-    // Free again: the next grant carries the next token.
-    assert_eq!(acquire(&mut con, b"space-1", b"bob", 10_000), Some(2));
+    // Free again: the next grant carries the next token (nothing was issued
+    // in between).
+    assert_eq!(
+        acquire(&mut con, b"space-1", b"bob", 10_000),
+        Some(floor + 1)
+    );
 }
 
 #[kit::test]
@@ -97,7 +105,8 @@ fn binary_safe_keys_and_owners() {
     let key: &[u8] = b"k\x00\r\n\xff\xfe{}";
     let owner: &[u8] = b"\x00o\r\nw\xc3\x28ner\xff";
     let other: &[u8] = b"\x00o\r\nw\xc3\x28ner\xfe";
-    assert_eq!(acquire(&mut con, key, owner, 5_000), Some(1));
+    let floor = kit::token_floor(&mut con);
+    assert_eq!(acquire(&mut con, key, owner, 5_000), Some(floor));
     assert_eq!(get(&mut con, key).as_deref(), Some(owner));
     assert_eq!(refresh(&mut con, key, other, 5_000), 0);
     assert_eq!(release(&mut con, key, other), 0);
@@ -105,19 +114,22 @@ fn binary_safe_keys_and_owners() {
     // A prefix of the owner is not the owner.
     assert_eq!(release(&mut con, key, &owner[..owner.len() - 1]), 0);
     assert_eq!(release(&mut con, key, owner), 1);
-    assert_eq!(acquire(&mut con, key, other, 5_000), Some(2));
+    assert_eq!(acquire(&mut con, key, other, 5_000), Some(floor + 1));
     let fence = fence_key(&mut con, key);
-    assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"2"[..]));
+    assert_eq!(
+        get(&mut con, &fence),
+        Some((floor + 1).to_string().into_bytes())
+    );
 }
 
 #[kit::test]
 fn tokens_increase_across_release_expiry_and_delete() {
     let server = Server::new();
     let mut con = server.conn();
-    let mut last = 0;
+    let mut last = kit::token_floor(&mut con) - 1;
     for round in 0..5 {
         let t = acquire(&mut con, b"lock", b"o", 50).expect("free");
-        assert!(t > last, "round {round}: {t} after {last}");
+        assert_eq!(t, last + 1, "round {round}: {t} after {last}");
         last = t;
         match round % 3 {
             0 => assert_eq!(release(&mut con, b"lock", b"o"), 1),
@@ -130,13 +142,43 @@ fn tokens_increase_across_release_expiry_and_delete() {
             .is_none())),
         }
     }
-    // Other names have their own counters.
-    assert_eq!(acquire(&mut con, b"other", b"o", 1000), Some(1));
+    // Other names share the process's counter (term mode): a fresh name
+    // gets the next token of the process, above every earlier one.
+    assert_eq!(acquire(&mut con, b"other", b"o", 1000), Some(last + 1));
     // The fence key never expires and GET shows the last token.
     let fence = fence_key(&mut con, b"lock");
     assert!(fence.starts_with(b"spacelock:fence:{") && fence.ends_with(b"}:lock"));
     assert_eq!(get(&mut con, &fence), Some(last.to_string().into_bytes()));
     assert_eq!(pttl(&mut con, &fence), -1);
+}
+
+#[kit::test]
+fn counter_mode_keeps_plain_per_name_counters() {
+    // `spacelock.token-mode counter`: the old rule, fence + 1 per name.
+    let server = ServerBuilder::new()
+        .module_args(&["token-mode", "counter"])
+        .start();
+    let mut con = server.conn();
+    assert_eq!(acquire(&mut con, b"space-1", b"alice", 10_000), Some(1));
+    assert_eq!(acquire(&mut con, b"space-1", b"bob", 10_000), None);
+    assert_eq!(release(&mut con, b"space-1", b"alice"), 1);
+    assert_eq!(acquire(&mut con, b"space-1", b"bob", 10_000), Some(2));
+    // Each name has its own counter.
+    assert_eq!(acquire(&mut con, b"other", b"o", 1000), Some(1));
+    let fence = fence_key(&mut con, b"space-1");
+    assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"2"[..]));
+    // A counter set by hand is continued; a lost one starts again at 1
+    // (what term mode exists to prevent).
+    let _: () = redis::cmd("SET")
+        .arg(&fence)
+        .arg(99)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(release(&mut con, b"space-1", b"bob"), 1);
+    assert_eq!(acquire(&mut con, b"space-1", b"o", 1000), Some(100));
+    assert_eq!(release(&mut con, b"space-1", b"o"), 1);
+    let _: i64 = redis::cmd("DEL").arg(&fence).query(&mut con).unwrap();
+    assert_eq!(acquire(&mut con, b"space-1", b"o", 1000), Some(1));
 }
 
 /// CRC16/XMODEM and the hash-tag rule, written independently of the module.
@@ -184,8 +226,9 @@ fn fence_key_shares_the_lock_slot_for_awkward_names() {
         }
         let fence = fence_key(&mut con, key);
         assert_eq!(slot(&fence), slot(key), "key {key:?} fence {fence:?}");
-        assert!(acquire(&mut con, key, b"o", 1000).is_some());
-        assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"1"[..]));
+        let floor = kit::token_floor(&mut con);
+        assert_eq!(acquire(&mut con, key, b"o", 1000), Some(floor));
+        assert_eq!(get(&mut con, &fence), Some(floor.to_string().into_bytes()));
     }
 }
 
@@ -361,7 +404,11 @@ fn malformed_calls_get_errors_and_change_nothing() {
         assert_eq!(after, before, "{argv:?} changed the keyspace");
     }
     // The maximum owner length itself is accepted.
-    assert_eq!(acquire(&mut con, b"maxowner", &max_owner, 1000), Some(1));
+    let floor = kit::token_floor(&mut con);
+    assert_eq!(
+        acquire(&mut con, b"maxowner", &max_owner, 1000),
+        Some(floor)
+    );
 }
 
 #[kit::test]
@@ -472,6 +519,7 @@ fn seed_lua_works_on_module_locks_and_module_works_on_seed_locks() {
 fn works_inside_multi_exec_and_lua() {
     let server = Server::new();
     let mut con = server.conn();
+    let floor = kit::token_floor(&mut con);
     let (t1, t2, r, rel): (Option<i64>, Option<i64>, i64, i64) = redis::pipe()
         .atomic()
         .cmd("SPACELOCK.ACQUIRE")
@@ -491,18 +539,26 @@ fn works_inside_multi_exec_and_lua() {
         .arg("o")
         .query(&mut con)
         .unwrap();
-    assert_eq!((t1, t2, r, rel), (Some(1), None, 1, 1));
+    assert_eq!((t1, t2, r, rel), (Some(floor), None, 1, 1));
 
+    // Lua holds integers as doubles, which cannot hold a term token
+    // (> 2^53) exactly; the fence key holds the token's exact digits.
     let lua = redis::Script::new(
         r#"local t = redis.call('SPACELOCK.ACQUIRE', KEYS[1], ARGV[1], 5000)
            local again = redis.call('SPACELOCK.ACQUIRE', KEYS[1], ARGV[1], 5000)
            local r = redis.call('SPACELOCK.REFRESH', KEYS[1], ARGV[1], 7000)
            local owner = redis.call('GET', KEYS[1])
+           local fence = redis.call('GET', redis.call('SPACELOCK.FENCEKEY', KEYS[1]))
            local rel = redis.call('SPACELOCK.RELEASE', KEYS[1], ARGV[1])
-           return {t, tostring(again), r, owner, rel}"#,
+           return {type(t), tostring(again), r, owner, rel, fence}"#,
     );
     let v: Vec<Value> = lua.key("m").arg("lua-owner").invoke(&mut con).unwrap();
-    assert_eq!(v[0], Value::Int(2));
+    assert_eq!(v[0], Value::BulkString(b"number".to_vec()), "granted");
+    assert_eq!(
+        v[5],
+        Value::BulkString((floor + 1).to_string().into_bytes()),
+        "the next token"
+    );
     assert_eq!(
         v[1],
         Value::BulkString(b"false".to_vec()),
@@ -580,7 +636,8 @@ fn acl_key_patterns_apply() {
         .unwrap()
         .get_connection()
         .unwrap();
-    assert_eq!(acquire(&mut con, b"allowed:x", b"o", 1000), Some(1));
+    let floor = kit::token_floor(&mut admin);
+    assert_eq!(acquire(&mut con, b"allowed:x", b"o", 1000), Some(floor));
     assert_eq!(refresh(&mut con, b"allowed:x", b"o", 1000), 1);
     for argv in [
         &[&b"SPACELOCK.ACQUIRE"[..], b"denied:x", b"o", b"1000"][..],
@@ -656,7 +713,7 @@ fn fence_key_never_keeps_a_ttl_someone_put_on_it() {
     // SET (what replicas see) clears a TTL; the in-place counter write must too.
     let server = Server::new();
     let mut con = server.conn();
-    acquire(&mut con, b"t", b"o", 1000).unwrap();
+    let t1 = acquire(&mut con, b"t", b"o", 1000).unwrap();
     release(&mut con, b"t", b"o");
     let fence = fence_key(&mut con, b"t");
     let _: i64 = redis::cmd("PEXPIRE")
@@ -664,18 +721,26 @@ fn fence_key_never_keeps_a_ttl_someone_put_on_it() {
         .arg(100_000)
         .query(&mut con)
         .unwrap();
-    assert_eq!(acquire(&mut con, b"t", b"o", 1000), Some(2));
+    assert_eq!(acquire(&mut con, b"t", b"o", 1000), Some(t1 + 1));
     assert_eq!(pttl(&mut con, &fence), -1);
-    assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"2"[..]));
-    // An integer-encoded counter (as a replica stores it) is rewritten too.
+    assert_eq!(
+        get(&mut con, &fence),
+        Some((t1 + 1).to_string().into_bytes())
+    );
+    // An integer-encoded counter (as a replica stores it) is rewritten too;
+    // one above the process's floor wins (fence + 1).
+    let big = t1 + 1_000;
     let _: () = redis::cmd("SET")
         .arg(&fence)
-        .arg(99)
+        .arg(big)
         .query(&mut con)
         .unwrap();
     release(&mut con, b"t", b"o");
-    assert_eq!(acquire(&mut con, b"t", b"o", 1000), Some(100));
-    assert_eq!(get(&mut con, &fence).as_deref(), Some(&b"100"[..]));
+    assert_eq!(acquire(&mut con, b"t", b"o", 1000), Some(big + 1));
+    assert_eq!(
+        get(&mut con, &fence),
+        Some((big + 1).to_string().into_bytes())
+    );
 }
 
 kit::main!();

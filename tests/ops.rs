@@ -13,16 +13,19 @@ use redis::{Connection, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const COMMANDS: [&str; 5] = [
+const COMMANDS: [&str; 7] = [
     "spacelock.acquire",
     "spacelock.refresh",
     "spacelock.release",
     "spacelock.info",
+    "spacelock.check",
     "spacelock.fencekey",
+    "spacelock.newterm",
 ];
 
-/// The public INFO field names (issue 5), before the server's prefix.
-const INFO_FIELDS: [&str; 10] = [
+/// The public INFO counter and gauge names (issues 5, 11, 12), before the
+/// server's prefix: each starts at 0 on a fresh server.
+const INFO_FIELDS: [&str; 14] = [
     "acquired",
     "acquire_contended",
     "refreshed",
@@ -31,9 +34,16 @@ const INFO_FIELDS: [&str; 10] = [
     "release_not_owner",
     "handoffs",
     "wait_timeouts",
+    "wait_grants_undone",
+    "wait_grants_lost",
     "waiting_clients",
     "keys_with_waiters",
+    "checks_passed",
+    "checks_failed",
 ];
+
+/// The token term's INFO fields (issue 12), which are not counters.
+const TERM_FIELDS: [&str; 4] = ["token_mode", "term_start_ms", "token_floor", "terms_opened"];
 
 const ACL_NOTICE: &str = "spacelock: ACL category @spacelock unavailable";
 
@@ -155,7 +165,9 @@ fn acl_categories_expected(con: &mut Connection) -> bool {
 
 #[kit::test]
 fn info_section_has_every_field_and_counts_each_outcome() {
+    let started = kit::now_ms();
     let server = Server::new();
+    let loaded = kit::now_ms();
     let mut con = server.conn();
     let (headers, fields) = info_section(&mut con);
     // Both Redis and Valkey name a module's default section after the module
@@ -163,6 +175,7 @@ fn info_section_has_every_field_and_counts_each_outcome() {
     assert_eq!(headers, vec!["spacelock".to_string()], "{fields:?}");
     let expected: Vec<String> = INFO_FIELDS
         .iter()
+        .chain(&TERM_FIELDS)
         .map(|n| format!("spacelock_{n}"))
         .collect();
     let mut got: Vec<String> = fields.keys().cloned().collect();
@@ -172,6 +185,17 @@ fn info_section_has_every_field_and_counts_each_outcome() {
     assert_eq!(got, want, "exact field set");
     let before = counters(&mut con);
     assert!(before.values().all(|&v| v == 0), "fresh server: {before:?}");
+    // The term opened at load: its floor is its start in ms × 10^6, and
+    // nothing has been issued yet.
+    assert_eq!(fields["spacelock_token_mode"], "term");
+    assert_eq!(fields["spacelock_terms_opened"], "1");
+    let start: i64 = fields["spacelock_term_start_ms"].parse().unwrap();
+    assert!(
+        (started..=loaded).contains(&start),
+        "term_start_ms {start} not within the server's start [{started}, {loaded}]"
+    );
+    let floor: i64 = fields["spacelock_token_floor"].parse().unwrap();
+    assert_eq!(floor, start * 1_000_000);
 
     // Errors count as nothing.
     err(&mut con, &["SPACELOCK.ACQUIRE", "k", "a", "0"]);
@@ -213,6 +237,38 @@ fn info_section_has_every_field_and_counts_each_outcome() {
     ok(&mut con, &["SPACELOCK.INFO", "k"]);
     ok(&mut con, &["SPACELOCK.FENCEKEY", "k"]);
     assert_eq!(counters(&mut con), expect);
+    // Two grants, nothing else issued: the floor moved by two; b holds the
+    // second one.
+    assert_eq!(kit::token_floor(&mut con), floor + 2);
+    // CHECK counts each answer; an erroneous CHECK counts nothing.
+    let second = (floor + 1).to_string();
+    for (argv, counter) in [
+        (
+            ["SPACELOCK.CHECK", "k", "b", second.as_str()],
+            "checks_passed",
+        ),
+        (
+            ["SPACELOCK.CHECK", "k", "a", second.as_str()],
+            "checks_failed",
+        ),
+        (["SPACELOCK.CHECK", "k", "b", "1"], "checks_failed"),
+        (
+            ["SPACELOCK.CHECK", "free", "b", second.as_str()],
+            "checks_failed",
+        ),
+    ] {
+        ok(&mut con, &argv);
+        *expect.get_mut(counter).unwrap() += 1;
+        assert_eq!(counters(&mut con), expect, "after {argv:?}");
+    }
+    err(&mut con, &["SPACELOCK.CHECK", "k", "b", "x"]);
+    assert_eq!(counters(&mut con), expect);
+    // NEWTERM opens a term; INFO shows it.
+    ok(&mut con, &["SPACELOCK.NEWTERM"]);
+    let (_, fields) = info_section(&mut con);
+    assert_eq!(fields["spacelock_terms_opened"], "2");
+    assert!(fields["spacelock_term_start_ms"].parse::<i64>().unwrap() >= start);
+    assert_eq!(counters(&mut con), expect, "NEWTERM counts nothing");
     assert_eq!(expect["handoffs"], 0);
     assert_eq!(expect["wait_timeouts"], 0);
     assert_eq!(expect["waiting_clients"], 0);
@@ -326,16 +382,18 @@ fn spacelock_info_replies_resp2_and_resp3() {
     assert_eq!(ok(&mut con, &["SPACELOCK.INFO", "job"]), Value::Nil);
     assert_eq!(ok(&mut con3, &["SPACELOCK.INFO", "job"]), Value::Nil);
 
-    // Token 1 by alice, released, then token 2 by bob.
+    // The floor by alice, released, then the next token by bob.
+    let floor = kit::token_floor(&mut con);
+    let start = kit::term_start_ms(&mut con);
     assert_eq!(
         ok(&mut con, &["SPACELOCK.ACQUIRE", "job", "alice", "10000"]),
-        Value::Int(1)
+        Value::Int(floor)
     );
     ok(&mut con, &["SPACELOCK.RELEASE", "job", "alice"]);
     assert_eq!(ok(&mut con, &["SPACELOCK.INFO", "job"]), Value::Nil);
     assert_eq!(
         ok(&mut con, &["SPACELOCK.ACQUIRE", "job", "bob", "10000"]),
-        Value::Int(2)
+        Value::Int(floor + 1)
     );
 
     // RESP2: a flat array in a fixed order.
@@ -343,16 +401,29 @@ fn spacelock_info_replies_resp2_and_resp3() {
     let Value::Array(items) = &v else {
         panic!("RESP2 reply should be a flat array: {v:?}")
     };
-    assert_eq!(items.len(), 8, "{v:?}");
+    assert_eq!(items.len(), 12, "{v:?}");
     let names: Vec<String> = items.iter().step_by(2).map(text).collect();
-    assert_eq!(names, ["owner", "ttl_ms", "token", "waiters"]);
+    assert_eq!(
+        names,
+        [
+            "owner",
+            "ttl_ms",
+            "token",
+            "waiters",
+            "term_start_ms",
+            "token_floor"
+        ]
+    );
     assert_eq!(items[1], Value::BulkString(b"bob".to_vec()));
     let Value::Int(ttl) = items[3] else {
         panic!("ttl_ms should be an integer: {v:?}")
     };
     assert!((9_000..=10_000).contains(&ttl), "ttl_ms {ttl}");
-    assert_eq!(items[5], Value::Int(2), "token is the holder's");
+    assert_eq!(items[5], Value::Int(floor + 1), "token is the holder's");
     assert_eq!(items[7], Value::Int(0), "no waiters");
+    assert_eq!(items[9], Value::Int(start), "the server's term");
+    assert_eq!(items[11], Value::Int(floor + 2), "the next token");
+    assert_eq!(kit::token_floor(&mut con), floor + 2, "as in INFO");
 
     // RESP3: a map with the same content.
     let v3 = ok(&mut con3, &["SPACELOCK.INFO", "job"]);
@@ -360,13 +431,15 @@ fn spacelock_info_replies_resp2_and_resp3() {
         panic!("RESP3 reply should be a map: {v3:?}")
     };
     let m: Vec<(String, Value)> = m.iter().map(|(k, v)| (text(k), v.clone())).collect();
-    assert_eq!(m.len(), 4);
+    assert_eq!(m.len(), 6);
     assert_eq!(
         field(&m, "owner"),
         Some(&Value::BulkString(b"bob".to_vec()))
     );
-    assert_eq!(field(&m, "token"), Some(&Value::Int(2)));
+    assert_eq!(field(&m, "token"), Some(&Value::Int(floor + 1)));
     assert_eq!(field(&m, "waiters"), Some(&Value::Int(0)));
+    assert_eq!(field(&m, "term_start_ms"), Some(&Value::Int(start)));
+    assert_eq!(field(&m, "token_floor"), Some(&Value::Int(floor + 2)));
     assert!(matches!(field(&m, "ttl_ms"), Some(Value::Int(t)) if (9_000..=10_000).contains(t)));
 
     // REFRESH moves ttl_ms; token stays.
@@ -376,7 +449,7 @@ fn spacelock_info_replies_resp2_and_resp3() {
         matches!(field(&p, "ttl_ms"), Some(Value::Int(t)) if *t > 50_000),
         "{p:?}"
     );
-    assert_eq!(field(&p, "token"), Some(&Value::Int(2)));
+    assert_eq!(field(&p, "token"), Some(&Value::Int(floor + 1)));
 
     // Expiry frees it.
     ok(&mut con, &["SPACELOCK.ACQUIRE", "short", "carol", "50"]);
@@ -394,38 +467,78 @@ fn spacelock_info_replies_resp2_and_resp3() {
     assert!(e.contains("wrong number of arguments"), "{e}");
 }
 
-#[kit::test]
-fn spacelock_info_is_readonly_fast_with_a_key_spec() {
-    let server = Server::new();
-    let mut con = server.conn();
-    let reply = ok(&mut con, &["COMMAND", "INFO", "spacelock.info"]);
+/// `COMMAND INFO name`: the one entry's fields.
+fn command_info(con: &mut Connection, name: &str) -> Vec<Value> {
+    let reply = ok(con, &["COMMAND", "INFO", name]);
     let Value::Array(entries) = &reply else {
         panic!("{reply:?}")
     };
     let Value::Array(entry) = &entries[0] else {
         panic!("{reply:?}")
     };
-    assert_eq!(text(&entry[0]), "spacelock.info");
-    assert_eq!(entry[1], Value::Int(2), "arity");
-    let flags = strings(&entry[2]);
-    assert!(flags.contains(&"readonly".to_string()), "{flags:?}");
-    assert!(flags.contains(&"fast".to_string()), "{flags:?}");
-    assert!(!flags.contains(&"write".to_string()), "{flags:?}");
-    // first, last, step = 1, 1, 1
-    assert_eq!(&entry[3..6], &[Value::Int(1), Value::Int(1), Value::Int(1)]);
-    // Key specs (index 8): one spec, read-only, starting at argv[1].
+    assert_eq!(text(&entry[0]), name);
+    entry.clone()
+}
+
+#[kit::test]
+fn spacelock_info_and_check_are_readonly_fast_with_a_key_spec() {
+    let server = Server::new();
+    let mut con = server.conn();
+    for (name, arity) in [("spacelock.info", 2), ("spacelock.check", 4)] {
+        let entry = command_info(&mut con, name);
+        assert_eq!(entry[1], Value::Int(arity), "{name} arity");
+        let flags = strings(&entry[2]);
+        assert!(flags.contains(&"readonly".to_string()), "{name} {flags:?}");
+        assert!(flags.contains(&"fast".to_string()), "{name} {flags:?}");
+        assert!(!flags.contains(&"write".to_string()), "{name} {flags:?}");
+        // first, last, step = 1, 1, 1
+        assert_eq!(
+            &entry[3..6],
+            &[Value::Int(1), Value::Int(1), Value::Int(1)],
+            "{name}"
+        );
+        // Key specs (index 8): one spec, read-only access, at argv[1].
+        let Value::Array(specs) = &entry[8] else {
+            panic!("no key specs: {entry:?}")
+        };
+        assert_eq!(specs.len(), 1, "{name} {specs:?}");
+        let spec = pairs(&specs[0]);
+        let spec_flags = strings(field(&spec, "flags").unwrap());
+        assert!(spec_flags.contains(&"RO".to_string()), "{spec_flags:?}");
+        assert!(
+            spec_flags.iter().any(|f| f.eq_ignore_ascii_case("access")),
+            "{spec_flags:?}"
+        );
+        assert!(!spec_flags.contains(&"RW".to_string()), "{spec_flags:?}");
+        let bs = pairs(field(&spec, "begin_search").unwrap());
+        assert_eq!(text(field(&bs, "type").unwrap()), "index");
+        let bs_spec = pairs(field(&bs, "spec").unwrap());
+        assert_eq!(field(&bs_spec, "index"), Some(&Value::Int(1)));
+    }
+}
+
+#[kit::test]
+fn newterm_is_admin_fast_without_keys() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let entry = command_info(&mut con, "spacelock.newterm");
+    assert_eq!(entry[1], Value::Int(1), "arity");
+    let mut flags = strings(&entry[2]);
+    flags.sort();
+    assert_eq!(flags, ["admin", "fast", "module"]);
+    assert_eq!(
+        &entry[3..6],
+        &[Value::Int(0), Value::Int(0), Value::Int(0)],
+        "no key positions"
+    );
     let Value::Array(specs) = &entry[8] else {
-        panic!("no key specs: {entry:?}")
+        panic!("key specs should be an empty array: {entry:?}")
     };
-    assert_eq!(specs.len(), 1, "{specs:?}");
-    let spec = pairs(&specs[0]);
-    let spec_flags = strings(field(&spec, "flags").unwrap());
-    assert!(spec_flags.contains(&"RO".to_string()), "{spec_flags:?}");
-    assert!(!spec_flags.contains(&"RW".to_string()), "{spec_flags:?}");
-    let bs = pairs(field(&spec, "begin_search").unwrap());
-    assert_eq!(text(field(&bs, "type").unwrap()), "index");
-    let bs_spec = pairs(field(&bs, "spec").unwrap());
-    assert_eq!(field(&bs_spec, "index"), Some(&Value::Int(1)));
+    assert!(specs.is_empty(), "{specs:?}");
+    let e = err(&mut con, &["COMMAND", "GETKEYS", "SPACELOCK.NEWTERM"]);
+    assert!(e.starts_with("ERR"), "{e}");
+    let e = err(&mut con, &["SPACELOCK.NEWTERM", "extra"]);
+    assert!(e.contains("wrong number of arguments"), "{e}");
 }
 
 // ---------------------------------------------------------------------------
@@ -440,6 +553,7 @@ fn configs_listed_with_defaults() {
         ("spacelock.max-ttl", "86400000"),
         ("spacelock.max-owner-len", "256"),
         ("spacelock.max-waiters", "1024"),
+        ("spacelock.token-mode", "term"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -450,13 +564,21 @@ fn configs_listed_with_defaults() {
 #[kit::test]
 fn configs_set_at_load_apply_to_commands() {
     let server = ServerBuilder::new()
-        .module_args(&["max-ttl", "5000", "spacelock.max-owner-len", "8"])
+        .module_args(&[
+            "max-ttl",
+            "5000",
+            "spacelock.max-owner-len",
+            "8",
+            "token-mode",
+            "counter",
+        ])
         .start();
     let mut con = server.conn();
     let all = config_get(&mut con, "spacelock.*");
     assert_eq!(all["spacelock.max-ttl"], "5000");
     assert_eq!(all["spacelock.max-owner-len"], "8");
     assert_eq!(all["spacelock.max-waiters"], "1024");
+    assert_eq!(all["spacelock.token-mode"], "counter");
 
     let e = err(&mut con, &["SPACELOCK.ACQUIRE", "k", "o", "5001"]);
     assert!(
@@ -469,6 +591,7 @@ fn configs_set_at_load_apply_to_commands() {
         "{e}"
     );
     assert_eq!(ok(&mut con, &["EXISTS", "k"]), Value::Int(0));
+    // token-mode counter: the first token of a name is 1.
     assert_eq!(
         ok(&mut con, &["SPACELOCK.ACQUIRE", "k", "eightchr", "5000"]),
         Value::Int(1)
@@ -519,9 +642,10 @@ fn config_set_applies_and_rejects_invalid_values() {
     assert!(e.contains("spacelock.max-ttl (100 ms)"), "{e}");
     let e = err(&mut con, &["SPACELOCK.ACQUIRE", "k", "four", "100"]);
     assert!(e.contains("spacelock.max-owner-len (3 bytes)"), "{e}");
+    let floor = kit::token_floor(&mut con);
     assert_eq!(
         ok(&mut con, &["SPACELOCK.ACQUIRE", "k", "abc", "100"]),
-        Value::Int(1)
+        Value::Int(floor)
     );
 
     // Invalid values: out of range, not an integer. The server checks the
@@ -537,12 +661,17 @@ fn config_set_applies_and_rejects_invalid_values() {
         ("spacelock.max-waiters", "-1"),
         ("spacelock.max-waiters", "1048577"),
         ("spacelock.max-waiters", ""),
+        ("spacelock.token-mode", "sometimes"),
+        ("spacelock.token-mode", ""),
+        ("spacelock.token-mode", "1"),
     ] {
         let e = err(&mut con, &["CONFIG", "SET", name, bad]);
         assert!(e.starts_with("ERR"), "{name} {bad}: {e}");
         assert!(e.contains(name), "error should name the config: {e}");
         let numeric = bad.parse::<i64>().is_ok();
-        if numeric {
+        if name == "spacelock.token-mode" {
+            // An enum: the server refuses values outside term|counter.
+        } else if numeric {
             assert!(e.contains("between"), "{name} {bad}: {e}");
         } else {
             assert!(
@@ -583,6 +712,15 @@ fn config_set_applies_and_rejects_invalid_values() {
         &["CONFIG", "SET", "spacelock.max-owner-len", "1048576"],
     );
     ok(&mut con, &["CONFIG", "SET", "spacelock.max-waiters", "0"]);
+    for mode in ["counter", "term", "COUNTER", "Term"] {
+        ok(&mut con, &["CONFIG", "SET", "spacelock.token-mode", mode]);
+        let got = config_get(&mut con, "spacelock.token-mode");
+        assert_eq!(
+            got["spacelock.token-mode"],
+            mode.to_ascii_lowercase(),
+            "{mode}"
+        );
+    }
 }
 
 #[kit::test]
@@ -598,6 +736,10 @@ fn invalid_load_arguments_refuse_the_load_with_a_log_line() {
             "invalid value for max-owner-len: expected an integer from 1 to 1048576",
         ),
         (&["max-ttl"], "module arguments must be name/value pairs"),
+        (
+            &["token-mode", "sometimes"],
+            "invalid value for token-mode: expected term or counter",
+        ),
     ];
     for (args, why) in cases {
         let log = match ServerBuilder::new().module_args(args).try_start() {
@@ -647,13 +789,18 @@ fn module_load_at_runtime_with_bad_arguments_fails_and_server_survives() {
     ok(&mut con, &["MODULE", "LOAD", module, "max-ttl", "5000"]);
     let all = config_get(&mut con, "spacelock.*");
     assert_eq!(all["spacelock.max-ttl"], "5000");
+    let floor = kit::token_floor(&mut con);
     assert_eq!(
         ok(&mut con, &["SPACELOCK.ACQUIRE", "k", "o", "5000"]),
-        Value::Int(1)
+        Value::Int(floor)
     );
 
     // Unload, then load again (with defaults): everything comes back,
     // including the ACL category the server kept across the unload.
+    // The term of a reload starts on the clock: let it move past this
+    // term's start first (the clock bound a new term relies on).
+    let start = kit::term_start_ms(&mut con);
+    assert!(kit::wait_until(Duration::from_secs(1), || kit::now_ms() > start));
     ok(&mut con, &["MODULE", "UNLOAD", "spacelock"]);
     let e = err(&mut con, &["SPACELOCK.INFO", "k"]);
     assert!(e.contains("unknown command"), "{e}");
@@ -664,11 +811,16 @@ fn module_load_at_runtime_with_bad_arguments_fails_and_server_survives() {
         "a reload starts from the defaults"
     );
     let info = pairs(&ok(&mut con, &["SPACELOCK.INFO", "k"]));
-    assert_eq!(field(&info, "token"), Some(&Value::Int(1)), "lock kept");
+    assert_eq!(field(&info, "token"), Some(&Value::Int(floor)), "lock kept");
+    // The reload opened a new term: the same process, so it never goes
+    // below what the first load issued (the statics are new, the clock
+    // has moved on).
+    let reloaded_floor = kit::token_floor(&mut con);
+    assert!(reloaded_floor > floor, "{reloaded_floor} after {floor}");
     if acl_categories_expected(&mut con) {
         assert_eq!(
             strings(&ok(&mut con, &["ACL", "CAT", "spacelock"])).len(),
-            5
+            COMMANDS.len()
         );
     }
     assert_eq!(server.log().matches("refusing to load").count(), 1);
@@ -706,14 +858,17 @@ fn command_docs_for_every_command() {
     let owner: ArgSpec = ("owner", "string", None, false);
     let ttl: ArgSpec = ("ttl_ms", "integer", None, false);
     let wait: ArgSpec = ("timeout_ms", "integer", Some("WAIT"), true);
-    let expected: [(&str, Vec<ArgSpec>); 5] = [
-        ("spacelock.acquire", vec![key, owner, ttl, wait]),
-        ("spacelock.refresh", vec![key, owner, ttl]),
-        ("spacelock.release", vec![key, owner]),
-        ("spacelock.info", vec![key]),
-        ("spacelock.fencekey", vec![key]),
+    let token: ArgSpec = ("token", "integer", None, false);
+    let expected: [(&str, &str, Vec<ArgSpec>); 7] = [
+        ("spacelock.acquire", "0.1.0", vec![key, owner, ttl, wait]),
+        ("spacelock.refresh", "0.1.0", vec![key, owner, ttl]),
+        ("spacelock.release", "0.1.0", vec![key, owner]),
+        ("spacelock.info", "0.1.0", vec![key]),
+        ("spacelock.check", "0.2.0", vec![key, owner, token]),
+        ("spacelock.fencekey", "0.1.0", vec![key]),
+        ("spacelock.newterm", "0.2.0", vec![]),
     ];
-    for (name, want_args) in expected {
+    for (name, since, want_args) in expected {
         let reply = ok(&mut con, &["COMMAND", "DOCS", name]);
         let top = pairs(&reply);
         assert_eq!(top.len(), 1, "{reply:?}");
@@ -721,10 +876,19 @@ fn command_docs_for_every_command() {
         let doc = pairs(&top[0].1);
         let summary = text(field(&doc, "summary").expect("summary"));
         assert!(summary.len() > 20, "{name}: summary {summary:?}");
-        assert_eq!(text(field(&doc, "since").expect("since")), "0.1.0");
+        assert_eq!(text(field(&doc, "since").expect("since")), since, "{name}");
         assert_eq!(text(field(&doc, "complexity").expect("complexity")), "O(1)");
         assert_eq!(text(field(&doc, "group").expect("group")), "module");
         assert_eq!(text(field(&doc, "module").expect("module")), "spacelock");
+        if want_args.is_empty() {
+            // No arguments: the server leaves the field out (or empty).
+            let args = field(&doc, "arguments");
+            assert!(
+                args.is_none() || args == Some(&Value::Array(vec![])),
+                "{name}: {args:?}"
+            );
+            continue;
+        }
         let got = doc_args(field(&doc, "arguments").expect("arguments"));
         let want: Vec<(String, String, Option<String>, bool)> = want_args
             .iter()
@@ -738,19 +902,10 @@ fn command_docs_for_every_command() {
         let first = pairs(&args[0]);
         assert_eq!(field(&first, "key_spec_index"), Some(&Value::Int(0)));
     }
-    // All five in one call (what redis-cli fetches for hints).
-    let all = pairs(&ok(
-        &mut con,
-        &[
-            "COMMAND",
-            "DOCS",
-            COMMANDS[0],
-            COMMANDS[1],
-            COMMANDS[2],
-            COMMANDS[3],
-            COMMANDS[4],
-        ],
-    ));
+    // All of them in one call (what redis-cli fetches for hints).
+    let mut argv = vec!["COMMAND", "DOCS"];
+    argv.extend(COMMANDS);
+    let all = pairs(&ok(&mut con, &argv));
     let names: Vec<&str> = all.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(names, COMMANDS);
 }
@@ -796,9 +951,10 @@ fn acl_category_or_one_line_notice() {
             ],
         );
         let mut named = user_conn(&server, "named");
+        let floor = kit::token_floor(&mut con);
         assert_eq!(
             ok(&mut named, &["SPACELOCK.ACQUIRE", "k", "o", "1000"]),
-            Value::Int(1)
+            Value::Int(floor)
         );
         ok(&mut named, &["SPACELOCK.INFO", "k"]);
         let e = err(&mut named, &["SPACELOCK.RELEASE", "k", "o"]);
@@ -829,10 +985,19 @@ fn acl_category_or_one_line_notice() {
         ],
     );
     let mut worker = user_conn(&server, "worker");
+    let floor = kit::token_floor(&mut con);
     assert_eq!(
         ok(
             &mut worker,
             &["SPACELOCK.ACQUIRE", "git-sync:x", "w1", "10000"]
+        ),
+        Value::Int(floor)
+    );
+    let first = floor.to_string();
+    assert_eq!(
+        ok(
+            &mut worker,
+            &["SPACELOCK.CHECK", "git-sync:x", "w1", first.as_str()]
         ),
         Value::Int(1)
     );
@@ -869,7 +1034,9 @@ fn acl_category_or_one_line_notice() {
         ("spacelock.refresh", ["@spacelock", "@write", "@fast"]),
         ("spacelock.release", ["@spacelock", "@write", "@fast"]),
         ("spacelock.info", ["@spacelock", "@read", "@fast"]),
+        ("spacelock.check", ["@spacelock", "@read", "@fast"]),
         ("spacelock.fencekey", ["@spacelock", "@read", "@fast"]),
+        ("spacelock.newterm", ["@spacelock", "@admin", "@fast"]),
     ] {
         let reply = ok(&mut con, &["COMMAND", "INFO", cmd]);
         let Value::Array(entries) = &reply else {
@@ -888,6 +1055,9 @@ fn acl_category_or_one_line_notice() {
     assert!(write.iter().any(|c| c == "spacelock.acquire"), "{write:?}");
     let read = strings(&ok(&mut con, &["ACL", "CAT", "read"]));
     assert!(read.iter().any(|c| c == "spacelock.info"), "{read:?}");
+    assert!(read.iter().any(|c| c == "spacelock.check"), "{read:?}");
+    let admin = strings(&ok(&mut con, &["ACL", "CAT", "admin"]));
+    assert!(admin.iter().any(|c| c == "spacelock.newterm"), "{admin:?}");
 
     // So a read-only user can inspect locks but not take them.
     ok(
@@ -916,7 +1086,21 @@ fn acl_category_or_one_line_notice() {
             Value::Array(_)
         ));
         ok(&mut c, &["SPACELOCK.FENCEKEY", "held"]);
+        assert_eq!(
+            ok(&mut c, &["SPACELOCK.CHECK", "held", "o", "1"]),
+            Value::Int(0)
+        );
     }
+    // NEWTERM is an admin command: +@read does not grant it.
+    let mut reader = user_conn(&server, "reader");
+    let e = err(&mut reader, &["SPACELOCK.NEWTERM"]);
+    assert!(e.starts_with("NOPERM"), "{e}");
+    // +@spacelock does (NEWTERM is in the category): harmless, since a new
+    // term only ever moves tokens up.
+    assert!(matches!(
+        ok(&mut worker, &["SPACELOCK.NEWTERM"]),
+        Value::Int(_)
+    ));
     assert_eq!(
         ok(&mut con, &["SPACELOCK.REFRESH", "held", "o", "10000"]),
         Value::Int(1),

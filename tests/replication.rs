@@ -9,8 +9,23 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::Connection;
 use std::time::Duration;
 
+/// `loadmodule` arguments for a token mode: none for the default (term).
+fn mode_args(counter: bool) -> &'static [&'static str] {
+    if counter {
+        &["token-mode", "counter"]
+    } else {
+        &[]
+    }
+}
+
 fn start_replica(master: &Server, with_module: bool) -> Server {
-    let mut b = ServerBuilder::new().arg("replicaof", &format!("127.0.0.1 {}", master.port));
+    start_replica_with(master, with_module, false)
+}
+
+fn start_replica_with(master: &Server, with_module: bool, counter: bool) -> Server {
+    let mut b = ServerBuilder::new()
+        .module_args(mode_args(counter))
+        .arg("replicaof", &format!("127.0.0.1 {}", master.port));
     if !with_module {
         b = b.without_module();
     }
@@ -103,11 +118,26 @@ fn replica_without_module_ends_identical() {
 
 #[kit::test]
 fn aof_restart_keeps_locks_and_tokens_and_loads_without_module() {
+    aof_restart(false);
+}
+
+#[kit::test]
+fn aof_restart_in_counter_mode_continues_the_counters() {
+    aof_restart(true);
+}
+
+fn aof_restart(counter: bool) {
     let server = ServerBuilder::new()
+        .module_args(mode_args(counter))
         .arg("appendonly", "yes")
         .arg("appendfsync", "always")
         .start();
     let mut con = server.conn();
+    let first = if counter {
+        1
+    } else {
+        kit::token_floor(&mut con)
+    };
     let mut last = 0;
     for _ in 0..3 {
         last = acquire(&mut con, "aof:lock", "a", 60_000).unwrap();
@@ -120,7 +150,7 @@ fn aof_restart_keeps_locks_and_tokens_and_loads_without_module() {
     last = acquire(&mut con, "aof:lock", "holder", 60_000)
         .unwrap()
         .max(last);
-    assert_eq!(last, 4);
+    assert_eq!(last, first + 3, "four grants, nothing in between");
     let _: i64 = redis::cmd("SPACELOCK.REFRESH")
         .arg("aof:lock")
         .arg("holder")
@@ -149,8 +179,16 @@ fn aof_restart_keeps_locks_and_tokens_and_loads_without_module() {
         .arg("holder")
         .query(&mut con)
         .unwrap();
+    // Counter mode continues the replayed counter; term mode starts the
+    // restarted process's term above it (its floor).
+    let want = if counter {
+        last + 1
+    } else {
+        kit::token_floor(&mut con)
+    };
     let next = acquire(&mut con, "aof:lock", "other", 60_000).unwrap();
     assert!(next > last, "token {next} after restart must exceed {last}");
+    assert_eq!(next, want);
     let before_plain = snapshot(&mut con);
     drop(con);
 
@@ -184,8 +222,17 @@ fn rdb_restart_keeps_tokens() {
 
 #[kit::test]
 fn promoted_replica_continues_tokens_and_keeps_locks() {
-    let master = Server::new();
-    let replica = start_replica(&master, true);
+    promoted_replica(false);
+}
+
+#[kit::test]
+fn promoted_replica_in_counter_mode_continues_the_counters() {
+    promoted_replica(true);
+}
+
+fn promoted_replica(counter: bool) {
+    let master = ServerBuilder::new().module_args(mode_args(counter)).start();
+    let replica = start_replica_with(&master, true, counter);
     let mut m = master.conn();
     random_workload(&mut m, 7, 300);
     acquire(&mut m, "held-at-failover", "old-master-client", 60_000).unwrap();
@@ -208,11 +255,20 @@ fn promoted_replica_continues_tokens_and_keeps_locks() {
     drop(master);
 
     let mut r = replica.conn();
+    let opened = kit::stat(&mut r, "terms_opened");
+    let before_promotion = kit::now_ms();
     let _: () = redis::cmd("REPLICAOF")
         .arg("NO")
         .arg("ONE")
         .query(&mut r)
         .unwrap();
+    // The promotion opened a term (in either mode: the mode only decides
+    // whether grants use it).
+    assert_eq!(kit::stat(&mut r, "terms_opened"), opened + 1);
+    assert!(kit::term_start_ms(&mut r) >= before_promotion);
+    assert!(replica
+        .log()
+        .contains("spacelock: this server is now a primary; opened a token term at"));
     let v: Option<String> = redis::cmd("GET")
         .arg("held-at-failover")
         .query(&mut r)
@@ -223,10 +279,20 @@ fn promoted_replica_continues_tokens_and_keeps_locks() {
         "lock survives promotion"
     );
     assert_eq!(acquire(&mut r, "held-at-failover", "new", 1000), None);
+    let mut next = kit::token_floor(&mut r);
+    let old_max = last_tokens.iter().map(|(_, t)| *t).max().unwrap();
+    assert!(counter || next > old_max, "floor {next} <= {old_max}");
     for (k, last) in last_tokens {
         let _: i64 = redis::cmd("DEL").arg(&k).query(&mut r).unwrap();
         let t = acquire(&mut r, &k, "new", 1000).unwrap();
-        assert_eq!(t, last + 1, "{k}: the new master continues the counter");
+        if counter {
+            assert_eq!(t, last + 1, "{k}: the new master continues the counter");
+        } else {
+            // The new term's floor, then one more per grant.
+            assert_eq!(t, next, "{k}: the new master's term");
+            assert!(t > last, "{k}: {t} <= {last}");
+            next += 1;
+        }
     }
 }
 

@@ -243,6 +243,53 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_bound_at_its_edge_through_a_million_grants() {
+        // A term at T0 that issues exactly PER_MS tokens ends one below the
+        // floor of a term at T0 + 1; one more token and the next term's
+        // first token would be that very token again.
+        let mut old = Terms::open_at(T0);
+        let mut last = 0;
+        for _ in 0..PER_MS {
+            last = old.peek(0, TokenMode::Term).unwrap();
+            old.issued(last);
+        }
+        assert_eq!(last, floor_of(T0 + 1) - 1);
+        let next_ms = Terms::open_at(T0 + 1);
+        assert_eq!(next_ms.peek(0, TokenMode::Term), Ok(last + 1));
+        let extra = old.peek(0, TokenMode::Term).unwrap();
+        assert_eq!(
+            extra,
+            next_ms.peek(0, TokenMode::Term).unwrap(),
+            "past the bound, a token is reissued"
+        );
+        // The same edge for longer terms: k ms hold k million tokens.
+        for k in [1, 2, 1_000, 86_400_000] {
+            assert!(bound_holds(T0, k * PER_MS, T0 + k), "{k}");
+            assert!(!bound_holds(T0, k * PER_MS + 1, T0 + k), "{k}");
+        }
+    }
+
+    #[test]
+    fn the_bound_is_on_the_highest_token_not_on_the_count() {
+        // A term whose token came from a fence key above its floor: migrated
+        // in from a node whose clock runs 5 s ahead. Counting its tokens
+        // (one) says a new term 10 ms later is safe ...
+        let mut y = Terms::open_at(T0);
+        let theirs = (T0 + 5_000) * PER_MS + 9;
+        let t = y.peek(theirs, TokenMode::Term).unwrap();
+        y.issued(t);
+        assert!(bound_holds(T0, 1, T0 + 10));
+        // ... but a new process of that node at T0 + 10 (a restart that lost
+        // the fence key) starts below the token: what must hold is
+        // new_start_ms × 10^6 > every token issued before.
+        let restarted = Terms::open_at(T0 + 10);
+        assert!(restarted.peek(0, TokenMode::Term).unwrap() < t);
+        assert!(Terms::open_at(T0 + 5_001).peek(0, TokenMode::Term).unwrap() > t);
+        // Within the process the token is never undercut, whatever the clock.
+        assert!(y.peek(0, TokenMode::Term).unwrap() > t);
+    }
+
+    #[test]
     fn reopening_in_the_same_process_never_goes_down() {
         let mut t = Terms::open_at(T0);
         t.issued(T0 * PER_MS + 41);

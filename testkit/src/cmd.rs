@@ -126,3 +126,54 @@ pub fn until_waiting(con: &mut redis::Connection, n: u64) {
 pub fn passed(deadline: Instant) -> bool {
     Instant::now() >= deadline
 }
+
+/// `INFO spacelock` `token_floor`: the token the next grant of a name whose
+/// fence key is below it gets (a fresh name, or one whose fence key was
+/// lost). In `term` mode, also the lowest token any next grant can get.
+pub fn token_floor(con: &mut redis::Connection) -> i64 {
+    info_field(con, "spacelock", "spacelock_token_floor")
+}
+
+/// `INFO spacelock` `term_start_ms`: when the current token term opened.
+pub fn term_start_ms(con: &mut redis::Connection) -> i64 {
+    info_field(con, "spacelock", "spacelock_term_start_ms")
+}
+
+/// `SPACELOCK.CHECK key owner token`: 1 if `key` is held by `owner` under
+/// the grant with `token`, else 0.
+pub fn check(
+    con: &mut redis::Connection,
+    key: impl redis::ToRedisArgs,
+    owner: impl redis::ToRedisArgs,
+    token: i64,
+) -> i64 {
+    redis::cmd("SPACELOCK.CHECK")
+        .arg(key)
+        .arg(owner)
+        .arg(token)
+        .query(con)
+        .unwrap()
+}
+
+/// `SPACELOCK.NEWTERM`: opens a token term; its reply is the new floor.
+pub fn new_term(con: &mut redis::Connection) -> i64 {
+    redis::cmd("SPACELOCK.NEWTERM").query(con).unwrap()
+}
+
+/// The value of `key`'s fence counter (`GET` of `SPACELOCK.FENCEKEY key`),
+/// `None` when the fence key does not exist.
+pub fn fence_value(con: &mut redis::Connection, key: impl redis::ToRedisArgs) -> Option<i64> {
+    let fence: Vec<u8> = redis::cmd("SPACELOCK.FENCEKEY")
+        .arg(key)
+        .query(con)
+        .unwrap();
+    redis::cmd("GET").arg(fence).query(con).unwrap()
+}
+
+/// The milliseconds since the Unix epoch on this machine's clock (the
+/// servers under test read the same clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

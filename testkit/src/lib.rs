@@ -7,6 +7,7 @@
 //!   is polled with a deadline, and `Drop` sends `SHUTDOWN NOSAVE`, waits,
 //!   then kills.
 //! * [`Cluster`]: masters with slots assigned and met, for cluster tests.
+//! * [`Sentinel`]: a real sentinel monitoring one primary, for failovers.
 //! * [`mod@cmd`] helpers: the lock commands, keyspace snapshots, `INFO`
 //!   fields and waits driven by what the server reports ([`until_waiting`]),
 //!   so that no test sleeps in place of synchronisation.
@@ -21,10 +22,12 @@
 
 mod cluster;
 pub mod cmd;
+mod sentinel;
 mod server;
 
 pub use cluster::Cluster;
 pub use cmd::*;
+pub use sentinel::{Sentinel, SentinelTimings};
 pub use server::*;
 pub use spacelock_testkit_macros::test;
 

@@ -1,0 +1,202 @@
+//! A real Sentinel on a free loopback port, monitoring one primary.
+//!
+//! The binary: `$SPACELOCK_SERVER --sentinel` when a server is chosen (every
+//! Redis and Valkey server binary can run as a sentinel), else Debian's
+//! `redis-sentinel` (`make deps` installs it). [`Sentinel::start`] returns
+//! the reason instead when neither runs, for the test to skip with.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::{free_port, Server};
+
+/// Timings of a fast failover: quorum 1, a primary down after
+/// `down_after_ms`, a failover given up after `failover_timeout_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct SentinelTimings {
+    /// `sentinel down-after-milliseconds`.
+    pub down_after_ms: u64,
+    /// `sentinel failover-timeout`.
+    pub failover_timeout_ms: u64,
+}
+
+impl Default for SentinelTimings {
+    fn default() -> Self {
+        SentinelTimings {
+            down_after_ms: 500,
+            failover_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// A running sentinel; killed on drop.
+pub struct Sentinel {
+    child: Option<Child>,
+    /// Its loopback port.
+    pub port: u16,
+    /// The monitored primary's name.
+    pub name: String,
+    /// Its temp dir (config file, log).
+    pub dir: Arc<tempfile::TempDir>,
+    log: PathBuf,
+}
+
+/// The sentinel command: (program, arguments before the config file,
+/// arguments after it).
+fn sentinel_command() -> (PathBuf, Vec<&'static str>) {
+    match std::env::var_os("SPACELOCK_SERVER") {
+        Some(bin) if !bin.is_empty() => (PathBuf::from(bin), vec!["--sentinel"]),
+        _ => (PathBuf::from("redis-sentinel"), vec![]),
+    }
+}
+
+impl Sentinel {
+    /// Starts a sentinel that monitors `primary` as `name` with quorum 1,
+    /// and waits until it answers PING.
+    ///
+    /// # Errors
+    ///
+    /// Why no sentinel could run here (binary missing, start failure with
+    /// its log), for [`crate::skip`].
+    pub fn start(
+        primary: &Server,
+        name: &str,
+        timings: SentinelTimings,
+    ) -> Result<Sentinel, String> {
+        let dir = Arc::new(tempfile::tempdir().map_err(|e| e.to_string())?);
+        let port = free_port();
+        let log = dir.path().join("sentinel.log");
+        let conf = dir.path().join("sentinel.conf");
+        // Sentinel rewrites its config file: it must be writable.
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\n\
+                 bind 127.0.0.1\n\
+                 daemonize no\n\
+                 dir {dir}\n\
+                 logfile {log}\n\
+                 sentinel monitor {name} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {name} {down}\n\
+                 sentinel failover-timeout {name} {timeout}\n\
+                 sentinel parallel-syncs {name} 1\n",
+                dir = dir.path().display(),
+                log = log.display(),
+                primary = primary.port,
+                down = timings.down_after_ms,
+                timeout = timings.failover_timeout_ms,
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let (bin, extra) = sentinel_command();
+        let mut child = Command::new(&bin)
+            .arg(&conf)
+            .args(&extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run a sentinel ({bin:?}): {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!(
+                    "the sentinel ({bin:?}) exited with {status}\n{stderr}\n{text}"
+                ));
+            }
+            let url = format!("redis://127.0.0.1:{port}/");
+            if let Ok(client) = redis::Client::open(url) {
+                if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(200))
+                {
+                    if redis::cmd("PING").query::<String>(&mut con).is_ok() {
+                        break;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the sentinel ({bin:?}) was not ready after 10 s\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Sentinel {
+            child: Some(child),
+            port,
+            name: name.to_string(),
+            dir,
+            log,
+        })
+    }
+
+    /// A connection to the sentinel.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// `SENTINEL get-master-addr-by-name`: the port of the primary it
+    /// currently names.
+    pub fn primary_port(&self) -> Option<u16> {
+        let mut con = self.conn();
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.name)
+            .query(&mut con)
+            .ok()
+            .flatten();
+        addr.map(|(_, port)| port)
+    }
+
+    /// Whether the sentinel knows a replica on `port` whose link to the
+    /// primary is up (so that it can promote it).
+    pub fn knows_replica(&self, port: u16) -> bool {
+        let mut con = self.conn();
+        let Ok(replicas) = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg(&self.name)
+            .query::<Vec<Vec<String>>>(&mut con)
+        else {
+            return false;
+        };
+        replicas.iter().any(|fields| {
+            let field = |name: &str| {
+                fields
+                    .chunks(2)
+                    .find(|p| p[0] == name)
+                    .map(|p| p[1].as_str())
+            };
+            field("port") == Some(port.to_string().as_str())
+                && field("master-link-status") == Some("ok")
+                && field("flags")
+                    .is_some_and(|f| !f.contains("down") && !f.contains("disconnected"))
+        })
+    }
+
+    /// The sentinel's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
