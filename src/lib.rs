@@ -34,7 +34,7 @@ use ffi::{entry, ArgDoc, ArgType, CommandDef, KeyFlags, Level, LoadCtx, RStr};
 #[global_allocator]
 static ALLOCATOR: redis_module::alloc::RedisAlloc = redis_module::alloc::RedisAlloc;
 
-module_entry_points!(name: c"spacelock", version: 100, on_load: on_load);
+module_entry_points!(name: c"spacelock", version: 200, on_load: on_load);
 
 const KEY: ArgDoc = ArgDoc {
     name: c"key",

@@ -65,12 +65,15 @@ fn server_under_test_is_supported_and_loads_the_module() {
     // has been issued yet, so the next token is the term's floor).
     let start = kit::term_start_ms(&mut con);
     let line = format!(
-        "spacelock 0.1.0 loaded (max-ttl=86400000 max-owner-len=256 max-waiters=1024 \
+        "spacelock 0.2.0 loaded (max-ttl=86400000 max-owner-len=256 max-waiters=1024 \
          token-mode=term; token term opened at {start}, next token >= {})",
-        start * 1_000_000
+        start * spacelock_core::tokens::PER_MS
     );
     assert_eq!(log.matches(&line).count(), 1, "{line}\n{log}");
-    assert_eq!(kit::token_floor(&mut con), start * 1_000_000);
+    assert_eq!(
+        kit::token_floor(&mut con),
+        start * spacelock_core::tokens::PER_MS
+    );
     assert!(!log.contains("refusing to load"), "{log}");
     // MODULE LIST reports the module.
     let list: Value = redis::cmd("MODULE").arg("LIST").query(&mut con).unwrap();

@@ -185,7 +185,7 @@ fn info_section_has_every_field_and_counts_each_outcome() {
     assert_eq!(got, want, "exact field set");
     let before = counters(&mut con);
     assert!(before.values().all(|&v| v == 0), "fresh server: {before:?}");
-    // The term opened at load: its floor is its start in ms × 10^6, and
+    // The term opened at load: its floor is its start in ms × PER_MS (1000), and
     // nothing has been issued yet.
     assert_eq!(fields["spacelock_token_mode"], "term");
     assert_eq!(fields["spacelock_terms_opened"], "1");
@@ -195,7 +195,7 @@ fn info_section_has_every_field_and_counts_each_outcome() {
         "term_start_ms {start} not within the server's start [{started}, {loaded}]"
     );
     let floor: i64 = fields["spacelock_token_floor"].parse().unwrap();
-    assert_eq!(floor, start * 1_000_000);
+    assert_eq!(floor, start * spacelock_core::tokens::PER_MS);
 
     // Errors count as nothing.
     err(&mut con, &["SPACELOCK.ACQUIRE", "k", "a", "0"]);

@@ -662,7 +662,7 @@ fn newterm_reply_bounds_every_later_token_and_is_logged() {
     let start = kit::term_start_ms(&mut con);
     assert!(start >= before);
     assert!(reply > t2, "{reply} <= {t2}");
-    assert_eq!(reply, (start * 1_000_000).max(t2 + 1));
+    assert_eq!(reply, (start * spacelock_core::tokens::PER_MS).max(t2 + 1));
     assert_eq!(kit::token_floor(&mut con), reply);
     assert_eq!(kit::stat(&mut con, "terms_opened"), opened + 1);
     assert!(
@@ -845,35 +845,33 @@ fn check_guards_a_write_from_lua_and_from_a_function() {
     assert_eq!(get(&mut con, "fw:fdata").as_deref(), Some("from-current"));
 }
 
+/// Lua keeps integer replies as doubles, and JavaScript reads them as
+/// numbers: a term token must stay below 2^53 to survive either. (With a
+/// floor of ms × 10^6 it did not: a script that took the token from ACQUIRE
+/// stored "1.795…e+18" and CHECK refused it.) A script that acquires, uses
+/// and checks the token as a Lua number gets it exactly.
 #[kit::test]
-fn lua_numbers_cannot_hold_a_term_token_so_scripts_pass_it_as_a_string() {
-    // Lua keeps integer replies as doubles: above 2^53 (every term token)
-    // only multiples of 256 survive; an odd token never does. A script
-    // that hands a token on as a Lua number fails closed: CHECK gets
-    // "1.795…e+18" (an error: Redis 7.0) or the rounded integer (0: Redis
-    // 8.2, Valkey). The token passed as a string (ARGV) is exact.
+fn lua_numbers_hold_term_tokens_exactly() {
     let server = Server::new();
     let mut con = server.conn();
     let floor = cycle(&mut con, "ln:lock");
-    let token = acquire(&mut con, "ln:lock", "o", 60_000).unwrap();
-    assert_eq!(token, floor + 1);
-    assert!(token > (1_i64 << 53) && token % 2 == 1, "{token}");
-    assert_ne!(token as f64 as i64, token, "a double cannot hold it");
-    let as_number = redis::Script::new(
-        r#"local t = tonumber(ARGV[1])
-           local ok, r = pcall(redis.call, 'SPACELOCK.CHECK', KEYS[1], 'o', t)
-           if ok then return r end
-           return redis.error_reply(r.err or tostring(r))"#,
+    assert!(floor < 1_i64 << 53, "{floor}");
+    let script = redis::Script::new(
+        r#"local t = redis.call('SPACELOCK.ACQUIRE', KEYS[1], 'o', 60000)
+           redis.call('SET', KEYS[2], t)
+           return {t, redis.call('SPACELOCK.CHECK', KEYS[1], 'o', t)}"#,
     );
-    let r = as_number
+    let (token, checked): (i64, i64) = script
         .key("ln:lock")
-        .arg(token.to_string())
-        .invoke::<Value>(&mut con);
-    eprintln!("CHECK with a Lua number for {token}: {r:?}");
-    let refused = matches!(r, Err(_) | Ok(Value::ServerError(_)) | Ok(Value::Int(0)));
-    assert!(refused, "a rounded token must not pass: {r:?}");
-    let as_string = redis::Script::new(FENCED_WRITE);
-    let wrote: i64 = as_string
+        .key("ln:data")
+        .invoke(&mut con)
+        .unwrap();
+    assert_eq!(token, floor + 1);
+    assert_eq!(checked, 1, "the Lua number is the exact token");
+    assert_eq!(get(&mut con, "ln:data"), Some(token.to_string()));
+    assert_eq!(kit::fence_value(&mut con, "ln:lock"), Some(token));
+    // The token as a string (ARGV), as the fenced-write recipe passes it.
+    let wrote: i64 = redis::Script::new(FENCED_WRITE)
         .key("ln:lock")
         .key("ln:data")
         .arg("o")

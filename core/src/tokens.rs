@@ -10,38 +10,47 @@
 //! * A term opens whenever a server starts acting as a primary: when the
 //!   module loads, when a replica is promoted, and by hand
 //!   (`SPACELOCK.NEWTERM`, after restoring a backup say). Its **floor** is
-//!   its start on the wall clock in ms × 1,000,000, so a token reads as
-//!   "term start in ms, then a counter".
+//!   its start on the wall clock in ms × 1,000, so a token reads as "term
+//!   start in ms, then a counter".
 //! * A grant issues `max(fence + 1, next)`, then sets `next` to the token
 //!   plus one. `next` starts at the floor and only grows, for every lock
 //!   name of the process, so within a term a token is above every token the
 //!   process issued before, whatever happened to the fence keys
 //!   (`FLUSHALL`, `SWAPDB`, `MOVE`, eviction, `DEL`).
 //! * Across terms, tokens grow with the clock. The assumption, and the only
-//!   one: **a new term starts on a clock that reads later than the previous
-//!   term's start, plus 1 ms for every million tokens issued in that term.**
-//!   A server issues well under a million grants per millisecond (about 300
-//!   at most), so with NTP-synchronised clocks this holds for any term that
-//!   is older than the clock skew between the two servers. [`bound_holds`]
-//!   is that rule, for the tests at its edge.
+//!   one: **a new term's floor (its start ms × 1,000, on its own server's
+//!   clock) is above every token issued before it for the names it may
+//!   grant.** When those tokens came from the previous term's own counter,
+//!   that is: the new term starts later than the previous term's start plus
+//!   1 ms for every thousand tokens issued in it ([`bound_holds`], for the
+//!   tests at its edge). A server issues well under a thousand grants per
+//!   millisecond on average (a few hundred at most, flat out), so tokens
+//!   never run ahead of the clock, and with NTP-synchronised clocks the
+//!   bound holds for any term older than a few times the clock skew. A token
+//!   that came from a fence key set higher elsewhere (a slot migrated from a
+//!   node whose clock runs ahead, counter mode, a hand-made value) counts by
+//!   its value.
 //! * The fence key still holds the last token of each name (`GET` shows it),
 //!   and `fence + 1` still wins when it is larger: a fence key that came
 //!   from a node with a later term (a slot migration) is never undercut.
 //!
 //! In a split brain, the old primary keeps issuing tokens of its old term
-//! (`old_start × 10^6 + n`), which stay below the new primary's floor
-//! (`new_start × 10^6`) under the same assumption, so a resource that has
+//! (`old_start × 1000 + n`), which stay below the new primary's floor
+//! (`new_start × 1000`) under the same assumption, so a resource that has
 //! seen a token of the new primary rejects the old one.
 //!
 //! [`TokenMode::Counter`] keeps plain counters (`fence + 1`), for setups that
 //! persist every write (`appendfsync always`) and never fail over.
 //!
-//! i64 headroom: ms × 10^6 stays below `i64::MAX` until the year 2262.
+//! Why × 1,000 and not more: tokens must stay exact in a double, because a
+//! Lua script gets integer replies as Lua numbers and JavaScript reads them
+//! as numbers. ms × 1,000 stays below 2^53 until the year 2255 (and below
+//! `i64::MAX` far longer).
 
 use crate::error::LockError;
 
 /// Tokens per millisecond of a term's start: the floor's scale.
-pub const PER_MS: i64 = 1_000_000;
+pub const PER_MS: i64 = 1_000;
 
 /// How grants pick their token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -207,9 +216,11 @@ mod tests {
 
     #[test]
     fn a_new_term_is_above_the_old_one_by_the_clock() {
+        // 500 grants in the old term's first millisecond (a busy server
+        // manages a few hundred).
         let mut old = Terms::open_at(T0);
         let mut last = 0;
-        for _ in 0..1000 {
+        for _ in 0..500 {
             last = old.peek(0, TokenMode::Term).unwrap();
             old.issued(last);
         }
@@ -223,7 +234,7 @@ mod tests {
 
     #[test]
     fn the_clock_bound_at_its_edge() {
-        // A term of 1 ms start difference covers up to a million tokens.
+        // A term of 1 ms start difference covers up to a thousand tokens.
         assert!(bound_holds(T0, PER_MS, T0 + 1));
         assert!(!bound_holds(T0, PER_MS + 1, T0 + 1));
         // A new term on a clock that is not later does not hold.
@@ -243,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn the_clock_bound_at_its_edge_through_a_million_grants() {
+    fn the_clock_bound_at_its_edge_through_a_thousand_grants() {
         // A term at T0 that issues exactly PER_MS tokens ends one below the
         // floor of a term at T0 + 1; one more token and the next term's
         // first token would be that very token again.
@@ -262,7 +273,7 @@ mod tests {
             next_ms.peek(0, TokenMode::Term).unwrap(),
             "past the bound, a token is reissued"
         );
-        // The same edge for longer terms: k ms hold k million tokens.
+        // The same edge for longer terms: k ms hold k thousand tokens.
         for k in [1, 2, 1_000, 86_400_000] {
             assert!(bound_holds(T0, k * PER_MS, T0 + k), "{k}");
             assert!(!bound_holds(T0, k * PER_MS + 1, T0 + k), "{k}");
@@ -281,7 +292,7 @@ mod tests {
         assert!(bound_holds(T0, 1, T0 + 10));
         // ... but a new process of that node at T0 + 10 (a restart that lost
         // the fence key) starts below the token: what must hold is
-        // new_start_ms × 10^6 > every token issued before.
+        // new_start_ms × 1000 > every token issued before.
         let restarted = Terms::open_at(T0 + 10);
         assert!(restarted.peek(0, TokenMode::Term).unwrap() < t);
         assert!(Terms::open_at(T0 + 5_001).peek(0, TokenMode::Term).unwrap() > t);
@@ -331,16 +342,21 @@ mod tests {
         t.issued(i64::MAX - 1);
         assert_eq!(t.next(), i64::MAX);
         assert_eq!(t.peek(0, TokenMode::Term), Err(LockError::TokenOverflow));
-        // The floor saturates instead of overflowing (year 2262 and later).
-        assert_eq!(floor_of(i64::MAX / 1000), i64::MAX);
+        // The floor saturates instead of overflowing.
+        assert_eq!(floor_of(i64::MAX / 10), i64::MAX);
         assert_eq!(floor_of(-5), 0);
     }
 
     #[test]
-    fn tokens_fit_i64_and_u64_for_centuries() {
-        // 2262-04-11 is the last day whose ms × 10^6 fits an i64.
-        let y2262: i64 = 9_223_372_036_854; // ms
-        assert!(y2262.checked_mul(PER_MS).is_some());
-        assert!(u64::try_from(floor_of(y2262)).is_ok());
+    fn tokens_are_exact_in_a_double_for_centuries() {
+        // A term opened in 2255 (ms 9_000_000_000_000) still issues tokens
+        // that a double (a Lua number, a JavaScript number) holds exactly,
+        // with room for ten billion grants.
+        let y2255: i64 = 9_000_000_000_000;
+        let token = floor_of(y2255) + 10_000_000_000;
+        assert!(token < 1 << 53);
+        assert_eq!(token as f64 as i64, token);
+        // Today's tokens are far from it.
+        assert!(floor_of(T0) < 1 << 53);
     }
 }
