@@ -7,6 +7,11 @@
 //!   is polled with a deadline, and `Drop` sends `SHUTDOWN NOSAVE`, waits,
 //!   then kills.
 //! * [`Cluster`]: masters with slots assigned and met, for cluster tests.
+//! * [`Proxy`]: a TCP proxy that injects connection faults (drop every
+//!   connection, close idle ones, hang or refuse new ones).
+//! * [`FakeServer`]: a fake RESP server that never answers a blocking
+//!   `SPACELOCK.ACQUIRE … WAIT`, for the one fault a real server will not
+//!   produce on demand.
 //! * [`mod@cmd`] helpers: the lock commands, keyspace snapshots, `INFO`
 //!   fields and waits driven by what the server reports ([`until_waiting`]),
 //!   so that no test sleeps in place of synchronisation.
@@ -21,10 +26,14 @@
 
 mod cluster;
 pub mod cmd;
+mod fake;
+mod proxy;
 mod server;
 
 pub use cluster::Cluster;
 pub use cmd::*;
+pub use fake::FakeServer;
+pub use proxy::{Proxy, ProxyMode};
 pub use server::*;
 pub use spacelock_testkit_macros::test;
 
