@@ -336,7 +336,7 @@ fn sigint_while_waiting_aborts_without_running() {
     kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(finish(first, Duration::from_secs(10)).code(), Some(0));
     assert!(!dir.path().join("waiter-ran").exists());
-    std::thread::sleep(Duration::from_millis(100));
+    // spacelock exits only after its releases are done: nothing to wait for.
     assert!(!exists(&server, &format!("{PREFIX}held")));
 }
 
