@@ -140,11 +140,12 @@ fn int(v: &Value) -> Option<i64> {
 
 /// Whether a command that failed this way may nonetheless have been applied
 /// by the server: no reply came back (I/O error, dropped connection, a
-/// timeout). An error *reply* means the server changed nothing.
+/// timeout). An error *reply* means the server changed nothing, and a
+/// refused connection means the command never reached a server.
 pub(crate) fn may_have_run(e: &Error) -> bool {
     match e {
         Error::Timeout { .. } => true,
-        Error::Redis(e) => e.is_io_error(),
+        Error::Redis(e) => e.is_io_error() && !e.is_connection_refusal(),
         _ => false,
     }
 }
@@ -279,6 +280,10 @@ mod tests {
             std::io::ErrorKind::BrokenPipe,
         )));
         assert!(may_have_run(&io) && is_transient(&io));
+        let refused = Error::from(redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert!(!may_have_run(&refused) && is_transient(&refused));
         let t = Error::Timeout {
             command: RELEASE,
             after: Duration::from_secs(1),
