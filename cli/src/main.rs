@@ -147,8 +147,8 @@ struct RunArgs {
     kill_grace: Duration,
 
     /// How long the release after the command may take (a write pause holds it; a dropped
-    /// connection is retried), at most the ttl. spacelock exits only once the release was
-    /// answered or this ran out.
+    /// connection is retried), and never longer than the lock can still exist. spacelock exits
+    /// only once the release was answered or this ran out.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     release_timeout: Duration,
 

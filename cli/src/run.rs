@@ -109,9 +109,9 @@ pub async fn run<C: LockConnection>(
     let lease = kept.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(lease) = lease.filter(|l| l.lost_reason() == Some(LostReason::ReleaseFailed)) {
         say.error(format_args!(
-            "could not release {key} within {} (redis did not answer); it stays held until its \
-             ttl runs out, at most {} from now",
-            format_duration(locks.settings().release_timeout().min(lease.ttl())),
+            "could not release {key}: redis did not answer within {} (or before the lock would \
+             expire anyway); it stays held until its ttl runs out, at most {} from now",
+            format_duration(locks.settings().release_timeout()),
             format_duration(lease.ttl())
         ));
     }

@@ -18,9 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+use std::time::Duration;
+
+use tokio::time::Instant;
+
 use crate::conn::LockConnection;
-use crate::lease::{LostReason, LostSignal};
+use crate::lease::{LostReason, LostSignal, ValidUntil};
 use crate::lock::Inner;
+use crate::options::Settings;
 use crate::retry;
 
 enum Slot {
@@ -129,7 +134,22 @@ pub(crate) struct Guard<C: LockConnection> {
     held: bool,
     heartbeat_id: Option<u64>,
     lost: Option<Arc<LostSignal>>,
+    valid_until: Option<Arc<ValidUntil>>,
     handle: Handle,
+}
+
+/// How long a release may take from now: the release timeout, but no
+/// longer than the key can still exist (at least 250 ms, so that a short
+/// lease on a busy machine still gets its reply).
+fn release_budget(s: &Settings, valid_until: Option<&ValidUntil>) -> Duration {
+    match valid_until {
+        Some(v) => s.release_timeout().min(
+            v.expires_by()
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(250)),
+        ),
+        None => s.release_budget(),
+    }
 }
 
 impl<C: LockConnection> Guard<C> {
@@ -146,6 +166,7 @@ impl<C: LockConnection> Guard<C> {
             held: true,
             heartbeat_id: None,
             lost: None,
+            valid_until: None,
             handle: Handle::current(),
         }
     }
@@ -155,10 +176,17 @@ impl<C: LockConnection> Guard<C> {
         self.held = false;
     }
 
-    /// The lease is running: stop its heartbeat and signal its end on release.
-    pub(crate) fn attach(&mut self, heartbeat_id: u64, lost: Arc<LostSignal>) {
+    /// The lease is running: stop its heartbeat and signal its end on
+    /// release, which is worth trying only while the key can exist.
+    pub(crate) fn attach(
+        &mut self,
+        heartbeat_id: u64,
+        lost: Arc<LostSignal>,
+        valid_until: Arc<ValidUntil>,
+    ) {
         self.heartbeat_id = Some(heartbeat_id);
         self.lost = Some(lost);
+        self.valid_until = Some(valid_until);
     }
 
     fn stop_heartbeat(&mut self) {
@@ -176,8 +204,8 @@ impl<C: LockConnection> Guard<C> {
     pub(crate) async fn finish(&mut self) -> bool {
         self.stop_heartbeat();
         let s = &self.inner.settings;
-        let ok =
-            retry::release_logged(&self.inner.conn, &self.key, &s.owner, s.release_budget()).await;
+        let budget = release_budget(s, self.valid_until.as_deref());
+        let ok = retry::release_logged(&self.inner.conn, &self.key, &s.owner, budget).await;
         if !ok {
             if let Some(lost) = &self.lost {
                 lost.release_failed();
@@ -204,11 +232,11 @@ impl<C: LockConnection> Drop for Guard<C> {
         };
         tracing::debug!(key = %pending.key, "spacelock: cancelled while the lock may be held; releasing in the background");
         let (inner, lost, entry) = (self.inner.clone(), self.lost.take(), entry.into_releasing());
+        let budget = release_budget(&inner.settings, self.valid_until.as_deref());
         self.handle.spawn(async move {
             let mut pending = pending;
-            let s = &inner.settings;
-            let ok = retry::release_logged(&inner.conn, &pending.key, &s.owner, s.release_budget())
-                .await;
+            let owner = &inner.settings.owner;
+            let ok = retry::release_logged(&inner.conn, &pending.key, owner, budget).await;
             if !ok {
                 if let Some(lost) = lost {
                     lost.release_failed();

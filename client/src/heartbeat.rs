@@ -332,6 +332,7 @@ fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, S
                 e.last_ok_start = started;
                 e.valid_until.extend(started, e.ttl);
             }
+            e.valid_until.answered(Instant::now(), e.ttl);
             if Instant::now() >= e.deadline() {
                 tracing::warn!(
                     key = %e.key,

@@ -182,6 +182,10 @@ impl LostSignal {
 pub(crate) struct ValidUntil {
     base: Instant,
     nanos: AtomicU64,
+    /// The latest the key can exist on the server: the arrival of the last
+    /// reply that set its expiry, plus the ttl (nanoseconds after `base`).
+    /// It bounds how long a release is worth trying.
+    expires_by: AtomicU64,
 }
 
 impl ValidUntil {
@@ -191,9 +195,26 @@ impl ValidUntil {
         let v = Arc::new(ValidUntil {
             base: start,
             nanos: AtomicU64::new(0),
+            expires_by: AtomicU64::new(0),
         });
         v.extend(start, ttl);
+        v.answered(Instant::now(), ttl);
         v
+    }
+
+    /// A reply that set the key's expiry arrived at `at`: the key is gone
+    /// by `at + ttl` at the latest.
+    pub(crate) fn answered(&self, at: Instant, ttl: Duration) {
+        let by = crate::options::after(at, ttl)
+            .saturating_duration_since(self.base)
+            .as_nanos();
+        self.expires_by
+            .fetch_max(u64::try_from(by).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// The latest the key can exist on the server.
+    pub(crate) fn expires_by(&self) -> Instant {
+        self.base + Duration::from_nanos(self.expires_by.load(Ordering::Acquire))
     }
 
     /// Moves the deadline to `start + ttl` if that is later.

@@ -460,7 +460,7 @@ impl<C: LockConnection> SpaceLock<C> {
             lost.clone(),
             valid_until.clone(),
         );
-        guard.attach(id, lost.clone());
+        guard.attach(id, lost.clone(), valid_until.clone());
         let lease = Lease::new(
             name,
             key.clone(),

@@ -222,9 +222,10 @@ impl Options {
 
     /// The most time a release may take, waiting for the reply (a write
     /// pause holds it) and retrying on a fresh connection after errors
-    /// included. A release never takes longer than the lease's ttl either:
-    /// by then the key has expired anyway. A release that fails within this
-    /// time is logged and reported as
+    /// included. A release is not tried for longer than the key can still
+    /// exist either (the last successful refresh's reply plus the ttl): by
+    /// then it has expired anyway. A release that fails within this time is
+    /// logged and reported as
     /// [`LostReason::ReleaseFailed`](crate::LostReason::ReleaseFailed).
     ///
     /// Defaults to 5 s ([`DEFAULT_RELEASE_TIMEOUT`]).
