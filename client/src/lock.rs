@@ -122,7 +122,8 @@ impl<C: LockConnection> SpaceLock<C> {
     /// acquires ([`with_space_lock_wait`](Self::with_space_lock_wait),
     /// [`acquire_wait`](Self::acquire_wait)), pooled up to
     /// [`Options::wait_connections`]. Clones made after this call share the
-    /// pool; clones made before do not get it.
+    /// pool; clones made before do not get it. Without one, blocking
+    /// acquires fail with [`Error::WaitNotConfigured`].
     ///
     /// # Examples
     ///
