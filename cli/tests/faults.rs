@@ -365,7 +365,7 @@ fn a_failed_release_is_reported() {
     assert_eq!(out.code(), Some(3), "stderr: {}", out.stderr);
     assert!(
         out.stderr.contains(&format!(
-            "spacelock: could not release {PREFIX}dead within 1s"
+            "spacelock: could not release {PREFIX}dead: redis did not answer within 1s"
         )),
         "{}",
         out.stderr
