@@ -26,21 +26,29 @@ async fn leases_on_every_node_are_held_and_refreshed() {
     }
     assert!(per_node.iter().all(|&c| c > 0), "spread: {per_node:?}");
 
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(names.len());
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for name in names.clone() {
-        let locks = locks.clone();
+        let (locks, started_tx, mut done_rx) = (locks.clone(), started_tx.clone(), done_rx.clone());
         tasks.push(tokio::spawn(async move {
             locks
                 .with_space_lock(&name, |lease| async move {
+                    started_tx.send(()).await.unwrap();
+                    // Held for more than three ttls (the heartbeat at work),
+                    // and until the checks below are done.
                     tokio::time::sleep(Duration::from_millis(1000)).await;
+                    done_rx.wait_for(|done| *done).await.unwrap();
                     (lease.token(), lease.is_lost())
                 })
                 .await
                 .unwrap()
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // Mid-body, every lock is on its own node, owned by us.
+    for _ in &names {
+        started_rx.recv().await.unwrap();
+    }
+    // Every body runs: every lock is on its own node, owned by us.
     for name in &names {
         let key = locks.key(name);
         let node = cluster.owner_of(keyslot(&mut any, &key));
@@ -54,6 +62,7 @@ async fn leases_on_every_node_are_held_and_refreshed() {
             "{key} on node {node}"
         );
     }
+    done_tx.send(true).unwrap();
     for t in tasks {
         let (token, lost) = t.await.unwrap().ran().expect("every body ran");
         assert!(token > 0 && !lost);
