@@ -279,6 +279,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn token(&self) -> u64 {
         self.inner.token
     }
@@ -296,6 +297,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn key(&self) -> &str {
         &self.inner.key
     }
@@ -313,6 +315,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -330,6 +333,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn ttl(&self) -> Duration {
         self.inner.ttl
     }
@@ -357,6 +361,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn is_lost(&self) -> bool {
         if self.inner.lost.is_lost() {
             return true;
@@ -394,6 +399,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn lost_reason(&self) -> Option<LostReason> {
         if self.is_lost() {
             self.inner.lost.reason()
@@ -448,6 +454,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn lost_token(&self) -> CancellationToken {
         self.inner.lost.child_token()
     }

@@ -56,6 +56,7 @@ impl<T> Outcome<T> {
     /// }
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn skipped(&self) -> Option<Skipped> {
         match self {
             Outcome::Ran(_) => None,
@@ -73,6 +74,7 @@ impl<T> Outcome<T> {
     /// println!("ran: {}", outcome.is_ran());
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn is_ran(&self) -> bool {
         matches!(self, Outcome::Ran(_))
     }
