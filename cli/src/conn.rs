@@ -9,6 +9,15 @@ use redis::cluster_async::ClusterConnection;
 /// The URL used when neither `--url`, `$SPACELOCK_URL` nor `$REDIS_URL` is set.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379/";
 
+/// How long an ACQUIRE (without `--wait`) or an INFO may take, retries on a
+/// fresh connection included: long enough to wait out a short write pause
+/// (`CLIENT PAUSE … WRITE`, `FAILOVER`), short enough for cron.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A response timeout that never fires first: the client library puts its
+/// own deadline on every command.
+const NO_RESPONSE_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// `--url`, else `$SPACELOCK_URL`, else `$REDIS_URL`, else [`DEFAULT_URL`]
 /// (empty variables count as unset).
 pub fn resolve_url(flag: Option<&str>) -> String {
@@ -89,7 +98,8 @@ pub fn describe_connect_error(e: &redis::RedisError, url: &str) -> (String, i32)
 }
 
 /// The one-line message (after `spacelock: `) and the exit code for a failed
-/// lock command: 64 for a ttl the server refuses, else 69.
+/// lock command: 64 for a ttl the server refuses, 76 for a grant lost before
+/// the command could start, else 69.
 pub fn describe_error(e: &spacelock_client::Error, url: &str) -> (String, i32) {
     let url = redact(url);
     match e {
@@ -97,6 +107,21 @@ pub fn describe_error(e: &spacelock_client::Error, url: &str) -> (String, i32) {
             format!("module not loaded at {url}: {e}"),
             crate::exit::UNAVAILABLE,
         ),
+        spacelock_client::Error::Timeout { .. } => (
+            format!("redis unavailable at {url}: {e}"),
+            crate::exit::UNAVAILABLE,
+        ),
+        spacelock_client::Error::LockLost { key } => (
+            format!(
+                "lease lost: {}: the lock was granted but expired before the command could \
+                 start (this process or the server was stalled); the command did not run",
+                crate::info::escape(key.as_bytes())
+            ),
+            crate::exit::LEASE_LOST,
+        ),
+        spacelock_client::Error::InvalidArgument { reason } => {
+            (format!("invalid argument: {reason}"), crate::exit::USAGE)
+        }
         spacelock_client::Error::Redis(inner)
             if inner.is_io_error()
                 || inner.is_connection_refusal()
@@ -153,14 +178,18 @@ pub async fn connect(url: &str, cluster: bool) -> Result<Backend, redis::RedisEr
             .collect();
         let client = ClusterClient::builder(nodes)
             .connection_timeout(Duration::from_secs(2))
+            .response_timeout(NO_RESPONSE_TIMEOUT)
             .retries(2)
             .build()?;
         let conn = client.get_async_connection().await?;
         return Ok(Backend::Cluster { client, conn });
     }
     let client = redis::Client::open(url)?;
+    // No response timeout: a write pause holds the lock commands until it
+    // ends, and the client puts its own deadline on each of them.
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(None)
         .set_number_of_retries(2)
         .set_max_delay(Duration::from_secs(1));
     let conn = ConnectionManager::new_with_config(client.clone(), config).await?;

@@ -1,9 +1,20 @@
 //! Durations on the command line: `500ms`, `30s`, `5m`, `2h`, or sums such as `1m30s`.
+//!
+//! Every duration is bounded, so that no input can overflow a clock
+//! computation: at most [`MAX_DURATION`] (about a century), and a ttl at
+//! least [`MIN_TTL`].
 
 use std::time::Duration;
 
+/// The longest duration accepted anywhere: 876000h (100 × 365 days).
+pub const MAX_DURATION: Duration = Duration::from_secs(876_000 * 3600);
+
+/// The shortest ttl: a lease must be refreshable in time (every ttl/3).
+pub const MIN_TTL: Duration = spacelock_client::MIN_TTL;
+
 /// Parses a duration: one or more `<integer><unit>` parts, unit one of
-/// `ms`, `s`, `m`, `h`. A bare number is rejected (the unit is never guessed).
+/// `ms`, `s`, `m`, `h`, at most [`MAX_DURATION`]. A bare number is rejected
+/// (the unit is never guessed).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad =
         |why: &str| format!("invalid duration {text:?}: {why} (examples: 500ms, 30s, 5m, 1m30s)");
@@ -36,14 +47,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total = total.checked_add(part).ok_or_else(|| bad("too large"))?;
         rest = after;
     }
+    if total > MAX_DURATION {
+        return Err(bad("too large (at most 876000h)"));
+    }
     Ok(total)
 }
 
-/// Like [`parse_duration`], but zero is rejected (for the ttl).
-pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+/// Like [`parse_duration`], but at least [`MIN_TTL`] (for the ttl: a shorter
+/// lease cannot be refreshed in time and would always be lost).
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     let d = parse_duration(text)?;
-    if d.is_zero() {
-        return Err(format!("invalid duration {text:?}: must be more than 0"));
+    if d < MIN_TTL {
+        return Err(format!(
+            "invalid ttl {text:?}: at least {} (the lease is refreshed every ttl/3)",
+            format_duration(MIN_TTL)
+        ));
     }
     Ok(d)
 }
@@ -106,6 +124,9 @@ mod tests {
             "1m30",
             "99999999999999999999s",
             "18446744073709551615h",
+            "5124095576030431h",
+            "876001h",
+            "876000h1ms",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
@@ -114,10 +135,24 @@ mod tests {
     }
 
     #[test]
-    fn positive_rejects_zero() {
-        assert!(parse_positive_duration("0ms").is_err());
-        assert!(parse_positive_duration("0s0ms").is_err());
-        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+    fn the_largest_duration_is_accepted_and_overflows_nothing() {
+        assert_eq!(parse_duration("876000h"), Ok(MAX_DURATION));
+        let now = std::time::Instant::now();
+        assert!(now.checked_add(MAX_DURATION).is_some());
+        let t = tokio::time::Instant::now();
+        assert!(t.checked_add(MAX_DURATION).is_some());
+        let msg = parse_duration("5124095576030431h").unwrap_err();
+        assert!(msg.contains("too large"), "{msg}");
+    }
+
+    #[test]
+    fn ttl_has_a_minimum() {
+        for bad in ["0ms", "0s0ms", "1ms", "9ms"] {
+            let msg = parse_ttl(bad).unwrap_err();
+            assert!(msg.contains("at least 10ms"), "{bad}: {msg}");
+        }
+        assert_eq!(parse_ttl("10ms"), Ok(Duration::from_millis(10)));
+        assert_eq!(parse_ttl("30s"), Ok(Duration::from_secs(30)));
     }
 
     #[test]

@@ -1,11 +1,16 @@
-//! `spacelock info KEY`.
+//! `spacelock info KEY`, and the escaping of untrusted bytes (keys, owners)
+//! for the terminal.
+
+use std::io::Write;
+use std::time::Duration;
 
 use spacelock_client::{LockConnection, LockInfo, SpaceLock};
 
 use crate::duration::format_duration;
-use crate::{conn, Say};
+use crate::{conn, exit, Say};
 
-/// Prints the holder of `name` (or "free") and returns the exit code.
+/// Prints the holder of `name` (or "free") and returns the exit code. A
+/// closed stdout (`spacelock info K | head -0`) ends it quietly with 0.
 pub async fn info<C: LockConnection>(
     locks: &SpaceLock<C>,
     name: &str,
@@ -16,12 +21,21 @@ pub async fn info<C: LockConnection>(
     let key = locks.key(name);
     match locks.info(name).await {
         Ok(state) => {
-            if json {
-                println!("{}", to_json(&key, state.as_ref()));
+            let holder = state.as_ref().map(Holder::of);
+            let text = if json {
+                to_json(&key, holder.as_ref()) + "\n"
             } else {
-                print!("{}", to_text(&key, state.as_ref()));
+                to_text(&key, holder.as_ref())
+            };
+            let mut out = std::io::stdout().lock();
+            match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+                Err(e) => {
+                    say.error(format_args!("cannot write to stdout: {e}"));
+                    exit::IO_ERROR
+                }
             }
-            0
         }
         Err(e) => {
             let (msg, code) = conn::describe_error(&e, url);
@@ -31,34 +45,93 @@ pub async fn info<C: LockConnection>(
     }
 }
 
-fn to_text(key: &str, state: Option<&LockInfo>) -> String {
+/// What `info` shows of a held lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder<'a> {
+    owner: &'a [u8],
+    ttl: Option<Duration>,
+    token: u64,
+    waiters: u64,
+}
+
+impl<'a> Holder<'a> {
+    fn of(i: &'a LockInfo) -> Self {
+        Holder {
+            owner: &i.owner_bytes,
+            ttl: i.ttl,
+            token: i.token,
+            waiters: i.waiters,
+        }
+    }
+}
+
+fn to_text(key: &str, state: Option<&Holder<'_>>) -> String {
     match state {
         None => "free\n".to_string(),
-        Some(i) => {
-            let ttl = i
+        Some(h) => {
+            let ttl = h
                 .ttl
                 .map_or_else(|| "none (no expiry)".to_string(), format_duration);
             format!(
-                "held\nkey: {key}\nowner: {}\nttl: {ttl}\ntoken: {}\nwaiters: {}\n",
-                i.owner, i.token, i.waiters
+                "held\nkey: {}\nowner: {}\nttl: {ttl}\ntoken: {}\nwaiters: {}\n",
+                escape(key.as_bytes()),
+                escape(h.owner),
+                h.token,
+                h.waiters
             )
         }
     }
 }
 
-fn to_json(key: &str, state: Option<&LockInfo>) -> String {
+fn to_json(key: &str, state: Option<&Holder<'_>>) -> String {
     match state {
         None => format!("{{\"key\":{},\"held\":false}}", json_string(key)),
-        Some(i) => format!(
+        Some(h) => format!(
             "{{\"key\":{},\"held\":true,\"owner\":{},\"ttl_ms\":{},\"token\":{},\"waiters\":{}}}",
             json_string(key),
-            json_string(&i.owner),
-            i.ttl
+            json_string(&String::from_utf8_lossy(h.owner)),
+            h.ttl
                 .map_or_else(|| "null".to_string(), |t| t.as_millis().to_string()),
-            i.token,
-            i.waiters
+            h.token,
+            h.waiters
         ),
     }
+}
+
+/// Bytes for a terminal: printable text as is; `\\`, `\n`, `\r`, `\t`; every
+/// other control character and every byte that is not UTF-8 as `\xNN`
+/// (control characters beyond ASCII as `\u{…}`). Nothing that could move the
+/// cursor or change the terminal's state gets through.
+pub fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+                c if c.is_control() || is_format(c) => {
+                    out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Invisible characters that reorder or hide text (bidi controls, zero
+/// width characters, the BOM): shown escaped.
+fn is_format(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2069 | 0xFEFF
+    )
 }
 
 /// A JSON string literal (RFC 8259 escaping).
@@ -83,11 +156,10 @@ fn json_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
-    fn held() -> LockInfo {
-        LockInfo {
-            owner: "host:1:\"x\"\n".to_string(),
+    fn held(owner: &[u8]) -> Holder<'_> {
+        Holder {
+            owner,
             ttl: Some(Duration::from_millis(1500)),
             token: 7,
             waiters: 2,
@@ -98,22 +170,34 @@ mod tests {
     fn json_shapes() {
         assert_eq!(to_json("k", None), r#"{"key":"k","held":false}"#);
         assert_eq!(
-            to_json("k", Some(&held())),
+            to_json("k", Some(&held(b"host:1:\"x\"\n"))),
             r#"{"key":"k","held":true,"owner":"host:1:\"x\"\n","ttl_ms":1500,"token":7,"waiters":2}"#
         );
-        let no_ttl = LockInfo {
+        let no_ttl = Holder {
             ttl: None,
-            ..held()
+            ..held(b"o")
         };
         assert!(to_json("k", Some(&no_ttl)).contains(r#""ttl_ms":null"#));
         assert_eq!(json_string("a\u{1}b\\"), r#""a\u0001b\\""#);
+        assert!(to_json("k", Some(&held(b"a\xffb"))).contains("\"a\u{fffd}b\""));
     }
 
     #[test]
     fn text_shapes() {
         assert_eq!(to_text("k", None), "free\n");
-        let t = to_text("k", Some(&held()));
-        assert!(t.starts_with("held\nkey: k\n"), "{t}");
+        let t = to_text("k", Some(&held(b"me")));
+        assert!(t.starts_with("held\nkey: k\nowner: me\n"), "{t}");
         assert!(t.contains("ttl: 1.5s\ntoken: 7\nwaiters: 2\n"), "{t}");
+    }
+
+    #[test]
+    fn text_escapes_what_a_terminal_would_act_on() {
+        let t = to_text("k\x1b[2J", Some(&held(b"o\x00w\xffn\n\x07")));
+        assert!(t.contains("key: k\\x1b[2J\n"), "{t}");
+        assert!(t.contains("owner: o\\x00w\\xffn\\n\\x07\n"), "{t}");
+        assert_eq!(escape("café ü 東京".as_bytes()), "café ü 東京");
+        assert_eq!(escape(b"a\\b\tc\r\x7f"), "a\\\\b\\tc\\r\\x7f");
+        assert_eq!(escape("\u{202e}x\u{85}".as_bytes()), "\\u{202e}x\\u{85}");
+        assert_eq!(escape(b"\xe2\x82"), "\\xe2\\x82", "a truncated sequence");
     }
 }

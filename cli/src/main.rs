@@ -13,12 +13,13 @@ mod run;
 mod sys;
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use duration::{parse_duration, parse_positive_duration};
+use duration::{parse_duration, parse_ttl};
 
 /// Exit codes (sysexits.h where one fits).
 pub mod exit {
@@ -28,6 +29,8 @@ pub mod exit {
     pub const UNAVAILABLE: i32 = 69;
     /// Internal error (EX_SOFTWARE).
     pub const SOFTWARE: i32 = 70;
+    /// Output could not be written (EX_IOERR); a closed pipe is not an error.
+    pub const IO_ERROR: i32 = 74;
     /// The lock is held by someone else (EX_TEMPFAIL, as `flock -E 75`).
     pub const LOCK_HELD: i32 = 75;
     /// The lease was lost while the command ran; it was killed.
@@ -41,10 +44,12 @@ pub mod exit {
 const EXIT_CODES: &str = "\
 Exit codes of `spacelock run`:
   N    the command's exit code (128+S if it was killed by signal S)
-  64   bad arguments or URL, or --ttl above the server's spacelock.max-ttl
-  69   Redis unreachable, module not loaded, other server error
+  64   bad arguments or URL (a duration out of range, an empty KEY, a ttl
+       below 10ms), or --ttl above the server's spacelock.max-ttl
+  69   Redis unreachable or not answering, module not loaded, other server error
   75   lock held by someone else (with --wait: still held at the timeout)
-  76   lease lost while the command ran: it got SIGTERM, then SIGKILL
+  76   lease lost while the command ran: it got SIGTERM, then SIGKILL (or,
+       rarely, lost before the command could start: it did not run)
   126  command not executable (the lock is released first)
   127  command not found (the lock is released first)
 
@@ -127,8 +132,9 @@ struct RunArgs {
     #[command(flatten)]
     conn: ConnArgs,
 
-    /// Lease time to live; the heartbeat refreshes it every ttl/3. Units: ms, s, m, h.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    /// Lease time to live, at least 10ms; the heartbeat refreshes it every ttl/3. Units: ms, s,
+    /// m, h.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_ttl)]
     ttl: Duration,
 
     /// If the lock is held, wait up to DURATION for it (queued fairly on the server) instead of
@@ -140,12 +146,18 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     kill_grace: Duration,
 
+    /// How long the release after the command may take (a write pause holds it; a dropped
+    /// connection is retried), and never longer than the lock can still exist. spacelock exits
+    /// only once the release was answered or this ran out.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    release_timeout: Duration,
+
     /// Print only errors (not "lock held", not signal forwarding).
     #[arg(short, long)]
     quiet: bool,
 
-    /// Name of the lock (the Redis key is PREFIX+KEY).
-    #[arg(value_name = "KEY")]
+    /// Name of the lock (the Redis key is PREFIX+KEY); not empty.
+    #[arg(value_name = "KEY", value_parser = parse_key)]
     key: String,
 
     /// The command to run, and its arguments (put `--` before it).
@@ -169,12 +181,21 @@ struct InfoArgs {
     #[arg(long)]
     json: bool,
 
-    /// Name of the lock (the Redis key is PREFIX+KEY).
-    #[arg(value_name = "KEY")]
+    /// Name of the lock (the Redis key is PREFIX+KEY); not empty.
+    #[arg(value_name = "KEY", value_parser = parse_key)]
     key: String,
 }
 
+/// KEY must not be empty: it would lock the bare prefix.
+fn parse_key(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("the lock name must not be empty".to_string());
+    }
+    Ok(text.to_string())
+}
+
 /// Prints `spacelock: …` lines on stderr; `quiet` silences the non-error ones.
+/// A closed stderr is ignored (never a panic).
 #[derive(Debug, Clone, Copy)]
 pub struct Say {
     quiet: bool,
@@ -184,13 +205,13 @@ impl Say {
     /// A non-error notice (silenced by `-q`).
     pub fn note(&self, msg: impl std::fmt::Display) {
         if !self.quiet {
-            eprintln!("spacelock: {msg}");
+            self.error(msg);
         }
     }
 
     /// An error (always printed).
     pub fn error(&self, msg: impl std::fmt::Display) {
-        eprintln!("spacelock: {msg}");
+        let _ = writeln!(std::io::stderr().lock(), "spacelock: {msg}");
     }
 }
 
@@ -201,10 +222,10 @@ fn main() -> ExitCode {
             // --help and --version print on stdout and succeed; every other
             // parse failure is a usage error (clap's own default would be 2).
             if !e.use_stderr() {
-                let _ = e.print();
+                let _ = e.print(); // a closed stdout (`--help | head -0`) is fine
                 return ExitCode::SUCCESS;
             }
-            eprint!("{}", with_usage(&e.render().to_string()));
+            let _ = write!(std::io::stderr(), "{}", with_usage(&e.render().to_string()));
             return ExitCode::from(exit::USAGE as u8);
         }
     };
@@ -214,7 +235,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("spacelock: cannot start the async runtime: {e}");
+            Say { quiet: false }.error(format_args!("cannot start the async runtime: {e}"));
             return ExitCode::from(exit::SOFTWARE as u8);
         }
     };
@@ -224,8 +245,8 @@ fn main() -> ExitCode {
             Command::Info(args) => info_command(args).await,
         }
     });
-    // Do not wait for stray background tasks (a release spawned by a
-    // cancelled wait has already been retried in the foreground).
+    // Every release has been answered or has failed by now (`run` waits for
+    // them); nothing else needs the runtime.
     runtime.shutdown_timeout(Duration::from_millis(100));
     ExitCode::from(u8::try_from(code).unwrap_or(exit::SOFTWARE as u8))
 }
@@ -253,11 +274,15 @@ fn with_usage(error: &str) -> String {
 async fn run_command(args: RunArgs) -> i32 {
     let say = Say { quiet: args.quiet };
     let url = conn::resolve_url(args.conn.url.as_deref());
+    // A write pause holds the ACQUIRE: it is waited out for up to 5 s (with
+    // --wait, the wait itself is held and then runs its course).
     let options = spacelock_client::Options::default()
         .ttl(args.ttl)
         .key_prefix(args.conn.prefix.clone())
         .owner(conn::owner_id())
-        .wait_connections(1);
+        .wait_connections(1)
+        .request_timeout(conn::REQUEST_TIMEOUT)
+        .release_timeout(args.release_timeout);
     match conn::connect(&url, args.conn.cluster).await {
         Err(e) => {
             let (msg, code) = conn::describe_connect_error(&e, &url);
@@ -278,7 +303,9 @@ async fn run_command(args: RunArgs) -> i32 {
 async fn info_command(args: InfoArgs) -> i32 {
     let say = Say { quiet: false };
     let url = conn::resolve_url(args.conn.url.as_deref());
-    let options = spacelock_client::Options::default().key_prefix(args.conn.prefix.clone());
+    let options = spacelock_client::Options::default()
+        .key_prefix(args.conn.prefix.clone())
+        .request_timeout(conn::REQUEST_TIMEOUT);
     match conn::connect(&url, args.conn.cluster).await {
         Err(e) => {
             let (msg, code) = conn::describe_connect_error(&e, &url);
@@ -343,8 +370,38 @@ mod tests {
         for argv in [
             &["spacelock", "run", "job"][..],
             &["spacelock", "run", "--ttl", "0s", "job", "--", "true"],
+            &["spacelock", "run", "--ttl", "9ms", "job", "--", "true"],
             &["spacelock", "run", "--ttl", "30", "job", "--", "true"],
             &["spacelock", "run", "--wait", "soon", "job", "--", "true"],
+            &[
+                "spacelock",
+                "run",
+                "--wait",
+                "5124095576030431h",
+                "job",
+                "--",
+                "true",
+            ],
+            &[
+                "spacelock",
+                "run",
+                "--kill-grace",
+                "876001h",
+                "job",
+                "--",
+                "true",
+            ],
+            &[
+                "spacelock",
+                "run",
+                "--release-timeout",
+                "1x",
+                "job",
+                "--",
+                "true",
+            ],
+            &["spacelock", "run", "", "--", "true"],
+            &["spacelock", "info", ""],
             &["spacelock", "info"],
             &["spacelock", "frobnicate"],
         ] {

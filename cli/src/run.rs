@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::duration::format_duration;
+use crate::info::escape;
 use crate::sys::{self, Terminal};
 use crate::{conn, exit, RunArgs, Say};
 
@@ -65,10 +66,17 @@ pub async fn run<C: LockConnection>(
     }
 
     let name = args.key.as_str();
+    // The lease outlives the body: after the release it says whether that
+    // release succeeded.
+    let kept: Arc<Mutex<Option<Lease>>> = Arc::default();
     let body = {
         let locks = locks.clone();
         let shared = shared.clone();
-        move |lease: Lease| run_child(lease, locks, args, shared, say)
+        let kept = kept.clone();
+        move |lease: Lease| {
+            *kept.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease.clone());
+            run_child(lease, locks, args, shared, say)
+        }
     };
     let locked = async {
         match args.wait {
@@ -89,16 +97,24 @@ pub async fn run<C: LockConnection>(
         biased;
         outcome = locked => outcome,
         sig = interrupted => {
-            // The dropped future releases in a background task that the
-            // runtime shutdown may cut short, and a WAIT may have been granted
-            // just now: release in the foreground too (compare-and-delete on
-            // our owner id, so harmless if we never held it).
-            let _ = tokio::time::timeout(SIDE_QUERY_TIMEOUT, locks.release(name)).await;
+            // The dropped call closed its wait connection (if it was waiting)
+            // and releases in the background, in case the lock was granted
+            // just now: wait for that release before exiting.
+            locks.settle().await;
             Ok(Outcome::Ran(BodyEnd::Interrupted(sig)))
         }
     };
 
-    let key = locks.key(name);
+    let key = escape(locks.key(name).as_bytes());
+    let lease = kept.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(lease) = lease.filter(|l| l.lost_reason() == Some(LostReason::ReleaseFailed)) {
+        say.error(format_args!(
+            "could not release {key}: redis did not answer within {} (or before the lock would \
+             expire anyway); it stays held until its ttl runs out, at most {} from now",
+            format_duration(locks.settings().release_timeout()),
+            format_duration(lease.ttl())
+        ));
+    }
     match outcome {
         Ok(Outcome::Ran(BodyEnd::Exited(code))) => code,
         Ok(Outcome::Ran(BodyEnd::Lost)) => exit::LEASE_LOST,
@@ -132,10 +148,10 @@ pub async fn run<C: LockConnection>(
 /// `" (owner O, token T, ttl D)"` for the current holder, or `""`.
 async fn holder_text<C: LockConnection>(locks: &SpaceLock<C>, name: &str) -> String {
     match tokio::time::timeout(SIDE_QUERY_TIMEOUT, locks.info(name)).await {
-        Ok(Ok(Some(LockInfo {
-            owner, ttl, token, ..
-        }))) => {
+        Ok(Ok(Some(info))) => {
+            let LockInfo { ttl, token, .. } = info;
             let ttl = ttl.map_or_else(|| "none".to_string(), format_duration);
+            let owner = escape(&info.owner_bytes);
             format!(" (owner {owner}, token {token}, ttl {ttl})")
         }
         _ => String::new(),
@@ -276,7 +292,8 @@ async fn run_child<C: LockConnection>(
 
     // The lease is lost: stop the whole process group, then say why.
     let grace = args.kill_grace;
-    let deadline = Instant::now() + grace;
+    let start = Instant::now();
+    let deadline = start.checked_add(grace).unwrap_or(start);
     if let Some(pg) = pg {
         let _ = killpg(pg, Signal::SIGTERM);
         // A stopped process (Ctrl-Z, or SIGTTIN now that it lost the
@@ -284,9 +301,9 @@ async fn run_child<C: LockConnection>(
         let _ = killpg(pg, Signal::SIGCONT);
     }
     let why = lost_reason(&locks, &lease).await;
+    let key = escape(lease.key().as_bytes());
     say.error(format_args!(
-        "lease lost: {}: {why}; sent SIGTERM to the command (SIGKILL in {})",
-        lease.key(),
+        "lease lost: {key}: {why}; sent SIGTERM to the command (SIGKILL in {})",
         format_duration(grace)
     ));
     if tokio::time::timeout_at(deadline, child.wait())
@@ -294,8 +311,7 @@ async fn run_child<C: LockConnection>(
         .is_err()
     {
         say.error(format_args!(
-            "lease lost: {}: the command did not exit within {} of SIGTERM; sending SIGKILL",
-            lease.key(),
+            "lease lost: {key}: the command did not exit within {} of SIGTERM; sending SIGKILL",
             format_duration(grace)
         ));
         if let Some(pg) = pg {
@@ -349,14 +365,14 @@ async fn lost_reason<C: LockConnection>(locks: &SpaceLock<C>, lease: &Lease) -> 
     let server = tokio::time::timeout(SIDE_QUERY_TIMEOUT, locks.info(lease.name())).await;
     let expired = lease.lost_reason() != Some(LostReason::NotOwner);
     match server {
-        Ok(Ok(Some(info))) if info.owner != locks.owner() => format!(
+        Ok(Ok(Some(info))) if info.owner_bytes != locks.owner().as_bytes() => format!(
             "{}the lock now belongs to {} (token {})",
             if expired {
                 "no refresh succeeded within the ttl; "
             } else {
                 ""
             },
-            info.owner,
+            escape(&info.owner_bytes),
             info.token
         ),
         Ok(Ok(None)) if !expired => "the key is gone (it expired or was deleted)".to_string(),

@@ -336,7 +336,7 @@ fn sigint_while_waiting_aborts_without_running() {
     kill(Pid::from_raw(first.id() as i32), Signal::SIGTERM).unwrap();
     assert_eq!(finish(first, Duration::from_secs(10)).code(), Some(0));
     assert!(!dir.path().join("waiter-ran").exists());
-    std::thread::sleep(Duration::from_millis(100));
+    // spacelock exits only after its releases are done: nothing to wait for.
     assert!(!exists(&server, &format!("{PREFIX}held")));
 }
 
@@ -875,11 +875,15 @@ fn an_interactive_command_can_read_the_terminal() {
 fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
     use std::io::Write;
     let server = Server::new();
-    let mut child = under_terminal(&server, "tty-stop", "read x; echo got:$x");
+    let dir = tmp();
+    // The command has the terminal by the time it runs (spacelock hands it
+    // over before exec), so Ctrl-Z goes to it only once it has started:
+    // waiting for the key alone raced the spawn on a loaded machine.
+    let started = dir.path().join("started");
+    let command = format!("touch {}; read x; echo got:$x", started.display());
+    let mut child = under_terminal(&server, "tty-stop", &command);
     let key = format!("{PREFIX}tty-stop");
-    assert!(wait_until(Duration::from_secs(10), || exists(
-        &server, &key
-    )));
+    wait_for_file(&started);
     let pid = spacelock_pid("tty-stop").expect("spacelock process");
     let stdin = child.stdin.as_mut().unwrap();
     stdin.write_all(&[0x1a]).unwrap(); // Ctrl-Z

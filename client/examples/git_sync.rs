@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use spacelock_client::{Lease, Options, Outcome, Skipped, SpaceLock};
 
 /// A resource protected by fencing tokens: it refuses a write whose token is
@@ -101,12 +101,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let options = Options::default()
         .ttl(Duration::from_secs(3))
         .key_prefix("git-sync:lock:");
+    // No response timeout on the connection: the client puts its own
+    // deadline on every command, so a write pause (FAILOVER) is waited out.
+    let config = ConnectionManagerConfig::new().set_response_timeout(None);
     // Two replicas: two SpaceLocks, so two owner ids.
     let replica_a = SpaceLock::new(
-        ConnectionManager::new(client.clone()).await?,
+        ConnectionManager::new_with_config(client.clone(), config.clone()).await?,
         options.clone(),
     );
-    let replica_b = SpaceLock::new(ConnectionManager::new(client).await?, options);
+    let replica_b = SpaceLock::new(
+        ConnectionManager::new_with_config(client, config).await?,
+        options,
+    );
     println!(
         "replica A owner {}\nreplica B owner {}",
         replica_a.owner(),

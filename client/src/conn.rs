@@ -22,6 +22,18 @@ use tokio::sync::Semaphore;
 /// must share one underlying connection (pipelining), as those three do; the
 /// heartbeat clones the connection for each refresh it sends.
 ///
+/// After a dropped connection (a server restart, an idle timeout in a load
+/// balancer), the client retries its commands at once: over a
+/// `ConnectionManager` or a `ClusterConnection` the retry goes out on the
+/// fresh connection they open. A `MultiplexedConnection` never reconnects,
+/// so once its connection is gone every command fails; use it only where
+/// that is acceptable. The client puts its own deadline on every command,
+/// so a connection without a response timeout is best
+/// (`ConnectionManagerConfig::set_response_timeout(None)`): with redis-rs'
+/// default of 500 ms, a command the server holds during a write pause times
+/// out and is sent again, which still works (the retry queues behind the
+/// original on the same connection) but costs a round trip per 500 ms.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -80,7 +92,10 @@ impl<T: ConnectionLike + Send> DynConn for T {
 /// connection, so a blocking `SPACELOCK.ACQUIRE … WAIT` must never share the
 /// multiplexed connection that carries heartbeats. A `WaitConnection` is
 /// used by one blocking call at a time and must not time responses out
-/// before the wait ends (the pool applies its own deadline).
+/// before the wait ends (the client applies its own deadline: the wait's
+/// timeout plus [`Options::wait_grace`](crate::Options::wait_grace)).
+/// Dropping it must close the connection: that is how an abandoned wait
+/// leaves the server's queue.
 pub struct WaitConnection(Box<dyn DynConn>);
 
 impl WaitConnection {
@@ -171,6 +186,10 @@ impl WaitConnector for redis::cluster::ClusterClient {
 }
 
 /// A bounded pool of dedicated connections for blocking commands.
+///
+/// A connection goes back to the pool only after a command on it was
+/// answered; one that failed (or whose command was abandoned) is dropped,
+/// so the next wait opens a fresh one.
 pub(crate) struct WaitPool {
     connector: Box<dyn WaitConnector>,
     idle: Mutex<Vec<WaitConnection>>,
@@ -183,6 +202,17 @@ pub(crate) struct PooledConn {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// What [`WaitPool::checkout`] got.
+pub(crate) enum Checkout {
+    /// A connection: an idle one, or a fresh one.
+    Got(PooledConn),
+    /// No slot came free, or the connection attempt did not finish, before
+    /// the deadline.
+    NotInTime,
+    /// Opening a connection failed.
+    Failed(redis::RedisError),
+}
+
 impl WaitPool {
     pub(crate) fn new(connector: Box<dyn WaitConnector>, size: usize) -> Self {
         WaitPool {
@@ -192,26 +222,31 @@ impl WaitPool {
         }
     }
 
-    /// Waits for a free slot, then reuses an idle connection or opens one.
-    pub(crate) async fn checkout(&self) -> RedisResult<PooledConn> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the pool's semaphore is never closed");
+    /// Waits for a free slot, then reuses an idle connection or opens one,
+    /// all before `deadline`.
+    pub(crate) async fn checkout(&self, deadline: tokio::time::Instant) -> Checkout {
+        let permit =
+            match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                // The semaphore is never closed.
+                Ok(Err(_)) | Err(_) => return Checkout::NotInTime,
+            };
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match idle {
             Some(c) => c,
-            None => self.connector.connect().await?,
+            None => match tokio::time::timeout_at(deadline, self.connector.connect()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Checkout::Failed(e),
+                Err(_) => return Checkout::NotInTime,
+            },
         };
-        Ok(PooledConn {
+        Checkout::Got(PooledConn {
             conn,
             _permit: permit,
         })
     }
 
-    /// Returns a healthy connection for reuse (a broken one is just dropped).
+    /// Returns a connection whose last command was answered, for reuse.
     pub(crate) fn checkin(&self, conn: PooledConn) {
         self.idle
             .lock()

@@ -1,5 +1,7 @@
 //! The crate's error type.
 
+use std::time::Duration;
+
 use redis::RedisError;
 
 /// Everything that can go wrong when talking to the spacelock module.
@@ -33,14 +35,37 @@ pub enum Error {
         /// The server's error reply, verbatim.
         reply: String,
     },
-    /// A Redis command failed: connection, timeout or an error reply.
+    /// A Redis command failed: connection, an error reply, or the
+    /// connection's own response timeout.
     #[error("redis error: {0}")]
     Redis(#[source] RedisError),
-    /// The lease was lost while the body ran and `cancel_on_lost` dropped the body.
-    #[error("lost the lock {key} while the body was running; the body was cancelled")]
+    /// No reply came within the time the client allows for it (the
+    /// connection may be fine but the server stalled, or the connection went
+    /// dead without being closed). The command may still have been applied;
+    /// a lock it could have granted was released before this was returned.
+    #[error("no reply to {command} within {after:?}")]
+    Timeout {
+        /// The command that got no reply.
+        command: &'static str,
+        /// How long the client waited, retries included.
+        after: Duration,
+    },
+    /// The lease was lost: while the body ran, with
+    /// [`Options::cancel_on_lost`](crate::Options::cancel_on_lost) set (the
+    /// body was dropped), or before the body could start (a grant that had
+    /// already expired when the client confirmed it, e.g. because this
+    /// process was stopped while it waited).
+    #[error("lost the lock {key}; the body was cancelled or never started")]
     LockLost {
         /// The Redis key of the lost lock.
         key: String,
+    },
+    /// An argument the client refuses before sending anything: an empty lock
+    /// name, or a ttl below [`MIN_TTL`](crate::MIN_TTL).
+    #[error("invalid argument: {reason}")]
+    InvalidArgument {
+        /// What is wrong.
+        reason: String,
     },
     /// A blocking acquire was asked for, but no [`WaitConnector`](crate::WaitConnector) was given.
     #[error(
@@ -72,8 +97,34 @@ impl Error {
     /// }
     /// # }
     /// ```
+    #[must_use]
     pub fn is_module_not_loaded(&self) -> bool {
         matches!(self, Error::ModuleNotLoaded { .. })
+    }
+
+    /// Whether the server (or the network) did not answer: an I/O or
+    /// connection error, or no reply in time ([`Error::Timeout`], or the
+    /// connection's own response timeout). The server may be restarting,
+    /// paused or unreachable; the command may or may not have been applied.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) {
+    /// if let Err(e) = locks.acquire("space-42").await {
+    ///     if e.is_unavailable() {
+    ///         eprintln!("redis is unreachable: {e}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Redis(e) => e.is_io_error(),
+            _ => false,
+        }
     }
 }
 

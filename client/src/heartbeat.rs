@@ -11,8 +11,13 @@
 //! Refreshes are sent concurrently over the shared connection (which
 //! pipelines them) and their replies are collected in a `FuturesUnordered`,
 //! so a stalled server never delays the local deadline of any lease, and the
-//! body of a lease is never blocked. A reply of `0` marks the lease lost; an
-//! error is logged and the lease is tried again at its next tick.
+//! body of a lease is never blocked. A reply of `0` marks the lease lost.
+//!
+//! A refresh waits for its reply as long as its lease can still be valid (a
+//! server in a write pause holds it until the pause ends). After an error
+//! (a dropped connection, an idle timeout, a restart) the lease is tried
+//! again promptly, not at its next tick: 10 ms later, then with a doubling
+//! pause up to the refresh interval, for as long as its deadline allows.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,10 +31,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::LockConnection;
 use crate::lease::{LostReason, LostSignal, ValidUntil};
+use crate::options::{after, refresh_interval};
 
-/// Interval between refreshes: `max(1 ms, ttl/3)`, with the seed's integer ms.
-pub(crate) fn refresh_interval(ttl_ms: u64) -> Duration {
-    Duration::from_millis((ttl_ms / 3).max(1))
+#[cfg(test)]
+mod tests;
+
+/// The pause before retry `n` (≥ 1) of a failed refresh: 10 ms, doubling,
+/// at most the refresh interval.
+fn retry_delay(failures: u32, interval: Duration) -> Duration {
+    let n = failures.clamp(1, 16) - 1;
+    Duration::from_millis(10u64 << n).min(interval)
 }
 
 struct Entry {
@@ -43,6 +54,8 @@ struct Entry {
     /// This entry's element of `State::wakeups`.
     wake: Instant,
     in_flight: bool,
+    /// Refreshes that failed in a row.
+    failures: u32,
     lost: Arc<LostSignal>,
     /// Shared with the [`Lease`](crate::Lease), which reads it directly.
     valid_until: Arc<ValidUntil>,
@@ -50,7 +63,7 @@ struct Entry {
 
 impl Entry {
     fn deadline(&self) -> Instant {
-        self.last_ok_start + self.ttl
+        after(self.last_ok_start, self.ttl)
     }
 }
 
@@ -112,9 +125,10 @@ impl Heartbeat {
         }
     }
 
-    /// Starts refreshing `key`, acquired by a command that started at
-    /// `valid_until.start()`. `lost` is cancelled when the lease is lost;
-    /// `valid_until` is moved forward on every successful refresh.
+    /// Starts refreshing `key`, whose lease counts from `valid_until.start()`
+    /// (when the acquire, or the refresh that confirmed it, was sent).
+    /// `lost` is cancelled when the lease is lost; `valid_until` is moved
+    /// forward on every successful refresh.
     pub(crate) fn register<C: LockConnection>(
         &self,
         conn: &C,
@@ -129,16 +143,18 @@ impl Heartbeat {
         let mut st = self.shared.lock();
         let id = st.next_id;
         st.next_id += 1;
-        let next_refresh = acquired_at + interval;
+        let next_refresh = after(acquired_at, interval);
+        let ttl = Duration::from_millis(ttl_ms);
         let entry = Entry {
             key: key.to_string(),
-            ttl: Duration::from_millis(ttl_ms),
+            ttl,
             ttl_ms,
             interval,
             last_ok_start: acquired_at,
             next_refresh,
             wake: next_refresh,
             in_flight: false,
+            failures: 0,
             lost,
             valid_until,
         };
@@ -148,8 +164,7 @@ impl Heartbeat {
         st.leases.insert(id, entry);
         st.wakeups.insert((next_refresh, id));
         st.reschedule(id);
-        let wake_refresher = earliest
-            .is_none_or(|t| next_refresh.min(acquired_at + Duration::from_millis(ttl_ms)) < t);
+        let wake_refresher = earliest.is_none_or(|t| next_refresh.min(after(acquired_at, ttl)) < t);
         let running = st.task.as_ref().is_some_and(|t| !t.is_finished());
         if !running {
             let task = tokio::spawn(run(self.shared.clone(), conn.clone(), owner.clone()));
@@ -176,8 +191,20 @@ impl Heartbeat {
 /// Replies of one pipelined batch: (lease id, reply or error text).
 type Batch = Vec<(u64, Result<i64, String>)>;
 
-async fn send_batch<C: LockConnection>(mut conn: C, ids: Vec<u64>, pipe: redis::Pipeline) -> Batch {
-    match conn.req_packed_commands(&pipe, 0, ids.len()).await {
+/// Sends one pipeline of refreshes and waits for the replies until
+/// `deadline` (the latest deadline among its leases).
+async fn send_batch<C: LockConnection>(
+    mut conn: C,
+    ids: Vec<u64>,
+    pipe: redis::Pipeline,
+    deadline: Instant,
+) -> Batch {
+    let sent = tokio::time::timeout_at(deadline, conn.req_packed_commands(&pipe, 0, ids.len()));
+    let Ok(result) = sent.await else {
+        let msg = "no reply within the ttl".to_string();
+        return ids.into_iter().map(|id| (id, Err(msg.clone()))).collect();
+    };
+    match result {
         Ok(values) if values.len() == ids.len() => ids
             .into_iter()
             .zip(values)
@@ -209,7 +236,7 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
     loop {
         let now = Instant::now();
         // Due refreshes, pipelined per group (one group, or one per cluster slot).
-        let mut batches: HashMap<u16, (Vec<u64>, redis::Pipeline)> = HashMap::new();
+        let mut batches: HashMap<u16, (Vec<u64>, redis::Pipeline, Instant)> = HashMap::new();
         let next_wake = {
             let mut st = shared.lock();
             while let Some(&(t, id)) = st.wakeups.first() {
@@ -239,16 +266,15 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
                 if now >= e.next_refresh {
                     if !e.in_flight {
                         e.in_flight = true;
-                        let (ids, pipe) = batches
+                        let deadline = e.deadline();
+                        let (ids, pipe, until) = batches
                             .entry(C::pipeline_group(e.key.as_bytes()))
-                            .or_insert_with(|| (Vec::new(), redis::pipe()));
+                            .or_insert_with(|| (Vec::new(), redis::pipe(), deadline));
                         ids.push(id);
-                        pipe.cmd("SPACELOCK.REFRESH")
-                            .arg(&e.key)
-                            .arg(&*owner)
-                            .arg(e.ttl_ms);
+                        *until = (*until).max(deadline);
+                        pipe.add_command(crate::proto::refresh(&e.key, &owner, e.ttl_ms));
                     }
-                    e.next_refresh = now + e.interval;
+                    e.next_refresh = after(now, e.interval);
                 }
                 e.wake = e.next_refresh.min(e.deadline());
                 let wake = e.wake;
@@ -256,12 +282,13 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
             }
             st.wakeups.first().map(|w| w.0)
         };
-        for (_, (ids, pipe)) in batches {
+        for (_, (ids, pipe, until)) in batches {
             let conn = conn.clone();
-            inflight.push(async move { (now, send_batch(conn, ids, pipe).await) });
+            inflight.push(async move { (now, send_batch(conn, ids, pipe, until).await) });
         }
-        let sleep =
-            tokio::time::sleep_until(next_wake.unwrap_or_else(|| now + Duration::from_secs(3600)));
+        let sleep = tokio::time::sleep_until(
+            next_wake.unwrap_or_else(|| after(now, Duration::from_secs(3600))),
+        );
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = shared.notify.notified() => {}
@@ -297,10 +324,15 @@ fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, S
     }
     match result {
         Ok(1) => {
+            if e.failures > 0 {
+                tracing::info!(key = %e.key, failures = e.failures, "spacelock: refresh succeeded again");
+                e.failures = 0;
+            }
             if started > e.last_ok_start {
                 e.last_ok_start = started;
                 e.valid_until.extend(started, e.ttl);
             }
+            e.valid_until.answered(Instant::now(), e.ttl);
             if Instant::now() >= e.deadline() {
                 tracing::warn!(
                     key = %e.key,
@@ -322,23 +354,26 @@ fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, S
             st.remove(id);
         }
         Ok(other) => {
-            tracing::warn!(key = %e.key, reply = other, "spacelock: unexpected refresh reply; retrying next tick");
+            let err = format!("unexpected reply {other}");
+            retry_soon(st, id, &err);
         }
-        Err(err) => {
-            tracing::warn!(key = %e.key, error = %err, "spacelock: refresh failed; retrying next tick");
-        }
+        Err(err) => retry_soon(st, id, &err),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interval_is_a_third_at_least_one_ms() {
-        assert_eq!(refresh_interval(30_000), Duration::from_millis(10_000));
-        assert_eq!(refresh_interval(300), Duration::from_millis(100));
-        assert_eq!(refresh_interval(2), Duration::from_millis(1));
-        assert_eq!(refresh_interval(1), Duration::from_millis(1));
+/// Schedules the next attempt of a failed refresh soon (not a whole
+/// interval later: the connection may just have been replaced).
+fn retry_soon(st: &mut State, id: u64, err: &str) {
+    let Some(e) = st.leases.get_mut(&id) else {
+        return;
+    };
+    e.failures = e.failures.saturating_add(1);
+    let delay = retry_delay(e.failures, e.interval);
+    if e.failures == 1 {
+        tracing::warn!(key = %e.key, error = %err, "spacelock: refresh failed; retrying in {delay:?}");
+    } else {
+        tracing::debug!(key = %e.key, error = %err, failures = e.failures, "spacelock: refresh failed again; retrying in {delay:?}");
     }
+    e.next_refresh = e.next_refresh.min(after(Instant::now(), delay));
+    st.reschedule(id);
 }

@@ -71,8 +71,16 @@ pub enum LostReason {
     NotOwner,
     /// No refresh succeeded within the ttl (Redis unreachable, slow or stalled, or this process starved), so the lock may have expired.
     Expired,
-    /// The body ended (returned, panicked or was cancelled) and the lock was released.
+    /// The body ended (returned, panicked or was cancelled) and the lock was
+    /// released (or found to be no longer ours). Set when the body ends; by
+    /// the time `with_space_lock` returns, the release has finished, and a
+    /// release that failed has turned this into [`ReleaseFailed`](Self::ReleaseFailed).
     Released,
+    /// The body ended, but the release did not succeed within
+    /// [`Options::release_timeout`](crate::Options::release_timeout) (the
+    /// server was unreachable or did not answer). The lock stays held in
+    /// this owner's name until its ttl runs out; a warning was logged.
+    ReleaseFailed,
 }
 
 impl LostReason {
@@ -81,6 +89,7 @@ impl LostReason {
             LostReason::NotOwner => 1,
             LostReason::Expired => 2,
             LostReason::Released => 3,
+            LostReason::ReleaseFailed => 4,
         }
     }
 
@@ -89,6 +98,7 @@ impl LostReason {
             1 => Some(LostReason::NotOwner),
             2 => Some(LostReason::Expired),
             3 => Some(LostReason::Released),
+            4 => Some(LostReason::ReleaseFailed),
             _ => None,
         }
     }
@@ -100,6 +110,9 @@ impl std::fmt::Display for LostReason {
             LostReason::NotOwner => "the lock expired or has another owner",
             LostReason::Expired => "no refresh succeeded within the ttl",
             LostReason::Released => "the lock was released",
+            LostReason::ReleaseFailed => {
+                "the release failed; the lock stays held until its ttl runs out"
+            }
         })
     }
 }
@@ -128,6 +141,17 @@ impl LostSignal {
         self.token.cancel();
     }
 
+    /// Records that the release after the body failed: `Released` becomes
+    /// `ReleaseFailed` (any other first reason stays).
+    pub(crate) fn release_failed(&self) {
+        let _ = self.reason.compare_exchange(
+            LostReason::Released.code(),
+            LostReason::ReleaseFailed.code(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     /// Whether the lease has ended.
     pub(crate) fn is_lost(&self) -> bool {
         self.token.is_cancelled()
@@ -150,7 +174,7 @@ impl LostSignal {
 }
 
 /// The local deadline of a lease: the start of its last successful refresh
-/// (or of the acquire) plus the ttl, on the monotonic clock. The heartbeat
+/// (or the moment the acquire was sent) plus the ttl, on the monotonic clock. The heartbeat
 /// moves it forward; [`Lease::is_lost`] reads it directly, so a holder sees
 /// the deadline pass even when the heartbeat task has not run yet (a busy or
 /// starved runtime).
@@ -158,37 +182,63 @@ impl LostSignal {
 pub(crate) struct ValidUntil {
     base: Instant,
     nanos: AtomicU64,
+    /// The latest the key can exist on the server: the arrival of the last
+    /// reply that set its expiry, plus the ttl (nanoseconds after `base`).
+    /// It bounds how long a release is worth trying.
+    expires_by: AtomicU64,
 }
 
 impl ValidUntil {
     /// A deadline of `start + ttl`.
     pub(crate) fn new(start: Instant, ttl: Duration) -> Arc<Self> {
+        let ttl = ttl.min(crate::options::MAX_SPAN);
         let v = Arc::new(ValidUntil {
             base: start,
             nanos: AtomicU64::new(0),
+            expires_by: AtomicU64::new(0),
         });
         v.extend(start, ttl);
+        v.answered(Instant::now(), ttl);
         v
+    }
+
+    /// A reply that set the key's expiry arrived at `at`: the key is gone
+    /// by `at + ttl` at the latest.
+    pub(crate) fn answered(&self, at: Instant, ttl: Duration) {
+        let by = crate::options::after(at, ttl)
+            .saturating_duration_since(self.base)
+            .as_nanos();
+        self.expires_by
+            .fetch_max(u64::try_from(by).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// The latest the key can exist on the server.
+    pub(crate) fn expires_by(&self) -> Instant {
+        self.base + Duration::from_nanos(self.expires_by.load(Ordering::Acquire))
     }
 
     /// Moves the deadline to `start + ttl` if that is later.
     pub(crate) fn extend(&self, start: Instant, ttl: Duration) {
-        let at = (start + ttl)
+        let at = crate::options::after(start, ttl)
             .saturating_duration_since(self.base)
             .as_nanos();
         self.nanos
             .fetch_max(u64::try_from(at).unwrap_or(u64::MAX), Ordering::Release);
     }
 
-    /// The acquire's start, which the first deadline counts from.
+    /// The moment the first deadline counts from.
     pub(crate) fn start(&self) -> Instant {
         self.base
     }
 
+    /// The deadline itself.
+    pub(crate) fn at(&self) -> Instant {
+        self.base + Duration::from_nanos(self.nanos.load(Ordering::Acquire))
+    }
+
     /// Whether `now` is at or past the deadline.
     pub(crate) fn passed(&self, now: Instant) -> bool {
-        let at = self.base + Duration::from_nanos(self.nanos.load(Ordering::Acquire));
-        now >= at
+        now >= self.at()
     }
 }
 
@@ -229,6 +279,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn token(&self) -> u64 {
         self.inner.token
     }
@@ -246,6 +297,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn key(&self) -> &str {
         &self.inner.key
     }
@@ -263,6 +315,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn name(&self) -> &str {
         &self.inner.name
     }
@@ -280,6 +333,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn ttl(&self) -> Duration {
         self.inner.ttl
     }
@@ -307,6 +361,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn is_lost(&self) -> bool {
         if self.inner.lost.is_lost() {
             return true;
@@ -325,8 +380,11 @@ impl Lease {
     /// [`LostReason::NotOwner`] when a refresh answered `0`,
     /// [`LostReason::Expired`] when no refresh succeeded within the ttl
     /// (also when [`is_lost`](Self::is_lost) saw the local deadline pass),
-    /// and [`LostReason::Released`] once the body has ended and the lock was
-    /// released. The first reason stays.
+    /// [`LostReason::Released`] once the body has ended and the lock was
+    /// released, and [`LostReason::ReleaseFailed`] if that release did not
+    /// succeed. The first reason stays, except that `Released` turns into
+    /// `ReleaseFailed`; once `with_space_lock` has returned it is final, so a
+    /// lease kept past its body tells whether the lock was let go.
     ///
     /// # Examples
     ///
@@ -341,6 +399,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn lost_reason(&self) -> Option<LostReason> {
         if self.is_lost() {
             self.inner.lost.reason()
@@ -395,6 +454,7 @@ impl Lease {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    #[must_use]
     pub fn lost_token(&self) -> CancellationToken {
         self.inner.lost.child_token()
     }

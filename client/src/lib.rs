@@ -9,14 +9,18 @@
 //!   [`Skipped::InProgress`], never a [`Skipped::LockHeld`];
 //! * a **lease in Redis** taken with `SPACELOCK.ACQUIRE`, which hands out a
 //!   strictly increasing **fencing token** ([`Lease::token`]);
-//! * a **heartbeat** refreshing every `max(1 ms, ttl/3)`, one background task
-//!   per [`SpaceLock`] for all its leases, with a **lost signal**
+//! * a **heartbeat** refreshing every `ttl/3`, one background task per
+//!   [`SpaceLock`] for all its leases, with a **lost signal**
 //!   ([`Lease::lost`], [`Lease::is_lost`]) when a refresh answers `0` or no
 //!   refresh has succeeded within the ttl (measured on a monotonic clock);
 //! * **release on every path**: after the body, on panic (then the panic
 //!   resumes) and on cancellation (the release is spawned onto the runtime);
 //! * an optional blocking acquire ([`SpaceLock::with_space_lock_wait`]) that
 //!   waits on the server instead of polling;
+//! * **fault handling**: every command has the client's own deadline (a
+//!   write pause is waited out, a dead server is not waited for forever);
+//!   a dropped connection (restart, idle timeout, `CLIENT KILL`) is retried
+//!   at once on a fresh one; a failed acquire never leaves a lock behind;
 //! * a typed [`Error::ModuleNotLoaded`] that says how to load the module.
 //!
 //! It runs over redis-rs' [`ConnectionManager`](redis::aio::ConnectionManager),
@@ -67,13 +71,25 @@
 
 mod conn;
 mod error;
+#[cfg(test)]
+mod fake;
+mod guard;
 mod heartbeat;
 mod lease;
 mod lock;
 mod options;
+mod outcome;
+mod primitives;
+mod proto;
+mod retry;
+mod wait;
 
 pub use conn::{LockConnection, WaitConnection, WaitConnector};
 pub use error::Error;
 pub use lease::{Lease, LostReason};
-pub use lock::{AcquireReply, LockInfo, Outcome, RefreshReply, ReleaseReply, Skipped, SpaceLock};
-pub use options::{Options, DEFAULT_KEY_PREFIX, DEFAULT_TTL, DEFAULT_WAIT_CONNECTIONS};
+pub use lock::SpaceLock;
+pub use options::{
+    Options, Settings, DEFAULT_KEY_PREFIX, DEFAULT_RELEASE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_TTL, DEFAULT_WAIT_CONNECTIONS, DEFAULT_WAIT_GRACE, MIN_TTL,
+};
+pub use outcome::{AcquireReply, LockInfo, Outcome, RefreshReply, ReleaseReply, Skipped};

@@ -1,9 +1,24 @@
-//! Configuration of a [`SpaceLock`](crate::SpaceLock).
+//! Configuration: [`Options`] (a builder, setters only) and [`Settings`]
+//! (what a [`SpaceLock`](crate::SpaceLock) actually uses, with getters).
+//!
+//! Why two types: the setters are builder methods named after the setting
+//! (`Options::ttl(d)`), so getters of the same name cannot live next to them,
+//! and `get_`-prefixed getters go against the API guidelines (C-GETTER).
+//! The values worth reading are the *resolved* ones anyway (the owner id that
+//! was generated, the ttl rounded to whole milliseconds), and those live in
+//! the view [`SpaceLock::settings`](crate::SpaceLock::settings) returns.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::Error;
 
 /// The default lease time to live: 30 s, as the seed's `GIT_SYNC_LOCK_TTL_MS`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// The shortest ttl accepted: a shorter lease cannot be refreshed in time
+/// (its heartbeat would have to answer within a few milliseconds).
+pub const MIN_TTL: Duration = Duration::from_millis(10);
 
 /// The default prefix put in front of every lock name to form its Redis key.
 pub const DEFAULT_KEY_PREFIX: &str = "spacelock:lock:";
@@ -11,7 +26,22 @@ pub const DEFAULT_KEY_PREFIX: &str = "spacelock:lock:";
 /// The default size of the pool of dedicated connections for blocking acquires.
 pub const DEFAULT_WAIT_CONNECTIONS: usize = 4;
 
+/// The default time an ACQUIRE (without WAIT), a REFRESH or an INFO may take,
+/// retries on a fresh connection included.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default cap on the time a RELEASE may take, retries included.
+pub const DEFAULT_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The default time a blocking acquire waits for its reply past its timeout.
+pub const DEFAULT_WAIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Durations are clamped to this before any clock arithmetic, so that no
+/// input can overflow an `Instant` (about a century).
+pub(crate) const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Settings for a [`SpaceLock`](crate::SpaceLock), built with chained setters.
+/// Read the values back from [`SpaceLock::settings`](crate::SpaceLock::settings).
 ///
 /// # Examples
 ///
@@ -23,15 +53,18 @@ pub const DEFAULT_WAIT_CONNECTIONS: usize = 4;
 ///     .ttl(Duration::from_secs(10))
 ///     .key_prefix("git-sync:lock:")
 ///     .cancel_on_lost(true);
-/// assert_eq!(options.get_ttl(), Duration::from_secs(10));
+/// # let _ = options;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
-    pub(crate) ttl: Duration,
-    pub(crate) key_prefix: String,
-    pub(crate) owner: Option<String>,
-    pub(crate) cancel_on_lost: bool,
-    pub(crate) wait_connections: usize,
+    ttl: Duration,
+    key_prefix: String,
+    owner: Option<String>,
+    cancel_on_lost: bool,
+    wait_connections: usize,
+    request_timeout: Duration,
+    release_timeout: Duration,
+    wait_grace: Duration,
 }
 
 impl Default for Options {
@@ -42,6 +75,9 @@ impl Default for Options {
             owner: None,
             cancel_on_lost: false,
             wait_connections: DEFAULT_WAIT_CONNECTIONS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            release_timeout: DEFAULT_RELEASE_TIMEOUT,
+            wait_grace: DEFAULT_WAIT_GRACE,
         }
     }
 }
@@ -52,19 +88,19 @@ impl Options {
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
     /// use spacelock_client::Options;
-    ///
     /// assert_eq!(Options::new(), Options::default());
     /// ```
+    #[must_use]
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The lease time to live. The heartbeat refreshes every `max(1 ms, ttl/3)`,
-    /// and a lease whose last successful refresh started more than `ttl` ago is
-    /// lost. Rounded up to whole milliseconds, at least 1 ms; the server
-    /// rejects values above its `spacelock.max-ttl`.
+    /// The lease time to live. The heartbeat refreshes every `ttl/3`, and a
+    /// lease none of whose refreshes succeeded within `ttl` of the start of
+    /// the last successful one is lost. Rounded up to whole milliseconds.
+    /// Lock calls fail with [`Error::InvalidArgument`] below [`MIN_TTL`]
+    /// (10 ms); the server rejects values above its `spacelock.max-ttl`.
     ///
     /// Defaults to 30 s ([`DEFAULT_TTL`]).
     ///
@@ -73,10 +109,10 @@ impl Options {
     /// ```
     /// use std::time::Duration;
     /// use spacelock_client::Options;
-    ///
     /// let options = Options::default().ttl(Duration::from_secs(10));
-    /// assert_eq!(options.get_ttl(), Duration::from_secs(10));
+    /// # let _ = options;
     /// ```
+    #[must_use]
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -91,12 +127,11 @@ impl Options {
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
     /// use spacelock_client::Options;
-    ///
     /// let options = Options::default().key_prefix("git-sync:lock:");
-    /// assert_eq!(options.get_key_prefix(), "git-sync:lock:");
+    /// # let _ = options;
     /// ```
+    #[must_use]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
@@ -112,12 +147,11 @@ impl Options {
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
     /// use spacelock_client::Options;
-    ///
     /// let options = Options::default().owner("sync-worker-1");
-    /// assert_eq!(options.get_owner(), Some("sync-worker-1"));
+    /// # let _ = options;
     /// ```
+    #[must_use]
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self
@@ -125,21 +159,20 @@ impl Options {
 
     /// Whether to drop (cancel) the body when its lease is lost. When set,
     /// [`SpaceLock::with_space_lock`](crate::SpaceLock::with_space_lock)
-    /// returns [`Error::LockLost`](crate::Error::LockLost) in that case; when
-    /// not set, the body only gets the signal through [`Lease::lost`](crate::Lease::lost)
-    /// and [`Lease::is_lost`](crate::Lease::is_lost).
+    /// returns [`Error::LockLost`] in that case; when not set, the body only
+    /// gets the signal through [`Lease::lost`](crate::Lease::lost) and
+    /// [`Lease::is_lost`](crate::Lease::is_lost).
     ///
     /// Defaults to `false` (signal only).
     ///
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
     /// use spacelock_client::Options;
-    ///
     /// let options = Options::default().cancel_on_lost(true);
-    /// assert!(options.get_cancel_on_lost());
+    /// # let _ = options;
     /// ```
+    #[must_use]
     pub fn cancel_on_lost(mut self, cancel: bool) -> Self {
         self.cancel_on_lost = cancel;
         self
@@ -155,92 +188,230 @@ impl Options {
     /// # Examples
     ///
     /// ```
-    /// use std::time::Duration;
     /// use spacelock_client::Options;
-    ///
     /// let options = Options::default().wait_connections(16);
-    /// assert_eq!(options.get_wait_connections(), 16);
+    /// # let _ = options;
     /// ```
+    #[must_use]
     pub fn wait_connections(mut self, n: usize) -> Self {
-        self.wait_connections = n.max(1);
+        self.wait_connections = n;
         self
     }
 
-    /// The configured lease time to live.
+    /// How long an `ACQUIRE` without `WAIT`, a `REFRESH` sent by
+    /// [`SpaceLock::refresh`](crate::SpaceLock::refresh) and an `INFO` may
+    /// take in all. A server in a write pause (`CLIENT PAUSE … WRITE`,
+    /// `FAILOVER`) holds the lock commands until the pause ends; a dropped
+    /// connection is retried on a fresh one within this time.
+    ///
+    /// Defaults to 5 s ([`DEFAULT_REQUEST_TIMEOUT`]).
     ///
     /// # Examples
     ///
     /// ```
     /// use std::time::Duration;
     /// use spacelock_client::Options;
-    ///
-    /// assert_eq!(Options::default().get_ttl(), Duration::from_secs(30));
+    /// let options = Options::default().request_timeout(Duration::from_secs(30));
+    /// # let _ = options;
     /// ```
-    pub fn get_ttl(&self) -> Duration {
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The most time a release may take, waiting for the reply (a write
+    /// pause holds it) and retrying on a fresh connection after errors
+    /// included. A release is not tried for longer than the key can still
+    /// exist either (the last successful refresh's reply plus the ttl): by
+    /// then it has expired anyway. A release that fails within this time is
+    /// logged and reported as
+    /// [`LostReason::ReleaseFailed`](crate::LostReason::ReleaseFailed).
+    ///
+    /// Defaults to 5 s ([`DEFAULT_RELEASE_TIMEOUT`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    /// let options = Options::default().release_timeout(Duration::from_secs(15));
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn release_timeout(mut self, timeout: Duration) -> Self {
+        self.release_timeout = timeout;
+        self
+    }
+
+    /// How long a blocking acquire waits for the server's reply beyond its
+    /// own timeout before it gives up with [`Error::Timeout`] (and releases
+    /// the lock in case it was granted meanwhile).
+    ///
+    /// Defaults to 5 s ([`DEFAULT_WAIT_GRACE`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    /// let options = Options::default().wait_grace(Duration::from_secs(2));
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn wait_grace(mut self, grace: Duration) -> Self {
+        self.wait_grace = grace;
+        self
+    }
+
+    /// Resolves the options for one `SpaceLock`.
+    pub(crate) fn resolve(self) -> Settings {
+        let owner: Arc<str> = match self.owner {
+            Some(o) => o.into(),
+            None => uuid::Uuid::new_v4().to_string().into(),
+        };
+        let ttl_ms = millis_ceil(self.ttl);
+        Settings {
+            ttl: Duration::from_millis(ttl_ms).min(MAX_SPAN),
+            ttl_ms,
+            key_prefix: self.key_prefix,
+            owner,
+            cancel_on_lost: self.cancel_on_lost,
+            wait_connections: self.wait_connections.max(1),
+            request_timeout: self.request_timeout.min(MAX_SPAN),
+            release_timeout: self.release_timeout.min(MAX_SPAN),
+            wait_grace: self.wait_grace.min(MAX_SPAN),
+        }
+    }
+}
+
+/// The settings a [`SpaceLock`](crate::SpaceLock) runs with, resolved from
+/// its [`Options`]: from [`SpaceLock::settings`](crate::SpaceLock::settings).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) {
+/// let settings = locks.settings();
+/// println!("{} locks with a ttl of {:?}", settings.owner(), settings.ttl());
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Settings {
+    ttl: Duration,
+    pub(crate) ttl_ms: u64,
+    key_prefix: String,
+    pub(crate) owner: Arc<str>,
+    cancel_on_lost: bool,
+    wait_connections: usize,
+    request_timeout: Duration,
+    release_timeout: Duration,
+    wait_grace: Duration,
+}
+
+impl Settings {
+    /// The lease time to live, in whole milliseconds as sent to the server.
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
         self.ttl
     }
 
-    /// The configured key prefix.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use spacelock_client::Options;
-    ///
-    /// assert_eq!(Options::default().get_key_prefix(), "spacelock:lock:");
-    /// ```
-    pub fn get_key_prefix(&self) -> &str {
+    /// The prefix put in front of lock names.
+    #[must_use]
+    pub fn key_prefix(&self) -> &str {
         &self.key_prefix
     }
 
-    /// The configured owner id, if one was set.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use spacelock_client::Options;
-    ///
-    /// assert_eq!(Options::default().get_owner(), None);
-    /// ```
-    pub fn get_owner(&self) -> Option<&str> {
-        self.owner.as_deref()
+    /// The owner id written into the locks: the one set, or the generated UUID.
+    #[must_use]
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
-    /// Whether the body is cancelled when its lease is lost.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use spacelock_client::Options;
-    ///
-    /// assert!(!Options::default().get_cancel_on_lost());
-    /// ```
-    pub fn get_cancel_on_lost(&self) -> bool {
+    /// Whether a body is cancelled when its lease is lost.
+    #[must_use]
+    pub fn cancel_on_lost(&self) -> bool {
         self.cancel_on_lost
     }
 
-    /// The configured size of the blocking-acquire connection pool.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use spacelock_client::Options;
-    ///
-    /// assert_eq!(Options::default().get_wait_connections(), 4);
-    /// ```
-    pub fn get_wait_connections(&self) -> usize {
+    /// The size of the blocking-acquire connection pool (at least 1).
+    #[must_use]
+    pub fn wait_connections(&self) -> usize {
         self.wait_connections
     }
+
+    /// See [`Options::request_timeout`].
+    #[must_use]
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// See [`Options::release_timeout`].
+    #[must_use]
+    pub fn release_timeout(&self) -> Duration {
+        self.release_timeout
+    }
+
+    /// See [`Options::wait_grace`].
+    #[must_use]
+    pub fn wait_grace(&self) -> Duration {
+        self.wait_grace
+    }
+
+    /// The refresh interval: a third of the ttl.
+    pub(crate) fn interval(&self) -> Duration {
+        refresh_interval(self.ttl_ms)
+    }
+
+    /// How long a release may take from now: the release timeout, but no
+    /// longer than the key can still exist (one ttl; at least 250 ms so that
+    /// a short lease on a busy machine still gets its reply).
+    pub(crate) fn release_budget(&self) -> Duration {
+        self.release_timeout
+            .min(self.ttl.max(Duration::from_millis(250)))
+    }
+
+    /// Refuses what the client will not send: an empty name, a ttl too
+    /// short to refresh.
+    pub(crate) fn check(&self, name: &str) -> Result<(), Error> {
+        check_name(name)?;
+        if self.ttl < MIN_TTL {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "ttl {:?} is below the minimum of {:?}: a lease that short cannot be refreshed in time",
+                    self.ttl, MIN_TTL
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Refuses an empty lock name (it would lock the bare prefix).
+pub(crate) fn check_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument {
+            reason: "the lock name must not be empty".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Interval between refreshes: `max(1 ms, ttl/3)`, in the seed's integer ms.
+pub(crate) fn refresh_interval(ttl_ms: u64) -> Duration {
+    Duration::from_millis((ttl_ms / 3).max(1))
 }
 
 /// A duration in whole milliseconds, rounded up, at least 1.
 pub(crate) fn millis_ceil(d: Duration) -> u64 {
     let ms = d.as_nanos().div_ceil(1_000_000);
     u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+}
+
+/// `t + d`, saturating at [`MAX_SPAN`] past `t`: never panics.
+pub(crate) fn after(t: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    let d = d.min(MAX_SPAN);
+    t.checked_add(d).unwrap_or(t)
 }
 
 #[cfg(test)]
@@ -253,16 +424,75 @@ mod tests {
         assert_eq!(millis_ceil(Duration::from_micros(1)), 1);
         assert_eq!(millis_ceil(Duration::from_micros(1001)), 2);
         assert_eq!(millis_ceil(Duration::from_secs(30)), 30_000);
+        assert_eq!(millis_ceil(Duration::MAX), u64::MAX);
     }
 
     #[test]
-    fn defaults() {
-        let o = Options::default();
-        assert_eq!(o.get_ttl(), DEFAULT_TTL);
-        assert_eq!(o.get_key_prefix(), DEFAULT_KEY_PREFIX);
-        assert_eq!(o.get_owner(), None);
-        assert!(!o.get_cancel_on_lost());
-        assert_eq!(o.get_wait_connections(), 4);
-        assert_eq!(Options::new().wait_connections(0).get_wait_connections(), 1);
+    fn interval_is_a_third_at_least_one_ms() {
+        assert_eq!(refresh_interval(30_000), Duration::from_millis(10_000));
+        assert_eq!(refresh_interval(300), Duration::from_millis(100));
+        assert_eq!(refresh_interval(2), Duration::from_millis(1));
+    }
+
+    #[test]
+    fn defaults_resolve() {
+        let s = Options::default().resolve();
+        assert_eq!(s.ttl(), DEFAULT_TTL);
+        assert_eq!(s.key_prefix(), DEFAULT_KEY_PREFIX);
+        assert!(uuid::Uuid::parse_str(s.owner()).is_ok());
+        assert!(!s.cancel_on_lost());
+        assert_eq!(s.wait_connections(), 4);
+        assert_eq!(s.request_timeout(), DEFAULT_REQUEST_TIMEOUT);
+        assert_eq!(s.release_timeout(), DEFAULT_RELEASE_TIMEOUT);
+        assert_eq!(s.wait_grace(), DEFAULT_WAIT_GRACE);
+        assert_eq!(
+            Options::new()
+                .wait_connections(0)
+                .resolve()
+                .wait_connections(),
+            1
+        );
+        assert_eq!(Options::new().owner("me").resolve().owner(), "me");
+        let s = Options::new().ttl(Duration::from_micros(1500)).resolve();
+        assert_eq!(s.ttl(), Duration::from_millis(2), "rounded up to whole ms");
+    }
+
+    #[test]
+    fn release_budget_is_capped_by_the_ttl() {
+        let s = Options::new().ttl(Duration::from_secs(2)).resolve();
+        assert_eq!(s.release_budget(), Duration::from_secs(2));
+        let s = Options::new().resolve();
+        assert_eq!(s.release_budget(), DEFAULT_RELEASE_TIMEOUT);
+        let s = Options::new().ttl(Duration::from_millis(20)).resolve();
+        assert_eq!(s.release_budget(), Duration::from_millis(250));
+    }
+
+    #[test]
+    fn check_refuses_empty_names_and_short_ttls() {
+        let s = Options::new().resolve();
+        assert!(s.check("x").is_ok());
+        assert!(matches!(s.check(""), Err(Error::InvalidArgument { .. })));
+        let s = Options::new().ttl(Duration::from_millis(9)).resolve();
+        assert!(matches!(s.check("x"), Err(Error::InvalidArgument { .. })));
+        assert!(Options::new().ttl(MIN_TTL).resolve().check("x").is_ok());
+    }
+
+    #[test]
+    fn huge_durations_never_overflow() {
+        let s = Options::new()
+            .ttl(Duration::MAX)
+            .request_timeout(Duration::MAX)
+            .release_timeout(Duration::MAX)
+            .wait_grace(Duration::MAX)
+            .resolve();
+        let now = tokio::time::Instant::now();
+        for d in [
+            s.ttl(),
+            s.request_timeout(),
+            s.release_budget(),
+            Duration::MAX,
+        ] {
+            assert!(after(now, d) >= now);
+        }
     }
 }

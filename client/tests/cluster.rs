@@ -26,21 +26,29 @@ async fn leases_on_every_node_are_held_and_refreshed() {
     }
     assert!(per_node.iter().all(|&c| c > 0), "spread: {per_node:?}");
 
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(names.len());
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for name in names.clone() {
-        let locks = locks.clone();
+        let (locks, started_tx, mut done_rx) = (locks.clone(), started_tx.clone(), done_rx.clone());
         tasks.push(tokio::spawn(async move {
             locks
                 .with_space_lock(&name, |lease| async move {
+                    started_tx.send(()).await.unwrap();
+                    // Held for more than three ttls (the heartbeat at work),
+                    // and until the checks below are done.
                     tokio::time::sleep(Duration::from_millis(1000)).await;
+                    done_rx.wait_for(|done| *done).await.unwrap();
                     (lease.token(), lease.is_lost())
                 })
                 .await
                 .unwrap()
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // Mid-body, every lock is on its own node, owned by us.
+    for _ in &names {
+        started_rx.recv().await.unwrap();
+    }
+    // Every body runs: every lock is on its own node, owned by us.
     for name in &names {
         let key = locks.key(name);
         let node = cluster.owner_of(keyslot(&mut any, &key));
@@ -54,8 +62,10 @@ async fn leases_on_every_node_are_held_and_refreshed() {
             "{key} on node {node}"
         );
     }
+    done_tx.send(true).unwrap();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), Outcome::Ran((1, false)));
+        let (token, lost) = t.await.unwrap().ran().expect("every body ran");
+        assert!(token > 0 && !lost);
     }
     assert_eq!(locks.active_leases(), 0);
     for name in &names {
@@ -75,11 +85,13 @@ async fn blocking_acquire_through_a_cluster_client() {
         .with_wait_connector(client.clone())
     };
     let (a, b) = (new_locks().await, new_locks().await);
+    let mut any = cluster.nodes[0].conn();
     for name in ["space-1", "space-2", "space-3", "space-4"] {
-        assert!(matches!(
-            a.acquire(name).await.unwrap(),
-            spacelock_client::AcquireReply::Acquired { .. }
-        ));
+        let spacelock_client::AcquireReply::Acquired { token: first } =
+            a.acquire(name).await.unwrap()
+        else {
+            panic!("{name}: not acquired");
+        };
         let timed_out = b
             .with_space_lock_wait(name, Duration::from_millis(100), |_| async {})
             .await
@@ -96,9 +108,12 @@ async fn blocking_acquire_through_a_cluster_client() {
             .await
             .unwrap()
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Until the waiter is queued on the node that owns the key.
+        let node = cluster.owner_of(keyslot(&mut any, a.key(name)));
+        kit::until_waiting(&mut cluster.nodes[node].conn(), 1);
         let _ = a.release(name).await.unwrap();
-        assert_eq!(waiter.await.unwrap(), Outcome::Ran(2), "{name}");
+        let token = waiter.await.unwrap().ran().expect("the waiter ran");
+        assert!(token > first, "{name}: {token} > {first}");
     }
 }
 

@@ -267,7 +267,9 @@ async fn exclusion_and_fencing_under_expiry() {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (task_no * 0x1000_0001));
             let stall_key = format!("rel:stall:{p}");
             tasks.push(tokio::spawn(async move {
-                let mut outcomes = [0usize; 3]; // ran, lock-held, in-progress
+                // ran, lock-held, in-progress, granted but expired before the
+                // body could start (a loaded machine, with a 100 ms ttl)
+                let mut outcomes = [0usize; 4];
                 while Instant::now() < stop_at {
                     let key = rng.below(KEYS.len() as u64) as usize;
                     let holder = next_holder.fetch_add(1, Ordering::Relaxed);
@@ -279,8 +281,14 @@ async fn exclusion_and_fencing_under_expiry() {
                         .with_space_lock(KEYS[key], move |lease| {
                             body(lease, key, holder, resource2, stall, stall_key2, body_rng)
                         })
-                        .await
-                        .expect("with_space_lock failed");
+                        .await;
+                    let outcome = match outcome {
+                        Err(spacelock_client::Error::LockLost { .. }) => {
+                            outcomes[3] += 1;
+                            continue;
+                        }
+                        other => other.expect("with_space_lock failed"),
+                    };
                     match outcome {
                         Outcome::Ran(()) => outcomes[0] += 1,
                         Outcome::Skipped(spacelock_client::Skipped::LockHeld) => {
@@ -299,10 +307,10 @@ async fn exclusion_and_fencing_under_expiry() {
         }
     }
     assert_eq!(tasks.len(), 64);
-    let mut totals = [0usize; 3];
+    let mut totals = [0usize; 4];
     for t in tasks {
         let o = t.await.unwrap();
-        for i in 0..3 {
+        for i in 0..4 {
             totals[i] += o[i];
         }
     }
@@ -321,7 +329,9 @@ async fn exclusion_and_fencing_under_expiry() {
 
         // (b) Tokens per key strictly increase across grants, in grant
         // order, and every grant the server made was seen by exactly one
-        // body: the tokens are exactly 1..=N and the fence counter is N.
+        // body: no token twice, the fence counter is the highest token seen,
+        // and (below, over all keys) the server's grant count is the number
+        // of bodies that ran.
         let mut grants: Vec<&Holder> = log.holders.iter().filter(|h| h.key == k).collect();
         grants.sort_by_key(|h| h.granted);
         assert!(grants.len() > 10, "{key}: only {} grants", grants.len());
@@ -335,14 +345,9 @@ async fn exclusion_and_fencing_under_expiry() {
                 w[1]
             );
         }
-        let tokens: Vec<u64> = grants.iter().map(|h| h.token).collect();
-        let mut sorted = tokens.clone();
-        sorted.sort_unstable();
-        assert_eq!(
-            sorted,
-            (1..=grants.len() as u64).collect::<Vec<_>>(),
-            "{key}: gaps or duplicates"
-        );
+        let tokens: HashSet<u64> = grants.iter().map(|h| h.token).collect();
+        assert_eq!(tokens.len(), grants.len(), "{key}: a token seen twice");
+        assert!(tokens.iter().all(|t| *t > 0), "{key}: token 0");
         let fence: String = redis::cmd("SPACELOCK.FENCEKEY")
             .arg(&key)
             .query(&mut con)
@@ -350,8 +355,8 @@ async fn exclusion_and_fencing_under_expiry() {
         let counter: u64 = redis::cmd("GET").arg(&fence).query(&mut con).unwrap();
         assert_eq!(
             counter,
-            grants.len() as u64,
-            "{key}: fence counter vs grants seen"
+            grants.last().map_or(0, |h| h.token),
+            "{key}: fence counter vs the last grant seen"
         );
 
         // (a) No two holders that both believed they held the lock at once:
@@ -401,6 +406,15 @@ async fn exclusion_and_fencing_under_expiry() {
             );
         }
     }
+    // Every grant the server made (these are the only keys it ever saw) ran
+    // exactly one body, but for grants that expired before their body could
+    // start.
+    assert_eq!(
+        kit::stat(&mut con, "acquired") + kit::stat(&mut con, "handoffs"),
+        (log.holders.len() + totals[3]) as u64,
+        "grants made vs bodies run"
+    );
+
     // (a) A write made while the lease was not lost is never rejected: a
     // rejection would mean a newer holder had written while this one still
     // believed it held the lock.
@@ -440,10 +454,11 @@ async fn exclusion_and_fencing_under_expiry() {
     assert_eq!(stalled_holders, stale.len());
 
     eprintln!(
-        "exclusion: ran {} lock-held {} in-progress {}; grants {} accepted writes {} stale writes {} (rejected {})",
+        "exclusion: ran {} lock-held {} in-progress {} expired-before-start {}; grants {} accepted writes {} stale writes {} (rejected {})",
         totals[0],
         totals[1],
         totals[2],
+        totals[3],
         log.holders.len(),
         log.writes.iter().filter(|w| w.accepted).count(),
         stale.len(),
@@ -539,10 +554,9 @@ async fn heartbeat_follows_a_slot_migration() {
     let from = cluster.owner_of(slot);
     let to = (from + 1) % 3;
     // An earlier grant, so the fence counter exists before the migration.
-    assert!(matches!(
-        locks.acquire(name).await.unwrap(),
-        AcquireReply::Acquired { token: 1 }
-    ));
+    let AcquireReply::Acquired { token: earlier } = locks.acquire(name).await.unwrap() else {
+        panic!("not acquired");
+    };
     assert_eq!(locks.release(name).await.unwrap(), ReleaseReply::Released);
 
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -600,7 +614,7 @@ async fn heartbeat_follows_a_slot_migration() {
     let Outcome::Ran((token, is_lost, lost_fired)) = outcome else {
         panic!("body did not run: {outcome:?}");
     };
-    assert_eq!(token, 2);
+    assert!(token > earlier, "{token} > {earlier}");
     assert!(!is_lost && !lost_fired, "lease lost across the migration");
     // Released through the new node.
     assert_eq!(locks.info(name).await.unwrap(), None);

@@ -43,6 +43,7 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<SpaceLock<redis::cluster_async::ClusterConnection>>();
     assert_send_sync::<Lease>();
     assert_send_sync::<Options>();
+    assert_send_sync::<spacelock_client::Settings>();
     assert_send_sync::<Error>();
     assert_send_sync::<Outcome<String>>();
     assert_send_sync::<Skipped>();
@@ -192,7 +193,7 @@ async fn heartbeat_keeps_a_300ms_lock_for_1500ms() {
         .await
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(1500));
-    assert_eq!(outcome, Outcome::Ran(1));
+    assert!(outcome.ran().unwrap() > 0, "a token");
     assert_eq!(holder(&server, &key), None, "released after the body");
     assert_eq!(a.active_leases(), 0);
 }
@@ -243,7 +244,7 @@ async fn lost_signal_when_the_key_is_re_owned() {
             .arg(30_000)
             .query(&mut con)
             .unwrap();
-        assert_eq!(token, Some(lease.token() as i64 + 1));
+        assert!(token.unwrap() as u64 > lease.token());
         tokio::time::timeout(Duration::from_secs(2), lease.lost())
             .await
             .expect("lost() must resolve");
@@ -434,7 +435,6 @@ async fn tokens_increase_across_runs() {
         assert!(token > last, "token {token} after {last}");
         last = token;
     }
-    assert_eq!(last, 10);
 }
 
 #[kit::test]
@@ -479,24 +479,25 @@ async fn primitives_return_typed_replies() {
     let a = locks(&server, Options::default().ttl(Duration::from_secs(5))).await;
     let b = locks(&server, Options::default()).await;
     assert_eq!(a.info("k").await.unwrap(), None);
-    assert_eq!(
-        a.acquire("k").await.unwrap(),
-        AcquireReply::Acquired { token: 1 }
-    );
+    let AcquireReply::Acquired { token: first } = a.acquire("k").await.unwrap() else {
+        panic!("not acquired");
+    };
+    assert!(first > 0);
     assert_eq!(b.acquire("k").await.unwrap(), AcquireReply::Held);
     let info = a.info("k").await.unwrap().unwrap();
     assert_eq!(info.owner, a.owner());
-    assert_eq!(info.token, 1);
+    assert_eq!(info.owner_bytes, a.owner().as_bytes());
+    assert_eq!(info.token, first);
     assert!(info.ttl.unwrap() <= Duration::from_secs(5));
     assert_eq!(a.refresh("k").await.unwrap(), RefreshReply::Refreshed);
     assert_eq!(b.refresh("k").await.unwrap(), RefreshReply::NotOwner);
     assert_eq!(b.release("k").await.unwrap(), ReleaseReply::NotOwner);
     assert_eq!(a.release("k").await.unwrap(), ReleaseReply::Released);
     assert_eq!(a.release("k").await.unwrap(), ReleaseReply::NotOwner);
-    assert_eq!(
-        b.acquire("k").await.unwrap(),
-        AcquireReply::Acquired { token: 2 }
-    );
+    let AcquireReply::Acquired { token: second } = b.acquire("k").await.unwrap() else {
+        panic!("not acquired");
+    };
+    assert!(second > first);
 }
 
 #[kit::test]
@@ -599,41 +600,6 @@ async fn a_failed_refresh_is_retried_not_lost() {
     );
 }
 
-/// A release that fails (here: times out while the server is paused) is
-/// logged and does not replace the body's output.
-#[kit::test]
-async fn a_failed_release_does_not_replace_ran() {
-    let server = Server::new();
-    let logs = captured_logs();
-    let a = locks(&server, Options::default()).await;
-    let t0 = Instant::now();
-    let outcome = a
-        .with_space_lock("release-fails", |_| async {
-            let _: () = redis::cmd("CLIENT")
-                .arg(&["PAUSE", "1500", "ALL"][..])
-                .query(&mut server.conn())
-                .unwrap();
-            "the body's value"
-        })
-        .await
-        .unwrap();
-    assert_eq!(outcome, Outcome::Ran("the body's value"));
-    // ConnectionManager's response timeout (500 ms) ended the release, not the pause.
-    assert!(
-        t0.elapsed() < Duration::from_millis(1400),
-        "{:?}",
-        t0.elapsed()
-    );
-    assert!(!a.is_running("release-fails"));
-    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    let key = a.key("release-fails");
-    assert!(
-        logs.lines()
-            .any(|l| l.contains("WARN") && l.contains("failed to release") && l.contains(&key)),
-        "expected a release warning in:\n{logs}"
-    );
-}
-
 fn calls(server: &Server, command: &str) -> u64 {
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -670,11 +636,14 @@ async fn releases_when_cancelled_during_acquire() {
     assert!(a.is_running("space"));
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    let freed = kit::wait_until(Duration::from_secs(3), || {
-        holder(&server, &key).is_none() && !a.is_running("space")
-    });
-    assert!(freed, "holder {:?}", holder(&server, &key));
-    // The acquire did run (and was granted: the fence counter moved), then
+    assert!(
+        !a.is_running("space"),
+        "releasing in the background is not running"
+    );
+    // The background release waits for the pause, behind the ACQUIRE.
+    a.settle().await;
+    assert_eq!(holder(&server, &key), None);
+    // The acquire did run (and was granted: the fence counter exists), then
     // the release freed it.
     assert_eq!(calls(&server, "spacelock.acquire"), 1);
     assert_eq!(calls(&server, "spacelock.release"), 1);
@@ -682,11 +651,11 @@ async fn releases_when_cancelled_during_acquire() {
         .arg(&key)
         .query(&mut server.conn())
         .unwrap();
-    let last: i64 = redis::cmd("GET")
+    let last: Option<i64> = redis::cmd("GET")
         .arg(fence)
         .query(&mut server.conn())
         .unwrap();
-    assert_eq!(last, 1);
+    assert!(last.is_some_and(|t| t > 0), "{last:?}");
 }
 
 kit::main!();

@@ -8,6 +8,11 @@
 //!   then kills.
 //! * [`Cluster`]: masters with slots assigned and met, for cluster tests.
 //! * [`Sentinel`]: a real sentinel monitoring one primary, for failovers.
+//! * [`Proxy`]: a TCP proxy that injects connection faults (drop every
+//!   connection, close idle ones, hang or refuse new ones).
+//! * [`FakeServer`]: a fake RESP server that never answers a blocking
+//!   `SPACELOCK.ACQUIRE … WAIT`, for the one fault a real server will not
+//!   produce on demand.
 //! * [`mod@cmd`] helpers: the lock commands, keyspace snapshots, `INFO`
 //!   fields and waits driven by what the server reports ([`until_waiting`]),
 //!   so that no test sleeps in place of synchronisation.
@@ -22,11 +27,15 @@
 
 mod cluster;
 pub mod cmd;
+mod fake;
+mod proxy;
 mod sentinel;
 mod server;
 
 pub use cluster::Cluster;
 pub use cmd::*;
+pub use fake::FakeServer;
+pub use proxy::{Proxy, ProxyMode};
 pub use sentinel::{Sentinel, SentinelTimings};
 pub use server::*;
 pub use spacelock_testkit_macros::test;

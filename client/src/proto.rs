@@ -1,0 +1,348 @@
+//! The wire: the `SPACELOCK.*` commands this crate sends, the parsing of
+//! their replies into typed values, and the classification of failures
+//! (could the command have been applied? is another attempt worth it?).
+
+use std::time::Duration;
+
+use redis::{Cmd, ErrorKind, ServerErrorKind, Value};
+
+use crate::{Error, LockInfo};
+
+pub(crate) const ACQUIRE: &str = "SPACELOCK.ACQUIRE";
+pub(crate) const ACQUIRE_WAIT: &str = "SPACELOCK.ACQUIRE … WAIT";
+pub(crate) const REFRESH: &str = "SPACELOCK.REFRESH";
+pub(crate) const RELEASE: &str = "SPACELOCK.RELEASE";
+pub(crate) const INFO: &str = "SPACELOCK.INFO";
+
+/// `SPACELOCK.ACQUIRE key owner ttl_ms`.
+pub(crate) fn acquire(key: &str, owner: &str, ttl_ms: u64) -> Cmd {
+    let mut cmd = redis::cmd(ACQUIRE);
+    cmd.arg(key).arg(owner).arg(ttl_ms);
+    cmd
+}
+
+/// `SPACELOCK.ACQUIRE key owner ttl_ms WAIT wait_ms`, `wait_ms` ≥ 1 (the
+/// server's "0 waits forever" is never sent).
+pub(crate) fn acquire_wait(key: &str, owner: &str, ttl_ms: u64, wait_ms: u64) -> Cmd {
+    let mut cmd = acquire(key, owner, ttl_ms);
+    cmd.arg("WAIT").arg(wait_ms.clamp(1, i64::MAX as u64));
+    cmd
+}
+
+/// `SPACELOCK.REFRESH key owner ttl_ms`.
+pub(crate) fn refresh(key: &str, owner: &str, ttl_ms: u64) -> Cmd {
+    let mut cmd = redis::cmd(REFRESH);
+    cmd.arg(key).arg(owner).arg(ttl_ms);
+    cmd
+}
+
+/// `SPACELOCK.RELEASE key owner`.
+pub(crate) fn release(key: &str, owner: &str) -> Cmd {
+    let mut cmd = redis::cmd(RELEASE);
+    cmd.arg(key).arg(owner);
+    cmd
+}
+
+/// `SPACELOCK.INFO key`.
+pub(crate) fn info(key: &str) -> Cmd {
+    let mut cmd = redis::cmd(INFO);
+    cmd.arg(key);
+    cmd
+}
+
+fn unexpected(command: &'static str, value: &Value) -> Error {
+    Error::UnexpectedReply {
+        command,
+        reply: format!("{value:?}"),
+    }
+}
+
+/// An error reply becomes an error (`ModuleNotLoaded` for an unknown
+/// `SPACELOCK.*` command); anything else is passed on.
+pub(crate) fn check(value: Value) -> Result<Value, Error> {
+    Ok(value.extract_error()?)
+}
+
+/// ACQUIRE's reply: a token (an integer ≥ 1), or nil when the lock is held.
+pub(crate) fn parse_token(command: &'static str, value: Value) -> Result<Option<u64>, Error> {
+    match check(value)? {
+        Value::Nil => Ok(None),
+        Value::Int(t) if t > 0 => Ok(Some(t.unsigned_abs())),
+        other => Err(unexpected(command, &other)),
+    }
+}
+
+/// REFRESH's and RELEASE's reply: `1` (done) or `0` (not the owner).
+pub(crate) fn parse_flag(command: &'static str, value: Value) -> Result<bool, Error> {
+    match check(value)? {
+        Value::Int(1) => Ok(true),
+        Value::Int(0) => Ok(false),
+        other => Err(unexpected(command, &other)),
+    }
+}
+
+/// INFO's reply: nil, or the field/value pairs `owner`, `ttl_ms`, `token`,
+/// `waiters` (a flat array under RESP2, a map under RESP3). Unknown fields
+/// are skipped; `owner` and `token` are required.
+pub(crate) fn parse_info(value: Value) -> Result<Option<LockInfo>, Error> {
+    let value = check(value)?;
+    if value == Value::Nil {
+        return Ok(None);
+    }
+    let bad = || unexpected(INFO, &value);
+    let pairs: Vec<(&Value, &Value)> = match &value {
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+        Value::Array(items) if items.len() % 2 == 0 => {
+            items.chunks(2).map(|c| (&c[0], &c[1])).collect()
+        }
+        _ => return Err(bad()),
+    };
+    let (mut owner, mut ttl, mut token, mut waiters) = (None, None, None, 0);
+    for (k, v) in pairs {
+        let k = text(k).ok_or_else(bad)?;
+        match k {
+            b"owner" => owner = Some(text(v).ok_or_else(bad)?.to_vec()),
+            b"ttl_ms" => ttl = Some(int(v).ok_or_else(bad)?),
+            b"token" => token = Some(int(v).filter(|t| *t >= 0).ok_or_else(bad)?),
+            b"waiters" => waiters = int(v).filter(|w| *w >= 0).ok_or_else(bad)?,
+            _ => {}
+        }
+    }
+    let owner_bytes = owner.ok_or_else(bad)?;
+    Ok(Some(LockInfo {
+        owner: String::from_utf8_lossy(&owner_bytes).into_owned(),
+        owner_bytes,
+        // -1: no expiry; -2 cannot occur for a key that exists.
+        ttl: ttl
+            .and_then(|t| u64::try_from(t).ok())
+            .map(Duration::from_millis),
+        token: token.ok_or_else(bad)?.unsigned_abs(),
+        waiters: waiters.unsigned_abs(),
+    }))
+}
+
+fn text(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(n) => Some(*n),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Whether a command that failed this way may nonetheless have been applied
+/// by the server: no reply came back (I/O error, dropped connection, a
+/// timeout). An error *reply* means the server changed nothing, and a
+/// refused connection means the command never reached a server.
+pub(crate) fn may_have_run(e: &Error) -> bool {
+    match e {
+        Error::Timeout { .. } => true,
+        Error::Redis(e) => e.is_io_error() && !e.is_connection_refusal(),
+        _ => false,
+    }
+}
+
+/// Whether another attempt, on a fresh connection or a moment later, may
+/// succeed: connection and I/O errors, timeouts, and the server's "not now"
+/// replies (`LOADING` after a restart, `TRYAGAIN`, `CLUSTERDOWN`, `MASTERDOWN`).
+pub(crate) fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Timeout { .. } => true,
+        Error::Redis(e) => {
+            e.is_io_error()
+                || matches!(
+                    e.kind(),
+                    ErrorKind::Server(
+                        ServerErrorKind::BusyLoading
+                            | ServerErrorKind::TryAgain
+                            | ServerErrorKind::ClusterDown
+                            | ServerErrorKind::MasterDown
+                    ) | ErrorKind::ClusterConnectionNotFound
+                )
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(bytes: &[u8]) -> Value {
+        redis::parse_redis_value(bytes).unwrap()
+    }
+
+    fn args(cmd: &Cmd) -> Vec<String> {
+        cmd.args_iter()
+            .map(|a| match a {
+                redis::Arg::Simple(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "<cursor>".into(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn commands_have_their_key_first() {
+        assert_eq!(
+            args(&acquire("k", "o", 30_000)),
+            ["SPACELOCK.ACQUIRE", "k", "o", "30000"]
+        );
+        assert_eq!(
+            args(&acquire_wait("k", "o", 5, 0)),
+            ["SPACELOCK.ACQUIRE", "k", "o", "5", "WAIT", "1"],
+            "never WAIT 0 (forever)"
+        );
+        assert_eq!(
+            args(&acquire_wait("k", "o", 5, u64::MAX))[5],
+            i64::MAX.to_string()
+        );
+        assert_eq!(
+            args(&refresh("k", "o", 9)),
+            ["SPACELOCK.REFRESH", "k", "o", "9"]
+        );
+        assert_eq!(args(&release("k", "o")), ["SPACELOCK.RELEASE", "k", "o"]);
+        assert_eq!(args(&info("k")), ["SPACELOCK.INFO", "k"]);
+    }
+
+    #[test]
+    fn tokens() {
+        assert_eq!(parse_token(ACQUIRE, resp(b":7\r\n")).unwrap(), Some(7));
+        let big = i64::MAX;
+        assert_eq!(
+            parse_token(ACQUIRE, Value::Int(big)).unwrap(),
+            Some(big as u64)
+        );
+        assert_eq!(parse_token(ACQUIRE, resp(b"$-1\r\n")).unwrap(), None);
+        assert_eq!(parse_token(ACQUIRE, resp(b"_\r\n")).unwrap(), None);
+        for bad in [
+            &b":0\r\n"[..],
+            b":-3\r\n",
+            b"+OK\r\n",
+            b"$2\r\n12\r\n",
+            b"*0\r\n",
+        ] {
+            let e = parse_token(ACQUIRE, resp(bad)).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    Error::UnexpectedReply {
+                        command: ACQUIRE,
+                        ..
+                    }
+                ),
+                "{bad:?}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn flags() {
+        assert!(parse_flag(RELEASE, resp(b":1\r\n")).unwrap());
+        assert!(!parse_flag(RELEASE, resp(b":0\r\n")).unwrap());
+        for bad in [&b":2\r\n"[..], b":-1\r\n", b"$-1\r\n", b"+1\r\n"] {
+            assert!(matches!(
+                parse_flag(REFRESH, resp(bad)),
+                Err(Error::UnexpectedReply {
+                    command: REFRESH,
+                    ..
+                })
+            ));
+        }
+    }
+
+    #[test]
+    fn error_replies_are_errors_and_unknown_commands_mean_no_module() {
+        let e = parse_flag(RELEASE, resp(b"-WRONGTYPE Operation against a key\r\n")).unwrap_err();
+        assert!(matches!(e, Error::Redis(_)), "{e:?}");
+        assert!(!may_have_run(&e) && !is_transient(&e));
+        let e = parse_token(
+            ACQUIRE,
+            resp(b"-ERR unknown command 'SPACELOCK.ACQUIRE', with args beginning with: \r\n"),
+        )
+        .unwrap_err();
+        assert!(e.is_module_not_loaded(), "{e:?}");
+        let e =
+            parse_flag(REFRESH, resp(b"-LOADING Redis is loading the dataset\r\n")).unwrap_err();
+        assert!(is_transient(&e) && !may_have_run(&e), "{e:?}");
+    }
+
+    #[test]
+    fn io_errors_and_timeouts_may_have_run() {
+        let io = Error::from(redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        )));
+        assert!(may_have_run(&io) && is_transient(&io));
+        let refused = Error::from(redis::RedisError::from(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        assert!(!may_have_run(&refused) && is_transient(&refused));
+        let t = Error::Timeout {
+            command: RELEASE,
+            after: Duration::from_secs(1),
+        };
+        assert!(may_have_run(&t) && is_transient(&t));
+        assert!(!is_transient(&Error::WaitNotConfigured));
+    }
+
+    #[test]
+    fn info_resp2_and_resp3() {
+        let flat = resp(
+            b"*8\r\n$5\r\nowner\r\n$2\r\nme\r\n$6\r\nttl_ms\r\n:1500\r\n\
+              $5\r\ntoken\r\n:42\r\n$7\r\nwaiters\r\n:3\r\n",
+        );
+        let i = parse_info(flat).unwrap().unwrap();
+        assert_eq!(
+            (i.owner.as_str(), i.ttl, i.token, i.waiters),
+            ("me", Some(Duration::from_millis(1500)), 42, 3)
+        );
+        let map = resp(
+            b"%4\r\n+owner\r\n$2\r\nme\r\n+ttl_ms\r\n:-1\r\n+token\r\n:1\r\n+waiters\r\n:0\r\n",
+        );
+        let i = parse_info(map).unwrap().unwrap();
+        assert_eq!((i.ttl, i.token), (None, 1), "ttl -1: no expiry");
+        assert_eq!(parse_info(resp(b"$-1\r\n")).unwrap(), None);
+        // Unknown fields are skipped; waiters may be missing.
+        let extra =
+            resp(b"*6\r\n$5\r\nowner\r\n$1\r\no\r\n$3\r\nnew\r\n:9\r\n$5\r\ntoken\r\n:2\r\n");
+        let i = parse_info(extra).unwrap().unwrap();
+        assert_eq!((i.token, i.waiters), (2, 0));
+    }
+
+    #[test]
+    fn info_keeps_binary_owners() {
+        let v = resp(b"*4\r\n$5\r\nowner\r\n$4\r\na\x00\xffb\r\n$5\r\ntoken\r\n:1\r\n");
+        let i = parse_info(v).unwrap().unwrap();
+        assert_eq!(i.owner_bytes, b"a\x00\xffb");
+        assert_eq!(i.owner, "a\u{0}\u{fffd}b");
+    }
+
+    #[test]
+    fn malformed_info_is_an_unexpected_reply() {
+        for bad in [
+            &b":1\r\n"[..],
+            b"+OK\r\n",
+            b"*1\r\n$5\r\nowner\r\n",            // odd length
+            b"*2\r\n$5\r\ntoken\r\n:1\r\n",      // no owner
+            b"*2\r\n$5\r\nowner\r\n$1\r\no\r\n", // no token
+            b"*4\r\n$5\r\nowner\r\n:5\r\n$5\r\ntoken\r\n:1\r\n", // owner not a string
+            b"*4\r\n$5\r\nowner\r\n$1\r\no\r\n$5\r\ntoken\r\n:-1\r\n", // negative token
+            b"*4\r\n$5\r\nowner\r\n$1\r\no\r\n$5\r\ntoken\r\n$1\r\nx\r\n",
+            b"*4\r\n:1\r\n$1\r\no\r\n$5\r\ntoken\r\n:1\r\n", // key not a string
+            b"*6\r\n$5\r\nowner\r\n$1\r\no\r\n$5\r\ntoken\r\n:1\r\n$7\r\nwaiters\r\n:-2\r\n",
+        ] {
+            let e = parse_info(resp(bad)).unwrap_err();
+            assert!(
+                matches!(e, Error::UnexpectedReply { command: INFO, .. }),
+                "{bad:?}: {e:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The blocking acquire: `SPACELOCK.ACQUIRE … WAIT` on a dedicated
+//! connection, with the defences of issue 11 §6.
+//!
+//! * The wait never outlives `timeout` + [`Options::wait_grace`]: a reply
+//!   that does not come by then ends the call with [`Error::Timeout`], and
+//!   the connection is dropped (which takes the waiter out of the server's
+//!   queue).
+//! * Whenever a WAIT ends without a token (nil, an error, no reply), an
+//!   owner-checked `SPACELOCK.RELEASE` of the key runs before the call
+//!   returns, over the shared connection, so that a grant the client never
+//!   saw cannot stay held in its name. The caller holds the key's
+//!   in-process entry, so no other call of this owner holds that lock.
+//! * After a connection error (a stale pooled connection after a restart or
+//!   an idle timeout, a `CLIENT KILL`), the wait is released and tried again
+//!   on a fresh connection, within the same timeout.
+//! * If no dedicated connection can be had in time (the pool is busy, or
+//!   connecting hangs), one plain ACQUIRE over the shared connection
+//!   decides, rather than reporting a lock as held without asking.
+//!
+//! The wait runs inside the calling future: if that is dropped, the
+//! dedicated connection is closed at once and the guard releases.
+//!
+//! [`Options::wait_grace`]: crate::Options::wait_grace
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::conn::{Checkout, LockConnection, WaitPool};
+use crate::lock::Inner;
+use crate::options::{after, millis_ceil};
+use crate::proto::{self, is_transient, may_have_run};
+use crate::retry::{self, Backoff, Grant};
+use crate::Error;
+
+/// Waits up to `timeout` for `key`: `Ok(Some(grant))`, `Ok(None)` if it
+/// stayed held, or an error. Never leaves a lock it did not return held.
+pub(crate) async fn acquire_wait<C: LockConnection>(
+    inner: &Inner<C>,
+    pool: &WaitPool,
+    key: &str,
+    timeout: Duration,
+) -> Result<Option<Grant>, Error> {
+    let s = &inner.settings;
+    let deadline = after(Instant::now(), timeout);
+    let mut backoff = Backoff::default();
+    loop {
+        let mut pooled = match pool.checkout(deadline).await {
+            Checkout::Got(c) => c,
+            Checkout::NotInTime => return last_try(inner, key).await,
+            Checkout::Failed(e) => {
+                let e = Error::from(e);
+                if is_transient(&e) && backoff.wait(deadline).await {
+                    continue;
+                }
+                // We cannot wait; but the lock may be free right now.
+                return match last_try(inner, key).await {
+                    Ok(Some(grant)) => Ok(Some(grant)),
+                    Ok(None) => Err(e),
+                    Err(other) => Err(other),
+                };
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let cmd = proto::acquire_wait(key, &s.owner, s.ttl_ms, millis_ceil(left));
+        let sent = Instant::now();
+        let budget = left.saturating_add(s.wait_grace());
+        let reply = tokio::time::timeout_at(after(sent, budget), pooled.conn.req(&cmd)).await;
+        let e = match reply {
+            Ok(Ok(value)) => match proto::parse_token(proto::ACQUIRE_WAIT, value) {
+                Ok(Some(token)) => {
+                    pool.checkin(pooled);
+                    return Ok(Some(Grant { token, sent }));
+                }
+                Ok(None) => {
+                    pool.checkin(pooled);
+                    // Defence in depth: a nil must mean no grant; make sure.
+                    retry::release_logged(&inner.conn, key, &s.owner, s.release_budget()).await;
+                    return Ok(None);
+                }
+                Err(e) => {
+                    // An error reply: nothing was granted, the connection is fine.
+                    pool.checkin(pooled);
+                    if is_transient(&e) && backoff.wait(deadline).await {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            },
+            Ok(Err(e)) => Error::from(e),
+            Err(_) => Error::Timeout {
+                command: proto::ACQUIRE_WAIT,
+                after: timeout
+                    .min(crate::options::MAX_SPAN)
+                    .saturating_add(s.wait_grace()),
+            },
+        };
+        // Close the connection first: the server takes a gone client out of
+        // the queue, so no grant can reach it after our release.
+        drop(pooled);
+        if may_have_run(&e) {
+            tracing::warn!(key = %key, error = %e, "spacelock: blocking acquire failed; releasing in case it was granted");
+            if !retry::release_logged(&inner.conn, key, &s.owner, s.release_budget()).await {
+                return Err(e);
+            }
+        }
+        let timed_out = matches!(e, Error::Timeout { .. });
+        if timed_out || !is_transient(&e) || !backoff.wait(deadline).await {
+            return Err(e);
+        }
+        tracing::debug!(key = %key, error = %e, "spacelock: retrying the blocking acquire on a fresh connection");
+    }
+}
+
+/// One plain ACQUIRE over the shared connection, for when no dedicated
+/// connection could be had before the deadline.
+async fn last_try<C: LockConnection>(inner: &Inner<C>, key: &str) -> Result<Option<Grant>, Error> {
+    let s = &inner.settings;
+    retry::acquire(
+        &inner.conn,
+        key,
+        &s.owner,
+        s.ttl_ms,
+        s.request_timeout(),
+        s.release_budget(),
+    )
+    .await
+}
