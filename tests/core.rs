@@ -541,8 +541,9 @@ fn works_inside_multi_exec_and_lua() {
         .unwrap();
     assert_eq!((t1, t2, r, rel), (Some(floor), None, 1, 1));
 
-    // Lua holds integers as doubles, which cannot hold a term token
-    // (> 2^53) exactly; the fence key holds the token's exact digits.
+    // Lua holds integers as doubles; term tokens stay below 2^53, so the
+    // script sees them exactly (tests/tokens.rs checks it); the fence key
+    // holds the token's exact digits.
     let lua = redis::Script::new(
         r#"local t = redis.call('SPACELOCK.ACQUIRE', KEYS[1], ARGV[1], 5000)
            local again = redis.call('SPACELOCK.ACQUIRE', KEYS[1], ARGV[1], 5000)

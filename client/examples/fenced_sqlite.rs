@@ -38,9 +38,9 @@ pub type BoxError = Box<dyn Error + Send + Sync>;
 /// `fence` holds the highest token that has written the row; 0 before the
 /// first write (spacelock never issues 0). It is an `INTEGER`: SQLite keeps
 /// it as a 64-bit signed integer, which holds every token (tokens are below
-/// 2^63). Never store a token in a floating-point column, a JSON number read
-/// by JavaScript, or a Lua number: term tokens are above 2^53, where doubles
-/// lose the last digits.
+/// 2^63). Prefer it to a floating-point column: term tokens stay below 2^53
+/// (exact in a double) only until the year 2255, and a token set higher by
+/// hand or by counter mode need not.
 pub fn open_table(path: &Path) -> rusqlite::Result<Connection> {
     let db = Connection::open(path)?;
     // Two instances share the file: wait for each other's write locks.
