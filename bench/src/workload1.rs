@@ -1,0 +1,414 @@
+//! Workload 1: per-call server cost of each spacelock command next to the
+//! native command and the seed's Lua script it replaces.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::args;
+use crate::load::{Commands, Expect};
+use crate::measure::{row, Metric, Row};
+use crate::runner::{key, script_load, Case, Runner};
+use crate::server::Server;
+use crate::{Cfg, LUA_REFRESH, LUA_RELEASE, OWNER, TTL};
+
+/// Workload 1 cases on one server.
+pub(crate) fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<Case> {
+    let (rel, refr) = (sha_rel.to_string(), sha_ref.to_string());
+    let rel2 = rel.clone();
+    let refr2 = refr.clone();
+    let mut cases = vec![
+        Case {
+            id: "acquire",
+            stat: "spacelock.acquire",
+            db: 1,
+            flush: true,
+            prep_once: false,
+            prep: None,
+            warm: None,
+            run: Box::new(move |r| {
+                let p = format!("a:m:{r}");
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key(&p, i), OWNER, TTL]),
+                    Expect::Token,
+                )
+            }),
+        },
+        Case {
+            id: "set_nx_px",
+            stat: "set",
+            db: 1,
+            flush: true,
+            prep_once: false,
+            prep: None,
+            warm: None,
+            run: Box::new(move |r| {
+                let p = format!("a:s:{r}");
+                (
+                    Commands::build(n, |i| args!["SET", key(&p, i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            }),
+        },
+        Case {
+            // Steady state: a lease refreshed before (a heartbeat's 2nd, 3rd… call).
+            id: "refresh",
+            stat: "spacelock.refresh",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key("r:m", i), OWNER, TTL]),
+                    Expect::Token,
+                )
+            })),
+            warm: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("r:m", i), OWNER, TTL]),
+                    Expect::Int(1),
+                )
+            })),
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("r:m", i), OWNER, TTL]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            // The first REFRESH after ACQUIRE: the value is still the embstr
+            // the ACQUIRE wrote (StringDMA unshares it into a raw string).
+            id: "refresh_first",
+            stat: "spacelock.refresh",
+            db: 2,
+            flush: true,
+            prep_once: false,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key("f:m", i), OWNER, TTL]),
+                    Expect::Token,
+                )
+            })),
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("f:m", i), OWNER, TTL]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            id: "lua_refresh",
+            stat: "evalsha",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("r:s", i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            })),
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| {
+                        args!["EVALSHA", refr, "1", key("r:s", i), OWNER, TTL]
+                    }),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            id: "release",
+            stat: "spacelock.release",
+            db: 0,
+            flush: false,
+            prep_once: false,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key("d:m", i), OWNER, TTL]),
+                    Expect::Token,
+                )
+            })),
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.RELEASE", key("d:m", i), OWNER]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            id: "lua_release",
+            stat: "evalsha",
+            db: 0,
+            flush: false,
+            prep_once: false,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("d:s", i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            })),
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["EVALSHA", rel, "1", key("d:s", i), OWNER]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+        Case {
+            id: "fencekey",
+            stat: "spacelock.fencekey",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: None,
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SPACELOCK.FENCEKEY", key("r:m", i)]),
+                    Expect::AnyBulk,
+                )
+            }),
+        },
+        Case {
+            id: "ping",
+            stat: "ping",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: None,
+            warm: None,
+            run: Box::new(move |_| (Commands::build(n, |_| args!["PING"]), Expect::Pong)),
+        },
+        Case {
+            id: "get",
+            stat: "get",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("r:s", i), OWNER, "PX", TTL]),
+                    Expect::Ok,
+                )
+            })),
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["GET", key("r:s", i)]),
+                    Expect::Bulk(OWNER.into()),
+                )
+            }),
+        },
+        Case {
+            id: "pexpire",
+            stat: "pexpire",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("r:s", i), OWNER, "PX", TTL]),
+                    Expect::Ok,
+                )
+            })),
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["PEXPIRE", key("r:s", i), TTL]),
+                    Expect::Int(1),
+                )
+            }),
+        },
+    ];
+    if valkey {
+        cases.push(Case {
+            id: "set_ifeq",
+            stat: "set",
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("r:v", i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            })),
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| {
+                        args!["SET", key("r:v", i), OWNER, "IFEQ", OWNER, "PX", TTL]
+                    }),
+                    Expect::Ok,
+                )
+            }),
+        });
+        cases.push(Case {
+            id: "delifeq",
+            stat: "delifeq",
+            db: 0,
+            flush: false,
+            prep_once: false,
+            prep: Some(Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["SET", key("d:v", i), OWNER, "PX", TTL, "NX"]),
+                    Expect::Ok,
+                )
+            })),
+            warm: None,
+            run: Box::new(move |_| {
+                (
+                    Commands::build(n, |i| args!["DELIFEQ", key("d:v", i), OWNER]),
+                    Expect::Int(1),
+                )
+            }),
+        });
+    }
+    let _ = (rel2, refr2);
+    // Compared cases sit next to each other, so each pair runs back to back in
+    // every round (the order is reversed on odd rounds).
+    const ORDER: &[&str] = &[
+        "refresh_first",
+        "set_ifeq",
+        "refresh",
+        "lua_refresh",
+        "pexpire",
+        "get",
+        "fencekey",
+        "ping",
+        "lua_release",
+        "release",
+        "delifeq",
+        "acquire",
+        "set_nx_px",
+    ];
+    cases.sort_by_key(|c| {
+        ORDER
+            .iter()
+            .position(|id| *id == c.id)
+            .unwrap_or(ORDER.len())
+    });
+    cases
+}
+
+pub(crate) fn workload1(
+    cfg: &Cfg,
+    binary: &Path,
+    rows: &mut Vec<Row>,
+    raw: &mut String,
+) -> Result<Server, String> {
+    let srv = Server::start(binary, Some(&cfg.module), &[])?;
+    eprintln!("workload 1 on {} (port {})", srv.name, srv.port);
+    let mut admin = srv.conn();
+    let sha_rel = script_load(&mut admin, LUA_RELEASE)?;
+    let sha_ref = script_load(&mut admin, LUA_REFRESH)?;
+    let cases = workload1_cases(cfg.n, srv.is_valkey, &sha_rel, &sha_ref);
+    let mut runner = Runner {
+        cfg,
+        port: srv.port,
+        pid: srv.pid(),
+        admin,
+        prepared: HashSet::new(),
+    };
+    let s = runner.rounds(&cases, cfg.rounds).map_err(|e| {
+        format!(
+            "{}: {e}\nserver log tail:\n{}",
+            srv.name,
+            log_tail(srv.log())
+        )
+    })?;
+    for c in &cases {
+        for (r, x) in s[c.id].iter().enumerate() {
+            let _ = writeln!(
+                raw,
+                "{},{},{},{:.4},{:.0},{:.4}",
+                srv.name, c.id, r, x.us_per_call, x.rps, x.cpu_us
+            );
+        }
+    }
+    let v = &srv.name;
+    use Metric::{Cpu, Rps, Us};
+    let mut pairs: Vec<(&str, &str, &str, &[Metric])> = Vec::new();
+    if srv.is_valkey {
+        pairs.push((
+            "REFRESH held key vs native `SET k owner IFEQ owner PX ttl`",
+            "refresh",
+            "set_ifeq",
+            &[Us, Cpu, Rps],
+        ));
+        pairs.push((
+            "first REFRESH after ACQUIRE vs native `SET k owner IFEQ owner PX ttl`",
+            "refresh_first",
+            "set_ifeq",
+            &[Us, Cpu],
+        ));
+        pairs.push((
+            "RELEASE held key vs native `DELIFEQ k owner`",
+            "release",
+            "delifeq",
+            &[Us, Cpu, Rps],
+        ));
+    }
+    pairs.extend([
+        (
+            "ACQUIRE fresh key (lock + fence) vs `SET k owner PX ttl NX`",
+            "acquire",
+            "set_nx_px",
+            &[Us, Cpu, Rps][..],
+        ),
+        (
+            "REFRESH held key vs seed `EVALSHA` CAS-PEXPIRE",
+            "refresh",
+            "lua_refresh",
+            &[Us, Cpu, Rps],
+        ),
+        (
+            "first REFRESH after ACQUIRE vs seed `EVALSHA` CAS-PEXPIRE",
+            "refresh_first",
+            "lua_refresh",
+            &[Us, Cpu],
+        ),
+        (
+            "RELEASE held key vs seed `EVALSHA` CAS-DEL",
+            "release",
+            "lua_release",
+            &[Us, Cpu, Rps],
+        ),
+        (
+            "dispatch floor: `SPACELOCK.FENCEKEY k` vs `PING`",
+            "fencekey",
+            "ping",
+            &[Us],
+        ),
+        (
+            "reference: REFRESH vs `PEXPIRE k ttl` (no owner check)",
+            "refresh",
+            "pexpire",
+            &[Us],
+        ),
+        ("reference: REFRESH vs `GET k`", "refresh", "get", &[Us]),
+    ]);
+    for (what, a, b, metrics) in pairs {
+        for m in metrics {
+            let unit = match m {
+                Us => "server µs/call",
+                Cpu => "server CPU µs/call",
+                Rps => "rps",
+            };
+            rows.push(row(format!("{v} · {what} · {unit}"), &s, a, b, *m));
+        }
+    }
+    Ok(srv)
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
