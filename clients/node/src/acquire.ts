@@ -6,7 +6,7 @@
  * may still be granted later is released by an owner-checked RELEASE that can
  * never touch another lease, not even one of ours.
  */
-import { acquireCommand, acquireWaitCommand, parseGrant, releaseCommand } from './commands';
+import { acquireCommand, acquireWaitCommand, parseFlag, parseGrant, refreshCommand, releaseCommand } from './commands';
 import { send, type RedisConnection } from './connection';
 import { COMMAND_TIMED_OUT, CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
 import type { Mode } from './lease';
@@ -158,6 +158,30 @@ export async function acquireOnce(
 }
 
 /**
+ * When the lease of a WAIT grant starts: the WAIT's sending if the reply
+ * came within a third of the ttl, else the sending of a confirming REFRESH
+ * (`null` if that REFRESH found the lock no longer ours, or got no answer).
+ */
+async function confirmLateGrant(
+  ctx: AcquireContext,
+  key: string,
+  owner: string,
+  sentAt: number,
+  boundMs: number,
+): Promise<number | null> {
+  const ttl = ctx.opts.ttlMs;
+  if (performance.now() - sentAt <= ttl / 3) return sentAt;
+  const refreshAt = performance.now();
+  const command = refreshCommand(key, owner, ttl);
+  command.setTimeout(Math.max(1, Math.min(ttl, Math.ceil(boundMs) || ttl)));
+  try {
+    return parseFlag('SPACELOCK.REFRESH', await send(ctx.conn(), command)) ? refreshAt : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Waits up to `waitMs` for the lock: `SPACELOCK.ACQUIRE … WAIT` on a pooled
  * dedicated connection, or polling in Lua mode. `null` when it timed out.
  * Never takes longer than `waitMs` plus `waitGraceMs`.
@@ -178,6 +202,7 @@ export async function acquireWait(
     if (!conn) return null; // every pooled connection stayed busy for the whole wait
     const attemptOwner = attempt === 0 ? owner : `${owner}.${attempt}`;
     const left = Math.max(1, Math.ceil(deadline - performance.now()));
+    const sentAt = performance.now();
     const p = send(conn, acquireWaitCommand(key, attemptOwner, ctx.opts.ttlMs, left));
     const s = await settle(p, hardDeadline - performance.now(), signal);
     const graceLeft = (): number => Math.max(0, hardDeadline - performance.now());
@@ -190,9 +215,19 @@ export async function acquireWait(
         releaseLater(ctx, key, attemptOwner, 'module');
         throw e;
       }
-      // The lease's clock starts when the grant arrives, not before the wait:
-      // the server counts the ttl from the handoff.
-      if (grant) return { token: grant.token, start: performance.now(), owner: attemptOwner, mode: 'module' };
+      if (grant) {
+        // The server counts the ttl from the handoff, somewhere between the
+        // WAIT's sending and its reply. Counting from the sending is safe
+        // but, after a long wait, leaves little of the lease; counting from
+        // the reply would overstate it by however long the reply lay unread
+        // (a stalled event loop). So a grant that arrives after its first
+        // refresh was due is confirmed by one REFRESH, and the lease counts
+        // from that REFRESH's sending.
+        const start = await confirmLateGrant(ctx, key, attemptOwner, sentAt, graceLeft());
+        if (start !== null) return { token: grant.token, start, owner: attemptOwner, mode: 'module' };
+        await ctx.release(key, attemptOwner, 'module', graceLeft());
+        return null;
+      }
       await ctx.release(key, attemptOwner, 'module', graceLeft()); // a nil in doubt costs one RELEASE
       return null;
     }

@@ -30,6 +30,11 @@ export function refreshSpec(mode: Mode, key: string, owner: string, ttlMs: numbe
     : { name: 'eval', args: [SEED_REFRESH_LUA, '1', key, owner, String(ttlMs)] };
 }
 
+/** One module REFRESH (the confirmation of a late grant). */
+export function refreshCommand(key: string, owner: string, ttlMs: number): Command {
+  return new KeyedCommand('spacelock.refresh', [key, owner, String(ttlMs)]);
+}
+
 export function releaseCommand(mode: Mode, key: string, owner: string): Command {
   return mode === 'module'
     ? new KeyedCommand('spacelock.release', [key, owner])
