@@ -12,7 +12,7 @@
 //
 // The heartbeat measurements each run in a fresh child process, alternating
 // seed/client (order reversed every round). Prints `ROW\t<workload>\t<client>\t<seed>\t<ratio>\t<spread>`
-// lines for bench/src/main.rs; ratio > 1 means the client is better.
+// lines for bench/src/external.rs; ratio > 1 means the client is better.
 // Environment: BENCH_PORT, QUICK, BENCH_NODE_ROUNDS, BENCH_NODE_CYCLES,
 // BENCH_NODE_LEASES, BENCH_NODE_HOLD_S.
 'use strict';
