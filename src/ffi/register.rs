@@ -97,6 +97,23 @@ fn ok(rc: c_int) -> bool {
     rc == raw::REDISMODULE_OK as c_int
 }
 
+/// `Ok` if the server accepted (`rc` is OK), else `Err` with `what` failed.
+fn accepted(rc: c_int, what: impl FnOnce() -> String) -> Result<(), String> {
+    if ok(rc) {
+        Ok(())
+    } else {
+        Err(what())
+    }
+}
+
+/// The error for a config the server refused.
+fn config_refused(name: &CStr) -> String {
+    format!(
+        "cannot register config spacelock.{}",
+        name.to_string_lossy()
+    )
+}
+
 impl LoadCtx {
     pub(super) fn from_raw(ctx: *mut raw::RedisModuleCtx) -> Self {
         LoadCtx(ctx)
@@ -271,13 +288,9 @@ impl LoadCtx {
             }
             api!(RedisModule_SetCommandACLCategories)(c, def.acl.as_ptr())
         };
-        if !ok(rc) {
-            return Err(format!(
-                "cannot set ACL categories of {}",
-                cmd.to_string_lossy()
-            ));
-        }
-        Ok(())
+        accepted(rc, || {
+            format!("cannot set ACL categories of {}", cmd.to_string_lossy())
+        })
     }
 
     /// Registers numeric config `spacelock.<name>`, read and written through
@@ -308,13 +321,7 @@ impl LoadCtx {
                 index as *mut c_void,
             )
         };
-        if !ok(rc) {
-            return Err(format!(
-                "cannot register config spacelock.{}",
-                name.to_string_lossy()
-            ));
-        }
-        Ok(())
+        accepted(rc, || config_refused(name))
     }
 
     /// Registers enum config `spacelock.<name>` with `values` (name, number).
@@ -349,13 +356,7 @@ impl LoadCtx {
                 index as *mut c_void,
             )
         };
-        if !ok(rc) {
-            return Err(format!(
-                "cannot register config spacelock.{}",
-                name.to_string_lossy()
-            ));
-        }
-        Ok(())
+        accepted(rc, || config_refused(name))
     }
 
     /// Applies `spacelock.*` values from the server's config file.
