@@ -36,35 +36,24 @@ static ALLOCATOR: redis_module::alloc::RedisAlloc = redis_module::alloc::RedisAl
 
 module_entry_points!(name: c"spacelock", version: 200, on_load: on_load);
 
-const KEY: ArgDoc = ArgDoc {
-    name: c"key",
-    kind: ArgType::Key,
-    token: None,
-    optional: false,
-};
-const OWNER: ArgDoc = ArgDoc {
-    name: c"owner",
-    kind: ArgType::String,
-    token: None,
-    optional: false,
-};
-const TTL: ArgDoc = ArgDoc {
-    name: c"ttl_ms",
-    kind: ArgType::Integer,
-    token: None,
-    optional: false,
-};
+/// A documented argument that every call passes.
+const fn required(name: &'static std::ffi::CStr, kind: ArgType) -> ArgDoc {
+    ArgDoc {
+        name,
+        kind,
+        token: None,
+        optional: false,
+    }
+}
+
+const KEY: ArgDoc = required(c"key", ArgType::Key);
+const OWNER: ArgDoc = required(c"owner", ArgType::String);
+const TTL: ArgDoc = required(c"ttl_ms", ArgType::Integer);
+const TOKEN: ArgDoc = required(c"token", ArgType::Integer);
 const WAIT_TIMEOUT: ArgDoc = ArgDoc {
-    name: c"timeout_ms",
-    kind: ArgType::Integer,
     token: Some(c"WAIT"),
     optional: true,
-};
-const TOKEN: ArgDoc = ArgDoc {
-    name: c"token",
-    kind: ArgType::Integer,
-    token: None,
-    optional: false,
+    ..required(c"timeout_ms", ArgType::Integer)
 };
 
 /// The ACL category every spacelock command belongs to (Redis ≥ 7.4).
