@@ -1,6 +1,5 @@
 //! `spacelock-bench profile`: callgrind instruction counts per call.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 
 use crate::runner::{script_load, Runner};
@@ -48,13 +47,7 @@ pub(crate) fn profile(cfg: &Cfg) -> Result<(), String> {
             .iter()
             .find(|c| c.id == id)
             .ok_or_else(|| format!("no case {id:?} on {}", srv.name))?;
-        let mut runner = Runner {
-            cfg,
-            port: srv.port,
-            pid: srv.pid(),
-            admin,
-            prepared: HashSet::new(),
-        };
+        let mut runner = Runner::new(cfg, &srv, admin);
         if case.flush {
             runner.admin.call(&["SELECT", &case.db.to_string()])?;
             runner.admin.call(&["FLUSHDB", "SYNC"])?;

@@ -32,6 +32,36 @@ pub(crate) struct Case {
     pub(crate) run: Gen,
 }
 
+impl Case {
+    /// A case on db 0 whose state is prepared once (`prep`, then no warm
+    /// step) and kept across runs; override the rest with `..`.
+    pub(crate) fn new(id: &'static str, stat: &'static str, prep: Option<Gen>, run: Gen) -> Case {
+        Case {
+            id,
+            stat,
+            db: 0,
+            flush: false,
+            prep_once: true,
+            prep,
+            warm: None,
+            run,
+        }
+    }
+}
+
+impl Case {
+    /// A case on fresh keys: db 1, flushed before every run, nothing to
+    /// prepare (`run` gets the round number to name its keys).
+    pub(crate) fn fresh(id: &'static str, stat: &'static str, run: Gen) -> Case {
+        Case {
+            db: 1,
+            flush: true,
+            prep_once: false,
+            ..Case::new(id, stat, None, run)
+        }
+    }
+}
+
 pub(crate) struct Runner<'a> {
     pub(crate) cfg: &'a Cfg,
     pub(crate) port: u16,
@@ -40,7 +70,18 @@ pub(crate) struct Runner<'a> {
     pub(crate) prepared: HashSet<&'static str>,
 }
 
-impl Runner<'_> {
+impl<'a> Runner<'a> {
+    /// A runner on `srv`, talking to it through `admin`.
+    pub(crate) fn new(cfg: &'a Cfg, srv: &crate::server::Server, admin: Conn) -> Self {
+        Runner {
+            cfg,
+            port: srv.port,
+            pid: srv.pid(),
+            admin,
+            prepared: HashSet::new(),
+        }
+    }
+
     pub(crate) fn load(
         &self,
         db: u32,

@@ -1,55 +1,90 @@
 //! Workload 1: per-call server cost of each spacelock command next to the
 //! native command and the seed's Lua script it replaces.
 
-use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::args;
 use crate::load::{Commands, Expect};
 use crate::measure::{row, Metric, Row};
-use crate::runner::{key, script_load, Case, Runner};
+use crate::runner::{key, script_load, Case, Gen, Runner};
 use crate::server::Server;
 use crate::{Cfg, LUA_REFRESH, LUA_RELEASE, OWNER, TTL};
 
 /// Workload 1 cases on one server.
+/// A prepare step: `n` keys under `prefix` taken with `SET NX PX` by our
+/// owner (the state a REFRESH or RELEASE, or their baselines, act on).
+fn held(n: usize, prefix: &'static str) -> Option<Gen> {
+    Some(Box::new(move |_| {
+        (
+            Commands::build(n, |i| args!["SET", key(prefix, i), OWNER, "PX", TTL, "NX"]),
+            Expect::Ok,
+        )
+    }))
+}
+
+/// `n` keys under `prefix` set to our owner with a ttl (`SET … PX`), for the
+/// reference commands that need a key to act on.
+fn plain_set(n: usize, prefix: &'static str) -> Option<Gen> {
+    Some(Box::new(move |_| {
+        (
+            Commands::build(n, |i| args!["SET", key(prefix, i), OWNER, "PX", TTL]),
+            Expect::Ok,
+        )
+    }))
+}
+
+/// `n` keys under `prefix` taken with SPACELOCK.ACQUIRE by our owner.
+fn acquired(n: usize, prefix: &'static str) -> Gen {
+    Box::new(move |_| {
+        (
+            Commands::build(n, |i| {
+                args!["SPACELOCK.ACQUIRE", key(prefix, i), OWNER, TTL]
+            }),
+            Expect::Token,
+        )
+    })
+}
+
+/// A SPACELOCK.REFRESH of each of the `n` keys under `prefix` we hold.
+fn refreshed(n: usize, prefix: &'static str) -> Gen {
+    Box::new(move |_| {
+        (
+            Commands::build(n, |i| {
+                args!["SPACELOCK.REFRESH", key(prefix, i), OWNER, TTL]
+            }),
+            Expect::Int(1),
+        )
+    })
+}
+
 pub(crate) fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &str) -> Vec<Case> {
     let (rel, refr) = (sha_rel.to_string(), sha_ref.to_string());
     let rel2 = rel.clone();
     let refr2 = refr.clone();
     let mut cases = vec![
-        Case {
-            id: "acquire",
-            stat: "spacelock.acquire",
-            db: 1,
-            flush: true,
-            prep_once: false,
-            prep: None,
-            warm: None,
-            run: Box::new(move |r| {
+        Case::fresh(
+            "acquire",
+            "spacelock.acquire",
+            Box::new(move |r| {
                 let p = format!("a:m:{r}");
                 (
                     Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key(&p, i), OWNER, TTL]),
                     Expect::Token,
                 )
             }),
-        },
-        Case {
-            id: "set_nx_px",
-            stat: "set",
-            db: 1,
-            flush: true,
-            prep_once: false,
-            prep: None,
-            warm: None,
-            run: Box::new(move |r| {
+        ),
+        Case::fresh(
+            "set_nx_px",
+            "set",
+            Box::new(move |r| {
                 let p = format!("a:s:{r}");
                 (
                     Commands::build(n, |i| args!["SET", key(&p, i), OWNER, "PX", TTL, "NX"]),
                     Expect::Ok,
                 )
             }),
-        },
+        ),
         Case {
             // Steady state: a lease refreshed before (a heartbeat's 2nd, 3rd… call).
             id: "refresh",
@@ -57,24 +92,9 @@ pub(crate) fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &s
             db: 0,
             flush: false,
             prep_once: true,
-            prep: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key("r:m", i), OWNER, TTL]),
-                    Expect::Token,
-                )
-            })),
-            warm: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("r:m", i), OWNER, TTL]),
-                    Expect::Int(1),
-                )
-            })),
-            run: Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("r:m", i), OWNER, TTL]),
-                    Expect::Int(1),
-                )
-            }),
+            prep: Some(acquired(n, "r:m")),
+            warm: Some(refreshed(n, "r:m")),
+            run: refreshed(n, "r:m"),
         },
         Case {
             // The first REFRESH after ACQUIRE: the value is still the embstr
@@ -84,34 +104,15 @@ pub(crate) fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &s
             db: 2,
             flush: true,
             prep_once: false,
-            prep: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key("f:m", i), OWNER, TTL]),
-                    Expect::Token,
-                )
-            })),
+            prep: Some(acquired(n, "f:m")),
             warm: None,
-            run: Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SPACELOCK.REFRESH", key("f:m", i), OWNER, TTL]),
-                    Expect::Int(1),
-                )
-            }),
+            run: refreshed(n, "f:m"),
         },
-        Case {
-            id: "lua_refresh",
-            stat: "evalsha",
-            db: 0,
-            flush: false,
-            prep_once: true,
-            prep: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SET", key("r:s", i), OWNER, "PX", TTL, "NX"]),
-                    Expect::Ok,
-                )
-            })),
-            warm: None,
-            run: Box::new(move |_| {
+        Case::new(
+            "lua_refresh",
+            "evalsha",
+            held(n, "r:s"),
+            Box::new(move |_| {
                 (
                     Commands::build(n, |i| {
                         args!["EVALSHA", refr, "1", key("r:s", i), OWNER, TTL]
@@ -119,128 +120,81 @@ pub(crate) fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &s
                     Expect::Int(1),
                 )
             }),
-        },
+        ),
         Case {
-            id: "release",
-            stat: "spacelock.release",
-            db: 0,
-            flush: false,
             prep_once: false,
-            prep: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key("d:m", i), OWNER, TTL]),
-                    Expect::Token,
-                )
-            })),
-            warm: None,
-            run: Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SPACELOCK.RELEASE", key("d:m", i), OWNER]),
-                    Expect::Int(1),
-                )
-            }),
+            ..Case::new(
+                "release",
+                "spacelock.release",
+                Some(acquired(n, "d:m")),
+                Box::new(move |_| {
+                    (
+                        Commands::build(n, |i| args!["SPACELOCK.RELEASE", key("d:m", i), OWNER]),
+                        Expect::Int(1),
+                    )
+                }),
+            )
         },
         Case {
-            id: "lua_release",
-            stat: "evalsha",
-            db: 0,
-            flush: false,
             prep_once: false,
-            prep: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SET", key("d:s", i), OWNER, "PX", TTL, "NX"]),
-                    Expect::Ok,
-                )
-            })),
-            warm: None,
-            run: Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["EVALSHA", rel, "1", key("d:s", i), OWNER]),
-                    Expect::Int(1),
-                )
-            }),
+            ..Case::new(
+                "lua_release",
+                "evalsha",
+                held(n, "d:s"),
+                Box::new(move |_| {
+                    (
+                        Commands::build(n, |i| args!["EVALSHA", rel, "1", key("d:s", i), OWNER]),
+                        Expect::Int(1),
+                    )
+                }),
+            )
         },
-        Case {
-            id: "fencekey",
-            stat: "spacelock.fencekey",
-            db: 0,
-            flush: false,
-            prep_once: true,
-            prep: None,
-            warm: None,
-            run: Box::new(move |_| {
+        Case::new(
+            "fencekey",
+            "spacelock.fencekey",
+            None,
+            Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["SPACELOCK.FENCEKEY", key("r:m", i)]),
                     Expect::AnyBulk,
                 )
             }),
-        },
-        Case {
-            id: "ping",
-            stat: "ping",
-            db: 0,
-            flush: false,
-            prep_once: true,
-            prep: None,
-            warm: None,
-            run: Box::new(move |_| (Commands::build(n, |_| args!["PING"]), Expect::Pong)),
-        },
-        Case {
-            id: "get",
-            stat: "get",
-            db: 0,
-            flush: false,
-            prep_once: true,
-            prep: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SET", key("r:s", i), OWNER, "PX", TTL]),
-                    Expect::Ok,
-                )
-            })),
-            warm: None,
-            run: Box::new(move |_| {
+        ),
+        Case::new(
+            "ping",
+            "ping",
+            None,
+            Box::new(move |_| (Commands::build(n, |_| args!["PING"]), Expect::Pong)),
+        ),
+        Case::new(
+            "get",
+            "get",
+            plain_set(n, "r:s"),
+            Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["GET", key("r:s", i)]),
                     Expect::Bulk(OWNER.into()),
                 )
             }),
-        },
-        Case {
-            id: "pexpire",
-            stat: "pexpire",
-            db: 0,
-            flush: false,
-            prep_once: true,
-            prep: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SET", key("r:s", i), OWNER, "PX", TTL]),
-                    Expect::Ok,
-                )
-            })),
-            warm: None,
-            run: Box::new(move |_| {
+        ),
+        Case::new(
+            "pexpire",
+            "pexpire",
+            plain_set(n, "r:s"),
+            Box::new(move |_| {
                 (
                     Commands::build(n, |i| args!["PEXPIRE", key("r:s", i), TTL]),
                     Expect::Int(1),
                 )
             }),
-        },
+        ),
     ];
     if valkey {
-        cases.push(Case {
-            id: "set_ifeq",
-            stat: "set",
-            db: 0,
-            flush: false,
-            prep_once: true,
-            prep: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SET", key("r:v", i), OWNER, "PX", TTL, "NX"]),
-                    Expect::Ok,
-                )
-            })),
-            warm: None,
-            run: Box::new(move |_| {
+        cases.push(Case::new(
+            "set_ifeq",
+            "set",
+            held(n, "r:v"),
+            Box::new(move |_| {
                 (
                     Commands::build(n, |i| {
                         args!["SET", key("r:v", i), OWNER, "IFEQ", OWNER, "PX", TTL]
@@ -248,26 +202,20 @@ pub(crate) fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &s
                     Expect::Ok,
                 )
             }),
-        });
+        ));
         cases.push(Case {
-            id: "delifeq",
-            stat: "delifeq",
-            db: 0,
-            flush: false,
             prep_once: false,
-            prep: Some(Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["SET", key("d:v", i), OWNER, "PX", TTL, "NX"]),
-                    Expect::Ok,
-                )
-            })),
-            warm: None,
-            run: Box::new(move |_| {
-                (
-                    Commands::build(n, |i| args!["DELIFEQ", key("d:v", i), OWNER]),
-                    Expect::Int(1),
-                )
-            }),
+            ..Case::new(
+                "delifeq",
+                "delifeq",
+                held(n, "d:v"),
+                Box::new(move |_| {
+                    (
+                        Commands::build(n, |i| args!["DELIFEQ", key("d:v", i), OWNER]),
+                        Expect::Int(1),
+                    )
+                }),
+            )
         });
     }
     let _ = (rel2, refr2);
@@ -309,13 +257,7 @@ pub(crate) fn workload1(
     let sha_rel = script_load(&mut admin, LUA_RELEASE)?;
     let sha_ref = script_load(&mut admin, LUA_REFRESH)?;
     let cases = workload1_cases(cfg.n, srv.is_valkey, &sha_rel, &sha_ref);
-    let mut runner = Runner {
-        cfg,
-        port: srv.port,
-        pid: srv.pid(),
-        admin,
-        prepared: HashSet::new(),
-    };
+    let mut runner = Runner::new(cfg, &srv, admin);
     let s = runner.rounds(&cases, cfg.rounds).map_err(|e| {
         format!(
             "{}: {e}\nserver log tail:\n{}",

@@ -132,6 +132,17 @@ impl World {
         }
     }
 
+    /// A world where "a" holds `k` for `ttl` ms and clients `(h, timeout)`
+    /// queue behind it, in that order.
+    fn queued(ttl: i64, waiters: &[(u32, i64)]) -> Self {
+        let mut w = World::new();
+        w.hold(b"k", b"a", ttl);
+        for &(h, timeout) in waiters {
+            w.wait(b"k", h, timeout);
+        }
+        w
+    }
+
     /// `owner` takes `key` in db 0 as a plain ACQUIRE would.
     fn hold(&mut self, key: &[u8], owner: &[u8], ttl: i64) -> i64 {
         self.host.grant(0, key, owner, ttl).unwrap().unwrap()
@@ -228,10 +239,7 @@ impl World {
 
 #[test]
 fn release_hands_the_lock_to_the_head_in_the_same_command() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
-    w.wait(b"k", 2, 0);
+    let mut w = World::queued(1_000, &[(1, 0), (2, 0)]);
     assert!(w.outcomes().is_empty(), "held: both queue");
     w.release(b"k");
     assert_eq!(w.holder(b"k"), Some(b"w1".to_vec()));
@@ -277,10 +285,7 @@ fn expiry_hands_the_lock_on_in_fifo_order() {
 fn a_deadline_that_passed_before_the_release_is_never_granted() {
     // The deadline timer has not run yet (a slow command held the loop)
     // when the RELEASE comes: the waiter gets nil, the next one the lock.
-    let mut w = World::new();
-    w.hold(b"k", b"a", 10_000);
-    w.wait(b"k", 1, 50);
-    w.wait(b"k", 2, 0);
+    let mut w = World::queued(10_000, &[(1, 50), (2, 0)]);
     w.advance(80);
     w.release(b"k");
     assert_eq!(w.outcomes()[0], (1, Outcome::TimedOut));
@@ -294,9 +299,7 @@ fn a_deadline_that_passed_before_the_release_is_never_granted() {
 
 #[test]
 fn a_deadline_timer_times_out_and_cleans_up() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 10_000);
-    w.wait(b"k", 1, 50);
+    let mut w = World::queued(10_000, &[(1, 50)]);
     w.advance(49);
     w.fire_due();
     assert!(w.outcomes().is_empty());
@@ -315,9 +318,7 @@ fn a_deadline_timer_times_out_and_cleans_up() {
 
 #[test]
 fn a_wait_longer_than_the_longest_timer_re_arms() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 100 * MAX_TIMER_MS);
-    w.wait(b"k", 1, 2 * MAX_TIMER_MS + 5);
+    let mut w = World::queued(100 * MAX_TIMER_MS, &[(1, 2 * MAX_TIMER_MS + 5)]);
     w.advance(MAX_TIMER_MS);
     w.fire_due();
     w.advance(MAX_TIMER_MS);
@@ -358,9 +359,7 @@ fn expiry_and_deadline_due_in_the_same_millisecond() {
         assert_eq!(w.holder(b"k"), None, "nothing held in its name");
     }
     // One millisecond more of patience, and it is granted.
-    let mut w = World::new();
-    w.hold(b"k", b"a", 100);
-    w.wait(b"k", 1, 102);
+    let mut w = World::queued(100, &[(1, 102)]);
     w.advance(101);
     w.fire_due();
     assert!(w.granted(1).is_some());
@@ -368,10 +367,7 @@ fn expiry_and_deadline_due_in_the_same_millisecond() {
 
 #[test]
 fn a_queued_waiter_that_disconnects_is_never_granted() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 500);
-    w.wait(b"k", 2, 0);
+    let mut w = World::queued(1_000, &[(1, 500), (2, 0)]);
     on_disconnect(&mut w.host, &mut w.reg, 1);
     assert_eq!(w.host.released, [1]);
     w.release(b"k");
@@ -392,10 +388,7 @@ fn a_queued_waiter_that_disconnects_is_never_granted() {
 fn a_grant_whose_client_goes_away_is_undone_and_handed_on() {
     // The RELEASE grants waiter 1, then its socket closes in the same
     // iteration: the server frees the outcome without a reply.
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
-    w.wait(b"k", 2, 0);
+    let mut w = World::queued(1_000, &[(1, 0), (2, 0)]);
     w.release(b"k");
     let t1 = w.granted(1).unwrap();
     on_disconnect(&mut w.host, &mut w.reg, 1); // already unblocked: nothing
@@ -415,9 +408,7 @@ fn a_grant_whose_client_goes_away_is_undone_and_handed_on() {
 fn a_command_undoes_an_undelivered_grant_before_it_looks() {
     // Before the pending timer runs, an ACQUIRE (its pre-settle) on the key
     // must not find the lock held by the client that is gone.
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
+    let mut w = World::queued(1_000, &[(1, 0)]);
     w.release(b"k");
     w.freed_without_reply(1);
     w.command(b"k");
@@ -427,10 +418,7 @@ fn a_command_undoes_an_undelivered_grant_before_it_looks() {
 
 #[test]
 fn a_closing_client_is_skipped_at_the_grant() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
-    w.wait(b"k", 2, 0);
+    let mut w = World::queued(1_000, &[(1, 0), (2, 0)]);
     w.host.closing.insert(1);
     w.release(b"k");
     assert_eq!(w.outcomes()[0], (1, Outcome::Gone));
@@ -439,9 +427,7 @@ fn a_closing_client_is_skipped_at_the_grant() {
 
 #[test]
 fn a_client_that_starts_closing_after_its_grant_gets_it_undone() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
+    let mut w = World::queued(1_000, &[(1, 0)]);
     w.release(b"k");
     w.host.closing.insert(1);
     assert_eq!(w.reply(1), None, "undeliverable");
@@ -455,17 +441,13 @@ fn a_client_that_starts_closing_after_its_grant_gets_it_undone() {
 fn a_grant_that_no_longer_stands_is_answered_nil() {
     // A slow script after the RELEASE runs past the new lease (or DELs it):
     // the reply callback finds the grant gone and says nil.
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
+    let mut w = World::queued(1_000, &[(1, 0)]);
     w.release(b"k");
     w.advance(5_000);
     assert_eq!(w.reply(1), Some(Answer::Nil));
     assert_eq!(w.host.events, [Event::GrantLost]);
     // Re-granted meanwhile to the same owner name: the token decides.
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
+    let mut w = World::queued(1_000, &[(1, 0)]);
     w.release(b"k");
     w.host.keys.keys.remove(&k(0, b"k"));
     w.hold(b"k", b"w1", 1_000);
@@ -474,9 +456,7 @@ fn a_grant_that_no_longer_stands_is_answered_nil() {
 
 #[test]
 fn a_timer_grant_waits_out_a_write_pause() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 100);
-    w.wait(b"k", 1, 0);
+    let mut w = World::queued(100, &[(1, 0)]);
     w.host.paused = true;
     w.advance(101);
     w.fire_due();
@@ -495,10 +475,7 @@ fn a_timer_grant_waits_out_a_write_pause() {
 
 #[test]
 fn an_undo_waits_out_a_write_pause_too() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
-    w.wait(b"k", 2, 0);
+    let mut w = World::queued(1_000, &[(1, 0), (2, 0)]);
     w.release(b"k");
     w.freed_without_reply(1);
     w.host.paused = true;
@@ -530,10 +507,7 @@ fn commands_do_not_check_pause_or_slot() {
 
 #[test]
 fn a_replica_lets_its_waiters_go_and_drops_undos() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
-    w.wait(b"k", 2, 50);
+    let mut w = World::queued(1_000, &[(1, 0), (2, 50)]);
     w.host.replica = true;
     on_flush(&mut w.host, &mut w.reg, DbScope::All); // the role change event
     w.fire_due();
@@ -582,9 +556,7 @@ fn a_node_that_lost_the_slot_never_grants_from_a_timer() {
 
 #[test]
 fn the_expiry_timer_follows_the_holder() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
+    let mut w = World::queued(1_000, &[(1, 0)]);
     let first = w.reg.expiry_timer(0, b"k").unwrap();
     // REFRESH moves the expiry; the command settles and re-arms.
     let key = k(0, b"k");
@@ -606,9 +578,7 @@ fn the_expiry_timer_follows_the_holder() {
 
 #[test]
 fn a_grant_error_goes_to_that_waiter_and_the_next_one_tries() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
+    let mut w = World::queued(1_000, &[(1, 0)]);
     // Someone put a list where the fence counter lives.
     let fence = fence_key(&k(0, b"k"));
     w.host.keys.keys.insert(fence, (Value::Other, None));
@@ -652,9 +622,7 @@ fn keyspace_events_and_flushes_share_one_pending_timer() {
 
 #[test]
 fn max_waiters_is_checked_before_blocking() {
-    let mut w = World::new();
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
+    let w = World::queued(1_000, &[(1, 0)]);
     assert_eq!(may_enqueue(&w.reg, 0, b"k", 1), Err(Refused::TooMany));
     assert_eq!(may_enqueue(&w.reg, 0, b"other", 1), Ok(()));
     assert_eq!(may_enqueue(&w.reg, 0, b"other", 0), Err(Refused::TooMany));
