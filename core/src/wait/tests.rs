@@ -212,27 +212,21 @@ impl World {
         }
     }
 
+    /// What `h` was unblocked with.
+    fn outcome_of(&self, h: u32) -> Outcome {
+        let found = self.host.unblocked.iter().find(|(x, _)| *x == h);
+        found.map(|(_, o)| o.clone()).expect("unblocked")
+    }
+
     /// The reply callback for `h`'s outcome.
     fn reply(&mut self, h: u32) -> Option<Answer> {
-        let outcome = self
-            .host
-            .unblocked
-            .iter()
-            .find(|(x, _)| *x == h)
-            .map(|(_, o)| o.clone())
-            .expect("unblocked");
+        let outcome = self.outcome_of(h);
         answer(&mut self.host, &outcome, u64::from(h))
     }
 
     /// The server frees `h`'s outcome without a reply (it disconnected).
     fn freed_without_reply(&mut self, h: u32) {
-        let outcome = self
-            .host
-            .unblocked
-            .iter()
-            .find(|(x, _)| *x == h)
-            .map(|(_, o)| o.clone())
-            .expect("unblocked");
+        let outcome = self.outcome_of(h);
         undelivered(&mut self.host, &mut self.reg, outcome);
     }
 }
