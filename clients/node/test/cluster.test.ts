@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Lease } from '../src';
-import { skipped, sleep, spacelockStat, waitFor, withCluster } from './harness';
+import { holdLock, skipped, sleep, spacelockStat, waitFor, withCluster } from './harness';
 
 describe('ioredis.Cluster', () => {
   const fx = withCluster('cl:', 3);
@@ -65,22 +65,15 @@ describe('ioredis.Cluster', () => {
     if (skipped(t)) return;
     const holder = fx.make();
     const waiter = fx.make();
-    let holding = false;
-    let releaseHolder!: () => void;
-    const held = new Promise<void>((r) => (releaseHolder = r));
-    const hold = holder.withSpaceLock('handoff', async () => {
-      holding = true;
-      await held;
-    });
-    await waitFor('the holder', () => holding);
+    const hold = await holdLock(holder, 'handoff');
     const moved = await movedErrors();
     const w = waiter.withSpaceLock('handoff', async (lease) => lease.token, { waitMs: 5_000 });
     await waitFor('the waiter queued', async () => {
       const counts = await Promise.all(fx.nodeAdmins.map((s) => spacelockStat(s, 'waiting_clients')));
       return counts.some((c) => c === 1);
     });
-    releaseHolder();
-    await hold;
+    hold.release();
+    await hold.done;
     assert.equal(typeof (await w), 'bigint');
     assert.equal(await movedErrors(), moved, 'no MOVED');
   });

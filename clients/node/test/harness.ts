@@ -242,6 +242,22 @@ export class TestServer {
   }
 }
 
+/**
+ * Takes `name` with `locks` and holds it until `release()`; resolves once the
+ * holder's body runs. `done` is the holder's `withSpaceLock` call.
+ */
+export async function holdLock(locks: SpaceLock, name: string): Promise<{ release: () => void; done: Promise<unknown> }> {
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let holding = false;
+  const done = locks.withSpaceLock(name, async () => {
+    holding = true;
+    await released;
+  });
+  await waitFor('the holder', () => holding);
+  return { release, done };
+}
+
 /** `INFO spacelock` field `spacelock_<name>` as a number. */
 export async function spacelockStat(redis: Redis, name: string): Promise<number> {
   const info = await redis.info('spacelock');

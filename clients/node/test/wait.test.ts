@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CommandTimeoutError, type LeaseLostError } from '../src';
-import { skipped, sleep, spacelockStat, waitFor, withServer } from './harness';
+import { holdLock, skipped, sleep, spacelockStat, waitFor, withServer } from './harness';
 
 describe('waitMs', () => {
   const fx = withServer('wait:');
@@ -15,14 +15,7 @@ describe('waitMs', () => {
   it('waiters are served in FIFO order, each through the server queue', async (t) => {
     if (skipped(t)) return;
     const holder = fx.make();
-    let releaseHolder!: () => void;
-    const held = new Promise<void>((r) => (releaseHolder = r));
-    let holding = false;
-    const first = holder.withSpaceLock('fifo', async () => {
-      holding = true;
-      await held;
-    });
-    await waitFor('the holder', () => holding);
+    const hold = await holdLock(holder, 'fifo');
     const order: number[] = [];
     const tokens: bigint[] = [];
     const runs: Array<Promise<unknown>> = [];
@@ -44,8 +37,8 @@ describe('waitMs', () => {
       await waitFor(`waiter ${i} queued`, async () => (await waiting()) === base + i + 1);
     }
     const handoffs = await spacelockStat(fx.admin, 'handoffs');
-    releaseHolder();
-    await Promise.all([first, ...runs]);
+    hold.release();
+    await Promise.all([hold.done, ...runs]);
     assert.deepEqual(order, [0, 1, 2, 3, 4]);
     for (let i = 1; i < tokens.length; i++) assert.ok(tokens[i]! > tokens[i - 1]!, 'tokens increase');
     assert.equal(await spacelockStat(fx.admin, 'handoffs'), handoffs + 5, 'every waiter got a server handoff');
@@ -117,14 +110,7 @@ describe('waitMs', () => {
     if (skipped(t)) return;
     const holder = fx.make();
     const waiter = fx.make();
-    let releaseHolder!: () => void;
-    const held = new Promise<void>((r) => (releaseHolder = r));
-    let holding = false;
-    const hold = holder.withSpaceLock('abort', async () => {
-      holding = true;
-      await held;
-    });
-    await waitFor('the holder', () => holding);
+    const hold = await holdLock(holder, 'abort');
     const base = await waiting();
     const ac = new AbortController();
     let ran = false;
@@ -139,9 +125,9 @@ describe('waitMs', () => {
     // Abort, and release the holder at once: the server may hand the lock to
     // the abandoned waiter before it notices; the client must release it.
     ac.abort(new Error('caller gave up'));
-    releaseHolder();
+    hold.release();
     await assert.rejects(w, /caller gave up/);
-    await hold;
+    await hold.done;
     assert.equal(ran, false);
     await waitFor('no lock left behind', async () => (await fx.admin.exists('wait:abort')) === 0 && (await waiting()) === base);
     assert.equal(await holder.withSpaceLock('abort', async () => 'free again'), 'free again');
@@ -165,14 +151,7 @@ describe('waitMs', () => {
     if (skipped(t)) return;
     const holder = fx.make();
     const waiter = fx.make({ waitGraceMs: 300 });
-    let holding = false;
-    let releaseHolder!: () => void;
-    const held = new Promise<void>((r) => (releaseHolder = r));
-    const hold = holder.withSpaceLock('stall', async () => {
-      holding = true;
-      await held;
-    });
-    await waitFor('the holder', () => holding);
+    const hold = await holdLock(holder, 'stall');
     // The server stops answering everyone for 1.5 s.
     await fx.admin.call('CLIENT', 'PAUSE', '1500', 'ALL');
     const start = performance.now();
@@ -182,8 +161,8 @@ describe('waitMs', () => {
     );
     const took = performance.now() - start;
     assert.ok(took < 300 + 300 + 250, `gave up after ${took.toFixed(0)} ms`);
-    releaseHolder(); // its release runs once the pause ends; the waiter's WAIT may then be granted
-    await hold;
+    hold.release(); // its release runs once the pause ends; the waiter's WAIT may then be granted
+    await hold.done;
     await waitFor('no lock left behind', async () => (await fx.admin.exists('wait:stall')) === 0 && (await waiting()) === 0, 5_000);
   });
 
