@@ -3,54 +3,24 @@
  * (no MOVED), heartbeats and waits included.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it, type TestContext } from 'node:test';
-import { Cluster, type Redis } from 'ioredis';
-import { SpaceLock, type Lease } from '../src';
-import { missingModule, recordingLogger, sleep, spacelockStat, TestCluster, waitFor } from './harness';
-
-const skipReason = missingModule();
-const skipped = (t: TestContext): boolean => {
-  if (skipReason) t.skip(skipReason);
-  return skipReason !== undefined;
-};
+import { describe, it } from 'node:test';
+import type { Lease } from '../src';
+import { holdLock, skipped, sleep, spacelockStat, waitFor, withCluster } from './harness';
 
 describe('ioredis.Cluster', () => {
-  let cluster: TestCluster;
-  let redis: Cluster;
-  let admin: Cluster;
-  const made: SpaceLock[] = [];
-  const make = (opts: ConstructorParameters<typeof SpaceLock>[1] = {}): SpaceLock => {
-    const l = new SpaceLock(redis, { keyPrefix: 'cl:', logger: recordingLogger(), ...opts });
-    made.push(l);
-    return l;
-  };
-  let nodeAdmins: Redis[] = [];
+  const fx = withCluster('cl:', 3);
   const movedErrors = async (): Promise<number> => {
     let total = 0;
-    for (const node of nodeAdmins) {
+    for (const node of fx.nodeAdmins) {
       const info = await node.info('errorstats');
       total += Number(/errorstat_MOVED:count=(\d+)/.exec(info)?.[1] ?? 0);
     }
     return total;
   };
 
-  before(async () => {
-    if (skipReason) return;
-    cluster = await TestCluster.start(3);
-    nodeAdmins = cluster.nodes.map((s) => s.client());
-    redis = new Cluster(cluster.startupNodes);
-    admin = new Cluster(cluster.startupNodes);
-  });
-  after(async () => {
-    await Promise.all(made.map((l) => l.close()));
-    redis?.disconnect();
-    admin?.disconnect();
-    await cluster?.dispose();
-  });
-
   it('locks keys on every node, keeps them alive, and never gets MOVED', async (t) => {
     if (skipped(t)) return;
-    const locks = make({ ttlMs: 300 });
+    const locks = fx.make({ ttlMs: 300 });
     const names = Array.from({ length: 30 }, (_, i) => `space-${i}`);
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
@@ -66,13 +36,13 @@ describe('ioredis.Cluster', () => {
     await sleep(900); // three ttl: only the heartbeat keeps them
     for (const lease of leases) {
       assert.equal(typeof lease.token, 'bigint');
-      assert.equal(await admin.get(lease.key), lease.owner, `${lease.key} still held`);
+      assert.equal(await fx.admin.get(lease.key), lease.owner, `${lease.key} still held`);
     }
     release();
     assert.deepEqual(new Set(await Promise.all(runs)), new Set([false]));
-    for (const n of names) assert.equal(await admin.exists(`cl:${n}`), 0, `cl:${n} released`);
+    for (const n of names) assert.equal(await fx.admin.exists(`cl:${n}`), 0, `cl:${n} released`);
     const perNode = await Promise.all(
-      nodeAdmins.map(async (s) => Number(/cmdstat_spacelock\.refresh:calls=(\d+)/.exec(await s.info('commandstats'))?.[1] ?? 0)),
+      fx.nodeAdmins.map(async (s) => Number(/cmdstat_spacelock\.refresh:calls=(\d+)/.exec(await s.info('commandstats'))?.[1] ?? 0)),
     );
     assert.ok(perNode.every((c) => c > 0), `refreshes on every node: ${perNode.join(', ')}`);
     assert.equal(await movedErrors(), 0, 'every command went to the right node');
@@ -80,10 +50,10 @@ describe('ioredis.Cluster', () => {
 
   it('in-progress, lock-held and exact tokens above 2^53', async (t) => {
     if (skipped(t)) return;
-    const a = make();
-    const b = make();
-    const fence = (await admin.call('SPACELOCK.FENCEKEY', 'cl:big')) as string;
-    await admin.set(fence, '5000000000123456789'); // above any term floor, not representable as a double
+    const a = fx.make();
+    const b = fx.make();
+    const fence = (await fx.admin.call('SPACELOCK.FENCEKEY', 'cl:big')) as string;
+    await fx.admin.set(fence, '5000000000123456789'); // above any term floor, not representable as a double
     await a.withSpaceLock('big', async (lease) => {
       assert.equal(lease.token, 5000000000123456790n);
       assert.deepEqual(await a.withSpaceLock('big', async () => 1), { skipped: 'in-progress' });
@@ -93,24 +63,17 @@ describe('ioredis.Cluster', () => {
 
   it('waitMs hands the lock over through the owning node', async (t) => {
     if (skipped(t)) return;
-    const holder = make();
-    const waiter = make();
-    let holding = false;
-    let releaseHolder!: () => void;
-    const held = new Promise<void>((r) => (releaseHolder = r));
-    const hold = holder.withSpaceLock('handoff', async () => {
-      holding = true;
-      await held;
-    });
-    await waitFor('the holder', () => holding);
+    const holder = fx.make();
+    const waiter = fx.make();
+    const hold = await holdLock(holder, 'handoff');
     const moved = await movedErrors();
     const w = waiter.withSpaceLock('handoff', async (lease) => lease.token, { waitMs: 5_000 });
     await waitFor('the waiter queued', async () => {
-      const counts = await Promise.all(nodeAdmins.map((s) => spacelockStat(s, 'waiting_clients')));
+      const counts = await Promise.all(fx.nodeAdmins.map((s) => spacelockStat(s, 'waiting_clients')));
       return counts.some((c) => c === 1);
     });
-    releaseHolder();
-    await hold;
+    hold.release();
+    await hold.done;
     assert.equal(typeof (await w), 'bigint');
     assert.equal(await movedErrors(), moved, 'no MOVED');
   });

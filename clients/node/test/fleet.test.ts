@@ -9,10 +9,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { after, before, describe, it, type TestContext } from 'node:test';
-import type { Redis } from 'ioredis';
+import { describe, it, type TestContext } from 'node:test';
 import { fleetArgv, type FleetArgs } from './fleet-args';
-import { missingModule, REPO, TestServer } from './harness';
+import { missingModule, REPO, withServer } from './harness';
 
 function fleetWorkerBinary(): string {
   if (process.env.SPACELOCK_FLEET_WORKER) return process.env.SPACELOCK_FLEET_WORKER;
@@ -36,17 +35,7 @@ function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: nu
 }
 
 describe('mixed fleet', () => {
-  let server: TestServer;
-  let admin: Redis;
-
-  before(async () => {
-    if (missingModule()) return;
-    server = await TestServer.start();
-    admin = server.client();
-  });
-  after(async () => {
-    await server?.dispose();
-  });
+  const fx = withServer('fleet:lock:');
 
   it('Node client, Rust client and the seed on one key: 0 overlaps', async (t: TestContext) => {
     const reason =
@@ -59,7 +48,7 @@ describe('mixed fleet', () => {
       return;
     }
     const args: FleetArgs = {
-      url: `redis://127.0.0.1:${server.port}/`,
+      url: `redis://127.0.0.1:${fx.server.port}/`,
       prefix: 'fleet:lock:',
       name: 'space',
       entries: 25,
@@ -93,9 +82,9 @@ describe('mixed fleet', () => {
     assert.equal(nodeResult.overlaps, 0, 'node saw an overlap');
     assert.equal(seedResult.overlaps, 0, 'seed saw an overlap');
     assert.equal(Number(rustResult.overlaps), 0, 'rust saw an overlap');
-    assert.equal(await admin.get('fleet:guard:overlaps'), null, 'no overlap recorded in the guard');
-    assert.equal(await admin.get('fleet:guard'), '0', 'every entry was matched by an exit');
+    assert.equal(await fx.admin.get('fleet:guard:overlaps'), null, 'no overlap recorded in the guard');
+    assert.equal(await fx.admin.get('fleet:guard'), '0', 'every entry was matched by an exit');
     assert.equal(nodeResult.staleTokens, 0, "the Node client's tokens only increased");
-    assert.equal(await admin.exists('fleet:lock:space'), 0, 'nobody left the lock behind');
+    assert.equal(await fx.admin.exists('fleet:lock:space'), 0, 'nobody left the lock behind');
   });
 });

@@ -1,6 +1,7 @@
 /**
  * Test harness: real `redis-server`s with the module, started and stopped by
- * the tests.
+ * the tests, and the per-suite fixture on top of them (`withServer`,
+ * `withCluster`, `skipped`).
  *
  * * The binary is `$SPACELOCK_SERVER` (default `redis-server` on PATH); the
  *   module is `$SPACELOCK_MODULE`, else `<repo>/target/release/libspacelock.so`.
@@ -15,8 +16,9 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Redis, type RedisOptions } from 'ioredis';
-import type { SpaceLockLogger } from '../src';
+import { after, before, type TestContext } from 'node:test';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import { SpaceLock, type SpaceLockLogger, type SpaceLockOptions } from '../src';
 
 /** The repository root (this file runs from clients/node/build/test/). */
 export const REPO = path.resolve(__dirname, '../../../..');
@@ -33,6 +35,16 @@ export function serverBinary(): string {
 export function missingModule(): string | undefined {
   const m = moduleFile();
   return existsSync(m) ? undefined : `module not built: ${m} (run \`make build\` or set SPACELOCK_MODULE)`;
+}
+
+/**
+ * Skips `t` (with the reason) when the module is not built; true if it did.
+ * A test that needs the module starts with `if (skipped(t)) return;`.
+ */
+export function skipped(t: TestContext): boolean {
+  const reason = missingModule();
+  if (reason) t.skip(reason);
+  return reason !== undefined;
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -230,6 +242,22 @@ export class TestServer {
   }
 }
 
+/**
+ * Takes `name` with `locks` and holds it until `release()`; resolves once the
+ * holder's body runs. `done` is the holder's `withSpaceLock` call.
+ */
+export async function holdLock(locks: SpaceLock, name: string): Promise<{ release: () => void; done: Promise<unknown> }> {
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let holding = false;
+  const done = locks.withSpaceLock(name, async () => {
+    holding = true;
+    await released;
+  });
+  await waitFor('the holder', () => holding);
+  return { release, done };
+}
+
 /** `INFO spacelock` field `spacelock_<name>` as a number. */
 export async function spacelockStat(redis: Redis, name: string): Promise<number> {
   const info = await redis.info('spacelock');
@@ -302,4 +330,113 @@ export class TestCluster {
   async dispose(): Promise<void> {
     await Promise.all(this.nodes.map((s) => s.dispose()));
   }
+}
+
+interface Started<C extends Redis | Cluster> {
+  redis: C;
+  admin: C;
+  dispose(): Promise<void>;
+}
+
+/**
+ * A suite's fixture. Built inside a `describe`, it registers there a `before`
+ * hook that runs `start` (not if the module is needed and not built: the tests
+ * then skip themselves with `skipped(t)`) and an `after` hook that closes
+ * every lock made or tracked, then disposes what `start` started. What it
+ * gives is valid from the `before` hook on.
+ */
+class LockFixture<C extends Redis | Cluster, S extends Started<C>> {
+  private state: S | undefined;
+  private readonly made: SpaceLock[] = [];
+
+  constructor(
+    private readonly keyPrefix: string,
+    needsModule: boolean,
+    start: () => Promise<S>,
+  ) {
+    before(async () => {
+      if (needsModule && missingModule()) return;
+      this.state = await start();
+    });
+    after(async () => {
+      await Promise.all(this.made.map((l) => l.close()));
+      await this.state?.dispose();
+    });
+  }
+
+  protected get started(): S {
+    if (!this.state) throw new Error('the suite fixture is not started (its before hook failed or was skipped)');
+    return this.state;
+  }
+
+  /** The connection `make` builds its locks on. */
+  get redis(): C {
+    return this.started.redis;
+  }
+
+  /** A second connection, for looking at and meddling with the keys. */
+  get admin(): C {
+    return this.started.admin;
+  }
+
+  /** A SpaceLock on `redis` with the suite's keyPrefix and a recording logger (`opts` override both); closed at teardown. */
+  make(opts: SpaceLockOptions = {}): SpaceLock {
+    return this.track(new SpaceLock(this.redis, { keyPrefix: this.keyPrefix, logger: recordingLogger(), ...opts }));
+  }
+
+  /** Closes `lock` at teardown too (for a lock built by hand); returns it. */
+  track(lock: SpaceLock): SpaceLock {
+    this.made.push(lock);
+    return lock;
+  }
+}
+
+class ServerFixture extends LockFixture<Redis, Started<Redis> & { server: TestServer }> {
+  get server(): TestServer {
+    return this.started.server;
+  }
+}
+
+class ClusterFixture extends LockFixture<Cluster, Started<Cluster> & { cluster: TestCluster; nodeAdmins: Redis[] }> {
+  get cluster(): TestCluster {
+    return this.started.cluster;
+  }
+
+  /** A plain connection to each node, in `cluster.nodes` order (INFO per node). */
+  get nodeAdmins(): Redis[] {
+    return this.started.nodeAdmins;
+  }
+}
+
+/**
+ * One server for the enclosing `describe` (with the module unless
+ * `options.module` is false), `redis` and `admin` connections to it, and
+ * `make` for locks on `redis` under `keyPrefix`. See {@link LockFixture}.
+ */
+export function withServer(keyPrefix: string, options: ServerOptions = {}): ServerFixture {
+  return new ServerFixture(keyPrefix, options.module !== false, async () => {
+    const server = await TestServer.start(options);
+    return { server, redis: server.client(), admin: server.client(), dispose: () => server.dispose() };
+  });
+}
+
+/**
+ * A cluster of `nodes` masters for the enclosing `describe`, `redis` and
+ * `admin` ioredis.Cluster connections to it, `nodeAdmins` (one plain
+ * connection a node), and `make` for locks on `redis` under `keyPrefix`. See
+ * {@link LockFixture}.
+ */
+export function withCluster(keyPrefix: string, nodes = 3): ClusterFixture {
+  return new ClusterFixture(keyPrefix, true, async () => {
+    const cluster = await TestCluster.start(nodes);
+    const nodeAdmins = cluster.nodes.map((s) => s.client());
+    const redis = new Cluster(cluster.startupNodes);
+    const admin = new Cluster(cluster.startupNodes);
+    const dispose = async (): Promise<void> => {
+      redis.disconnect();
+      admin.disconnect();
+      await cluster.dispose();
+    };
+    return { cluster, nodeAdmins, redis, admin, dispose };
+  });
 }

@@ -4,42 +4,16 @@
  * in-process mutex under a burst of concurrent calls.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it, type TestContext } from 'node:test';
-import type { Redis } from 'ioredis';
-import { LeaseLostError, SpaceLock, type Lease } from '../src';
-import { missingModule, recordingLogger, sleep, stallEventLoop, TestServer, waitFor } from './harness';
-
-const skipReason = missingModule();
-const skipped = (t: TestContext): boolean => {
-  if (skipReason) t.skip(skipReason);
-  return skipReason !== undefined;
-};
+import { describe, it } from 'node:test';
+import { LeaseLostError, type Lease } from '../src';
+import { recordingLogger, skipped, sleep, stallEventLoop, waitFor, withServer } from './harness';
 
 describe('lease', () => {
-  let server: TestServer;
-  let redis: Redis;
-  let admin: Redis;
-  const made: SpaceLock[] = [];
-  const make = (opts: ConstructorParameters<typeof SpaceLock>[1] = {}): SpaceLock => {
-    const l = new SpaceLock(redis, { keyPrefix: 'lease:', logger: recordingLogger(), ...opts });
-    made.push(l);
-    return l;
-  };
-
-  before(async () => {
-    if (skipReason) return;
-    server = await TestServer.start();
-    redis = server.client();
-    admin = server.client();
-  });
-  after(async () => {
-    await Promise.all(made.map((l) => l.close()));
-    await server?.dispose();
-  });
+  const fx = withServer('lease:');
 
   it('50 simultaneous calls on one space: exactly 1 runs, 49 get in-progress', async (t) => {
     if (skipped(t)) return;
-    const locks = make();
+    const locks = fx.make();
     let runs = 0;
     const results = await Promise.all(
       Array.from({ length: 50 }, () =>
@@ -57,14 +31,14 @@ describe('lease', () => {
 
   it('tokens are exact bigints far above 2^53, and increase on every grant', async (t) => {
     if (skipped(t)) return;
-    const locks = make();
-    const fence = (await admin.call('SPACELOCK.FENCEKEY', 'lease:big')) as string;
+    const locks = fx.make();
+    const fence = (await fx.admin.call('SPACELOCK.FENCEKEY', 'lease:big')) as string;
     // Tokens of the module's wall-clock terms are ms × 1 000 000 ≈ 1.8e18,
     // far above 2^53. A fence above any term floor decides the next grant
     // (fence + 1) whichever token mode the module runs, and its last digits
     // are ones a double cannot hold.
     const floor = 5_000_000_000_123_456_789n;
-    await admin.set(fence, floor.toString());
+    await fx.admin.set(fence, floor.toString());
     const t1 = await locks.withSpaceLock('big', async (lease) => lease.token);
     const t2 = await locks.withSpaceLock('big', async (lease) => lease.token);
     assert.equal(typeof t1, 'bigint');
@@ -79,12 +53,12 @@ describe('lease', () => {
 
   it('a 300 ms lease is kept alive for 1.5 s', async (t) => {
     if (skipped(t)) return;
-    const locks = make({ ttlMs: 300 });
+    const locks = fx.make({ ttlMs: 300 });
     const start = performance.now();
     let checks = 0;
     await locks.withSpaceLock('keepalive', async (lease) => {
       while (performance.now() - start < 1_500) {
-        assert.equal(await admin.get('lease:keepalive'), lease.owner);
+        assert.equal(await fx.admin.get('lease:keepalive'), lease.owner);
         assert.equal(lease.isLost(), false);
         assert.equal(lease.signal.aborted, false);
         checks++;
@@ -92,16 +66,16 @@ describe('lease', () => {
       }
     });
     assert.ok(checks >= 10, `checked ${checks} times`);
-    assert.equal(await admin.exists('lease:keepalive'), 0);
+    assert.equal(await fx.admin.exists('lease:keepalive'), 0);
   });
 
   it('signal aborts within one ttl after an external DEL (reason: not-owner)', async (t) => {
     if (skipped(t)) return;
     const logger = recordingLogger();
-    const locks = make({ ttlMs: 300, logger });
+    const locks = fx.make({ ttlMs: 300, logger });
     await locks.withSpaceLock('deleted', async (lease) => {
       await sleep(50);
-      await admin.del('lease:deleted');
+      await fx.admin.del('lease:deleted');
       const deletedAt = performance.now();
       await new Promise((resolve) => lease.signal.addEventListener('abort', resolve, { once: true }));
       const after = performance.now() - deletedAt;
@@ -117,7 +91,7 @@ describe('lease', () => {
 
   it('signal aborts within one ttl after the event loop stalls longer than the ttl (reason: expired)', async (t) => {
     if (skipped(t)) return;
-    const locks = make({ ttlMs: 300 });
+    const locks = fx.make({ ttlMs: 300 });
     await locks.withSpaceLock('stalled', async (lease) => {
       await sleep(20);
       stallEventLoop(450); // GC pause, CPU-bound work: no heartbeat can run
@@ -136,7 +110,7 @@ describe('lease', () => {
 
   it('the signal aborts on its own after a stall too, without anyone calling isLost()', async (t) => {
     if (skipped(t)) return;
-    const locks = make({ ttlMs: 300 });
+    const locks = fx.make({ ttlMs: 300 });
     await locks.withSpaceLock('stalled-2', async (lease) => {
       await sleep(20);
       stallEventLoop(450);
@@ -149,7 +123,7 @@ describe('lease', () => {
 
   it('releases when fn rejects after the caller aborts (release on abort)', async (t) => {
     if (skipped(t)) return;
-    const locks = make({ ttlMs: 1_000 });
+    const locks = fx.make({ ttlMs: 1_000 });
     const caller = new AbortController();
     let seen: Lease | undefined;
     const run = locks.withSpaceLock(
@@ -161,10 +135,10 @@ describe('lease', () => {
       { signal: caller.signal },
     );
     await waitFor('fn to start', () => seen !== undefined);
-    assert.equal(await admin.exists('lease:aborted'), 1);
+    assert.equal(await fx.admin.exists('lease:aborted'), 1);
     caller.abort(new Error('client went away'));
     await assert.rejects(run, /client went away/);
-    assert.equal(await admin.exists('lease:aborted'), 0, 'released');
+    assert.equal(await fx.admin.exists('lease:aborted'), 0, 'released');
     assert.equal(seen?.isLost(), true, 'the lease has ended');
     assert.equal(seen?.lostReason(), 'released');
     assert.equal(locks.isRunning('aborted'), false);
@@ -172,16 +146,16 @@ describe('lease', () => {
 
   it('a signal already aborted rejects before taking the lock', async (t) => {
     if (skipped(t)) return;
-    const locks = make();
+    const locks = fx.make();
     const ac = new AbortController();
     ac.abort(new Error('too late'));
     await assert.rejects(locks.withSpaceLock('pre-aborted', async () => 1, { signal: ac.signal }), /too late/);
-    assert.equal(await admin.exists('lease:pre-aborted'), 0);
+    assert.equal(await fx.admin.exists('lease:pre-aborted'), 0);
   });
 
   it('after fn returns the lease has ended: signal aborted with reason released, lost resolved', async (t) => {
     if (skipped(t)) return;
-    const locks = make();
+    const locks = fx.make();
     const lease = await locks.withSpaceLock('ended', async (l) => l);
     assert.ok(typeof lease === 'object' && lease !== null && !('skipped' in lease));
     const l = lease as Lease;
@@ -193,7 +167,7 @@ describe('lease', () => {
 
   it('close() under a held lease: the lease is no longer refreshed and its signal aborts within a ttl', async (t) => {
     if (skipped(t)) return;
-    const locks = make({ ttlMs: 300 });
+    const locks = fx.make({ ttlMs: 300 });
     const r = await locks.withSpaceLock('closed-under', async (lease) => {
       await locks.close();
       const closedAt = performance.now();
@@ -207,7 +181,7 @@ describe('lease', () => {
 
   it('keeps many leases alive with one heartbeat', async (t) => {
     if (skipped(t)) return;
-    const locks = make({ ttlMs: 300 });
+    const locks = fx.make({ ttlMs: 300 });
     let release!: () => void;
     const gate = new Promise<void>((r) => (release = r));
     const leases: Lease[] = [];
@@ -220,9 +194,9 @@ describe('lease', () => {
     );
     await waitFor('200 leases', () => leases.length === 200);
     assert.equal(locks.activeLeases, 200);
-    const before = Number((await admin.info('commandstats')).match(/cmdstat_spacelock\.refresh:calls=(\d+)/)?.[1] ?? 0);
+    const before = Number((await fx.admin.info('commandstats')).match(/cmdstat_spacelock\.refresh:calls=(\d+)/)?.[1] ?? 0);
     await sleep(900);
-    const after = Number((await admin.info('commandstats')).match(/cmdstat_spacelock\.refresh:calls=(\d+)/)?.[1] ?? 0);
+    const after = Number((await fx.admin.info('commandstats')).match(/cmdstat_spacelock\.refresh:calls=(\d+)/)?.[1] ?? 0);
     release();
     assert.deepEqual(new Set(await Promise.all(runs)), new Set([false]), 'none lost');
     // 900 ms at one refresh per lease every 100 ms: about 9 per lease.

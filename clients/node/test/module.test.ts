@@ -3,10 +3,10 @@
  * running the seed's exact commands.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
-import { ModuleNotLoadedError, SpaceLock, SpaceLockError } from '../src';
-import { recordingLogger, sleep, TestServer, waitFor } from './harness';
+import { ModuleNotLoadedError, SpaceLockError } from '../src';
+import { recordingLogger, sleep, waitFor, withServer } from './harness';
 
 async function calls(admin: Redis, command: string): Promise<number> {
   const m = new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(await admin.info('commandstats'));
@@ -14,28 +14,10 @@ async function calls(admin: Redis, command: string): Promise<number> {
 }
 
 describe('a server without the module', () => {
-  let server: TestServer;
-  let redis: Redis;
-  let admin: Redis;
-  const made: SpaceLock[] = [];
-  const make = (opts: ConstructorParameters<typeof SpaceLock>[1] = {}): SpaceLock => {
-    const l = new SpaceLock(redis, { keyPrefix: 'plain:', logger: recordingLogger(), ...opts });
-    made.push(l);
-    return l;
-  };
-
-  before(async () => {
-    server = await TestServer.start({ module: false });
-    redis = server.client();
-    admin = server.client();
-  });
-  after(async () => {
-    await Promise.all(made.map((l) => l.close()));
-    await server?.dispose();
-  });
+  const fx = withServer('plain:', { module: false });
 
   it('throws a typed ModuleNotLoadedError that says how to load the module', async () => {
-    const locks = make();
+    const locks = fx.make();
     let ran = false;
     const err = await locks
       .withSpaceLock('x', async () => {
@@ -59,61 +41,61 @@ describe('a server without the module', () => {
 
   it("fallback: 'lua' runs the seed's commands: no token, warns once, releases with the seed's Lua", async () => {
     const logger = recordingLogger();
-    const locks = make({ fallback: 'lua', logger });
-    const sets = await calls(admin, 'set');
-    const evals = await calls(admin, 'eval');
+    const locks = fx.make({ fallback: 'lua', logger });
+    const sets = await calls(fx.admin, 'set');
+    const evals = await calls(fx.admin, 'eval');
     const r = await locks.withSpaceLock('a', async (lease) => {
       assert.equal(lease.token, undefined);
-      assert.equal(await admin.get('plain:a'), lease.owner);
-      const pttl = await admin.pttl('plain:a');
+      assert.equal(await fx.admin.get('plain:a'), lease.owner);
+      const pttl = await fx.admin.pttl('plain:a');
       assert.ok(pttl > 25_000 && pttl <= 30_000, `pttl ${pttl}`);
       return 'ran';
     });
     assert.equal(r, 'ran');
     assert.equal(locks.commandMode, 'lua');
-    assert.equal(await admin.exists('plain:a'), 0, 'released');
-    assert.equal(await calls(admin, 'set'), sets + 1, 'SET NX PX');
-    assert.equal(await calls(admin, 'eval'), evals + 1, "the seed's release EVAL");
+    assert.equal(await fx.admin.exists('plain:a'), 0, 'released');
+    assert.equal(await calls(fx.admin, 'set'), sets + 1, 'SET NX PX');
+    assert.equal(await calls(fx.admin, 'eval'), evals + 1, "the seed's release EVAL");
     assert.equal(await locks.withSpaceLock('b', async () => 'again'), 'again');
     assert.equal(logger.warns.filter((w) => w.includes('falling back')).length, 1, logger.warns.join('\n'));
   });
 
   it("fallback: 'lua' keeps a 300 ms lease alive with the seed's refresh and signals its loss", async () => {
-    const locks = make({ fallback: 'lua', ttlMs: 300 });
-    const evals = await calls(admin, 'eval');
+    const locks = fx.make({ fallback: 'lua', ttlMs: 300 });
+    const evals = await calls(fx.admin, 'eval');
     await locks.withSpaceLock('alive', async (lease) => {
       await sleep(1_000);
       assert.equal(lease.isLost(), false);
-      assert.equal(await admin.get('plain:alive'), lease.owner);
-      await admin.del('plain:alive');
+      assert.equal(await fx.admin.get('plain:alive'), lease.owner);
+      await fx.admin.del('plain:alive');
       assert.equal(await lease.lost, 'not-owner');
     });
-    assert.ok((await calls(admin, 'eval')) - evals >= 8, 'refreshed by EVAL every ttl/3');
+    assert.ok((await calls(fx.admin, 'eval')) - evals >= 8, 'refreshed by EVAL every ttl/3');
   });
 
   it("fallback: 'lua' excludes the seed's own SET NX lock, and the seed excludes it", async () => {
-    const locks = make({ fallback: 'lua' });
-    await admin.set('plain:mixed', 'seed-replica', 'PX', 30_000, 'NX');
+    const locks = fx.make({ fallback: 'lua' });
+    await fx.admin.set('plain:mixed', 'seed-replica', 'PX', 30_000, 'NX');
     assert.deepEqual(await locks.withSpaceLock('mixed', async () => 1), { skipped: 'lock-held' });
-    await admin.del('plain:mixed');
+    await fx.admin.del('plain:mixed');
     await locks.withSpaceLock('mixed', async () => {
-      assert.equal(await admin.set('plain:mixed', 'seed-replica', 'PX', 30_000, 'NX'), null);
+      assert.equal(await fx.admin.set('plain:mixed', 'seed-replica', 'PX', 30_000, 'NX'), null);
     });
   });
 
   it("fallback: 'lua' with waitMs polls until the holder releases, and times out", async () => {
-    const locks = make({ fallback: 'lua' });
-    await admin.set('plain:poll', 'seed-replica', 'PX', 30_000);
+    const locks = fx.make({ fallback: 'lua' });
+    await fx.admin.set('plain:poll', 'seed-replica', 'PX', 30_000);
     const start = performance.now();
-    setTimeout(() => void admin.del('plain:poll'), 300);
+    setTimeout(() => void fx.admin.del('plain:poll'), 300);
     const r = await locks.withSpaceLock('poll', async () => 'got it', { waitMs: 3_000 });
     assert.equal(r, 'got it');
     assert.ok(performance.now() - start >= 290);
-    await admin.set('plain:poll', 'seed-replica', 'PX', 30_000);
+    await fx.admin.set('plain:poll', 'seed-replica', 'PX', 30_000);
     const t0 = performance.now();
     assert.deepEqual(await locks.withSpaceLock('poll', async () => 1, { waitMs: 400 }), { skipped: 'timed-out' });
     const took = performance.now() - t0;
     assert.ok(took >= 390 && took < 1_000, `took ${took.toFixed(0)} ms`);
-    await waitFor('cleanup', async () => (await admin.del('plain:poll')) >= 0);
+    await waitFor('cleanup', async () => (await fx.admin.del('plain:poll')) >= 0);
   });
 });

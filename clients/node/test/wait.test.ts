@@ -4,57 +4,24 @@
  * never a lock left behind.
  */
 import assert from 'node:assert/strict';
-import { after, before, describe, it, type TestContext } from 'node:test';
-import type { Redis } from 'ioredis';
-import { CommandTimeoutError, SpaceLock, type LeaseLostError } from '../src';
-import { missingModule, recordingLogger, sleep, spacelockStat, TestServer, waitFor } from './harness';
-
-const skipReason = missingModule();
-const skipped = (t: TestContext): boolean => {
-  if (skipReason) t.skip(skipReason);
-  return skipReason !== undefined;
-};
+import { describe, it } from 'node:test';
+import { CommandTimeoutError, type LeaseLostError } from '../src';
+import { holdLock, skipped, sleep, spacelockStat, waitFor, withServer } from './harness';
 
 describe('waitMs', () => {
-  let server: TestServer;
-  let redis: Redis;
-  let admin: Redis;
-  const made: SpaceLock[] = [];
-  const make = (opts: ConstructorParameters<typeof SpaceLock>[1] = {}): SpaceLock => {
-    const l = new SpaceLock(redis, { keyPrefix: 'wait:', logger: recordingLogger(), ...opts });
-    made.push(l);
-    return l;
-  };
-  const waiting = (): Promise<number> => spacelockStat(admin, 'waiting_clients');
-
-  before(async () => {
-    if (skipReason) return;
-    server = await TestServer.start();
-    redis = server.client();
-    admin = server.client();
-  });
-  after(async () => {
-    await Promise.all(made.map((l) => l.close()));
-    await server?.dispose();
-  });
+  const fx = withServer('wait:');
+  const waiting = (): Promise<number> => spacelockStat(fx.admin, 'waiting_clients');
 
   it('waiters are served in FIFO order, each through the server queue', async (t) => {
     if (skipped(t)) return;
-    const holder = make();
-    let releaseHolder!: () => void;
-    const held = new Promise<void>((r) => (releaseHolder = r));
-    let holding = false;
-    const first = holder.withSpaceLock('fifo', async () => {
-      holding = true;
-      await held;
-    });
-    await waitFor('the holder', () => holding);
+    const holder = fx.make();
+    const hold = await holdLock(holder, 'fifo');
     const order: number[] = [];
     const tokens: bigint[] = [];
     const runs: Array<Promise<unknown>> = [];
     const base = await waiting();
     for (let i = 0; i < 5; i++) {
-      const w = make();
+      const w = fx.make();
       runs.push(
         w.withSpaceLock(
           'fifo',
@@ -69,46 +36,46 @@ describe('waitMs', () => {
       // Queue them one at a time, so the queue order is known.
       await waitFor(`waiter ${i} queued`, async () => (await waiting()) === base + i + 1);
     }
-    const handoffs = await spacelockStat(admin, 'handoffs');
-    releaseHolder();
-    await Promise.all([first, ...runs]);
+    const handoffs = await spacelockStat(fx.admin, 'handoffs');
+    hold.release();
+    await Promise.all([hold.done, ...runs]);
     assert.deepEqual(order, [0, 1, 2, 3, 4]);
     for (let i = 1; i < tokens.length; i++) assert.ok(tokens[i]! > tokens[i - 1]!, 'tokens increase');
-    assert.equal(await spacelockStat(admin, 'handoffs'), handoffs + 5, 'every waiter got a server handoff');
+    assert.equal(await spacelockStat(fx.admin, 'handoffs'), handoffs + 5, 'every waiter got a server handoff');
   });
 
   it("times out with { skipped: 'timed-out' } near waitMs, leaving the holder's lock alone", async (t) => {
     if (skipped(t)) return;
-    await admin.set('wait:timeout', 'other-replica', 'PX', 30_000);
-    const locks = make();
+    await fx.admin.set('wait:timeout', 'other-replica', 'PX', 30_000);
+    const locks = fx.make();
     const start = performance.now();
     const r = await locks.withSpaceLock('timeout', async () => 'ran', { waitMs: 300 });
     const took = performance.now() - start;
     assert.deepEqual(r, { skipped: 'timed-out' });
     assert.ok(took >= 290 && took < 300 + 2_000, `took ${took.toFixed(0)} ms`);
-    assert.equal(await admin.get('wait:timeout'), 'other-replica');
+    assert.equal(await fx.admin.get('wait:timeout'), 'other-replica');
     assert.equal(await waiting(), 0);
   });
 
   it('a free lock is granted at once with waitMs', async (t) => {
     if (skipped(t)) return;
-    const locks = make();
+    const locks = fx.make();
     const r = await locks.withSpaceLock('free', async (lease) => lease.token, { waitMs: 1_000 });
     assert.equal(typeof r, 'bigint');
   });
 
   it('waitMs 0 does not wait: lock-held', async (t) => {
     if (skipped(t)) return;
-    await admin.set('wait:zero', 'other', 'PX', 30_000);
-    const locks = make();
+    await fx.admin.set('wait:zero', 'other', 'PX', 30_000);
+    const locks = fx.make();
     assert.deepEqual(await locks.withSpaceLock('zero', async () => 1, { waitMs: 0 }), { skipped: 'lock-held' });
   });
 
   it('a lease granted after a wait longer than the ttl is valid for a whole ttl from its confirming refresh', async (t) => {
     if (skipped(t)) return;
     const ttl = 300;
-    const holder = make({ ttlMs: ttl });
-    const waiter = make({ ttlMs: ttl });
+    const holder = fx.make({ ttlMs: ttl });
+    const waiter = fx.make({ ttlMs: ttl });
     let holding = false;
     const hold = holder.withSpaceLock('long', async () => {
       holding = true;
@@ -120,9 +87,9 @@ describe('waitMs', () => {
       async (lease) => {
         const replyAt = performance.now();
         assert.equal(lease.isLost(), false, 'not lost on arrival');
-        assert.equal(await admin.get('wait:long'), lease.owner);
+        assert.equal(await fx.admin.get('wait:long'), lease.owner);
         // Stall every refresh from now on: only the local deadline can end the lease.
-        await admin.call('CLIENT', 'PAUSE', String(4 * ttl), 'WRITE');
+        await fx.admin.call('CLIENT', 'PAUSE', String(4 * ttl), 'WRITE');
         const reason = await lease.lost;
         const lostAfter = performance.now() - replyAt;
         assert.equal(reason, 'expired');
@@ -130,7 +97,7 @@ describe('waitMs', () => {
         // sent one round trip before the body started.
         assert.ok(lostAfter >= ttl - 25, `lost ${lostAfter.toFixed(0)} ms after the body started: before a whole ttl`);
         assert.ok(lostAfter < 3 * ttl, `lost ${lostAfter.toFixed(0)} ms after the reply`);
-        await admin.call('CLIENT', 'UNPAUSE');
+        await fx.admin.call('CLIENT', 'UNPAUSE');
         return 'ran';
       },
       { waitMs: 10_000 },
@@ -141,16 +108,9 @@ describe('waitMs', () => {
 
   it('abort while waiting: rejects with the reason, leaves no lock behind even if granted just after', async (t) => {
     if (skipped(t)) return;
-    const holder = make();
-    const waiter = make();
-    let releaseHolder!: () => void;
-    const held = new Promise<void>((r) => (releaseHolder = r));
-    let holding = false;
-    const hold = holder.withSpaceLock('abort', async () => {
-      holding = true;
-      await held;
-    });
-    await waitFor('the holder', () => holding);
+    const holder = fx.make();
+    const waiter = fx.make();
+    const hold = await holdLock(holder, 'abort');
     const base = await waiting();
     const ac = new AbortController();
     let ran = false;
@@ -165,19 +125,19 @@ describe('waitMs', () => {
     // Abort, and release the holder at once: the server may hand the lock to
     // the abandoned waiter before it notices; the client must release it.
     ac.abort(new Error('caller gave up'));
-    releaseHolder();
+    hold.release();
     await assert.rejects(w, /caller gave up/);
-    await hold;
+    await hold.done;
     assert.equal(ran, false);
-    await waitFor('no lock left behind', async () => (await admin.exists('wait:abort')) === 0 && (await waiting()) === base);
+    await waitFor('no lock left behind', async () => (await fx.admin.exists('wait:abort')) === 0 && (await waiting()) === base);
     assert.equal(await holder.withSpaceLock('abort', async () => 'free again'), 'free again');
   });
 
   it('all pooled connections busy for the whole wait: timed-out, not hung', async (t) => {
     if (skipped(t)) return;
-    await admin.set('wait:pool-a', 'other', 'PX', 30_000);
-    await admin.set('wait:pool-b', 'other', 'PX', 30_000);
-    const locks = make({ waitConnections: 1 });
+    await fx.admin.set('wait:pool-a', 'other', 'PX', 30_000);
+    await fx.admin.set('wait:pool-b', 'other', 'PX', 30_000);
+    const locks = fx.make({ waitConnections: 1 });
     const a = locks.withSpaceLock('pool-a', async () => 1, { waitMs: 1_500 });
     await waitFor('a queued', async () => (await waiting()) >= 1);
     const start = performance.now();
@@ -189,18 +149,11 @@ describe('waitMs', () => {
 
   it('never hangs past waitMs + grace on a stalled server, and releases what it may be granted', async (t) => {
     if (skipped(t)) return;
-    const holder = make();
-    const waiter = make({ waitGraceMs: 300 });
-    let holding = false;
-    let releaseHolder!: () => void;
-    const held = new Promise<void>((r) => (releaseHolder = r));
-    const hold = holder.withSpaceLock('stall', async () => {
-      holding = true;
-      await held;
-    });
-    await waitFor('the holder', () => holding);
+    const holder = fx.make();
+    const waiter = fx.make({ waitGraceMs: 300 });
+    const hold = await holdLock(holder, 'stall');
     // The server stops answering everyone for 1.5 s.
-    await admin.call('CLIENT', 'PAUSE', '1500', 'ALL');
+    await fx.admin.call('CLIENT', 'PAUSE', '1500', 'ALL');
     const start = performance.now();
     await assert.rejects(
       waiter.withSpaceLock('stall', async () => 'ran', { waitMs: 300 }),
@@ -208,18 +161,18 @@ describe('waitMs', () => {
     );
     const took = performance.now() - start;
     assert.ok(took < 300 + 300 + 250, `gave up after ${took.toFixed(0)} ms`);
-    releaseHolder(); // its release runs once the pause ends; the waiter's WAIT may then be granted
-    await hold;
-    await waitFor('no lock left behind', async () => (await admin.exists('wait:stall')) === 0 && (await waiting()) === 0, 5_000);
+    hold.release(); // its release runs once the pause ends; the waiter's WAIT may then be granted
+    await hold.done;
+    await waitFor('no lock left behind', async () => (await fx.admin.exists('wait:stall')) === 0 && (await waiting()) === 0, 5_000);
   });
 
   it('lease.signal of a waited-for lease still aborts on loss', async (t) => {
     if (skipped(t)) return;
-    const locks = make({ ttlMs: 300 });
+    const locks = fx.make({ ttlMs: 300 });
     const r = await locks.withSpaceLock(
       'lost-after-wait',
       async (lease) => {
-        await admin.del('wait:lost-after-wait');
+        await fx.admin.del('wait:lost-after-wait');
         await lease.lost;
         return (lease.signal.reason as LeaseLostError).reason;
       },
