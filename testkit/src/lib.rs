@@ -16,6 +16,8 @@
 //! * [`mod@cmd`] helpers: the lock commands, keyspace snapshots, `INFO`
 //!   fields and waits driven by what the server reports ([`until_waiting`]),
 //!   so that no test sleeps in place of synchronisation.
+//! * [`mod@process`]: child processes (the `spacelock` CLI above all) run
+//!   with their output captured and a deadline.
 //! * A harness that can say *skipped*: a test binary declares
 //!   `harness = false`, marks its tests `#[spacelock_testkit::test]` (sync,
 //!   or `async fn` on a two-worker tokio runtime) and ends with
@@ -28,6 +30,7 @@
 mod cluster;
 pub mod cmd;
 mod fake;
+pub mod process;
 mod proxy;
 mod sentinel;
 mod server;
