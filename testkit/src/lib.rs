@@ -16,6 +16,7 @@
 //! * [`mod@cmd`] helpers: the lock commands, keyspace snapshots, `INFO`
 //!   fields and waits driven by what the server reports ([`until_waiting`]),
 //!   so that no test sleeps in place of synchronisation.
+//! * [`captured_logs`]: what a test binary's logger wrote, in memory.
 //! * [`mod@process`]: child processes (the `spacelock` CLI above all) run
 //!   with their output captured and a deadline.
 //! * A harness that can say *skipped*: a test binary declares
@@ -30,6 +31,7 @@
 mod cluster;
 pub mod cmd;
 mod fake;
+mod logs;
 pub mod process;
 mod proxy;
 mod sentinel;
@@ -38,6 +40,7 @@ mod server;
 pub use cluster::Cluster;
 pub use cmd::*;
 pub use fake::FakeServer;
+pub use logs::{captured_logs, CapturedLogs};
 pub use proxy::{Proxy, ProxyMode};
 pub use sentinel::{Sentinel, SentinelTimings};
 pub use server::*;
