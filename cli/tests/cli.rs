@@ -500,12 +500,7 @@ fn bad_arguments_exit_64_with_usage() {
 #[kit::test]
 fn server_errors_are_reported() {
     let server = Server::new();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("spacelock.max-ttl")
-        .arg(1000)
-        .query(&mut server.conn())
-        .unwrap();
+    kit::config_set(&mut server.conn(), "spacelock.max-ttl", 1000);
     let mut c = run_cmd(&server, &["--ttl", "2s", "k", "--", "true"]);
     c.arg("x");
     let out = output(c);

@@ -83,6 +83,19 @@ pub fn command_calls(con: &mut redis::Connection, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `CONFIG SET name value`.
+///
+/// # Panics
+/// If the server refuses it.
+pub fn config_set(con: &mut redis::Connection, name: &str, value: impl redis::ToRedisArgs) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query(con)
+        .unwrap();
+}
+
 /// `CLIENT PAUSE ms WRITE`: the server holds every write command for `ms`.
 pub fn pause_writes(con: &mut redis::Connection, ms: u64) {
     let _: () = redis::cmd("CLIENT")

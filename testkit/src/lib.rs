@@ -8,6 +8,8 @@
 //!   then kills.
 //! * [`Cluster`]: masters with slots assigned and met, for cluster tests.
 //! * [`Sentinel`]: a real sentinel monitoring one primary, for failovers.
+//! * Replication: [`ServerBuilder::replica_of`], [`replicaof`],
+//!   [`until_link_up`], [`sync_replicas`] and [`promote`].
 //! * [`Proxy`]: a TCP proxy that injects connection faults (drop every
 //!   connection, close idle ones, hang or refuse new ones).
 //! * [`FakeServer`]: a fake RESP server that never answers a blocking
@@ -34,6 +36,7 @@ mod fake;
 mod logs;
 pub mod process;
 mod proxy;
+mod replication;
 mod sentinel;
 mod server;
 
@@ -42,6 +45,7 @@ pub use cmd::*;
 pub use fake::FakeServer;
 pub use logs::{captured_logs, CapturedLogs};
 pub use proxy::{Proxy, ProxyMode};
+pub use replication::{promote, replicaof, sync_replicas, until_link_up};
 pub use sentinel::{Sentinel, SentinelTimings};
 pub use server::*;
 pub use spacelock_testkit_macros::test;

@@ -253,6 +253,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Loads the module with `token-mode MODE` (`term`, the default, or
+    /// `counter`), after any other module arguments.
+    pub fn token_mode(mut self, mode: &str) -> Self {
+        self.module_args
+            .extend(["token-mode".to_string(), mode.to_string()]);
+        self
+    }
+
     /// Do not pass `enable-debug-command` (servers older than 7.0 reject it).
     pub fn without_debug_command(mut self) -> Self {
         self.debug_command = false;
