@@ -155,9 +155,7 @@ fn tokens_increase_across_release_expiry_and_delete() {
 #[kit::test]
 fn counter_mode_keeps_plain_per_name_counters() {
     // `spacelock.token-mode counter`: the old rule, fence + 1 per name.
-    let server = ServerBuilder::new()
-        .module_args(&["token-mode", "counter"])
-        .start();
+    let server = ServerBuilder::new().token_mode("counter").start();
     let mut con = server.conn();
     assert_eq!(acquire(&mut con, b"space-1", b"alice", 10_000), Some(1));
     assert_eq!(acquire(&mut con, b"space-1", b"bob", 10_000), None);
@@ -273,121 +271,53 @@ fn malformed_calls_get_errors_and_change_nothing() {
     let huge = b"86400001".to_vec();
 
     // (argv, expected prefix of "CODE detail")
+    const ARITY: &str = "ERR wrong number of arguments";
+    const NOT_INTEGER: &str = "ERR invalid ttl: not a base-10 integer";
+    const NOT_POSITIVE: &str = "ERR invalid ttl: must be a positive";
+    const ABOVE_MAX: &str = "ERR invalid ttl: above spacelock.max-ttl";
+    const NO_OWNER: &str = "ERR invalid owner: must not be empty";
+    const LONG_OWNER: &str = "ERR invalid owner: longer than spacelock.max-owner-len";
+    let acq: &[u8] = b"SPACELOCK.ACQUIRE";
+    let refresh: &[u8] = b"SPACELOCK.REFRESH";
+    let rel: &[u8] = b"SPACELOCK.RELEASE";
+    let info: &[u8] = b"SPACELOCK.INFO";
     let cases: Vec<(Vec<&[u8]>, &str)> = vec![
-        (vec![b"SPACELOCK.ACQUIRE"], "ERR wrong number of arguments"),
+        (vec![acq], ARITY),
+        (vec![acq, b"k"], ARITY),
+        (vec![acq, b"k", b"o"], ARITY),
+        (vec![refresh, b"k", b"o"], ARITY),
+        (vec![refresh, b"k", b"o", b"1", b"2"], ARITY),
+        (vec![rel, b"k"], ARITY),
+        (vec![rel, b"k", b"o", b"x"], ARITY),
+        (vec![info], ARITY),
+        (vec![acq, b"k", b"o", b"abc"], NOT_INTEGER),
+        (vec![acq, b"k", b"o", b"1.5"], NOT_INTEGER),
+        (vec![acq, b"k", b"o", b"1e3"], NOT_INTEGER),
+        (vec![acq, b"k", b"o", b" 10"], NOT_INTEGER),
+        (vec![acq, b"k", b"o", b"+10"], NOT_INTEGER),
+        (vec![acq, b"k", b"o", b""], NOT_INTEGER),
+        (vec![acq, b"k", b"o", b"99999999999999999999"], NOT_INTEGER),
+        (vec![acq, b"k", b"o", b"0"], NOT_POSITIVE),
+        (vec![acq, b"k", b"o", b"-5"], NOT_POSITIVE),
+        (vec![acq, b"k", b"o", &huge], ABOVE_MAX),
+        (vec![refresh, b"held", b"owner", b"0"], NOT_POSITIVE),
+        (vec![refresh, b"held", b"owner", b"x"], NOT_INTEGER),
+        (vec![refresh, b"held", b"owner", &huge], ABOVE_MAX),
+        (vec![acq, b"k", b"", b"1000"], NO_OWNER),
+        (vec![refresh, b"held", b"", b"1000"], NO_OWNER),
+        (vec![rel, b"held", b""], NO_OWNER),
+        (vec![acq, b"k", &long_owner, b"1000"], LONG_OWNER),
+        (vec![rel, b"held", &long_owner], LONG_OWNER),
+        (vec![acq, b"alist", b"o", b"1000"], "WRONGTYPE"),
+        (vec![refresh, b"alist", b"o", b"1000"], "WRONGTYPE"),
+        (vec![rel, b"alist", b"o"], "WRONGTYPE"),
+        (vec![info, b"alist"], "WRONGTYPE"),
         (
-            vec![b"SPACELOCK.ACQUIRE", b"k"],
-            "ERR wrong number of arguments",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o"],
-            "ERR wrong number of arguments",
-        ),
-        (
-            vec![b"SPACELOCK.REFRESH", b"k", b"o"],
-            "ERR wrong number of arguments",
-        ),
-        (
-            vec![b"SPACELOCK.REFRESH", b"k", b"o", b"1", b"2"],
-            "ERR wrong number of arguments",
-        ),
-        (
-            vec![b"SPACELOCK.RELEASE", b"k"],
-            "ERR wrong number of arguments",
-        ),
-        (
-            vec![b"SPACELOCK.RELEASE", b"k", b"o", b"x"],
-            "ERR wrong number of arguments",
-        ),
-        (vec![b"SPACELOCK.INFO"], "ERR wrong number of arguments"),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"abc"],
-            "ERR invalid ttl: not a base-10 integer",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"1.5"],
-            "ERR invalid ttl: not a base-10 integer",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"1e3"],
-            "ERR invalid ttl: not a base-10 integer",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b" 10"],
-            "ERR invalid ttl: not a base-10 integer",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"+10"],
-            "ERR invalid ttl: not a base-10 integer",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b""],
-            "ERR invalid ttl: not a base-10 integer",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"99999999999999999999"],
-            "ERR invalid ttl: not a base-10 integer",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"0"],
-            "ERR invalid ttl: must be a positive",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", b"-5"],
-            "ERR invalid ttl: must be a positive",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"o", &huge],
-            "ERR invalid ttl: above spacelock.max-ttl",
-        ),
-        (
-            vec![b"SPACELOCK.REFRESH", b"held", b"owner", b"0"],
-            "ERR invalid ttl: must be a positive",
-        ),
-        (
-            vec![b"SPACELOCK.REFRESH", b"held", b"owner", b"x"],
-            "ERR invalid ttl: not a base-10 integer",
-        ),
-        (
-            vec![b"SPACELOCK.REFRESH", b"held", b"owner", &huge],
-            "ERR invalid ttl: above spacelock.max-ttl",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", b"", b"1000"],
-            "ERR invalid owner: must not be empty",
-        ),
-        (
-            vec![b"SPACELOCK.REFRESH", b"held", b"", b"1000"],
-            "ERR invalid owner: must not be empty",
-        ),
-        (
-            vec![b"SPACELOCK.RELEASE", b"held", b""],
-            "ERR invalid owner: must not be empty",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"k", &long_owner, b"1000"],
-            "ERR invalid owner: longer than spacelock.max-owner-len",
-        ),
-        (
-            vec![b"SPACELOCK.RELEASE", b"held", &long_owner],
-            "ERR invalid owner: longer than spacelock.max-owner-len",
-        ),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"alist", b"o", b"1000"],
-            "WRONGTYPE",
-        ),
-        (
-            vec![b"SPACELOCK.REFRESH", b"alist", b"o", b"1000"],
-            "WRONGTYPE",
-        ),
-        (vec![b"SPACELOCK.RELEASE", b"alist", b"o"], "WRONGTYPE"),
-        (vec![b"SPACELOCK.INFO", b"alist"], "WRONGTYPE"),
-        (
-            vec![b"SPACELOCK.ACQUIRE", b"badfence", b"o", b"1000"],
+            vec![acq, b"badfence", b"o", b"1000"],
             "WRONGTYPE the lock's fence key",
         ),
         (
-            vec![b"SPACELOCK.ACQUIRE", b"corrupt", b"o", b"1000"],
+            vec![acq, b"corrupt", b"o", b"1000"],
             "ERR the lock's fence key",
         ),
     ];
@@ -415,12 +345,7 @@ fn malformed_calls_get_errors_and_change_nothing() {
 fn expiry_overflow_is_rejected() {
     let server = Server::new();
     let mut con = server.conn();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("spacelock.max-ttl")
-        .arg(i64::MAX)
-        .query(&mut con)
-        .unwrap();
+    kit::config_set(&mut con, "spacelock.max-ttl", i64::MAX);
     let big = (i64::MAX - 1000).to_string();
     let e = error_of(
         &mut con,
@@ -656,12 +581,7 @@ fn acl_key_patterns_apply() {
 fn keyspace_notifications_match_core_commands() {
     let server = Server::new();
     let mut con = server.conn();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("notify-keyspace-events")
-        .arg("KEA")
-        .query(&mut con)
-        .unwrap();
+    kit::config_set(&mut con, "notify-keyspace-events", "KEA");
     let mut sub_con = server.conn();
     sub_con
         .set_read_timeout(Some(Duration::from_secs(2)))
@@ -691,22 +611,12 @@ fn refresh_and_release_work_at_maxmemory_but_acquire_is_refused() {
         .start();
     let mut con = server.conn();
     acquire(&mut con, b"held", b"o", 60_000).unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(1)
-        .query(&mut con)
-        .unwrap();
+    kit::config_set(&mut con, "maxmemory", 1);
     let e = error_of(&mut con, &[b"SPACELOCK.ACQUIRE", b"new", b"o", b"1000"]);
     assert!(e.starts_with("OOM"), "{e}");
     assert_eq!(refresh(&mut con, b"held", b"o", 60_000), 1);
     assert_eq!(release(&mut con, b"held", b"o"), 1);
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(0)
-        .query(&mut con)
-        .unwrap();
+    kit::config_set(&mut con, "maxmemory", 0);
 }
 
 #[kit::test]

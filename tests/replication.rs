@@ -4,7 +4,7 @@
 
 use spacelock_testkit as kit;
 
-use kit::{acquire, snapshot, wait_until, Server, ServerBuilder};
+use kit::{acquire, snapshot, Server, ServerBuilder};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::Connection;
 use std::time::Duration;
@@ -25,30 +25,13 @@ fn start_replica(master: &Server, with_module: bool) -> Server {
 fn start_replica_with(master: &Server, with_module: bool, counter: bool) -> Server {
     let mut b = ServerBuilder::new()
         .module_args(mode_args(counter))
-        .arg("replicaof", &format!("127.0.0.1 {}", master.port));
+        .replica_of(master);
     if !with_module {
         b = b.without_module();
     }
     let replica = b.start();
-    let mut con = replica.conn();
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            let info: String = redis::cmd("INFO")
-                .arg("replication")
-                .query(&mut con)
-                .unwrap();
-            info.contains("master_link_status:up")
-        }),
-        "replica never connected:\n{}",
-        replica.log()
-    );
+    kit::until_link_up(&mut replica.conn(), &replica);
     replica
-}
-
-/// Waits until every write so far reached the replica.
-fn sync(master: &mut Connection) {
-    let acked: i64 = redis::cmd("WAIT").arg(1).arg(10_000).query(master).unwrap();
-    assert_eq!(acked, 1, "replica did not acknowledge");
 }
 
 /// Runs `n` random lock operations (a few keys and owners, short and long
@@ -106,7 +89,7 @@ fn replica_without_module_ends_identical() {
     // so both sides agree on which keys are live and when they expire.
     std::thread::sleep(Duration::from_millis(50));
     let want = snapshot(&mut m);
-    sync(&mut m);
+    kit::sync_replicas(&mut m, 1);
     let mut r = replica.conn();
     let got = snapshot(&mut r);
     assert!(!want.is_empty());
@@ -251,24 +234,12 @@ fn promoted_replica(counter: bool) {
         last_tokens.iter().any(|(_, t)| *t > 1),
         "workload issued tokens"
     );
-    sync(&mut m);
+    kit::sync_replicas(&mut m, 1);
     drop(master);
 
-    let mut r = replica.conn();
-    let opened = kit::stat(&mut r, "terms_opened");
-    let before_promotion = kit::now_ms();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query(&mut r)
-        .unwrap();
-    // The promotion opened a term (in either mode: the mode only decides
+    // The promotion opens a term (in either mode: the mode only decides
     // whether grants use it).
-    assert_eq!(kit::stat(&mut r, "terms_opened"), opened + 1);
-    assert!(kit::term_start_ms(&mut r) >= before_promotion);
-    assert!(replica
-        .log()
-        .contains("spacelock: this server is now a primary; opened a token term at"));
+    let mut r = kit::promote(&replica);
     let v: Option<String> = redis::cmd("GET")
         .arg("held-at-failover")
         .query(&mut r)
@@ -297,13 +268,7 @@ fn promoted_replica(counter: bool) {
 }
 
 fn repl_offset(con: &mut Connection) -> i64 {
-    let info: String = redis::cmd("INFO").arg("replication").query(con).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    kit::info_field(con, "replication", "master_repl_offset")
 }
 
 #[kit::test]
@@ -320,7 +285,7 @@ fn calls_that_change_nothing_propagate_nothing() {
         .arg("x")
         .query(&mut m)
         .unwrap();
-    sync(&mut m);
+    kit::sync_replicas(&mut m, 1);
     let before = repl_offset(&mut m);
     for _ in 0..20 {
         assert_eq!(acquire(&mut m, "held", "owner", 1000), None);

@@ -32,18 +32,8 @@ async fn sentinel_failover_issues_only_higher_tokens_and_the_old_lease_is_lost()
     let replica_start = kit::term_start_ms(&mut r);
     assert!(wait_until(Duration::from_secs(1), || kit::now_ms() > replica_start));
     let mut primary = Server::new();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(primary.port)
-        .query(&mut r)
-        .unwrap();
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            kit::info_text(&mut r, "replication", "master_link_status").as_deref() == Some("up")
-        }),
-        "replica never connected:\n{}",
-        replica.log()
-    );
+    kit::replicaof(&mut r, primary.port);
+    kit::until_link_up(&mut r, &replica);
     let sentinel = match Sentinel::start(
         &primary,
         "spacelock-fo",

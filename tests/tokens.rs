@@ -15,7 +15,9 @@
 
 use spacelock_testkit as kit;
 
-use kit::{acquire, check, release, snapshot, wait_until, Cluster, Server, ServerBuilder};
+use kit::{
+    acquire, check, error_of, release, snapshot, wait_until, Cluster, Server, ServerBuilder,
+};
 use redis::{Connection, Value};
 use std::time::Duration;
 
@@ -38,21 +40,33 @@ redis.register_function('fenced_write', function(keys, args)
   return 0
 end)"#;
 
-/// Sends `args`; the error reply as "CODE detail".
-fn error_of(con: &mut Connection, args: &[&str]) -> String {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    match cmd.query::<Value>(con) {
-        Ok(Value::ServerError(e)) => format!("{} {}", e.code(), e.details().unwrap_or("")),
-        Ok(v) => panic!("expected an error for {args:?}, got {v:?}"),
-        Err(e) => format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or("")),
-    }
+/// Runs [`FENCED_WRITE`] on `con`: `value` is written to `data` only if
+/// `lock` is held by `owner` under `token` (passed as a string, as the
+/// recipe does). Its reply: 1 if written, 0 if refused.
+fn fenced_write<T: redis::FromRedisValue>(
+    con: &mut dyn redis::ConnectionLike,
+    lock: &str,
+    data: &str,
+    owner: &str,
+    token: i64,
+    value: &str,
+) -> redis::RedisResult<T> {
+    redis::Script::new(FENCED_WRITE)
+        .key(lock)
+        .key(data)
+        .arg(owner)
+        .arg(token.to_string())
+        .arg(value)
+        .invoke(con)
 }
 
 fn get(con: &mut Connection, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(con).unwrap()
+}
+
+/// `SET key value`.
+fn set(con: &mut Connection, key: impl redis::ToRedisArgs, value: impl redis::ToRedisArgs) {
+    let _: () = redis::cmd("SET").arg(key).arg(value).query(con).unwrap();
 }
 
 fn fence_key(con: &mut Connection, key: &str) -> String {
@@ -81,27 +95,6 @@ fn until_gone(con: &mut Connection, key: &str) {
         }),
         "{key} never expired"
     );
-}
-
-/// Waits until the replica behind `con` reports its link to the primary up.
-fn until_link_up(con: &mut Connection, replica: &Server) {
-    assert!(
-        wait_until(Duration::from_secs(15), || {
-            kit::info_text(con, "replication", "master_link_status").as_deref() == Some("up")
-        }),
-        "replica never connected:\n{}",
-        replica.log()
-    );
-}
-
-/// Waits until every write so far reached the one replica.
-fn sync(primary: &mut Connection) {
-    let acked: i64 = redis::cmd("WAIT")
-        .arg(1)
-        .arg(10_000)
-        .query(primary)
-        .unwrap();
-    assert_eq!(acked, 1, "replica did not acknowledge");
 }
 
 // ---------------------------------------------------------------------------
@@ -183,14 +176,7 @@ fn swapdb_never_lets_two_holders_share_a_token() {
     let client = server.client();
     let waiter = std::thread::spawn(move || {
         let mut c = client.get_connection().unwrap();
-        redis::cmd("SPACELOCK.ACQUIRE")
-            .arg("swap:lock")
-            .arg("waiter")
-            .arg(60_000)
-            .arg("WAIT")
-            .arg(20_000)
-            .query::<Option<i64>>(&mut c)
-            .unwrap()
+        kit::acquire_wait(&mut c, "swap:lock", "waiter", 60_000, 20_000).unwrap()
     });
     kit::until_waiting(&mut con, 1);
     let _: () = redis::cmd("SWAPDB").arg(0).arg(1).query(&mut con).unwrap();
@@ -307,14 +293,7 @@ fn eviction_hands_over_increasing_tokens(policy: &str) {
         waiters.push(std::thread::spawn(move || {
             let mut c = client.get_connection().unwrap();
             let owner = format!("w{i}");
-            let t: Option<i64> = redis::cmd("SPACELOCK.ACQUIRE")
-                .arg("ev:lock")
-                .arg(&owner)
-                .arg(60_000)
-                .arg("WAIT")
-                .arg(60_000)
-                .query(&mut c)
-                .unwrap();
+            let t = kit::acquire_wait(&mut c, "ev:lock", &owner, 60_000, 60_000).unwrap();
             evict_fence_keys(&mut c, &owner, lfu);
             // 0 when the lock key was evicted too (the next waiter already
             // has it): allowed, as it has a ttl.
@@ -327,24 +306,14 @@ fn eviction_hands_over_increasing_tokens(policy: &str) {
     // clients filling at once (a lock key evicted with its fence key hands
     // the lock on while its holder is still filling).
     let used = kit::info_field(&mut con, "memory", "used_memory");
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(used + 4_000_000)
-        .query(&mut con)
-        .unwrap();
+    kit::config_set(&mut con, "maxmemory", used + 4_000_000);
     evict_fence_keys(&mut con, "holder", lfu);
     let _ = release(&mut con, "ev:lock", "holder");
     let tokens: Vec<i64> = waiters
         .into_iter()
         .map(|w| w.join().unwrap().expect("every waiter is granted"))
         .collect();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(0)
-        .query(&mut con)
-        .unwrap();
+    kit::config_set(&mut con, "maxmemory", 0);
     assert!(kit::info_field(&mut con, "stats", "evicted_keys") > WAITERS as i64);
     let mut all = vec![first];
     all.extend(&tokens);
@@ -381,12 +350,7 @@ fn volatile_policies_never_evict_fence_keys() {
         acquire(&mut con, "vol:held", "h", 600_000).unwrap();
         let held = kit::fence_value(&mut con, "vol:held").unwrap();
         let used = kit::info_field(&mut con, "memory", "used_memory");
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg(used + 1_000_000)
-            .query(&mut con)
-            .unwrap();
+        kit::config_set(&mut con, "maxmemory", used + 1_000_000);
         let filler = vec![b'x'; 50_000];
         let mut i = 0;
         while kit::info_field(&mut con, "stats", "evicted_keys") < 50 {
@@ -406,12 +370,7 @@ fn volatile_policies_never_evict_fence_keys() {
             Some(held),
             "{policy}"
         );
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("maxmemory")
-            .arg(0)
-            .query(&mut con)
-            .unwrap();
+        kit::config_set(&mut con, "maxmemory", 0);
         let lock_evicted = get(&mut con, "vol:held").is_none();
         eprintln!("{policy}: {i} volatile writes; lock key evicted: {lock_evicted}");
         assert_eq!(acquire(&mut con, "vol:lock", "b", 1000), Some(held + 1));
@@ -485,27 +444,19 @@ fn detached_pair() -> Detached {
     let primary = Server::new();
     let mut p = primary.conn();
     assert!(kit::term_start_ms(&mut p) > replica_start);
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(primary.port)
-        .query(&mut r)
-        .unwrap();
-    until_link_up(&mut r, &replica);
+    kit::replicaof(&mut r, primary.port);
+    kit::until_link_up(&mut r, &replica);
     let mut issued = Vec::new();
     for name in ["p:a", "p:b", "sb:lock"] {
         issued.push(cycle(&mut p, name));
     }
     issued.push(acquire(&mut p, "p:held", "old", 600_000).unwrap());
-    sync(&mut p);
+    kit::sync_replicas(&mut p, 1);
     assert_eq!(kit::fence_value(&mut r, "p:a"), Some(issued[0]));
 
     // Detach the replica: it keeps its data, and misses what follows.
     let nowhere = kit::free_port();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(nowhere)
-        .query(&mut r)
-        .unwrap();
+    kit::replicaof(&mut r, nowhere);
     assert!(wait_until(Duration::from_secs(5), || {
         kit::info_text(&mut p, "replication", "connected_slaves").as_deref() == Some("0")
     }));
@@ -528,24 +479,6 @@ fn detached_pair() -> Detached {
     }
 }
 
-/// `REPLICAOF NO ONE`, checking that it opened a term.
-fn promote(replica: &Server) -> Connection {
-    let mut r = replica.conn();
-    let opened = kit::stat(&mut r, "terms_opened");
-    let before = kit::now_ms();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query(&mut r)
-        .unwrap();
-    assert_eq!(kit::stat(&mut r, "terms_opened"), opened + 1);
-    assert!(kit::term_start_ms(&mut r) >= before);
-    assert!(replica
-        .log()
-        .contains("spacelock: this server is now a primary; opened a token term at"));
-    r
-}
-
 #[kit::test]
 fn promoted_replica_that_missed_writes_issues_only_higher_tokens() {
     let d = detached_pair();
@@ -557,7 +490,7 @@ fn promoted_replica_that_missed_writes_issues_only_higher_tokens() {
         "setup: replica floor {} should be below {max_old}",
         d.replica_floor
     );
-    let mut r = promote(&d.replica);
+    let mut r = kit::promote(&d.replica);
     let floor = kit::token_floor(&mut r);
     assert!(floor > max_old, "floor {floor} <= {max_old}");
     // The stale lock the replica still has is released by its holder.
@@ -576,7 +509,7 @@ fn promoted_replica_that_missed_writes_issues_only_higher_tokens() {
 #[kit::test]
 fn split_brain_old_primary_tokens_stay_below_the_new_primary() {
     let d = detached_pair();
-    let mut r = promote(&d.replica);
+    let mut r = kit::promote(&d.replica);
     // The new primary grants; then the old one, still a primary on the
     // other side of the partition, grants the same name.
     let new = acquire(&mut r, "sb:lock", "new-side", 60_000).unwrap();
@@ -687,9 +620,7 @@ fn newterm_reply_bounds_every_later_token_and_is_logged() {
 
 #[kit::test]
 fn counter_mode_at_load_then_term_never_goes_backwards() {
-    let server = ServerBuilder::new()
-        .module_args(&["token-mode", "counter"])
-        .start();
+    let server = ServerBuilder::new().token_mode("counter").start();
     let mut con = server.conn();
     assert_eq!(
         kit::info_text(&mut con, "spacelock", "spacelock_token_mode").as_deref(),
@@ -703,23 +634,14 @@ fn counter_mode_at_load_then_term_never_goes_backwards() {
     // A counter above the term floor (a fence key from elsewhere): counter
     // mode issues fence + 1, and the process remembers it.
     let fence = fence_key(&mut con, "cm:c");
-    let _: () = redis::cmd("SET")
-        .arg(&fence)
-        .arg(floor + 5_000)
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, &fence, floor + 5_000);
     assert_eq!(cycle(&mut con, "cm:c"), floor + 5_001);
     // NEWTERM in counter mode: the floor moves, the counters do not.
     let reply = kit::new_term(&mut con);
     assert!(reply > floor + 5_001);
     assert_eq!(cycle(&mut con, "cm:a"), 3);
     // Switch to term: above everything issued in either mode.
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("spacelock.token-mode")
-        .arg("term")
-        .query(&mut con)
-        .unwrap();
+    kit::config_set(&mut con, "spacelock.token-mode", "term");
     let next = kit::token_floor(&mut con);
     assert!(next >= reply);
     assert_eq!(cycle(&mut con, "cm:fresh"), next);
@@ -735,12 +657,7 @@ fn config_set_counter_gives_fence_plus_one_and_back_to_term_never_goes_backwards
     let t2 = cycle(&mut con, "cs:a");
     assert_eq!(t2, t1 + 1);
     for mode in ["counter", "term"] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg("spacelock.token-mode")
-            .arg(mode)
-            .query(&mut con)
-            .unwrap();
+        kit::config_set(&mut con, "spacelock.token-mode", mode);
         assert_eq!(
             kit::info_text(&mut con, "spacelock", "spacelock_token_mode").as_deref(),
             Some(mode)
@@ -805,16 +722,8 @@ fn check_guards_a_write_from_lua_and_from_a_function() {
     let server = Server::new();
     let mut con = server.conn();
     let (stale, current) = stale_and_current(&mut con, "fw:lock");
-    let script = redis::Script::new(FENCED_WRITE);
     let run = |con: &mut Connection, owner: &str, token: i64, value: &str| -> i64 {
-        script
-            .key("fw:lock")
-            .key("fw:data")
-            .arg(owner)
-            .arg(token.to_string())
-            .arg(value)
-            .invoke(con)
-            .unwrap()
+        fenced_write(con, "fw:lock", "fw:data", owner, token, value).unwrap()
     };
     assert_eq!(run(&mut con, "stale", stale, "from-stale"), 0);
     assert_eq!(get(&mut con, "fw:data"), None, "the stale write is refused");
@@ -871,28 +780,19 @@ fn lua_numbers_hold_term_tokens_exactly() {
     assert_eq!(get(&mut con, "ln:data"), Some(token.to_string()));
     assert_eq!(kit::fence_value(&mut con, "ln:lock"), Some(token));
     // The token as a string (ARGV), as the fenced-write recipe passes it.
-    let wrote: i64 = redis::Script::new(FENCED_WRITE)
-        .key("ln:lock")
-        .key("ln:data")
-        .arg("o")
-        .arg(token.to_string())
-        .arg("v")
-        .invoke(&mut con)
-        .unwrap();
+    let wrote: i64 = fenced_write(&mut con, "ln:lock", "ln:data", "o", token, "v").unwrap();
     assert_eq!(wrote, 1);
 }
 
 #[kit::test]
 fn check_on_a_replica_reads_the_replicated_lock() {
     let primary = Server::new();
-    let replica = ServerBuilder::new()
-        .arg("replicaof", &format!("127.0.0.1 {}", primary.port))
-        .start();
+    let replica = ServerBuilder::new().replica_of(&primary).start();
     let mut r = replica.conn();
-    until_link_up(&mut r, &replica);
+    kit::until_link_up(&mut r, &replica);
     let mut p = primary.conn();
     let (stale, current) = stale_and_current(&mut p, "rep:lock");
-    sync(&mut p);
+    kit::sync_replicas(&mut p, 1);
     assert_eq!(check(&mut r, "rep:lock", "current", current), 1);
     assert_eq!(check(&mut r, "rep:lock", "stale", stale), 0);
     // Read-only: a replica serves CHECK and INFO, never a grant.
@@ -900,25 +800,12 @@ fn check_on_a_replica_reads_the_replicated_lock() {
     assert!(e.starts_with("READONLY"), "{e}");
     // And the fenced write script runs there as far as CHECK (its SET is
     // refused on a read-only replica).
-    let e = redis::Script::new(FENCED_WRITE)
-        .key("rep:lock")
-        .key("rep:data")
-        .arg("current")
-        .arg(current.to_string())
-        .arg("v")
-        .invoke::<Value>(&mut r);
+    let e = fenced_write::<Value>(&mut r, "rep:lock", "rep:data", "current", current, "v");
     assert!(
         matches!(&e, Err(err) if err.to_string().contains("READONLY") || err.to_string().contains("read only")),
         "{e:?}"
     );
-    let zero: i64 = redis::Script::new(FENCED_WRITE)
-        .key("rep:lock")
-        .key("rep:data")
-        .arg("stale")
-        .arg(stale.to_string())
-        .arg("v")
-        .invoke(&mut r)
-        .unwrap();
+    let zero: i64 = fenced_write(&mut r, "rep:lock", "rep:data", "stale", stale, "v").unwrap();
     assert_eq!(zero, 0);
 }
 
@@ -927,18 +814,13 @@ fn check_with_bad_input_is_an_error_and_changes_nothing() {
     let server = Server::new();
     let mut con = server.conn();
     let t = acquire(&mut con, "bad:lock", "o", 600_000).unwrap();
-    let token = t.to_string();
     let _: () = redis::cmd("RPUSH")
         .arg("bad:list")
         .arg("x")
         .query(&mut con)
         .unwrap();
     // A lock whose fence key is a hash, and one whose fence key is garbage.
-    let _: () = redis::cmd("SET")
-        .arg("bad:wrongfence")
-        .arg("o")
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, "bad:wrongfence", "o");
     let wf = fence_key(&mut con, "bad:wrongfence");
     let _: () = redis::cmd("HSET")
         .arg(&wf)
@@ -946,64 +828,34 @@ fn check_with_bad_input_is_an_error_and_changes_nothing() {
         .arg("v")
         .query(&mut con)
         .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("bad:corrupt")
-        .arg("o")
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, "bad:corrupt", "o");
     let cf = fence_key(&mut con, "bad:corrupt");
-    let _: () = redis::cmd("SET")
-        .arg(&cf)
-        .arg("abc")
-        .query(&mut con)
-        .unwrap();
+    set(&mut con, &cf, "abc");
     let long_owner = "x".repeat(257);
+    let token = t.to_string();
+    let name = "SPACELOCK.CHECK";
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["SPACELOCK.CHECK"], "ERR wrong number of arguments"),
-        (vec!["SPACELOCK.CHECK", "bad:lock"], "ERR wrong number"),
-        (vec!["SPACELOCK.CHECK", "bad:lock", "o"], "ERR wrong number"),
+        (vec![name], "ERR wrong number of arguments"),
+        (vec![name, "bad:lock"], "ERR wrong number"),
+        (vec![name, "bad:lock", "o"], "ERR wrong number"),
+        (vec![name, "bad:lock", "o", &token, "x"], "ERR wrong number"),
+        (vec![name, "bad:lock", "o", "x"], "ERR invalid token"),
+        (vec![name, "bad:lock", "o", "1.5"], "ERR invalid token"),
+        (vec![name, "bad:lock", "o", ""], "ERR invalid token"),
+        (vec![name, "bad:lock", "o", "-1"], "ERR invalid token"),
+        (vec![name, "bad:lock", "o", " 1"], "ERR invalid token"),
         (
-            vec!["SPACELOCK.CHECK", "bad:lock", "o", &token, "x"],
-            "ERR wrong number",
-        ),
-        (
-            vec!["SPACELOCK.CHECK", "bad:lock", "o", "x"],
+            vec![name, "bad:lock", "o", "99999999999999999999"],
             "ERR invalid token",
         ),
+        (vec![name, "bad:lock", "", &token], "ERR invalid owner"),
         (
-            vec!["SPACELOCK.CHECK", "bad:lock", "o", "1.5"],
-            "ERR invalid token",
-        ),
-        (
-            vec!["SPACELOCK.CHECK", "bad:lock", "o", ""],
-            "ERR invalid token",
-        ),
-        (
-            vec!["SPACELOCK.CHECK", "bad:lock", "o", "-1"],
-            "ERR invalid token",
-        ),
-        (
-            vec!["SPACELOCK.CHECK", "bad:lock", "o", " 1"],
-            "ERR invalid token",
-        ),
-        (
-            vec!["SPACELOCK.CHECK", "bad:lock", "o", "99999999999999999999"],
-            "ERR invalid token",
-        ),
-        (
-            vec!["SPACELOCK.CHECK", "bad:lock", "", &token],
+            vec![name, "bad:lock", &long_owner, &token],
             "ERR invalid owner",
         ),
-        (
-            vec!["SPACELOCK.CHECK", "bad:lock", &long_owner, &token],
-            "ERR invalid owner",
-        ),
-        (vec!["SPACELOCK.CHECK", "bad:list", "o", "1"], "WRONGTYPE"),
-        (
-            vec!["SPACELOCK.CHECK", "bad:wrongfence", "o", "1"],
-            "WRONGTYPE",
-        ),
-        (vec!["SPACELOCK.CHECK", "bad:corrupt", "o", "1"], "ERR"),
+        (vec![name, "bad:list", "o", "1"], "WRONGTYPE"),
+        (vec![name, "bad:wrongfence", "o", "1"], "WRONGTYPE"),
+        (vec![name, "bad:corrupt", "o", "1"], "ERR"),
     ];
     let before = snapshot(&mut con);
     let counted = (
@@ -1040,35 +892,14 @@ fn check_in_a_cluster_script_with_a_data_key_in_the_lock_slot() {
     let node = cluster.owner_of(kit::keyslot(&mut any, lock));
     let mut con = cluster.nodes[node].conn();
     let (stale, current) = stale_and_current(&mut con, lock);
-    let script = redis::Script::new(FENCED_WRITE);
-    let wrote: i64 = script
-        .key(lock)
-        .key(data)
-        .arg("stale")
-        .arg(stale.to_string())
-        .arg("old")
-        .invoke(&mut con)
-        .unwrap();
+    let wrote: i64 = fenced_write(&mut con, lock, data, "stale", stale, "old").unwrap();
     assert_eq!(wrote, 0);
-    let wrote: i64 = script
-        .key(lock)
-        .key(data)
-        .arg("current")
-        .arg(current.to_string())
-        .arg("new")
-        .invoke(&mut con)
-        .unwrap();
+    let wrote: i64 = fenced_write(&mut con, lock, data, "current", current, "new").unwrap();
     assert_eq!(wrote, 1);
     assert_eq!(get(&mut con, data).as_deref(), Some("new"));
     // The fence key the script reads lives in the same slot (no CROSSSLOT);
     // a data key outside it is refused by the cluster, as any script is.
-    let e = script
-        .key(lock)
-        .key("elsewhere:data")
-        .arg("current")
-        .arg(current.to_string())
-        .arg("x")
-        .invoke::<Value>(&mut con);
+    let e = fenced_write::<Value>(&mut con, lock, "elsewhere:data", "current", current, "x");
     assert!(
         matches!(&e, Err(err) if err.to_string().to_lowercase().contains("crossslot")),
         "{e:?}"
@@ -1076,14 +907,7 @@ fn check_in_a_cluster_script_with_a_data_key_in_the_lock_slot() {
     // Through a cluster client, routed by the keys.
     let client = redis::cluster::ClusterClient::new(cluster.urls()).unwrap();
     let mut cc = client.get_connection().unwrap();
-    let wrote: i64 = script
-        .key(lock)
-        .key(data)
-        .arg("current")
-        .arg(current.to_string())
-        .arg("routed")
-        .invoke(&mut cc)
-        .unwrap();
+    let wrote: i64 = fenced_write(&mut cc, lock, data, "current", current, "routed").unwrap();
     assert_eq!(wrote, 1);
     assert_eq!(get(&mut con, data).as_deref(), Some("routed"));
 }
@@ -1096,10 +920,10 @@ fn replica_without_module_ends_identical_after_terms_and_newterm() {
     let primary = Server::new();
     let replica = ServerBuilder::new()
         .without_module()
-        .arg("replicaof", &format!("127.0.0.1 {}", primary.port))
+        .replica_of(&primary)
         .start();
     let mut r = replica.conn();
-    until_link_up(&mut r, &replica);
+    kit::until_link_up(&mut r, &replica);
     let mut p = primary.conn();
     let mut last = Vec::new();
     for round in 0..4 {
@@ -1107,11 +931,7 @@ fn replica_without_module_ends_identical_after_terms_and_newterm() {
             last.push((name, cycle(&mut p, name)));
         }
         acquire(&mut p, format!("rr:held:{round}"), "h", 600_000).unwrap();
-        let _: () = redis::cmd("SET")
-            .arg(format!("data:{round}"))
-            .arg(round)
-            .query(&mut p)
-            .unwrap();
+        set(&mut p, format!("data:{round}"), round);
         let offset = kit::info_field(&mut p, "replication", "master_repl_offset");
         kit::new_term(&mut p);
         assert_eq!(
@@ -1126,7 +946,7 @@ fn replica_without_module_ends_identical_after_terms_and_newterm() {
                 .unwrap();
         }
     }
-    sync(&mut p);
+    kit::sync_replicas(&mut p, 1);
     let want = snapshot(&mut p);
     let got = snapshot(&mut r);
     assert_eq!(got, want, "the replica without the module differs");

@@ -9,7 +9,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use kit::{
-    acquire, info_field, release, snapshot, stat, until_waiting, wait_until, Server, ServerBuilder,
+    acquire, acquire_wait, info_field, release, snapshot, stat, until_waiting, wait_until, Server,
+    ServerBuilder,
 };
 use redis::Connection;
 
@@ -19,22 +20,6 @@ fn conn(server: &Server) -> Connection {
     let con = server.conn();
     con.set_read_timeout(Some(LONG)).unwrap();
     con
-}
-
-fn acquire_wait(
-    con: &mut Connection,
-    key: &str,
-    owner: &str,
-    ttl: i64,
-    timeout: i64,
-) -> redis::RedisResult<Option<i64>> {
-    redis::cmd("SPACELOCK.ACQUIRE")
-        .arg(key)
-        .arg(owner)
-        .arg(ttl)
-        .arg("WAIT")
-        .arg(timeout)
-        .query(con)
 }
 
 fn get(con: &mut Connection, key: &str) -> Option<String> {
@@ -407,7 +392,7 @@ fn timeouts_are_answered_on_time_on_an_idle_server() {
     for i in 0..5 {
         let start = Instant::now();
         assert_eq!(
-            acquire_wait(&mut con, "k", &format!("w{i}"), 1000, 50).unwrap(),
+            acquire_wait(&mut con, "k", format!("w{i}"), 1000, 50).unwrap(),
             None
         );
         took.push(start.elapsed());
@@ -713,12 +698,7 @@ fn bad_wait_arguments_are_rejected_and_change_nothing() {
 fn max_waiters_overflow_is_an_error() {
     let server = Server::new();
     let mut con = conn(&server);
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("spacelock.max-waiters")
-        .arg(2)
-        .query(&mut con)
-        .unwrap();
+    kit::config_set(&mut con, "spacelock.max-waiters", 2);
     let held = acquire(&mut con, "k", "h", 10_000).expect("free");
     let a = spawn_waiter(&server, "k", "a", 10_000, 0);
     until_waiting(&mut con, 1);
@@ -744,20 +724,12 @@ fn replica_without_module_stays_identical_and_replicas_refuse_wait() {
     let master = Server::new();
     let plain = ServerBuilder::new()
         .without_module()
-        .arg("replicaof", &format!("127.0.0.1 {}", master.port))
+        .replica_of(&master)
         .start();
-    let with_module = ServerBuilder::new()
-        .arg("replicaof", &format!("127.0.0.1 {}", master.port))
-        .start();
+    let with_module = ServerBuilder::new().replica_of(&master).start();
     let mut con = conn(&master);
-    let linked = |s: &Server| {
-        let mut c = s.conn();
-        wait_until(LONG, || {
-            let info: String = redis::cmd("INFO").arg("replication").query(&mut c).unwrap();
-            info.contains("master_link_status:up")
-        })
-    };
-    assert!(linked(&plain) && linked(&with_module));
+    kit::until_link_up(&mut plain.conn(), &plain);
+    kit::until_link_up(&mut with_module.conn(), &with_module);
 
     // Release handoffs.
     let mut holder = "h0".to_string();
@@ -788,8 +760,7 @@ fn replica_without_module_stays_identical_and_replicas_refuse_wait() {
     let err = acquire_wait(&mut rc, "r", "x", 1000, 0).unwrap_err();
     assert_eq!(err.code(), Some("READONLY"), "{err}");
 
-    let synced: i64 = redis::cmd("WAIT").arg(2).arg(5000).query(&mut con).unwrap();
-    assert_eq!(synced, 2);
+    kit::sync_replicas(&mut con, 2);
     let want = snapshot(&mut con);
     assert_eq!(want.len(), 1 + 1 + 10 * 2 + 2, "{want:?}");
     assert_eq!(snapshot(&mut plain.conn()), want);
@@ -953,11 +924,7 @@ fn waiters_are_let_go_when_the_primary_becomes_a_replica() {
     let w = spawn_waiter(&primary, "k", "w", 10_000, 0);
     until_waiting(&mut con, 1);
     let start = Instant::now();
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(other.port)
-        .query(&mut con)
-        .unwrap();
+    kit::replicaof(&mut con, other.port);
     // Either the server itself (UNBLOCKED … master -> replica) or spacelock's
     // role-change handler unblocks the waiter; it must not stay blocked nor
     // be granted a lock on a replica.
@@ -982,11 +949,7 @@ fn failover_with_an_expiring_holder_and_a_waiter() {
         .start();
     let replica = Server::new();
     let mut rcon = conn(&replica);
-    let _: () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(primary.port)
-        .query(&mut rcon)
-        .unwrap();
+    kit::replicaof(&mut rcon, primary.port);
     let replication =
         |c: &mut Connection| -> String { redis::cmd("INFO").arg("replication").query(c).unwrap() };
     let mut con = conn(&primary);

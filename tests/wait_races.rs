@@ -58,13 +58,7 @@ fn waiter_with_id(
     let (key, owner) = (key.to_string(), owner.to_string());
     let handle = thread::spawn(move || {
         let start = Instant::now();
-        let reply = redis::cmd("SPACELOCK.ACQUIRE")
-            .arg(&key)
-            .arg(&owner)
-            .arg(60_000)
-            .arg("WAIT")
-            .arg(timeout)
-            .query(&mut con);
+        let reply = kit::acquire_wait(&mut con, &key, &owner, 60_000, timeout);
         let at = Instant::now();
         let took = at - start;
         con.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -164,6 +158,27 @@ fn debug_sleep(secs: f64) -> redis::Cmd {
     let mut cmd = redis::cmd("DEBUG");
     cmd.arg("SLEEP").arg(secs);
     cmd
+}
+
+/// A thread that, until `stop` is set, sends `disrupt(n, con)` for n = 1,
+/// 2, … on a connection of its own (its reply or error ignored), pausing
+/// `pause` after each.
+fn chaos(
+    server: &Server,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pause: Duration,
+    mut disrupt: impl FnMut(u64, &mut Connection) -> RedisResult<Value> + Send + 'static,
+) -> JoinHandle<()> {
+    let (client, stop) = (server.client(), stop.clone());
+    thread::spawn(move || {
+        let mut c = client.get_connection().unwrap();
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            n += 1;
+            let _ = disrupt(n, &mut c);
+            thread::sleep(pause);
+        }
+    })
 }
 
 /// The RELEASE that hands the lock over, then a slow command past the
@@ -507,14 +522,7 @@ fn soak_run(server: &Server, key: &str, clients: usize, length: Duration) -> Str
                     }
                     let timeout = left.as_millis().max(1) as i64;
                     let start = Instant::now();
-                    let r: Option<i64> = redis::cmd("SPACELOCK.ACQUIRE")
-                        .arg(&key)
-                        .arg(&owner)
-                        .arg(5_000)
-                        .arg("WAIT")
-                        .arg(timeout)
-                        .query(&mut c)
-                        .unwrap();
+                    let r = kit::acquire_wait(&mut c, &key, &owner, 5_000, timeout).unwrap();
                     let took = start.elapsed();
                     assert!(
                         took <= Duration::from_millis(timeout as u64) + SLACK,
@@ -554,23 +562,13 @@ fn soak_run(server: &Server, key: &str, clients: usize, length: Duration) -> Str
         })
         .collect();
     // Chaos: slow commands in the middle of grants, now and then.
-    let chaos = {
-        let (url, stop) = (url.clone(), stop.clone());
-        thread::spawn(move || {
-            let client = redis::Client::open(url).unwrap();
-            let mut c = client.get_connection().unwrap();
-            let mut n = 0u64;
-            while !stop.load(SeqCst) {
-                n += 1;
-                let _: RedisResult<Value> = if n % 2 == 0 {
-                    busy(200_000).query(&mut c)
-                } else {
-                    debug_sleep(0.005).query(&mut c)
-                };
-                thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
+    let chaos = chaos(server, &stop, Duration::from_millis(20), |n, c| {
+        if n % 2 == 0 {
+            busy(200_000).query(c)
+        } else {
+            debug_sleep(0.005).query(c)
+        }
+    });
     for w in workers {
         w.join().unwrap();
     }
@@ -622,13 +620,7 @@ fn chaos_never_leaves_a_call_without_a_reply() {
                     let owner = format!("c{i}");
                     let timeout = 1 + (calls * 37 % 200) as i64;
                     let start = Instant::now();
-                    let r: RedisResult<Option<i64>> = redis::cmd("SPACELOCK.ACQUIRE")
-                        .arg(&key)
-                        .arg(&owner)
-                        .arg(1_000)
-                        .arg("WAIT")
-                        .arg(timeout)
-                        .query(&mut c);
+                    let r = kit::acquire_wait(&mut c, &key, &owner, 1_000, timeout);
                     calls += 1;
                     match r {
                         Ok(token) => {
@@ -656,43 +648,25 @@ fn chaos_never_leaves_a_call_without_a_reply() {
             })
         })
         .collect();
-    let chaos = {
-        let (url, stop) = (url.clone(), stop.clone());
-        thread::spawn(move || {
-            let client = redis::Client::open(url).unwrap();
-            let mut c = client.get_connection().unwrap();
-            let mut n = 0u64;
-            while !stop.load(SeqCst) {
-                n += 1;
-                let _: RedisResult<Value> = match n % 4 {
-                    0 => busy(300_000).query(&mut c),
-                    1 => debug_sleep(0.02).query(&mut c),
-                    2 => redis::cmd("DEL")
-                        .arg(format!("chaos{}", n % 3))
-                        .query(&mut c),
-                    _ => {
-                        // Kill one blocked client, if any.
-                        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
-                        let blocked = list
-                            .lines()
-                            .find(|l| l.contains("cmd=spacelock.acquire") && l.contains("flags=b"))
-                            .and_then(|l| {
-                                l.strip_prefix("id=")?.split(' ').next().map(String::from)
-                            });
-                        match blocked {
-                            Some(id) => redis::cmd("CLIENT")
-                                .arg("KILL")
-                                .arg("ID")
-                                .arg(id)
-                                .query(&mut c),
-                            None => Ok(Value::Nil),
-                        }
-                    }
-                };
-                thread::sleep(Duration::from_millis(15));
+    let chaos = chaos(&server, &stop, Duration::from_millis(15), |n, c| {
+        match n % 4 {
+            0 => busy(300_000).query(c),
+            1 => debug_sleep(0.02).query(c),
+            2 => redis::cmd("DEL").arg(format!("chaos{}", n % 3)).query(c),
+            _ => {
+                // Kill one blocked client, if any.
+                let list: String = redis::cmd("CLIENT").arg("LIST").query(c).unwrap();
+                let blocked = list
+                    .lines()
+                    .find(|l| l.contains("cmd=spacelock.acquire") && l.contains("flags=b"))
+                    .and_then(|l| l.strip_prefix("id=")?.split(' ').next().map(String::from));
+                match blocked {
+                    Some(id) => redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query(c),
+                    None => Ok(Value::Nil),
+                }
             }
-        })
-    };
+        }
+    });
     let (mut calls, mut killed) = (0, 0);
     for w in workers {
         let (c, k) = w.join().unwrap();
@@ -733,13 +707,7 @@ fn a_waiter_killed_after_its_grant_never_keeps_the_queue_waiting() {
         let mut head = conn(&server);
         let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut head).unwrap();
         let head = thread::spawn(move || {
-            redis::cmd("SPACELOCK.ACQUIRE")
-                .arg(format!("k{round}"))
-                .arg("head")
-                .arg(60_000)
-                .arg("WAIT")
-                .arg(0)
-                .query::<Option<i64>>(&mut head)
+            kit::acquire_wait(&mut head, format!("k{round}"), "head", 60_000, 0)
         });
         until_waiting(&mut con, 1);
         let next = waiter(&server, &key, "next", 5_000);

@@ -3,12 +3,11 @@
 
 use spacelock_testkit as kit;
 
-use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
+use kit::process::{finish, proc_state, sh, start, wait_for_file, Output};
 use kit::{free_port, wait_until, Server, ServerBuilder};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -18,107 +17,25 @@ const PREFIX: &str = "spacelock:lock:";
 
 /// The binary with a clean environment for URLs.
 fn spacelock() -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("SPACELOCK_URL").env_remove("REDIS_URL");
-    c
+    kit::process::cli_command(BIN)
 }
 
 /// `spacelock run --url URL <args…>`.
 fn run_cmd(server: &Server, args: &[&str]) -> Command {
-    let mut c = spacelock();
-    c.arg("run").arg("--url").arg(server.url()).args(args);
-    c
+    kit::process::cli_run(BIN, &server.url(), args)
 }
 
-struct Out {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Out {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-}
-
-/// Starts `cmd` with piped stdout/stderr.
-fn start(mut cmd: Command) -> Child {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spacelock")
-}
-
-/// Waits for `child` (killing it after `timeout`) and collects its output.
-fn finish(mut child: Child, timeout: Duration) -> Out {
-    let started = Instant::now();
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let st = child.wait().unwrap();
-            let (o, e) = (t1.join().unwrap(), t2.join().unwrap());
-            panic!("spacelock did not exit within {timeout:?} ({st}); stdout:\n{o}\nstderr:\n{e}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Out {
-        status,
-        stdout: t1.join().unwrap(),
-        stderr: t2.join().unwrap(),
-        took: started.elapsed(),
-    }
-}
-
-fn output(cmd: Command) -> Out {
-    finish(start(cmd), Duration::from_secs(20))
+fn output(cmd: Command) -> Output {
+    kit::process::output(cmd, Duration::from_secs(20))
 }
 
 fn exists(server: &Server, key: &str) -> bool {
-    let n: i64 = redis::cmd("EXISTS")
-        .arg(key)
-        .query(&mut server.conn())
-        .unwrap();
-    n == 1
+    kit::exists(&mut server.conn(), key)
 }
 
 /// The `waiters` field of `SPACELOCK.INFO key` (0 when free).
 fn waiters(server: &Server, key: &str) -> i64 {
-    let info: Option<HashMap<String, redis::Value>> = redis::cmd("SPACELOCK.INFO")
-        .arg(key)
-        .query(&mut server.conn())
-        .unwrap();
-    info.and_then(|m| m.get("waiters").cloned())
-        .map_or(0, |v| redis::from_redis_value(v).unwrap())
-}
-
-fn wait_for_file(path: &Path) {
-    assert!(
-        wait_until(Duration::from_secs(10), || path.exists()),
-        "{} never appeared",
-        path.display()
-    );
-}
-
-fn sh(script: &str) -> [&str; 3] {
-    ["sh", "-c", script]
+    kit::key_waiters(&mut server.conn(), key)
 }
 
 /// A shell loop that writes `started`, and on SIGTERM writes `term` and exits `code`.
@@ -583,12 +500,7 @@ fn bad_arguments_exit_64_with_usage() {
 #[kit::test]
 fn server_errors_are_reported() {
     let server = Server::new();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("spacelock.max-ttl")
-        .arg(1000)
-        .query(&mut server.conn())
-        .unwrap();
+    kit::config_set(&mut server.conn(), "spacelock.max-ttl", 1000);
     let mut c = run_cmd(&server, &["--ttl", "2s", "k", "--", "true"]);
     c.arg("x");
     let out = output(c);
@@ -820,7 +732,7 @@ fn under_terminal(server: &Server, key: &str, command: &str) -> Child {
 }
 
 /// Waits for the `script(1)` run (10 s at most) and checks it exited 0.
-fn finish_under_terminal(child: Child) -> Out {
+fn finish_under_terminal(child: Child) -> Output {
     let out = finish(child, Duration::from_secs(10));
     assert_eq!(
         out.code(),
@@ -841,12 +753,6 @@ fn spacelock_pid(key: &str) -> Option<Pid> {
         (args.first() == Some(&BIN.as_bytes()) && args.contains(&key.as_bytes()))
             .then(|| Pid::from_raw(pid))
     })
-}
-
-/// State letter of a process (`S`, `R`, `T` for stopped, …).
-fn proc_state(pid: Pid) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// Run from a terminal, the command (in its own process group, for
@@ -889,9 +795,10 @@ fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
     stdin.write_all(&[0x1a]).unwrap(); // Ctrl-Z
     stdin.flush().unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || proc_state(pid) == Some('T')),
+        wait_until(Duration::from_secs(5), || proc_state(pid.as_raw())
+            == Some('T')),
         "spacelock did not stop with its command (state {:?})",
-        proc_state(pid)
+        proc_state(pid.as_raw())
     );
     assert!(
         exists(&server, &key),
@@ -903,7 +810,8 @@ fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
     kill(script, Signal::SIGCONT).unwrap();
     kill(pid, Signal::SIGCONT).unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || proc_state(pid) != Some('T')),
+        wait_until(Duration::from_secs(5), || proc_state(pid.as_raw())
+            != Some('T')),
         "spacelock did not continue"
     );
     std::thread::sleep(Duration::from_millis(200));
@@ -953,7 +861,7 @@ fn a_background_job_reading_the_terminal_stops_and_fg_resumes_it() {
     assert!(
         wait_until(Duration::from_secs(10), || {
             pid = spacelock_pid("bg-read");
-            pid.is_some_and(|p| proc_state(p) == Some('T'))
+            pid.is_some_and(|p| proc_state(p.as_raw()) == Some('T'))
         }),
         "the background job did not stop (pid {pid:?})"
     );
@@ -961,7 +869,8 @@ fn a_background_job_reading_the_terminal_stops_and_fg_resumes_it() {
     let pid = pid.unwrap();
     shell.stdin.as_mut().unwrap().write_all(b"fg\n").unwrap();
     assert!(
-        wait_until(Duration::from_secs(5), || proc_state(pid) != Some('T')),
+        wait_until(Duration::from_secs(5), || proc_state(pid.as_raw())
+            != Some('T')),
         "fg did not continue spacelock"
     );
     std::thread::sleep(Duration::from_millis(200));

@@ -6,11 +6,11 @@
 
 use spacelock_testkit as kit;
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kit::process::{finish, proc_state, sh, start, wait_for_file, Output};
 use kit::{wait_until, Proxy, ProxyMode, Server, ServerBuilder};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -19,99 +19,19 @@ const BIN: &str = env!("CARGO_BIN_EXE_spacelock");
 const PREFIX: &str = "spacelock:lock:";
 
 fn spacelock() -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("SPACELOCK_URL").env_remove("REDIS_URL");
-    c
+    kit::process::cli_command(BIN)
 }
 
 fn run_at(url: &str, args: &[&str]) -> Command {
-    let mut c = spacelock();
-    c.arg("run").arg("--url").arg(url).args(args);
-    c
+    kit::process::cli_run(BIN, url, args)
 }
 
-struct Out {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Out {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-}
-
-fn start(mut cmd: Command) -> Child {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spacelock")
-}
-
-/// Waits for `child` (killing it after `timeout`) and collects its output.
-fn finish(mut child: Child, timeout: Duration) -> Out {
-    let started = Instant::now();
-    let mut so = child.stdout.take();
-    let mut se = child.stderr.take();
-    let t1 = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(o) = so.as_mut() {
-            let _ = o.read_to_string(&mut s);
-        }
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(e) = se.as_mut() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    });
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if started.elapsed() > timeout {
-            let _ = child.kill();
-            let st = child.wait().unwrap();
-            let (o, e) = (t1.join().unwrap(), t2.join().unwrap());
-            panic!("spacelock did not exit within {timeout:?} ({st}); stdout:\n{o}\nstderr:\n{e}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Out {
-        status,
-        stdout: t1.join().unwrap(),
-        stderr: t2.join().unwrap(),
-        took: started.elapsed(),
-    }
-}
-
-fn output(cmd: Command) -> Out {
-    finish(start(cmd), Duration::from_secs(30))
+fn output(cmd: Command) -> Output {
+    kit::process::output(cmd, Duration::from_secs(30))
 }
 
 fn exists(server: &Server, key: &str) -> bool {
-    let n: i64 = redis::cmd("EXISTS")
-        .arg(key)
-        .query(&mut server.conn())
-        .unwrap();
-    n == 1
-}
-
-fn wait_for_file(path: &Path) {
-    assert!(
-        wait_until(Duration::from_secs(10), || path.exists()),
-        "{} never appeared",
-        path.display()
-    );
-}
-
-fn sh(script: &str) -> [&str; 3] {
-    ["sh", "-c", script]
+    kit::exists(&mut server.conn(), key)
 }
 
 /// Runs until SIGTERM (then exits 0); writes `started` first.
@@ -146,12 +66,7 @@ fn server_pid(server: &Server) -> Pid {
 }
 
 fn child_running(child: &Child) -> bool {
-    proc_state(Pid::from_raw(child.id() as i32)).is_some_and(|s| s != 'Z')
-}
-
-fn proc_state(pid: Pid) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    proc_state(child.id() as i32).is_some_and(|s| s != 'Z')
 }
 
 /// Before: the second `run --wait 10s --ttl 500ms` got the lock after more
@@ -275,12 +190,7 @@ fn a_run_started_during_a_write_pause_waits_for_it() {
         &["paused", "--", "true"][..],
         &["--wait", "2s", "paused", "--", "true"],
     ] {
-        let _: () = redis::cmd("CLIENT")
-            .arg("PAUSE")
-            .arg(800)
-            .arg("WRITE")
-            .query(&mut server.conn())
-            .unwrap();
+        kit::pause_writes(&mut server.conn(), 800);
         let out = output(run_at(&server.url(), args));
         assert_eq!(out.code(), Some(0), "{args:?}: {}", out.stderr);
         assert!(
@@ -303,7 +213,8 @@ fn a_release_while_the_server_is_stopped_lands_when_it_continues() {
     let t0 = Instant::now();
     let child = start(c);
     assert!(
-        wait_until(Duration::from_secs(10), || proc_state(pid) == Some('T')),
+        wait_until(Duration::from_secs(10), || proc_state(pid.as_raw())
+            == Some('T')),
         "the server was not stopped"
     );
     // The server stays stopped for a while (this is the fault, not a wait).

@@ -5,12 +5,13 @@
 
 use spacelock_testkit as kit;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kit::{Server, ServerBuilder};
 use redis::aio::ConnectionManager;
 use spacelock_client::{Error, Lease, LostReason, Options, Outcome, SpaceLock};
+use tracing_subscriber::fmt;
 
 /// A `ConnectionManager` with redis-rs' defaults (a 500 ms response
 /// timeout), as most applications create it.
@@ -27,42 +28,12 @@ fn holder(server: &Server, key: &str) -> Option<String> {
 }
 
 fn pause_writes(server: &Server, ms: u64) {
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(ms)
-        .arg("WRITE")
-        .query(&mut server.conn())
-        .unwrap();
+    kit::pause_writes(&mut server.conn(), ms);
 }
 
 /// Everything logged through `tracing` by any test in this binary.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: std::sync::OnceLock<Arc<Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        struct W(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for W {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let b = buf.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || W(b.clone()))
-            .init();
-        buf
-    })
-    .clone()
-}
-
-fn logged(logs: &Arc<Mutex<Vec<u8>>>, needles: &[&str]) -> bool {
-    let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    text.lines().any(|l| needles.iter().all(|n| l.contains(n)))
+fn captured_logs() -> kit::CapturedLogs {
+    kit::captured_logs(|logs| fmt().with_ansi(false).with_writer(logs.writer()).init())
 }
 
 /// Before: the lease's deadline counted from before the wait, so a waiter
@@ -163,7 +134,7 @@ async fn a_server_that_closes_idle_connections_keeps_leases_and_releases() {
         connections() >= before + 5,
         "the server never closed the idle connection"
     );
-    assert!(logged(&logs, &["WARN", "refresh failed", &key]));
+    assert!(logs.has_line(&["WARN", "refresh failed", &key]));
 }
 
 /// Before: the RELEASE timed out after the connection's 500 ms response
@@ -300,7 +271,7 @@ async fn a_release_against_a_dead_server_ends_within_its_budget_and_says_so() {
     let lease = kept.lock().unwrap().take().unwrap();
     assert_eq!(lease.lost_reason(), Some(LostReason::ReleaseFailed));
     assert!(!a.is_running("dead"));
-    assert!(logged(&logs, &["WARN", "failed to release", &key]));
+    assert!(logs.has_line(&["WARN", "failed to release", &key]));
 }
 
 /// Before: an ACQUIRE that failed without a reply was released by a

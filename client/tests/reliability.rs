@@ -78,18 +78,22 @@ impl Resource {
         self.0.lock().unwrap()
     }
 
-    /// A well-behaved write: made only if the lease is not lost (checked
-    /// under the resource's mutex, so the check and the write are one step).
-    fn write_if_held(
+    /// A write at the resource. A well-behaved one (`stale` false) is made
+    /// only if the lease is not lost (checked under the resource's mutex, so
+    /// the check and the write are one step); a zombie's write after its
+    /// stall (`stale` true) is made whatever the lease says.
+    fn write(
         &self,
         key: usize,
         token: u64,
         holder: u64,
         lost: &OnceLock<Instant>,
         lease: &spacelock_client::Lease,
+        stale: bool,
     ) {
         let mut log = self.log();
-        if lease.is_lost() {
+        let is_lost = lease.is_lost();
+        if is_lost && !stale {
             return;
         }
         Self::decide(
@@ -97,29 +101,7 @@ impl Resource {
             key,
             token,
             holder,
-            false,
-            false,
-            lost.get().copied(),
-        );
-    }
-
-    /// A zombie's write after its stall: made whatever the lease says.
-    fn write_stale(
-        &self,
-        key: usize,
-        token: u64,
-        holder: u64,
-        lost: &OnceLock<Instant>,
-        lease: &spacelock_client::Lease,
-    ) {
-        let mut log = self.log();
-        let is_lost = lease.is_lost();
-        Self::decide(
-            &mut log,
-            key,
-            token,
-            holder,
-            true,
+            stale,
             is_lost,
             lost.get().copied(),
         );
@@ -192,7 +174,7 @@ async fn body(
     let token = lease.token();
     let lost = watch_lost(&lease);
     // The usual fencing pattern: the new holder touches the resource first.
-    resource.write_if_held(key, token, holder, &lost, &lease);
+    resource.write(key, token, holder, &lost, &lease, false);
     let stalled = stall_on.is_some();
     if let Some(mut conn) = stall_on {
         // Starve this lease's heartbeat for STALL: a BLPOP on the very
@@ -209,11 +191,11 @@ async fn body(
             .await
             .unwrap();
         // A zombie that ignores its lease: writes anyway with its old token.
-        resource.write_stale(key, token, holder, &lost, &lease);
+        resource.write(key, token, holder, &lost, &lease, true);
     } else {
         for _ in 0..rng.below(3) {
             tokio::time::sleep(Duration::from_millis(rng.below(15))).await;
-            resource.write_if_held(key, token, holder, &lost, &lease);
+            resource.write(key, token, holder, &lost, &lease, false);
         }
     }
     let lost_in_body = lease.is_lost();
@@ -516,6 +498,15 @@ fn wait_for_settled_epochs(cluster: &Cluster) {
     );
 }
 
+/// `SPACELOCK.FENCEKEY key`, through `conn`.
+async fn fence_key(conn: &mut impl redis::aio::ConnectionLike, key: &str) -> String {
+    redis::cmd("SPACELOCK.FENCEKEY")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .unwrap()
+}
+
 #[kit::test]
 async fn heartbeat_follows_a_slot_migration() {
     let cluster = Arc::new(Cluster::start(3));
@@ -532,11 +523,7 @@ async fn heartbeat_follows_a_slot_migration() {
     let mut per_node = [0usize; 3];
     for i in 0..30 {
         let key = locks.key(&format!("space-{i}"));
-        let fence: String = redis::cmd("SPACELOCK.FENCEKEY")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let fence = fence_key(&mut conn, &key).await;
         let slot = keyslot(&mut any, &key);
         assert_eq!(keyslot(&mut any, &fence), slot, "{key} vs {fence}");
         per_node[cluster.owner_of(slot)] += 1;
@@ -545,11 +532,7 @@ async fn heartbeat_follows_a_slot_migration() {
 
     let name = "migrating-space";
     let key = locks.key(name);
-    let fence: String = redis::cmd("SPACELOCK.FENCEKEY")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let fence = fence_key(&mut conn, &key).await;
     let slot = keyslot(&mut any, &key);
     let from = cluster.owner_of(slot);
     let to = (from + 1) % 3;

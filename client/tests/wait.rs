@@ -22,29 +22,11 @@ async fn locks_at(url: &str, options: Options) -> SpaceLock<ConnectionManager> {
 
 /// Calls of `command` (e.g. `spacelock.release`) so far, from INFO commandstats.
 fn calls(server: &Server, command: &str) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.conn())
-        .unwrap();
-    stats
-        .lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    kit::command_calls(&mut server.conn(), command)
 }
 
 fn waiters(server: &Server, key: &str) -> i64 {
-    let info: Option<std::collections::HashMap<String, redis::Value>> =
-        redis::cmd("SPACELOCK.INFO")
-            .arg(key)
-            .query(&mut server.conn())
-            .unwrap();
-    match info.and_then(|m| m.get("waiters").cloned()) {
-        Some(redis::Value::Int(n)) => n,
-        _ => 0,
-    }
+    kit::key_waiters(&mut server.conn(), key)
 }
 
 fn holder(server: &Server, key: &str) -> Option<String> {

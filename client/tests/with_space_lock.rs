@@ -12,6 +12,7 @@ use spacelock_client::{
     AcquireReply, Error, Lease, LostReason, Options, Outcome, RefreshReply, ReleaseReply, Skipped,
     SpaceLock,
 };
+use tracing_subscriber::fmt;
 
 async fn manager(server: &Server) -> ConnectionManager {
     ConnectionManager::new(server.client()).await.unwrap()
@@ -542,28 +543,8 @@ async fn wait_without_a_connector_is_an_error() {
 }
 
 /// Everything logged through `tracing` by any test in this binary.
-fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
-    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
-        struct W(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for W {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let b = buf.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(move || W(b.clone()))
-            .init();
-        buf
-    })
-    .clone()
+fn captured_logs() -> kit::CapturedLogs {
+    kit::captured_logs(|logs| fmt().with_ansi(false).with_writer(logs.writer()).init())
 }
 
 /// A refresh that fails (connection killed) logs a warning and is retried at
@@ -591,27 +572,16 @@ async fn a_failed_refresh_is_retried_not_lost() {
         .await
         .unwrap();
     assert_eq!(outcome, Outcome::Ran(false));
-    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     assert!(
-        logs.lines().any(|l| l.contains("WARN")
-            && l.contains("refresh failed")
-            && l.contains(key.as_str())),
-        "expected a refresh warning in:\n{logs}"
+        logs.has_line(&["WARN", "refresh failed", key.as_str()]),
+        "expected a refresh warning in:\n{}",
+        logs.text()
     );
 }
 
+/// Calls of `command` so far, from INFO commandstats.
 fn calls(server: &Server, command: &str) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query(&mut server.conn())
-        .unwrap();
-    stats
-        .lines()
-        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|v| v.split(',').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    kit::command_calls(&mut server.conn(), command)
 }
 
 /// Cancelled while the ACQUIRE is in flight: the server grants it later, and

@@ -31,6 +31,101 @@ pub fn release(
         .unwrap()
 }
 
+/// `SPACELOCK.ACQUIRE key owner ttl WAIT timeout`, to send with the reply
+/// type and on the connection the caller chooses.
+pub fn acquire_wait_cmd(
+    key: impl redis::ToRedisArgs,
+    owner: impl redis::ToRedisArgs,
+    ttl: i64,
+    timeout: i64,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("SPACELOCK.ACQUIRE");
+    cmd.arg(key).arg(owner).arg(ttl).arg("WAIT").arg(timeout);
+    cmd
+}
+
+/// `SPACELOCK.ACQUIRE key owner ttl WAIT timeout`: the token, `None` at the
+/// timeout, or the error (a replica's `READONLY`, an `UNBLOCKED`, …).
+pub fn acquire_wait(
+    con: &mut redis::Connection,
+    key: impl redis::ToRedisArgs,
+    owner: impl redis::ToRedisArgs,
+    ttl: i64,
+    timeout: i64,
+) -> redis::RedisResult<Option<i64>> {
+    acquire_wait_cmd(key, owner, ttl, timeout).query(con)
+}
+
+/// Whether `key` exists.
+pub fn exists(con: &mut redis::Connection, key: impl redis::ToRedisArgs) -> bool {
+    let n: i64 = redis::cmd("EXISTS").arg(key).query(con).unwrap();
+    n == 1
+}
+
+/// The `waiters` field of `SPACELOCK.INFO key` (0 when the lock is free).
+pub fn key_waiters(con: &mut redis::Connection, key: impl redis::ToRedisArgs) -> i64 {
+    let info: Option<std::collections::HashMap<String, redis::Value>> =
+        redis::cmd("SPACELOCK.INFO").arg(key).query(con).unwrap();
+    info.and_then(|m| m.get("waiters").cloned())
+        .map_or(0, |v| redis::from_redis_value(v).unwrap())
+}
+
+/// Calls of `command` (e.g. `spacelock.release`) so far, from `INFO
+/// commandstats` (0 before the first).
+pub fn command_calls(con: &mut redis::Connection, command: &str) -> u64 {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    stats
+        .lines()
+        .find(|l| l.starts_with(&format!("cmdstat_{command}:")))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `CONFIG SET name value`.
+///
+/// # Panics
+/// If the server refuses it.
+pub fn config_set(con: &mut redis::Connection, name: &str, value: impl redis::ToRedisArgs) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg(name)
+        .arg(value)
+        .query(con)
+        .unwrap();
+}
+
+/// `CLIENT PAUSE ms WRITE`: the server holds every write command for `ms`.
+pub fn pause_writes(con: &mut redis::Connection, ms: u64) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query(con)
+        .unwrap();
+}
+
+/// Sends `args` (the command's name first) and returns its error reply as
+/// "CODE detail".
+///
+/// # Panics
+/// If the command succeeds.
+pub fn error_of<A: redis::ToRedisArgs + std::fmt::Debug>(
+    con: &mut redis::Connection,
+    args: &[A],
+) -> String {
+    let mut cmd = redis::Cmd::new();
+    for a in args {
+        cmd.arg(a);
+    }
+    match cmd.query::<redis::Value>(con) {
+        Ok(redis::Value::ServerError(e)) => format!("{} {}", e.code(), e.details().unwrap_or("")),
+        Ok(v) => panic!("expected an error for {args:?}, got {v:?}"),
+        Err(e) => format!("{} {}", e.code().unwrap_or("?"), e.detail().unwrap_or("")),
+    }
+}
+
 /// Every key in db 0, sorted, as raw bytes.
 pub fn all_keys(con: &mut redis::Connection) -> Vec<Vec<u8>> {
     let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(con).unwrap();

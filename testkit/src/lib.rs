@@ -8,6 +8,8 @@
 //!   then kills.
 //! * [`Cluster`]: masters with slots assigned and met, for cluster tests.
 //! * [`Sentinel`]: a real sentinel monitoring one primary, for failovers.
+//! * Replication: [`ServerBuilder::replica_of`], [`replicaof`],
+//!   [`until_link_up`], [`sync_replicas`] and [`promote`].
 //! * [`Proxy`]: a TCP proxy that injects connection faults (drop every
 //!   connection, close idle ones, hang or refuse new ones).
 //! * [`FakeServer`]: a fake RESP server that never answers a blocking
@@ -16,6 +18,9 @@
 //! * [`mod@cmd`] helpers: the lock commands, keyspace snapshots, `INFO`
 //!   fields and waits driven by what the server reports ([`until_waiting`]),
 //!   so that no test sleeps in place of synchronisation.
+//! * [`captured_logs`]: what a test binary's logger wrote, in memory.
+//! * [`mod@process`]: child processes (the `spacelock` CLI above all) run
+//!   with their output captured and a deadline.
 //! * A harness that can say *skipped*: a test binary declares
 //!   `harness = false`, marks its tests `#[spacelock_testkit::test]` (sync,
 //!   or `async fn` on a two-worker tokio runtime) and ends with
@@ -28,14 +33,19 @@
 mod cluster;
 pub mod cmd;
 mod fake;
+mod logs;
+pub mod process;
 mod proxy;
+mod replication;
 mod sentinel;
 mod server;
 
 pub use cluster::Cluster;
 pub use cmd::*;
 pub use fake::FakeServer;
+pub use logs::{captured_logs, CapturedLogs};
 pub use proxy::{Proxy, ProxyMode};
+pub use replication::{promote, replicaof, sync_replicas, until_link_up};
 pub use sentinel::{Sentinel, SentinelTimings};
 pub use server::*;
 pub use spacelock_testkit_macros::test;

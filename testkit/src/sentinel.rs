@@ -6,10 +6,11 @@
 //! the reason instead when neither runs, for the test to skip with.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::server::spawn_until_ping;
 use crate::{free_port, Server};
 
 /// Timings of a fast failover: quorum 1, a primary down after
@@ -91,46 +92,15 @@ impl Sentinel {
         )
         .map_err(|e| e.to_string())?;
         let (bin, extra) = sentinel_command();
-        let mut child = Command::new(&bin)
-            .arg(&conf)
-            .args(&extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run a sentinel ({bin:?}): {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut stderr);
-                }
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!(
-                    "the sentinel ({bin:?}) exited with {status}\n{stderr}\n{text}"
-                ));
-            }
-            let url = format!("redis://127.0.0.1:{port}/");
-            if let Ok(client) = redis::Client::open(url) {
-                if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(200))
-                {
-                    if redis::cmd("PING").query::<String>(&mut con).is_ok() {
-                        break;
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "the sentinel ({bin:?}) was not ready after 10 s\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut cmd = Command::new(&bin);
+        cmd.arg(&conf).args(&extra);
+        let child = spawn_until_ping(
+            cmd,
+            port,
+            &log,
+            Duration::from_secs(10),
+            &format!("the sentinel ({bin:?})"),
+        )?;
         Ok(Sentinel {
             child: Some(child),
             port,

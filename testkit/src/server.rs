@@ -123,6 +123,57 @@ fn port_clash(log: &str) -> bool {
         || log.contains("Could not create server TCP listening socket")
 }
 
+/// Spawns `cmd` (stdin and stdout closed, stderr piped) and polls PING on
+/// `port` every 20 ms until the process answers.
+///
+/// # Errors
+/// Why it is not serving, `what` first: it could not be spawned, it exited
+/// (with its stderr and its `log` file), or it did not answer within
+/// `timeout` (it is killed then; with its log).
+pub(crate) fn spawn_until_ping(
+    mut cmd: Command,
+    port: u16,
+    log: &Path,
+    timeout: Duration,
+    what: &str,
+) -> Result<Child, String> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot spawn {what}: {e}"))?;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut stderr);
+            }
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(format!("{what} exited with {status}\n{stderr}\n{text}"));
+        }
+        if let Ok(client) = redis::Client::open(url.as_str()) {
+            if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(200)) {
+                if redis::cmd("PING").query::<String>(&mut con).is_ok() {
+                    return Ok(child);
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{what} was not ready after {timeout:?}\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Builder for a test server.
 #[derive(Clone)]
 pub struct ServerBuilder {
@@ -202,6 +253,14 @@ impl ServerBuilder {
         self
     }
 
+    /// Loads the module with `token-mode MODE` (`term`, the default, or
+    /// `counter`), after any other module arguments.
+    pub fn token_mode(mut self, mode: &str) -> Self {
+        self.module_args
+            .extend(["token-mode".to_string(), mode.to_string()]);
+        self
+    }
+
     /// Do not pass `enable-debug-command` (servers older than 7.0 reject it).
     pub fn without_debug_command(mut self) -> Self {
         self.debug_command = false;
@@ -263,41 +322,13 @@ impl ServerBuilder {
         for (k, v) in &self.args {
             cmd.arg(format!("--{k}")).arg(v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot spawn {:?}: {e}", self.binary))?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut stderr);
-                }
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("exited with {status}\n{stderr}\n{text}"));
-            }
-            if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) {
-                if let Ok(mut con) = client.get_connection_with_timeout(Duration::from_millis(200))
-                {
-                    if redis::cmd("PING").query::<String>(&mut con).is_ok() {
-                        break;
-                    }
-                }
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "not ready after 20 s\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = spawn_until_ping(
+            cmd,
+            port,
+            &log,
+            Duration::from_secs(20),
+            &format!("{:?}", self.binary),
+        )?;
         Ok(Server {
             child: Some(child),
             port,
