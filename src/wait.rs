@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
 
 use spacelock_core::fence::key_slot;
-use spacelock_core::lock::{self, LockError};
+use spacelock_core::lock;
 use spacelock_core::wait::{
-    self as engine, Answer, DbScope, Event, Grant, Host, LockState, Outcome, Registry, Request,
-    TimerId, TimerKind,
+    self as engine, Answer, DbScope, Event, Grant, Granted, Host, LockState, Outcome, Registry,
+    Request, TimerId, TimerKind,
 };
 
 use crate::ffi::{
@@ -200,13 +200,7 @@ impl Host for ServerHost<'_> {
         }
     }
 
-    fn grant(
-        &mut self,
-        db: i32,
-        key: &[u8],
-        owner: &[u8],
-        ttl_ms: i64,
-    ) -> Result<Option<i64>, LockError> {
+    fn grant(&mut self, db: i32, key: &[u8], owner: &[u8], ttl_ms: i64) -> Granted {
         if !self.select(db) {
             return Ok(None);
         }

@@ -74,6 +74,10 @@ pub enum Event {
     GrantLost,
 }
 
+/// What [`Host::grant`] returns: the token, `None` if the lock turned out
+/// held, or the error ACQUIRE would reply.
+pub type Granted = Result<Option<i64>, LockError>;
+
 /// The server, as WAIT needs it. Methods that take a `db` act on that
 /// database (a timer context selects it; a command context is already in
 /// it).
@@ -103,13 +107,7 @@ pub trait Host {
     /// # Errors
     ///
     /// What ACQUIRE would reply (a wrong type, an exhausted counter).
-    fn grant(
-        &mut self,
-        db: Db,
-        key: &[u8],
-        owner: &[u8],
-        ttl_ms: i64,
-    ) -> Result<Option<i64>, LockError>;
+    fn grant(&mut self, db: Db, key: &[u8], owner: &[u8], ttl_ms: i64) -> Granted;
     /// Whether `grant` still stands: the key holds its owner and the fence
     /// counter its token.
     fn grant_stands(&mut self, grant: &Grant) -> bool;

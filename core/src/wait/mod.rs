@@ -71,7 +71,8 @@ pub mod timers;
 
 pub use engine::{
     answer, arm_pending, enqueue, may_enqueue, on_disconnect, on_flush, on_key_event, on_timer,
-    settle, undelivered, Answer, Event, Host, LockState, Origin, Outcome, Refused, Request,
+    settle, undelivered, Answer, Event, Granted, Host, LockState, Origin, Outcome, Refused,
+    Request,
 };
 pub use options::{
     parse_options, serves_slot, too_many_waiters, REPLICA_UNBLOCKED, SLOT_MOVED_TRYAGAIN,

@@ -64,13 +64,7 @@ impl Host for Fake {
             },
         }
     }
-    fn grant(
-        &mut self,
-        db: Db,
-        key: &[u8],
-        owner: &[u8],
-        ttl_ms: i64,
-    ) -> Result<Option<i64>, LockError> {
+    fn grant(&mut self, db: Db, key: &[u8], owner: &[u8], ttl_ms: i64) -> Granted {
         let key = k(db, key);
         let terms = self.terms.get_or_insert_with(|| Terms::open_at(T0));
         lock::acquire(
