@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
@@ -35,7 +37,11 @@ pub struct Lease {
     inner: Arc<LeaseInner>,
 }
 
-#[derive(Debug)]
+/// Asks the server whether a lease's grant still stands (`SPACELOCK.CHECK`),
+/// over the connection of the `SpaceLock` that made it.
+pub(crate) type Checker =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<bool, crate::Error>> + Send + Sync>;
+
 struct LeaseInner {
     name: String,
     key: String,
@@ -43,6 +49,20 @@ struct LeaseInner {
     ttl: Duration,
     lost: Arc<LostSignal>,
     valid_until: Arc<ValidUntil>,
+    checker: Checker,
+}
+
+impl std::fmt::Debug for LeaseInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseInner")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .field("ttl", &self.ttl)
+            .field("lost", &self.lost)
+            .field("valid_until", &self.valid_until)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a lease ended, from [`Lease::lost_reason`].
@@ -250,6 +270,7 @@ impl Lease {
         ttl: Duration,
         lost: Arc<LostSignal>,
         valid_until: Arc<ValidUntil>,
+        checker: Checker,
     ) -> Self {
         Lease {
             inner: Arc::new(LeaseInner {
@@ -259,8 +280,49 @@ impl Lease {
                 ttl,
                 lost,
                 valid_until,
+                checker,
             }),
         }
+    }
+
+    /// Asks the server whether this lease's grant still holds the lock
+    /// (`SPACELOCK.CHECK key owner token`): `true` only while the key holds
+    /// this lease's owner under exactly this grant. It is the server's answer
+    /// at that moment, unlike [`is_lost`](Self::is_lost), which is local; a
+    /// resource that fences with [`token`](Self::token) does not need it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ModuleNotLoaded`](crate::Error::ModuleNotLoaded), or
+    /// [`Error::Redis`](crate::Error::Redis) /
+    /// [`Error::Timeout`](crate::Error::Timeout) if no answer came within the
+    /// `SpaceLock`'s request timeout (it retries on a fresh connection after
+    /// an I/O error).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// let outcome = locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         if !lease.check().await? {
+    ///             return Ok(()); // someone else holds it now: stop
+    ///         }
+    ///         // ... write, passing lease.token()
+    ///         Ok::<_, spacelock_client::Error>(())
+    ///     })
+    ///     .await?;
+    /// if let spacelock_client::Outcome::Ran(result) = outcome {
+    ///     result?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn check(&self) -> Result<bool, crate::Error> {
+        (self.inner.checker)().await
     }
 
     /// The fencing token of this grant: strictly greater than every token

@@ -16,6 +16,7 @@ use crate::guard::{Guard, Registry};
 use crate::heartbeat::Heartbeat;
 use crate::lease::{LostSignal, ValidUntil};
 use crate::options::{after, Settings};
+use crate::proto;
 use crate::retry::{self, Grant};
 use crate::{wait, Error, Lease, Options, Outcome, Skipped};
 
@@ -462,6 +463,17 @@ impl<C: LockConnection> SpaceLock<C> {
             valid_until.clone(),
         );
         guard.attach(id, lost.clone(), valid_until.clone());
+        let checker: crate::lease::Checker = {
+            let (conn, key, owner) = (inner.conn.clone(), key.clone(), s.owner.clone());
+            let (token, timeout) = (grant.token, s.request_timeout());
+            Arc::new(move || {
+                let (conn, cmd) = (conn.clone(), proto::check_grant(&key, &owner, token));
+                Box::pin(async move {
+                    let reply = retry::idempotent(&conn, &cmd, proto::CHECK, timeout).await?;
+                    proto::parse_flag(proto::CHECK, reply)
+                })
+            })
+        };
         let lease = Lease::new(
             name,
             key.clone(),
@@ -469,6 +481,7 @@ impl<C: LockConnection> SpaceLock<C> {
             s.ttl(),
             lost.clone(),
             valid_until,
+            checker,
         );
 
         let body = AssertUnwindSafe(async move { f(lease).await }).catch_unwind();

@@ -13,6 +13,7 @@ pub(crate) const ACQUIRE_WAIT: &str = "SPACELOCK.ACQUIRE … WAIT";
 pub(crate) const REFRESH: &str = "SPACELOCK.REFRESH";
 pub(crate) const RELEASE: &str = "SPACELOCK.RELEASE";
 pub(crate) const INFO: &str = "SPACELOCK.INFO";
+pub(crate) const CHECK: &str = "SPACELOCK.CHECK";
 
 /// `SPACELOCK.ACQUIRE key owner ttl_ms`.
 pub(crate) fn acquire(key: &str, owner: &str, ttl_ms: u64) -> Cmd {
@@ -40,6 +41,13 @@ pub(crate) fn refresh(key: &str, owner: &str, ttl_ms: u64) -> Cmd {
 pub(crate) fn release(key: &str, owner: &str) -> Cmd {
     let mut cmd = redis::cmd(RELEASE);
     cmd.arg(key).arg(owner);
+    cmd
+}
+
+/// `SPACELOCK.CHECK key owner token`.
+pub(crate) fn check_grant(key: &str, owner: &str, token: u64) -> Cmd {
+    let mut cmd = redis::cmd(CHECK);
+    cmd.arg(key).arg(owner).arg(token);
     cmd
 }
 

@@ -230,6 +230,37 @@ async fn lost_signal_when_the_key_is_deleted() {
     assert_eq!(a.active_leases(), 0);
 }
 
+/// `Lease::check` asks the server (`SPACELOCK.CHECK`): true while this
+/// grant holds the lock; false once the lease has expired and another
+/// instance holds it, even before the local heartbeat notices.
+#[kit::test]
+async fn check_asks_the_server_whether_the_grant_still_holds() {
+    let server = Server::new();
+    let server = &server;
+    let a = locks(server, Options::default().ttl(Duration::from_secs(30))).await;
+    let b = locks(server, Options::default().ttl(Duration::from_secs(30))).await;
+    let outcome = a
+        .with_space_lock("space", |lease| async move {
+            assert!(lease.check().await.unwrap(), "held: the grant stands");
+            // The lease ends under it (an operator, an expiry) and B takes
+            // the lock with a higher token.
+            let _: i64 = redis::cmd("DEL")
+                .arg(lease.key())
+                .query(&mut server.conn())
+                .unwrap();
+            let taken = b.with_space_lock("space", |newer| async move {
+                assert!(newer.token() > lease.token());
+                assert!(newer.check().await.unwrap());
+                assert!(!lease.check().await.unwrap(), "a stale grant");
+                assert!(!lease.is_lost(), "the heartbeat has not noticed yet");
+            });
+            assert!(taken.await.unwrap().is_ran());
+        })
+        .await
+        .unwrap();
+    assert!(outcome.is_ran());
+}
+
 #[kit::test]
 async fn lost_signal_when_the_key_is_re_owned() {
     let server = Server::new();
