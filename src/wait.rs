@@ -15,6 +15,37 @@
 //! * Keyspace events are subscribed while someone waits (a server where
 //!   nobody ever waits pays nothing for them), and unsubscribed from a
 //!   timer once nobody does, where the server can (Redis 7.4+, Valkey 8.1+).
+//!
+//! # What this relies on in the server
+//!
+//! Checked in the sources of Redis 7.0.15, Redis 8.0.6 and Valkey 9.1.2
+//! (module.c, networking.c, blocked.c, server.c), and exercised on every
+//! supported server by `tests/wait_races.rs`:
+//!
+//! * A client blocked with timeout 0 is never timed out by the server, and
+//!   `CLIENT UNBLOCK` (and anything else that goes through
+//!   `moduleBlockedClientMayTimeout`) leaves a module client without a
+//!   timeout callback alone. So no server path unblocks a waiter but ours,
+//!   except a disconnect or the server letting go of every blocked client on
+//!   a role change (both call the disconnect callback).
+//! * The disconnect callback is called whenever the client goes away before
+//!   the server has run its reply callback, even after the module unblocked
+//!   it (the server clears the callback only once the reply callback ran).
+//!   So a waiter still queued always leaves the queue, and a grant in flight
+//!   is never taken for delivered.
+//! * The private data of an unblock is always freed, after the reply
+//!   callback or, for a client gone, instead of it (free callback with no
+//!   client in its context: it must not touch keys, and does not).
+//! * A client whose socket read failed, or whose output buffer overflowed, is
+//!   only marked to close (`CLIENT_CLOSE_ASAP`, flag `A` in `CLIENT LIST`)
+//!   and freed at the end of the iteration, after the reply callbacks: the
+//!   reply callback must look for that flag, and does.
+//! * `beforeSleep` answers the server's own timeouts before (Redis 7.0) or
+//!   after (newer) the module reply callbacks: nothing here depends on it,
+//!   since the server has no timeouts of ours to answer.
+//! * Redis 7.0 updates its cached clock only in its cron and at the start of
+//!   a command: a timer that asks whether a timed write pause has ended
+//!   first runs a command (`PING`) through `RedisModule_Call`.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
