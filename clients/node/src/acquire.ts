@@ -9,6 +9,7 @@
 import { acquireCommand, acquireWaitCommand, parseFlag, parseGrant, refreshCommand, releaseCommand } from './commands';
 import { send, type RedisConnection } from './connection';
 import { COMMAND_TIMED_OUT, CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
+import type { ReplyDeadlines } from './deadlines';
 import type { Mode } from './lease';
 import type { ResolvedOptions } from './options';
 import type { WaitPool } from './wait-pool';
@@ -17,6 +18,8 @@ import type { WaitPool } from './wait-pool';
 export interface AcquireContext {
   readonly opts: ResolvedOptions;
   readonly mode: Mode;
+  /** Bounds the wait for replies, one timer for all. */
+  readonly deadlines: ReplyDeadlines;
   conn(): RedisConnection;
   pool(): WaitPool;
   /** Connection losses so far on the command connection. */
@@ -109,10 +112,9 @@ export async function acquireOnce(
     const epoch = ctx.reconnects();
     const start = performance.now();
     const command = acquireCommand(mode, key, owner, ttl);
-    // ioredis' own per-command timer bounds the wait (cheaper than a race
-    // on the hot path); it rejects with "Command timed out".
-    command.setTimeout(ttl);
-    const p = send(ctx.conn(), command);
+    // The shared deadline timer bounds the wait (cheaper than a race or a
+    // timer per command on the hot path); it rejects with "Command timed out".
+    const p = ctx.deadlines.send(ctx.conn(), command, ttl, start);
     let s: Settled;
     if (signal) {
       s = await settle(p, Infinity, signal);
@@ -123,6 +125,9 @@ export async function acquireOnce(
         s = failure(e);
       }
     }
+    // On abort the ACQUIRE is still in flight: its deadline stays, so a
+    // reply that never comes still settles `p` (nobody awaits it any more).
+    if (s.kind !== 'abort') ctx.deadlines.done(command);
     if (s.kind === 'error' && s.error.message === COMMAND_TIMED_OUT) {
       releaseLater(ctx, key, owner, mode); // runs after the ACQUIRE on the same connection
       throw new CommandTimeoutError(mode === 'module' ? 'SPACELOCK.ACQUIRE' : 'SET NX PX', ttl);
@@ -173,11 +178,13 @@ async function confirmLateGrant(
   if (performance.now() - sentAt <= ttl / 3) return sentAt;
   const refreshAt = performance.now();
   const command = refreshCommand(key, owner, ttl);
-  command.setTimeout(Math.max(1, Math.min(ttl, Math.ceil(boundMs) || ttl)));
   try {
-    return parseFlag('SPACELOCK.REFRESH', await send(ctx.conn(), command)) ? refreshAt : null;
+    const bound = Math.max(1, Math.min(ttl, Math.ceil(boundMs) || ttl));
+    return parseFlag('SPACELOCK.REFRESH', await ctx.deadlines.send(ctx.conn(), command, bound)) ? refreshAt : null;
   } catch {
     return null;
+  } finally {
+    ctx.deadlines.done(command);
   }
 }
 

@@ -10,6 +10,7 @@
  */
 import { Command } from 'ioredis';
 import type { Cluster, Redis, RedisOptions } from 'ioredis';
+import type { Linked } from './list';
 
 /** What a SpaceLock accepts: a single-node connection or a cluster. */
 export type RedisConnection = Redis | Cluster;
@@ -25,12 +26,27 @@ export function connectionKeyPrefix(conn: RedisConnection): string {
 }
 
 /**
+ * A lock cycle's command. It carries its deadline and the links by which
+ * {@link ReplyDeadlines} lists it while it is in flight.
+ */
+export class LockCommand extends Command implements Linked<LockCommand> {
+  /** @internal When {@link ReplyDeadlines} gives up waiting (performance.now()). */
+  deadlineAt = Infinity;
+  /** @internal */
+  linked = false;
+  /** @internal */
+  prevLink: LockCommand | undefined = undefined;
+  /** @internal */
+  nextLink: LockCommand | undefined = undefined;
+}
+
+/**
  * A command whose key is its first argument. ioredis only knows the key
  * positions of built-in commands; without this, a Cluster would send
  * `SPACELOCK.*` commands to a random node and follow MOVED every time, and
  * refuse to pipeline them.
  */
-export class KeyedCommand extends Command {
+export class KeyedCommand extends LockCommand {
   private readonly lockKey: string;
 
   constructor(name: string, args: string[]) {
@@ -43,11 +59,15 @@ export class KeyedCommand extends Command {
   }
 }
 
-/** The RESP encoding of a command, as ioredis writes it. */
-export function encodeCommand(name: string, args: readonly string[]): string {
+/**
+ * The RESP encoding of a command, as ioredis writes it, in a Buffer: a batch
+ * of them is then joined with one copy, where strings would be joined into a
+ * rope that the socket write must flatten and encode again every tick.
+ */
+export function encodeCommand(name: string, args: readonly string[]): Buffer {
   let out = `*${args.length + 1}\r\n$${Buffer.byteLength(name)}\r\n${name}\r\n`;
   for (const a of args) out += `$${Buffer.byteLength(a)}\r\n${a}\r\n`;
-  return out;
+  return Buffer.from(out);
 }
 
 /**
@@ -59,9 +79,9 @@ export function encodeCommand(name: string, args: readonly string[]): string {
  */
 export class ReplyCommand extends Command {
   private readonly lockKey: string;
-  private readonly wire: string;
+  private readonly wire: Buffer;
 
-  constructor(name: string, args: string[], wire: string, onReply: (err: Error | null, reply: unknown) => void) {
+  constructor(name: string, args: string[], wire: Buffer, onReply: (err: Error | null, reply: unknown) => void) {
     super(name, args);
     this.lockKey = args[0] as string;
     this.wire = wire;
@@ -84,7 +104,7 @@ export class ReplyCommand extends Command {
     return [this.lockKey];
   }
 
-  override toWritable(): string {
+  override toWritable(): Buffer {
     return this.wire;
   }
 }
@@ -98,12 +118,14 @@ export class ReplyCommand extends Command {
  * connection it runs on must have no `commandTimeout` (whose timer would
  * reject out of order) and no resending after a reconnect.
  */
+const EMPTY = Buffer.alloc(0);
+
 export class BatchCommand extends Command {
   private written = 0;
   private settled = 0;
 
   constructor(
-    private readonly wires: readonly string[],
+    private readonly wires: readonly Buffer[],
     onReply: (index: number, err: Error | null, reply: unknown) => void,
   ) {
     super('spacelock.refresh', []);
@@ -111,21 +133,22 @@ export class BatchCommand extends Command {
     this.reject = (err: Error): void => onReply(this.settled++, err, null);
   }
 
-  override toWritable(): string {
-    return this.wires[this.written++] ?? '';
+  override toWritable(): Buffer {
+    return this.wires[this.written++] ?? EMPTY;
   }
 
   /** Writes the whole batch to `conn` in one socket write, as ioredis' Pipeline does. */
   sendOn(conn: Redis): void {
-    let pending = this.wires.length;
-    let data = '';
+    const chunks: Buffer[] = [];
+    let bytes = 0;
     // `sendCommand`'s stream argument is how ioredis' own Pipeline batches writes.
     const stream = {
       isPipeline: true,
       destination: { redis: conn },
-      write(chunk: string): void {
-        data += chunk;
-        if (--pending === 0) conn.stream.write(data);
+      write: (chunk: Buffer): void => {
+        chunks.push(chunk);
+        bytes += chunk.length;
+        if (chunks.length === this.wires.length) conn.stream.write(Buffer.concat(chunks, bytes));
       },
     };
     for (let i = 0; i < this.wires.length; i++) conn.sendCommand(this, stream as never);

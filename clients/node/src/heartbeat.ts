@@ -13,10 +13,11 @@
 import { BatchCommand, ReplyCommand, type RedisConnection } from './connection';
 import type { Redis } from 'ioredis';
 import type { LeaseState } from './lease';
+import { LinkedList } from './list';
 import { refreshInterval, type SpaceLockLogger } from './options';
 
 export class Heartbeat {
-  private readonly leases = new Set<LeaseState>();
+  private readonly leases = new LinkedList<LeaseState>();
   private timer: NodeJS.Timeout | undefined;
   private nextTickAt = 0;
   private readonly interval: number;
@@ -80,15 +81,15 @@ export class Heartbeat {
     }
     const due: LeaseState[] = [];
     let earliest = Infinity;
-    for (const lease of this.leases) {
+    this.leases.forEach((lease) => {
       if (lease.reason !== undefined) {
         this.leases.delete(lease);
-        continue;
+        return;
       }
       if (lease.checkLost(now)) {
         this.logger.warn(`spacelock: lease lost on ${lease.key}: no refresh succeeded within the ttl (${this.ttlMs} ms)`);
         this.leases.delete(lease);
-        continue;
+        return;
       }
       // One refresh in flight per lease, unless it has been stuck for a whole interval.
       const stuck = lease.refreshSentAt === undefined || now - lease.refreshSentAt >= this.interval - 1;
@@ -97,7 +98,7 @@ export class Heartbeat {
         due.push(lease);
       }
       earliest = Math.min(earliest, lease.deadline);
-    }
+    });
     if (due.length > 0) this.send(due, now);
     if (this.leases.size > 0) this.schedule(Math.min(this.nextTickAt, earliest) - now);
     else this.stop();

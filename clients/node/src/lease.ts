@@ -1,6 +1,7 @@
 import { refreshSpec } from './commands';
 import { encodeCommand } from './connection';
 import { LeaseLostError, type LostReason } from './errors';
+import type { Linked } from './list';
 
 /** Which command set took a lease: the module's, or the seed's SET NX PX + Lua. */
 export type Mode = 'module' | 'lua';
@@ -9,12 +10,18 @@ export type Mode = 'module' | 'lua';
  * The bookkeeping of one held lease, shared by the {@link Lease} handed to
  * the body and the heartbeat. Times are `performance.now()` (monotonic).
  */
-export class LeaseState {
+export class LeaseState implements Linked<LeaseState> {
   /** Start of the last successful refresh (or the acquire's start). */
   lastOkStart: number;
   /** When the refresh in flight was sent, if one is. */
   refreshSentAt: number | undefined;
   reason: LostReason | undefined;
+  /** @internal The heartbeat's list. */
+  linked = false;
+  /** @internal */
+  prevLink: LeaseState | undefined = undefined;
+  /** @internal */
+  nextLink: LeaseState | undefined = undefined;
   // The signal, the lost promise and the refresh's wire form are made on
   // first use: a short body that never looks at them (the seed's callers)
   // then pays for none of them.
@@ -22,7 +29,7 @@ export class LeaseState {
   private callerReason: { reason: unknown } | undefined;
   private lostPromise: Promise<LostReason> | undefined;
   private resolveLost: ((r: LostReason) => void) | undefined;
-  private refresh: { name: string; args: string[]; wire: string } | undefined;
+  private refresh: { name: string; args: string[]; wire: Buffer } | undefined;
 
   constructor(
     readonly key: string,
@@ -36,7 +43,7 @@ export class LeaseState {
   }
 
   /** The heartbeat's refresh for this lease, encoded once. */
-  get refreshCommand(): { name: string; args: string[]; wire: string } {
+  get refreshCommand(): { name: string; args: string[]; wire: Buffer } {
     if (!this.refresh) {
       const { name, args } = refreshSpec(this.mode, this.redisKey, this.owner, this.ttlMs);
       this.refresh = { name, args, wire: encodeCommand(name, args) };

@@ -12,6 +12,7 @@ import {
   send,
   type RedisConnection,
 } from './connection';
+import { ReplyDeadlines } from './deadlines';
 import { COMMAND_TIMED_OUT, isUnknownSpacelockCommand, ModuleNotLoadedError, SpaceLockError } from './errors';
 import { Heartbeat } from './heartbeat';
 import { Lease, LeaseState, type Mode } from './lease';
@@ -58,6 +59,7 @@ export class SpaceLock {
   private readonly connPrefix: string;
   private readonly running = new Set<string>();
   private readonly heartbeat: Heartbeat;
+  private readonly deadlines = new ReplyDeadlines();
   private commandConn: RedisConnection | undefined;
   private heartbeatConn: Redis | undefined;
   private reconnectCounter: ReconnectCounter | undefined;
@@ -80,6 +82,7 @@ export class SpaceLock {
     const self = this; // for the `mode` getter below
     this.ctx = {
       opts: this.opts,
+      deadlines: this.deadlines,
       get mode() {
         return self.mode;
       },
@@ -143,28 +146,32 @@ export class SpaceLock {
     fn: (lease: Lease) => T | PromiseLike<T>,
     options: WithSpaceLockOptions,
   ): Promise<T | Skipped>;
-  async withSpaceLock<T>(
+  withSpaceLock<T>(
     name: string,
     fn: (lease: Lease) => T | PromiseLike<T>,
     options: WithSpaceLockOptions = {},
   ): Promise<T | Skipped> {
+    // Not itself async, so the lock cycle runs through one async frame less;
+    // every failure still arrives as a rejection.
     const waitMs = options.waitMs ?? 0;
-    if (!Number.isFinite(waitMs) || waitMs < 0) {
-      throw new RangeError(`waitMs must be a finite number ≥ 0, got ${waitMs}`);
-    }
-    if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
-    options.signal?.throwIfAborted();
-    const key = this.key(name);
-    // Check and claim in one synchronous step: no await between them.
-    if (this.running.has(key)) return { skipped: 'in-progress' };
-    this.running.add(key);
+    let key: string;
     try {
-      return await this.runClaimed(name, key, fn, waitMs, options.signal);
-    } finally {
-      this.running.delete(key);
+      if (!Number.isFinite(waitMs) || waitMs < 0) {
+        throw new RangeError(`waitMs must be a finite number ≥ 0, got ${waitMs}`);
+      }
+      if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
+      options.signal?.throwIfAborted();
+      key = this.key(name);
+    } catch (err) {
+      return Promise.reject(err);
     }
+    // Check and claim in one synchronous step: no await between them.
+    if (this.running.has(key)) return Promise.resolve({ skipped: 'in-progress' });
+    this.running.add(key);
+    return this.runClaimed(name, key, fn, waitMs, options.signal);
   }
 
+  /** Runs `fn` under the lock; `key` is claimed in `running`, and unclaimed here. */
   private async runClaimed<T>(
     name: string,
     key: string,
@@ -172,31 +179,38 @@ export class SpaceLock {
     waitMs: number,
     signal: AbortSignal | undefined,
   ): Promise<T | Skipped> {
-    const redisKey = this.connPrefix + key;
-    const owner = `${this.owner}:${++this.seq}`;
-    const grant: Grant | null =
-      waitMs > 0
-        ? await acquireWait(this.ctx, redisKey, owner, waitMs, signal)
-        : await acquireOnce(this.ctx, redisKey, owner, signal);
-    if (!grant) return { skipped: waitMs > 0 ? 'timed-out' : 'lock-held' };
-
-    const state = new LeaseState(key, redisKey, grant.owner, this.opts.ttlMs, grant.mode, grant.start);
-    const lease = new Lease(name, grant.token, state);
-    const onAbort = (): void => state.abortFromCaller(signal?.reason);
-    signal?.addEventListener('abort', onAbort, { once: true });
-    this.heartbeat.add(state);
+    let state: LeaseState | undefined;
+    let onAbort: (() => void) | undefined;
     try {
-      return await fn(lease);
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-      this.heartbeat.delete(state);
-      state.lose('released');
-      const done = await this.release(redisKey, grant.owner, grant.mode, this.opts.releaseTimeoutMs);
-      if (!done) {
-        this.opts.logger.warn(
-          `spacelock: release of ${key} did not complete within ${this.opts.releaseTimeoutMs} ms; it goes on in the background`,
-        );
+      const redisKey = this.connPrefix + key;
+      const owner = `${this.owner}:${++this.seq}`;
+      const grant: Grant | null =
+        waitMs > 0
+          ? await acquireWait(this.ctx, redisKey, owner, waitMs, signal)
+          : await acquireOnce(this.ctx, redisKey, owner, signal);
+      if (!grant) return { skipped: waitMs > 0 ? 'timed-out' : 'lock-held' };
+
+      state = new LeaseState(key, redisKey, grant.owner, this.opts.ttlMs, grant.mode, grant.start);
+      if (signal) {
+        const s = state;
+        onAbort = (): void => s.abortFromCaller(signal.reason);
+        signal.addEventListener('abort', onAbort, { once: true });
       }
+      this.heartbeat.add(state);
+      return await fn(new Lease(name, grant.token, state));
+    } finally {
+      if (state) {
+        if (onAbort) signal?.removeEventListener('abort', onAbort);
+        this.heartbeat.delete(state);
+        state.lose('released');
+        const done = await this.release(state.redisKey, state.owner, state.mode, this.opts.releaseTimeoutMs);
+        if (!done) {
+          this.opts.logger.warn(
+            `spacelock: release of ${key} did not complete within ${this.opts.releaseTimeoutMs} ms; it goes on in the background`,
+          );
+        }
+      }
+      this.running.delete(key);
     }
   }
 
@@ -300,17 +314,19 @@ export class SpaceLock {
       return Promise.resolve(true); // closed: nothing to release on
     }
     const command = releaseCommand(mode, redisKey, owner);
-    // ioredis' per-command timer bounds the wait. The RELEASE itself is
+    // The shared deadline timer bounds the wait. The RELEASE itself is
     // already on its way and still runs; only our waiting for it stops.
-    if (boundMs > 0) command.setTimeout(boundMs);
-    const done = send(conn, command).then(
+    const sent = boundMs > 0 ? this.deadlines.send(conn, command, boundMs) : send(conn, command);
+    const done = sent.then(
       (reply) => {
+        this.deadlines.done(command);
         if (reply === '0' || reply === 0) {
           this.opts.logger.log(`spacelock: release of ${redisKey} found the lock no longer ours`);
         }
         return true;
       },
       (err: unknown) => {
+        this.deadlines.done(command);
         if (err instanceof Error && err.message === COMMAND_TIMED_OUT) return false;
         this.opts.logger.warn(
           `spacelock: failed to release lock ${redisKey}: ${err instanceof Error ? err.message : String(err)}`,

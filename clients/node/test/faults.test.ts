@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
-import { SpaceLock } from '../src';
+import { CommandTimeoutError, SpaceLock } from '../src';
 import { recordingLogger, skipped, sleep, waitFor, withServer } from './harness';
 
 async function connectionsReceived(admin: Redis): Promise<number> {
@@ -75,6 +75,41 @@ describe('faults', () => {
     assert.equal(r, 'result');
     assert.equal(await fx.admin.exists('fault:paused-short'), 0, 'released before returning');
     assert.deepEqual(logger.warns, []);
+  });
+
+  it('the server stops answering (SIGSTOP) under 20 acquires: each rejects with CommandTimeoutError after about one ttl; after SIGCONT none is left held', async (t) => {
+    if (skipped(t)) return;
+    const ttl = 400;
+    const locks = fx.make({ ttlMs: ttl, logger: recordingLogger() });
+    assert.equal(await locks.withSpaceLock('stopped-warm', async () => 'ok'), 'ok'); // the connection is open
+    const names = Array.from({ length: 20 }, (_, i) => `stopped-${i}`);
+    fx.server.suspend();
+    let outcomes: Array<{ err: unknown; ms: number }>;
+    try {
+      const start = performance.now();
+      outcomes = await Promise.all(
+        names.map((n) =>
+          locks.withSpaceLock(n, async () => 'ran').then(
+            (r) => ({ err: new Error(`resolved with ${String(r)}`), ms: performance.now() - start }),
+            (err: unknown) => ({ err, ms: performance.now() - start }),
+          ),
+        ),
+      );
+    } finally {
+      fx.server.resume();
+    }
+    for (const { err, ms } of outcomes) {
+      assert.ok(err instanceof CommandTimeoutError, String(err));
+      assert.ok(ms >= ttl - 5 && ms < ttl + 600, `gave up after ${ms.toFixed(0)} ms with a ${ttl} ms ttl`);
+    }
+    // The server now runs the queued ACQUIREs, then the RELEASE queued behind
+    // each on the same connection: nothing stays held.
+    await waitFor(
+      'the queued releases',
+      async () => (await Promise.all(names.map((n) => fx.admin.exists(`fault:${n}`)))).every((e) => e === 0),
+      3_000,
+    );
+    assert.equal(await locks.withSpaceLock('stopped-0', async () => 'after'), 'after');
   });
 
   it('a server restarted empty under a held lease: the lease is lost, the result intact, the next call works', async (t) => {

@@ -220,11 +220,22 @@ export class TestServer {
     const child = this.child;
     this.child = undefined;
     if (!child || child.exitCode !== null) return;
+    child.kill('SIGCONT'); // a suspended server could not shut down
     const gone = new Promise<void>((resolve) => child.once('exit', () => resolve()));
     await rawCommand(this.port, ['SHUTDOWN', 'NOSAVE']).catch(() => undefined);
     const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
     await gone;
     clearTimeout(timer);
+  }
+
+  /** SIGSTOP: the server keeps its connections but answers nothing until {@link resume}. */
+  suspend(): void {
+    this.child?.kill('SIGSTOP');
+  }
+
+  /** SIGCONT after {@link suspend}. */
+  resume(): void {
+    this.child?.kill('SIGCONT');
   }
 
   /** Stops, then starts again on the same port with an empty data set. */
