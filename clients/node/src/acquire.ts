@@ -10,6 +10,7 @@ import { acquireCommand, acquireWaitCommand, parseFlag, parseGrant, refreshComma
 import { send, type RedisConnection } from './connection';
 import { COMMAND_TIMED_OUT, CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
 import type { ReplyDeadlines } from './deadlines';
+import { startTimer } from './timers';
 import type { Mode } from './lease';
 import type { ResolvedOptions } from './options';
 import type { WaitPool } from './wait-pool';
@@ -41,6 +42,9 @@ export interface Grant {
 /** Lua mode polls with exponential backoff from 25 ms up to 250 ms, with jitter. */
 const POLL_BASE_MS = 25;
 const POLL_CAP_MS = 250;
+/** A WAIT whose connection failed is sent again at once, then after 50, 100, … up to 500 ms. */
+const RETRY_BASE_MS = 50;
+const RETRY_CAP_MS = 500;
 
 type Settled =
   | { kind: 'reply'; value: unknown }
@@ -58,7 +62,7 @@ const failure = (error: unknown): Settled => ({
 function settle(p: Promise<unknown>, ms: number, signal?: AbortSignal): Promise<Settled> {
   return new Promise((resolve) => {
     const finish = (s: Settled): void => {
-      clearTimeout(timer);
+      timer?.clear();
       signal?.removeEventListener('abort', onAbort);
       resolve(s);
     };
@@ -66,7 +70,7 @@ function settle(p: Promise<unknown>, ms: number, signal?: AbortSignal): Promise<
     // Observe `p` first, whatever happens next: a rejection nobody handles
     // would end the process.
     p.then(reply, failure).then(finish);
-    const timer = Number.isFinite(ms) ? setTimeout(() => finish({ kind: 'timeout' }), Math.max(0, ms)) : undefined;
+    const timer = Number.isFinite(ms) ? startTimer(() => finish({ kind: 'timeout' }), ms) : undefined;
     if (signal?.aborted) return finish({ kind: 'abort' });
     signal?.addEventListener('abort', onAbort, { once: true });
   });
@@ -105,6 +109,7 @@ export async function acquireOnce(
   key: string,
   owner: string,
   signal?: AbortSignal,
+  hardDeadline = Infinity,
 ): Promise<Grant | null> {
   for (;;) {
     const mode = ctx.mode;
@@ -114,7 +119,9 @@ export async function acquireOnce(
     const command = acquireCommand(mode, key, owner, ttl);
     // The shared deadline timer bounds the wait (cheaper than a race or a
     // timer per command on the hot path); it rejects with "Command timed out".
-    const p = ctx.deadlines.send(ctx.conn(), command, ttl, start);
+    // Within a wait (Lua mode polls), never past the wait's own bound.
+    const bound = Math.max(1, Math.min(ttl, Math.ceil(hardDeadline - start)));
+    const p = ctx.deadlines.send(ctx.conn(), command, bound, start);
     let s: Settled;
     if (signal) {
       s = await settle(p, Infinity, signal);
@@ -130,7 +137,7 @@ export async function acquireOnce(
     if (s.kind !== 'abort') ctx.deadlines.done(command);
     if (s.kind === 'error' && s.error.message === COMMAND_TIMED_OUT) {
       releaseLater(ctx, key, owner, mode); // runs after the ACQUIRE on the same connection
-      throw new CommandTimeoutError(mode === 'module' ? 'SPACELOCK.ACQUIRE' : 'SET NX PX', ttl);
+      throw new CommandTimeoutError(mode === 'module' ? 'SPACELOCK.ACQUIRE' : 'SET NX PX', bound);
     }
     if (s.kind === 'reply') {
       let grant: { token: bigint | undefined } | null;
@@ -166,6 +173,8 @@ export async function acquireOnce(
  * When the lease of a WAIT grant starts: the WAIT's sending if the reply
  * came within a third of the ttl, else the sending of a confirming REFRESH
  * (`null` if that REFRESH found the lock no longer ours, or got no answer).
+ * Rejects with the signal's reason if the caller aborts meanwhile (a write
+ * pause can hold the REFRESH for up to a ttl); the caller then releases.
  */
 async function confirmLateGrant(
   ctx: AcquireContext,
@@ -173,18 +182,21 @@ async function confirmLateGrant(
   owner: string,
   sentAt: number,
   boundMs: number,
+  signal?: AbortSignal,
 ): Promise<number | null> {
   const ttl = ctx.opts.ttlMs;
   if (performance.now() - sentAt <= ttl / 3) return sentAt;
   const refreshAt = performance.now();
   const command = refreshCommand(key, owner, ttl);
+  const bound = Math.max(1, Math.min(ttl, Math.ceil(boundMs) || ttl));
+  const s = await settle(ctx.deadlines.send(ctx.conn(), command, bound), Infinity, signal);
+  if (s.kind === 'abort') throw signal?.reason;
+  ctx.deadlines.done(command);
+  if (s.kind !== 'reply') return null;
   try {
-    const bound = Math.max(1, Math.min(ttl, Math.ceil(boundMs) || ttl));
-    return parseFlag('SPACELOCK.REFRESH', await ctx.deadlines.send(ctx.conn(), command, bound)) ? refreshAt : null;
+    return parseFlag('SPACELOCK.REFRESH', s.value) ? refreshAt : null;
   } catch {
     return null;
-  } finally {
-    ctx.deadlines.done(command);
   }
 }
 
@@ -203,7 +215,7 @@ export async function acquireWait(
   const deadline = performance.now() + waitMs;
   const hardDeadline = deadline + ctx.opts.waitGraceMs;
   for (let attempt = 0; ; attempt++) {
-    if (ctx.mode === 'lua') return pollWait(ctx, key, owner, deadline, signal);
+    if (ctx.mode === 'lua') return pollWait(ctx, key, owner, deadline, hardDeadline, signal);
     const pool = ctx.pool();
     const conn = await pool.checkout(deadline, signal);
     if (!conn) return null; // every pooled connection stayed busy for the whole wait
@@ -230,7 +242,13 @@ export async function acquireWait(
         // (a stalled event loop). So a grant that arrives after its first
         // refresh was due is confirmed by one REFRESH, and the lease counts
         // from that REFRESH's sending.
-        const start = await confirmLateGrant(ctx, key, attemptOwner, sentAt, graceLeft());
+        let start: number | null;
+        try {
+          start = await confirmLateGrant(ctx, key, attemptOwner, sentAt, graceLeft(), signal);
+        } catch (e) {
+          releaseLater(ctx, key, attemptOwner, 'module'); // queued behind the REFRESH
+          throw e;
+        }
         if (start !== null) return { token: grant.token, start, owner: attemptOwner, mode: 'module' };
         await ctx.release(key, attemptOwner, 'module', graceLeft());
         return null;
@@ -250,13 +268,18 @@ export async function acquireWait(
         await ctx.release(key, attemptOwner, 'module', graceLeft());
         throw err;
       }
-      // The connection failed (closed by the server's idle timeout, say):
-      // release in doubt, and try again on a fresh one while time is left.
+      // The connection failed (closed by the server's idle timeout, a
+      // restart, a failover): release in doubt, and try again on a fresh one
+      // while time is left. The first retry goes at once (an idle timeout);
+      // later ones back off, so a restart that takes a moment is waited out
+      // and a server that stays down is not hammered.
       pool.release();
       conn.disconnect();
       releaseLater(ctx, key, attemptOwner, 'module');
-      if (attempt < 2 && performance.now() < deadline) continue;
-      throw err;
+      const left = deadline - performance.now();
+      if (left <= 0) throw err;
+      if (attempt > 0) await sleep(Math.min(left, RETRY_CAP_MS, RETRY_BASE_MS * 2 ** Math.min(attempt - 1, 8)), signal);
+      continue;
     }
     abandonWait(ctx, pool, conn, p, key, attemptOwner, left);
     if (s.kind === 'timeout') {
@@ -285,10 +308,9 @@ function abandonWait(
   pool.release();
   const queued = send(conn, releaseCommand('module', key, owner));
   releaseLater(ctx, key, owner, 'module');
-  const bound = setTimeout(() => conn.disconnect(), waitMs + ctx.opts.ttlMs);
-  bound.unref();
+  const bound = startTimer(() => conn.disconnect(), waitMs + ctx.opts.ttlMs).unref();
   void Promise.allSettled([wait, queued]).then(() => {
-    clearTimeout(bound);
+    bound.clear();
     conn.disconnect();
   });
 }
@@ -299,10 +321,11 @@ async function pollWait(
   key: string,
   owner: string,
   deadline: number,
+  hardDeadline: number,
   signal?: AbortSignal,
 ): Promise<Grant | null> {
   for (let i = 0; ; i++) {
-    const grant = await acquireOnce(ctx, key, owner, signal);
+    const grant = await acquireOnce(ctx, key, owner, signal, hardDeadline);
     if (grant) return grant;
     const left = deadline - performance.now();
     if (left <= 0) return null;

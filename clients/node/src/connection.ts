@@ -262,6 +262,22 @@ export async function closeConnection(conn: RedisConnection, timeoutMs = 1_000):
   }
   let timer: NodeJS.Timeout | undefined;
   try {
+    // Still handshaking (a heartbeat connection opened for a short body, say):
+    // disconnecting now ends the socket under ioredis' handshake, whose failed
+    // ready check then arms a ref'd 2 s disconnect timer that nothing clears,
+    // and the process cannot exit until it fires. Let the handshake finish.
+    if (!isCluster(conn) && (conn.status === 'connecting' || conn.status === 'connect')) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(timer);
+          for (const e of ['ready', 'close', 'end']) conn.off(e, done);
+          resolve();
+        };
+        for (const e of ['ready', 'close', 'end']) conn.once(e, done);
+        timer = setTimeout(done, timeoutMs);
+      });
+      if (!isUsable(conn)) return;
+    }
     await Promise.race([
       conn.quit(),
       new Promise((resolve) => {

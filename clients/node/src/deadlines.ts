@@ -19,6 +19,7 @@
 import type { LockCommand, RedisConnection } from './connection';
 import { COMMAND_TIMED_OUT } from './errors';
 import { LinkedList } from './list';
+import { timerDelay } from './timers';
 
 export class ReplyDeadlines {
   private readonly inFlight = new LinkedList<LockCommand>();
@@ -59,7 +60,7 @@ export class ReplyDeadlines {
     this.armedFor = at;
     // Timers count whole ms and may fire a hair before `at` on the
     // monotonic clock; the tick then re-arms for the rest.
-    this.timer = setTimeout(this.tick, Math.max(1, Math.ceil(at - performance.now())));
+    this.timer = setTimeout(this.tick, timerDelay(at - performance.now()));
     this.timer.unref();
   }
 

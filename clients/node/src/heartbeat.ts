@@ -14,6 +14,7 @@ import { BatchCommand, ReplyCommand, type RedisConnection } from './connection';
 import type { Redis } from 'ioredis';
 import type { LeaseState } from './lease';
 import { LinkedList } from './list';
+import { timerDelay } from './timers';
 import { refreshInterval, type SpaceLockLogger } from './options';
 
 export class Heartbeat {
@@ -64,7 +65,7 @@ export class Heartbeat {
 
   private schedule(ms: number): void {
     clearTimeout(this.timer);
-    this.timer = setTimeout(this.tick, Math.max(1, Math.ceil(ms)));
+    this.timer = setTimeout(this.tick, timerDelay(ms));
     this.timer.unref();
   }
 

@@ -153,14 +153,17 @@ export class SpaceLock {
   ): Promise<T | Skipped> {
     // Not itself async, so the lock cycle runs through one async frame less;
     // every failure still arrives as a rejection.
-    const waitMs = options.waitMs ?? 0;
+    let waitMs: number;
     let key: string;
+    let signal: AbortSignal | undefined;
     try {
+      // `null` from JavaScript callers counts as no options.
+      ({ waitMs = 0, signal } = options ?? {});
       if (!Number.isFinite(waitMs) || waitMs < 0) {
         throw new RangeError(`waitMs must be a finite number ≥ 0, got ${waitMs}`);
       }
       if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
-      options.signal?.throwIfAborted();
+      signal?.throwIfAborted();
       key = this.key(name);
     } catch (err) {
       return Promise.reject(err);
@@ -168,7 +171,7 @@ export class SpaceLock {
     // Check and claim in one synchronous step: no await between them.
     if (this.running.has(key)) return Promise.resolve({ skipped: 'in-progress' });
     this.running.add(key);
-    return this.runClaimed(name, key, fn, waitMs, options.signal);
+    return this.runClaimed(name, key, fn, waitMs, signal);
   }
 
   /** Runs `fn` under the lock; `key` is claimed in `running`, and unclaimed here. */
@@ -195,6 +198,11 @@ export class SpaceLock {
         const s = state;
         onAbort = (): void => s.abortFromCaller(signal.reason);
         signal.addEventListener('abort', onAbort, { once: true });
+        // Aborted while the grant was on its way or being confirmed (a late
+        // WAIT grant's REFRESH): no 'abort' event comes any more, so the body
+        // would run unaware. Not taken yet, as far as the caller is concerned:
+        // reject; the finally below releases.
+        if (signal.aborted) throw signal.reason;
       }
       this.heartbeat.add(state);
       return await fn(new Lease(name, grant.token, state));

@@ -4,6 +4,7 @@
  * its connection, so waits never share the connection that carries the
  * heartbeats; each wait has a connection to itself.
  */
+import { startTimer } from './timers';
 import { SpaceLockError } from './errors';
 import { isUsable, type RedisConnection } from './connection';
 
@@ -72,12 +73,12 @@ export class WaitPool {
         cleanup();
         reject(signal?.reason);
       };
-      const timer = setTimeout(() => {
+      const timer = startTimer(() => {
         cleanup();
         resolve(false);
-      }, Math.max(0, deadline - performance.now()));
+      }, deadline - performance.now());
       const cleanup = (): void => {
-        clearTimeout(timer);
+        timer.clear();
         const i = this.queue.indexOf(wake);
         if (i >= 0) this.queue.splice(i, 1);
         signal?.removeEventListener('abort', onAbort);

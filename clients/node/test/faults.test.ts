@@ -4,10 +4,12 @@
  * restarted empty under a held lease.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
 import { CommandTimeoutError, SpaceLock } from '../src';
-import { recordingLogger, skipped, sleep, waitFor, withServer } from './harness';
+import { recordingLogger, skipped, sleep, spacelockStat, waitFor, withServer } from './harness';
 
 async function connectionsReceived(admin: Redis): Promise<number> {
   return Number(/total_connections_received:(\d+)/.exec(await admin.info('stats'))?.[1]);
@@ -146,5 +148,49 @@ describe('faults', () => {
     const first = await locks.withSpaceLock('fragile', async (lease) => lease.token);
     const second = await locks.withSpaceLock('fragile', async (lease) => lease.token);
     assert.ok(typeof first === 'bigint' && typeof second === 'bigint' && second > first, `${first} then ${second}`);
+  });
+
+  it('a wait queued when the server restarts empty: sent again on a fresh connection, and granted once it is back', async (t) => {
+    if (skipped(t)) return;
+    const setup = fx.server.client();
+    await setup.call('SPACELOCK.ACQUIRE', 'fault:restart-wait', 'other', '30000');
+    const locks = fx.make({ logger: recordingLogger() });
+    const w = locks.withSpaceLock('restart-wait', async (lease) => lease.owner, { waitMs: 8_000 });
+    await waitFor('the waiter queued', async () => (await spacelockStat(setup, 'waiting_clients')) === 1);
+    const start = performance.now();
+    await fx.server.restartEmpty();
+    const back = performance.now() - start;
+    const owner = await w; // it used to reject with "Connection is closed." within milliseconds
+    assert.equal(typeof owner, 'string');
+    assert.ok(performance.now() - start < back + 1_500, 'granted soon after the server came back');
+    const admin = fx.server.client();
+    await waitFor('released', async () => (await admin.exists('fault:restart-wait')) === 0);
+  });
+
+  it('close() and disconnect() after a short body: the process exits at once (no timer left behind)', async (t) => {
+    if (skipped(t)) return;
+    const script = `
+      const { Redis } = require('ioredis');
+      const { SpaceLock } = require(${JSON.stringify(path.resolve(__dirname, '../src/index.js'))});
+      (async () => {
+        const redis = new Redis(${fx.server.port}, '127.0.0.1');
+        const locks = new SpaceLock(redis, { keyPrefix: 'fault:exit:' });
+        await locks.withSpaceLock('short', async () => 1);
+        await locks.close();
+        redis.disconnect();
+        process.stdout.write('closed\\n');
+      })();
+    `;
+    const child = spawn(process.execPath, ['-e', script], { cwd: __dirname, stdio: ['ignore', 'pipe', 'inherit'] });
+    let closedAt: number | undefined;
+    child.stdout.on('data', (d: Buffer) => {
+      if (d.toString().includes('closed')) closedAt ??= performance.now();
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    const exitedAt = performance.now();
+    assert.equal(code, 0);
+    assert.ok(closedAt !== undefined, 'the script got to close()');
+    const afterClose = exitedAt - closedAt;
+    assert.ok(afterClose < 700, `exited ${afterClose.toFixed(0)} ms after close() (was ~2 s)`);
   });
 });

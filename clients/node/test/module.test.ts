@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
-import { ModuleNotLoadedError, SpaceLockError } from '../src';
+import { CommandTimeoutError, ModuleNotLoadedError, SpaceLockError } from '../src';
 import { recordingLogger, sleep, waitFor, withServer } from './harness';
 
 async function calls(admin: Redis, command: string): Promise<number> {
@@ -58,6 +58,24 @@ describe('a server without the module', () => {
     assert.equal(await calls(fx.admin, 'eval'), evals + 1, "the seed's release EVAL");
     assert.equal(await locks.withSpaceLock('b', async () => 'again'), 'again');
     assert.equal(logger.warns.filter((w) => w.includes('falling back')).length, 1, logger.warns.join('\n'));
+  });
+
+  it("fallback: 'lua' waits never outlast waitMs + waitGraceMs, even when the server stops answering (SIGSTOP)", async () => {
+    const locks = fx.make({ fallback: 'lua', ttlMs: 5_000, waitGraceMs: 500, logger: recordingLogger() });
+    assert.equal(await locks.withSpaceLock('stop-wait', async () => 'lua'), 'lua'); // in Lua mode now
+    fx.server.suspend();
+    const start = performance.now();
+    let outcome: unknown;
+    try {
+      outcome = await locks.withSpaceLock('stop-wait', async () => 'ran', { waitMs: 500 }).catch((e: unknown) => e);
+    } finally {
+      fx.server.resume();
+    }
+    const took = performance.now() - start;
+    assert.ok(outcome instanceof CommandTimeoutError, String(outcome));
+    // Each SET NX PX used to be bounded by the whole ttl (5 s) instead.
+    assert.ok(took >= 950 && took < 1_600, `gave up after ${took.toFixed(0)} ms (waitMs 500 + grace 500)`);
+    await waitFor('the release of the abandoned SET', async () => (await fx.admin.exists('plain:stop-wait')) === 0, 3_000);
   });
 
   it("fallback: 'lua' keeps a 300 ms lease alive with the seed's refresh and signals its loss", async () => {

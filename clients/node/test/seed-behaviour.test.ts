@@ -184,6 +184,12 @@ describe('seed behaviour', () => {
     assert.throws(() => new SpaceLock(fx.redis, { owner: '' }), RangeError);
     const locks = fx.make();
     await assert.rejects(locks.withSpaceLock('x', async () => 1, { waitMs: -1 }), RangeError);
+    // Bad input rejects; nothing throws synchronously out of withSpaceLock.
+    const bad = locks.withSpaceLock('x', async () => 1, { waitMs: Number.NaN });
+    assert.ok(bad instanceof Promise);
+    await assert.rejects(bad, RangeError);
+    // `null` options from JavaScript count as none.
+    assert.equal(await locks.withSpaceLock('x', async () => 'null ok', null as never), 'null ok');
     await locks.close();
     await assert.rejects(locks.withSpaceLock('x', async () => 1), /closed/);
   });

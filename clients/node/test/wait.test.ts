@@ -133,6 +133,56 @@ describe('waitMs', () => {
     assert.equal(await holder.withSpaceLock('abort', async () => 'free again'), 'free again');
   });
 
+  it('abort while a late grant is being confirmed: rejects with the reason, fn never runs, nothing left held', async (t) => {
+    if (skipped(t)) return;
+    const waiter = fx.make({ ttlMs: 600 });
+    await fx.admin.call('SPACELOCK.ACQUIRE', 'wait:late-abort', 'other', '30000');
+    const base = await waiting();
+    const ac = new AbortController();
+    let ran = false;
+    const w = waiter.withSpaceLock(
+      'late-abort',
+      async () => {
+        ran = true;
+      },
+      { waitMs: 5_000, signal: ac.signal },
+    );
+    await waitFor('the waiter queued', async () => (await waiting()) === base + 1);
+    await sleep(300); // past ttl/3: the grant will be confirmed by a REFRESH
+    // Hand the lock over and hold writes: the confirming REFRESH waits behind the pause.
+    await fx.admin.multi().call('SPACELOCK.RELEASE', 'wait:late-abort', 'other').call('CLIENT', 'PAUSE', '400', 'WRITE').exec();
+    await sleep(150);
+    ac.abort(new Error('caller gave up during the confirmation'));
+    const abortedAt = performance.now();
+    await assert.rejects(w, /caller gave up during the confirmation/);
+    assert.ok(performance.now() - abortedAt < 150, 'rejected at the abort, not after the pause');
+    assert.equal(ran, false, 'fn ran after its caller had aborted');
+    await waitFor('no lock left behind', async () => (await fx.admin.exists('wait:late-abort')) === 0, 3_000);
+  });
+
+  it('waitMs beyond what a Node timer holds (Number.MAX_SAFE_INTEGER) waits as long as it takes', async (t) => {
+    if (skipped(t)) return;
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const holder = fx.make();
+      const waiter = fx.make({ releaseTimeoutMs: 3e9 });
+      const hold = await holdLock(holder, 'forever');
+      const w = waiter.withSpaceLock('forever', async () => 'got it', { waitMs: Number.MAX_SAFE_INTEGER });
+      await sleep(400);
+      hold.release();
+      await hold.done;
+      assert.equal(await w, 'got it'); // it used to time out after a few ms
+      assert.deepEqual(
+        warnings.filter((w) => w.name === 'TimeoutOverflowWarning').map((w) => w.message),
+        [],
+      );
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('all pooled connections busy for the whole wait: timed-out, not hung', async (t) => {
     if (skipped(t)) return;
     await fx.admin.set('wait:pool-a', 'other', 'PX', 30_000);
