@@ -17,6 +17,18 @@ import { LinkedList } from './list';
 import { timerDelay } from './timers';
 import { refreshInterval, type SpaceLockLogger } from './options';
 
+/** What one batch of refreshes found, reported once the last reply is in. */
+interface Tally {
+  left: number;
+  failed: number;
+  firstError: string;
+  notOwner: string[];
+  late: string[];
+}
+
+/** How many keys a warning about lost leases names. */
+const LOST_KEYS_SHOWN = 5;
+
 export class Heartbeat {
   private readonly leases = new LinkedList<LeaseState>();
   private timer: NodeJS.Timeout | undefined;
@@ -81,6 +93,7 @@ export class Heartbeat {
       if (this.nextTickAt <= now) this.nextTickAt = now + this.interval;
     }
     const due: LeaseState[] = [];
+    const expired: string[] = [];
     let earliest = Infinity;
     this.leases.forEach((lease) => {
       if (lease.reason !== undefined) {
@@ -88,7 +101,7 @@ export class Heartbeat {
         return;
       }
       if (lease.checkLost(now)) {
-        this.logger.warn(`spacelock: lease lost on ${lease.key}: no refresh succeeded within the ttl (${this.ttlMs} ms)`);
+        expired.push(lease.key);
         this.leases.delete(lease);
         return;
       }
@@ -100,18 +113,23 @@ export class Heartbeat {
       }
       earliest = Math.min(earliest, lease.deadline);
     });
+    this.reportLost(expired, `no refresh succeeded within the ttl (${this.ttlMs} ms)`);
     if (due.length > 0) this.send(due, now);
     if (this.leases.size > 0) this.schedule(Math.min(this.nextTickAt, earliest) - now);
     else this.stop();
   };
 
   private send(due: LeaseState[], sentAt: number): void {
-    const tally = { left: due.length, failed: 0, firstError: '' };
+    const tally: Tally = { left: due.length, failed: 0, firstError: '', notOwner: [], late: [] };
     const done = (): void => {
-      if (--tally.left > 0 || tally.failed === 0) return;
-      // One line per failed batch, not one per lease: 10 000 leases on a dead
-      // server must not print 10 000 warnings a tick.
-      this.logger.warn(`spacelock: refresh failed for ${tally.failed} lease(s), retrying next tick: ${tally.firstError}`);
+      if (--tally.left > 0) return;
+      // One line per batch and kind, not one per lease: 10 000 leases on a
+      // dead or flushed server must not print 10 000 warnings a tick.
+      this.reportLost(tally.notOwner, 'the lock expired, was deleted, or has another owner');
+      this.reportLost(tally.late, 'the refresh reply came back after the ttl');
+      if (tally.failed > 0) {
+        this.logger.warn(`spacelock: refresh failed for ${tally.failed} lease(s), retrying next tick: ${tally.firstError}`);
+      }
     };
     const fail = (message: string): void => {
       tally.failed++;
@@ -119,7 +137,7 @@ export class Heartbeat {
     };
     const onReply = (lease: LeaseState, err: Error | null, reply: unknown): void => {
       if (lease.refreshSentAt === sentAt) lease.refreshSentAt = undefined;
-      const problem = err ? err.message : this.onReply(lease, sentAt, reply);
+      const problem = err ? err.message : this.onReply(lease, sentAt, reply, tally);
       if (problem) fail(problem);
       done();
     };
@@ -157,19 +175,31 @@ export class Heartbeat {
     }
   }
 
+  /** One warning for leases lost for one reason: the key, or a count and the first few keys. */
+  private reportLost(keys: string[], why: string): void {
+    if (keys.length === 0) return;
+    if (keys.length === 1) {
+      this.logger.warn(`spacelock: lease lost on ${keys[0]}: ${why}`);
+      return;
+    }
+    const shown = keys.slice(0, LOST_KEYS_SHOWN).join(', ');
+    const more = keys.length > LOST_KEYS_SHOWN ? `, and ${keys.length - LOST_KEYS_SHOWN} more` : '';
+    this.logger.warn(`spacelock: ${keys.length} leases lost (${shown}${more}): ${why}`);
+  }
+
   /** Applies one refresh reply; returns a problem to report, if any. */
-  private onReply(lease: LeaseState, sentAt: number, reply: unknown): string | undefined {
+  private onReply(lease: LeaseState, sentAt: number, reply: unknown, tally: Tally): string | undefined {
     if (lease.reason !== undefined || !this.leases.has(lease)) return undefined; // lost or released meanwhile
     if (reply === '1' || reply === 1) {
       if (sentAt > lease.lastOkStart) lease.lastOkStart = sentAt;
       if (lease.checkLost()) {
-        this.logger.warn(`spacelock: lease lost on ${lease.key}: the refresh reply came back after the ttl`);
+        tally.late.push(lease.key);
         this.delete(lease);
       }
       return undefined;
     }
     if (reply === '0' || reply === 0) {
-      this.logger.warn(`spacelock: lease lost on ${lease.key}: the lock expired, was deleted, or has another owner`);
+      tally.notOwner.push(lease.key);
       lease.lose('not-owner');
       this.delete(lease);
       return undefined;

@@ -13,7 +13,7 @@ import {
   type RedisConnection,
 } from './connection';
 import { ReplyDeadlines } from './deadlines';
-import { COMMAND_TIMED_OUT, isUnknownSpacelockCommand, ModuleNotLoadedError, SpaceLockError } from './errors';
+import { COMMAND_TIMED_OUT, CommandTimeoutError, isUnknownSpacelockCommand, ModuleNotLoadedError, SpaceLockError } from './errors';
 import { Heartbeat } from './heartbeat';
 import { Lease, LeaseState, type Mode } from './lease';
 import { resolveOptions, type ResolvedOptions, type SpaceLockOptions, type WithSpaceLockOptions } from './options';
@@ -226,14 +226,23 @@ export class SpaceLock {
    * `SPACELOCK.INFO` for `name`: who holds it, for how long, its last token
    * and how many clients wait; `null` when it is free.
    *
-   * @throws {@link ModuleNotLoadedError} when the server lacks the module.
+   * @throws {@link ModuleNotLoadedError} when the server lacks the module,
+   *   {@link CommandTimeoutError} when it does not answer within the ttl,
+   *   {@link SpaceLockError} once the SpaceLock is closed.
    */
   async info(name: string): Promise<LockInfo | null> {
+    if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
+    const command = infoCommand(this.connPrefix + this.key(name));
     try {
-      return parseInfo(await send(this.conn(), infoCommand(this.connPrefix + this.key(name))));
+      return parseInfo(await this.deadlines.send(this.conn(), command, this.opts.ttlMs));
     } catch (err) {
       if (isUnknownSpacelockCommand(err)) throw new ModuleNotLoadedError((err as Error).message, { cause: err });
+      if (err instanceof Error && err.message === COMMAND_TIMED_OUT) {
+        throw new CommandTimeoutError('SPACELOCK.INFO', this.opts.ttlMs);
+      }
       throw err;
+    } finally {
+      this.deadlines.done(command);
     }
   }
 

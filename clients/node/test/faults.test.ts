@@ -97,6 +97,11 @@ describe('faults', () => {
           ),
         ),
       );
+      // info() is bounded by the ttl too.
+      const infoStart = performance.now();
+      await assert.rejects(locks.info('stopped-0'), CommandTimeoutError);
+      const infoMs = performance.now() - infoStart;
+      assert.ok(infoMs >= ttl - 5 && infoMs < ttl + 600, `info() gave up after ${infoMs.toFixed(0)} ms`);
     } finally {
       fx.server.resume();
     }

@@ -89,6 +89,30 @@ describe('lease', () => {
     assert.ok(logger.warns.some((w) => w.includes('lease lost on lease:deleted')), logger.warns.join('\n'));
   });
 
+  it('200 leases lost at once (their keys deleted): each signal aborts, and the log says so in one line', async (t) => {
+    if (skipped(t)) return;
+    const logger = recordingLogger();
+    const locks = fx.make({ ttlMs: 300, logger });
+    const names = Array.from({ length: 200 }, (_, i) => `mass-${i}`);
+    let held = 0;
+    let deleted!: () => void;
+    const allDeleted = new Promise<void>((r) => (deleted = r));
+    const runs = names.map((n) =>
+      locks.withSpaceLock(n, async (lease) => {
+        held++;
+        await allDeleted;
+        return lease.lost;
+      }),
+    );
+    await waitFor('all 200 held', () => held === names.length);
+    await fx.admin.del(...names.map((n) => `lease:${n}`));
+    deleted();
+    assert.deepEqual(new Set(await Promise.all(runs)), new Set(['not-owner']));
+    const lost = logger.warns.filter((w) => w.includes('lost'));
+    assert.ok(lost.length <= 2, `${lost.length} warnings:\n${lost.slice(0, 5).join('\n')}`);
+    assert.match(lost[0] ?? '', /^spacelock: 200 leases lost \(lease:mass-0, .*, and 195 more\): the lock expired/);
+  });
+
   it('signal aborts within one ttl after the event loop stalls longer than the ttl (reason: expired)', async (t) => {
     if (skipped(t)) return;
     const locks = fx.make({ ttlMs: 300 });

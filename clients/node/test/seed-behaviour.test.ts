@@ -3,7 +3,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isSkipped, SpaceLock, SEED_REFRESH_LUA, SEED_RELEASE_LUA } from '../src';
+import { isSkipped, SpaceLock, SpaceLockError, SEED_REFRESH_LUA, SEED_RELEASE_LUA } from '../src';
 import { recordingLogger, skipped, sleep, waitFor, withServer } from './harness';
 
 describe('seed behaviour', () => {
@@ -192,5 +192,6 @@ describe('seed behaviour', () => {
     assert.equal(await locks.withSpaceLock('x', async () => 'null ok', null as never), 'null ok');
     await locks.close();
     await assert.rejects(locks.withSpaceLock('x', async () => 1), /closed/);
+    await assert.rejects(locks.info('x'), (e) => e instanceof SpaceLockError && /closed/.test(e.message));
   });
 });
