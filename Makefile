@@ -56,7 +56,7 @@ test-node: build $(NODE_STAMP) ## Node client tests (node --test) against real r
 	cd $(NODE_DIR) && node --test build/test/*.test.js
 
 .PHONY: test-compat
-test-compat: build ## Integration suite on Redis 7.0/8.2 + Valkey 8.1/9.1, and Redis 6.2 refusal (TESTS=, SERVERS= to narrow)
+test-compat: build $(NODE_STAMP) ## Integration suite on Redis 7.0/8.2 + Valkey 8.1/9.1, the Node suite on Valkey 9.1 (NODE_SERVERS=), and Redis 6.2 refusal (TESTS=, SERVERS= to narrow)
 	scripts/test-compat.sh
 
 lint: $(NODE_STAMP) ## cargo fmt --check + clippy -D warnings + the Node client's strict type check

@@ -6,6 +6,10 @@
 #   scripts/test-compat.sh                    # every integration test target
 #   TESTS="ops compat" scripts/test-compat.sh # only these test targets
 #   SERVERS="redis70 valkey91" scripts/test-compat.sh
+#   NODE_SERVERS="redis82 valkey81 valkey91" scripts/test-compat.sh
+#                                             # the Node client's suite on these
+#                                             # too (default: valkey91; `make
+#                                             # test` runs it on Redis 7.0)
 #   scripts/test-compat.sh -- acl             # extra args go to the test binaries
 #
 # Servers come from scripts/fetch-servers.sh (cache outside the clone, warm
@@ -18,6 +22,7 @@ CARGO="${CARGO:-cargo}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export SPACELOCK_MODULE="${SPACELOCK_MODULE:-$TARGET_DIR/release/libspacelock.so}"
 SERVERS="${SERVERS:-redis70 redis82 valkey81 valkey91}"
+NODE_SERVERS="${NODE_SERVERS-valkey91}"
 TESTS="${TESTS:-*}"
 [ "${1:-}" = "--" ] && shift
 FILTER=("$@")
@@ -86,6 +91,34 @@ for s in $SERVERS; do
   [ "$got" = "$want" ] || echo "test-compat: note: $label binary reports $got" >&2
   echo "test-compat: $label ($bin)" >&2
   run_suite "$label" "$bin" "$LOGDIR/$s.log"
+done
+
+# The Node client's suite (node --test) on other servers than make test's.
+if [ -n "$NODE_SERVERS" ]; then
+  echo "test-compat: building the Node client and the mixed fleet's Rust worker" >&2
+  "$CARGO" build --release -p spacelock-client --example fleet_worker || exit 1
+  export SPACELOCK_FLEET_WORKER="$TARGET_DIR/release/examples/fleet_worker"
+  (cd clients/node && npm run --silent build && npm run --silent build:test) || exit 1
+fi
+for s in $NODE_SERVERS; do
+  IFS='|' read -r label bin want <<<"$(label_of "$s")"
+  label="Node client, ${label%% (*}"
+  if [ -z "$bin" ] || [ ! -x "$bin" ]; then
+    rows+=("$(printf '%-32s %-6s %5s   %s' "$label" "FAIL" "-" "binary not available")")
+    status=1
+    continue
+  fi
+  echo "test-compat: $label" >&2
+  log="$LOGDIR/node-$s.log"
+  start=$SECONDS
+  (cd clients/node && SPACELOCK_SERVER="$bin" node --test build/test/*.test.js) >"$log" 2>&1
+  rc=$?
+  result=PASS
+  [ $rc -eq 0 ] || { result=FAIL; status=1; }
+  node_counts=$(awk '/^# pass [0-9]+$/ { p = $3 } /^# fail [0-9]+$/ { f = $3 } /^# skipped [0-9]+$/ { k = $3 }
+                     END { printf "%d passed, %d failed", p, f; if (k) printf ", %d skipped with a reason (see log)", k }' "$log")
+  rows+=("$(printf '%-32s %-6s %5ss  %s' "$label" "$result" "$((SECONDS - start))" "$node_counts")")
+  [ $rc -eq 0 ] || { echo "---- $label: FAILED (log: $log) ----" >&2; grep -E '^ *not ok' "$log" | head -n 20 >&2; }
 done
 
 # Redis 6.2 must refuse the module: the compat test target does it.
