@@ -100,7 +100,10 @@ impl<C: LockConnection> SpaceLock<C> {
     /// let client = redis::Client::open("redis://127.0.0.1/")?;
     /// // The client puts its own deadline on every command: no response
     /// // timeout on the connection lets a write pause end normally.
-    /// let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(None);
+    /// // A capped reconnect backoff: the first call after a restart gets through.
+    /// let config = redis::aio::ConnectionManagerConfig::new()
+    ///     .set_response_timeout(None)
+    ///     .set_max_delay(std::time::Duration::from_millis(500));
     /// let manager = redis::aio::ConnectionManager::new_with_config(client, config).await?;
     /// let locks = SpaceLock::new(manager, Options::default());
     /// println!("owner id {}", locks.owner());

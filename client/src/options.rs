@@ -270,7 +270,9 @@ impl Options {
             Some(o) => o.into(),
             None => uuid::Uuid::new_v4().to_string().into(),
         };
-        let ttl_ms = millis_ceil(self.ttl);
+        // Capped like every other span, so the server gets a number it can
+        // parse (and answers "above spacelock.max-ttl") rather than u64::MAX.
+        let ttl_ms = millis_ceil(self.ttl.min(MAX_SPAN));
         Settings {
             ttl: Duration::from_millis(ttl_ms).min(MAX_SPAN),
             ttl_ms,
@@ -494,5 +496,9 @@ mod tests {
         ] {
             assert!(after(now, d) >= now);
         }
+        // The ttl sent to the server is the capped one, a number it parses
+        // (it then refuses it as above spacelock.max-ttl), not u64::MAX.
+        assert_eq!(Duration::from_millis(s.ttl_ms), s.ttl());
+        assert!(i64::try_from(s.ttl_ms).is_ok());
     }
 }

@@ -110,6 +110,11 @@ pub(crate) async fn release<C: ConnectionLike + Clone>(
 }
 
 /// Releases and logs the outcome at the right level; `false` if it failed.
+/// How long a WAIT that the server answered with nil waits for the
+/// defensive RELEASE it then sends. Nothing was granted, so the RELEASE only
+/// makes sure; a write pause holds it, and it runs when the pause ends.
+pub(crate) const DEFENSIVE_RELEASE_WAIT: Duration = Duration::from_millis(250);
+
 pub(crate) async fn release_logged<C: ConnectionLike + Clone>(
     conn: &C,
     key: &str,
@@ -121,6 +126,14 @@ pub(crate) async fn release_logged<C: ConnectionLike + Clone>(
         Ok(ReleaseReply::NotOwner) => {
             tracing::debug!(key = %key, "spacelock: release found the lock no longer ours");
             true
+        }
+        Err(e @ Error::Timeout { .. }) => {
+            tracing::warn!(
+                key = %key,
+                error = %e,
+                "spacelock: failed to release lock in time; the server runs the release if it gets it, else the lock stays held until its ttl runs out"
+            );
+            false
         }
         Err(e) => {
             tracing::warn!(

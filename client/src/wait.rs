@@ -74,8 +74,14 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
                 }
                 Ok(None) => {
                     pool.checkin(pooled);
-                    // Defence in depth: a nil must mean no grant; make sure.
-                    retry::release_logged(&inner.conn, key, &s.owner, s.release_budget()).await;
+                    // Defence in depth: a nil must mean no grant; make sure,
+                    // but briefly (a write pause holds the RELEASE, and it
+                    // runs when the pause ends) and quietly: nothing was
+                    // granted, so nothing stays held if it does not land.
+                    let wait = s.release_budget().min(retry::DEFENSIVE_RELEASE_WAIT);
+                    if let Err(e) = retry::release(&inner.conn, key, &s.owner, wait).await {
+                        tracing::debug!(key = %key, error = %e, "spacelock: the release after a nil WAIT reply is not confirmed");
+                    }
                     return Ok(None);
                 }
                 Err(e) => {

@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kit::{Server, ServerBuilder};
-use redis::aio::ConnectionManager;
-use spacelock_client::{Error, Lease, LostReason, Options, Outcome, SpaceLock};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use spacelock_client::{Error, Lease, LostReason, Options, Outcome, Skipped, SpaceLock};
 use tracing_subscriber::fmt;
 
 /// A `ConnectionManager` with redis-rs' defaults (a 500 ms response
@@ -184,6 +184,115 @@ async fn an_acquire_during_a_write_pause_waits_for_it() {
         t0.elapsed()
     );
     assert_eq!(holder(&server, &a.key("paused")), None);
+}
+
+/// Before: a WAIT that timed out on the server during a write pause (a nil
+/// reply) was followed by a defensive RELEASE, which the pause held, and the
+/// call waited the whole release budget for it, then warned that the lock
+/// "stays held", although nothing had been granted. Now it waits at most
+/// 250 ms for that RELEASE, quietly.
+#[kit::test]
+async fn a_wait_that_times_out_during_a_write_pause_returns_at_once_and_quietly() {
+    let logs = captured_logs();
+    let server = Server::new();
+    let options = || Options::default().release_timeout(Duration::from_secs(3));
+    let holder_locks = locks(&server, options()).await;
+    let a = locks(&server, options()).await;
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let hold = tokio::spawn(async move {
+        holder_locks
+            .with_space_lock("paused-wait", |_| async move {
+                held_tx.send(()).unwrap();
+                stop_rx.await.unwrap();
+            })
+            .await
+    });
+    held_rx.await.unwrap();
+    let key = a.key("paused-wait");
+    let t0 = Instant::now();
+    let waiter = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.with_space_lock_wait("paused-wait", Duration::from_millis(800), |_| async {})
+                .await
+        })
+    };
+    let queued = Instant::now();
+    while kit::info_field(&mut server.conn(), "spacelock", "spacelock_waiting_clients") != 1 {
+        assert!(
+            queued.elapsed() < Duration::from_secs(5),
+            "the waiter never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pause_writes(&server, 3_000);
+    let outcome = waiter.await.unwrap().unwrap();
+    let took = t0.elapsed();
+    assert_eq!(outcome.skipped(), Some(Skipped::TimedOut), "{outcome:?}");
+    assert!(
+        took < Duration::from_millis(1_500),
+        "returned after {took:?} (wait 800 ms + at most 250 ms for the defensive release)"
+    );
+    assert!(
+        !logs.has_line(&["WARN", "failed to release", &key]),
+        "warned about a release although nothing was granted"
+    );
+    stop_tx.send(()).unwrap();
+    assert!(hold.await.unwrap().unwrap().is_ran());
+}
+
+/// The README's connection setup: no response timeout, and the reconnect
+/// backoff capped at 500 ms. A lease is held when the server dies, so its
+/// refreshes fail and the manager keeps reconnecting through a 6 s outage.
+/// Before (redis-rs' uncapped backoff, 100 ms doubling): the first call
+/// after the restart waited out a 3.2 s reconnect sleep and failed with
+/// `Timeout`, although the server answered.
+#[kit::test]
+async fn with_the_readme_connection_setup_the_first_call_after_an_outage_succeeds() {
+    let mut server = Server::new();
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(None)
+        .set_max_delay(Duration::from_millis(500));
+    let conn = ConnectionManager::new_with_config(server.client(), config)
+        .await
+        .unwrap();
+    let options = Options::default()
+        .ttl(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(2));
+    let a = SpaceLock::new(conn, options);
+    let t0 = Instant::now();
+    let held = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.with_space_lock("outage", |lease| async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                lease.lost_reason()
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.kill9();
+    let lost = held.await.unwrap().unwrap();
+    assert_eq!(lost, Outcome::Ran(Some(LostReason::Expired)));
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(t0.elapsed())).await;
+    let server = server.crash_and_restart();
+    let t1 = Instant::now();
+    let first = a
+        .with_space_lock("outage", |lease| async move { lease.token() })
+        .await;
+    assert!(
+        matches!(first, Ok(Outcome::Ran(_))),
+        "first call after the restart: {first:?} after {:?}",
+        t1.elapsed()
+    );
+    assert!(
+        t1.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        t1.elapsed()
+    );
+    assert_eq!(holder(&server, &a.key("outage")), None);
 }
 
 /// Before: after a restart, the first `with_space_lock` and the first
