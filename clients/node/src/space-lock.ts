@@ -157,8 +157,9 @@ export class SpaceLock {
     let key: string;
     let signal: AbortSignal | undefined;
     try {
-      // `null` from JavaScript callers counts as no options.
-      ({ waitMs = 0, signal } = options ?? {});
+      // `null` from JavaScript callers counts as no options, or no waitMs.
+      waitMs = options?.waitMs ?? 0;
+      signal = options?.signal ?? undefined;
       if (!Number.isFinite(waitMs) || waitMs < 0) {
         throw new RangeError(`waitMs must be a finite number ≥ 0, got ${waitMs}`);
       }
@@ -198,10 +199,11 @@ export class SpaceLock {
         const s = state;
         onAbort = (): void => s.abortFromCaller(signal.reason);
         signal.addEventListener('abort', onAbort, { once: true });
-        // Aborted while the grant was on its way or being confirmed (a late
-        // WAIT grant's REFRESH): no 'abort' event comes any more, so the body
-        // would run unaware. Not taken yet, as far as the caller is concerned:
-        // reject; the finally below releases.
+        // Aborted after the acquire saw its reply but before this listener
+        // was on: no 'abort' event comes any more, so the body would run
+        // unaware. Not taken yet, as far as the caller is concerned: reject;
+        // the finally below releases. (An abort during a late grant's
+        // confirming REFRESH is caught there, without waiting for it.)
         if (signal.aborted) throw signal.reason;
       }
       this.heartbeat.add(state);

@@ -190,6 +190,7 @@ describe('seed behaviour', () => {
     await assert.rejects(bad, RangeError);
     // `null` options from JavaScript count as none.
     assert.equal(await locks.withSpaceLock('x', async () => 'null ok', null as never), 'null ok');
+    assert.equal(await locks.withSpaceLock('x', async () => 'null waitMs', { waitMs: null as never }), 'null waitMs');
     await locks.close();
     await assert.rejects(locks.withSpaceLock('x', async () => 1), /closed/);
     await assert.rejects(locks.info('x'), (e) => e instanceof SpaceLockError && /closed/.test(e.message));
