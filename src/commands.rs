@@ -2,7 +2,8 @@
 //! the server's keys, reply. A handler either replies (or blocks) and
 //! returns `Ok`, or returns the error, which the FFI trampoline replies.
 //! Validation happens before any key is opened, so bad input changes
-//! nothing.
+//! nothing (save an expiry overflow, possible only with `max-ttl` raised
+//! near 2^63 ms: see `ArgError::TtlOverflow`).
 
 use spacelock_core::args::{check_owner, parse_token_arg, parse_ttl, ArgError};
 use spacelock_core::fence;

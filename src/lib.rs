@@ -23,6 +23,7 @@ pub mod ffi;
 pub mod info;
 pub mod stats;
 pub mod store;
+pub mod sync;
 pub mod terms;
 pub mod wait;
 

@@ -9,9 +9,7 @@ use spacelock_core::tokens::Terms;
 static TERMS: Mutex<Terms> = Mutex::new(Terms::UNOPENED);
 
 fn lock() -> MutexGuard<'static, Terms> {
-    TERMS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    crate::sync::lock(&TERMS)
 }
 
 /// Opens a new term at `now_ms` (the first one at load) and returns it.
@@ -31,5 +29,5 @@ pub fn with<R>(f: impl FnOnce(&mut Terms) -> R) -> R {
 /// The term state for INFO, if it is not busy (INFO may run in a crash
 /// report while it is held).
 pub fn snapshot() -> Option<Terms> {
-    TERMS.try_lock().ok().map(|t| *t)
+    crate::sync::try_lock(&TERMS).map(|t| *t)
 }

@@ -80,9 +80,7 @@ static SUBSCRIBED: AtomicBool = AtomicBool::new(false);
 static PROBE_WARNED: AtomicBool = AtomicBool::new(false);
 
 fn registry() -> MutexGuard<'static, Option<Registry<Handle>>> {
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    crate::sync::lock(&REGISTRY)
 }
 
 /// While alive, keyspace events are ours (a spacelock command or a settle
@@ -317,10 +315,7 @@ fn step<R>(
 /// (waiting clients, keys with waiters) for INFO.
 pub fn gauges() -> (u64, u64) {
     // try_lock: INFO may run in a crash report while the lock is held.
-    match REGISTRY.try_lock() {
-        Ok(r) => r.as_ref().map_or((0, 0), Registry::gauges),
-        Err(_) => (0, 0),
-    }
+    crate::sync::try_lock(&REGISTRY).map_or((0, 0), |r| r.as_ref().map_or((0, 0), Registry::gauges))
 }
 
 /// Clients waiting on `key` in `db`.
@@ -331,11 +326,11 @@ pub fn waiters_on(db: i32, key: &[u8]) -> usize {
 /// Settles `key` from a spacelock command: hands a free lock to its head
 /// waiter, undoes a grant nobody received, keeps the expiry timer in line.
 pub fn settle(ctx: &Ctx, key: RStr<'_>) {
-    let db = ctx.selected_db();
     // Cheap exit for the common case: nobody waits anywhere.
     if registry().as_ref().is_none_or(Registry::is_idle) {
         return;
     }
+    let db = ctx.selected_db();
     step(ctx, Site::Command, |host, reg| {
         engine::settle(host, reg, db, key.as_bytes(), engine::Origin::Command)
     });
@@ -439,7 +434,7 @@ impl KeyEvents for Waits {
         // would deadlock. Every such event is one of ours (muted above); a
         // busy lock here would be a bug, and skipping the event only delays
         // a grant to the queue's next timer.
-        let Ok(mut guard) = REGISTRY.try_lock() else {
+        let Some(mut guard) = crate::sync::try_lock(&REGISTRY) else {
             return;
         };
         let Some(reg) = guard.as_mut().filter(|r| !r.is_idle()) else {

@@ -26,8 +26,9 @@ pub enum Probe {
 /// One lock key as seen by one caller.
 ///
 /// Reads come first and may fail. A grant's writes fail only if the server
-/// refuses them, which no input can cause; [`Store::grant`] then reports it
-/// after leaving the keyspace as consistent as it found it (see its docs).
+/// refuses them, which no input can cause; [`Store::grant`] then reports it,
+/// leaving the keyspace consistent: at worst a token is skipped (see its
+/// docs).
 pub trait Store {
     /// Current time in ms since the Unix epoch (the server's wall clock).
     fn now_ms(&self) -> i64;

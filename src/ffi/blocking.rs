@@ -93,7 +93,9 @@ impl Ctx {
     /// Blocks the calling client with no server-side timeout and no timeout
     /// callback: the module alone decides when it ends (so the server never
     /// times it out, and `CLIENT UNBLOCK` refuses it). `None` if the server
-    /// refused (it has then replied with an error).
+    /// returned no handle, which no supported server does (inside MULTI or a
+    /// script they hand back a handle and reply themselves, which is why the
+    /// caller never blocks there); nothing has been replied then.
     pub fn block_client<B: Blocking>(&self) -> Option<BlockedClient<B>> {
         // SAFETY: valid command ctx; the callbacks are plain functions that
         // live as long as the module.

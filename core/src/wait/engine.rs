@@ -273,9 +273,19 @@ pub fn settle<H: Host>(
                 };
                 host.unblock(w.handle, Outcome::Granted(grant));
             }
-            // Not reachable (the key was just free): keep its place and
-            // look at the key again, which arms the expiry timer.
-            Ok(None) => reg.push_front(db, key, w),
+            // Not reachable (the key was just free). Keep its place and
+            // stop: looping would spin forever if the look and the write
+            // ever disagreed. The expiry timer, or a retry shortly, looks
+            // again.
+            Ok(None) => {
+                reg.push_front(db, key, w);
+                let at = match host.lock_state(db, key) {
+                    LockState::Held { expire_at_ms } => expire_at_ms,
+                    LockState::Free => Some(host.now_ms().saturating_add(PAUSE_RETRY_MS - 1)),
+                };
+                arm_expiry(host, reg, db, key, at);
+                break;
+            }
             Err(e) => {
                 leave(host, &w);
                 host.unblock(w.handle, Outcome::Failed(e.to_string()));

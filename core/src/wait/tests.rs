@@ -21,6 +21,8 @@ struct Fake {
     cluster: bool,
     slot_moved: bool,
     paused: bool,
+    /// The read-only look says every key is free, whatever the write finds.
+    looks_free: bool,
     closing: HashSet<u64>,
     unblocked: Vec<(u32, Outcome)>,
     released: Vec<u32>,
@@ -56,6 +58,9 @@ impl Host for Fake {
         self.closing.contains(&client_id)
     }
     fn lock_state(&mut self, db: Db, key: &[u8]) -> LockState {
+        if self.looks_free {
+            return LockState::Free;
+        }
         let key = k(db, key);
         match self.keys.get(&key) {
             None => LockState::Free,
@@ -223,6 +228,30 @@ impl World {
         let outcome = self.outcome_of(h);
         undelivered(&mut self.host, &mut self.reg, outcome);
     }
+}
+
+/// If the look at the key (read) and the grant (write) ever disagreed, the
+/// handoff loop used to put the waiter back and look again, forever: the
+/// main thread spun. Now it keeps the waiter's place, arms a retry and stops.
+#[test]
+fn a_grant_refused_on_a_key_that_looked_free_keeps_the_waiter_and_retries() {
+    let mut w = World::queued(30_000, &[(1, 0)]);
+    w.host.looks_free = true;
+    w.command(b"k"); // returns: no spin
+    assert!(w.outcomes().is_empty(), "{:?}", w.outcomes());
+    assert_eq!(w.reg.len(0, b"k"), 1, "the waiter keeps its place");
+    assert!(
+        w.host
+            .timers
+            .values()
+            .any(|&(kind, at)| matches!(kind, TimerKind::Queue(_)) && at <= T0 + PAUSE_RETRY_MS),
+        "a retry is armed: {:?}",
+        w.host.timers
+    );
+    // Once the looks agree again and the holder is gone, the retry grants.
+    w.host.looks_free = false;
+    w.release(b"k");
+    assert!(w.granted(1).is_some());
 }
 
 #[test]
