@@ -110,7 +110,8 @@ pub async fn run<C: LockConnection>(
     if let Some(lease) = lease.filter(|l| l.lost_reason() == Some(LostReason::ReleaseFailed)) {
         say.error(format_args!(
             "could not release {key}: redis did not answer within {} (or before the lock would \
-             expire anyway); it stays held until its ttl runs out, at most {} from now",
+             expire anyway); it stays held until redis runs the release or its ttl runs out, at \
+             most {} from now",
             format_duration(locks.settings().release_timeout()),
             format_duration(lease.ttl())
         ));

@@ -53,8 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ttl_ms: u64 = arg(&args, 4, None);
     let guard: String = arg(&args, 5, None);
     let hold_ms: u64 = arg(&args, 6, Some(2));
-    let long_every: u32 = arg(&args, 7, Some(10));
-    let deadline = Instant::now() + Duration::from_secs(arg(&args, 8, Some(60)));
+    let long_every: u32 = arg::<u32>(&args, 7, Some(10)).max(1);
+    let deadline = Instant::now()
+        .checked_add(Duration::from_secs(arg(&args, 8, Some(60))))
+        .ok_or("deadline-s is too large")?;
 
     let client = redis::Client::open(url)?;
     let locks = SpaceLock::new(
@@ -75,7 +77,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(1);
         }
         let hold = if (entered + 1) % long_every == 0 {
-            Duration::from_millis(ttl_ms + ttl_ms / 2) // outlives the ttl: the heartbeat must keep it
+            Duration::from_millis(ttl_ms.saturating_add(ttl_ms / 2)) // outlives the ttl: the heartbeat must keep it
         } else {
             Duration::from_millis(hold_ms)
         };

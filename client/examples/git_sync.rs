@@ -103,7 +103,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .key_prefix("git-sync:lock:");
     // No response timeout on the connection: the client puts its own
     // deadline on every command, so a write pause (FAILOVER) is waited out.
-    let config = ConnectionManagerConfig::new().set_response_timeout(None);
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(None)
+        .set_max_delay(Duration::from_millis(500));
     // Two replicas: two SpaceLocks, so two owner ids.
     let replica_a = SpaceLock::new(
         ConnectionManager::new_with_config(client.clone(), config.clone()).await?,

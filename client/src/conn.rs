@@ -29,7 +29,9 @@ use tokio::sync::Semaphore;
 /// so once its connection is gone every command fails; use it only where
 /// that is acceptable. The client puts its own deadline on every command,
 /// so a connection without a response timeout is best
-/// (`ConnectionManagerConfig::set_response_timeout(None)`): with redis-rs'
+/// (`ConnectionManagerConfig::set_response_timeout(None)`, with the
+/// reconnect backoff capped by `set_max_delay(500 ms)` so the first command
+/// after an outage is not held by a multi-second reconnect sleep): with redis-rs'
 /// default of 500 ms, a command the server holds during a write pause times
 /// out and is sent again, which still works (the retry queues behind the
 /// original on the same connection) but costs a round trip per 500 ms.

@@ -97,9 +97,11 @@ pub enum LostReason {
     /// release that failed has turned this into [`ReleaseFailed`](Self::ReleaseFailed).
     Released,
     /// The body ended, but the release did not succeed within
-    /// [`Options::release_timeout`](crate::Options::release_timeout) (the
-    /// server was unreachable or did not answer). The lock stays held in
-    /// this owner's name until its ttl runs out; a warning was logged.
+    /// [`Options::release_timeout`](crate::Options::release_timeout), or
+    /// before the lock would have expired anyway (the server was unreachable
+    /// or did not answer). The lock stays held in this owner's name until the
+    /// server runs the release (if it got it) or its ttl runs out; a warning
+    /// was logged.
     ReleaseFailed,
 }
 

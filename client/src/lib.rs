@@ -45,7 +45,14 @@
 //!     let options = Options::default()
 //!         .ttl(Duration::from_secs(30))
 //!         .key_prefix("git-sync:lock:");
-//!     let locks = SpaceLock::new(redis::aio::ConnectionManager::new(redis).await?, options);
+//!     // No response timeout (the client sets its own deadlines), and a
+//!     // capped reconnect backoff, so the first call after an outage gets
+//!     // through (see the crate README).
+//!     let config = redis::aio::ConnectionManagerConfig::new()
+//!         .set_response_timeout(None)
+//!         .set_max_delay(Duration::from_millis(500));
+//!     let conn = redis::aio::ConnectionManager::new_with_config(redis, config).await?;
+//!     let locks = SpaceLock::new(conn, options);
 //!     match locks
 //!         .with_space_lock("space-42", |lease: Lease| async move {
 //!             do_the_sync(lease.token()).await

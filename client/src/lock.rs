@@ -43,7 +43,11 @@ use crate::{wait, Error, Lease, Options, Outcome, Skipped};
 /// let options = Options::default()
 ///     .ttl(Duration::from_secs(30))
 ///     .key_prefix("git-sync:lock:");
-/// let locks = SpaceLock::new(redis::aio::ConnectionManager::new(redis).await?, options);
+/// let config = redis::aio::ConnectionManagerConfig::new()
+///     .set_response_timeout(None)
+///     .set_max_delay(Duration::from_millis(500));
+/// let conn = redis::aio::ConnectionManager::new_with_config(redis, config).await?;
+/// let locks = SpaceLock::new(conn, options);
 /// match locks
 ///     .with_space_lock("space-42", |lease| async move { lease.token() })
 ///     .await?
@@ -335,7 +339,8 @@ impl<C: LockConnection> SpaceLock<C> {
     ///
     /// Whenever the wait ends without a grant (nil, an error, or no reply by
     /// `timeout` + [`Options::wait_grace`]), an owner-checked
-    /// `SPACELOCK.RELEASE` of the key runs before the call returns.
+    /// `SPACELOCK.RELEASE` of the key is sent before the call returns (after
+    /// a nil, which grants nothing, it is awaited at most 250 ms).
     ///
     /// # Errors
     ///

@@ -274,7 +274,7 @@ impl Options {
         // parse (and answers "above spacelock.max-ttl") rather than u64::MAX.
         let ttl_ms = millis_ceil(self.ttl.min(MAX_SPAN));
         Settings {
-            ttl: Duration::from_millis(ttl_ms).min(MAX_SPAN),
+            ttl: Duration::from_millis(ttl_ms),
             ttl_ms,
             key_prefix: self.key_prefix,
             owner,

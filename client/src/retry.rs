@@ -109,12 +109,12 @@ pub(crate) async fn release<C: ConnectionLike + Clone>(
     })
 }
 
-/// Releases and logs the outcome at the right level; `false` if it failed.
 /// How long a WAIT that the server answered with nil waits for the
 /// defensive RELEASE it then sends. Nothing was granted, so the RELEASE only
 /// makes sure; a write pause holds it, and it runs when the pause ends.
 pub(crate) const DEFENSIVE_RELEASE_WAIT: Duration = Duration::from_millis(250);
 
+/// Releases and logs the outcome at the right level; `false` if it failed.
 pub(crate) async fn release_logged<C: ConnectionLike + Clone>(
     conn: &C,
     key: &str,

@@ -6,9 +6,11 @@
 //!   the connection is dropped (which takes the waiter out of the server's
 //!   queue).
 //! * Whenever a WAIT ends without a token (nil, an error, no reply), an
-//!   owner-checked `SPACELOCK.RELEASE` of the key runs before the call
-//!   returns, over the shared connection, so that a grant the client never
-//!   saw cannot stay held in its name. The caller holds the key's
+//!   owner-checked `SPACELOCK.RELEASE` of the key is sent over the shared
+//!   connection before the call returns, so that a grant the client never
+//!   saw cannot stay held in its name. After an error or no reply it is
+//!   awaited up to the release budget; after a nil (nothing was granted) at
+//!   most 250 ms, as a write pause holds it and it runs when the pause ends. The caller holds the key's
 //!   in-process entry, so no other call of this owner holds that lock.
 //! * After a connection error (a stale pooled connection after a restart or
 //!   an idle timeout, a `CLIENT KILL`), the wait is released and tried again
@@ -78,7 +80,7 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
                     // but briefly (a write pause holds the RELEASE, and it
                     // runs when the pause ends) and quietly: nothing was
                     // granted, so nothing stays held if it does not land.
-                    let wait = s.release_budget().min(retry::DEFENSIVE_RELEASE_WAIT);
+                    let wait = s.release_timeout().min(retry::DEFENSIVE_RELEASE_WAIT);
                     if let Err(e) = retry::release(&inner.conn, key, &s.owner, wait).await {
                         tracing::debug!(key = %key, error = %e, "spacelock: the release after a nil WAIT reply is not confirmed");
                     }

@@ -218,14 +218,8 @@ async fn a_wait_that_times_out_during_a_write_pause_returns_at_once_and_quietly(
                 .await
         })
     };
-    let queued = Instant::now();
-    while kit::info_field(&mut server.conn(), "spacelock", "spacelock_waiting_clients") != 1 {
-        assert!(
-            queued.elapsed() < Duration::from_secs(5),
-            "the waiter never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    kit::until_waiting(&mut server.conn(), 1);
+    let releases = kit::command_calls(&mut server.conn(), "spacelock.release");
     pause_writes(&server, 3_000);
     let outcome = waiter.await.unwrap().unwrap();
     let took = t0.elapsed();
@@ -238,6 +232,15 @@ async fn a_wait_that_times_out_during_a_write_pause_returns_at_once_and_quietly(
         !logs.has_line(&["WARN", "failed to release", &key]),
         "warned about a release although nothing was granted"
     );
+    // The defensive RELEASE still runs once the pause ends.
+    let ran = Instant::now();
+    while kit::command_calls(&mut server.conn(), "spacelock.release") == releases {
+        assert!(
+            ran.elapsed() < Duration::from_secs(5),
+            "the defensive RELEASE never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop_tx.send(()).unwrap();
     assert!(hold.await.unwrap().unwrap().is_ran());
 }
