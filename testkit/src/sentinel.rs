@@ -44,8 +44,7 @@ pub struct Sentinel {
     log: PathBuf,
 }
 
-/// The sentinel command: (program, arguments before the config file,
-/// arguments after it).
+/// The sentinel command: (program, arguments after the config file).
 fn sentinel_command() -> (PathBuf, Vec<&'static str>) {
     match std::env::var_os("SPACELOCK_SERVER") {
         Some(bin) if !bin.is_empty() => (PathBuf::from(bin), vec!["--sentinel"]),
@@ -59,8 +58,8 @@ impl Sentinel {
     ///
     /// # Errors
     ///
-    /// Why no sentinel could run here (binary missing, start failure with
-    /// its log), for [`crate::skip`].
+    /// Why no sentinel could run here: `cannot spawn …` when the binary is
+    /// missing (a reason to skip), else the start failure with its log.
     pub fn start(
         primary: &Server,
         name: &str,
