@@ -77,10 +77,31 @@ pub fn skip(reason: impl Into<String>) -> ! {
     std::panic::resume_unwind(Box::new(Skip(reason.into())))
 }
 
+/// Whether the long, soak-length variants of tests run: `SPACELOCK_SOAK`
+/// set to anything but empty or `0` (`make soak` sets it). Without it, such
+/// tests run a short version that still checks the same property, so that
+/// `make test` stays quick.
+pub fn soak() -> bool {
+    std::env::var_os("SPACELOCK_SOAK").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// Runs every registered test; `main!()` calls it.
+///
+/// # Panics
+///
+/// When the binary registered no test at all: a test file whose tests never
+/// reached the registry (a missing `#[spacelock_testkit::test]`, a linker
+/// that dropped the registry) must fail, not pass having run nothing.
 #[doc(hidden)]
 pub fn run_all() {
     let mut cases: Vec<&'static Case> = TESTS.iter().collect();
+    if cases.is_empty() {
+        eprintln!(
+            "error: this test binary registered no test: mark its tests \
+             #[spacelock_testkit::test]"
+        );
+        std::process::exit(101);
+    }
     cases.sort_by_key(|c| c.name);
     let trials = cases.into_iter().map(|case| {
         libtest2_mimic::Trial::test(case.name, move |ctx| {
@@ -110,11 +131,29 @@ pub fn run_all() {
 }
 
 /// The `main` of a test binary built with `harness = false`.
+///
+/// A test file that lacks its `[[test]] harness = false` entry in
+/// `Cargo.toml` is built by cargo with libtest's harness instead, which
+/// ignores this `main` and would run none of the kit's tests. The `#[test]`
+/// below exists only in that build, and fails it, so the mistake is seen at
+/// once; `make lint` also checks the entries (`scripts/check-tests.sh`).
 #[macro_export]
 macro_rules! main {
     () => {
+        #[allow(dead_code)]
         fn main() {
             $crate::run_all()
+        }
+
+        #[test]
+        fn missing_harness_false_entry() {
+            panic!(
+                "{} is built with libtest's harness, which runs none of its \
+                 #[spacelock_testkit::test]s: add `[[test]] name = \"{}\" \
+                 harness = false` to its Cargo.toml",
+                file!(),
+                env!("CARGO_CRATE_NAME"),
+            );
         }
     };
 }
