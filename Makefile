@@ -7,7 +7,7 @@ REDIS_SERVER ?= redis-server
 export SPACELOCK_MODULE := $(MODULE)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run test test-unit test-integration lint fmt clean
+.PHONY: help deps build run test soak lint fmt clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -27,13 +27,15 @@ deps: ## Install redis-server, redis-sentinel, libclang-dev (bindgen), nodejs an
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-build: deps ## Build the module: target/release/libspacelock.so
+# Builds never install anything: `make deps` does, and only what is missing
+# (run, test and lint call it, so a fresh Debian machine needs no step of its own).
+build: ## Build the module: target/release/libspacelock.so (offline; `make deps` first on a fresh machine)
 	$(CARGO) build --release -p spacelock
 
-run: build ## Build, then serve the module on 127.0.0.1:6379 (redis.conf.example)
+run: deps build ## Build, then serve the module on 127.0.0.1:6379 (redis.conf.example)
 	$(REDIS_SERVER) $(CURDIR)/redis.conf.example --loadmodule $(MODULE)
 
-test: build ## Unit + integration tests against real servers (Rust workspace, then the Node client)
+test: deps build ## Unit + integration tests against real servers (Rust workspace, then the Node client)
 	CARGO_TARGET_DIR=$(abspath $(or $(CARGO_TARGET_DIR),$(CURDIR)/target))/bench-tool \
 	  $(CARGO) build --release --quiet --manifest-path bench/Cargo.toml
 	$(CARGO) test --release --workspace
@@ -59,9 +61,13 @@ test-node: build $(NODE_STAMP) ## Node client tests (node --test) against real r
 test-compat: build $(NODE_STAMP) ## Integration suite on Redis 7.0/8.2 + Valkey 8.1/9.1, the Node suite on Valkey 9.1 (NODE_SERVERS=), and Redis 6.2 refusal (TESTS=, SERVERS= to narrow)
 	scripts/test-compat.sh
 
-lint: $(NODE_STAMP) ## cargo fmt --check + clippy -D warnings + the Node client's strict type check
+soak: ## make test with the soak-length variants of the long suites (SPACELOCK_SOAK=1; see the README)
+	SPACELOCK_SOAK=1 $(MAKE) --no-print-directory test
+
+lint: deps $(NODE_STAMP) ## fmt, clippy -D warnings, every test file registered with harness = false, the Node type check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	python3 scripts/check-tests.py
 	cd $(NODE_DIR) && npm run --silent typecheck
 
 fmt: ## Format the code
