@@ -7,7 +7,7 @@ REDIS_SERVER ?= redis-server
 export SPACELOCK_MODULE := $(MODULE)
 
 .DEFAULT_GOAL := help
-.PHONY: help deps build run test soak lint fmt clean
+.PHONY: help deps build run test lint fmt clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sort | \
@@ -60,9 +60,6 @@ test-node: build $(NODE_STAMP) ## Node client tests (node --test) against real r
 .PHONY: test-compat
 test-compat: build $(NODE_STAMP) ## Integration suite on Redis 7.0/8.2 + Valkey 8.1/9.1, the Node suite on Valkey 9.1 (NODE_SERVERS=), and Redis 6.2 refusal (TESTS=, SERVERS= to narrow)
 	scripts/test-compat.sh
-
-soak: ## make test with the soak-length variants of the long suites (SPACELOCK_SOAK=1; see the README)
-	SPACELOCK_SOAK=1 $(MAKE) --no-print-directory test
 
 lint: deps $(NODE_STAMP) ## fmt, clippy -D warnings, every test file registered with harness = false, the Node type check
 	$(CARGO) fmt --all -- --check
