@@ -1,6 +1,6 @@
 /**
  * A mixed fleet on one lock: the Node client, the Rust client
- * (clients/rust/examples/fleet_worker.rs) and the seed's own service code (SET NX
+ * (clients/rust/examples/fleet_worker.rs) and the existing Lua-based service's own code (SET NX
  * PX + its Lua), each in its own process. Every body marks entry and exit in
  * a shared INCR/DECR guard; an INCR that returns more than 1 is an overlap.
  * Some bodies outlive the ttl, so every member's heartbeat is exercised.
