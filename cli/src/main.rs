@@ -210,8 +210,13 @@ impl Say {
     }
 
     /// An error (always printed).
+    ///
+    /// The line goes out in one `write`: stderr is unbuffered, so formatting
+    /// straight into it would split the line into pieces, and the command
+    /// (which shares this stderr) could print between them.
     pub fn error(&self, msg: impl std::fmt::Display) {
-        let _ = writeln!(std::io::stderr().lock(), "spacelock: {msg}");
+        let line = format!("spacelock: {msg}\n");
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
 }
 
