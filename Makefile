@@ -75,7 +75,7 @@ clean: ## Remove build output
 	rm -rf $(NODE_DIR)/dist $(NODE_DIR)/build
 
 .PHONY: bench
-bench: ## Benchmarks vs native SET/DELIFEQ and the seed's Lua (QUICK=1: about a minute); writes target/bench/results.md
+bench: ## Benchmarks vs native SET/DELIFEQ and the existing service's Lua (QUICK=1: about a minute); writes target/bench/results.md
 	QUICK=$(QUICK) bash bench/run.sh
 
 .PHONY: bench-profile

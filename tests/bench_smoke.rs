@@ -127,8 +127,8 @@ fn bench_quick_produces_a_well_formed_table() {
     };
     for what in [
         "ACQUIRE fresh key",
-        "REFRESH held key vs seed",
-        "RELEASE held key vs seed",
+        "REFRESH held key vs Lua",
+        "RELEASE held key vs Lua",
         "dispatch floor",
         "scale: REFRESH",
         "memory per held lock",

@@ -64,7 +64,7 @@ fn collect_rows(text: &str, rows: &mut Vec<Row>, missing: &mut Vec<String>) {
     }
 }
 
-/// Workload 5: the Node client (clients/node) side by side with the seed's
+/// Workload 5: the Node client (clients/node) side by side with the existing service's
 /// own SpaceLockService run unmodified on ioredis (`bench/node/run.js`), on a
 /// fresh Redis with the module: cycles/s and the heartbeat's process CPU.
 pub(crate) fn workload5_node(
@@ -76,7 +76,7 @@ pub(crate) fn workload5_node(
         Some(t) if t.exists() => t,
         _ => {
             missing.push(format!(
-                "workload 5 (Node client vs the seed's service: cycles/s, heartbeat CPU of 10 k leases): {}",
+                "workload 5 (Node client vs the existing service's service: cycles/s, heartbeat CPU of 10 k leases): {}",
                 std::env::var("BENCH_NODE_MISSING").unwrap_or_else(|_| "BENCH_NODE_TOOL not set".into())
             ));
             return Ok(());

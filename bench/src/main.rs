@@ -1,5 +1,5 @@
 //! `make bench`: server cost of spacelock's commands side by side with the
-//! native commands and the seed's Lua CAS scripts, on one server per run.
+//! native commands and the existing service's Lua CAS scripts, on one server per run.
 //!
 //! * Every case of a server runs once per round; the order is reversed every
 //!   other round (A B … B A), and each row's ratio is the median of the
@@ -34,11 +34,11 @@ use crate::profile::profile;
 use crate::workload1::workload1;
 use crate::workload2::workload2;
 
-/// The seed's scripts, byte for byte (space-lock.service.ts).
+/// The existing service's scripts, byte for byte (space-lock.service.ts).
 pub(crate) const LUA_RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
 pub(crate) const LUA_REFRESH: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
 
-/// A per-process owner id, shaped like the seed's `randomUUID()`.
+/// A per-process owner id, shaped like the existing service's `randomUUID()`.
 pub(crate) const OWNER: &str = "6f1c2e4a-5b3d-4e8f-9a0b-1c2d3e4f5a6b";
 /// Long enough that nothing expires during a run.
 pub(crate) const TTL: &str = "600000";

@@ -1,5 +1,5 @@
 //! Workload 1: per-call server cost of each spacelock command next to the
-//! native command and the seed's Lua script it replaces.
+//! native command and the existing service's Lua script it replaces.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -305,19 +305,19 @@ pub(crate) fn workload1(
             &[Us, Cpu, Rps][..],
         ),
         (
-            "REFRESH held key vs seed `EVALSHA` CAS-PEXPIRE",
+            "REFRESH held key vs Lua `EVALSHA` CAS-PEXPIRE",
             "refresh",
             "lua_refresh",
             &[Us, Cpu, Rps],
         ),
         (
-            "first REFRESH after ACQUIRE vs seed `EVALSHA` CAS-PEXPIRE",
+            "first REFRESH after ACQUIRE vs Lua `EVALSHA` CAS-PEXPIRE",
             "refresh_first",
             "lua_refresh",
             &[Us, Cpu],
         ),
         (
-            "RELEASE held key vs seed `EVALSHA` CAS-DEL",
+            "RELEASE held key vs Lua `EVALSHA` CAS-DEL",
             "release",
             "lua_release",
             &[Us, Cpu, Rps],

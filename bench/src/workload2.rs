@@ -133,8 +133,8 @@ pub(crate) fn workload2(cfg: &Cfg, rows: &mut Vec<Row>, raw: &mut String) -> Res
     use Metric::{Cpu, Us};
     let pairs: [(String, &str, &str); 3] = [
         (format!("scale: REFRESH with {bn} locks held (spacelock column) vs {sn} held (baseline column)"), "refresh_big", "refresh_small"),
-        (format!("scale: seed `EVALSHA` CAS-PEXPIRE with {bn} held (spacelock column) vs {sn} held (baseline column)"), "lua_big", "lua_small"),
-        (format!("scale: REFRESH vs seed `EVALSHA` CAS-PEXPIRE, {bn} locks held"), "refresh_big", "lua_big"),
+        (format!("scale: Lua `EVALSHA` CAS-PEXPIRE with {bn} held (spacelock column) vs {sn} held (baseline column)"), "lua_big", "lua_small"),
+        (format!("scale: REFRESH vs Lua `EVALSHA` CAS-PEXPIRE, {bn} locks held"), "refresh_big", "lua_big"),
     ];
     for (what, a, b) in &pairs {
         rows.push(row(format!("{v} · {what} · server µs/call"), &s, a, b, Us));

@@ -3,7 +3,7 @@
 //! * 3a: `with_space_lock` cycles/s (empty body) vs raw ACQUIRE + RELEASE
 //!   round trips on the same multiplexed connection, alternated.
 //! * 3b: one process holding L leases (ttl 3 s) for H seconds: client CPU %,
-//!   server CPU %, refreshes/s seen by the server, leases lost; vs the seed's
+//!   server CPU %, refreshes/s seen by the server, leases lost; vs the existing service's
 //!   design (a timer per lease sending the Lua text with `EVAL`).
 //! * 4: 8 clients competing for one key with a 0.5 ms critical section:
 //!   sections/s, wait-to-acquire and handoff latency, `WAIT` vs the common

@@ -1,4 +1,4 @@
-//! Workload 3b: the heartbeat of many leases, spacelock-client vs the seed's
+//! Workload 3b: the heartbeat of many leases, spacelock-client vs the existing service's
 //! timer per lease.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -129,9 +129,9 @@ async fn futures_join(
     out
 }
 
-/// The seed's design: SET NX PX, then one timer per lease sending the whole
+/// The existing service's design: SET NX PX, then one timer per lease sending the whole
 /// refresh script with EVAL every ttl/3.
-async fn heartbeat_seed(env: &Env, leases: usize, ttl: Duration, hold: Duration) -> Res<Heartbeat> {
+async fn heartbeat_lua_service(env: &Env, leases: usize, ttl: Duration, hold: Duration) -> Res<Heartbeat> {
     let mut stats = env.conn().await?;
     let con = env.conn().await?;
     let owner = "6f1c2e4a-5b3d-4e8f-9a0b-1c2d3e4f5a6b";
@@ -139,7 +139,7 @@ async fn heartbeat_seed(env: &Env, leases: usize, ttl: Duration, hold: Duration)
     let mut pipe = redis::pipe();
     for i in 0..leases {
         pipe.cmd("SET")
-            .arg(format!("hb:seed:{i}"))
+            .arg(format!("hb:lua:{i}"))
             .arg(owner)
             .arg("PX")
             .arg(ttl_ms)
@@ -147,7 +147,7 @@ async fn heartbeat_seed(env: &Env, leases: usize, ttl: Duration, hold: Duration)
     }
     let oks: Vec<Option<String>> = pipe.query_async(&mut con.clone()).await?;
     if oks.iter().any(|o| o.as_deref() != Some("OK")) {
-        return Err("seed baseline: SET NX PX did not acquire every lease".into());
+        return Err("Lua baseline: SET NX PX did not acquire every lease".into());
     }
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -158,7 +158,7 @@ async fn heartbeat_seed(env: &Env, leases: usize, ttl: Duration, hold: Duration)
         let (mut con, stop, lost, measuring) =
             (con.clone(), stop.clone(), lost.clone(), measuring.clone());
         tasks.push(tokio::spawn(async move {
-            let key = format!("hb:seed:{i}");
+            let key = format!("hb:lua:{i}");
             // Leases acquired at different times tick at different phases.
             let phase = period.mul_f64(i as f64 / leases as f64);
             let mut tick =
@@ -220,20 +220,20 @@ async fn heartbeat_seed(env: &Env, leases: usize, ttl: Duration, hold: Duration)
 pub(crate) async fn workload3b(env: &Env) -> Res<()> {
     let leases = env_f("BENCH_LEASES", if env.quick { 1000.0 } else { 10_000.0 }) as usize;
     let hold_s = env_f("BENCH_HOLD_S", if env.quick { 4.0 } else { 30.0 });
-    let seed_hold_s = env_f("BENCH_SEED_HOLD_S", if env.quick { 4.0 } else { 12.0 });
+    let baseline_hold_s = env_f("BENCH_BASELINE_HOLD_S", if env.quick { 4.0 } else { 12.0 });
     let ttl = Duration::from_millis(env_f("BENCH_LEASE_TTL_MS", 3000.0) as u64);
     let a = heartbeat_client(env, leases, ttl, Duration::from_secs_f64(hold_s)).await?;
     eprintln!(
         "  heartbeat spacelock-client: {:.1} % client CPU, {:.1} % server CPU, {:.0} refreshes/s, {} lost",
         a.client_cpu_pct, a.server_cpu_pct, a.refresh_per_s, a.lost
     );
-    let b = heartbeat_seed(env, leases, ttl, Duration::from_secs_f64(seed_hold_s)).await?;
+    let b = heartbeat_lua_service(env, leases, ttl, Duration::from_secs_f64(baseline_hold_s)).await?;
     eprintln!(
-        "  heartbeat seed-style: {:.1} % client CPU, {:.1} % server CPU, {:.0} refreshes/s, {} lost",
+        "  heartbeat Lua-service-style: {:.1} % client CPU, {:.1} % server CPU, {:.0} refreshes/s, {} lost",
         b.client_cpu_pct, b.server_cpu_pct, b.refresh_per_s, b.lost
     );
     let what = format!(
-        "{} · client heartbeat, {leases} leases, ttl {} s, held {hold_s:.0} s (baseline: the seed's timer per lease + `EVAL`, {seed_hold_s:.0} s)",
+        "{} · client heartbeat, {leases} leases, ttl {} s, held {hold_s:.0} s (baseline: the Lua-based service's timer per lease + `EVAL`, {baseline_hold_s:.0} s)",
         env.server,
         ttl.as_secs_f64()
     );
