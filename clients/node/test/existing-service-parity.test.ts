@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { isSkipped, LUA_REFRESH_SCRIPT, LUA_RELEASE_SCRIPT, SpaceLock, SpaceLockError } from '../src';
-import { recordingLogger, skipped, sleep, waitFor, withServer } from './harness';
+import { commandCalls, recordingLogger, skipped, waitFor, withServer } from './harness';
 
 describe('parity with the existing SpaceLockService', () => {
   const fx = withServer('git-sync:lock:');
@@ -88,9 +88,13 @@ describe('parity with the existing SpaceLockService', () => {
     if (skipped(t)) return;
     const locks = fx.make({ ttlMs: 300 });
     await locks.withSpaceLock('space-5', async (lease) => {
-      await sleep(800);
+      const start = performance.now();
+      const refreshes = await commandCalls(fx.admin, 'spacelock.refresh');
+      // Eight refreshes, one every ttl/3 (100 ms): the lease outlives two ttls.
+      await waitFor('8 refreshes', async () => (await commandCalls(fx.admin, 'spacelock.refresh')) - refreshes >= 8, 5_000);
+      assert.ok(performance.now() - start >= 600, 'refreshed every ttl/3, not faster');
       assert.equal(lease.isLost(), false);
-      assert.equal(await fx.admin.get('git-sync:lock:space-5'), lease.owner, 'still ours after 2.7 ttl');
+      assert.equal(await fx.admin.get('git-sync:lock:space-5'), lease.owner, 'still ours after two ttls');
     });
   });
 

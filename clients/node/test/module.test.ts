@@ -4,14 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Redis } from 'ioredis';
 import { CommandTimeoutError, ModuleNotLoadedError, SpaceLockError } from '../src';
-import { recordingLogger, waitFor, withServer } from './harness';
-
-async function calls(admin: Redis, command: string): Promise<number> {
-  const m = new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(await admin.info('commandstats'));
-  return Number(m?.[1] ?? 0);
-}
+import { commandCalls as calls, recordingLogger, waitFor, withServer } from './harness';
 
 describe('a server without the module', () => {
   const fx = withServer('plain:', { module: false });
