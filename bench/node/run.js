@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `make bench`, Node workloads: the Node client (clients/node) side by side
-// with the seed's own SpaceLockService (bench/node/seed, run unmodified through
-// seed-loader.js), on one server with the module (BENCH_PORT).
+// with the existing Lua-based SpaceLockService (bench/node/existing-service,
+// run unmodified through existing-service-loader.js), on one server with the
+// module (BENCH_PORT).
 //
 //   * cycles: sequential withSpaceLock calls with an empty body on distinct
 //     keys (both take two round trips: acquire + release): cycles/s, both in
@@ -11,8 +12,8 @@
 //     counted by the server.
 //
 // The heartbeat measurements each run in a fresh child process, alternating
-// seed/client (order reversed every round). Prints `ROW\t<workload>\t<client>\t<seed>\t<ratio>\t<spread>`
-// lines for bench/src/external.rs; ratio > 1 means the client is better.
+// existing service/client (order reversed every round). Prints
+// `ROW\t<workload>\t<client>\t<existing>\t<ratio>\t<spread>` lines for bench/src/external.rs; ratio > 1 means the client is better.
 // Environment: BENCH_PORT, QUICK, BENCH_NODE_ROUNDS, BENCH_NODE_CYCLES,
 // BENCH_NODE_LEASES, BENCH_NODE_HOLD_S.
 'use strict';
@@ -29,11 +30,11 @@ const TTL_MS = 3_000;
 // ---- child side -----------------------------------------------------------
 
 function impl(which, ttlMs) {
-  const loader = require('./seed-loader.js');
+  const loader = require('./existing-service-loader.js');
   const redis = new loader.Redis(port);
-  if (which === 'seed') {
-    process.env.SEED_LOCK_TTL_MS = String(ttlMs);
-    process.env.SEED_LOCK_PREFIX = 'bench:seed:';
+  if (which === 'existing') {
+    process.env.EXISTING_SERVICE_LOCK_TTL_MS = String(ttlMs);
+    process.env.EXISTING_SERVICE_LOCK_PREFIX = 'bench:existing:';
     const svc = new loader.SpaceLockService(new loader.RedisService(redis));
     return { run: (k, fn) => svc.withSpaceLock(k, fn), close: async () => redis.disconnect(), redis };
   }
@@ -51,13 +52,13 @@ function impl(which, ttlMs) {
 // Both implementations in one process, in alternating blocks of cycles: on a
 // shared box, load from elsewhere then hits both sides of each pair alike.
 async function childCycles(blocks, perBlock) {
-  const impls = { seed: impl('seed', 30_000), client: impl('client', 30_000) };
+  const impls = { existing: impl('existing', 30_000), client: impl('client', 30_000) };
   const empty = async () => undefined;
   for (const l of Object.values(impls)) for (let i = 0; i < 2_000; i++) await l.run(`warm-${i}`, empty);
-  const out = { seed: [], client: [], seedCpu: [], clientCpu: [] };
+  const out = { existing: [], client: [], existingCpu: [], clientCpu: [] };
   let n = 0;
   for (let b = 0; b < blocks; b++) {
-    for (const which of b % 2 === 0 ? ['seed', 'client'] : ['client', 'seed']) {
+    for (const which of b % 2 === 0 ? ['existing', 'client'] : ['client', 'existing']) {
       const l = impls[which];
       const t0 = performance.now();
       const c0 = process.cpuUsage();
@@ -82,7 +83,7 @@ async function refreshCalls(admin) {
 
 async function childHeartbeat(which, n, seconds) {
   const l = impl(which, TTL_MS);
-  const loader = require('./seed-loader.js');
+  const loader = require('./existing-service-loader.js');
   const admin = new loader.Redis(port);
   let held = 0;
   let release;
@@ -98,7 +99,7 @@ async function childHeartbeat(which, n, seconds) {
   }
   while (held < n) await new Promise((r) => setTimeout(r, 20));
   await new Promise((r) => setTimeout(r, 1_000)); // past the acquire burst
-  // The client refreshes in one batch per ttl/3, the seed spread over time.
+  // The client refreshes in one batch per ttl/3, the existing service spread over time.
   // Start the window half an interval after a batch (found by watching the
   // server's counter jump; this process may notice it late), so a window of
   // whole intervals holds exactly one batch per interval, not one more or less.
@@ -146,19 +147,19 @@ const median = (v) => {
 };
 const fmt = (x) => (x >= 10_000 ? x.toFixed(0) : x >= 100 ? x.toFixed(1) : x.toFixed(3));
 
-function row(workload, client, seed, better) {
-  const ratios = client.map((c, i) => (better === 'higher' ? c / seed[i] : seed[i] / c));
+function row(workload, client, existing, better) {
+  const ratios = client.map((c, i) => (better === 'higher' ? c / existing[i] : existing[i] / c));
   const spread = `${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)} (n=${ratios.length})`;
-  console.log(['ROW', workload, fmt(median(client)), fmt(median(seed)), median(ratios).toFixed(4), spread].join('\t'));
+  console.log(['ROW', workload, fmt(median(client)), fmt(median(existing)), median(ratios).toFixed(4), spread].join('\t'));
 }
 
 async function parent() {
   const blocks = Math.max(2, Math.round(cycles / 1_000));
   process.stderr.write(`node bench: cycles, ${blocks} alternated blocks of 1000 per side\n`);
   const cyc = child(['cycles', blocks, 1_000]);
-  const hb = { client: [], seed: [], clientRps: [], seedRps: [] };
+  const hb = { client: [], existing: [], clientRps: [], existingRps: [] };
   for (let r = 0; r < rounds; r++) {
-    const order = r % 2 === 0 ? ['seed', 'client'] : ['client', 'seed'];
+    const order = r % 2 === 0 ? ['existing', 'client'] : ['client', 'existing'];
     for (const which of order) {
       process.stderr.write(`node bench round ${r + 1}/${rounds}: ${which} heartbeat, ${leases} leases\n`);
       const h = child(['heartbeat', which, leases, holdS]);
@@ -167,13 +168,13 @@ async function parent() {
     }
   }
   const k = leases % 1000 === 0 ? `${leases / 1000} k` : String(leases);
-  const label = `Node client vs seed SpaceLockService (ioredis) · sequential withSpaceLock, empty body, distinct keys, ${blocks} alternated blocks of 1 k`;
-  row(`${label} · cycles/s`, cyc.client, cyc.seed, 'higher');
-  row(`${label} · client process CPU µs/cycle`, cyc.clientCpu, cyc.seedCpu, 'lower');
+  const label = `Node client vs the existing SpaceLockService (ioredis) · sequential withSpaceLock, empty body, distinct keys, ${blocks} alternated blocks of 1 k`;
+  row(`${label} · cycles/s`, cyc.client, cyc.existing, 'higher');
+  row(`${label} · client process CPU µs/cycle`, cyc.clientCpu, cyc.existingCpu, 'lower');
   row(
-    `Node client vs seed SpaceLockService (ioredis) · ${k} leases held, ttl 3 s, ${holdS} s window (refreshes/s: ${fmt(median(hb.clientRps))} vs ${fmt(median(hb.seedRps))}) · process CPU % of a core`,
+    `Node client vs the existing SpaceLockService (ioredis) · ${k} leases held, ttl 3 s, ${holdS} s window (refreshes/s: ${fmt(median(hb.clientRps))} vs ${fmt(median(hb.existingRps))}) · process CPU % of a core`,
     hb.client,
-    hb.seed,
+    hb.existing,
     'lower',
   );
 }

@@ -6,7 +6,7 @@ export function Injectable(): ClassDecorator {
 export class Logger {
   constructor(private readonly context = '') {}
   log(message: unknown): void {
-    if (process.env.SEED_LOG) console.log(`[${this.context}] ${String(message)}`);
+    if (process.env.EXISTING_SERVICE_LOG) console.log(`[${this.context}] ${String(message)}`);
   }
   warn(message: unknown): void {
     console.warn(`[${this.context}] ${String(message)}`);

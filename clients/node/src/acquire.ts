@@ -11,14 +11,14 @@ import { send, type RedisConnection } from './connection';
 import { COMMAND_TIMED_OUT, CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
 import type { ReplyDeadlines } from './deadlines';
 import { startTimer } from './timers';
-import type { Mode } from './lease';
+import type { CommandMode } from './lease';
 import type { ResolvedOptions } from './options';
 import type { WaitPool } from './wait-pool';
 
 /** What acquiring needs from its SpaceLock. */
 export interface AcquireContext {
   readonly opts: ResolvedOptions;
-  readonly mode: Mode;
+  readonly mode: CommandMode;
   /** Bounds the wait for replies, one timer for all. */
   readonly deadlines: ReplyDeadlines;
   conn(): RedisConnection;
@@ -28,7 +28,7 @@ export interface AcquireContext {
   /** Switches to Lua mode if `fallback: 'lua'` allows; warns once. */
   switchToLua(err: Error): boolean;
   /** An owner-checked RELEASE, awaited for at most `boundMs`; never throws. */
-  release(key: string, owner: string, mode: Mode, boundMs: number): Promise<void>;
+  release(key: string, owner: string, mode: CommandMode, boundMs: number): Promise<void>;
 }
 
 /** A grant: its token, when the lease's clock starts, its owner value and mode. */
@@ -36,7 +36,7 @@ export interface Grant {
   token: bigint | undefined;
   start: number;
   owner: string;
-  mode: Mode;
+  mode: CommandMode;
 }
 
 /** Lua mode polls with exponential backoff from 25 ms up to 250 ms, with jitter. */
@@ -95,7 +95,7 @@ function moduleNotLoaded(err: Error): ModuleNotLoadedError {
 }
 
 /** Fire-and-forget owner-checked RELEASE (for attempts in doubt). */
-function releaseLater(ctx: AcquireContext, key: string, owner: string, mode: Mode): void {
+function releaseLater(ctx: AcquireContext, key: string, owner: string, mode: CommandMode): void {
   void ctx.release(key, owner, mode, 0);
 }
 

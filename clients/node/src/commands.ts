@@ -1,18 +1,18 @@
 /**
  * The commands behind each lock operation, for both modes: the module's
- * `SPACELOCK.*`, and the seed's exact `SET NX PX` + Lua (`fallback: 'lua'`).
+ * `SPACELOCK.*`, and the existing Lua-based service's exact `SET NX PX` + Lua (`fallback: 'lua'`).
  */
 import { KeyedCommand, LockCommand } from './connection';
-import type { Mode } from './lease';
+import type { CommandMode } from './lease';
 
-/** The seed's release script, byte for byte (space-lock.service.ts). */
-export const SEED_RELEASE_LUA =
+/** The existing service's release script, byte for byte (space-lock.service.ts). */
+export const LUA_RELEASE_SCRIPT =
   'if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end';
-/** The seed's refresh script, byte for byte (space-lock.service.ts). */
-export const SEED_REFRESH_LUA =
+/** The existing service's refresh script, byte for byte (space-lock.service.ts). */
+export const LUA_REFRESH_SCRIPT =
   'if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end';
 
-export function acquireCommand(mode: Mode, key: string, owner: string, ttlMs: number): LockCommand {
+export function acquireCommand(mode: CommandMode, key: string, owner: string, ttlMs: number): LockCommand {
   return mode === 'module'
     ? new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs)])
     : new LockCommand('set', [key, owner, 'PX', String(ttlMs), 'NX'], { replyEncoding: 'utf8' });
@@ -23,10 +23,10 @@ export function acquireWaitCommand(key: string, owner: string, ttlMs: number, wa
 }
 
 /** The heartbeat's refresh, as a name and arguments (the key first for the module). */
-export function refreshSpec(mode: Mode, key: string, owner: string, ttlMs: number): { name: string; args: string[] } {
+export function refreshSpec(mode: CommandMode, key: string, owner: string, ttlMs: number): { name: string; args: string[] } {
   return mode === 'module'
     ? { name: 'spacelock.refresh', args: [key, owner, String(ttlMs)] }
-    : { name: 'eval', args: [SEED_REFRESH_LUA, '1', key, owner, String(ttlMs)] };
+    : { name: 'eval', args: [LUA_REFRESH_SCRIPT, '1', key, owner, String(ttlMs)] };
 }
 
 /** One module REFRESH (the confirmation of a late grant). */
@@ -34,10 +34,10 @@ export function refreshCommand(key: string, owner: string, ttlMs: number): LockC
   return new KeyedCommand('spacelock.refresh', [key, owner, String(ttlMs)]);
 }
 
-export function releaseCommand(mode: Mode, key: string, owner: string): LockCommand {
+export function releaseCommand(mode: CommandMode, key: string, owner: string): LockCommand {
   return mode === 'module'
     ? new KeyedCommand('spacelock.release', [key, owner])
-    : new LockCommand('eval', [SEED_RELEASE_LUA, '1', key, owner], { replyEncoding: 'utf8' });
+    : new LockCommand('eval', [LUA_RELEASE_SCRIPT, '1', key, owner], { replyEncoding: 'utf8' });
 }
 
 export function infoCommand(key: string): LockCommand {
@@ -49,7 +49,7 @@ export function infoCommand(key: string): LockCommand {
  * token (`undefined` in Lua mode). Replies arrive as strings
  * (`stringNumbers: true`), so the token is exact.
  */
-export function parseGrant(mode: Mode, reply: unknown): { token: bigint | undefined } | null {
+export function parseGrant(mode: CommandMode, reply: unknown): { token: bigint | undefined } | null {
   if (reply === null) return null;
   if (mode === 'lua') {
     if (reply === 'OK') return { token: undefined };
@@ -69,7 +69,7 @@ function isDigits(s: string): boolean {
   return true;
 }
 
-/** 1 → true, 0 → false (REFRESH, RELEASE and the seed's scripts). */
+/** 1 → true, 0 → false (REFRESH, RELEASE and the existing service's scripts). */
 export function parseFlag(command: string, reply: unknown): boolean {
   if (reply === '1' || reply === 1) return true;
   if (reply === '0' || reply === 0) return false;

@@ -5,7 +5,8 @@
  * command, armed on send, then cleared and `delete`d from the command on its
  * reply. A lock cycle sends two commands, each bounded (the ACQUIRE by the
  * ttl, the RELEASE by `releaseTimeoutMs`), and those two timers were the
- * largest cost of ours the seed's cycle does not have (it bounds nothing).
+ * largest cost of ours the existing service's cycle does not have (it bounds
+ * nothing).
  *
  * Here the commands in flight form a list threaded through the commands
  * themselves ({@link LockCommand}, {@link LinkedList}), and one unref'ed timer is armed for the

@@ -2,7 +2,8 @@
  * One heartbeat per SpaceLock: a single unref'ed timer that, every ttl/3,
  * refreshes every held lease with one pipelined batch: one socket write on a
  * single node; on a cluster the client routes each refresh to its slot's
- * node. The seed runs one setInterval and one full EVAL per lease instead.
+ * node. The existing Lua-based service runs one setInterval and one full EVAL
+ * per lease instead.
  *
  * A lease is lost when a refresh answers 0, or when no refresh has succeeded
  * within one ttl of the *start* of the last successful one (or of the

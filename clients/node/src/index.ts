@@ -6,9 +6,9 @@
  */
 export { SpaceLock, isSkipped, type Skipped, type SkipReason } from './space-lock';
 export { Lease } from './lease';
-export type { Mode } from './lease';
+export type { CommandMode } from './lease';
 export type { LockInfo } from './commands';
-export { SEED_REFRESH_LUA, SEED_RELEASE_LUA } from './commands';
+export { LUA_REFRESH_SCRIPT, LUA_RELEASE_SCRIPT } from './commands';
 export type { SpaceLockLogger, SpaceLockOptions, WithSpaceLockOptions } from './options';
 export type { RedisConnection } from './connection';
 export {

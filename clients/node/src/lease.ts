@@ -3,8 +3,12 @@ import { encodeCommand } from './connection';
 import { LeaseLostError, type LostReason } from './errors';
 import type { Linked } from './list';
 
-/** Which command set took a lease: the module's, or the seed's SET NX PX + Lua. */
-export type Mode = 'module' | 'lua';
+/**
+ * The command mode: which command set takes and keeps leases, the module's
+ * `SPACELOCK.*` (`'module'`) or the existing Lua-based service's
+ * `SET NX PX` + Lua (`'lua'`, with `fallback: 'lua'`).
+ */
+export type CommandMode = 'module' | 'lua';
 
 /**
  * The bookkeeping of one held lease, shared by the {@link Lease} handed to
@@ -23,7 +27,7 @@ export class LeaseState implements Linked<LeaseState> {
   /** @internal */
   nextLink: LeaseState | undefined = undefined;
   // The signal, the lost promise and the refresh's wire form are made on
-  // first use: a short body that never looks at them (the seed's callers)
+  // first use: a short body that never looks at them (the existing service's callers)
   // then pays for none of them.
   private controller: AbortController | undefined;
   private callerReason: { reason: unknown } | undefined;
@@ -36,7 +40,7 @@ export class LeaseState implements Linked<LeaseState> {
     readonly redisKey: string,
     readonly owner: string,
     readonly ttlMs: number,
-    readonly mode: Mode,
+    readonly mode: CommandMode,
     start: number,
   ) {
     this.lastOkStart = start;

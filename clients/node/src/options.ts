@@ -20,7 +20,7 @@ export interface SpaceLockOptions {
   /** Prepended to every lock name to form its Redis key. Default `'spacelock:lock:'`. */
   keyPrefix?: string;
   /**
-   * This instance's id (the seed's `instanceId`). Each lease writes
+   * This instance's id (the existing service's `instanceId`). Each lease writes
    * `<owner>:<n>` into its key, so a late command of an old lease can never
    * touch a newer one. Default: a fresh UUID v4.
    */
@@ -28,7 +28,8 @@ export interface SpaceLockOptions {
   /** Where warnings go. Default: `console.warn` / `console.error`, nothing for `log`. */
   logger?: SpaceLockLogger;
   /**
-   * `'lua'`: on a server without the module, run the seed's exact commands
+   * `'lua'`: on a server without the module, run the existing Lua-based
+   * service's exact commands
    * (`SET NX PX` and its Lua refresh and release). Locks taken either way
    * exclude each other. Default: off (a {@link ModuleNotLoadedError} is thrown).
    */
@@ -108,7 +109,7 @@ export function resolveOptions(o: SpaceLockOptions = {}): ResolvedOptions {
   };
 }
 
-/** Interval between heartbeats: `max(1, floor(ttl / 3))` ms, as the seed computes it. */
+/** Interval between heartbeats: `max(1, floor(ttl / 3))` ms, as the existing service computes it. */
 export function refreshInterval(ttlMs: number): number {
   return Math.max(1, Math.floor(ttlMs / 3));
 }

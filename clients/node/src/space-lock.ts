@@ -15,7 +15,7 @@ import {
 import { ReplyDeadlines } from './deadlines';
 import { COMMAND_TIMED_OUT, CommandTimeoutError, isUnknownSpacelockCommand, ModuleNotLoadedError, SpaceLockError } from './errors';
 import { Heartbeat } from './heartbeat';
-import { Lease, LeaseState, type Mode } from './lease';
+import { Lease, LeaseState, type CommandMode } from './lease';
 import { resolveOptions, type ResolvedOptions, type SpaceLockOptions, type WithSpaceLockOptions } from './options';
 import { WaitPool } from './wait-pool';
 
@@ -35,9 +35,9 @@ export function isSkipped(value: unknown): value is Skipped {
 }
 
 /**
- * Per-name lease locks over Redis with the spacelock module: the seed's
- * `SpaceLockService`, with fencing tokens, a lost-lease signal, one batched
- * heartbeat and fair server-side waiting.
+ * Per-name lease locks over Redis with the spacelock module: the behaviour of
+ * the existing `SpaceLockService`, with fencing tokens, a lost-lease signal,
+ * one batched heartbeat and fair server-side waiting.
  *
  * A SpaceLock runs its commands on connections it duplicates from the one
  * you pass (with `stringNumbers: true`, so tokens above 2^53 stay exact);
@@ -64,7 +64,7 @@ export class SpaceLock {
   private heartbeatConn: Redis | undefined;
   private reconnectCounter: ReconnectCounter | undefined;
   private waitPool: WaitPool | undefined;
-  private mode: Mode = 'module';
+  private mode: CommandMode = 'module';
   private seq = 0;
   private closed = false;
   private readonly ctx: AcquireContext;
@@ -109,14 +109,14 @@ export class SpaceLock {
     return this.heartbeat.size;
   }
 
-  /** `'lua'` once `fallback: 'lua'` has switched to the seed's commands, else `'module'`. */
-  get commandMode(): Mode {
+  /** `'lua'` once `fallback: 'lua'` has switched to the existing service's commands, else `'module'`. */
+  get commandMode(): CommandMode {
     return this.mode;
   }
 
   /**
-   * Runs `fn` while holding the lock `name`, as the seed's
-   * `withSpaceLock(spaceId, fn)`:
+   * Runs `fn` while holding the lock `name`, as the existing
+   * `SpaceLockService.withSpaceLock(spaceId, fn)` does:
    *
    * 1. If this SpaceLock is already inside `name`, returns
    *    `{ skipped: 'in-progress' }` at once (the check and the claim are one
@@ -314,7 +314,7 @@ export class SpaceLock {
     if (this.mode !== 'lua') {
       this.mode = 'lua';
       this.opts.logger.warn(
-        `spacelock: the module is not loaded on this server (${err.message}); falling back to the seed's ` +
+        `spacelock: the module is not loaded on this server (${err.message}); falling back to the existing service's ` +
           'SET NX PX + Lua commands: no fencing tokens, and waits poll. Load the module to get them.',
       );
     }
@@ -325,7 +325,7 @@ export class SpaceLock {
    * Owner-checked release, awaited at most `boundMs`. Failures are logged,
    * never thrown. Resolves `false` if it was still pending at the bound.
    */
-  private release(redisKey: string, owner: string, mode: Mode, boundMs: number): Promise<boolean> {
+  private release(redisKey: string, owner: string, mode: CommandMode, boundMs: number): Promise<boolean> {
     let conn: RedisConnection;
     try {
       conn = this.conn();

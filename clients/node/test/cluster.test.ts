@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Lease } from '../src';
-import { holdLock, skipped, sleep, spacelockStat, waitFor, withCluster } from './harness';
+import { commandCalls, holdLock, skipped, spacelockStat, waitFor, withCluster } from './harness';
 
 describe('ioredis.Cluster', () => {
   const fx = withCluster('cl:', 3);
@@ -33,7 +33,20 @@ describe('ioredis.Cluster', () => {
       }),
     );
     await waitFor('30 leases', () => leases.length === 30);
-    await sleep(900); // three ttl: only the heartbeat keeps them
+    const start = performance.now();
+    const refreshes = async (): Promise<number[]> => Promise.all(fx.nodeAdmins.map((s) => commandCalls(s, 'spacelock.refresh')));
+    const before = await refreshes();
+    // Eight refreshes per lease, one batch every ttl/3 (100 ms), on every node:
+    // past two ttls, only the heartbeat keeps them.
+    await waitFor(
+      '8 refreshes per lease',
+      async () => {
+        const now = await refreshes();
+        return now.every((c, i) => c > before[i]!) && now.reduce((a, c) => a + c, 0) - before.reduce((a, c) => a + c, 0) >= 30 * 8;
+      },
+      10_000,
+    );
+    assert.ok(performance.now() - start >= 600, 'one batch every ttl/3, not faster');
     for (const lease of leases) {
       assert.equal(typeof lease.token, 'bigint');
       assert.equal(await fx.admin.get(lease.key), lease.owner, `${lease.key} still held`);
@@ -41,9 +54,7 @@ describe('ioredis.Cluster', () => {
     release();
     assert.deepEqual(new Set(await Promise.all(runs)), new Set([false]));
     for (const n of names) assert.equal(await fx.admin.exists(`cl:${n}`), 0, `cl:${n} released`);
-    const perNode = await Promise.all(
-      fx.nodeAdmins.map(async (s) => Number(/cmdstat_spacelock\.refresh:calls=(\d+)/.exec(await s.info('commandstats'))?.[1] ?? 0)),
-    );
+    const perNode = await refreshes();
     assert.ok(perNode.every((c) => c > 0), `refreshes on every node: ${perNode.join(', ')}`);
     assert.equal(await movedErrors(), 0, 'every command went to the right node');
   });

@@ -1,7 +1,7 @@
 /**
  * A mixed fleet on one lock: the Node client, the Rust client
- * (clients/rust/examples/fleet_worker.rs) and the existing Lua-based service's own code (SET NX
- * PX + its Lua), each in its own process. Every body marks entry and exit in
+ * (clients/rust/examples/fleet_worker.rs) and the existing Lua-based
+ * service's own code (SET NX PX + its Lua), each in its own process. Every body marks entry and exit in
  * a shared INCR/DECR guard; an INCR that returns more than 1 is an overlap.
  * Some bodies outlive the ttl, so every member's heartbeat is exercised.
  */
@@ -37,7 +37,7 @@ function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: nu
 describe('mixed fleet', () => {
   const fx = withServer('fleet:lock:');
 
-  it('Node client, Rust client and the seed on one key: 0 overlaps', async (t: TestContext) => {
+  it('Node client, Rust client and the existing service on one key: 0 overlaps', async (t: TestContext) => {
     const reason =
       missingModule() ??
       (existsSync(fleetWorkerBinary())
@@ -60,16 +60,16 @@ describe('mixed fleet', () => {
     };
     const argv = fleetArgv(args);
     const build = path.join(__dirname);
-    const [node, rust, seed] = await Promise.all([
+    const [node, rust, existing] = await Promise.all([
       run(process.execPath, [path.join(build, 'fleet-node-worker.js'), ...argv], 90_000),
       run(fleetWorkerBinary(), argv, 90_000),
-      run(process.execPath, [path.join(build, 'fleet-seed-worker.js'), ...argv], 90_000),
+      run(process.execPath, [path.join(build, 'fleet-existing-service-worker.js'), ...argv], 90_000),
     ]);
-    for (const [who, r] of Object.entries({ node, rust, seed })) {
+    for (const [who, r] of Object.entries({ node, rust, existing })) {
       assert.equal(r.code, 0, `${who} worker failed:\n${r.out}\n${r.err}`);
     }
     const nodeResult = JSON.parse(node.out.trim()) as { entries: number; overlaps: number; staleTokens: number };
-    const seedResult = JSON.parse(seed.out.trim()) as { entries: number; overlaps: number };
+    const existingResult = JSON.parse(existing.out.trim()) as { entries: number; overlaps: number };
     const rustResult = Object.fromEntries(
       rust.out
         .trim()
@@ -77,10 +77,10 @@ describe('mixed fleet', () => {
         .map((kv) => kv.split('=') as [string, string]),
     );
     assert.equal(nodeResult.entries, args.entries);
-    assert.equal(seedResult.entries, args.entries);
+    assert.equal(existingResult.entries, args.entries);
     assert.equal(Number(rustResult.entries), args.entries);
     assert.equal(nodeResult.overlaps, 0, 'node saw an overlap');
-    assert.equal(seedResult.overlaps, 0, 'seed saw an overlap');
+    assert.equal(existingResult.overlaps, 0, 'the existing service saw an overlap');
     assert.equal(Number(rustResult.overlaps), 0, 'rust saw an overlap');
     assert.equal(await fx.admin.get('fleet:guard:overlaps'), null, 'no overlap recorded in the guard');
     assert.equal(await fx.admin.get('fleet:guard'), '0', 'every entry was matched by an exit');

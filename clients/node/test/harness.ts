@@ -64,6 +64,12 @@ export async function waitFor(
   }
 }
 
+/** How many times the server has run `command` (`INFO commandstats`; lower case, `.` for a module's). */
+export async function commandCalls(redis: Redis, command: string): Promise<number> {
+  const m = new RegExp(`^cmdstat_${command.replace(/\./g, '\\.')}:calls=(\\d+)`, 'm').exec(await redis.info('commandstats'));
+  return Number(m?.[1] ?? 0);
+}
+
 function ephemeralRange(): [number, number] {
   try {
     const [lo, hi] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);

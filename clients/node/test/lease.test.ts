@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { LeaseLostError, type Lease } from '../src';
-import { recordingLogger, skipped, sleep, stallEventLoop, waitFor, withServer } from './harness';
+import { commandCalls, recordingLogger, skipped, sleep, stallEventLoop, waitFor, withServer } from './harness';
 
 describe('lease', () => {
   const fx = withServer('lease:');
@@ -218,13 +218,14 @@ describe('lease', () => {
     );
     await waitFor('200 leases', () => leases.length === 200);
     assert.equal(locks.activeLeases, 200);
-    const before = Number((await fx.admin.info('commandstats')).match(/cmdstat_spacelock\.refresh:calls=(\d+)/)?.[1] ?? 0);
-    await sleep(900);
-    const after = Number((await fx.admin.info('commandstats')).match(/cmdstat_spacelock\.refresh:calls=(\d+)/)?.[1] ?? 0);
+    const start = performance.now();
+    const before = await commandCalls(fx.admin, 'spacelock.refresh');
+    // Eight refreshes per lease, one batch every ttl/3 (100 ms): past two ttls.
+    await waitFor('8 refreshes per lease', async () => (await commandCalls(fx.admin, 'spacelock.refresh')) - before >= 200 * 8, 10_000);
+    assert.ok(performance.now() - start >= 600, 'one batch every ttl/3, not faster');
+    assert.equal(locks.activeLeases, 200);
     release();
     assert.deepEqual(new Set(await Promise.all(runs)), new Set([false]), 'none lost');
-    // 900 ms at one refresh per lease every 100 ms: about 9 per lease.
-    assert.ok(after - before >= 200 * 5, `refreshes: ${after - before}`);
     assert.equal(locks.activeLeases, 0);
   });
 });

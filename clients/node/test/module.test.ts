@@ -1,17 +1,11 @@
 /**
  * A server without the module: ModuleNotLoadedError, and `fallback: 'lua'`
- * running the seed's exact commands.
+ * running the existing Lua-based service's exact commands.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { Redis } from 'ioredis';
 import { CommandTimeoutError, ModuleNotLoadedError, SpaceLockError } from '../src';
-import { recordingLogger, sleep, waitFor, withServer } from './harness';
-
-async function calls(admin: Redis, command: string): Promise<number> {
-  const m = new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(await admin.info('commandstats'));
-  return Number(m?.[1] ?? 0);
-}
+import { commandCalls as calls, recordingLogger, waitFor, withServer } from './harness';
 
 describe('a server without the module', () => {
   const fx = withServer('plain:', { module: false });
@@ -39,7 +33,7 @@ describe('a server without the module', () => {
     await assert.rejects(locks.info('x'), ModuleNotLoadedError);
   });
 
-  it("fallback: 'lua' runs the seed's commands: no token, warns once, releases with the seed's Lua", async () => {
+  it("fallback: 'lua' runs the existing service's commands: no token, warns once, releases with its Lua", async () => {
     const logger = recordingLogger();
     const locks = fx.make({ fallback: 'lua', logger });
     const sets = await calls(fx.admin, 'set');
@@ -55,7 +49,7 @@ describe('a server without the module', () => {
     assert.equal(locks.commandMode, 'lua');
     assert.equal(await fx.admin.exists('plain:a'), 0, 'released');
     assert.equal(await calls(fx.admin, 'set'), sets + 1, 'SET NX PX');
-    assert.equal(await calls(fx.admin, 'eval'), evals + 1, "the seed's release EVAL");
+    assert.equal(await calls(fx.admin, 'eval'), evals + 1, "the existing service's release EVAL");
     assert.equal(await locks.withSpaceLock('b', async () => 'again'), 'again');
     assert.equal(logger.warns.filter((w) => w.includes('falling back')).length, 1, logger.warns.join('\n'));
   });
@@ -78,42 +72,59 @@ describe('a server without the module', () => {
     await waitFor('the release of the abandoned SET', async () => (await fx.admin.exists('plain:stop-wait')) === 0, 3_000);
   });
 
-  it("fallback: 'lua' keeps a 300 ms lease alive with the seed's refresh and signals its loss", async () => {
+  it("fallback: 'lua' keeps a 300 ms lease alive with the existing service's refresh and signals its loss", async () => {
     const locks = fx.make({ fallback: 'lua', ttlMs: 300 });
     const evals = await calls(fx.admin, 'eval');
     await locks.withSpaceLock('alive', async (lease) => {
-      await sleep(1_000);
+      const start = performance.now();
+      // Eight refreshes, one every ttl/3 (100 ms): the lease outlives two ttls.
+      await waitFor('8 refresh EVALs', async () => (await calls(fx.admin, 'eval')) - evals >= 8, 5_000);
+      assert.ok(performance.now() - start >= 600, 'refreshed every ttl/3, not faster');
       assert.equal(lease.isLost(), false);
       assert.equal(await fx.admin.get('plain:alive'), lease.owner);
       await fx.admin.del('plain:alive');
       assert.equal(await lease.lost, 'not-owner');
     });
-    assert.ok((await calls(fx.admin, 'eval')) - evals >= 8, 'refreshed by EVAL every ttl/3');
   });
 
-  it("fallback: 'lua' excludes the seed's own SET NX lock, and the seed excludes it", async () => {
+  it("fallback: 'lua' excludes the existing service's own SET NX lock, and the existing service excludes it", async () => {
     const locks = fx.make({ fallback: 'lua' });
-    await fx.admin.set('plain:mixed', 'seed-replica', 'PX', 30_000, 'NX');
+    await fx.admin.set('plain:mixed', 'existing-replica', 'PX', 30_000, 'NX');
     assert.deepEqual(await locks.withSpaceLock('mixed', async () => 1), { skipped: 'lock-held' });
     await fx.admin.del('plain:mixed');
     await locks.withSpaceLock('mixed', async () => {
-      assert.equal(await fx.admin.set('plain:mixed', 'seed-replica', 'PX', 30_000, 'NX'), null);
+      assert.equal(await fx.admin.set('plain:mixed', 'existing-replica', 'PX', 30_000, 'NX'), null);
     });
   });
 
   it("fallback: 'lua' with waitMs polls until the holder releases, and times out", async () => {
     const locks = fx.make({ fallback: 'lua' });
-    await fx.admin.set('plain:poll', 'seed-replica', 'PX', 30_000);
-    const start = performance.now();
-    setTimeout(() => void fx.admin.del('plain:poll'), 300);
-    const r = await locks.withSpaceLock('poll', async () => 'got it', { waitMs: 3_000 });
-    assert.equal(r, 'got it');
-    assert.ok(performance.now() - start >= 290);
-    await fx.admin.set('plain:poll', 'seed-replica', 'PX', 30_000);
+    await fx.admin.set('plain:poll', 'existing-replica', 'PX', 30_000);
+    const sets = await calls(fx.admin, 'set');
+    let ranAt = 0;
+    const r = locks.withSpaceLock(
+      'poll',
+      async () => {
+        ranAt = performance.now();
+        return 'got it';
+      },
+      { waitMs: 5_000 },
+    );
+    // The holder releases once the waiter has found its lock held three times.
+    await waitFor('3 SET NX polls', async () => (await calls(fx.admin, 'set')) - sets >= 3, 3_000);
+    assert.equal(ranAt, 0, 'not granted while held');
+    const releasedAt = performance.now();
+    assert.equal(await fx.admin.del('plain:poll'), 1);
+    assert.equal(await r, 'got it');
+    assert.ok(ranAt >= releasedAt, 'granted after the release');
+
+    await fx.admin.set('plain:poll', 'existing-replica', 'PX', 30_000);
     const t0 = performance.now();
     assert.deepEqual(await locks.withSpaceLock('poll', async () => 1, { waitMs: 400 }), { skipped: 'timed-out' });
     const took = performance.now() - t0;
     assert.ok(took >= 390 && took < 1_000, `took ${took.toFixed(0)} ms`);
-    await waitFor('cleanup', async () => (await fx.admin.del('plain:poll')) >= 0);
+    // The waiter gave up without taking or deleting the holder's lock.
+    assert.equal(await fx.admin.get('plain:poll'), 'existing-replica');
+    assert.equal(await fx.admin.del('plain:poll'), 1);
   });
 });

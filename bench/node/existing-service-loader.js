@@ -1,9 +1,9 @@
-// Runs the seed's SpaceLockService (bench/node/seed/, copied verbatim) without
-// NestJS: .ts files are transpiled on require with the TypeScript compiler
-// from clients/node's dev dependencies, and the seed's imports of
+// Runs the existing Lua-based SpaceLockService (bench/node/existing-service/,
+// copied verbatim) without NestJS: .ts files are transpiled on require with the
+// TypeScript compiler from clients/node's dev dependencies, and its imports of
 // '@nestjs/common' and '@nestjs-labs/nestjs-ioredis' resolve to the tiny
 // shims in bench/node/shims/. 'ioredis' resolves to clients/node's copy, so
-// the seed and the Node client run on the same ioredis.
+// the existing service and the Node client run on the same ioredis.
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
@@ -35,12 +35,12 @@ require.extensions['.ts'] = (module, filename) => {
   module._compile(out.outputText, filename);
 };
 
-/** The seed's service class, its RedisService shim, and ioredis. */
+/** The existing service's class, its RedisService shim, and ioredis. */
 module.exports = {
   Redis: require(aliases.ioredis),
   RedisService: require('./shims/nestjs-ioredis.ts').RedisService,
   get SpaceLockService() {
-    return require('./seed/services/space-lock.service.ts').SpaceLockService;
+    return require('./existing-service/services/space-lock.service.ts').SpaceLockService;
   },
   /** The Node client, built by `npm run build` in clients/node. */
   get client() {

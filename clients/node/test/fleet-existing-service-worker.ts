@@ -1,34 +1,35 @@
 /**
- * The fleet's seed member: the seed's own SpaceLockService (bench/node/seed,
- * copied verbatim, run through bench/node/seed-loader.js) looping on one lock
- * with its exact algorithm: SET NX PX, a setInterval Lua refresh, Lua release.
+ * The fleet's member running the existing Lua-based SpaceLockService itself
+ * (bench/node/existing-service, copied verbatim, run through
+ * bench/node/existing-service-loader.js), looping on one lock with its exact
+ * algorithm: SET NX PX, a setInterval Lua refresh, Lua release.
  */
 import path from 'node:path';
 import { holdFor, parseFleetArgv } from './fleet-args';
 import { REPO } from './harness';
 
-interface SeedService {
+interface ExistingService {
   withSpaceLock<T>(spaceId: string, fn: () => Promise<T>): Promise<T | { skipped: 'lock-held' | 'in-progress' }>;
 }
-interface SeedLoader {
+interface ExistingServiceLoader {
   Redis: new (url: string) => {
     incr(k: string): Promise<number>;
     decr(k: string): Promise<number>;
     disconnect(): void;
   };
   RedisService: new (redis: unknown) => unknown;
-  SpaceLockService: new (svc: unknown) => SeedService;
+  SpaceLockService: new (svc: unknown) => ExistingService;
 }
 
 async function main(): Promise<void> {
   const a = parseFleetArgv(process.argv.slice(2));
-  // The seed reads its prefix and ttl from its constants module at load.
-  process.env.SEED_LOCK_PREFIX = a.prefix;
-  process.env.SEED_LOCK_TTL_MS = String(a.ttlMs);
-  const seed = require(path.join(REPO, 'bench/node/seed-loader.js')) as SeedLoader;
-  const redis = new seed.Redis(a.url);
-  const guard = new seed.Redis(a.url);
-  const service = new seed.SpaceLockService(new seed.RedisService(redis));
+  // The existing service reads its prefix and ttl from its constants module at load.
+  process.env.EXISTING_SERVICE_LOCK_PREFIX = a.prefix;
+  process.env.EXISTING_SERVICE_LOCK_TTL_MS = String(a.ttlMs);
+  const loader = require(path.join(REPO, 'bench/node/existing-service-loader.js')) as ExistingServiceLoader;
+  const redis = new loader.Redis(a.url);
+  const guard = new loader.Redis(a.url);
+  const service = new loader.SpaceLockService(new loader.RedisService(redis));
   const deadline = performance.now() + a.deadlineS * 1_000;
   let entries = 0;
   let skipped = 0;

@@ -1,12 +1,13 @@
 /**
- * Every behaviour of the seed's SpaceLockService, against the real module.
+ * Every behaviour of the existing Lua-based SpaceLockService, against the real
+ * module: the client is a drop-in replacement for it.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isSkipped, SpaceLock, SpaceLockError, SEED_REFRESH_LUA, SEED_RELEASE_LUA } from '../src';
-import { recordingLogger, skipped, sleep, waitFor, withServer } from './harness';
+import { isSkipped, LUA_REFRESH_SCRIPT, LUA_RELEASE_SCRIPT, SpaceLock, SpaceLockError } from '../src';
+import { commandCalls, recordingLogger, skipped, waitFor, withServer } from './harness';
 
-describe('seed behaviour', () => {
+describe('parity with the existing SpaceLockService', () => {
   const fx = withServer('git-sync:lock:');
 
   it("returns fn's value and releases the lock after it", async (t) => {
@@ -37,7 +38,7 @@ describe('seed behaviour', () => {
   it("returns { skipped: 'lock-held' } when another replica holds the lock, without running fn", async (t) => {
     if (skipped(t)) return;
     const locks = fx.make();
-    // Another replica running the seed's own code: SET key id PX ttl NX.
+    // Another replica running the existing service's own code: SET key id PX ttl NX.
     assert.equal(await fx.admin.set('git-sync:lock:space-2', 'other-replica', 'PX', 30_000, 'NX'), 'OK');
     let ran = false;
     const r = await locks.withSpaceLock('space-2', async () => {
@@ -87,9 +88,13 @@ describe('seed behaviour', () => {
     if (skipped(t)) return;
     const locks = fx.make({ ttlMs: 300 });
     await locks.withSpaceLock('space-5', async (lease) => {
-      await sleep(800);
+      const start = performance.now();
+      const refreshes = await commandCalls(fx.admin, 'spacelock.refresh');
+      // Eight refreshes, one every ttl/3 (100 ms): the lease outlives two ttls.
+      await waitFor('8 refreshes', async () => (await commandCalls(fx.admin, 'spacelock.refresh')) - refreshes >= 8, 5_000);
+      assert.ok(performance.now() - start >= 600, 'refreshed every ttl/3, not faster');
       assert.equal(lease.isLost(), false);
-      assert.equal(await fx.admin.get('git-sync:lock:space-5'), lease.owner, 'still ours after 2.7 ttl');
+      assert.equal(await fx.admin.get('git-sync:lock:space-5'), lease.owner, 'still ours after two ttls');
     });
   });
 
@@ -125,7 +130,7 @@ describe('seed behaviour', () => {
     await fx.admin.del('git-sync:lock:space-7');
   });
 
-  it('each SpaceLock has its own owner id (the seed: one randomUUID per process)', async (t) => {
+  it('each SpaceLock has its own owner id (the existing service: one randomUUID per process)', async (t) => {
     if (skipped(t)) return;
     const a = fx.make();
     const b = fx.make();
@@ -140,7 +145,7 @@ describe('seed behaviour', () => {
     });
   });
 
-  it("applies the connection's own ioredis keyPrefix, as the seed's redis.set would", async (t) => {
+  it("applies the connection's own ioredis keyPrefix, as the existing service's redis.set would", async (t) => {
     if (skipped(t)) return;
     const prefixed = fx.server.client({ keyPrefix: 'app:' });
     const locks = new SpaceLock(prefixed, { keyPrefix: 'git-sync:lock:', logger: recordingLogger() });
@@ -152,19 +157,19 @@ describe('seed behaviour', () => {
     });
   });
 
-  it("the seed's Lua refresh and release work on a module lock, and a module release on a SET NX lock", async (t) => {
+  it("the existing service's Lua refresh and release work on a module lock, and a module release on a SET NX lock", async (t) => {
     if (skipped(t)) return;
     const locks = fx.make();
     await locks.withSpaceLock('space-10', async (lease) => {
-      assert.equal(await fx.admin.eval(SEED_REFRESH_LUA, 1, 'git-sync:lock:space-10', lease.owner, '60000'), 1);
+      assert.equal(await fx.admin.eval(LUA_REFRESH_SCRIPT, 1, 'git-sync:lock:space-10', lease.owner, '60000'), 1);
       assert.ok((await fx.admin.pttl('git-sync:lock:space-10')) > 50_000);
-      assert.equal(await fx.admin.eval(SEED_RELEASE_LUA, 1, 'git-sync:lock:space-10', 'someone-else'), 0);
-      assert.equal(await fx.admin.eval(SEED_RELEASE_LUA, 1, 'git-sync:lock:space-10', lease.owner), 1);
+      assert.equal(await fx.admin.eval(LUA_RELEASE_SCRIPT, 1, 'git-sync:lock:space-10', 'someone-else'), 0);
+      assert.equal(await fx.admin.eval(LUA_RELEASE_SCRIPT, 1, 'git-sync:lock:space-10', lease.owner), 1);
     });
-    // A seed replica's lock blocks ours until its owner's Lua release.
-    await fx.admin.set('git-sync:lock:space-10', 'seed-replica', 'PX', 30_000, 'NX');
+    // A lock of a replica running the existing service blocks ours until its owner's Lua release.
+    await fx.admin.set('git-sync:lock:space-10', 'existing-replica', 'PX', 30_000, 'NX');
     assert.deepEqual(await locks.withSpaceLock('space-10', async () => 1), { skipped: 'lock-held' });
-    assert.equal(await fx.admin.eval(SEED_RELEASE_LUA, 1, 'git-sync:lock:space-10', 'seed-replica'), 1);
+    assert.equal(await fx.admin.eval(LUA_RELEASE_SCRIPT, 1, 'git-sync:lock:space-10', 'existing-replica'), 1);
     assert.equal(await locks.withSpaceLock('space-10', async () => 'mine now'), 'mine now');
   });
 
