@@ -755,6 +755,32 @@ fn spacelock_pid(key: &str) -> Option<Pid> {
     })
 }
 
+/// `/proc/PID/stat` after the command name: state, ppid, pgrp, session,
+/// tty, tpgid (the terminal's foreground group), ...
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether the command that `spacelock` (pid `spacelock`) runs is running
+/// (not stopped) in the terminal's foreground group, so that what is typed
+/// next reaches it.
+fn command_has_the_terminal(spacelock: Pid) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            return false;
+        };
+        let Some(f) = stat_fields(pid) else {
+            return false;
+        };
+        f.len() > 5 && f[1] == spacelock.as_raw().to_string() && f[0] != "T" && f[2] == f[5]
+    })
+}
+
 /// Run from a terminal, the command (in its own process group, for
 /// kill-on-loss) is handed the terminal and can read from it, instead of
 /// being stopped by SIGTTIN.
@@ -814,7 +840,10 @@ fn ctrl_z_stops_spacelock_with_the_command_and_continue_resumes_both() {
             != Some('T')),
         "spacelock did not continue"
     );
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        wait_until(Duration::from_secs(5), || command_has_the_terminal(pid)),
+        "spacelock did not hand the terminal back to the command"
+    );
     let stdin = child.stdin.as_mut().unwrap();
     stdin.write_all(b"again\n").unwrap();
     let out = finish_under_terminal(child);
@@ -873,7 +902,10 @@ fn a_background_job_reading_the_terminal_stops_and_fg_resumes_it() {
             != Some('T')),
         "fg did not continue spacelock"
     );
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        wait_until(Duration::from_secs(5), || command_has_the_terminal(pid)),
+        "spacelock did not hand the terminal on to the command"
+    );
     let stdin = shell.stdin.as_mut().unwrap();
     stdin.write_all(b"yo\n").unwrap();
     assert!(

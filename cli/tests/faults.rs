@@ -1,4 +1,4 @@
-//! Issue 14 through the `spacelock` binary, against real servers (and a
+//! Faults through the `spacelock` binary, against real servers (and a
 //! fault proxy in front of one): a wait longer than the ttl, connections
 //! closed when idle, write pauses, a stopped and a restarted server, a dead
 //! server, and input that used to make the CLI panic. Each test reproduces

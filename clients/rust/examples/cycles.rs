@@ -1,6 +1,7 @@
 //! Sequential `with_space_lock` cycles with an empty body, on distinct names:
 //! the fixed cost of one lock cycle (ACQUIRE + RELEASE round trips plus the
-//! client's bookkeeping), comparable to the seed's `SET NX PX` + `EVAL` cycle.
+//! client's bookkeeping), comparable to the existing Lua-based
+//! service's `SET NX PX` + `EVAL` cycle.
 //!
 //! ```text
 //! cargo run --release -p spacelock-client --example cycles -- redis://127.0.0.1:6379/ [cycles=20000]

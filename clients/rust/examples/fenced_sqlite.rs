@@ -1,5 +1,5 @@
-//! Fencing a real SQL table with spacelock's tokens (issue 12, the resource
-//! side).
+//! Fencing a real SQL table with spacelock's tokens (the resource side of
+//! fencing).
 //!
 //! A lease alone cannot keep a paused holder from writing: a process that
 //! stalls (a GC pause, a swapped-out VM, a slow disk) past its ttl still

@@ -1,6 +1,6 @@
 //! One member of a mixed fleet contending for one lock: the Node client's
 //! test suite (`clients/node/test/fleet.test.ts`) runs this beside the Node
-//! client and the seed's own service code, all on the same key, and checks
+//! client and the existing Lua-based service's own code, all on the same key, and checks
 //! that no two bodies ever overlap.
 //!
 //! The body marks entry and exit in a shared overlap guard: `INCR <guard>`

@@ -1,10 +1,10 @@
-//! The seed's two consumers of `withSpaceLock`, racing for one space:
+//! The existing Lua-based service's two consumers of `withSpaceLock`, racing for one space:
 //!
 //! * a **poll cycle** (`runOnce`): every few hundred ms, replica A syncs each
 //!   space under its lock, skipping spaces another replica is syncing;
 //! * an **external push** (`ingestExternalPush`): a git client pushes to
 //!   replica B over HTTP; if the space is locked the push gets a 503, as in
-//!   the seed's contract.
+//!   the existing service's contract.
 //!
 //! Both write to a "working tree" that checks fencing tokens, so a stale
 //! writer would be refused.
@@ -86,7 +86,7 @@ async fn ingest_external_push(
     {
         Ok(Outcome::Ran(Ok(()))) => 200,
         Ok(Outcome::Ran(Err(_))) => 500,
-        // Same contract as the seed: a locked space answers 503, retry later.
+        // Same contract as the existing service: a locked space answers 503, retry later.
         Ok(Outcome::Skipped(_)) => 503,
         Err(_) => 503,
     }

@@ -4,14 +4,19 @@
 //! ordered set. A single task sleeps until the earliest wake-up, then, for each
 //! lease that is due:
 //!
-//! * marks it lost if no refresh has succeeded within `ttl` of the *start* of
-//!   the last successful one (monotonic clock, [`Instant`]);
-//! * otherwise sends `SPACELOCK.REFRESH` if none is already in flight for it.
+//! * marks it lost if its deadline has passed: no refresh has succeeded
+//!   within `ttl` of the *start* of the last successful one (monotonic clock,
+//!   [`Instant`]). The deadline is the lease's [`ValidUntil`], which the
+//!   [`Lease`](crate::Lease) reads too; the heartbeat only moves it forward;
+//! * otherwise adds a `SPACELOCK.REFRESH` to this wake-up's pipeline, unless
+//!   one is already in flight for it.
 //!
-//! Refreshes are sent concurrently over the shared connection (which
-//! pipelines them) and their replies are collected in a `FuturesUnordered`,
-//! so a stalled server never delays the local deadline of any lease, and the
-//! body of a lease is never blocked. A reply of `0` marks the lease lost.
+//! Each wake-up sends the refreshes it gathered as one pipeline over the
+//! shared connection (one pipeline per hash slot on a cluster connection).
+//! The task does not wait for a pipeline's replies: it keeps the pipelines in
+//! flight in a `FuturesUnordered` and handles their replies as they come, so a
+//! stalled server never delays the local deadline of any lease, and the body
+//! of a lease is never blocked. A reply of `0` marks the lease lost.
 //!
 //! A refresh waits for its reply as long as its lease can still be valid (a
 //! server in a write pause holds it until the pause ends). After an error
@@ -48,8 +53,6 @@ struct Entry {
     ttl: Duration,
     ttl_ms: u64,
     interval: Duration,
-    /// Start of the last successful refresh (or of the acquire).
-    last_ok_start: Instant,
     next_refresh: Instant,
     /// This entry's element of `State::wakeups`.
     wake: Instant,
@@ -57,13 +60,15 @@ struct Entry {
     /// Refreshes that failed in a row.
     failures: u32,
     lost: Arc<LostSignal>,
-    /// Shared with the [`Lease`](crate::Lease), which reads it directly.
+    /// The lease's deadline: the start of the last successful refresh (or
+    /// of the acquire) plus the ttl. Shared with the
+    /// [`Lease`](crate::Lease), which reads it directly.
     valid_until: Arc<ValidUntil>,
 }
 
 impl Entry {
     fn deadline(&self) -> Instant {
-        after(self.last_ok_start, self.ttl)
+        self.valid_until.at()
     }
 }
 
@@ -140,6 +145,7 @@ impl Heartbeat {
     ) -> u64 {
         let interval = refresh_interval(ttl_ms);
         let acquired_at = valid_until.start();
+        let valid_until_at = valid_until.at();
         let mut st = self.shared.lock();
         let id = st.next_id;
         st.next_id += 1;
@@ -150,7 +156,6 @@ impl Heartbeat {
             ttl,
             ttl_ms,
             interval,
-            last_ok_start: acquired_at,
             next_refresh,
             wake: next_refresh,
             in_flight: false,
@@ -164,7 +169,7 @@ impl Heartbeat {
         st.leases.insert(id, entry);
         st.wakeups.insert((next_refresh, id));
         st.reschedule(id);
-        let wake_refresher = earliest.is_none_or(|t| next_refresh.min(after(acquired_at, ttl)) < t);
+        let wake_refresher = earliest.is_none_or(|t| next_refresh.min(valid_until_at) < t);
         let running = st.task.as_ref().is_some_and(|t| !t.is_finished());
         if !running {
             let task = tokio::spawn(run(self.shared.clone(), conn.clone(), owner.clone()));
@@ -328,10 +333,9 @@ fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, S
                 tracing::info!(key = %e.key, failures = e.failures, "spacelock: refresh succeeded again");
                 e.failures = 0;
             }
-            if started > e.last_ok_start {
-                e.last_ok_start = started;
-                e.valid_until.extend(started, e.ttl);
-            }
+            // Moves the deadline forward only: a reply to an older refresh
+            // never takes it back.
+            e.valid_until.extend(started, e.ttl);
             e.valid_until.answered(Instant::now(), e.ttl);
             if Instant::now() >= e.deadline() {
                 tracing::warn!(

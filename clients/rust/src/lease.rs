@@ -196,9 +196,10 @@ impl LostSignal {
 }
 
 /// The local deadline of a lease: the start of its last successful refresh
-/// (or the moment the acquire was sent) plus the ttl, on the monotonic clock. The heartbeat
-/// moves it forward; [`Lease::is_lost`] reads it directly, so a holder sees
-/// the deadline pass even when the heartbeat task has not run yet (a busy or
+/// (or the moment the acquire was sent) plus the ttl, on the monotonic clock.
+/// It is the only record of that deadline: the heartbeat moves it forward and
+/// checks it; [`Lease::is_lost`] reads it directly, so a holder sees the
+/// deadline pass even when the heartbeat task has not run yet (a busy or
 /// starved runtime).
 #[derive(Debug)]
 pub(crate) struct ValidUntil {

@@ -2,7 +2,7 @@
 //!
 //! [`SpaceLock::with_space_lock`] runs a body while holding a named lock,
 //! like the TypeScript `SpaceLockService.withSpaceLock(spaceId, fn)` it
-//! replaces, with the seed's gaps closed:
+//! replaces, with that service's gaps closed:
 //!
 //! * an **in-process mutex** whose check-and-claim is atomic: two concurrent
 //!   calls for one name in one process give exactly one run and one
@@ -76,20 +76,22 @@
 #![deny(missing_docs)]
 #![warn(rustdoc::broken_intra_doc_links)]
 
+mod blocking_acquire;
 mod conn;
 mod error;
 #[cfg(test)]
 mod fake;
 mod guard;
 mod heartbeat;
+mod inner;
 mod lease;
 mod lock;
 mod options;
 mod outcome;
 mod primitives;
 mod proto;
+mod registry;
 mod retry;
-mod wait;
 
 pub use conn::{LockConnection, WaitConnection, WaitConnector};
 pub use error::Error;

@@ -11,16 +11,19 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::time::Instant;
 
+use crate::blocking_acquire;
 use crate::conn::{LockConnection, WaitConnector, WaitPool};
-use crate::guard::{Guard, Registry};
+use crate::guard::Guard;
 use crate::heartbeat::Heartbeat;
+use crate::inner::Inner;
 use crate::lease::{LostSignal, ValidUntil};
 use crate::options::{after, Settings};
 use crate::proto;
 use crate::retry::{self, Grant};
-use crate::{wait, Error, Lease, Options, Outcome, Skipped};
+use crate::{Error, Lease, Options, Outcome, Skipped};
 
-/// Per-name lease locks over Redis: the seed's `SpaceLockService`.
+/// Per-name lease locks over Redis: the existing Lua-based service's
+/// `SpaceLockService`, in Rust.
 ///
 /// A `SpaceLock` combines an in-process mutex (one body per name at a time in
 /// this instance) with a lease in Redis (one holder per name across
@@ -29,8 +32,8 @@ use crate::{wait, Error, Lease, Options, Outcome, Skipped};
 /// in-process mutex and the heartbeat.
 ///
 /// All leases of one `SpaceLock` are refreshed by a single background task
-/// (started on first use), which sends the due refreshes concurrently over the
-/// shared connection.
+/// (started on first use): the refreshes that fall due together go out as one
+/// pipeline over the shared connection (one per hash slot on a cluster).
 ///
 /// # Examples
 ///
@@ -61,14 +64,6 @@ use crate::{wait, Error, Lease, Options, Outcome, Skipped};
 pub struct SpaceLock<C> {
     pub(crate) inner: Arc<Inner<C>>,
     pub(crate) wait: Option<Arc<WaitPool>>,
-}
-
-/// What every clone of a `SpaceLock` shares.
-pub(crate) struct Inner<C> {
-    pub(crate) conn: C,
-    pub(crate) settings: Settings,
-    pub(crate) registry: Arc<Registry>,
-    pub(crate) heartbeat: Heartbeat,
 }
 
 impl<C> Clone for SpaceLock<C> {
@@ -249,8 +244,8 @@ impl<C: LockConnection> SpaceLock<C> {
         self.inner.registry.settle().await;
     }
 
-    /// Runs `f` while holding the lock called `name`, as the seed's
-    /// `withSpaceLock(spaceId, fn)`.
+    /// Runs `f` while holding the lock called `name`, as the existing
+    /// service's `withSpaceLock(spaceId, fn)`.
     ///
     /// 1. If this `SpaceLock` is already running a call for `name`, returns
     ///    `Skipped(InProgress)` at once, without touching Redis (the check and
@@ -411,12 +406,14 @@ impl<C: LockConnection> SpaceLock<C> {
             None => None,
         };
         let key = self.key(name);
-        let Some(entry) = inner.registry.claim(&key).await else {
+        let Some(claim) = inner.registry.claim(&key).await else {
             return Ok(Outcome::Skipped(Skipped::InProgress));
         };
-        let mut guard = Guard::new(inner.clone(), key.clone(), entry);
+        let mut guard = Guard::new(inner.clone(), key.clone(), claim);
         let reply = match (wait, &pool) {
-            (Some(timeout), Some(pool)) => wait::acquire_wait(inner, pool, &key, timeout).await,
+            (Some(timeout), Some(pool)) => {
+                blocking_acquire::acquire_wait(inner, pool, &key, timeout).await
+            }
             _ => {
                 let (ttl, timeout) = (s.ttl_ms, s.request_timeout());
                 retry::acquire(

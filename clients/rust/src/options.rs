@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::Error;
 
-/// The default lease time to live: 30 s, as the seed's `GIT_SYNC_LOCK_TTL_MS`.
+/// The default lease time to live: 30 s, as the existing service's `GIT_SYNC_LOCK_TTL_MS`.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 
 /// The shortest ttl accepted: a shorter lease cannot be refreshed in time
@@ -39,6 +39,10 @@ pub const DEFAULT_WAIT_GRACE: Duration = Duration::from_secs(5);
 /// Durations are clamped to this before any clock arithmetic, so that no
 /// input can overflow an `Instant` (about a century).
 pub(crate) const MAX_SPAN: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The least time a release is given, however soon its key expires: a short
+/// lease on a busy machine still gets the release's reply.
+pub(crate) const RELEASE_FLOOR: Duration = Duration::from_millis(250);
 
 /// Settings for a [`SpaceLock`](crate::SpaceLock), built with chained setters.
 /// Read the values back from [`SpaceLock::settings`](crate::SpaceLock::settings).
@@ -119,7 +123,7 @@ impl Options {
     }
 
     /// The prefix put in front of every lock name to form its Redis key, as
-    /// the seed's `GIT_SYNC_LOCK_PREFIX`. Put a `{hash tag}` in the *name*
+    /// the existing service's `GIT_SYNC_LOCK_PREFIX`. Put a `{hash tag}` in the *name*
     /// if several locks must share a cluster slot.
     ///
     /// Defaults to `"spacelock:lock:"` ([`DEFAULT_KEY_PREFIX`]).
@@ -138,7 +142,7 @@ impl Options {
     }
 
     /// The owner id written into every lock this `SpaceLock` takes (the
-    /// seed's `instanceId`). Two `SpaceLock`s with the same owner can release
+    /// existing service's `instanceId`). Two `SpaceLock`s with the same owner can release
     /// and refresh each other's locks, so only set this to give a process a
     /// stable, unique, recognisable id.
     ///
@@ -366,11 +370,10 @@ impl Settings {
     }
 
     /// How long a release may take from now: the release timeout, but no
-    /// longer than the key can still exist (one ttl; at least 250 ms so that
-    /// a short lease on a busy machine still gets its reply).
+    /// longer than the key can still exist (one ttl; at least
+    /// [`RELEASE_FLOOR`]).
     pub(crate) fn release_budget(&self) -> Duration {
-        self.release_timeout
-            .min(self.ttl.max(Duration::from_millis(250)))
+        self.release_timeout.min(self.ttl.max(RELEASE_FLOOR))
     }
 
     /// Refuses what the client will not send: an empty name, a ttl too
@@ -399,7 +402,7 @@ pub(crate) fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Interval between refreshes: `max(1 ms, ttl/3)`, in the seed's integer ms.
+/// Interval between refreshes: `max(1 ms, ttl/3)`, in whole ms as the existing service computes it.
 pub(crate) fn refresh_interval(ttl_ms: u64) -> Duration {
     Duration::from_millis((ttl_ms / 3).max(1))
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::conn::LockConnection;
 use crate::guard::Guard;
 use crate::options::check_name;
-use crate::{proto, retry, wait};
+use crate::{blocking_acquire, proto, retry};
 use crate::{AcquireReply, Error, LockInfo, RefreshReply, ReleaseReply, SpaceLock};
 
 impl<C: LockConnection> SpaceLock<C> {
@@ -47,10 +47,10 @@ impl<C: LockConnection> SpaceLock<C> {
         let s = &self.inner.settings;
         s.check(name)?;
         let key = self.key(name);
-        let Some(entry) = self.inner.registry.claim(&key).await else {
+        let Some(claim) = self.inner.registry.claim(&key).await else {
             return Ok(AcquireReply::Held);
         };
-        let mut guard = Guard::new(self.inner.clone(), key.clone(), entry);
+        let mut guard = Guard::new(self.inner.clone(), key.clone(), claim);
         let (ttl, timeout) = (s.ttl_ms, s.request_timeout());
         let reply = retry::acquire(
             &self.inner.conn,
@@ -108,11 +108,11 @@ impl<C: LockConnection> SpaceLock<C> {
         self.inner.settings.check(name)?;
         let pool = self.wait.clone().ok_or(Error::WaitNotConfigured)?;
         let key = self.key(name);
-        let Some(entry) = self.inner.registry.claim(&key).await else {
+        let Some(claim) = self.inner.registry.claim(&key).await else {
             return Ok(AcquireReply::Held);
         };
-        let mut guard = Guard::new(self.inner.clone(), key.clone(), entry);
-        let reply = wait::acquire_wait(&self.inner, &pool, &key, timeout).await;
+        let mut guard = Guard::new(self.inner.clone(), key.clone(), claim);
+        let reply = blocking_acquire::acquire_wait(&self.inner, &pool, &key, timeout).await;
         guard.set_free();
         Ok(match reply? {
             Some(grant) => AcquireReply::Acquired { token: grant.token },

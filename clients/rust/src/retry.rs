@@ -109,9 +109,13 @@ pub(crate) async fn release<C: ConnectionLike + Clone>(
     })
 }
 
-/// How long a WAIT that the server answered with nil waits for the
+/// How long a WAIT that the server answered with nil waits, at most, for the
 /// defensive RELEASE it then sends. Nothing was granted, so the RELEASE only
 /// makes sure; a write pause holds it, and it runs when the pause ends.
+///
+/// A cap, not a floor: it is not [`RELEASE_FLOOR`](crate::options::RELEASE_FLOOR)
+/// (the least time a release that may free a held lock is given), though
+/// both are 250 ms today; changing one does not change the other.
 pub(crate) const DEFENSIVE_RELEASE_WAIT: Duration = Duration::from_millis(250);
 
 /// Releases and logs the outcome at the right level; `false` if it failed.

@@ -1,4 +1,4 @@
-//! Issue 14 through the client, against real servers: a wait longer than the
+//! Faults through the client, against real servers: a wait longer than the
 //! ttl, a server that closes idle connections, write pauses, a restart, a
 //! dead server, and what a call right after a failed or cancelled one sees.
 //! Each test reproduces a failure measured before the fix.

@@ -1,4 +1,4 @@
-//! The resource side of fencing (issue 12), with a real SQL table:
+//! The resource side of fencing, with a real SQL table:
 //! `examples/fenced_sqlite.rs` run against a real server. A holder whose
 //! lease really expired while it was stalled (its heartbeat starved too)
 //! writes late, after another instance took the lock with a higher token

@@ -1,5 +1,5 @@
 //! Blocking acquire (`SPACELOCK.ACQUIRE … WAIT`) through `with_space_lock_wait`
-//! and `acquire_wait`, including the defences of issue 11 §6: a wait never
+//! and `acquire_wait`, including its defences against a lost grant: a wait never
 //! hangs past its timeout plus the grace, and never leaves a lock behind.
 
 use spacelock_testkit as kit;
@@ -178,7 +178,7 @@ async fn cancelling_a_wait_leaves_nothing_held() {
     assert!(!b.is_running("space"));
 }
 
-/// 11 §6: a WAIT whose reply never comes (a fake server that accepts it and
+/// A WAIT whose reply never comes (a fake server that accepts it and
 /// stays silent) ends at timeout + grace with a typed error, after an
 /// owner-checked RELEASE of the key. Before: it ended 5 s after the timeout
 /// with an untyped I/O error, and the release ran in the background.
@@ -223,7 +223,7 @@ async fn a_wait_without_a_reply_ends_at_timeout_plus_grace_and_releases() {
     }
 }
 
-/// 11 §6: the waiting connection is killed (`CLIENT KILL`) mid-wait. The
+/// The waiting connection is killed (`CLIENT KILL`) mid-wait. The
 /// call releases (in case the kill raced a grant), waits again on a fresh
 /// connection, gets the lock when the holder lets go, and leaves nothing
 /// held in its name.
@@ -275,7 +275,7 @@ async fn a_wait_whose_connection_is_killed_retries_and_leaves_nothing_held() {
     assert!(!b.is_running("killed"));
 }
 
-/// 11 §6: a WAIT that ends in nil is followed by an owner-checked RELEASE.
+/// A WAIT that ends in nil is followed by an owner-checked RELEASE.
 #[kit::test]
 async fn a_wait_that_times_out_releases_before_returning() {
     let server = Server::new();

@@ -1,5 +1,5 @@
 //! The blocking acquire: `SPACELOCK.ACQUIRE … WAIT` on a dedicated
-//! connection, with the defences of issue 11 §6.
+//! connection, with its defences against a grant the client never sees.
 //!
 //! * The wait never outlives `timeout` + [`Options::wait_grace`]: a reply
 //!   that does not come by then ends the call with [`Error::Timeout`], and
@@ -10,8 +10,9 @@
 //!   connection before the call returns, so that a grant the client never
 //!   saw cannot stay held in its name. After an error or no reply it is
 //!   awaited up to the release budget; after a nil (nothing was granted) at
-//!   most 250 ms, as a write pause holds it and it runs when the pause ends. The caller holds the key's
-//!   in-process entry, so no other call of this owner holds that lock.
+//!   most [`DEFENSIVE_RELEASE_WAIT`], as a write pause holds it and it runs
+//!   when the pause ends. The caller holds the key's in-process claim, so no
+//!   other call of this owner holds that lock.
 //! * After a connection error (a stale pooled connection after a restart or
 //!   an idle timeout, a `CLIENT KILL`), the wait is released and tried again
 //!   on a fresh connection, within the same timeout.
@@ -23,13 +24,14 @@
 //! dedicated connection is closed at once and the guard releases.
 //!
 //! [`Options::wait_grace`]: crate::Options::wait_grace
+//! [`DEFENSIVE_RELEASE_WAIT`]: crate::retry::DEFENSIVE_RELEASE_WAIT
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::conn::{Checkout, LockConnection, WaitPool};
-use crate::lock::Inner;
+use crate::inner::Inner;
 use crate::options::{after, millis_ceil};
 use crate::proto::{self, is_transient, may_have_run};
 use crate::retry::{self, Backoff, Grant};

@@ -1,7 +1,7 @@
-//! Reliability suite (issue 7) through the client: §2 exclusion and fencing
-//! under real ttl expiry, §4 the heartbeat through a cluster slot migration,
-//! §5 owner ids and foreign refresh/release. Real servers with the module;
-//! nothing is mocked.
+//! Exclusion and fencing under real ttl expiry, through the client: many
+//! holders, some of which stall past their ttl, write to a fenced resource;
+//! the resource must never accept a stale write, and every holder must learn
+//! of its lost lease. Real servers with the module; nothing is mocked.
 
 use spacelock_testkit as kit;
 
@@ -10,18 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use kit::{keyslot, Cluster, Server};
+use kit::Server;
 use redis::aio::MultiplexedConnection;
-use redis::cluster::ClusterClient;
-use spacelock_client::{AcquireReply, Options, Outcome, RefreshReply, ReleaseReply, SpaceLock};
-
-// ---------------------------------------------------------------------------
-// §2 Exclusion and fencing under expiry
+use spacelock_client::{Options, Outcome, SpaceLock};
 
 const KEYS: [&str; 3] = ["res-a", "res-b", "res-c"];
 const TTL: Duration = Duration::from_millis(100);
 /// How long a stalled body is silent: well over the ttl.
 const STALL: Duration = Duration::from_millis(250);
+/// How long a stalled body waits, at most, for `lease.lost()` to resolve
+/// before its stale write.
+const LOST_SIGNAL_DEADLINE: Duration = Duration::from_secs(5);
 const RUN_FOR: Duration = Duration::from_secs(3);
 /// 8 "processes" of 7 well-behaved tasks each, plus 8 stalling "processes"
 /// of one task each: 64 tasks.
@@ -190,6 +189,14 @@ async fn body(
             .query_async(&mut conn)
             .await
             .unwrap();
+        // The lost signal comes from the heartbeat task, which a busy
+        // machine may run late: wait for it (it is normally there already,
+        // STALL being well over the ttl), with a deadline, so that the
+        // check below is about whether it came, not about when.
+        let deadline = Instant::now() + LOST_SIGNAL_DEADLINE;
+        while lost.get().is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         // A zombie that ignores its lease: writes anyway with its old token.
         resource.write(key, token, holder, &lost, &lease, true);
     } else {
@@ -411,9 +418,9 @@ async fn exclusion_and_fencing_under_expiry() {
     );
 
     // (c) Every stalled holder had been told through `lease.lost()` before
-    // its stale write reached the resource (250 ms > the 100 ms ttl, with no
-    // refresh answered meanwhile), and fencing rejected it whenever a newer
-    // holder had written.
+    // its stale write reached the resource (STALL > the ttl, with no refresh
+    // answered meanwhile; the signal had LOST_SIGNAL_DEADLINE to arrive), and
+    // fencing rejected it whenever a newer holder had written.
     let stale: Vec<&Write> = log.writes.iter().filter(|w| w.stale).collect();
     for w in &stale {
         assert!(
@@ -446,260 +453,6 @@ async fn exclusion_and_fencing_under_expiry() {
         stale.len(),
         rejected
     );
-}
-
-// ---------------------------------------------------------------------------
-// §4 Cluster: the heartbeat follows a slot migration
-
-/// Each node's view of every node's config epoch, from `CLUSTER NODES`.
-fn epoch_views(cluster: &Cluster) -> Vec<Vec<(String, u64)>> {
-    cluster
-        .nodes
-        .iter()
-        .map(|n| {
-            let text: String = redis::cmd("CLUSTER")
-                .arg("NODES")
-                .query(&mut n.conn())
-                .unwrap();
-            let mut view: Vec<(String, u64)> = text
-                .lines()
-                .map(|l| {
-                    let f: Vec<&str> = l.split(' ').collect();
-                    (f[0].to_string(), f[6].parse().unwrap())
-                })
-                .collect();
-            view.sort();
-            view
-        })
-        .collect()
-}
-
-/// Waits until every node agrees on distinct config epochs for all nodes.
-///
-/// `Cluster::start` joins nodes that all start at config epoch 0, and the
-/// cluster resolves the collisions by gossip over the next second or so.
-/// Migrating a slot before that can lose it: seen once in ~20 runs, the
-/// target took the slot without bumping its epoch (it already had the
-/// highest epoch it knew of), the source then rose to a higher epoch by
-/// collision handling and its stale gossip took the slot back on the target
-/// only, leaving node 0 and node 2 each sending MOVED to the other.
-/// `redis-cli --cluster create` avoids this with `CLUSTER SET-CONFIG-EPOCH`
-/// per node before MEET.
-fn wait_for_settled_epochs(cluster: &Cluster) {
-    let settled = kit::wait_until(Duration::from_secs(15), || {
-        let views = epoch_views(cluster);
-        let epochs: HashSet<u64> = views[0].iter().map(|(_, e)| *e).collect();
-        views.iter().all(|v| v == &views[0]) && epochs.len() == cluster.nodes.len()
-    });
-    assert!(
-        settled,
-        "config epochs never settled: {:?}",
-        epoch_views(cluster)
-    );
-}
-
-/// `SPACELOCK.FENCEKEY key`, through `conn`.
-async fn fence_key(conn: &mut impl redis::aio::ConnectionLike, key: &str) -> String {
-    redis::cmd("SPACELOCK.FENCEKEY")
-        .arg(key)
-        .query_async(conn)
-        .await
-        .unwrap()
-}
-
-#[kit::test]
-async fn heartbeat_follows_a_slot_migration() {
-    let cluster = Arc::new(Cluster::start(3));
-    wait_for_settled_epochs(&cluster);
-    let client = ClusterClient::new(cluster.urls()).unwrap();
-    let mut conn = client.get_async_connection().await.unwrap();
-    let locks = SpaceLock::new(
-        conn.clone(),
-        Options::default().ttl(Duration::from_millis(300)),
-    );
-    let mut any = cluster.nodes[0].conn();
-
-    // Every fence key sits in its lock's slot, for locks on all three nodes.
-    let mut per_node = [0usize; 3];
-    for i in 0..30 {
-        let key = locks.key(&format!("space-{i}"));
-        let fence = fence_key(&mut conn, &key).await;
-        let slot = keyslot(&mut any, &key);
-        assert_eq!(keyslot(&mut any, &fence), slot, "{key} vs {fence}");
-        per_node[cluster.owner_of(slot)] += 1;
-    }
-    assert!(per_node.iter().all(|&n| n > 0), "spread {per_node:?}");
-
-    let name = "migrating-space";
-    let key = locks.key(name);
-    let fence = fence_key(&mut conn, &key).await;
-    let slot = keyslot(&mut any, &key);
-    let from = cluster.owner_of(slot);
-    let to = (from + 1) % 3;
-    // An earlier grant, so the fence counter exists before the migration.
-    let AcquireReply::Acquired { token: earlier } = locks.acquire(name).await.unwrap() else {
-        panic!("not acquired");
-    };
-    assert_eq!(locks.release(name).await.unwrap(), ReleaseReply::Released);
-
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let body_locks = locks.clone();
-    let holder = tokio::spawn(async move {
-        body_locks
-            .with_space_lock(name, |lease| async move {
-                let lost = watch_lost(&lease);
-                started_tx.send(()).unwrap();
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                (lease.token(), lease.is_lost(), lost.get().is_some())
-            })
-            .await
-            .unwrap()
-    });
-    started_rx.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let t0 = Instant::now();
-    let c = cluster.clone();
-    let moved = tokio::task::spawn_blocking(move || c.migrate_slot(slot, from, to))
-        .await
-        .unwrap();
-    let migrated_in = t0.elapsed();
-    // The lock and its fence key moved together.
-    assert!(moved.contains(&key.clone().into_bytes()), "{moved:?}");
-    assert!(moved.contains(&fence.clone().into_bytes()), "{moved:?}");
-    // (Asked of node 0; every node was told by SETSLOT NODE, so this holds
-    // at once unless the cluster's own gossip undoes it.)
-    let owner_now = cluster.owner_of(slot);
-    assert_eq!(
-        owner_now,
-        to,
-        "slot {slot} served by node {owner_now} right after migrating it {from} -> {to}; CLUSTER NODES per node: {:#?}",
-        cluster
-            .nodes
-            .iter()
-            .map(|n| redis::cmd("CLUSTER").arg("NODES").query::<String>(&mut n.conn()).unwrap())
-            .collect::<Vec<_>>()
-    );
-
-    // Well over a ttl after the migration the lock is still ours on the new
-    // node, with a ttl refreshed there (the heartbeat followed MOVED).
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let mut dst = cluster.nodes[to].conn();
-    let owner: Option<String> = redis::cmd("GET").arg(&key).query(&mut dst).unwrap();
-    assert_eq!(
-        owner.as_deref(),
-        Some(locks.owner()),
-        "lock not held on node {to} after migration"
-    );
-    let pttl: i64 = redis::cmd("PTTL").arg(&key).query(&mut dst).unwrap();
-    assert!(pttl > 0 && pttl <= 300, "pttl {pttl}");
-
-    let outcome = holder.await.unwrap();
-    let Outcome::Ran((token, is_lost, lost_fired)) = outcome else {
-        panic!("body did not run: {outcome:?}");
-    };
-    assert!(token > earlier, "{token} > {earlier}");
-    assert!(!is_lost && !lost_fired, "lease lost across the migration");
-    // Released through the new node.
-    assert_eq!(locks.info(name).await.unwrap(), None);
-    let owner: Option<String> = redis::cmd("GET").arg(&key).query(&mut dst).unwrap();
-    assert_eq!(owner, None);
-    // The next token continues above every earlier one.
-    match locks.acquire(name).await.unwrap() {
-        AcquireReply::Acquired { token: next } => assert!(next > token, "{next} <= {token}"),
-        AcquireReply::Held => panic!("lock still held after release"),
-    }
-    assert_eq!(locks.release(name).await.unwrap(), ReleaseReply::Released);
-    eprintln!("migration of slot {slot} from node {from} to {to} took {migrated_in:?}");
-}
-
-// ---------------------------------------------------------------------------
-// §5 Security: owner ids and foreign owners
-
-#[kit::test]
-async fn owner_ids_are_uuid_v4_and_foreign_owners_cannot_touch_a_lock() {
-    let server = Server::new();
-    let mk = |ttl: Duration| {
-        let client = server.client();
-        async move {
-            SpaceLock::new(
-                client.get_multiplexed_async_connection().await.unwrap(),
-                Options::default().ttl(ttl),
-            )
-        }
-    };
-    let a = mk(Duration::from_secs(5)).await;
-    let b = mk(Duration::from_secs(60)).await;
-    let mut owners = HashSet::new();
-    for locks in [
-        &a,
-        &b,
-        &mk(Duration::from_secs(1)).await,
-        &mk(Duration::from_secs(1)).await,
-    ] {
-        let id = uuid::Uuid::parse_str(locks.owner())
-            .unwrap_or_else(|e| panic!("{}: {e}", locks.owner()));
-        assert_eq!(id.get_version(), Some(uuid::Version::Random), "{id}");
-        assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
-        assert_eq!(id.hyphenated().to_string(), locks.owner(), "canonical form");
-        assert!(owners.insert(id), "owner id {id} repeated");
-    }
-    assert_eq!(a.clone().owner(), a.owner(), "clones share the owner");
-
-    let name = "guarded";
-    let key = a.key(name);
-    let AcquireReply::Acquired { token } = a.acquire(name).await.unwrap() else {
-        panic!("not acquired");
-    };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut con = server.conn();
-    let before = kit::snapshot(&mut con);
-    // b (another owner, a 60 s ttl) can neither refresh nor release it.
-    assert_eq!(b.refresh(name).await.unwrap(), RefreshReply::NotOwner);
-    assert_eq!(b.release(name).await.unwrap(), ReleaseReply::NotOwner);
-    assert_eq!(
-        b.with_space_lock(name, |_| async {}).await.unwrap(),
-        Outcome::Skipped(spacelock_client::Skipped::LockHeld)
-    );
-    // Nor can raw commands with guessed owners.
-    // (An empty owner is refused outright.)
-    let empty: redis::RedisResult<i64> = redis::cmd("SPACELOCK.RELEASE")
-        .arg(&key)
-        .arg("")
-        .query(&mut con);
-    assert!(empty.is_err(), "{empty:?}");
-    for guess in [
-        b.owner(),
-        "*",
-        "spacelock",
-        &a.owner()[..35],
-        &a.owner().to_uppercase(),
-    ] {
-        let r: i64 = redis::cmd("SPACELOCK.REFRESH")
-            .arg(&key)
-            .arg(guess)
-            .arg(60_000)
-            .query(&mut con)
-            .unwrap();
-        assert_eq!(r, 0, "refresh with {guess:?}");
-        let r: i64 = redis::cmd("SPACELOCK.RELEASE")
-            .arg(&key)
-            .arg(guess)
-            .query(&mut con)
-            .unwrap();
-        assert_eq!(r, 0, "release with {guess:?}");
-    }
-    // The key, its fence counter and both expiries are unchanged.
-    assert_eq!(kit::snapshot(&mut con), before);
-    let info = a.info(name).await.unwrap().unwrap();
-    assert_eq!((info.owner.as_str(), info.token), (a.owner(), token));
-    assert!(
-        info.ttl.unwrap() <= Duration::from_millis(4_800),
-        "{info:?}"
-    );
-    // The owner still can.
-    assert_eq!(a.refresh(name).await.unwrap(), RefreshReply::Refreshed);
-    assert_eq!(a.release(name).await.unwrap(), ReleaseReply::Released);
-    assert_eq!(a.info(name).await.unwrap(), None);
 }
 
 kit::main!();
