@@ -4,7 +4,7 @@
 use spacelock_core::tokens::TokenMode;
 
 use crate::ffi::{InfoCtx, InfoSection};
-use crate::{config, stats, terms, wait};
+use crate::{config, handoff, stats, terms};
 
 /// The `INFO spacelock` section.
 pub struct ModuleInfo;
@@ -22,7 +22,7 @@ impl InfoSection for ModuleInfo {
         info.field(c"wait_timeouts", stats::WAIT_TIMEOUTS.get());
         info.field(c"wait_grants_undone", stats::WAIT_GRANTS_UNDONE.get());
         info.field(c"wait_grants_lost", stats::WAIT_GRANTS_LOST.get());
-        let (clients, keys) = wait::gauges();
+        let (clients, keys) = handoff::gauges();
         info.field(c"waiting_clients", clients);
         info.field(c"keys_with_waiters", keys);
         info.field(c"checks_passed", stats::CHECKS_PASSED.get());

@@ -3,12 +3,14 @@
 //! This file wires things together: the command table, the configs, the
 //! INFO section and the event handlers, registered at load. The decisions
 //! live in `spacelock_core` (pure Rust, unit-tested without a server): the
-//! lock state machine, the token rule, every WAIT decision. Here:
+//! lock state machine, the token rule, every decision of the WAIT handoff.
+//! Here:
 //!
 //! * [`commands`]: the command handlers;
 //! * [`store`]: the lock state machine's `Store` over real keys
 //!   (replication, notifications);
-//! * [`wait`]: WAIT's host over the server and its callbacks;
+//! * [`handoff`]: the WAIT handoff on the server (the engine's host, the
+//!   server's callbacks, keyspace events, muting our own writes);
 //! * [`terms`]: the process's token term;
 //! * [`config`], [`stats`], [`info`]: configs, counters and `INFO
 //!   spacelock`;
@@ -20,12 +22,12 @@ pub mod commands;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod ffi;
+pub mod handoff;
 pub mod info;
 pub mod stats;
 pub mod store;
 pub mod sync;
 pub mod terms;
-pub mod wait;
 
 use ffi::{entry, ArgDoc, ArgType, CommandDef, KeyFlags, Level, LoadCtx, RStr};
 
@@ -188,7 +190,7 @@ fn on_load(ctx: &LoadCtx, args: &[RStr<'_>]) -> Result<(), String> {
     // WAIT: flushes, SWAPDB and role changes settle the queues (keyspace
     // events are subscribed by the first WAIT); becoming a primary also
     // opens a token term.
-    ctx.subscribe_server_events::<wait::Waits>()?;
+    ctx.subscribe_server_events::<handoff::Callbacks>()?;
     let term = terms::open(ctx.now_ms());
     ctx.log(
         Level::Notice,
