@@ -21,15 +21,15 @@
 use std::sync::OnceLock;
 
 /// Prefix of every fence key; reserved for spacelock.
-pub const FENCE_PREFIX: &[u8] = b"spacelock:fence:";
+pub(crate) const FENCE_PREFIX: &[u8] = b"spacelock:fence:";
 
 /// Number of Redis Cluster hash slots.
-pub const SLOTS: usize = 16_384;
+pub(crate) const SLOTS: usize = 16_384;
 
 const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// CRC16/XMODEM, the checksum Redis Cluster uses for key slots.
-pub fn crc16(data: &[u8]) -> u16 {
+pub(crate) fn crc16(data: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for &byte in data {
         crc ^= u16::from(byte) << 8;
@@ -46,7 +46,7 @@ pub fn crc16(data: &[u8]) -> u16 {
 
 /// The part of `key` that Redis Cluster hashes: the content of the first
 /// `{…}` if it is non-empty, else the whole key.
-pub fn hash_part(key: &[u8]) -> &[u8] {
+pub(crate) fn hash_part(key: &[u8]) -> &[u8] {
     if let Some(open) = key.iter().position(|&b| b == b'{') {
         if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
             if len > 0 {
@@ -115,7 +115,7 @@ pub fn warm_up() {
 }
 
 /// The slot tag `T` for `slot` (see the module docs).
-pub fn slot_tag(slot: u16) -> &'static [u8] {
+pub(crate) fn slot_tag(slot: u16) -> &'static [u8] {
     let tag = &table()[usize::from(slot) % SLOTS];
     &tag.bytes[..usize::from(tag.len)]
 }

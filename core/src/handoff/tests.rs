@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use super::registry::WaiterId;
 use super::timers::{MAX_TIMER_MS, PAUSE_RETRY_MS};
 use super::*;
 use crate::fence::fence_key;
