@@ -1,4 +1,4 @@
-//! WAIT where two events meet in one event-loop iteration (issue 11): a
+//! WAIT where two events meet in one event-loop iteration: a
 //! grant and a deadline, a grant and a disconnect, a grant and `CLIENT
 //! UNBLOCK`, a timer and a write pause, two timers due together.
 //!

@@ -1,4 +1,4 @@
-//! In-repo fuzz harness (issue 7 §5) over argument parsing and the lock state
+//! In-repo fuzz harness over argument parsing and the lock state
 //! machine. `cargo fuzz` needs a nightly toolchain, which this project does not
 //! assume; these randomized property tests run on stable, in CI, in well under
 //! a second, and longer on demand:

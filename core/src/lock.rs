@@ -244,7 +244,8 @@ mod tests {
 
     #[test]
     fn table_of_transitions() {
-        // The seed's semantics, one row per step: acquire is SET NX (even the
+        // The semantics of the existing Lua-based service (the `SET NX PX` +
+        // Lua recipe), one row per step: acquire is SET NX (even the
         // holder gets nil), refresh/release are owner-checked.
         run(&[
             (Acquire(b"a", 1000), Ok(1)),
@@ -332,10 +333,11 @@ mod tests {
         assert_eq!(acq(&mut s.view(b"y", b"o"), 10), Ok(Some(1)));
         s.keys.remove(b"x".as_slice());
         assert_eq!(acq(&mut s.view(b"x", b"o"), 10), Ok(Some(2)));
-        // A lock taken by plain SET NX (seed) is released by its owner.
+        // A lock taken by plain SET NX (the existing Lua-based service) is
+        // released by its owner.
         s.keys
-            .insert(b"z".to_vec(), (Value::Str(b"seed".to_vec()), Some(T0 + 10)));
-        assert_eq!(release(&mut s.view(b"z", b"seed")), Ok(true));
+            .insert(b"z".to_vec(), (Value::Str(b"lua".to_vec()), Some(T0 + 10)));
+        assert_eq!(release(&mut s.view(b"z", b"lua")), Ok(true));
     }
 
     #[test]
