@@ -70,7 +70,7 @@ fn random_argument_vectors_never_hurt_the_server() {
     let total: usize = std::env::var("SPACELOCK_HOSTILE_CALLS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(if kit::soak() { 1_000_000 } else { 10_000 });
     println!("hostile: SPACELOCK_HOSTILE_SEED={seed} SPACELOCK_HOSTILE_CALLS={total}");
     let mut server = Server::new();
     let mut con = server.conn();

@@ -17,7 +17,7 @@
 //! counters say so).
 //!
 //! `SPACELOCK_MODEL_SEED` replays a run; `SPACELOCK_MODEL_OPS` sets its
-//! length (default 100 000; use e.g. 5 000 000 for a soak).
+//! length (default 30 000, or 2 000 000 under `SPACELOCK_SOAK`).
 
 use spacelock_testkit as kit;
 
@@ -410,7 +410,7 @@ fn live_server_matches_reference_model() {
     let total: usize = std::env::var("SPACELOCK_MODEL_OPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(if kit::soak() { 2_000_000 } else { 30_000 });
     println!("model test: SPACELOCK_MODEL_SEED={seed} SPACELOCK_MODEL_OPS={total}");
     // A WAIT on a held key blocks until its 1 ms timeout, which the server
     // notices on its next cron tick: a high hz keeps those pauses short.
