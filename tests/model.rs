@@ -1,4 +1,4 @@
-//! Differential model test (issue 7 §1): random operation sequences run
+//! Differential model test: random operation sequences run
 //! against a live server and against a small reference model written here,
 //! independently of the module's own state machine. Every reply must match.
 //!

@@ -25,7 +25,7 @@ fn module_commands(con: &mut Connection) -> Vec<String> {
     names
 }
 
-/// The public INFO counter and gauge names (issues 5, 11, 12), before the
+/// The public INFO counter and gauge names, before the
 /// server's prefix: each starts at 0 on a fresh server.
 const INFO_FIELDS: [&str; 14] = [
     "acquired",
