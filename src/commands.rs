@@ -7,12 +7,12 @@
 
 use spacelock_core::args::{check_owner, parse_token_arg, parse_ttl, ArgError};
 use spacelock_core::fence;
+use spacelock_core::handoff::parse_options;
 use spacelock_core::lock::{self, LockError};
-use spacelock_core::wait::parse_options;
 
 use crate::ffi::{Command, CommandError, Contents, Ctx, RStr};
 use crate::store::{fence_name, fence_token, holds, RedisStore};
-use crate::{config, stats, terms, wait};
+use crate::{config, handoff, stats, terms};
 
 impl From<ArgError> for CommandError {
     fn from(e: ArgError) -> Self {
@@ -48,10 +48,10 @@ impl Command for Acquire {
         let ttl = owner_and_ttl(*owner, *ttl)?;
         let rest: Vec<&[u8]> = rest.iter().map(RStr::as_bytes).collect();
         let wait_ms = parse_options(&rest)?;
-        let _quiet = wait::SelfWrites::begin();
+        let _quiet = handoff::SelfWrites::begin();
         // Clients already queued go first (no barging while a grant is due),
         // and a grant nobody received is undone before this one looks.
-        wait::settle(ctx, *key);
+        handoff::settle_from_command(ctx, *key);
         let mut store = RedisStore::open(ctx, *key, *owner);
         let granted = terms::with(|t| lock::acquire(&mut store, ttl, t, config::token_mode()))?;
         drop(store);
@@ -62,7 +62,7 @@ impl Command for Acquire {
             }
             // WAIT inside MULTI/EXEC or a script acts as a plain ACQUIRE.
             (None, Some(timeout)) if ctx.may_block() => {
-                wait::enqueue(ctx, *key, *owner, ttl, timeout)?;
+                handoff::enqueue(ctx, *key, *owner, ttl, timeout)?;
             }
             (None, _) => {
                 stats::ACQUIRE_CONTENDED.incr();
@@ -82,10 +82,10 @@ impl Command for Refresh {
             return Err(CommandError::WrongArity);
         };
         let ttl = owner_and_ttl(*owner, *ttl)?;
-        let _quiet = wait::SelfWrites::begin();
+        let _quiet = handoff::SelfWrites::begin();
         let refreshed = lock::refresh(&mut RedisStore::open(ctx, *key, *owner), ttl)?;
         // Moves the expiry timer of a queue.
-        wait::settle(ctx, *key);
+        handoff::settle_from_command(ctx, *key);
         if refreshed {
             stats::REFRESHED.incr();
         } else {
@@ -105,10 +105,10 @@ impl Command for Release {
             return Err(CommandError::WrongArity);
         };
         check_owner(owner.as_bytes(), config::max_owner_len())?;
-        let _quiet = wait::SelfWrites::begin();
+        let _quiet = handoff::SelfWrites::begin();
         let released = lock::release(&mut RedisStore::open(ctx, *key, *owner))?;
         // Direct handoff: the head waiter gets the lock in this same command.
-        wait::settle(ctx, *key);
+        handoff::settle_from_command(ctx, *key);
         if released {
             stats::RELEASED.incr();
         } else {
@@ -151,7 +151,7 @@ impl Command for Info {
         ctx.reply_bulk(b"token");
         ctx.reply_i64(token);
         ctx.reply_bulk(b"waiters");
-        ctx.reply_i64(wait::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
+        ctx.reply_i64(handoff::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
         ctx.reply_bulk(b"term_start_ms");
         ctx.reply_i64(term.start_ms());
         ctx.reply_bulk(b"token_floor");

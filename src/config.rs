@@ -52,7 +52,17 @@ static NUMERIC: [NumericConfig; 3] = [
 /// `spacelock.token-mode`: how grants pick their token (see
 /// `spacelock_core::tokens`). Stored as its enum number.
 const TOKEN_MODE_NAME: &CStr = c"token-mode";
-const TOKEN_MODES: [(&CStr, i32); 2] = [(c"term", 0), (c"counter", 1)];
+/// Its values and their enum numbers, from `TokenMode`.
+const TOKEN_MODES: [(&CStr, i32); TokenMode::ALL.len()] = {
+    let mut out = [(c"", 0); TokenMode::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        let mode = TokenMode::ALL[i];
+        out[i] = (mode.config_value(), mode as i32);
+        i += 1;
+    }
+    out
+};
 static TOKEN_MODE: AtomicI64 = AtomicI64::new(0);
 
 /// `spacelock.max-ttl`.
@@ -72,10 +82,7 @@ pub fn max_waiters() -> i64 {
 
 /// `spacelock.token-mode`.
 pub fn token_mode() -> TokenMode {
-    match TOKEN_MODE.load(Relaxed) {
-        1 => TokenMode::Counter,
-        _ => TokenMode::Term,
-    }
+    TokenMode::from_number(TOKEN_MODE.load(Relaxed))
 }
 
 /// The configs as the server reads and writes them.
@@ -136,7 +143,13 @@ pub fn apply_load_args(args: &[&[u8]]) -> Result<(), String> {
             let value = TOKEN_MODES
                 .iter()
                 .find(|(n, _)| n.to_bytes().eq_ignore_ascii_case(pair[1]))
-                .ok_or_else(|| format!("invalid value for {raw_name}: expected term or counter"))?;
+                .ok_or_else(|| {
+                    let names: Vec<&str> = TokenMode::ALL.iter().map(|m| m.name()).collect();
+                    format!(
+                        "invalid value for {raw_name}: expected {}",
+                        names.join(" or ")
+                    )
+                })?;
             mode = Some(value.1);
             continue;
         }

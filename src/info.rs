@@ -1,10 +1,8 @@
 //! The `INFO spacelock` section. Field names are a public contract
 //! (dashboards rely on them); the server prefixes each with `spacelock_`.
 
-use spacelock_core::tokens::TokenMode;
-
 use crate::ffi::{InfoCtx, InfoSection};
-use crate::{config, stats, terms, wait};
+use crate::{config, handoff, stats, terms};
 
 /// The `INFO spacelock` section.
 pub struct ModuleInfo;
@@ -22,18 +20,12 @@ impl InfoSection for ModuleInfo {
         info.field(c"wait_timeouts", stats::WAIT_TIMEOUTS.get());
         info.field(c"wait_grants_undone", stats::WAIT_GRANTS_UNDONE.get());
         info.field(c"wait_grants_lost", stats::WAIT_GRANTS_LOST.get());
-        let (clients, keys) = wait::gauges();
+        let (clients, keys) = handoff::gauges();
         info.field(c"waiting_clients", clients);
         info.field(c"keys_with_waiters", keys);
         info.field(c"checks_passed", stats::CHECKS_PASSED.get());
         info.field(c"checks_failed", stats::CHECKS_FAILED.get());
-        info.field_str(
-            c"token_mode",
-            match config::token_mode() {
-                TokenMode::Term => c"term",
-                TokenMode::Counter => c"counter",
-            },
-        );
+        info.field_str(c"token_mode", config::token_mode().config_value());
         if let Some(terms) = terms::snapshot() {
             info.field_i64(c"term_start_ms", terms.start_ms());
             info.field_i64(c"token_floor", terms.next());

@@ -3,12 +3,14 @@
 //! This file wires things together: the command table, the configs, the
 //! INFO section and the event handlers, registered at load. The decisions
 //! live in `spacelock_core` (pure Rust, unit-tested without a server): the
-//! lock state machine, the token rule, every WAIT decision. Here:
+//! lock state machine, the token rule, every decision of the WAIT handoff.
+//! Here:
 //!
 //! * [`commands`]: the command handlers;
 //! * [`store`]: the lock state machine's `Store` over real keys
 //!   (replication, notifications);
-//! * [`wait`]: WAIT's host over the server and its callbacks;
+//! * [`handoff`]: the WAIT handoff on the server (the engine's host, the
+//!   server's callbacks, keyspace events, muting our own writes);
 //! * [`terms`]: the process's token term;
 //! * [`config`], [`stats`], [`info`]: configs, counters and `INFO
 //!   spacelock`;
@@ -16,16 +18,16 @@
 //!   rest.
 #![deny(unsafe_code)]
 
-pub mod commands;
-pub mod config;
+mod commands;
+mod config;
 #[allow(unsafe_code)]
-pub mod ffi;
-pub mod info;
-pub mod stats;
-pub mod store;
-pub mod sync;
-pub mod terms;
-pub mod wait;
+mod ffi;
+mod handoff;
+mod info;
+mod stats;
+mod store;
+mod sync;
+mod terms;
 
 use ffi::{entry, ArgDoc, ArgType, CommandDef, KeyFlags, Level, LoadCtx, RStr};
 
@@ -35,7 +37,34 @@ use ffi::{entry, ArgDoc, ArgType, CommandDef, KeyFlags, Level, LoadCtx, RStr};
 #[global_allocator]
 static ALLOCATOR: redis_module::alloc::RedisAlloc = redis_module::alloc::RedisAlloc;
 
-module_entry_points!(name: c"spacelock", version: 200, on_load: on_load);
+module_entry_points!(name: c"spacelock", version: MODULE_VERSION, on_load: on_load);
+
+/// The version `MODULE LIST` shows, from the crate's version (Cargo.toml is
+/// its one source): major × 10000 + minor × 100 + patch, so 0.2.0 is 200.
+const MODULE_VERSION: i32 = module_version(env!("CARGO_PKG_VERSION"));
+
+/// Encodes `major.minor.patch` (a pre-release or build suffix is ignored)
+/// as major × 10000 + minor × 100 + patch. A version that does not fit
+/// (minor or patch above 99) fails the build.
+const fn module_version(version: &str) -> i32 {
+    let bytes = version.as_bytes();
+    let mut parts = [0i32; 3];
+    let (mut part, mut i) = (0, 0);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'0'..=b'9' => parts[part] = parts[part] * 10 + (bytes[i] - b'0') as i32,
+            b'.' if part < 2 => part += 1,
+            _ => break,
+        }
+        i += 1;
+    }
+    assert!(part == 2, "the crate version is not major.minor.patch");
+    assert!(
+        parts[1] < 100 && parts[2] < 100,
+        "minor and patch must stay below 100"
+    );
+    parts[0] * 10_000 + parts[1] * 100 + parts[2]
+}
 
 /// A documented argument that every call passes.
 const fn required(name: &'static std::ffi::CStr, kind: ArgType) -> ArgDoc {
@@ -188,7 +217,7 @@ fn on_load(ctx: &LoadCtx, args: &[RStr<'_>]) -> Result<(), String> {
     // WAIT: flushes, SWAPDB and role changes settle the queues (keyspace
     // events are subscribed by the first WAIT); becoming a primary also
     // opens a token term.
-    ctx.subscribe_server_events::<wait::Waits>()?;
+    ctx.subscribe_server_events::<handoff::Callbacks>()?;
     let term = terms::open(ctx.now_ms());
     ctx.log(
         Level::Notice,
@@ -204,4 +233,17 @@ fn on_load(ctx: &LoadCtx, args: &[RStr<'_>]) -> Result<(), String> {
         ),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{module_version, MODULE_VERSION};
+
+    #[test]
+    fn module_version_encoding() {
+        assert_eq!(module_version("0.2.0"), 200);
+        assert_eq!(module_version("1.12.3"), 11_203);
+        assert_eq!(module_version("0.2.1-rc.1"), 201);
+        assert_eq!(MODULE_VERSION, module_version(env!("CARGO_PKG_VERSION")));
+    }
 }

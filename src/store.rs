@@ -80,7 +80,7 @@ impl Store for RedisStore<'_> {
         fence_token(Some(self.fence()))
     }
 
-    fn grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError> {
+    fn write_grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError> {
         let ctx = self.ctx;
         let mut buf = [0u8; 20];
         let digits = decimal(token, &mut buf);

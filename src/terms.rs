@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use spacelock_core::tokens::Terms;
 
-// A plain static, not `thread_local!` (see `crate::wait`).
+// A plain static, not `thread_local!` (see `crate::handoff`).
 static TERMS: Mutex<Terms> = Mutex::new(Terms::UNOPENED);
 
 fn lock() -> MutexGuard<'static, Terms> {
@@ -21,7 +21,7 @@ pub fn open(now_ms: i64) -> Terms {
 
 /// Runs `f` on the term state. Never held across anything that could call
 /// back into it (grants run with keyspace events muted, see
-/// `crate::wait::SelfWrites`).
+/// `crate::handoff::SelfWrites`).
 pub fn with<R>(f: impl FnOnce(&mut Terms) -> R) -> R {
     f(&mut lock())
 }

@@ -1,4 +1,4 @@
-//! Redis Cluster (issue 7 §4), module level: three masters with the module,
+//! Redis Cluster, module level: three masters with the module,
 //! locks spread over every node, each fence key in its lock's slot, and a slot
 //! migration that moves lock and counter together while REFRESH/RELEASE keep
 //! working through the MOVED redirect.

@@ -1,4 +1,4 @@
-//! Compatibility (issue 5): which servers the module supports.
+//! Compatibility: which servers the module supports.
 //!
 //! * The server under test (`$SPACELOCK_SERVER`) must be a supported one and
 //!   load the module with one "loaded" line.

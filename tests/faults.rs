@@ -1,4 +1,4 @@
-//! Crash faults (issue 7 §3): SIGKILL under load with `appendfsync always`.
+//! Crash faults: SIGKILL under load with `appendfsync always`.
 //! Every acknowledged, unreleased grant survives with its TTL, and every token
 //! issued after the restart exceeds every token issued before the crash.
 

@@ -1,6 +1,7 @@
-//! Hostile input (issue 7 §5): random argument vectors must never take the
-//! server down, must always get a well-formed reply, and must not touch keys
-//! they do not name.
+//! Hostile input: random argument vectors, for every command the module
+//! registers (as the server lists them), must never take the server down,
+//! must always get a well-formed reply, and must not touch keys they do not
+//! name.
 
 use spacelock_testkit as kit;
 
@@ -8,14 +9,38 @@ use kit::Server;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::Value;
 
-/// (command, number of arguments after the name)
-const COMMANDS: &[(&str, usize)] = &[
-    ("SPACELOCK.ACQUIRE", 3),
-    ("SPACELOCK.REFRESH", 3),
-    ("SPACELOCK.RELEASE", 2),
-    ("SPACELOCK.INFO", 1),
-    ("SPACELOCK.FENCEKEY", 1),
-];
+/// (command, number of arguments after the name) of every command the
+/// module registers, from the server (`COMMAND LIST FILTERBY MODULE`, then
+/// `COMMAND INFO` for the arity: a negative arity is a minimum), sorted so a
+/// seed replays the same calls.
+fn module_commands(con: &mut redis::Connection) -> Vec<(String, usize)> {
+    let mut names: Vec<String> = redis::cmd("COMMAND")
+        .arg("LIST")
+        .arg("FILTERBY")
+        .arg("MODULE")
+        .arg("spacelock")
+        .query(con)
+        .unwrap();
+    names.sort();
+    let infos: Vec<Value> = redis::cmd("COMMAND")
+        .arg("INFO")
+        .arg(&names)
+        .query(con)
+        .unwrap();
+    names
+        .into_iter()
+        .zip(infos)
+        .map(|(name, info)| {
+            let Value::Array(fields) = &info else {
+                panic!("COMMAND INFO {name}: {info:?}")
+            };
+            let Some(Value::Int(arity)) = fields.get(1) else {
+                panic!("COMMAND INFO {name}: {info:?}")
+            };
+            (name, arity.unsigned_abs() as usize - 1)
+        })
+        .collect()
+}
 
 fn junk(rng: &mut StdRng) -> Vec<u8> {
     match rng.random_range(0..12) {
@@ -45,10 +70,18 @@ fn random_argument_vectors_never_hurt_the_server() {
     let total: usize = std::env::var("SPACELOCK_HOSTILE_CALLS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000);
+        .unwrap_or(if kit::soak() { 1_000_000 } else { 10_000 });
     println!("hostile: SPACELOCK_HOSTILE_SEED={seed} SPACELOCK_HOSTILE_CALLS={total}");
     let mut server = Server::new();
     let mut con = server.conn();
+    let commands = module_commands(&mut con);
+    println!("hostile: commands {commands:?}");
+    for name in ["spacelock.acquire", "spacelock.check", "spacelock.newterm"] {
+        assert!(
+            commands.iter().any(|(n, _)| n == name),
+            "{name}: {commands:?}"
+        );
+    }
     // Bystanders: never named by any call, so they must never change.
     for i in 0..20 {
         let _: () = redis::cmd("SET")
@@ -75,7 +108,8 @@ fn random_argument_vectors_never_hurt_the_server() {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for _ in 0..n {
-            let (cmd, arity) = COMMANDS[rng.random_range(0..COMMANDS.len())];
+            let (cmd, arity) = &commands[rng.random_range(0..commands.len())];
+            let arity = *arity;
             // Mostly the right arity, so the deeper paths are reached too.
             let argc = if rng.random_bool(0.6) {
                 arity
@@ -92,7 +126,7 @@ fn random_argument_vectors_never_hurt_the_server() {
                     args[i] = b"1".to_vec();
                 }
             }
-            let mut c = redis::cmd(cmd);
+            let mut c = redis::cmd(cmd.as_str());
             for a in &args {
                 c.arg(a);
             }

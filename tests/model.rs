@@ -1,13 +1,13 @@
-//! Differential model test (issue 7 §1): random operation sequences run
+//! Differential model test: random operation sequences run
 //! against a live server and against a small reference model written here,
 //! independently of the module's own state machine. Every reply must match.
 //!
-//! The model predicts every token exactly (issue 12): the process's next
+//! The model predicts every token exactly (the token term rule): the process's next
 //! token starts at the server's `token_floor`, a grant issues
 //! `max(fence + 1, next)` and sets `next` past it, so deleting fence keys
 //! (`DEL`, `FLUSHALL`) never brings a token back.
 //!
-//! WAIT deadlines race grants (issue 11 §5): a second client waits with a
+//! WAIT deadlines race grants: a second client waits with a
 //! short timeout while the holder releases, alone or in one event-loop
 //! iteration with a slow command (`DEBUG SLEEP`, a Lua busy loop) before or
 //! after it. Any interleaving may win; the model accepts exactly the
@@ -17,7 +17,7 @@
 //! counters say so).
 //!
 //! `SPACELOCK_MODEL_SEED` replays a run; `SPACELOCK_MODEL_OPS` sets its
-//! length (default 100 000; use e.g. 5 000 000 for a soak).
+//! length (default 30 000, or 2 000 000 under `SPACELOCK_SOAK`).
 
 use spacelock_testkit as kit;
 
@@ -36,8 +36,9 @@ enum Op {
     Refresh(usize, usize),
     Release(usize, usize),
     Del(usize),
-    /// A plain `SET key owner PX ttl NX`, as the seed does.
-    SeedSet(usize, usize),
+    /// A plain `SET key owner PX ttl NX`, as the existing Lua-based service
+    /// acquires.
+    LuaServiceSet(usize, usize),
     /// ttl 0: must be an error and change nothing.
     BadRefresh(usize, usize),
     /// Expire the key for real: PEXPIRE 1, then wait 2 ms before the next batch.
@@ -135,7 +136,7 @@ impl Model {
                 }
             }
             Op::Del(k) => Reply::Int(self.holder.remove(&k).is_some() as i64),
-            Op::SeedSet(k, o) => match self.holder.entry(k) {
+            Op::LuaServiceSet(k, o) => match self.holder.entry(k) {
                 Entry::Occupied(_) => Reply::Nil,
                 Entry::Vacant(slot) => {
                     slot.insert(o);
@@ -181,7 +182,7 @@ fn random_op(rng: &mut StdRng) -> Op {
         54..=77 => Op::Release(k, o),
         78..=84 => Op::Del(k),
         85..=86 => Op::DelFence(k),
-        87..=92 => Op::SeedSet(k, o),
+        87..=92 => Op::LuaServiceSet(k, o),
         93..=98 => Op::BadRefresh(k, o),
         _ => Op::Expire(k),
     }
@@ -201,7 +202,7 @@ fn add_to_pipe(pipe: &mut redis::Pipeline, op: &Op, fences: &[Vec<u8>]) {
             .arg(LONG_TTL),
         Op::Release(k, o) => pipe.cmd("SPACELOCK.RELEASE").arg(KEYS[k]).arg(OWNERS[o]),
         Op::Del(k) => pipe.cmd("DEL").arg(KEYS[k]),
-        Op::SeedSet(k, o) => pipe
+        Op::LuaServiceSet(k, o) => pipe
             .cmd("SET")
             .arg(KEYS[k])
             .arg(OWNERS[o])
@@ -409,7 +410,7 @@ fn live_server_matches_reference_model() {
     let total: usize = std::env::var("SPACELOCK_MODEL_OPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(if kit::soak() { 2_000_000 } else { 30_000 });
     println!("model test: SPACELOCK_MODEL_SEED={seed} SPACELOCK_MODEL_OPS={total}");
     // A WAIT on a held key blocks until its 1 ms timeout, which the server
     // notices on its next cron tick: a high hz keeps those pauses short.

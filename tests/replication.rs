@@ -1,4 +1,4 @@
-//! Replication, AOF and RDB (issue 2): the module propagates only core
+//! Replication, AOF and RDB: the module propagates only core
 //! commands with absolute times, so replicas and AOF replays need no module,
 //! and fencing tokens keep increasing across restarts and promotion.
 

@@ -1,4 +1,4 @@
-//! A real Sentinel failover (issue 12): a primary and a replica, both with
+//! A real Sentinel failover (a promoted replica opens a token term): a primary and a replica, both with
 //! the module, and one sentinel (quorum 1, down after 500 ms). A stream of
 //! grants runs against the primary; the primary is killed (SIGKILL); the
 //! sentinel promotes the replica. Every token the new primary issues is

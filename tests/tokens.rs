@@ -1,4 +1,4 @@
-//! Fencing tokens never go backwards (issue 12).
+//! Fencing tokens never go backwards (the token term rule).
 //!
 //! Each case reproduces a way the old module (plain `fence + 1` counters)
 //! reissued or regressed a token: a restart without persistence, FLUSHALL /
@@ -21,7 +21,7 @@ use kit::{
 use redis::{Connection, Value};
 use std::time::Duration;
 
-/// The fenced write of issue 12: the data key is written only while the
+/// The fenced write from Lua (see docs/fencing.md): the data key is written only while the
 /// lock is held by `ARGV[1]` under token `ARGV[2]` (passed as a string).
 const FENCED_WRITE: &str = r#"
 if redis.call('SPACELOCK.CHECK', KEYS[1], ARGV[1], ARGV[2]) == 1 then

@@ -1,4 +1,4 @@
-//! `SPACELOCK.ACQUIRE … WAIT timeout_ms` (issue 4) against real servers:
+//! `SPACELOCK.ACQUIRE … WAIT timeout_ms` against real servers:
 //! FIFO order, direct handoff on release and on expiry, timeouts,
 //! disconnects, MULTI/scripts, other writers, replicas, limits, memory.
 use spacelock_testkit as kit;

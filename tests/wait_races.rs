@@ -1,4 +1,4 @@
-//! WAIT where two events meet in one event-loop iteration (issue 11): a
+//! WAIT where two events meet in one event-loop iteration: a
 //! grant and a deadline, a grant and a disconnect, a grant and `CLIENT
 //! UNBLOCK`, a timer and a write pause, two timers due together.
 //!
@@ -472,18 +472,20 @@ fn grants_and_write_pauses() {
 /// Many clients on one key, WAIT timeouts shrinking to a common deadline,
 /// a critical section each: no call outlives its timeout by more than 250
 /// ms, every reply agrees with the lock, nobody overlaps, and no lock
-/// outlives its clients. `SPACELOCK_SOAK_SECS` and `SPACELOCK_SOAK_RUNS`
-/// make it a long soak; chaos (slow commands, DELs) runs alongside.
+/// outlives its clients. By default 3 runs of 1.5 s; under `kit::soak()`
+/// 10 runs of 30 s; `SPACELOCK_SOAK_SECS` and `SPACELOCK_SOAK_RUNS` set
+/// either. Chaos (slow commands, DELs) runs alongside.
 #[kit::test]
 fn contention_soak() {
+    let (default_secs, default_runs) = if kit::soak() { (30.0, 10) } else { (1.5, 3) };
     let secs: f64 = std::env::var("SPACELOCK_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1.5);
+        .unwrap_or(default_secs);
     let runs: usize = std::env::var("SPACELOCK_SOAK_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(default_runs);
     let server = ServerBuilder::new().start();
     for run in 0..runs {
         let stats = soak_run(
@@ -600,10 +602,11 @@ fn soak_run(server: &Server, key: &str, clients: usize, length: Duration) -> Str
 fn chaos_never_leaves_a_call_without_a_reply() {
     use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
     use std::sync::Arc;
+    // 2 s by default, 60 s under `kit::soak()`, or `SPACELOCK_SOAK_SECS`.
     let secs: f64 = std::env::var("SPACELOCK_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2.0);
+        .unwrap_or(if kit::soak() { 60.0 } else { 2.0 });
     let server = Server::new();
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,4 +1,5 @@
-//! Fence-key naming: where a lock's fencing counter lives.
+//! Cluster hash slots (the only CRC16 in the tree, and whether this node
+//! serves a slot) and fence-key naming: where a lock's fencing counter lives.
 //!
 //! Every lock key `K` has a companion counter key that never expires:
 //!
@@ -20,15 +21,15 @@
 use std::sync::OnceLock;
 
 /// Prefix of every fence key; reserved for spacelock.
-pub const FENCE_PREFIX: &[u8] = b"spacelock:fence:";
+pub(crate) const FENCE_PREFIX: &[u8] = b"spacelock:fence:";
 
 /// Number of Redis Cluster hash slots.
-pub const SLOTS: usize = 16_384;
+pub(crate) const SLOTS: usize = 16_384;
 
 const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// CRC16/XMODEM, the checksum Redis Cluster uses for key slots.
-pub fn crc16(data: &[u8]) -> u16 {
+pub(crate) fn crc16(data: &[u8]) -> u16 {
     let mut crc: u16 = 0;
     for &byte in data {
         crc ^= u16::from(byte) << 8;
@@ -45,7 +46,7 @@ pub fn crc16(data: &[u8]) -> u16 {
 
 /// The part of `key` that Redis Cluster hashes: the content of the first
 /// `{…}` if it is non-empty, else the whole key.
-pub fn hash_part(key: &[u8]) -> &[u8] {
+pub(crate) fn hash_part(key: &[u8]) -> &[u8] {
     if let Some(open) = key.iter().position(|&b| b == b'{') {
         if let Some(len) = key[open + 1..].iter().position(|&b| b == b'}') {
             if len > 0 {
@@ -114,7 +115,7 @@ pub fn warm_up() {
 }
 
 /// The slot tag `T` for `slot` (see the module docs).
-pub fn slot_tag(slot: u16) -> &'static [u8] {
+pub(crate) fn slot_tag(slot: u16) -> &'static [u8] {
     let tag = &table()[usize::from(slot) % SLOTS];
     &tag.bytes[..usize::from(tag.len)]
 }
@@ -141,6 +142,33 @@ pub fn fence_key_in<'a>(key: &[u8], out: &'a mut [u8]) -> Option<&'a [u8]> {
         at += part.len();
     }
     out.get(..len)
+}
+
+/// Whether the `myself` node of a `CLUSTER NODES` text serves `slot` and is
+/// neither migrating nor importing it.
+pub fn serves_slot(nodes: &str, slot: u16) -> bool {
+    let Some(line) = nodes.lines().find(|l| {
+        l.split(' ')
+            .nth(2)
+            .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
+    }) else {
+        return false;
+    };
+    let mut owned = false;
+    for field in line.split(' ').skip(8) {
+        if let Some(open) = field.strip_prefix('[') {
+            // `[slot->-id]` (migrating) or `[slot-<-id]` (importing).
+            if open.split('-').next().and_then(|n| n.parse::<u16>().ok()) == Some(slot) {
+                return false;
+            }
+            continue;
+        }
+        let (lo, hi) = field.split_once('-').unwrap_or((field, field));
+        if let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
+            owned |= (lo..=hi).contains(&slot);
+        }
+    }
+    owned
 }
 
 #[cfg(test)]
@@ -253,5 +281,22 @@ mod tests {
         let tag = slot_tag(slot);
         let expected = [b"spacelock:fence:{".as_slice(), tag, b"}:", key].concat();
         assert_eq!(fence_key(key), expected);
+    }
+
+    #[test]
+    fn cluster_nodes_parsing() {
+        let me = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-100 200 [150->-b2] [300-<-b2]\n";
+        let other = "b2 127.0.0.1:7001@17001 master - 0 1 2 connected 101-199 201-16383\n";
+        let nodes = format!("{other}{me}");
+        assert!(serves_slot(&nodes, 0));
+        assert!(serves_slot(&nodes, 100));
+        assert!(serves_slot(&nodes, 200));
+        assert!(!serves_slot(&nodes, 101), "another node's slot");
+        assert!(!serves_slot(&nodes, 150), "migrating away");
+        assert!(!serves_slot(&nodes, 300), "importing");
+        assert!(!serves_slot(&nodes, 16383));
+        let replica = "c3 127.0.0.1:7002@17002 myself,slave a1 0 0 1 connected\n";
+        assert!(!serves_slot(replica, 0));
+        assert!(!serves_slot("", 0));
     }
 }

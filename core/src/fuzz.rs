@@ -1,7 +1,9 @@
-//! In-repo fuzz harness (issue 7 §5) over argument parsing and the lock state
+//! In-repo fuzz harness over argument parsing and the lock state
 //! machine. `cargo fuzz` needs a nightly toolchain, which this project does not
 //! assume; these randomized property tests run on stable, in CI, in well under
-//! a second, and longer on demand:
+//! a second, 100 times longer under `SPACELOCK_SOAK` (set, and neither
+//! empty nor `0`, as `make soak` sets it), and as long as asked with
+//! `SPACELOCK_FUZZ_ITERS`:
 //!
 //! ```sh
 //! SPACELOCK_FUZZ_ITERS=20000000 cargo test --release -p spacelock-core fuzz -- --nocapture
@@ -13,11 +15,15 @@ use crate::lock::{self, MemoryStore, Value};
 use crate::tokens::{Terms, TokenMode};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+/// `SPACELOCK_FUZZ_ITERS`, else `default`, or 100 × `default` in a soak.
+/// (The core cannot use the test kit; this reads `SPACELOCK_SOAK` the way
+/// `kit::soak()` does.)
 fn iters(default: usize) -> usize {
+    let soak = std::env::var_os("SPACELOCK_SOAK").is_some_and(|v| !v.is_empty() && v != "0");
     std::env::var("SPACELOCK_FUZZ_ITERS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+        .unwrap_or(if soak { default * 100 } else { default })
 }
 
 fn seed() -> u64 {

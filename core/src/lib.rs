@@ -5,13 +5,13 @@
 //! bench and the tests all build on it.
 //!
 //! * [`args`]: argument rules (integers as Redis parses them, ttl, owner);
-//! * [`fence`]: the cluster hash slot (the only CRC16 in the tree) and
-//!   fence-key naming;
+//! * [`fence`]: the cluster hash slot (the only CRC16 in the tree), whether
+//!   a node serves a slot, and fence-key naming;
 //! * [`lock`]: the lock state machine over a [`lock::Store`], with
 //!   [`lock::MemoryStore`] and an injectable clock;
 //! * [`tokens`]: which fencing token a grant issues (terms and their floor);
-//! * [`wait`]: the WAIT queues and every decision they make, against a
-//!   [`wait::Host`] trait.
+//! * [`handoff`]: the WAIT handoff: the queues of waiting clients and every
+//!   decision they make, against a [`handoff::Host`] trait.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -20,6 +20,6 @@ mod error;
 pub mod fence;
 #[cfg(test)]
 mod fuzz;
+pub mod handoff;
 pub mod lock;
 pub mod tokens;
-pub mod wait;

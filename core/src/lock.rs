@@ -26,7 +26,7 @@ pub enum Probe {
 /// One lock key as seen by one caller.
 ///
 /// Reads come first and may fail. A grant's writes fail only if the server
-/// refuses them, which no input can cause; [`Store::grant`] then reports it,
+/// refuses them, which no input can cause; [`Store::write_grant`] then reports it,
 /// leaving the keyspace consistent: at worst a token is skipped (see its
 /// docs).
 pub trait Store {
@@ -44,7 +44,7 @@ pub trait Store {
     /// [`LockError::WriteFailed`] if the server refused a write. A refused
     /// fence write changes nothing; a refused lock write leaves the fence
     /// advanced (and replicated), which only skips a token.
-    fn grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError>;
+    fn write_grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError>;
     /// Moves the lock key's expiry to `expire_at_ms`; the value is untouched.
     fn extend(&mut self, expire_at_ms: i64);
     /// Deletes the lock key (never the fence key).
@@ -67,7 +67,7 @@ pub fn acquire<S: Store>(
         return Ok(None);
     }
     let token = terms.peek(store.last_token()?, mode)?;
-    store.grant(at, token)?;
+    store.write_grant(at, token)?;
     terms.issued(token);
     Ok(Some(token))
 }
@@ -180,7 +180,7 @@ impl Store for MemoryView<'_> {
             Some(Value::Str(v)) => parse_token(v),
         }
     }
-    fn grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError> {
+    fn write_grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError> {
         self.store.keys.insert(
             self.fence.clone(),
             (Value::Str(token.to_string().into_bytes()), None),
@@ -244,7 +244,8 @@ mod tests {
 
     #[test]
     fn table_of_transitions() {
-        // The seed's semantics, one row per step: acquire is SET NX (even the
+        // The semantics of the existing Lua-based service (the `SET NX PX` +
+        // Lua recipe), one row per step: acquire is SET NX (even the
         // holder gets nil), refresh/release are owner-checked.
         run(&[
             (Acquire(b"a", 1000), Ok(1)),
@@ -332,10 +333,11 @@ mod tests {
         assert_eq!(acq(&mut s.view(b"y", b"o"), 10), Ok(Some(1)));
         s.keys.remove(b"x".as_slice());
         assert_eq!(acq(&mut s.view(b"x", b"o"), 10), Ok(Some(2)));
-        // A lock taken by plain SET NX (seed) is released by its owner.
+        // A lock taken by plain SET NX (the existing Lua-based service) is
+        // released by its owner.
         s.keys
-            .insert(b"z".to_vec(), (Value::Str(b"seed".to_vec()), Some(T0 + 10)));
-        assert_eq!(release(&mut s.view(b"z", b"seed")), Ok(true));
+            .insert(b"z".to_vec(), (Value::Str(b"lua".to_vec()), Some(T0 + 10)));
+        assert_eq!(release(&mut s.view(b"z", b"lua")), Ok(true));
     }
 
     #[test]
@@ -376,7 +378,7 @@ mod tests {
             fn last_token(&mut self) -> Result<i64, LockError> {
                 Ok(0)
             }
-            fn grant(&mut self, _: i64, _: i64) -> Result<(), LockError> {
+            fn write_grant(&mut self, _: i64, _: i64) -> Result<(), LockError> {
                 Err(LockError::WriteFailed)
             }
             fn extend(&mut self, _: i64) {}

@@ -47,29 +47,50 @@
 //! as numbers. ms × 1,000 stays below 2^53 until the year 2255 (and below
 //! `i64::MAX` far longer).
 
+use std::ffi::CStr;
+
 use crate::error::LockError;
 
 /// Tokens per millisecond of a term's start: the floor's scale.
 pub const PER_MS: i64 = 1_000;
 
-/// How grants pick their token.
+/// How grants pick their token. The config's value names and enum numbers
+/// come from here ([`TokenMode::ALL`], [`TokenMode::config_value`], the
+/// discriminant), and nowhere else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum TokenMode {
     /// `max(fence + 1, next)`: never reissued, never backwards (the default).
     #[default]
-    Term,
+    Term = 0,
     /// `fence + 1`: a plain per-name counter, which restarts when the fence
     /// key is lost.
-    Counter,
+    Counter = 1,
 }
 
 impl TokenMode {
-    /// The config value: `term` or `counter`.
-    pub fn name(self) -> &'static str {
+    /// Every mode, in the order of their enum numbers.
+    pub const ALL: [TokenMode; 2] = [TokenMode::Term, TokenMode::Counter];
+
+    /// The config value (`term` or `counter`), as `spacelock.token-mode`,
+    /// `INFO spacelock` and the load log spell it.
+    pub const fn config_value(self) -> &'static CStr {
         match self {
-            TokenMode::Term => "term",
-            TokenMode::Counter => "counter",
+            TokenMode::Term => c"term",
+            TokenMode::Counter => c"counter",
         }
+    }
+
+    /// The config value as text.
+    pub fn name(self) -> &'static str {
+        self.config_value().to_str().unwrap_or_default()
+    }
+
+    /// The mode of enum number `n` (the default for an unknown number).
+    pub fn from_number(n: i64) -> TokenMode {
+        TokenMode::ALL
+            .into_iter()
+            .find(|&m| m as i64 == n)
+            .unwrap_or_default()
     }
 }
 

@@ -45,6 +45,6 @@ pub use blocking::{BlockedClient, Blocking};
 pub use ctx::{Ctx, EventClass, Level};
 pub use entry::{entry, load, Command, CommandError};
 pub use events::{KeyEvents, ServerEvent, ServerEvents, Timers};
-pub use keys::{Contents, Key, WriteRefused};
+pub use keys::{Contents, Key};
 pub use register::{ArgDoc, ArgType, CommandDef, Configs, InfoCtx, InfoSection, KeyFlags, LoadCtx};
 pub use strings::{OwnedStr, RStr};

@@ -46,8 +46,6 @@ pub enum ArgType {
     String,
     /// An integer.
     Integer,
-    /// A fixed word (a subcommand-like token).
-    PureToken,
 }
 
 /// One documented argument (for COMMAND DOCS).
@@ -203,9 +201,6 @@ impl LoadCtx {
                     ArgType::Key => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
                     ArgType::String => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
                     ArgType::Integer => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
-                    ArgType::PureToken => {
-                        raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_PURE_TOKEN
-                    }
                 };
                 arg.key_spec_index = if matches!(a.kind, ArgType::Key) {
                     0

@@ -1,5 +1,5 @@
-//! What the WAIT path parses: the option after `ttl_ms`, a cluster node's
-//! slot map, and the error texts it replies.
+//! What the WAIT path parses (the option after `ttl_ms`) and the error
+//! texts it replies.
 
 use crate::args::{parse_timeout, ArgError};
 
@@ -39,33 +39,6 @@ pub const SLOT_MOVED_TRYAGAIN: &str =
 pub const REPLICA_UNBLOCKED: &str =
     "UNBLOCKED this server is now a replica; retry the WAIT on the primary";
 
-/// Whether the `myself` node of a `CLUSTER NODES` text serves `slot` and is
-/// neither migrating nor importing it.
-pub fn serves_slot(nodes: &str, slot: u16) -> bool {
-    let Some(line) = nodes.lines().find(|l| {
-        l.split(' ')
-            .nth(2)
-            .is_some_and(|flags| flags.split(',').any(|f| f == "myself"))
-    }) else {
-        return false;
-    };
-    let mut owned = false;
-    for field in line.split(' ').skip(8) {
-        if let Some(open) = field.strip_prefix('[') {
-            // `[slot->-id]` (migrating) or `[slot-<-id]` (importing).
-            if open.split('-').next().and_then(|n| n.parse::<u16>().ok()) == Some(slot) {
-                return false;
-            }
-            continue;
-        }
-        let (lo, hi) = field.split_once('-').unwrap_or((field, field));
-        if let (Ok(lo), Ok(hi)) = (lo.trim().parse::<u16>(), hi.trim().parse::<u16>()) {
-            owned |= (lo..=hi).contains(&slot);
-        }
-    }
-    owned
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,22 +66,5 @@ mod tests {
         assert!(too_many_waiters(3).starts_with("ERR "));
         assert!(REPLICA_UNBLOCKED.starts_with("UNBLOCKED "));
         assert!(SLOT_MOVED_TRYAGAIN.starts_with("TRYAGAIN "));
-    }
-
-    #[test]
-    fn cluster_nodes_parsing() {
-        let me = "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-100 200 [150->-b2] [300-<-b2]\n";
-        let other = "b2 127.0.0.1:7001@17001 master - 0 1 2 connected 101-199 201-16383\n";
-        let nodes = format!("{other}{me}");
-        assert!(serves_slot(&nodes, 0));
-        assert!(serves_slot(&nodes, 100));
-        assert!(serves_slot(&nodes, 200));
-        assert!(!serves_slot(&nodes, 101), "another node's slot");
-        assert!(!serves_slot(&nodes, 150), "migrating away");
-        assert!(!serves_slot(&nodes, 300), "importing");
-        assert!(!serves_slot(&nodes, 16383));
-        let replica = "c3 127.0.0.1:7002@17002 myself,slave a1 0 0 1 connected\n";
-        assert!(!serves_slot(replica, 0));
-        assert!(!serves_slot("", 0));
     }
 }

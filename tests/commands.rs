@@ -1,15 +1,17 @@
-//! Module core (issue 2): every reply case, fencing, errors, interop with the
-//! seed's Lua, transactions/scripts, key specs, ACL, notifications, OOM.
+//! The commands against a real server: every reply case, fencing, errors,
+//! interop with the existing Lua-based service's `SET NX PX` + Lua recipe,
+//! transactions/scripts, key specs, ACL, notifications, OOM.
 
 use spacelock_testkit as kit;
 
 use kit::{acquire, release, snapshot, Server, ServerBuilder};
 use redis::{Connection, Value};
+use spacelock_core::fence::key_slot;
 use std::time::Duration;
 
-/// The seed's exact scripts (space-lock.service.ts).
-const SEED_RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
-const SEED_REFRESH: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
+/// The existing Lua-based service's exact scripts (space-lock.service.ts).
+const LUA_SERVICE_RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
+const LUA_SERVICE_REFRESH: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
 
 fn refresh(con: &mut Connection, key: &[u8], owner: &[u8], ttl: i64) -> i64 {
     redis::cmd("SPACELOCK.REFRESH")
@@ -179,29 +181,6 @@ fn counter_mode_keeps_plain_per_name_counters() {
     assert_eq!(acquire(&mut con, b"space-1", b"o", 1000), Some(1));
 }
 
-/// CRC16/XMODEM and the hash-tag rule, written independently of the module.
-fn slot(key: &[u8]) -> u16 {
-    let part = match key.iter().position(|&b| b == b'{') {
-        Some(s) => match key[s + 1..].iter().position(|&b| b == b'}') {
-            Some(l) if l > 0 => &key[s + 1..s + 1 + l],
-            _ => key,
-        },
-        None => key,
-    };
-    let mut crc: u16 = 0;
-    for &b in part {
-        crc ^= (b as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
 #[kit::test]
 fn fence_key_shares_the_lock_slot_for_awkward_names() {
     let server = Server::new();
@@ -223,7 +202,14 @@ fn fence_key_shares_the_lock_slot_for_awkward_names() {
             continue; // the empty key name is valid but pointless; skip it
         }
         let fence = fence_key(&mut con, key);
-        assert_eq!(slot(&fence), slot(key), "key {key:?} fence {fence:?}");
+        // The core's slot rule, checked against Redis's reference vectors
+        // in `core/src/fence.rs` (`CLUSTER KEYSLOT` needs cluster mode on
+        // Redis 7.0; `tests/cluster.rs` checks against the server's).
+        assert_eq!(
+            key_slot(&fence),
+            key_slot(key),
+            "key {key:?} fence {fence:?}"
+        );
         let floor = kit::token_floor(&mut con);
         assert_eq!(acquire(&mut con, key, b"o", 1000), Some(floor));
         assert_eq!(get(&mut con, &fence), Some(floor.to_string().into_bytes()));
@@ -365,13 +351,13 @@ fn expiry_overflow_is_rejected() {
 }
 
 #[kit::test]
-fn seed_lua_works_on_module_locks_and_module_works_on_seed_locks() {
+fn lua_service_works_on_module_locks_and_module_works_on_lua_service_locks() {
     let server = Server::new();
     let mut con = server.conn();
-    let release_lua = redis::Script::new(SEED_RELEASE);
-    let refresh_lua = redis::Script::new(SEED_REFRESH);
+    let release_lua = redis::Script::new(LUA_SERVICE_RELEASE);
+    let refresh_lua = redis::Script::new(LUA_SERVICE_REFRESH);
 
-    // Module lock, seed refresh + release.
+    // Module lock, the Lua service's refresh + release.
     acquire(&mut con, b"git-sync:lock:s1", b"instance-a", 5_000).unwrap();
     let r: i64 = refresh_lua
         .key("git-sync:lock:s1")
@@ -402,7 +388,7 @@ fn seed_lua_works_on_module_locks_and_module_works_on_seed_locks() {
     assert_eq!(r, 1);
     assert_eq!(get(&mut con, b"git-sync:lock:s1"), None);
 
-    // Seed lock (SET NX PX), module refresh + release; ACQUIRE sees it held.
+    // The Lua service's lock (SET NX PX), module refresh + release; ACQUIRE sees it held.
     let ok: Option<String> = redis::cmd("SET")
         .arg("git-sync:lock:s2")
         .arg("instance-a")
@@ -427,7 +413,7 @@ fn seed_lua_works_on_module_locks_and_module_works_on_seed_locks() {
     assert!(pttl(&mut con, b"git-sync:lock:s2") > 50_000);
     assert_eq!(release(&mut con, b"git-sync:lock:s2", b"instance-b"), 0);
     assert_eq!(release(&mut con, b"git-sync:lock:s2", b"instance-a"), 1);
-    // And the seed's SET NX sees a module lock as held.
+    // And the Lua service's SET NX sees a module lock as held.
     acquire(&mut con, b"git-sync:lock:s3", b"instance-a", 5_000).unwrap();
     let ok: Option<String> = redis::cmd("SET")
         .arg("git-sync:lock:s3")

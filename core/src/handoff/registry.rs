@@ -51,9 +51,12 @@ pub struct Arrival<'a, H> {
     pub deadline_ms: Option<i64>,
 }
 
-/// A grant that was written but could not be delivered: its client was
-/// gone by the time the reply was due. It is undone (the lock key deleted,
-/// if it still holds this grant) and the lock handed on.
+/// A grant the handoff wrote for a waiter: which lock, to whom, with which
+/// token. It travels with the unblock (`Outcome::Granted`) to the reply
+/// callback, which answers its token if it still stands; one that could
+/// not be delivered (its client was gone by the time the reply was due) is
+/// kept here until it is undone (the lock key deleted, if it still holds
+/// this grant) and the lock handed on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     /// The lock's database.

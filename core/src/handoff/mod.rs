@@ -67,17 +67,15 @@ mod engine;
 mod ids;
 mod options;
 mod registry;
-pub mod timers;
+mod timers;
 
 pub use engine::{
     answer, arm_pending, enqueue, may_enqueue, on_disconnect, on_flush, on_key_event, on_timer,
-    settle, undelivered, Answer, Event, Granted, Host, LockState, Origin, Outcome, Refused,
+    settle, undelivered, Acquired, Answer, Event, Host, LockState, Origin, Outcome, Refused,
     Request,
 };
-pub use options::{
-    parse_options, serves_slot, too_many_waiters, REPLICA_UNBLOCKED, SLOT_MOVED_TRYAGAIN,
-};
-pub use registry::{Arrival, Db, DbScope, Grant, QueueId, QueueKey, Registry, Waiter, WaiterId};
+pub use options::{parse_options, too_many_waiters, REPLICA_UNBLOCKED, SLOT_MOVED_TRYAGAIN};
+pub use registry::{Db, DbScope, Grant, Registry};
 pub use timers::{TimerId, TimerKind};
 
 #[cfg(test)]

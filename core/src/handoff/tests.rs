@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use super::registry::WaiterId;
 use super::timers::{MAX_TIMER_MS, PAUSE_RETRY_MS};
 use super::*;
 use crate::fence::fence_key;
@@ -25,7 +26,7 @@ struct Fake {
     looks_free: bool,
     closing: HashSet<u64>,
     unblocked: Vec<(u32, Outcome)>,
-    released: Vec<u32>,
+    freed: Vec<u32>,
     timers: BTreeMap<u64, (TimerKind, i64)>,
     next_timer: u64,
     events: Vec<Event>,
@@ -69,7 +70,7 @@ impl Host for Fake {
             },
         }
     }
-    fn grant(&mut self, db: Db, key: &[u8], owner: &[u8], ttl_ms: i64) -> Granted {
+    fn acquire_for(&mut self, db: Db, key: &[u8], owner: &[u8], ttl_ms: i64) -> Acquired {
         let key = k(db, key);
         let terms = self.terms.get_or_insert_with(|| Terms::open_at(T0));
         lock::acquire(
@@ -95,8 +96,8 @@ impl Host for Fake {
     fn unblock(&mut self, handle: u32, outcome: Outcome) {
         self.unblocked.push((handle, outcome));
     }
-    fn release(&mut self, handle: u32) {
-        self.released.push(handle);
+    fn free_handle(&mut self, handle: u32) {
+        self.freed.push(handle);
     }
     fn arm(&mut self, kind: TimerKind, period_ms: i64) -> TimerId {
         self.next_timer += 1;
@@ -144,7 +145,7 @@ impl World {
 
     /// `owner` takes `key` in db 0 as a plain ACQUIRE would.
     fn hold(&mut self, key: &[u8], owner: &[u8], ttl: i64) -> i64 {
-        self.host.grant(0, key, owner, ttl).unwrap().unwrap()
+        self.host.acquire_for(0, key, owner, ttl).unwrap().unwrap()
     }
 
     /// Client `h` (connection id h) WAITs on `key` for `timeout` ms.
@@ -386,7 +387,7 @@ fn expiry_and_deadline_due_in_the_same_millisecond() {
 fn a_queued_waiter_that_disconnects_is_never_granted() {
     let mut w = World::queued(1_000, &[(1, 500), (2, 0)]);
     on_disconnect(&mut w.host, &mut w.reg, 1);
-    assert_eq!(w.host.released, [1]);
+    assert_eq!(w.host.freed, [1]);
     w.release(b"k");
     assert_eq!(w.outcomes().len(), 1);
     assert!(w.granted(2).is_some());
@@ -398,7 +399,7 @@ fn a_queued_waiter_that_disconnects_is_never_granted() {
         .all(|(kind, _)| !matches!(kind, TimerKind::Deadline(_))));
     // A second disconnect callback (or one for a stranger) changes nothing.
     on_disconnect(&mut w.host, &mut w.reg, 1);
-    assert_eq!(w.host.released, [1]);
+    assert_eq!(w.host.freed, [1]);
 }
 
 #[test]
@@ -733,7 +734,7 @@ fn every_waiter_leaves_exactly_once_under_random_interleavings() {
             }
         }
     }
-    for h in &w.host.released {
+    for h in &w.host.freed {
         assert!(!answered.contains(h), "{h} released after an unblock");
     }
     // No lock is left with a client that went away.

@@ -74,9 +74,9 @@ pub enum Event {
     GrantLost,
 }
 
-/// What [`Host::grant`] returns: the token, `None` if the lock turned out
-/// held, or the error ACQUIRE would reply.
-pub type Granted = Result<Option<i64>, LockError>;
+/// What [`Host::acquire_for`] returns: the token, `None` if the lock turned
+/// out held, or the error ACQUIRE would reply.
+pub type Acquired = Result<Option<i64>, LockError>;
 
 /// The server, as WAIT needs it. Methods that take a `db` act on that
 /// database (a timer context selects it; a command context is already in
@@ -101,13 +101,16 @@ pub trait Host {
     fn client_closing(&mut self, client_id: u64) -> bool;
     /// The state of the lock key.
     fn lock_state(&mut self, db: Db, key: &[u8]) -> LockState;
-    /// Grants the lock to `owner` exactly as ACQUIRE does (token rule,
-    /// replication, notifications): `Ok(None)` if it turned out held.
+    /// Acquires the lock for a waiter's `owner` exactly as ACQUIRE does
+    /// (`lock::acquire` over the host's `Store`, whose
+    /// [`Store::write_grant`](crate::lock::Store::write_grant) writes and
+    /// replicates it): `Ok(None)` if it turned out held. The caller turns
+    /// a token into a [`Grant`].
     ///
     /// # Errors
     ///
     /// What ACQUIRE would reply (a wrong type, an exhausted counter).
-    fn grant(&mut self, db: Db, key: &[u8], owner: &[u8], ttl_ms: i64) -> Granted;
+    fn acquire_for(&mut self, db: Db, key: &[u8], owner: &[u8], ttl_ms: i64) -> Acquired;
     /// Whether `grant` still stands: the key holds its owner and the fence
     /// counter its token.
     fn grant_stands(&mut self, grant: &Grant) -> bool;
@@ -116,8 +119,9 @@ pub trait Host {
     fn undo(&mut self, grant: &Grant) -> bool;
     /// Unblocks a waiter; the reply is decided later by [`answer`].
     fn unblock(&mut self, handle: Self::Handle, outcome: Outcome);
-    /// Frees a handle whose client disconnected (no reply).
-    fn release(&mut self, handle: Self::Handle);
+    /// Frees the blocked-client handle of a client that disconnected while
+    /// queued (no reply, no lock involved).
+    fn free_handle(&mut self, handle: Self::Handle);
     /// Arms a timer.
     fn arm(&mut self, kind: TimerKind, period_ms: i64) -> TimerId;
     /// Stops a timer (harmless if it fired).
@@ -262,7 +266,7 @@ pub fn settle<H: Host>(
             host.unblock(w.handle, Outcome::Gone);
             continue;
         }
-        match host.grant(db, key, &w.owner, w.ttl_ms) {
+        match host.acquire_for(db, key, &w.owner, w.ttl_ms) {
             Ok(Some(token)) => {
                 leave(host, &w);
                 let grant = Grant {
@@ -341,7 +345,7 @@ fn on_deadline<H: Host>(host: &mut H, reg: &mut Registry<H::Handle>, id: WaiterI
 pub fn on_disconnect<H: Host>(host: &mut H, reg: &mut Registry<H::Handle>, handle: H::Handle) {
     if let Some(((db, key), w)) = reg.remove(handle) {
         leave(host, &w);
-        host.release(handle);
+        host.free_handle(handle);
         finish(host, reg, db, &key);
     }
 }

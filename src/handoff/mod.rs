@@ -1,0 +1,170 @@
+//! The server side of the WAIT handoff (`ACQUIRE … WAIT`):
+//! `spacelock_core::handoff` makes every decision (its docs say why no
+//! interleaving of grants, deadlines, disconnects, pauses and slow commands
+//! breaks the WAIT guarantee); this folder carries them out on the server,
+//! one job a file:
+//!
+//! * this file: the registry (one static, locked for one callback at a
+//!   time), [`step`] that runs one engine call under it, and what the
+//!   commands call: [`settle_from_command`], [`enqueue`], [`waiters_on`],
+//!   [`gauges`];
+//! * [`host`]: `ServerHost`, the engine's `Host` over one callback's
+//!   context (lock state, the grant as ACQUIRE writes it, undo, unblock,
+//!   timers);
+//! * [`callbacks`]: [`Callbacks`], which receives the blocked clients'
+//!   reply, disconnect and free callbacks, the module timers, and flushes /
+//!   role changes / `SWAPDB`;
+//! * [`keyspace`]: keyspace events, subscribed while someone waits (a
+//!   server where nobody ever waits pays nothing for them) and unsubscribed
+//!   from a timer once nobody does, where the server can (Redis 7.4+,
+//!   Valkey 8.1+);
+//! * [`self_writes`]: [`SelfWrites`]. The engine's writes fire keyspace
+//!   events, which come back here while the registry is locked; they are
+//!   ours, and `SelfWrites` makes the event callback ignore them before it
+//!   looks at the registry.
+//!
+//! # What this relies on in the server
+//!
+//! Checked in the sources of Redis 7.0.15, Redis 8.0.6 and Valkey 9.1.2
+//! (module.c, networking.c, blocked.c, server.c), and exercised on every
+//! supported server by `tests/wait_races.rs`:
+//!
+//! * A client blocked with timeout 0 is never timed out by the server, and
+//!   `CLIENT UNBLOCK` (and anything else that goes through
+//!   `moduleBlockedClientMayTimeout`) leaves a module client without a
+//!   timeout callback alone. So no server path unblocks a waiter but ours,
+//!   except a disconnect or the server letting go of every blocked client on
+//!   a role change (both call the disconnect callback).
+//! * The disconnect callback is called whenever the client goes away before
+//!   the server has run its reply callback, even after the module unblocked
+//!   it (the server clears the callback only once the reply callback ran).
+//!   So a waiter still queued always leaves the queue, and a grant in flight
+//!   is never taken for delivered.
+//! * The private data of an unblock is always freed, after the reply
+//!   callback or, for a client gone, instead of it (free callback with no
+//!   client in its context: it must not touch keys, and does not).
+//! * A client whose socket read failed, or whose output buffer overflowed, is
+//!   only marked to close (`CLIENT_CLOSE_ASAP`, flag `A` in `CLIENT LIST`)
+//!   and freed at the end of the iteration, after the reply callbacks: the
+//!   reply callback must look for that flag, and does.
+//! * `beforeSleep` answers the server's own timeouts before (Redis 7.0) or
+//!   after (newer) the module reply callbacks: nothing here depends on it,
+//!   since the server has no timeouts of ours to answer.
+//! * Redis 7.0 updates its cached clock only in its cron and at the start of
+//!   a command: a timer that asks whether a timed write pause has ended
+//!   first runs a command (`PING`) through `RedisModule_Call`.
+
+mod callbacks;
+mod host;
+mod keyspace;
+mod self_writes;
+
+use std::sync::{Mutex, MutexGuard};
+
+use spacelock_core::handoff::{self as engine, Origin, Registry, Request};
+
+use crate::config;
+use crate::ffi::{BlockedClient, CommandError, Ctx, RStr};
+
+pub use callbacks::Callbacks;
+use host::{ServerHost, Site};
+pub use self_writes::SelfWrites;
+
+/// A blocked client's handle, as the registry keeps it.
+type Handle = BlockedClient<Callbacks>;
+
+// A plain static, not `thread_local!`: a TLS destructor registered by the
+// shared object would keep glibc from unloading it on MODULE UNLOAD (and a
+// reload would then see the old statics).
+static REGISTRY: Mutex<Option<Registry<Handle>>> = Mutex::new(None);
+
+fn registry() -> MutexGuard<'static, Option<Registry<Handle>>> {
+    crate::sync::lock(&REGISTRY)
+}
+
+/// Whether nobody waits anywhere (the cheap exit of most callbacks).
+fn nobody_waits() -> bool {
+    registry().as_ref().is_none_or(Registry::is_idle)
+}
+
+/// Runs one engine step for a callback: the registry locked, our writes
+/// muted, and, once nobody waits, keyspace events unsubscribed (from a
+/// timer: this may run inside the server's event dispatch).
+fn step<R>(
+    ctx: &Ctx,
+    site: Site,
+    f: impl FnOnce(&mut ServerHost<'_>, &mut Registry<Handle>) -> R,
+) -> R {
+    let _quiet = SelfWrites::begin();
+    let mut guard = registry();
+    let reg = guard.get_or_insert_with(Registry::new);
+    let mut host = ServerHost::new(ctx, site);
+    let out = f(&mut host, reg);
+    if host.went_idle() && reg.is_idle() && keyspace::may_unsubscribe() {
+        if site == Site::Timer {
+            keyspace::unsubscribe(ctx);
+        } else {
+            engine::arm_pending(&mut host, reg);
+        }
+    }
+    out
+}
+
+/// (waiting clients, keys with waiters) for INFO.
+pub fn gauges() -> (u64, u64) {
+    // try_lock: INFO may run in a crash report while the lock is held.
+    crate::sync::try_lock(&REGISTRY).map_or((0, 0), |r| r.as_ref().map_or((0, 0), Registry::gauges))
+}
+
+/// Clients waiting on `key` in `db`.
+pub fn waiters_on(db: i32, key: &[u8]) -> usize {
+    registry().as_ref().map_or(0, |r| r.len(db, key))
+}
+
+/// Settles `key` from a spacelock command (the engine's `settle`, with
+/// `Origin::Command`): hands a free lock to its head waiter, undoes a grant
+/// nobody received, keeps the expiry timer in line.
+pub fn settle_from_command(ctx: &Ctx, key: RStr<'_>) {
+    if nobody_waits() {
+        return;
+    }
+    let db = ctx.selected_db();
+    step(ctx, Site::Command, |host, reg| {
+        engine::settle(host, reg, db, key.as_bytes(), Origin::Command)
+    });
+}
+
+/// Blocks the caller in `key`'s queue (its ACQUIRE found the lock held).
+///
+/// # Errors
+///
+/// Too many waiters, or a client that cannot block here.
+pub fn enqueue(
+    ctx: &Ctx,
+    key: RStr<'_>,
+    owner: RStr<'_>,
+    ttl_ms: i64,
+    timeout_ms: i64,
+) -> Result<(), CommandError> {
+    let db = ctx.selected_db();
+    let max = config::max_waiters();
+    step(ctx, Site::Command, |host, reg| {
+        engine::may_enqueue(reg, db, key.as_bytes(), max)
+            .map_err(|_| CommandError::Reply(engine::too_many_waiters(max)))?;
+        let handle = ctx.block_client::<Callbacks>().ok_or_else(|| {
+            CommandError::Reply("ERR spacelock: this client cannot block here".into())
+        })?;
+        let req = Request {
+            handle,
+            client_id: ctx.client_id(),
+            owner: owner.as_bytes(),
+            ttl_ms,
+            timeout_ms,
+        };
+        engine::enqueue(host, reg, db, key.as_bytes(), req);
+        Ok::<(), CommandError>(())
+    })?;
+    // Keyspace events matter only while someone waits.
+    keyspace::subscribe(ctx);
+    Ok(())
+}
