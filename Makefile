@@ -61,11 +61,25 @@ test-node: build $(NODE_STAMP) ## Node client tests (node --test) against real r
 test-compat: build $(NODE_STAMP) ## Integration suite on Redis 7.0/8.2 + Valkey 8.1/9.1, the Node suite on Valkey 9.1 (NODE_SERVERS=), and Redis 6.2 refusal (TESTS=, SERVERS= to narrow)
 	scripts/test-compat.sh
 
-lint: deps $(NODE_STAMP) ## fmt, clippy -D warnings, every test file registered with harness = false, the Node type check
+# The publish check packages the three published crates together (the client
+# and the CLI depend on versions of core and client that crates.io does not
+# have yet) and skips the debug rebuild; `make publish-check` runs it in full.
+PUBLISHED    := -p spacelock-core -p spacelock-client -p spacelock-cli
+
+lint: deps $(NODE_STAMP) ## fmt, clippy and rustdoc with warnings denied, test files registered, publish dry run, the Node type check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --release --workspace --no-deps --quiet
 	python3 scripts/check-tests.py
+	$(CARGO) publish --dry-run --no-verify --allow-dirty --quiet $(PUBLISHED)
 	cd $(NODE_DIR) && npm run --silent typecheck
+
+.PHONY: publish-check soak
+publish-check: ## cargo publish --dry-run of the published crates, with the build each would get on crates.io (a few minutes)
+	$(CARGO) publish --dry-run --allow-dirty $(PUBLISHED)
+
+soak: ## make test with the long runs of the soak-length suites (SPACELOCK_SOAK=1: WAIT contention, the model, hostile input, the core fuzz)
+	SPACELOCK_SOAK=1 $(MAKE) --no-print-directory test
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

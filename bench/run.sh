@@ -42,7 +42,7 @@ fi
 export BENCH_CLIENT_TOOL BENCH_CLIENT_MISSING
 
 # Workload 5 runs the Node client (clients/node, built here) beside the existing service's
-# own service code (bench/node/seed) on ioredis. BENCH_SKIP_NODE=1 skips it.
+# own service code (bench/node/existing-service) on ioredis. BENCH_SKIP_NODE=1 skips it.
 BENCH_NODE_TOOL="" BENCH_NODE_MISSING=""
 if [ -n "${BENCH_SKIP_NODE:-}" ]; then
   BENCH_NODE_MISSING="skipped (BENCH_SKIP_NODE=1)"
