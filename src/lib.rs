@@ -16,6 +16,9 @@
 //!   spacelock`;
 //! * [`ffi`]: the only `unsafe` code, a leaf that imports nothing from the
 //!   rest.
+// The module is a cdylib: its rustdoc is for maintainers, and its map above
+// links the private modules on purpose.
+#![allow(rustdoc::private_intra_doc_links)]
 #![deny(unsafe_code)]
 
 mod commands;

@@ -57,7 +57,7 @@
 //!   command or a timer.
 //! * **Write pauses** (`CLIENT PAUSE … WRITE`, `FAILOVER`) hold commands but
 //!   not timers: a timer grants (or undoes) only when the host says writes
-//!   are allowed, and looks again every [`timers::PAUSE_RETRY_MS`].
+//!   are allowed, and looks again every `PAUSE_RETRY_MS` (in `timers.rs`).
 //! * **Replicas** never write: waiters are let go with `-UNBLOCKED`.
 //! * **Clusters**: a timer grants only on a node that still serves the
 //!   key's slot (else `-TRYAGAIN`).
