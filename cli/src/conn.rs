@@ -115,7 +115,7 @@ pub fn describe_error(e: &spacelock_client::Error, url: &str) -> (String, i32) {
             format!(
                 "lease lost: {}: the lock was granted but expired before the command could \
                  start (this process or the server was stalled); the command did not run",
-                crate::info::escape(key.as_bytes())
+                crate::terminal::escape(key.as_bytes())
             ),
             crate::exit::LEASE_LOST,
         ),

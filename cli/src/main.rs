@@ -11,6 +11,7 @@ mod duration;
 mod info;
 mod run;
 mod sys;
+mod terminal;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::duration::format_duration;
-use crate::info::escape;
 use crate::sys::{self, Terminal};
+use crate::terminal::escape;
 use crate::{conn, exit, RunArgs, Say};
 
 /// How long the best-effort side queries (who holds it, why it was lost) may take.

@@ -11,7 +11,7 @@ import { send, type RedisConnection } from './connection';
 import { COMMAND_TIMED_OUT, CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
 import type { ReplyDeadlines } from './deadlines';
 import { startTimer } from './timers';
-import type { CommandMode } from './lease';
+import type { CommandMode } from './commands';
 import type { ResolvedOptions } from './options';
 import type { WaitPool } from './wait-pool';
 

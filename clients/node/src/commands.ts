@@ -3,7 +3,13 @@
  * `SPACELOCK.*`, and the existing Lua-based service's exact `SET NX PX` + Lua (`fallback: 'lua'`).
  */
 import { KeyedCommand, LockCommand } from './connection';
-import type { CommandMode } from './lease';
+
+/**
+ * The command mode: which command set takes and keeps leases, the module's
+ * `SPACELOCK.*` (`'module'`) or the existing Lua-based service's
+ * `SET NX PX` + Lua (`'lua'`, with `fallback: 'lua'`).
+ */
+export type CommandMode = 'module' | 'lua';
 
 /** The existing service's release script, byte for byte (space-lock.service.ts). */
 export const LUA_RELEASE_SCRIPT =

@@ -6,8 +6,7 @@
  */
 export { SpaceLock, isSkipped, type Skipped, type SkipReason } from './space-lock';
 export { Lease } from './lease';
-export type { CommandMode } from './lease';
-export type { LockInfo } from './commands';
+export type { CommandMode, LockInfo } from './commands';
 export { LUA_REFRESH_SCRIPT, LUA_RELEASE_SCRIPT } from './commands';
 export type { SpaceLockLogger, SpaceLockOptions, WithSpaceLockOptions } from './options';
 export type { RedisConnection } from './connection';

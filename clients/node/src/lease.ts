@@ -1,14 +1,7 @@
-import { refreshSpec } from './commands';
+import { refreshSpec, type CommandMode } from './commands';
 import { encodeCommand } from './connection';
 import { LeaseLostError, type LostReason } from './errors';
 import type { Linked } from './list';
-
-/**
- * The command mode: which command set takes and keeps leases, the module's
- * `SPACELOCK.*` (`'module'`) or the existing Lua-based service's
- * `SET NX PX` + Lua (`'lua'`, with `fallback: 'lua'`).
- */
-export type CommandMode = 'module' | 'lua';
 
 /**
  * The bookkeeping of one held lease, shared by the {@link Lease} handed to

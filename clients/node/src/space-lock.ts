@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { acquireOnce, acquireWait, type AcquireContext, type Grant } from './acquire';
-import { infoCommand, parseInfo, releaseCommand, type LockInfo } from './commands';
+import { infoCommand, parseInfo, releaseCommand, type CommandMode, type LockInfo } from './commands';
 import {
   closeConnection,
   connectionKeyPrefix,
@@ -15,7 +15,7 @@ import {
 import { ReplyDeadlines } from './deadlines';
 import { COMMAND_TIMED_OUT, CommandTimeoutError, isUnknownSpacelockCommand, ModuleNotLoadedError, SpaceLockError } from './errors';
 import { Heartbeat } from './heartbeat';
-import { Lease, LeaseState, type CommandMode } from './lease';
+import { Lease, LeaseState } from './lease';
 import { resolveOptions, type ResolvedOptions, type SpaceLockOptions, type WithSpaceLockOptions } from './options';
 import { WaitPool } from './wait-pool';
 
