@@ -87,9 +87,12 @@ fn fuzz_state_machine_invariants() {
     let keys: [&[u8]; 3] = [b"a", b"{a}b", b"\x00"];
     let owners: [&[u8]; 3] = [b"x", b"y", b"z"];
     let mut s = MemoryStore::at(1_000_000);
-    let mut terms = Terms::open_at(s.now);
+    let mut process = lock::Process {
+        terms: Terms::open_at(s.now),
+        ledger: crate::ledger::Ledger::new(),
+    };
     let mut last_token = [0i64; 3];
-    // Every token ever issued, by any name, in term mode: never twice.
+    // Every token ever issued for a name, in term mode: never twice.
     let mut issued = std::collections::HashSet::new();
     let mut fence_lost = [false; 3];
     for step in 0..iters(200_000) {
@@ -98,19 +101,25 @@ fn fuzz_state_machine_invariants() {
         let ttl = rng.random_range(1..50);
         let holder_before = s.get(keys[k]).cloned();
         // Mostly term mode; sometimes a switch to plain counters and back.
+        // Fence keys kept, or expiring a short retention after the lease.
         let mode = if rng.random_range(0..20) == 0 {
             TokenMode::Counter
         } else {
             TokenMode::Term
         };
+        let policy = lock::Policy {
+            mode,
+            retention_ms: [0, 5, 100][rng.random_range(0..3)],
+        };
+        let fence_present = s.get(&crate::fence::fence_key(keys[k])).is_some();
         match rng.random_range(0..7) {
-            0 | 1 => match lock::acquire(&mut s.view(keys[k], o), ttl, &mut terms, mode).unwrap() {
+            0 | 1 => match lock::acquire(&mut s.view(keys[k], o), ttl, &mut process, policy).unwrap() {
                 Some(t) => {
                     assert!(holder_before.is_none(), "step {step}: granted a held lock");
                     if mode == TokenMode::Term {
                         assert!(t > last_token[k], "step {step}: token went backwards");
-                        assert!(issued.insert(t), "step {step}: token {t} issued twice");
-                    } else if !fence_lost[k] {
+                        assert!(issued.insert((k, t)), "step {step}: token {t} issued twice");
+                    } else if !fence_lost[k] && fence_present {
                         assert!(t > last_token[k], "step {step}: counter went backwards");
                     }
                     fence_lost[k] = false;
@@ -120,14 +129,14 @@ fn fuzz_state_machine_invariants() {
                 None => assert!(holder_before.is_some()),
             },
             2 => {
-                let ok = lock::refresh(&mut s.view(keys[k], o), ttl).unwrap();
+                let ok = lock::refresh(&mut s.view(keys[k], o), ttl, &mut process, policy).unwrap();
                 assert_eq!(ok, holder_before == Some(Value::Str(o.to_vec())));
                 if ok {
                     assert_eq!(s.expire_at(keys[k]), Some(s.now + ttl));
                 }
             }
             3 => {
-                let ok = lock::release(&mut s.view(keys[k], o)).unwrap();
+                let ok = lock::release(&mut s.view(keys[k], o), &mut process).unwrap();
                 assert_eq!(ok, holder_before == Some(Value::Str(o.to_vec())));
                 assert_eq!(s.get(keys[k]).is_none(), ok || holder_before.is_none());
             }
@@ -147,7 +156,16 @@ fn fuzz_state_machine_invariants() {
             Some(Value::Str(v)) => lock::parse_token(v).unwrap(),
             _ => 0,
         };
-        let want = if fence_lost[k] { 0 } else { last_token[k] };
-        assert_eq!(stored, want, "step {step}");
+        // (Or expired, a retention after the lease: never while it is held.)
+        if fence_lost[k] {
+            assert_eq!(stored, 0, "step {step}");
+        } else if stored != 0 || s.get(keys[k]).is_some() {
+            assert_eq!(stored, last_token[k], "step {step}");
+        }
+        // While the lock is held, the ledger knows its grant.
+        if let Some(Value::Str(holder)) = s.get(keys[k]) {
+            let known = process.ledger.token_of(0, keys[k], holder);
+            assert_eq!(known, Some(last_token[k]), "step {step}");
+        }
     }
 }

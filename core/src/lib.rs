@@ -21,5 +21,6 @@ pub mod fence;
 #[cfg(test)]
 mod fuzz;
 pub mod handoff;
+pub mod ledger;
 pub mod lock;
 pub mod tokens;

@@ -10,7 +10,61 @@
 
 use crate::args::expire_at;
 pub use crate::error::LockError;
+use crate::ledger::{Ledger, Record};
 use crate::tokens::{Terms, TokenMode};
+
+/// What a server process remembers between commands: its token terms and
+/// its ledger of the grants it wrote.
+#[derive(Debug)]
+pub struct Process {
+    /// The token terms and per-name high-water marks.
+    pub terms: Terms,
+    /// The grants that may still stand.
+    pub ledger: Ledger,
+}
+
+impl Process {
+    /// The state at load, before the first term opens.
+    pub const NEW: Process = Process {
+        terms: Terms::UNOPENED,
+        ledger: Ledger::new(),
+    };
+}
+
+/// How grants pick their token and how long fence keys are kept: the
+/// module's `token-mode` and `fence-retention` configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// How tokens are picked.
+    pub mode: TokenMode,
+    /// How long a fence key outlives the last lease of its name, in ms; 0
+    /// keeps it forever. Counter mode always keeps it: its tokens restart
+    /// when the fence key is lost.
+    pub retention_ms: i64,
+}
+
+impl Policy {
+    /// When the fence key of a lease that ends at `deadline_ms` expires:
+    /// `None` when it is kept.
+    pub fn fence_until(&self, deadline_ms: i64) -> Option<i64> {
+        (self.mode == TokenMode::Term && self.retention_ms > 0)
+            .then(|| deadline_ms.saturating_add(self.retention_ms))
+    }
+
+    /// Whether a fence key that expires at `until` must be moved for a lease
+    /// that now ends at `deadline_ms`: it would expire less than half a
+    /// retention after the lease (so most refreshes leave it alone), or it
+    /// has an expiry that the policy no longer wants.
+    fn fence_needs_moving(&self, until: Option<i64>, deadline_ms: i64) -> bool {
+        match (until, self.fence_until(deadline_ms)) {
+            (Some(until), Some(_)) => until < deadline_ms.saturating_add(self.retention_ms / 2),
+            (None, None) => false,
+            (Some(_), None) => true,
+            // A kept fence key stays kept (it may hold a counter).
+            (None, Some(_)) => false,
+        }
+    }
+}
 
 /// What the lock key holds, relative to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,21 +86,39 @@ pub enum Probe {
 pub trait Store {
     /// Current time in ms since the Unix epoch (the server's wall clock).
     fn now_ms(&self) -> i64;
+    /// The database of the lock key.
+    fn db(&self) -> i32;
+    /// The lock key's name.
+    fn key(&self) -> &[u8];
+    /// The caller's owner id.
+    fn owner(&self) -> &[u8];
     /// Compares the lock key with the caller's owner.
     fn probe(&mut self) -> Result<Probe, LockError>;
     /// The last token issued for this lock name (0 if none yet).
     fn last_token(&mut self) -> Result<i64, LockError>;
-    /// Sets the fence counter to `token` and the lock key to the caller's
-    /// owner expiring at `expire_at_ms`, in that order.
+    /// The fence key's expiry: `Ok(None)` when it has none, `Err(())` when
+    /// it does not exist.
+    fn fence_expiry(&mut self) -> Result<Option<i64>, ()>;
+    /// Sets the fence counter to `token` (expiring at `fence_until_ms`, or
+    /// kept) and the lock key to the caller's owner expiring at
+    /// `expire_at_ms`, in that order.
     ///
     /// # Errors
     ///
     /// [`LockError::WriteFailed`] if the server refused a write. A refused
     /// fence write changes nothing; a refused lock write leaves the fence
     /// advanced (and replicated), which only skips a token.
-    fn write_grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError>;
+    fn write_grant(
+        &mut self,
+        expire_at_ms: i64,
+        token: i64,
+        fence_until_ms: Option<i64>,
+    ) -> Result<(), LockError>;
     /// Moves the lock key's expiry to `expire_at_ms`; the value is untouched.
     fn extend(&mut self, expire_at_ms: i64);
+    /// Moves an existing fence key's expiry to `until_ms` (`None`: keeps it
+    /// forever); the value is untouched.
+    fn extend_fence(&mut self, until_ms: Option<i64>);
     /// Deletes the lock key (never the fence key).
     fn remove(&mut self);
 }
@@ -54,42 +126,112 @@ pub trait Store {
 /// `SPACELOCK.ACQUIRE`: `Some(token)` when granted, `None` when the key
 /// exists (whoever holds it, the caller included, as with `SET NX`).
 ///
-/// The token follows the rule of [`crate::tokens`]: `max(fence + 1, next)`
-/// in [`TokenMode::Term`], `fence + 1` in [`TokenMode::Counter`].
+/// The token follows the rule of [`crate::tokens`]: `max(fence + 1, floor,
+/// guard + 1)` in [`TokenMode::Term`], `fence + 1` in [`TokenMode::Counter`].
+/// The grant goes into the process's ledger.
 pub fn acquire<S: Store>(
     store: &mut S,
     ttl_ms: i64,
-    terms: &mut Terms,
-    mode: TokenMode,
+    process: &mut Process,
+    policy: Policy,
 ) -> Result<Option<i64>, LockError> {
-    let at = expire_at(store.now_ms(), ttl_ms)?;
+    let now = store.now_ms();
+    let at = expire_at(now, ttl_ms)?;
     if store.probe()? != Probe::Free {
         return Ok(None);
     }
-    let token = terms.peek(store.last_token()?, mode)?;
-    store.write_grant(at, token)?;
-    terms.issued(token);
+    let fence = store.last_token()?;
+    let token = process.terms.peek(store.key(), fence, policy.mode)?;
+    let fence_until = policy.fence_until(at);
+    store.write_grant(at, token, fence_until)?;
+    process.terms.issued(store.key(), token);
+    let record = Record {
+        owner: store.owner().into(),
+        token,
+        deadline_ms: at,
+        fence_until_ms: fence_until,
+    };
+    process.ledger.record(store.db(), store.key(), record, now);
     Ok(Some(token))
 }
 
 /// `SPACELOCK.REFRESH`: `true` if the caller held the lock and its TTL was
-/// reset to `ttl_ms`.
-pub fn refresh<S: Store>(store: &mut S, ttl_ms: i64) -> Result<bool, LockError> {
-    let at = expire_at(store.now_ms(), ttl_ms)?;
+/// reset to `ttl_ms`. The fence key's expiry follows the lease when it
+/// would otherwise expire less than half a retention after it; a grant the
+/// ledger does not know (written before a restart, or by the old primary)
+/// is recorded from its fence key.
+pub fn refresh<S: Store>(
+    store: &mut S,
+    ttl_ms: i64,
+    process: &mut Process,
+    policy: Policy,
+) -> Result<bool, LockError> {
+    let now = store.now_ms();
+    let at = expire_at(now, ttl_ms)?;
     if store.probe()? != Probe::Mine {
         return Ok(false);
     }
     store.extend(at);
+    let (db, ledger) = (store.db(), &mut process.ledger);
+    if let Some(r) = ledger.get_mut(db, store.key()) {
+        if *r.owner == *store.owner() {
+            r.deadline_ms = at;
+            if policy.fence_needs_moving(r.fence_until_ms, at) {
+                r.fence_until_ms = policy.fence_until(at);
+                store.extend_fence(r.fence_until_ms);
+            }
+            return Ok(true);
+        }
+    }
+    // Not in the ledger: learn the grant from its fence key, if it has one
+    // (a lock taken with the old `SET NX` has none, and no token).
+    let Ok(until) = store.fence_expiry() else {
+        return Ok(true);
+    };
+    let Ok(token) = store.last_token() else {
+        return Ok(true);
+    };
+    let mut fence_until = until;
+    if policy.fence_needs_moving(until, at) {
+        fence_until = policy.fence_until(at);
+        store.extend_fence(fence_until);
+    }
+    let record = Record {
+        owner: store.owner().into(),
+        token,
+        deadline_ms: at,
+        fence_until_ms: fence_until,
+    };
+    ledger.record(db, store.key(), record, now);
     Ok(true)
 }
 
-/// `SPACELOCK.RELEASE`: `true` if the caller held the lock and it was deleted.
-pub fn release<S: Store>(store: &mut S) -> Result<bool, LockError> {
+/// `SPACELOCK.RELEASE`: `true` if the caller held the lock and it was
+/// deleted. The fence key keeps its expiry (at most a retention after the
+/// lease's last deadline).
+pub fn release<S: Store>(store: &mut S, process: &mut Process) -> Result<bool, LockError> {
     if store.probe()? != Probe::Mine {
         return Ok(false);
     }
     store.remove();
+    process.ledger.forget(store.db(), store.key());
     Ok(true)
+}
+
+/// The token of the grant under which `owner` holds the lock key now (the
+/// lock key is known to hold `owner`): the ledger's, else the fence key's
+/// (`fence`, read only when needed: 0 when missing).
+pub fn current_token(
+    ledger: &Ledger,
+    db: i32,
+    key: &[u8],
+    owner: &[u8],
+    fence: impl FnOnce() -> Result<i64, LockError>,
+) -> Result<i64, LockError> {
+    match ledger.token_of(db, key, owner) {
+        Some(token) => Ok(token),
+        None => fence(),
+    }
 }
 
 /// Parses a fence counter value as stored by spacelock (a decimal ≥ 0).
@@ -165,6 +307,15 @@ impl Store for MemoryView<'_> {
     fn now_ms(&self) -> i64 {
         self.store.now
     }
+    fn db(&self) -> i32 {
+        0
+    }
+    fn key(&self) -> &[u8] {
+        self.key
+    }
+    fn owner(&self) -> &[u8] {
+        self.owner
+    }
     fn probe(&mut self) -> Result<Probe, LockError> {
         match self.store.get(self.key) {
             None => Ok(Probe::Free),
@@ -180,10 +331,19 @@ impl Store for MemoryView<'_> {
             Some(Value::Str(v)) => parse_token(v),
         }
     }
-    fn write_grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError> {
+    fn fence_expiry(&mut self) -> Result<Option<i64>, ()> {
+        self.store.get(&self.fence).ok_or(())?;
+        Ok(self.store.expire_at(&self.fence))
+    }
+    fn write_grant(
+        &mut self,
+        expire_at_ms: i64,
+        token: i64,
+        fence_until_ms: Option<i64>,
+    ) -> Result<(), LockError> {
         self.store.keys.insert(
             self.fence.clone(),
-            (Value::Str(token.to_string().into_bytes()), None),
+            (Value::Str(token.to_string().into_bytes()), fence_until_ms),
         );
         self.store.keys.insert(
             self.key.to_vec(),
@@ -194,6 +354,13 @@ impl Store for MemoryView<'_> {
     fn extend(&mut self, expire_at_ms: i64) {
         if let Some(entry) = self.store.keys.get_mut(self.key) {
             entry.1 = Some(expire_at_ms);
+        }
+    }
+    fn extend_fence(&mut self, until_ms: Option<i64>) {
+        if self.store.get(&self.fence).is_some() {
+            if let Some(entry) = self.store.keys.get_mut(&self.fence) {
+                entry.1 = until_ms;
+            }
         }
     }
     fn remove(&mut self) {
@@ -210,9 +377,25 @@ mod tests {
     /// The first token of the test process's term.
     const F: i64 = T0 * crate::tokens::PER_MS;
 
+    const COUNTER: Policy = Policy {
+        mode: TokenMode::Counter,
+        retention_ms: 0,
+    };
+    const TERM: Policy = Policy {
+        mode: TokenMode::Term,
+        retention_ms: 0,
+    };
+
+    fn process() -> Process {
+        Process {
+            terms: Terms::open_at(T0),
+            ledger: Ledger::new(),
+        }
+    }
+
     /// A plain counter, for readable token sequences.
     fn acq(v: &mut MemoryView<'_>, ttl: i64) -> Result<Option<i64>, LockError> {
-        acquire(v, ttl, &mut Terms::open_at(T0), TokenMode::Counter)
+        acquire(v, ttl, &mut process(), COUNTER)
     }
 
     #[derive(Debug)]
@@ -230,8 +413,10 @@ mod tests {
         for (i, (op, want)) in ops.iter().enumerate() {
             let got = match op {
                 Acquire(o, ttl) => acq(&mut s.view(b"k", o), *ttl).map(|t| t.unwrap_or(0)),
-                Refresh(o, ttl) => refresh(&mut s.view(b"k", o), *ttl).map(i64::from),
-                Release(o) => release(&mut s.view(b"k", o)).map(i64::from),
+                Refresh(o, ttl) => {
+                    refresh(&mut s.view(b"k", o), *ttl, &mut process(), COUNTER).map(i64::from)
+                }
+                Release(o) => release(&mut s.view(b"k", o), &mut process()).map(i64::from),
                 Advance(ms) => {
                     s.now += ms;
                     Ok(0)
@@ -270,7 +455,7 @@ mod tests {
     #[test]
     fn refresh_sets_absolute_expiry_without_touching_value() {
         let mut s = run(&[(Acquire(b"a", 1000), Ok(1)), (Advance(400), Ok(0))]);
-        assert!(refresh(&mut s.view(b"k", b"a"), 1000).unwrap());
+        assert!(refresh(&mut s.view(b"k", b"a"), 1000, &mut process(), COUNTER).unwrap());
         assert_eq!(s.expire_at(b"k"), Some(T0 + 1400));
         assert_eq!(s.get(b"k"), Some(&Value::Str(b"a".to_vec())));
     }
@@ -285,11 +470,11 @@ mod tests {
             Err(LockError::LockWrongType)
         );
         assert_eq!(
-            refresh(&mut s.view(b"k", b"a"), 10),
+            refresh(&mut s.view(b"k", b"a"), 10, &mut process(), COUNTER),
             Err(LockError::LockWrongType)
         );
         assert_eq!(
-            release(&mut s.view(b"k", b"a")),
+            release(&mut s.view(b"k", b"a"), &mut process()),
             Err(LockError::LockWrongType)
         );
         assert_eq!(s.keys, before);
@@ -308,10 +493,11 @@ mod tests {
             s.keys.insert(fence.clone(), (value, None));
             let before = s.keys.clone();
             assert_eq!(acq(&mut s.view(b"k", b"a"), 10), Err(err.clone()));
-            let mut terms = Terms::open_at(T0);
-            let got = acquire(&mut s.view(b"k", b"a"), 10, &mut terms, TokenMode::Term);
+            let mut p = process();
+            let got = acquire(&mut s.view(b"k", b"a"), 10, &mut p, TERM);
             assert_eq!(got, Err(err));
-            assert_eq!(terms, Terms::open_at(T0), "a failed grant issues nothing");
+            assert_eq!(p.terms.highest(), F - 1, "a failed grant issues nothing");
+            assert!(p.ledger.is_empty());
             assert_eq!(s.keys, before);
         }
     }
@@ -337,7 +523,7 @@ mod tests {
         // released by its owner.
         s.keys
             .insert(b"z".to_vec(), (Value::Str(b"lua".to_vec()), Some(T0 + 10)));
-        assert_eq!(release(&mut s.view(b"z", b"lua")), Ok(true));
+        assert_eq!(release(&mut s.view(b"z", b"lua"), &mut process()), Ok(true));
     }
 
     #[test]
@@ -345,23 +531,24 @@ mod tests {
         // One process (one Terms), two names; fence keys vanish (FLUSHALL,
         // eviction) between grants. Every token is above every earlier one.
         let mut s = MemoryStore::at(T0);
-        let mut t = Terms::open_at(T0);
+        let mut p = process();
         let mut grant = |s: &mut MemoryStore, key: &'static [u8]| {
-            let got = acquire(&mut s.view(key, b"o"), 10, &mut t, TokenMode::Term);
+            let got = acquire(&mut s.view(key, b"o"), 10, &mut p, TERM);
             s.keys.remove(key);
             got.unwrap().unwrap()
         };
         assert_eq!(grant(&mut s, b"x"), F);
         assert_eq!(grant(&mut s, b"x"), F + 1);
-        assert_eq!(grant(&mut s, b"y"), F + 2);
+        // Each name counts on its own.
+        assert_eq!(grant(&mut s, b"y"), F);
         s.keys.clear(); // FLUSHALL
-        assert_eq!(grant(&mut s, b"x"), F + 3);
-        assert_eq!(grant(&mut s, b"y"), F + 4);
+        assert_eq!(grant(&mut s, b"x"), F + 2);
+        assert_eq!(grant(&mut s, b"y"), F + 1);
         // GET on the fence key still shows the last token of the name.
         let fence = crate::fence::fence_key(b"y");
         assert_eq!(
             s.get(&fence),
-            Some(&Value::Str((F + 4).to_string().into_bytes()))
+            Some(&Value::Str((F + 1).to_string().into_bytes()))
         );
     }
 
@@ -375,22 +562,138 @@ mod tests {
             fn probe(&mut self) -> Result<Probe, LockError> {
                 Ok(Probe::Free)
             }
+            fn db(&self) -> i32 {
+                0
+            }
+            fn key(&self) -> &[u8] {
+                b"k"
+            }
+            fn owner(&self) -> &[u8] {
+                b"o"
+            }
             fn last_token(&mut self) -> Result<i64, LockError> {
                 Ok(0)
             }
-            fn write_grant(&mut self, _: i64, _: i64) -> Result<(), LockError> {
+            fn fence_expiry(&mut self) -> Result<Option<i64>, ()> {
+                Err(())
+            }
+            fn write_grant(&mut self, _: i64, _: i64, _: Option<i64>) -> Result<(), LockError> {
                 Err(LockError::WriteFailed)
             }
             fn extend(&mut self, _: i64) {}
+            fn extend_fence(&mut self, _: Option<i64>) {}
             fn remove(&mut self) {}
         }
-        let mut t = Terms::open_at(T0);
+        let mut p = process();
         let mut store = Refusing(MemoryStore::at(T0));
         assert_eq!(
-            acquire(&mut store, 10, &mut t, TokenMode::Term),
+            acquire(&mut store, 10, &mut p, TERM),
             Err(LockError::WriteFailed)
         );
-        assert_eq!(t.next(), F, "nothing issued");
+        assert_eq!(p.terms.highest(), F - 1, "nothing issued");
+        assert_eq!(p.terms.peek(b"k", 0, TokenMode::Term), Ok(F));
+        assert!(p.ledger.is_empty());
+    }
+
+    #[test]
+    fn fence_keys_expire_a_retention_after_the_last_lease() {
+        let policy = Policy {
+            mode: TokenMode::Term,
+            retention_ms: 10_000,
+        };
+        let fence = crate::fence::fence_key(b"k");
+        let mut s = MemoryStore::at(T0);
+        let mut p = process();
+        let token = acquire(&mut s.view(b"k", b"a"), 1000, &mut p, policy).unwrap().unwrap();
+        assert_eq!(s.expire_at(&fence), Some(T0 + 1000 + 10_000));
+        // Refreshes within half a retention leave the fence key alone ...
+        s.now += 500;
+        assert_eq!(refresh(&mut s.view(b"k", b"a"), 1000, &mut p, policy), Ok(true));
+        assert_eq!(s.expire_at(&fence), Some(T0 + 11_000));
+        // ... and move it before the lease gets close to it.
+        for _ in 0..20 {
+            s.now += 500;
+            assert_eq!(refresh(&mut s.view(b"k", b"a"), 1000, &mut p, policy), Ok(true));
+            let lease_end = s.expire_at(b"k").unwrap();
+            assert!(s.expire_at(&fence).unwrap() >= lease_end + 5_000);
+        }
+        // Release leaves it a retention after the last deadline at most.
+        assert_eq!(release(&mut s.view(b"k", b"a"), &mut p), Ok(true));
+        assert!(p.ledger.is_empty());
+        let until = s.expire_at(&fence).unwrap();
+        assert!(until <= s.now + 1000 + 10_000);
+        // Once it has expired, the name costs nothing, and its next token
+        // is still above the last.
+        s.now = until;
+        assert_eq!(s.get(&fence), None);
+        let again = acquire(&mut s.view(b"k", b"b"), 1000, &mut p, policy).unwrap().unwrap();
+        assert!(again > token);
+    }
+
+    #[test]
+    fn zero_retention_and_counter_mode_keep_fence_keys() {
+        let fence = crate::fence::fence_key(b"k");
+        for policy in [
+            TERM,
+            COUNTER,
+            Policy {
+                mode: TokenMode::Counter,
+                retention_ms: 5_000,
+            },
+        ] {
+            let mut s = MemoryStore::at(T0);
+            let mut p = process();
+            acquire(&mut s.view(b"k", b"a"), 1000, &mut p, policy).unwrap();
+            assert_eq!(s.expire_at(&fence), None, "{policy:?}");
+            s.now += 800;
+            refresh(&mut s.view(b"k", b"a"), 1000, &mut p, policy).unwrap();
+            assert_eq!(s.expire_at(&fence), None, "{policy:?}");
+        }
+        // A fence key that expires, under a policy that now keeps them.
+        let mut s = MemoryStore::at(T0);
+        let mut p = process();
+        let retain = Policy {
+            mode: TokenMode::Term,
+            retention_ms: 5_000,
+        };
+        acquire(&mut s.view(b"k", b"a"), 1000, &mut p, retain).unwrap();
+        refresh(&mut s.view(b"k", b"a"), 1000, &mut p, TERM).unwrap();
+        assert_eq!(s.expire_at(&fence), None);
+    }
+
+    #[test]
+    fn the_ledger_knows_the_current_grant_whatever_the_fence_key_says() {
+        let mut s = MemoryStore::at(T0);
+        let mut p = process();
+        let token = acquire(&mut s.view(b"k", b"a"), 1000, &mut p, TERM).unwrap().unwrap();
+        let fence = crate::fence::fence_key(b"k");
+        for tampered in [None, Some(b"7".to_vec()), Some(b"junk".to_vec())] {
+            match tampered {
+                None => s.keys.remove(&fence),
+                Some(v) => s.keys.insert(fence.clone(), (Value::Str(v), None)),
+            };
+            let got = current_token(&p.ledger, 0, b"k", b"a", || s.view(b"k", b"a").last_token());
+            assert_eq!(got, Ok(token));
+        }
+        // Another owner's grant is not this one: the fence key answers.
+        s.keys.insert(fence.clone(), (Value::Str(b"9".to_vec()), None));
+        let got = current_token(&p.ledger, 0, b"k", b"b", || s.view(b"k", b"b").last_token());
+        assert_eq!(got, Ok(9));
+    }
+
+    #[test]
+    fn a_grant_from_before_a_restart_is_learned_at_its_refresh() {
+        let mut s = MemoryStore::at(T0);
+        acquire(&mut s.view(b"k", b"a"), 1000, &mut process(), TERM).unwrap();
+        // A new process: empty ledger.
+        let mut p = process();
+        assert_eq!(p.ledger.token_of(0, b"k", b"a"), None);
+        assert_eq!(refresh(&mut s.view(b"k", b"a"), 1000, &mut p, TERM), Ok(true));
+        assert_eq!(p.ledger.token_of(0, b"k", b"a"), Some(F));
+        // A lock taken with plain SET NX has no fence key: nothing learned.
+        s.keys.insert(b"z".to_vec(), (Value::Str(b"lua".to_vec()), Some(T0 + 10)));
+        assert_eq!(refresh(&mut s.view(b"z", b"lua"), 1000, &mut p, TERM), Ok(true));
+        assert_eq!(p.ledger.get(0, b"z"), None);
     }
 
     #[test]

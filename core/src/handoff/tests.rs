@@ -17,7 +17,7 @@ const T0: i64 = 1_700_000_000_000;
 #[derive(Default)]
 struct Fake {
     keys: MemoryStore,
-    terms: Option<Terms>,
+    process: Option<lock::Process>,
     replica: bool,
     cluster: bool,
     slot_moved: bool,
@@ -72,24 +72,33 @@ impl Host for Fake {
     }
     fn acquire_for(&mut self, db: Db, key: &[u8], owner: &[u8], ttl_ms: i64) -> Acquired {
         let key = k(db, key);
-        let terms = self.terms.get_or_insert_with(|| Terms::open_at(T0));
-        lock::acquire(
-            &mut self.keys.view(&key, owner),
-            ttl_ms,
-            terms,
-            TokenMode::Counter,
-        )
+        let process = self.process.get_or_insert_with(|| lock::Process {
+            terms: Terms::open_at(T0),
+            ledger: Default::default(),
+        });
+        let policy = lock::Policy {
+            mode: TokenMode::Counter,
+            retention_ms: 0,
+        };
+        lock::acquire(&mut self.keys.view(&key, owner), ttl_ms, process, policy)
     }
     fn grant_stands(&mut self, g: &Grant) -> bool {
+        // As the module does: by its own ledger, not the fence key.
         let key = k(g.db, &g.key);
-        let fence = fence_key(&key);
-        self.keys.get(&key) == Some(&Value::Str(g.owner.clone()))
-            && self.keys.get(&fence) == Some(&Value::Str(g.token.to_string().into_bytes()))
+        let recorded = self
+            .process
+            .as_ref()
+            .and_then(|p| p.ledger.token_of(0, &key, &g.owner));
+        self.keys.get(&key) == Some(&Value::Str(g.owner.clone())) && recorded == Some(g.token)
     }
     fn undo(&mut self, g: &Grant) -> bool {
         let stands = self.grant_stands(g);
         if stands {
-            self.keys.keys.remove(&k(g.db, &g.key));
+            let key = k(g.db, &g.key);
+            self.keys.keys.remove(&key);
+            if let Some(p) = self.process.as_mut() {
+                p.ledger.forget(0, &key);
+            }
         }
         stands
     }
