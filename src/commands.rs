@@ -11,8 +11,8 @@ use spacelock_core::handoff::parse_options;
 use spacelock_core::lock::{self, LockError};
 
 use crate::ffi::{Command, CommandError, Contents, Ctx, RStr};
-use crate::store::{fence_name, fence_token, holds, RedisStore};
-use crate::{config, handoff, stats, terms};
+use crate::store::{holder_token, RedisStore};
+use crate::{config, handoff, process, stats};
 
 impl From<ArgError> for CommandError {
     fn from(e: ArgError) -> Self {
@@ -53,7 +53,7 @@ impl Command for Acquire {
         // and a grant nobody received is undone before this one looks.
         handoff::settle_from_command(ctx, *key);
         let mut store = RedisStore::open(ctx, *key, *owner);
-        let granted = terms::with(|t| lock::acquire(&mut store, ttl, t, config::token_mode()))?;
+        let granted = process::with(|p| lock::acquire(&mut store, ttl, p, config::policy()))?;
         drop(store);
         match (granted, wait_ms) {
             (Some(token), _) => {
@@ -83,7 +83,9 @@ impl Command for Refresh {
         };
         let ttl = owner_and_ttl(*owner, *ttl)?;
         let _quiet = handoff::SelfWrites::begin();
-        let refreshed = lock::refresh(&mut RedisStore::open(ctx, *key, *owner), ttl)?;
+        let mut store = RedisStore::open(ctx, *key, *owner);
+        let refreshed = process::with(|p| lock::refresh(&mut store, ttl, p, config::policy()))?;
+        drop(store);
         // Moves the expiry timer of a queue.
         handoff::settle_from_command(ctx, *key);
         if refreshed {
@@ -106,7 +108,9 @@ impl Command for Release {
         };
         check_owner(owner.as_bytes(), config::max_owner_len())?;
         let _quiet = handoff::SelfWrites::begin();
-        let released = lock::release(&mut RedisStore::open(ctx, *key, *owner))?;
+        let mut store = RedisStore::open(ctx, *key, *owner);
+        let released = process::with(|p| lock::release(&mut store, p))?;
+        drop(store);
         // Direct handoff: the head waiter gets the lock in this same command.
         handoff::settle_from_command(ctx, *key);
         if released {
@@ -140,9 +144,11 @@ impl Command for Info {
             Contents::Other => return Err(LockError::LockWrongType.into()),
             Contents::Str(v) => v,
         };
-        let name = fence_name(key.as_bytes());
-        let token = fence_token(ctx.open_read(name.as_rstr()).as_ref())?;
-        let term = terms::with(|t| *t);
+        let (token, term) = process::with(|p| {
+            let token = holder_token(ctx, &p.ledger, *key, owner);
+            (token, (p.terms.start_ms(), p.terms.floor()))
+        });
+        let token = token?.unwrap_or(0);
         ctx.reply_map(6);
         ctx.reply_bulk(b"owner");
         ctx.reply_bulk(owner);
@@ -153,9 +159,9 @@ impl Command for Info {
         ctx.reply_bulk(b"waiters");
         ctx.reply_i64(handoff::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
         ctx.reply_bulk(b"term_start_ms");
-        ctx.reply_i64(term.start_ms());
+        ctx.reply_i64(term.0);
         ctx.reply_bulk(b"token_floor");
-        ctx.reply_i64(term.next());
+        ctx.reply_i64(term.1);
         Ok(())
     }
 }
@@ -171,7 +177,8 @@ impl Command for Check {
         };
         check_owner(owner.as_bytes(), config::max_owner_len())?;
         let token = parse_token_arg(token.as_bytes())?;
-        let current = holds(ctx, *key, owner.as_bytes(), token)?;
+        let held = process::with(|p| holder_token(ctx, &p.ledger, *key, owner.as_bytes()))?;
+        let current = held == Some(token);
         if current {
             stats::CHECKS_PASSED.incr();
         } else {
@@ -205,16 +212,15 @@ impl Command for NewTerm {
         if args.len() != 1 {
             return Err(CommandError::WrongArity);
         }
-        let term = terms::open(ctx.now_ms());
+        let term = process::open_term(ctx.now_ms());
         ctx.log(
             crate::ffi::Level::Notice,
             &format!(
                 "spacelock: SPACELOCK.NEWTERM opened a token term at {} (next token >= {})",
-                term.start_ms(),
-                term.next()
+                term.start_ms, term.floor
             ),
         );
-        ctx.reply_i64(term.next());
+        ctx.reply_i64(term.floor);
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ use std::ffi::CStr;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
 use spacelock_core::args::parse_i64;
+use spacelock_core::lock::Policy;
 use spacelock_core::tokens::TokenMode;
 
 use crate::ffi::{Configs, LoadCtx};
@@ -38,15 +39,22 @@ const MAX_TTL: usize = 0;
 const MAX_OWNER_LEN: usize = 1;
 /// Index of `spacelock.max-waiters` in [`NUMERIC`].
 const MAX_WAITERS: usize = 2;
+/// Index of `spacelock.fence-retention` in [`NUMERIC`].
+const FENCE_RETENTION: usize = 3;
 
 /// Every numeric config, in registration order.
-static NUMERIC: [NumericConfig; 3] = [
+static NUMERIC: [NumericConfig; 4] = [
     // Largest ttl_ms accepted by ACQUIRE and REFRESH (ms).
     NumericConfig::new(c"max-ttl", 86_400_000, 1, i64::MAX),
     // Longest owner id accepted (bytes).
     NumericConfig::new(c"max-owner-len", 256, 1, 1 << 20),
     // Most clients that may queue with WAIT on one key.
     NumericConfig::new(c"max-waiters", 1024, 0, 1 << 20),
+    // How long a fence key outlives the last lease of its name (ms); 0
+    // keeps fence keys forever. Ten minutes: far above any clock skew
+    // between servers, which is all a fence key guards once its name is
+    // unused (see docs/fencing.md).
+    NumericConfig::new(c"fence-retention", 600_000, 0, i64::MAX),
 ];
 
 /// `spacelock.token-mode`: how grants pick their token (see
@@ -83,6 +91,20 @@ pub fn max_waiters() -> i64 {
 /// `spacelock.token-mode`.
 pub fn token_mode() -> TokenMode {
     TokenMode::from_number(TOKEN_MODE.load(Relaxed))
+}
+
+/// `spacelock.fence-retention`.
+pub fn fence_retention() -> i64 {
+    NUMERIC[FENCE_RETENTION].value.load(Relaxed)
+}
+
+/// How grants pick tokens and keep fence keys, from `token-mode` and
+/// `fence-retention`.
+pub fn policy() -> Policy {
+    Policy {
+        mode: token_mode(),
+        retention_ms: fence_retention(),
+    }
 }
 
 /// The configs as the server reads and writes them.

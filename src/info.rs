@@ -2,7 +2,7 @@
 //! (dashboards rely on them); the server prefixes each with `spacelock_`.
 
 use crate::ffi::{InfoCtx, InfoSection};
-use crate::{config, handoff, stats, terms};
+use crate::{config, handoff, process, stats};
 
 /// The `INFO spacelock` section.
 pub struct ModuleInfo;
@@ -26,10 +26,14 @@ impl InfoSection for ModuleInfo {
         info.field(c"checks_passed", stats::CHECKS_PASSED.get());
         info.field(c"checks_failed", stats::CHECKS_FAILED.get());
         info.field_str(c"token_mode", config::token_mode().config_value());
-        if let Some(terms) = terms::snapshot() {
-            info.field_i64(c"term_start_ms", terms.start_ms());
-            info.field_i64(c"token_floor", terms.next());
-            info.field(c"terms_opened", terms.opened());
+        info.field_i64(c"fence_retention_ms", config::fence_retention());
+        if let Some(p) = process::snapshot() {
+            info.field_i64(c"term_start_ms", p.term.start_ms);
+            info.field_i64(c"token_floor", p.term.floor);
+            info.field(c"terms_opened", p.opened);
+            info.field_i64(c"token_highest", p.highest);
+            info.field_i64(c"token_lead_ms", p.lead_ms);
+            info.field(c"ledger_grants", p.ledger_len as u64);
         }
     }
 }

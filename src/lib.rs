@@ -11,7 +11,8 @@
 //!   (replication, notifications);
 //! * [`handoff`]: the WAIT handoff on the server (the engine's host, the
 //!   server's callbacks, keyspace events, muting our own writes);
-//! * [`terms`]: the process's token term;
+//! * [`process`]: what the process remembers: its token terms and its
+//!   ledger of grants;
 //! * [`config`], [`stats`], [`info`]: configs, counters and `INFO
 //!   spacelock`;
 //! * [`ffi`]: the only `unsafe` code, a leaf that imports nothing from the
@@ -27,10 +28,10 @@ mod config;
 mod ffi;
 mod handoff;
 mod info;
+mod process;
 mod stats;
 mod store;
 mod sync;
-mod terms;
 
 use ffi::{entry, ArgDoc, ArgType, CommandDef, KeyFlags, Level, LoadCtx, RStr};
 
@@ -221,18 +222,19 @@ fn on_load(ctx: &LoadCtx, args: &[RStr<'_>]) -> Result<(), String> {
     // events are subscribed by the first WAIT); becoming a primary also
     // opens a token term.
     ctx.subscribe_server_events::<handoff::Callbacks>()?;
-    let term = terms::open(ctx.now_ms());
+    let term = process::open_term(ctx.now_ms());
     ctx.log(
         Level::Notice,
         &format!(
-            "spacelock {} loaded (max-ttl={} max-owner-len={} max-waiters={} token-mode={}; token term opened at {}, next token >= {})",
+            "spacelock {} loaded (max-ttl={} max-owner-len={} max-waiters={} fence-retention={} token-mode={}; token term opened at {}, next token >= {})",
             env!("CARGO_PKG_VERSION"),
             config::max_ttl(),
             config::max_owner_len(),
             config::max_waiters(),
+            config::fence_retention(),
             config::token_mode().name(),
-            term.start_ms(),
-            term.next()
+            term.start_ms,
+            term.floor
         ),
     );
     Ok(())

@@ -5,7 +5,8 @@
 //! `SET fence n`), and by the keyspace events the core command would emit.
 
 use spacelock_core::fence;
-use spacelock_core::lock::{parse_token, LockError, Probe, Store};
+use spacelock_core::ledger::Ledger;
+use spacelock_core::lock::{current_token, parse_token, LockError, Probe, Store};
 
 use crate::ffi::{Contents, Ctx, EventClass, Key, OwnedStr, RStr};
 
@@ -35,6 +36,7 @@ pub fn fence_name(key: &[u8]) -> OwnedStr {
 /// One lock key opened for one caller.
 pub struct RedisStore<'a> {
     ctx: &'a Ctx,
+    db: i32,
     owner: RStr<'a>,
     lock: Key<'a>,
     /// Opened on first use: REFRESH and RELEASE never touch it.
@@ -46,6 +48,7 @@ impl<'a> RedisStore<'a> {
     pub fn open(ctx: &'a Ctx, key: RStr<'_>, owner: RStr<'a>) -> Self {
         RedisStore {
             ctx,
+            db: ctx.selected_db(),
             owner,
             lock: ctx.open_write(key),
             fence: None,
@@ -67,6 +70,18 @@ impl Store for RedisStore<'_> {
         self.ctx.now_ms()
     }
 
+    fn db(&self) -> i32 {
+        self.db
+    }
+
+    fn key(&self) -> &[u8] {
+        self.lock.name().as_bytes()
+    }
+
+    fn owner(&self) -> &[u8] {
+        self.owner.as_bytes()
+    }
+
     fn probe(&mut self) -> Result<Probe, LockError> {
         match self.lock.contents() {
             Contents::Missing => Ok(Probe::Free),
@@ -80,16 +95,39 @@ impl Store for RedisStore<'_> {
         fence_token(Some(self.fence()))
     }
 
-    fn write_grant(&mut self, expire_at_ms: i64, token: i64) -> Result<(), LockError> {
+    fn fence_expiry(&mut self) -> Option<Option<i64>> {
+        let fence = self.fence();
+        if fence.contents() == Contents::Missing {
+            return None;
+        }
+        Some(fence.expire_at_ms())
+    }
+
+    fn write_grant(
+        &mut self,
+        expire_at_ms: i64,
+        token: i64,
+        fence_until_ms: Option<i64>,
+    ) -> Result<(), LockError> {
         let ctx = self.ctx;
         let mut buf = [0u8; 20];
         let digits = decimal(token, &mut buf);
         let fence = self.fence();
+        // Setting a string drops any expiry it had.
         fence.write(digits).map_err(|_| LockError::WriteFailed)?;
+        if let Some(at) = fence_until_ms {
+            fence.set_expire_at(at);
+        }
         let fence_key = fence.name();
-        ctx.replicate_set(fence_key, digits);
+        match fence_until_ms {
+            Some(at) => ctx.replicate_set_bytes_pxat(fence_key, digits, at),
+            None => ctx.replicate_set(fence_key, digits),
+        }
         ctx.signal_modified(fence_key);
         ctx.notify(EventClass::String, c"set", fence_key);
+        if fence_until_ms.is_some() {
+            ctx.notify(EventClass::Generic, c"expire", fence_key);
+        }
 
         let (owner, lock) = (self.owner, &mut self.lock);
         lock.write(owner.as_bytes())
@@ -111,6 +149,30 @@ impl Store for RedisStore<'_> {
         self.ctx.notify(EventClass::Generic, c"expire", key);
     }
 
+    fn extend_fence(&mut self, until_ms: Option<i64>) {
+        let ctx = self.ctx;
+        let fence = self.fence();
+        if fence.contents() == Contents::Missing {
+            return;
+        }
+        match until_ms {
+            Some(at) => fence.set_expire_at(at),
+            None => fence.persist(),
+        }
+        let name = fence.name();
+        match until_ms {
+            Some(at) => {
+                ctx.replicate_pexpireat(name, at);
+                ctx.notify(EventClass::Generic, c"expire", name);
+            }
+            None => {
+                ctx.replicate_persist(name);
+                ctx.notify(EventClass::Generic, c"persist", name);
+            }
+        }
+        ctx.signal_modified(name);
+    }
+
     fn remove(&mut self) {
         self.lock.delete();
         let key = self.lock.name();
@@ -121,19 +183,21 @@ impl Store for RedisStore<'_> {
 }
 
 /// Deletes `key` (replicated as `DEL`, with its events), the way RELEASE
-/// does, if it holds exactly `owner` and its fence counter `token`: the
-/// undo of a grant nobody received. Whether it did.
-pub fn remove_grant(ctx: &Ctx, key: &[u8], owner: &[u8], token: i64) -> bool {
+/// does, if it still stands under the grant the ledger recorded for
+/// `owner` with `token`: the undo of a grant nobody received. Whether it
+/// did. The fence key is not consulted: anyone may have changed it.
+pub fn remove_grant(ctx: &Ctx, ledger: &mut Ledger, key: &[u8], owner: &[u8], token: i64) -> bool {
     let name = OwnedStr::new(key);
     let mut lock = ctx.open_write(name.as_rstr());
     if lock.contents() != Contents::Str(owner) {
         return false;
     }
-    let fence = fence_name(key);
-    if fence_token(ctx.open_read(fence.as_rstr()).as_ref()) != Ok(token) {
+    let db = ctx.selected_db();
+    if ledger.token_of(db, key, owner) != Some(token) {
         return false;
     }
     lock.delete();
+    ledger.forget(db, key);
     let key = lock.name();
     ctx.replicate_del(key);
     ctx.signal_modified(key);
@@ -141,20 +205,33 @@ pub fn remove_grant(ctx: &Ctx, key: &[u8], owner: &[u8], token: i64) -> bool {
     true
 }
 
-/// Whether `key` holds exactly `owner` and its fence counter `token`.
+/// The token of the grant under which `key` holds `owner` now: `None` when
+/// it does not hold `owner`. The ledger's record when it has one (whatever
+/// became of the fence key), else the fence key's value (0 when missing:
+/// a lock taken with plain `SET NX`, or whose fence key is gone).
 ///
 /// # Errors
 ///
-/// When the lock key holds a non-string, or the fence key is unusable.
-pub fn holds(ctx: &Ctx, key: RStr<'_>, owner: &[u8], token: i64) -> Result<bool, LockError> {
+/// When the lock key holds a non-string, or the fence key is consulted and
+/// unusable.
+pub fn holder_token(
+    ctx: &Ctx,
+    ledger: &Ledger,
+    key: RStr<'_>,
+    owner: &[u8],
+) -> Result<Option<i64>, LockError> {
     let lock = ctx.open_read(key);
     match lock.as_ref().map_or(Contents::Missing, Key::contents) {
         Contents::Str(v) if v == owner => {}
         Contents::Other => return Err(LockError::LockWrongType),
-        _ => return Ok(false),
+        _ => return Ok(None),
     }
-    let fence = fence_name(key.as_bytes());
-    Ok(fence_token(ctx.open_read(fence.as_rstr()).as_ref())? == token)
+    let db = ctx.selected_db();
+    current_token(ledger, db, key.as_bytes(), owner, || {
+        let fence = fence_name(key.as_bytes());
+        fence_token(ctx.open_read(fence.as_rstr()).as_ref())
+    })
+    .map(Some)
 }
 
 /// The decimal digits of `n` (≥ 0), written at the end of `buf`.

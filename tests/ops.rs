@@ -45,7 +45,16 @@ const INFO_FIELDS: [&str; 14] = [
 ];
 
 /// The token term's INFO fields, which are not counters.
-const TERM_FIELDS: [&str; 4] = ["token_mode", "term_start_ms", "token_floor", "terms_opened"];
+const TERM_FIELDS: [&str; 8] = [
+    "token_mode",
+    "fence_retention_ms",
+    "term_start_ms",
+    "token_floor",
+    "terms_opened",
+    "token_highest",
+    "token_lead_ms",
+    "ledger_grants",
+];
 
 const ACL_NOTICE: &str = "spacelock: ACL category @spacelock unavailable";
 
@@ -239,9 +248,13 @@ fn info_section_has_every_field_and_counts_each_outcome() {
     ok(&mut con, &["SPACELOCK.INFO", "k"]);
     ok(&mut con, &["SPACELOCK.FENCEKEY", "k"]);
     assert_eq!(counters(&mut con), expect);
-    // Two grants, nothing else issued: the floor moved by two; b holds the
-    // second one.
-    assert_eq!(kit::token_floor(&mut con), floor + 2);
+    // Two grants of one name: the floor stays, the name counted up by two;
+    // b holds the second one.
+    assert_eq!(kit::token_floor(&mut con), floor);
+    assert_eq!(
+        kit::info_field(&mut con, "spacelock", "spacelock_token_highest"),
+        floor + 1
+    );
     // CHECK counts each answer; an erroneous CHECK counts nothing.
     let second = (floor + 1).to_string();
     for (argv, counter) in [
@@ -424,8 +437,8 @@ fn spacelock_info_replies_resp2_and_resp3() {
     assert_eq!(items[5], Value::Int(floor + 1), "token is the holder's");
     assert_eq!(items[7], Value::Int(0), "no waiters");
     assert_eq!(items[9], Value::Int(start), "the server's term");
-    assert_eq!(items[11], Value::Int(floor + 2), "the next token");
-    assert_eq!(kit::token_floor(&mut con), floor + 2, "as in INFO");
+    assert_eq!(items[11], Value::Int(floor), "the term's floor");
+    assert_eq!(kit::token_floor(&mut con), floor, "as in INFO");
 
     // RESP3: a map with the same content.
     let v3 = ok(&mut con3, &["SPACELOCK.INFO", "job"]);
@@ -441,7 +454,7 @@ fn spacelock_info_replies_resp2_and_resp3() {
     assert_eq!(field(&m, "token"), Some(&Value::Int(floor + 1)));
     assert_eq!(field(&m, "waiters"), Some(&Value::Int(0)));
     assert_eq!(field(&m, "term_start_ms"), Some(&Value::Int(start)));
-    assert_eq!(field(&m, "token_floor"), Some(&Value::Int(floor + 2)));
+    assert_eq!(field(&m, "token_floor"), Some(&Value::Int(floor)));
     assert!(matches!(field(&m, "ttl_ms"), Some(Value::Int(t)) if (9_000..=10_000).contains(t)));
 
     // REFRESH moves ttl_ms; token stays.
@@ -555,6 +568,7 @@ fn configs_listed_with_defaults() {
         ("spacelock.max-ttl", "86400000"),
         ("spacelock.max-owner-len", "256"),
         ("spacelock.max-waiters", "1024"),
+        ("spacelock.fence-retention", "600000"),
         ("spacelock.token-mode", "term"),
     ]
     .iter()

@@ -78,7 +78,8 @@ async fn sentinel_failover_issues_only_higher_tokens_and_the_old_lease_is_lost()
     .unwrap();
 
     // The stream of grants: every acknowledged token, until the primary dies.
-    let issued = Arc::new(Mutex::new(vec![lease_token]));
+    // (index of the name in NAMES, or NAMES.len() for the held lease; token)
+    let issued = Arc::new(Mutex::new(vec![(NAMES.len(), lease_token)]));
     let stop = Arc::new(AtomicBool::new(false));
     let stream = {
         let (issued, stop, client) = (issued.clone(), stop.clone(), primary.client());
@@ -94,7 +95,7 @@ async fn sentinel_failover_issues_only_higher_tokens_and_the_old_lease_is_lost()
                     .arg(60_000)
                     .query(&mut con);
                 match r {
-                    Ok(Some(t)) => issued.lock().unwrap().push(t),
+                    Ok(Some(t)) => issued.lock().unwrap().push(((i - 1) % NAMES.len(), t)),
                     Ok(None) => {}
                     Err(_) => break,
                 }
@@ -119,12 +120,20 @@ async fn sentinel_failover_issues_only_higher_tokens_and_the_old_lease_is_lost()
     primary.kill9();
     let killed_at = Instant::now();
     stream.join().unwrap();
-    let before: Vec<i64> = issued.lock().unwrap().clone();
+    let stream_of_grants = issued.lock().unwrap().clone();
+    let before: Vec<i64> = stream_of_grants.iter().map(|&(_, t)| t).collect();
     let max_before = *before.iter().max().unwrap();
-    assert!(
-        before.windows(2).all(|w| w[0] < w[1]),
-        "the old primary's own tokens increase"
-    );
+    for name in 0..=NAMES.len() {
+        let of_name: Vec<i64> = stream_of_grants
+            .iter()
+            .filter(|&&(n, _)| n == name)
+            .map(|&(_, t)| t)
+            .collect();
+        assert!(
+            of_name.windows(2).all(|w| w[0] < w[1]),
+            "the old primary's own tokens of each name increase"
+        );
+    }
 
     // The client learns its lease is lost within about one ttl (its last
     // successful refresh was at most ttl/3 before the kill).
@@ -177,11 +186,14 @@ async fn sentinel_failover_issues_only_higher_tokens_and_the_old_lease_is_lost()
         .fold(max_before, i64::max);
     let floor = kit::token_floor(&mut r);
     assert!(floor > max_before, "floor {floor} <= {max_before}");
-    for (next, name) in (floor..).zip(NAMES.iter().chain(&["fo:lease", "fo:fresh"])) {
+    for name in NAMES.iter().chain(&["fo:lease", "fo:fresh"]) {
         // A lock the replica still has from the stream or the client.
         let _: i64 = redis::cmd("DEL").arg(*name).query(&mut r).unwrap();
         let t = acquire(&mut r, *name, "after-failover", 60_000).unwrap();
-        assert_eq!(t, next, "{name}");
+        assert_eq!(
+            t, floor,
+            "{name}: each name counts from the new term's floor"
+        );
         assert!(t > max_before, "{name}: {t} <= {max_before}");
         assert_eq!(release(&mut r, *name, "after-failover"), 1);
     }

@@ -113,21 +113,23 @@ fn fuzz_state_machine_invariants() {
         };
         let fence_present = s.get(&crate::fence::fence_key(keys[k])).is_some();
         match rng.random_range(0..7) {
-            0 | 1 => match lock::acquire(&mut s.view(keys[k], o), ttl, &mut process, policy).unwrap() {
-                Some(t) => {
-                    assert!(holder_before.is_none(), "step {step}: granted a held lock");
-                    if mode == TokenMode::Term {
-                        assert!(t > last_token[k], "step {step}: token went backwards");
-                        assert!(issued.insert((k, t)), "step {step}: token {t} issued twice");
-                    } else if !fence_lost[k] && fence_present {
-                        assert!(t > last_token[k], "step {step}: counter went backwards");
+            0 | 1 => {
+                match lock::acquire(&mut s.view(keys[k], o), ttl, &mut process, policy).unwrap() {
+                    Some(t) => {
+                        assert!(holder_before.is_none(), "step {step}: granted a held lock");
+                        if mode == TokenMode::Term {
+                            assert!(t > last_token[k], "step {step}: token went backwards");
+                            assert!(issued.insert((k, t)), "step {step}: token {t} issued twice");
+                        } else if !fence_lost[k] && fence_present {
+                            assert!(t > last_token[k], "step {step}: counter went backwards");
+                        }
+                        fence_lost[k] = false;
+                        last_token[k] = t;
+                        assert_eq!(s.get(keys[k]), Some(&Value::Str(o.to_vec())));
                     }
-                    fence_lost[k] = false;
-                    last_token[k] = t;
-                    assert_eq!(s.get(keys[k]), Some(&Value::Str(o.to_vec())));
+                    None => assert!(holder_before.is_some()),
                 }
-                None => assert!(holder_before.is_some()),
-            },
+            }
             2 => {
                 let ok = lock::refresh(&mut s.view(keys[k], o), ttl, &mut process, policy).unwrap();
                 assert_eq!(ok, holder_before == Some(Value::Str(o.to_vec())));

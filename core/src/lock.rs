@@ -96,9 +96,9 @@ pub trait Store {
     fn probe(&mut self) -> Result<Probe, LockError>;
     /// The last token issued for this lock name (0 if none yet).
     fn last_token(&mut self) -> Result<i64, LockError>;
-    /// The fence key's expiry: `Ok(None)` when it has none, `Err(())` when
+    /// The fence key's expiry: `Some(None)` when it has none, `None` when
     /// it does not exist.
-    fn fence_expiry(&mut self) -> Result<Option<i64>, ()>;
+    fn fence_expiry(&mut self) -> Option<Option<i64>>;
     /// Sets the fence counter to `token` (expiring at `fence_until_ms`, or
     /// kept) and the lock key to the caller's owner expiring at
     /// `expire_at_ms`, in that order.
@@ -185,7 +185,7 @@ pub fn refresh<S: Store>(
     }
     // Not in the ledger: learn the grant from its fence key, if it has one
     // (a lock taken with the old `SET NX` has none, and no token).
-    let Ok(until) = store.fence_expiry() else {
+    let Some(until) = store.fence_expiry() else {
         return Ok(true);
     };
     let Ok(token) = store.last_token() else {
@@ -331,9 +331,9 @@ impl Store for MemoryView<'_> {
             Some(Value::Str(v)) => parse_token(v),
         }
     }
-    fn fence_expiry(&mut self) -> Result<Option<i64>, ()> {
-        self.store.get(&self.fence).ok_or(())?;
-        Ok(self.store.expire_at(&self.fence))
+    fn fence_expiry(&mut self) -> Option<Option<i64>> {
+        self.store.get(&self.fence)?;
+        Some(self.store.expire_at(&self.fence))
     }
     fn write_grant(
         &mut self,
@@ -574,8 +574,8 @@ mod tests {
             fn last_token(&mut self) -> Result<i64, LockError> {
                 Ok(0)
             }
-            fn fence_expiry(&mut self) -> Result<Option<i64>, ()> {
-                Err(())
+            fn fence_expiry(&mut self) -> Option<Option<i64>> {
+                None
             }
             fn write_grant(&mut self, _: i64, _: i64, _: Option<i64>) -> Result<(), LockError> {
                 Err(LockError::WriteFailed)
@@ -604,16 +604,24 @@ mod tests {
         let fence = crate::fence::fence_key(b"k");
         let mut s = MemoryStore::at(T0);
         let mut p = process();
-        let token = acquire(&mut s.view(b"k", b"a"), 1000, &mut p, policy).unwrap().unwrap();
+        let token = acquire(&mut s.view(b"k", b"a"), 1000, &mut p, policy)
+            .unwrap()
+            .unwrap();
         assert_eq!(s.expire_at(&fence), Some(T0 + 1000 + 10_000));
         // Refreshes within half a retention leave the fence key alone ...
         s.now += 500;
-        assert_eq!(refresh(&mut s.view(b"k", b"a"), 1000, &mut p, policy), Ok(true));
+        assert_eq!(
+            refresh(&mut s.view(b"k", b"a"), 1000, &mut p, policy),
+            Ok(true)
+        );
         assert_eq!(s.expire_at(&fence), Some(T0 + 11_000));
         // ... and move it before the lease gets close to it.
         for _ in 0..20 {
             s.now += 500;
-            assert_eq!(refresh(&mut s.view(b"k", b"a"), 1000, &mut p, policy), Ok(true));
+            assert_eq!(
+                refresh(&mut s.view(b"k", b"a"), 1000, &mut p, policy),
+                Ok(true)
+            );
             let lease_end = s.expire_at(b"k").unwrap();
             assert!(s.expire_at(&fence).unwrap() >= lease_end + 5_000);
         }
@@ -626,7 +634,9 @@ mod tests {
         // is still above the last.
         s.now = until;
         assert_eq!(s.get(&fence), None);
-        let again = acquire(&mut s.view(b"k", b"b"), 1000, &mut p, policy).unwrap().unwrap();
+        let again = acquire(&mut s.view(b"k", b"b"), 1000, &mut p, policy)
+            .unwrap()
+            .unwrap();
         assert!(again > token);
     }
 
@@ -665,7 +675,9 @@ mod tests {
     fn the_ledger_knows_the_current_grant_whatever_the_fence_key_says() {
         let mut s = MemoryStore::at(T0);
         let mut p = process();
-        let token = acquire(&mut s.view(b"k", b"a"), 1000, &mut p, TERM).unwrap().unwrap();
+        let token = acquire(&mut s.view(b"k", b"a"), 1000, &mut p, TERM)
+            .unwrap()
+            .unwrap();
         let fence = crate::fence::fence_key(b"k");
         for tampered in [None, Some(b"7".to_vec()), Some(b"junk".to_vec())] {
             match tampered {
@@ -676,7 +688,8 @@ mod tests {
             assert_eq!(got, Ok(token));
         }
         // Another owner's grant is not this one: the fence key answers.
-        s.keys.insert(fence.clone(), (Value::Str(b"9".to_vec()), None));
+        s.keys
+            .insert(fence.clone(), (Value::Str(b"9".to_vec()), None));
         let got = current_token(&p.ledger, 0, b"k", b"b", || s.view(b"k", b"b").last_token());
         assert_eq!(got, Ok(9));
     }
@@ -688,11 +701,18 @@ mod tests {
         // A new process: empty ledger.
         let mut p = process();
         assert_eq!(p.ledger.token_of(0, b"k", b"a"), None);
-        assert_eq!(refresh(&mut s.view(b"k", b"a"), 1000, &mut p, TERM), Ok(true));
+        assert_eq!(
+            refresh(&mut s.view(b"k", b"a"), 1000, &mut p, TERM),
+            Ok(true)
+        );
         assert_eq!(p.ledger.token_of(0, b"k", b"a"), Some(F));
         // A lock taken with plain SET NX has no fence key: nothing learned.
-        s.keys.insert(b"z".to_vec(), (Value::Str(b"lua".to_vec()), Some(T0 + 10)));
-        assert_eq!(refresh(&mut s.view(b"z", b"lua"), 1000, &mut p, TERM), Ok(true));
+        s.keys
+            .insert(b"z".to_vec(), (Value::Str(b"lua".to_vec()), Some(T0 + 10)));
+        assert_eq!(
+            refresh(&mut s.view(b"z", b"lua"), 1000, &mut p, TERM),
+            Ok(true)
+        );
         assert_eq!(p.ledger.get(0, b"z"), None);
     }
 

@@ -190,7 +190,11 @@ impl Terms {
             self.seed = std::collections::hash_map::RandomState::new().hash_one(now_ms);
             self.cells = vec![0; GUARD_ROWS * GUARD_CELLS];
         }
-        let above_previous = if self.opened == 0 { 0 } else { self.floor.saturating_add(1) };
+        let above_previous = if self.opened == 0 {
+            0
+        } else {
+            self.floor.saturating_add(1)
+        };
         self.start_ms = now_ms;
         self.floor = floor_of(now_ms).max(above_previous);
         self.highest = self.floor - 1;
@@ -239,7 +243,10 @@ impl Terms {
         h.write(name);
         let h = h.finish();
         let mask = (GUARD_CELLS - 1) as u64;
-        [(h & mask) as usize, GUARD_CELLS + ((h >> 32) & mask) as usize]
+        [
+            (h & mask) as usize,
+            GUARD_CELLS + ((h >> 32) & mask) as usize,
+        ]
     }
 
     /// At least every token this process ever issued for `name` (0 before
@@ -392,10 +399,7 @@ mod tests {
         // Near i64::MAX: one grant, then that name is exhausted.
         let top = grant(&mut t, A, i64::MAX - 1);
         assert_eq!(top, i64::MAX);
-        assert_eq!(
-            t.peek(A, 0, TokenMode::Term),
-            Err(LockError::TokenOverflow)
-        );
+        assert_eq!(t.peek(A, 0, TokenMode::Term), Err(LockError::TokenOverflow));
         // At 2^60: that name leaves the exact range of a double.
         grant(&mut t, b"space:c", 1 << 60);
         // Every other name stays at the floor, far below 2^53: a name's
@@ -517,7 +521,12 @@ mod tests {
         // new_start_ms × 1000 > every token issued before.
         let restarted = Terms::open_at(T0 + 10);
         assert!(restarted.peek(A, 0, TokenMode::Term).unwrap() < t);
-        assert!(Terms::open_at(T0 + 5_001).peek(A, 0, TokenMode::Term).unwrap() > t);
+        assert!(
+            Terms::open_at(T0 + 5_001)
+                .peek(A, 0, TokenMode::Term)
+                .unwrap()
+                > t
+        );
         // Within the process the token is never undercut, whatever the clock.
         assert!(y.peek(A, 0, TokenMode::Term).unwrap() > t);
         assert_eq!(y.lead_ms(), 5_001);

@@ -130,6 +130,33 @@ impl Ctx {
         };
     }
 
+    /// Propagates `SET key <value> PXAT at` (a value the caller has already
+    /// formatted).
+    pub fn replicate_set_bytes_pxat(&self, key: RStr<'_>, value: &[u8], at_ms: i64) {
+        // SAFETY: "sbcl" matches one string, one (pointer, length) buffer
+        // that the server copies, one C string and one long long.
+        unsafe {
+            api!(RedisModule_Replicate)(
+                self.0,
+                c"SET".as_ptr(),
+                c"sbcl".as_ptr(),
+                key.ptr(),
+                value.as_ptr().cast::<c_char>(),
+                value.len(),
+                c"PXAT".as_ptr(),
+                at_ms as c_longlong,
+            )
+        };
+    }
+
+    /// Propagates `PERSIST key`.
+    pub fn replicate_persist(&self, key: RStr<'_>) {
+        // SAFETY: "s" matches one string.
+        unsafe {
+            api!(RedisModule_Replicate)(self.0, c"PERSIST".as_ptr(), c"s".as_ptr(), key.ptr())
+        };
+    }
+
     /// Propagates `PEXPIREAT key at`.
     pub fn replicate_pexpireat(&self, key: RStr<'_>, at_ms: i64) {
         // SAFETY: "sl" matches one string and one long long.

@@ -147,6 +147,13 @@ impl Key<'_> {
         unsafe { api!(RedisModule_SetAbsExpire)(self.raw(), at_ms) };
     }
 
+    /// Removes the expiry (the key must exist).
+    pub fn persist(&mut self) {
+        // SAFETY: an open key; REDISMODULE_NO_EXPIRE removes the expiry, and
+        // on a missing key the server replies ERR and changes nothing.
+        unsafe { api!(RedisModule_SetExpire)(self.raw(), raw::REDISMODULE_NO_EXPIRE.into()) };
+    }
+
     /// Remaining time to live in ms, or `None` without an expiry.
     pub fn ttl_ms(&self) -> Option<i64> {
         // SAFETY: an open key; GetExpire is a read.

@@ -8,7 +8,7 @@ use spacelock_core::handoff::{self as engine, Answer, DbScope, Outcome, TimerKin
 use super::host::Site;
 use super::{nobody_waits, step, Handle};
 use crate::ffi::{Blocking, Ctx, Level, ServerEvent, ServerEvents, Timers};
-use crate::terms;
+use crate::process;
 
 /// The module's handler of every WAIT callback.
 pub struct Callbacks;
@@ -78,23 +78,34 @@ impl Timers for Callbacks {
 impl ServerEvents for Callbacks {
     fn event(ctx: &Ctx, event: ServerEvent) {
         let scope = match event {
-            ServerEvent::Flushed { db: Some(db) } => DbScope::One(db),
-            ServerEvent::Flushed { db: None } | ServerEvent::SwappedDbs => DbScope::All,
+            ServerEvent::Flushed { db: Some(db) } => {
+                process::with(|p| p.ledger.forget_db(Some(db)));
+                DbScope::One(db)
+            }
+            // The ledger follows keys it can name: after SWAPDB, or on a
+            // replica (whose keys its primary now writes), the fence keys
+            // answer until a grant or refresh records again.
+            ServerEvent::Flushed { db: None } | ServerEvent::SwappedDbs => {
+                process::with(|p| p.ledger.forget_db(None));
+                DbScope::All
+            }
             ServerEvent::NowPrimary => {
                 // A promoted replica may have missed writes of its old
                 // primary: its tokens start above them by the clock.
-                let term = terms::open(ctx.now_ms());
+                let term = process::open_term(ctx.now_ms());
                 ctx.log(
                     Level::Notice,
                     &format!(
                         "spacelock: this server is now a primary; opened a token term at {} (next token >= {})",
-                        term.start_ms(),
-                        term.next()
+                        term.start_ms, term.floor
                     ),
                 );
                 DbScope::All
             }
-            ServerEvent::NowReplica => DbScope::All,
+            ServerEvent::NowReplica => {
+                process::with(|p| p.ledger.forget_db(None));
+                DbScope::All
+            }
         };
         if nobody_waits() {
             return;

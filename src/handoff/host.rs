@@ -15,8 +15,8 @@ use spacelock_core::lock;
 use super::callbacks::{Callbacks, Reply};
 use super::Handle;
 use crate::ffi::{Contents, Ctx, Level, OwnedStr, RStr};
-use crate::store::{fence_name, holds, remove_grant, RedisStore};
-use crate::{config, stats, terms};
+use crate::store::{fence_name, holder_token, remove_grant, RedisStore};
+use crate::{config, process, stats};
 
 /// Whether the failure of the write-pause probe has been logged.
 static PROBE_WARNED: AtomicBool = AtomicBool::new(false);
@@ -159,19 +159,27 @@ impl Host for ServerHost<'_> {
         }
         let (name, owner) = (OwnedStr::new(key), OwnedStr::new(owner));
         let mut store = RedisStore::open(self.ctx, name.as_rstr(), owner.as_rstr());
-        terms::with(|t| lock::acquire(&mut store, ttl_ms, t, config::token_mode()))
+        process::with(|p| lock::acquire(&mut store, ttl_ms, p, config::policy()))
     }
 
     fn grant_stands(&mut self, grant: &Grant) -> bool {
         if !self.select(grant.db) {
             return false;
         }
+        // By the module's own ledger: the fence key may have been changed
+        // by anyone in the meantime.
         let name = OwnedStr::new(&grant.key);
-        holds(self.ctx, name.as_rstr(), &grant.owner, grant.token) == Ok(true)
+        let ctx = self.ctx;
+        process::with(|p| holder_token(ctx, &p.ledger, name.as_rstr(), &grant.owner))
+            == Ok(Some(grant.token))
     }
 
     fn undo(&mut self, grant: &Grant) -> bool {
-        self.select(grant.db) && remove_grant(self.ctx, &grant.key, &grant.owner, grant.token)
+        let ctx = self.ctx;
+        self.select(grant.db)
+            && process::with(|p| {
+                remove_grant(ctx, &mut p.ledger, &grant.key, &grant.owner, grant.token)
+            })
     }
 
     fn unblock(&mut self, handle: Handle, outcome: Outcome) {

@@ -1,0 +1,72 @@
+//! What the server process remembers between commands (see
+//! `spacelock_core::lock::Process`): the token terms, opened at load, when
+//! the server becomes a primary and by `SPACELOCK.NEWTERM`, and the ledger
+//! of the grants the module wrote.
+
+use std::sync::{Mutex, MutexGuard};
+
+use spacelock_core::lock::Process;
+
+// A plain static, not `thread_local!` (see `crate::handoff`).
+static PROCESS: Mutex<Process> = Mutex::new(Process::NEW);
+
+fn lock() -> MutexGuard<'static, Process> {
+    crate::sync::lock(&PROCESS)
+}
+
+/// A term, as logged and replied.
+#[derive(Debug, Clone, Copy)]
+pub struct Term {
+    /// Its start, ms since the epoch.
+    pub start_ms: i64,
+    /// Its floor: every later grant issues at least this.
+    pub floor: i64,
+}
+
+/// The process state for INFO.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// The current term.
+    pub term: Term,
+    /// The highest token of the current term.
+    pub highest: i64,
+    /// How much later another term must start to be above every token of
+    /// this one.
+    pub lead_ms: i64,
+    /// Terms opened since load.
+    pub opened: u64,
+    /// Grants in the ledger.
+    pub ledger_len: usize,
+}
+
+/// Opens a new term at `now_ms` (the first one at load) and returns it.
+pub fn open_term(now_ms: i64) -> Term {
+    let mut p = lock();
+    p.terms.open(now_ms);
+    Term {
+        start_ms: p.terms.start_ms(),
+        floor: p.terms.floor(),
+    }
+}
+
+/// Runs `f` on the process state. Never held across anything that could
+/// call back into it (grants run with keyspace events muted, see
+/// `crate::handoff::SelfWrites`).
+pub fn with<R>(f: impl FnOnce(&mut Process) -> R) -> R {
+    f(&mut lock())
+}
+
+/// The process state for INFO, if it is not busy (INFO may run in a crash
+/// report while it is held).
+pub fn snapshot() -> Option<Summary> {
+    crate::sync::try_lock(&PROCESS).map(|p| Summary {
+        term: Term {
+            start_ms: p.terms.start_ms(),
+            floor: p.terms.floor(),
+        },
+        highest: p.terms.highest(),
+        lead_ms: p.terms.lead_ms(),
+        opened: p.terms.opened(),
+        ledger_len: p.ledger.len(),
+    })
+}
