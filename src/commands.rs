@@ -109,7 +109,7 @@ impl Command for Release {
         check_owner(owner.as_bytes(), config::max_owner_len())?;
         let _quiet = handoff::SelfWrites::begin();
         let mut store = RedisStore::open(ctx, *key, *owner);
-        let released = process::with(|p| lock::release(&mut store, p))?;
+        let released = process::with(|p| lock::release(&mut store, p, config::policy()))?;
         drop(store);
         // Direct handoff: the head waiter gets the lock in this same command.
         handoff::settle_from_command(ctx, *key);

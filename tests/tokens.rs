@@ -539,6 +539,152 @@ fn split_brain_old_primary_tokens_stay_below_the_new_primary() {
     assert!(old2 > old && old2 < new, "{old} < {old2} < {new}");
 }
 
+/// Grants on the old side of a partition, in one Lua script (fast enough
+/// for a million): `per_name` cycles of each of `names` names `prefix1` …
+/// `prefixN`, or of `prefix` itself when `names` is 0. Returns the last
+/// token.
+fn lua_cycles(con: &mut Connection, prefix: &str, names: u64, per_name: u64) -> i64 {
+    const SCRIPT: &str = r#"
+local last = 0
+local names, per_name = tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, math.max(names, 1) do
+  local key = ARGV[1]
+  if names > 0 then key = key .. i end
+  for _ = 1, per_name do
+    last = redis.call('SPACELOCK.ACQUIRE', key, 'lua-cycler', 60000)
+    redis.call('SPACELOCK.RELEASE', key, 'lua-cycler')
+  end
+end
+return last"#;
+    redis::cmd("EVAL")
+        .arg(SCRIPT)
+        .arg(0)
+        .arg(prefix)
+        .arg(names)
+        .arg(per_name)
+        .query(con)
+        .unwrap()
+}
+
+#[kit::test]
+fn split_brain_headroom_counts_the_lock_alone() {
+    // The old primary opens a term; 200 ms later its replica is promoted in
+    // a partition. The old side then serves a million grants on other names
+    // and a hundred thousand on the lock itself: its next token for the lock
+    // is still below the new primary's first. (`core/src/tokens.rs` runs the
+    // same numbers in memory.) (With one counter for every
+    // name, the old side passed the new primary after 200 000 grants on any
+    // names.)
+    let replica = Server::new();
+    let primary = Server::new();
+    let (mut p, mut r) = (primary.conn(), replica.conn());
+    kit::replicaof(&mut r, primary.port);
+    kit::until_link_up(&mut r, &replica);
+    let before_split = cycle(&mut p, "sbh:lock");
+    let old_floor = kit::new_term(&mut p);
+    let old_start = kit::term_start_ms(&mut p);
+    kit::sync_replicas(&mut p, 1);
+    assert_eq!(kit::fence_value(&mut r, "sbh:lock"), Some(before_split));
+    // The partition: the replica stops following, 200 ms after the old
+    // side's term began, and is promoted.
+    assert!(wait_until(Duration::from_secs(2), || kit::now_ms() >= old_start + 200));
+    kit::replicaof(&mut r, kit::free_port());
+    let mut r = kit::promote(&replica);
+    let new_start = kit::term_start_ms(&mut r);
+    assert!(
+        new_start >= old_start + 200,
+        "{new_start} < {old_start} + 200"
+    );
+    let new_first = acquire(&mut r, "sbh:lock", "new-side", 60_000).unwrap();
+    assert_eq!(new_first, kit::token_floor(&mut r));
+
+    // The old side: a million grants on other names (a quarter of a
+    // million outside `make soak`: already past what one counter for every
+    // name allowed), then a hundred thousand on the lock.
+    let others = if kit::soak() { 1_000_000 } else { 250_000 };
+    lua_cycles(&mut p, "sbh:other:", others, 1);
+    let last_old = lua_cycles(&mut p, "sbh:lock", 0, 100_000);
+    // The lock counted on its own: a hundred thousand above the floor, and
+    // a few more where the million other names' first grants filled both of
+    // its cells in the table of high-water marks (about one per 32 768
+    // grants of fresh names).
+    let above = last_old - old_floor;
+    assert!(
+        (99_999..100_200).contains(&above),
+        "{above} above the floor"
+    );
+    let next_old = acquire(&mut p, "sbh:lock", "old-side", 60_000).unwrap();
+    assert!(
+        next_old < new_first,
+        "old primary's {next_old} must stay below the new primary's {new_first}"
+    );
+    // INFO shows the headroom used: the lock ran 100 ms of tokens ahead of
+    // its term's floor, below the 200 ms between the two terms.
+    let lead = kit::info_field(&mut p, "spacelock", "spacelock_token_lead_ms");
+    assert_eq!(lead, (next_old - old_floor) / 1000 + 1);
+    assert!(old_start + lead < new_start);
+    // Tokens stay exact as doubles (Lua numbers, JavaScript numbers).
+    assert!(next_old < 1 << 53 && new_first < 1 << 53);
+}
+
+#[kit::test]
+fn fence_keys_go_away_a_retention_after_the_last_lease() {
+    let server = Server::new();
+    let mut con = server.conn();
+    kit::config_set(&mut con, "spacelock.fence-retention", 300);
+    let base_keys: i64 = redis::cmd("DBSIZE").query(&mut con).unwrap();
+    assert_eq!(base_keys, 0);
+    // A thousand names, each used once (a lock per job).
+    let last = lua_cycles(&mut con, "job:", 1_000, 1);
+    let mut firsts = Vec::new();
+    for i in 1..=3 {
+        firsts.push(cycle(&mut con, &format!("reused:{i}")));
+    }
+    assert_eq!(redis::cmd("DBSIZE").query::<i64>(&mut con).unwrap(), 1_003);
+    assert_eq!(
+        kit::stat(&mut con, "ledger_grants"),
+        0,
+        "released: nothing kept"
+    );
+    // A held lock keeps its fence key for as long as it is held.
+    let held = acquire(&mut con, "held", "h", 400).unwrap();
+    let held_fence = fence_key(&mut con, "held");
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(100));
+        let refreshed: i64 = redis::cmd("SPACELOCK.REFRESH")
+            .arg("held")
+            .arg("h")
+            .arg(400)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(refreshed, 1);
+    }
+    // 800 ms later, more than a retention after every released lease: only
+    // the held lock and its fence key are left.
+    assert!(wait_until(Duration::from_secs(5), || redis::cmd("DBSIZE")
+        .query::<i64>(&mut con)
+        .unwrap()
+        == 2));
+    assert_eq!(check(&mut con, "held", "h", held), 1);
+    assert_eq!(kit::fence_value(&mut con, "held"), Some(held));
+    let left: i64 = redis::cmd("PTTL").arg(&held_fence).query(&mut con).unwrap();
+    assert!(left > 400, "fence key pttl {left}");
+    // A forgotten name's next token is still above its last.
+    for (i, first) in firsts.iter().enumerate() {
+        let again = cycle(&mut con, &format!("reused:{}", i + 1));
+        assert!(again > *first, "{again} <= {first}");
+    }
+    assert!(cycle(&mut con, "job:1000") > last);
+    // 0 keeps fence keys forever.
+    kit::config_set(&mut con, "spacelock.fence-retention", 0);
+    cycle(&mut con, "kept");
+    let kept: i64 = redis::cmd("PTTL")
+        .arg(fence_key(&mut con, "kept"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(kept, -1);
+}
+
 // ---------------------------------------------------------------------------
 // Slot migration
 

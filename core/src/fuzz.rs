@@ -138,7 +138,7 @@ fn fuzz_state_machine_invariants() {
                 }
             }
             3 => {
-                let ok = lock::release(&mut s.view(keys[k], o), &mut process).unwrap();
+                let ok = lock::release(&mut s.view(keys[k], o), &mut process, policy).unwrap();
                 assert_eq!(ok, holder_before == Some(Value::Str(o.to_vec())));
                 assert_eq!(s.get(keys[k]).is_none(), ok || holder_before.is_none());
             }

@@ -113,14 +113,12 @@ impl Ledger {
 
     /// Forgets the grant of `key` in `db` (the lock was released or
     /// undone).
-    pub fn forget(&mut self, db: i32, key: &[u8]) {
-        let Some(map) = self.dbs.get_mut(&db) else {
-            return;
-        };
-        if map.remove(key).is_some() {
-            self.len -= 1;
-            shrink(map);
-        }
+    pub fn forget(&mut self, db: i32, key: &[u8]) -> Option<Record> {
+        let map = self.dbs.get_mut(&db)?;
+        let record = map.remove(key)?;
+        self.len -= 1;
+        shrink(map);
+        Some(record)
     }
 
     /// Forgets every grant in `db` (`FLUSHDB`), or everywhere (`None`:

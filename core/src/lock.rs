@@ -51,18 +51,29 @@ impl Policy {
             .then(|| deadline_ms.saturating_add(self.retention_ms))
     }
 
-    /// Whether a fence key that expires at `until` must be moved for a lease
-    /// that now ends at `deadline_ms`: it would expire less than half a
-    /// retention after the lease (so most refreshes leave it alone), or it
-    /// has an expiry that the policy no longer wants.
-    fn fence_needs_moving(&self, until: Option<i64>, deadline_ms: i64) -> bool {
+    /// Where a fence key that expires at `until` must move for a lease that
+    /// now ends at `deadline_ms`: `None` to leave it. A kept fence key stays
+    /// kept (it may hold a counter); an expiring one moves to two retentions
+    /// after the lease once it is less than one retention after it, so that
+    /// it always outlives the lease by one to two retentions and most
+    /// refreshes leave it alone; under a policy that keeps fence keys, it
+    /// becomes kept.
+    fn fence_move(&self, until: Option<i64>, deadline_ms: i64) -> Option<Option<i64>> {
         match (until, self.fence_until(deadline_ms)) {
-            (Some(until), Some(_)) => until < deadline_ms.saturating_add(self.retention_ms / 2),
-            (None, None) => false,
-            (Some(_), None) => true,
-            // A kept fence key stays kept (it may hold a counter).
-            (None, Some(_)) => false,
+            (Some(until), Some(at_least)) if until < at_least => {
+                Some(Some(at_least.saturating_add(self.retention_ms)))
+            }
+            (Some(_), None) => Some(None),
+            _ => None,
         }
+    }
+
+    /// Where the fence key must move when a lease is released at `now_ms`:
+    /// to one retention from now when it would otherwise outlive the release
+    /// by more than two (a lease released long before its deadline).
+    fn fence_move_at_release(&self, until: Option<i64>, now_ms: i64) -> Option<i64> {
+        let soon = self.fence_until(now_ms)?;
+        (until? > soon.saturating_add(self.retention_ms)).then_some(soon)
     }
 }
 
@@ -176,9 +187,9 @@ pub fn refresh<S: Store>(
     if let Some(r) = ledger.get_mut(db, store.key()) {
         if *r.owner == *store.owner() {
             r.deadline_ms = at;
-            if policy.fence_needs_moving(r.fence_until_ms, at) {
-                r.fence_until_ms = policy.fence_until(at);
-                store.extend_fence(r.fence_until_ms);
+            if let Some(until) = policy.fence_move(r.fence_until_ms, at) {
+                r.fence_until_ms = until;
+                store.extend_fence(until);
             }
             return Ok(true);
         }
@@ -192,9 +203,9 @@ pub fn refresh<S: Store>(
         return Ok(true);
     };
     let mut fence_until = until;
-    if policy.fence_needs_moving(until, at) {
-        fence_until = policy.fence_until(at);
-        store.extend_fence(fence_until);
+    if let Some(moved) = policy.fence_move(until, at) {
+        fence_until = moved;
+        store.extend_fence(moved);
     }
     let record = Record {
         owner: store.owner().into(),
@@ -207,14 +218,23 @@ pub fn refresh<S: Store>(
 }
 
 /// `SPACELOCK.RELEASE`: `true` if the caller held the lock and it was
-/// deleted. The fence key keeps its expiry (at most a retention after the
-/// lease's last deadline).
-pub fn release<S: Store>(store: &mut S, process: &mut Process) -> Result<bool, LockError> {
+/// deleted. The fence key then expires one to two retentions later: it
+/// keeps its expiry unless that is further away (a lease released long
+/// before its deadline).
+pub fn release<S: Store>(
+    store: &mut S,
+    process: &mut Process,
+    policy: Policy,
+) -> Result<bool, LockError> {
     if store.probe()? != Probe::Mine {
         return Ok(false);
     }
     store.remove();
-    process.ledger.forget(store.db(), store.key());
+    let record = process.ledger.forget(store.db(), store.key());
+    let until = record.and_then(|r| r.fence_until_ms);
+    if let Some(at) = policy.fence_move_at_release(until, store.now_ms()) {
+        store.extend_fence(Some(at));
+    }
     Ok(true)
 }
 
@@ -416,7 +436,7 @@ mod tests {
                 Refresh(o, ttl) => {
                     refresh(&mut s.view(b"k", o), *ttl, &mut process(), COUNTER).map(i64::from)
                 }
-                Release(o) => release(&mut s.view(b"k", o), &mut process()).map(i64::from),
+                Release(o) => release(&mut s.view(b"k", o), &mut process(), COUNTER).map(i64::from),
                 Advance(ms) => {
                     s.now += ms;
                     Ok(0)
@@ -474,7 +494,7 @@ mod tests {
             Err(LockError::LockWrongType)
         );
         assert_eq!(
-            release(&mut s.view(b"k", b"a"), &mut process()),
+            release(&mut s.view(b"k", b"a"), &mut process(), COUNTER),
             Err(LockError::LockWrongType)
         );
         assert_eq!(s.keys, before);
@@ -523,7 +543,10 @@ mod tests {
         // released by its owner.
         s.keys
             .insert(b"z".to_vec(), (Value::Str(b"lua".to_vec()), Some(T0 + 10)));
-        assert_eq!(release(&mut s.view(b"z", b"lua"), &mut process()), Ok(true));
+        assert_eq!(
+            release(&mut s.view(b"z", b"lua"), &mut process(), COUNTER),
+            Ok(true)
+        );
     }
 
     #[test]
@@ -608,28 +631,43 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(s.expire_at(&fence), Some(T0 + 1000 + 10_000));
-        // Refreshes within half a retention leave the fence key alone ...
+        // A refresh that leaves it less than a retention after the lease
+        // moves it two retentions after the lease ...
         s.now += 500;
         assert_eq!(
             refresh(&mut s.view(b"k", b"a"), 1000, &mut p, policy),
             Ok(true)
         );
-        assert_eq!(s.expire_at(&fence), Some(T0 + 11_000));
-        // ... and move it before the lease gets close to it.
+        assert_eq!(s.expire_at(&fence), Some(T0 + 1500 + 20_000));
+        // ... so that refreshing for a retention moves it once at most, and
+        // it always outlives the lease by one to two retentions.
+        let mut moves = 0;
         for _ in 0..20 {
             s.now += 500;
+            let before = s.expire_at(&fence);
             assert_eq!(
                 refresh(&mut s.view(b"k", b"a"), 1000, &mut p, policy),
                 Ok(true)
             );
+            moves += usize::from(s.expire_at(&fence) != before);
             let lease_end = s.expire_at(b"k").unwrap();
-            assert!(s.expire_at(&fence).unwrap() >= lease_end + 5_000);
+            let until = s.expire_at(&fence).unwrap();
+            assert!((lease_end + 10_000..=lease_end + 20_000).contains(&until));
         }
-        // Release leaves it a retention after the last deadline at most.
-        assert_eq!(release(&mut s.view(b"k", b"a"), &mut p), Ok(true));
+        assert!(moves <= 1, "{moves} moves");
+        // Release: one to two retentions from now.
+        assert_eq!(release(&mut s.view(b"k", b"a"), &mut p, policy), Ok(true));
         assert!(p.ledger.is_empty());
         let until = s.expire_at(&fence).unwrap();
-        assert!(until <= s.now + 1000 + 10_000);
+        assert!((s.now + 10_000..=s.now + 20_000).contains(&until));
+        // A lease released long before its deadline moves it closer.
+        acquire(&mut s.view(b"long", b"a"), 600_000, &mut p, policy).unwrap();
+        assert_eq!(
+            release(&mut s.view(b"long", b"a"), &mut p, policy),
+            Ok(true)
+        );
+        let long_fence = crate::fence::fence_key(b"long");
+        assert_eq!(s.expire_at(&long_fence), Some(s.now + 10_000));
         // Once it has expired, the name costs nothing, and its next token
         // is still above the last.
         s.now = until;
