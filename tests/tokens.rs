@@ -595,8 +595,9 @@ fn split_brain_headroom_counts_the_lock_alone() {
         new_start >= old_start + 200,
         "{new_start} < {old_start} + 200"
     );
+    let new_floor = kit::token_floor(&mut r);
     let new_first = acquire(&mut r, "sbh:lock", "new-side", 60_000).unwrap();
-    assert_eq!(new_first, kit::token_floor(&mut r));
+    assert_eq!(new_first, new_floor);
 
     // The old side: a million grants on other names (a quarter of a
     // million outside `make soak`: already past what one counter for every
@@ -604,6 +605,11 @@ fn split_brain_headroom_counts_the_lock_alone() {
     let others = if kit::soak() { 1_000_000 } else { 250_000 };
     lua_cycles(&mut p, "sbh:other:", others, 1);
     let last_old = lua_cycles(&mut p, "sbh:lock", 0, 100_000);
+    let next_old = acquire(&mut p, "sbh:lock", "old-side", 60_000).unwrap();
+    assert!(
+        next_old < new_first,
+        "old primary's {next_old} must stay below the new primary's {new_first}"
+    );
     // The lock counted on its own: a hundred thousand above the floor, and
     // a few more where the million other names' first grants filled both of
     // its cells in the table of high-water marks (about one per 32 768
@@ -612,11 +618,6 @@ fn split_brain_headroom_counts_the_lock_alone() {
     assert!(
         (99_999..100_200).contains(&above),
         "{above} above the floor"
-    );
-    let next_old = acquire(&mut p, "sbh:lock", "old-side", 60_000).unwrap();
-    assert!(
-        next_old < new_first,
-        "old primary's {next_old} must stay below the new primary's {new_first}"
     );
     // INFO shows the headroom used: the lock ran 100 ms of tokens ahead of
     // its term's floor, below the 200 ms between the two terms.
