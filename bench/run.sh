@@ -4,7 +4,8 @@
 # Environment: QUICK=1 (< 1 min), BENCH_N, BENCH_ROUNDS, BENCH_SCALE_N,
 # BENCH_SMALL_N, BENCH_CONNS, BENCH_DEPTH, BENCH_OUT, REDIS_SERVER,
 # VALKEY_SERVER (a path; empty string = skip Valkey), BENCH_MODULE (a built
-# libspacelock.so; default: build it), BENCH_NO_BUILD=1 (do not build the module).
+# libspacelock.so; default: build it), BENCH_NO_BUILD=1 (do not build the module),
+# BENCH_BASELINE_MODULE (a built v0.1 libspacelock.so; default: build it once).
 # `run.sh profile`: callgrind instruction counts per call instead (PROFILE_SERVER,
 # PROFILE_N, PROFILE_CASES, PROFILE_OUT); the table lands in $PROFILE_OUT/table.md.
 set -euo pipefail
@@ -19,6 +20,37 @@ if [ -z "${BENCH_MODULE:-}" ]; then
   fi
 fi
 [ -f "$BENCH_MODULE" ] || { echo "bench: module not found: $BENCH_MODULE" >&2; exit 1; }
+
+# The v0.1 module (commit 8166dab) for the "vs v0.1" rows, on the same server
+# binary: built once from `git archive` in $tgt/bench/v01-src with its own
+# target dir, $tgt/bench/v01-target, and reused while its stamp names the
+# commit. BENCH_BASELINE_MODULE=/path.so uses a built one; without git or the
+# commit (or with BENCH_NO_BUILD=1 and nothing cached) the rows are skipped
+# with the reason.
+v01_rev=8166dab
+BENCH_BASELINE_MISSING=""
+if [ -n "${BENCH_BASELINE_MODULE:-}" ]; then
+  [ -f "$BENCH_BASELINE_MODULE" ] || BENCH_BASELINE_MISSING="BENCH_BASELINE_MODULE=$BENCH_BASELINE_MODULE does not exist"
+elif ! v01_full=$(git -C "$root" rev-parse --verify --quiet "$v01_rev^{commit}" 2>/dev/null); then
+  BENCH_BASELINE_MISSING="git or commit $v01_rev unavailable in $root"
+else
+  v01_src=$tgt/bench/v01-src v01_tgt=$tgt/bench/v01-target
+  BENCH_BASELINE_MODULE=$v01_tgt/release/libspacelock.so
+  if [ -f "$BENCH_BASELINE_MODULE" ] && [ "$(cat "$v01_tgt/built-from" 2>/dev/null)" = "$v01_full" ]; then
+    :
+  elif [ -n "${BENCH_NO_BUILD:-}" ]; then
+    BENCH_BASELINE_MISSING="v0.1 ($v01_rev) not built yet and BENCH_NO_BUILD=1"
+  elif rm -rf "$v01_src" && mkdir -p "$v01_src" \
+      && git -C "$root" archive "$v01_full" | tar -x -C "$v01_src" \
+      && (cd "$v01_src" && CARGO_TARGET_DIR=$v01_tgt "$cargo" build --release -p spacelock) >&2; then
+    echo "$v01_full" >"$v01_tgt/built-from"
+  else
+    BENCH_BASELINE_MISSING="v0.1 ($v01_rev) failed to build in $v01_src"
+  fi
+  [ -z "$BENCH_BASELINE_MISSING" ] || BENCH_BASELINE_MODULE=""
+fi
+[ -z "$BENCH_BASELINE_MISSING" ] || BENCH_BASELINE_MODULE=""
+export BENCH_BASELINE_MODULE BENCH_BASELINE_MISSING BENCH_BASELINE_REV=$v01_rev
 
 # The load tool, in its own target dir. BENCH_TOOL_NO_BUILD=1 uses the one
 # built before (`make test` builds it, so the smoke test never runs cargo).

@@ -21,6 +21,7 @@ mod profile;
 mod resp;
 mod runner;
 mod server;
+mod versus_v01;
 mod workload1;
 mod workload2;
 
@@ -31,6 +32,7 @@ use std::time::Instant;
 use crate::external::{sh, workload5_node, workloads34};
 use crate::measure::median;
 use crate::profile::profile;
+use crate::versus_v01::versus_v01;
 use crate::workload1::workload1;
 use crate::workload2::workload2;
 
@@ -62,6 +64,10 @@ pub(crate) struct Cfg {
     pub(crate) valkey: Option<PathBuf>,
     pub(crate) valkey_missing: String,
     pub(crate) module: PathBuf,
+    /// The v0.1 module for the "vs v0.1" rows, or why there is none.
+    pub(crate) v01: Result<PathBuf, String>,
+    /// Its commit, for the labels.
+    pub(crate) v01_rev: String,
     pub(crate) out: PathBuf,
     pub(crate) root: PathBuf,
 }
@@ -99,6 +105,17 @@ impl Cfg {
                 std::env::var("VALKEY_MISSING").unwrap_or_else(|_| "VALKEY_SERVER not set".into()),
             ),
         };
+        let v01 = match std::env::var_os("BENCH_BASELINE_MODULE").filter(|v| !v.is_empty()) {
+            Some(p) if Path::new(&p).exists() => Ok(PathBuf::from(p)),
+            Some(p) => Err(format!(
+                "BENCH_BASELINE_MODULE={} does not exist",
+                Path::new(&p).display()
+            )),
+            None => Err(std::env::var("BENCH_BASELINE_MISSING")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "BENCH_BASELINE_MODULE not set (run.sh builds it)".into())),
+        };
         Ok(Cfg {
             quick,
             n: env_usize("BENCH_N", if quick { 20_000 } else { 50_000 }),
@@ -114,6 +131,11 @@ impl Cfg {
             valkey,
             valkey_missing,
             module,
+            v01,
+            v01_rev: std::env::var("BENCH_BASELINE_REV")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "8166dab".into()),
             out: std::env::var_os("BENCH_OUT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("target/bench/results.md")),
@@ -161,6 +183,7 @@ fn real_main() -> Result<(), String> {
     let mut rows = Vec::new();
     let mut raw = String::from("server,case,round,us_per_call,rps,cpu_us_per_call\n");
     let mut servers = Vec::new();
+    let mut missing = Vec::new();
     let mut anchor = format!(
         "Anchor: no physical-limit anchor on this run: Valkey 9.1.2 unavailable ({}).",
         cfg.valkey_missing
@@ -181,14 +204,16 @@ fn real_main() -> Result<(), String> {
             srv.name
         );
         servers.push(srv.name.clone());
+        drop(srv);
+        versus_v01(&cfg, vk, &mut rows, &mut raw, &mut missing)?;
     } else {
         eprintln!("skipping Valkey rows: {}", cfg.valkey_missing);
     }
     let srv = workload1(&cfg, &cfg.redis, &mut rows, &mut raw)?;
     servers.insert(0, srv.name.clone());
     drop(srv);
+    versus_v01(&cfg, &cfg.redis, &mut rows, &mut raw, &mut missing)?;
     workload2(&cfg, &mut rows, &mut raw)?;
-    let mut missing = Vec::new();
     workloads34(&cfg, &mut rows, &mut missing)?;
     workload5_node(&cfg, &mut rows, &mut missing)?;
 

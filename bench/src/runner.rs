@@ -104,7 +104,7 @@ impl<'a> Runner<'a> {
         self.admin.call(&["SELECT", &db.to_string()]).map(drop)
     }
 
-    fn measure(&mut self, case: &Case, round: usize) -> Result<Sample, String> {
+    pub(crate) fn measure(&mut self, case: &Case, round: usize) -> Result<Sample, String> {
         let ctx = |e: String| format!("{} (round {round}): {e}", case.id);
         if case.flush {
             self.select(case.db)?;
