@@ -47,6 +47,9 @@ pub struct Commands {
     bytes: Vec<u8>,
     /// Start offset of each command in `bytes`, plus the end.
     offsets: Vec<usize>,
+    /// Commands come in runs of this many that must go, in order, down one
+    /// connection (an ACQUIRE and the RELEASE of the same name): 1 by default.
+    group: usize,
 }
 
 impl Commands {
@@ -61,7 +64,17 @@ impl Commands {
             encode(&refs, &mut bytes);
         }
         offsets.push(bytes.len());
-        Commands { bytes, offsets }
+        Commands {
+            bytes,
+            offsets,
+            group: 1,
+        }
+    }
+
+    /// Keeps every run of `group` consecutive commands on one connection.
+    pub fn grouped(mut self, group: usize) -> Commands {
+        self.group = group.max(1);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -94,8 +107,15 @@ pub fn run(
     let conns = conns.max(1).min(n.max(1));
     let barrier = Arc::new(Barrier::new(conns + 1));
     let mut handles = Vec::new();
+    // Split at whole groups (the last connection takes any remainder).
+    let (g, groups) = (cmds.group, n / cmds.group);
     for c in 0..conns {
-        let (from, to) = (n * c / conns, n * (c + 1) / conns);
+        let from = groups * c / conns * g;
+        let to = if c + 1 == conns {
+            n
+        } else {
+            groups * (c + 1) / conns * g
+        };
         let cmds = Arc::clone(cmds);
         let barrier = Arc::clone(&barrier);
         let expect = expect.clone();

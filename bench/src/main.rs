@@ -17,6 +17,7 @@
 mod external;
 mod load;
 mod measure;
+mod names;
 mod profile;
 mod resp;
 mod runner;
@@ -31,6 +32,7 @@ use std::time::Instant;
 
 use crate::external::{sh, workload5_node, workloads34};
 use crate::measure::median;
+use crate::names::names;
 use crate::profile::profile;
 use crate::versus_v01::versus_v01;
 use crate::workload1::workload1;
@@ -68,6 +70,10 @@ pub(crate) struct Cfg {
     pub(crate) v01: Result<PathBuf, String>,
     /// Its commit, for the labels.
     pub(crate) v01_rev: String,
+    /// Distinct names acquired and released once each (memory after names
+    /// that come and go), and the short fence retention (ms) set for it.
+    pub(crate) names_n: usize,
+    pub(crate) names_retention_ms: u64,
     pub(crate) out: PathBuf,
     pub(crate) root: PathBuf,
 }
@@ -116,13 +122,14 @@ impl Cfg {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "BENCH_BASELINE_MODULE not set (run.sh builds it)".into())),
         };
+        let scale_n = env_usize("BENCH_SCALE_N", if quick { 100_000 } else { 1_000_000 }).max(1);
         Ok(Cfg {
             quick,
             n: env_usize("BENCH_N", if quick { 20_000 } else { 50_000 }),
             rounds: env_usize("BENCH_ROUNDS", if quick { 3 } else { 7 }).max(1),
             conns: env_usize("BENCH_CONNS", 4).max(1),
             depth: env_usize("BENCH_DEPTH", 32).max(1),
-            scale_n: env_usize("BENCH_SCALE_N", if quick { 100_000 } else { 1_000_000 }).max(1),
+            scale_n,
             small_n: env_usize("BENCH_SMALL_N", 1_000).max(1),
             redis: std::env::var_os("REDIS_SERVER")
                 .filter(|v| !v.is_empty())
@@ -136,6 +143,8 @@ impl Cfg {
                 .ok()
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "8166dab".into()),
+            names_n: env_usize("BENCH_NAMES_N", scale_n).max(1),
+            names_retention_ms: env_usize("BENCH_NAMES_RETENTION_MS", 2_000).max(1) as u64,
             out: std::env::var_os("BENCH_OUT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("target/bench/results.md")),
@@ -214,6 +223,7 @@ fn real_main() -> Result<(), String> {
     drop(srv);
     versus_v01(&cfg, &cfg.redis, &mut rows, &mut raw, &mut missing)?;
     workload2(&cfg, &mut rows, &mut raw)?;
+    names(&cfg, &mut rows, &mut raw)?;
     workloads34(&cfg, &mut rows, &mut missing)?;
     workload5_node(&cfg, &mut rows, &mut missing)?;
 

@@ -10,7 +10,11 @@ use crate::server::Server;
 use crate::{Cfg, LUA_REFRESH, OWNER, TTL};
 
 /// Workload 2: per-op cost with few vs many locks held, memory per lock.
-pub(crate) fn workload2(cfg: &Cfg, rows: &mut Vec<Row>, raw: &mut String) -> Result<(), String> {
+pub(crate) fn workload2(
+    cfg: &Cfg,
+    rows: &mut Vec<Row>,
+    raw: &mut String,
+) -> Result<String, String> {
     let srv = Server::start(&cfg.redis, Some(&cfg.module), &[])?;
     let v = srv.name.clone();
     eprintln!(
@@ -162,10 +166,10 @@ pub(crate) fn workload2(cfg: &Cfg, rows: &mut Vec<Row>, raw: &mut String) -> Res
         format!("{v} · memory kept per released lock name (its fence key) vs a held plain `SET NX PX` lock · bytes"),
         residue,
     ));
-    Ok(())
+    Ok(v)
 }
 
-fn count_label(n: usize) -> String {
+pub(crate) fn count_label(n: usize) -> String {
     if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{} M", n / 1_000_000)
     } else if n >= 1_000 && n.is_multiple_of(1_000) {
