@@ -67,6 +67,8 @@ fn bench_quick_produces_a_well_formed_table() {
         .env("BENCH_ROUNDS", "2")
         .env("BENCH_SCALE_N", "3000")
         .env("BENCH_SMALL_N", "100")
+        // 100 waiters are enough to show the expiry-burst rows' shape.
+        .env("BENCH_BURST_LOCKS", "100")
         .env("BENCH_MODULE", &module)
         .env("BENCH_NO_BUILD", "1")
         .env("BENCH_TOOL_NO_BUILD", "1")
@@ -132,6 +134,8 @@ fn bench_quick_produces_a_well_formed_table() {
         "dispatch floor",
         "scale: REFRESH",
         "memory per held lock",
+        "distinct lock names",
+        "expiry burst",
     ] {
         assert!(has("Redis ", what), "Redis row {what:?} missing:\n{md}");
     }

@@ -14,6 +14,7 @@
 //!
 //! Configuration is by environment (see `bench/README.md`).
 
+mod burst;
 mod external;
 mod load;
 mod measure;
@@ -30,6 +31,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::burst::expiry_burst;
 use crate::external::{sh, workload5_node, workloads34};
 use crate::measure::median;
 use crate::names::names;
@@ -74,6 +76,9 @@ pub(crate) struct Cfg {
     /// that come and go), and the short fence retention (ms) set for it.
     pub(crate) names_n: usize,
     pub(crate) names_retention_ms: u64,
+    /// Locks expiring in the same ms, one WAIT waiter each; bursts run.
+    pub(crate) burst_locks: usize,
+    pub(crate) burst_rounds: usize,
     pub(crate) out: PathBuf,
     pub(crate) root: PathBuf,
 }
@@ -145,6 +150,8 @@ impl Cfg {
                 .unwrap_or_else(|| "8166dab".into()),
             names_n: env_usize("BENCH_NAMES_N", scale_n).max(1),
             names_retention_ms: env_usize("BENCH_NAMES_RETENTION_MS", 2_000).max(1) as u64,
+            burst_locks: env_usize("BENCH_BURST_LOCKS", 1_000).max(1),
+            burst_rounds: env_usize("BENCH_BURST_ROUNDS", if quick { 1 } else { 3 }).max(1),
             out: std::env::var_os("BENCH_OUT")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.join("target/bench/results.md")),
@@ -224,6 +231,7 @@ fn real_main() -> Result<(), String> {
     versus_v01(&cfg, &cfg.redis, &mut rows, &mut raw, &mut missing)?;
     workload2(&cfg, &mut rows, &mut raw)?;
     names(&cfg, &mut rows, &mut raw)?;
+    expiry_burst(&cfg, &mut rows, &mut raw)?;
     workloads34(&cfg, &mut rows, &mut missing)?;
     workload5_node(&cfg, &mut rows, &mut missing)?;
 

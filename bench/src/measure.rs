@@ -72,7 +72,7 @@ pub(crate) fn commandstats(con: &mut Conn) -> Result<HashMap<String, (u64, u64)>
     Ok(out)
 }
 
-fn info_field(con: &mut Conn, section: &str, field: &str) -> Result<i64, String> {
+pub(crate) fn info_field(con: &mut Conn, section: &str, field: &str) -> Result<i64, String> {
     let text = con.call(&["INFO", section])?.text().unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix(field).and_then(|v| v.strip_prefix(':')))

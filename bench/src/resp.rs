@@ -68,6 +68,17 @@ impl Conn {
         })
     }
 
+    /// The socket's file descriptor (for `poll`).
+    pub fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.writer.as_raw_fd()
+    }
+
+    /// Whether a reply (or part of one) is already buffered.
+    pub fn buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
     /// Sends raw, already-encoded bytes.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.writer.write_all(bytes)
