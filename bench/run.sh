@@ -5,7 +5,9 @@
 # BENCH_SMALL_N, BENCH_CONNS, BENCH_DEPTH, BENCH_OUT, REDIS_SERVER,
 # VALKEY_SERVER (a path; empty string = skip Valkey), BENCH_MODULE (a built
 # libspacelock.so; default: build it), BENCH_NO_BUILD=1 (do not build the module),
-# BENCH_BASELINE_MODULE (a built v0.1 libspacelock.so; default: build it once).
+# BENCH_BASELINE_MODULE (a built v0.1 libspacelock.so; default: build it once),
+# BENCH_NAMES_N, BENCH_NAMES_RETENTION_MS, BENCH_BURST_LOCKS, BENCH_BURST_ROUNDS,
+# BENCH_ONLY (parts to run; see bench/README.md).
 # `run.sh profile`: callgrind instruction counts per call instead (PROFILE_SERVER,
 # PROFILE_N, PROFILE_CASES, PROFILE_OUT); the table lands in $PROFILE_OUT/table.md.
 set -euo pipefail

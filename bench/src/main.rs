@@ -204,36 +204,80 @@ fn real_main() -> Result<(), String> {
         "Anchor: no physical-limit anchor on this run: Valkey 9.1.2 unavailable ({}).",
         cfg.valkey_missing
     );
+    // BENCH_ONLY=workload1,v01,… runs only the parts named (all by default).
+    let only = std::env::var("BENCH_ONLY")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let on = |part: &str| {
+        only.as_deref()
+            .is_none_or(|l| l.split(',').any(|p| p.trim() == part))
+    };
+    if let Some(l) = &only {
+        eprintln!("BENCH_ONLY={l}: running only those parts");
+        if !on("workload1") {
+            anchor = format!("Anchor: not measured on this run (BENCH_ONLY={l}).");
+        }
+    }
+    let mut ran_on = |name: String| {
+        if !servers.contains(&name) {
+            servers.push(name);
+        }
+    };
 
     if let Some(vk) = &cfg.valkey {
-        let srv = workload1(&cfg, vk, &mut rows, &mut raw)?;
-        let find = |id: &str| {
-            raw.lines()
-                .filter(|l| l.starts_with(&format!("{},{id},", srv.name)))
-                .filter_map(|l| l.split(',').nth(3)?.parse::<f64>().ok())
-                .collect::<Vec<_>>()
-        };
-        let (ifeq, del) = (median(&find("set_ifeq")), median(&find("delifeq")));
-        let (mr, md) = (median(&find("refresh")), median(&find("release")));
-        anchor = format!(
-            "Anchor (physical limit on this run, {}): native `SET k owner IFEQ owner PX ttl` = {ifeq:.3} µs/call and `DELIFEQ k owner` = {del:.3} µs/call; spacelock REFRESH = {mr:.3}, RELEASE = {md:.3} µs/call on the same server (goal: ratio ≥ 1.0).",
-            srv.name
-        );
-        servers.push(srv.name.clone());
-        drop(srv);
-        versus_v01(&cfg, vk, &mut rows, &mut raw, &mut missing)?;
+        if on("workload1") {
+            let srv = workload1(&cfg, vk, &mut rows, &mut raw)?;
+            let find = |id: &str| {
+                raw.lines()
+                    .filter(|l| l.starts_with(&format!("{},{id},", srv.name)))
+                    .filter_map(|l| l.split(',').nth(3)?.parse::<f64>().ok())
+                    .collect::<Vec<_>>()
+            };
+            let (ifeq, del) = (median(&find("set_ifeq")), median(&find("delifeq")));
+            let (mr, md) = (median(&find("refresh")), median(&find("release")));
+            anchor = format!(
+                "Anchor (physical limit on this run, {}): native `SET k owner IFEQ owner PX ttl` = {ifeq:.3} µs/call and `DELIFEQ k owner` = {del:.3} µs/call; spacelock REFRESH = {mr:.3}, RELEASE = {md:.3} µs/call on the same server (goal: ratio ≥ 1.0).",
+                srv.name
+            );
+            ran_on(srv.name.clone());
+        }
+        if on("v01") {
+            if let Some(name) = versus_v01(&cfg, vk, &mut rows, &mut raw, &mut missing)? {
+                ran_on(name);
+            }
+        }
     } else {
         eprintln!("skipping Valkey rows: {}", cfg.valkey_missing);
     }
-    let srv = workload1(&cfg, &cfg.redis, &mut rows, &mut raw)?;
-    servers.insert(0, srv.name.clone());
-    drop(srv);
-    versus_v01(&cfg, &cfg.redis, &mut rows, &mut raw, &mut missing)?;
-    workload2(&cfg, &mut rows, &mut raw)?;
-    names(&cfg, &mut rows, &mut raw)?;
-    expiry_burst(&cfg, &mut rows, &mut raw)?;
-    workloads34(&cfg, &mut rows, &mut missing)?;
-    workload5_node(&cfg, &mut rows, &mut missing)?;
+    if on("workload1") {
+        ran_on(
+            workload1(&cfg, &cfg.redis, &mut rows, &mut raw)?
+                .name
+                .clone(),
+        );
+    }
+    if on("v01") {
+        if let Some(name) = versus_v01(&cfg, &cfg.redis, &mut rows, &mut raw, &mut missing)? {
+            ran_on(name);
+        }
+    }
+    if on("workload2") {
+        ran_on(workload2(&cfg, &mut rows, &mut raw)?);
+    }
+    if on("names") {
+        ran_on(names(&cfg, &mut rows, &mut raw)?);
+    }
+    if on("burst") {
+        ran_on(expiry_burst(&cfg, &mut rows, &mut raw)?);
+    }
+    if on("client") {
+        workloads34(&cfg, &mut rows, &mut missing)?;
+    }
+    if on("node") {
+        workload5_node(&cfg, &mut rows, &mut missing)?;
+    }
+    // Redis first, as the rows are.
+    servers.sort_by_key(|s| !s.starts_with("Redis"));
 
     let mut md = String::new();
     let _ = writeln!(
