@@ -235,7 +235,7 @@ fn one_hostile_fence_value_is_that_names_problem_alone() {
     let handed = w.join().unwrap().unwrap().unwrap();
     assert_eq!(handed, held + 1);
     for i in 0..100 {
-        let t = acquire(&mut con, &format!("fresh:{i}"), "o", 1000).unwrap();
+        let t = acquire(&mut con, format!("fresh:{i}"), "o", 1000).unwrap();
         assert!(t < floor + 10 && t < 1 << 53, "fresh:{i}: {t}");
     }
 }
