@@ -162,6 +162,14 @@ impl Terms {
         }
     }
 
+    /// The first clock reading (ms) at which a term that starts afresh,
+    /// without this state (the module loaded again after `MODULE UNLOAD`,
+    /// whose statics are gone), has a floor of at least [`next`](Self::next)
+    /// and so issues only tokens above every token recorded here.
+    pub fn fresh_start_safe_ms(&self) -> i64 {
+        self.next.div_euclid(PER_MS) + i64::from(self.next.rem_euclid(PER_MS) != 0)
+    }
+
     /// Records that `token` was issued: later grants issue more. Counter
     /// mode records too, so a switch back to term mode stays above it.
     pub fn issued(&mut self, token: i64) {
@@ -333,6 +341,37 @@ mod tests {
         // Forward: the floor moves up.
         t.open(T0 + 1);
         assert_eq!(t.next(), (T0 + 1) * PER_MS);
+    }
+
+    #[test]
+    fn a_fresh_start_is_safe_once_its_floor_reaches_next() {
+        // Nothing issued yet: a fresh term in the same ms has the same
+        // floor, which is above every token issued (none).
+        let mut t = Terms::open_at(T0);
+        assert_eq!(t.fresh_start_safe_ms(), T0);
+        // One token issued at the floor: the next millisecond.
+        let a = t.peek(0, TokenMode::Term).unwrap();
+        t.issued(a);
+        assert_eq!(t.fresh_start_safe_ms(), T0 + 1);
+        assert!(bound_holds(T0, 1, t.fresh_start_safe_ms()));
+        assert!(!bound_holds(T0, 1, t.fresh_start_safe_ms() - 1));
+        // Exactly a thousand tokens end one below the next floor.
+        t.issued(floor_of(T0 + 1) - 1);
+        assert_eq!(t.fresh_start_safe_ms(), T0 + 1);
+        t.issued(floor_of(T0 + 1));
+        assert_eq!(t.fresh_start_safe_ms(), T0 + 2);
+        // A token from a fence key far ahead (another node's later clock)
+        // moves it as far.
+        t.issued(floor_of(T0 + 5_000) + 9);
+        assert_eq!(t.fresh_start_safe_ms(), T0 + 5_001);
+        // Through Terms: a fresh term opened then issues above every token.
+        let fresh = Terms::open_at(t.fresh_start_safe_ms());
+        assert!(fresh.peek(0, TokenMode::Term).unwrap() > floor_of(T0 + 5_000) + 9);
+        // Counter mode's small tokens do not move it; an unopened state is safe at once.
+        assert_eq!(Terms::UNOPENED.fresh_start_safe_ms(), 1);
+        let mut near_max = Terms::open_at(T0);
+        near_max.issued(i64::MAX - 1);
+        assert_eq!(near_max.fresh_start_safe_ms(), i64::MAX / PER_MS + 1);
     }
 
     #[test]
