@@ -31,3 +31,9 @@ pub fn with<R>(f: impl FnOnce(&mut Terms) -> R) -> R {
 pub fn snapshot() -> Option<Terms> {
     crate::sync::try_lock(&TERMS).map(|t| *t)
 }
+
+/// The first clock reading (ms) at which a module loaded afresh opens a term
+/// above every token of this load (see `Terms::fresh_start_safe_ms`).
+pub fn fresh_start_safe_ms() -> i64 {
+    lock().fresh_start_safe_ms()
+}

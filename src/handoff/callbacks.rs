@@ -95,6 +95,7 @@ impl ServerEvents for Callbacks {
                 DbScope::All
             }
             ServerEvent::NowReplica => DbScope::All,
+            ServerEvent::LoopIteration => return,
         };
         if nobody_waits() {
             return;
