@@ -7,7 +7,8 @@
 //! * this file: the registry (one static, locked for one callback at a
 //!   time), [`step`] that runs one engine call under it, and what the
 //!   commands call: [`settle_from_command`], [`enqueue`], [`waiters_on`],
-//!   [`gauges`];
+//!   [`gauges`]; and, for `MODULE UNLOAD`, [`unload_blocker`] and
+//!   [`release_for_unload`];
 //! * [`host`]: `ServerHost`, the engine's `Host` over one callback's
 //!   context (lock state, the grant as ACQUIRE writes it, undo, unblock,
 //!   timers);
@@ -119,6 +120,37 @@ pub fn gauges() -> (u64, u64) {
 /// Clients waiting on `key` in `db`.
 pub fn waiters_on(db: i32, key: &[u8]) -> usize {
     registry().as_ref().map_or(0, |r| r.len(db, key))
+}
+
+/// Why the WAIT handoff keeps the module from unloading, if it does: a
+/// client waits, or a grant nobody received is still to be undone.
+pub fn unload_blocker() -> Option<String> {
+    let guard = registry();
+    let reg = guard.as_ref()?;
+    let (clients, keys) = reg.gauges();
+    if clients > 0 {
+        return Some(format!(
+            "{clients} client(s) wait in SPACELOCK.ACQUIRE ... WAIT on {keys} key(s)"
+        ));
+    }
+    (!reg.is_idle()).then(|| {
+        "a WAIT grant whose client went away is still to be undone (retry in a moment)".into()
+    })
+}
+
+/// Lets go of everything the WAIT handoff holds, for `MODULE UNLOAD` once
+/// [`unload_blocker`] found nothing: stops the timer it knows of (the
+/// server refuses an unload while any timer of the module is armed, so this
+/// is tidiness), drops the keyspace-event subscription and frees the
+/// registry.
+pub fn release_for_unload(ctx: &Ctx) {
+    let mut guard = registry();
+    if let Some(id) = guard.as_ref().and_then(Registry::pending_timer) {
+        ctx.stop_timer(id.0);
+    }
+    *guard = None;
+    drop(guard);
+    keyspace::drop_for_unload(ctx);
 }
 
 /// Settles `key` from a spacelock command (the engine's `settle`, with
