@@ -698,6 +698,88 @@ fn chaos_never_leaves_a_call_without_a_reply() {
     assert!(killed > 0, "the chaos killed waiters");
 }
 
+/// A waiter whose token reply overflows its connection's output buffer: it
+/// pipelined a GET of a 32 MB value before its WAIT and reads nothing, and
+/// `client-output-buffer-limit` drops below what it has not read, in the
+/// same packet as the RELEASE (before the server's cron looks). The server
+/// closes the connection when the grant's reply is added, so the token
+/// never arrives and the grant must be undone (the old module left the lock
+/// in its name for the whole ttl): the key is not held in its name, the
+/// next waiter gets the lock at once, and `wait_grants_undone` counts it.
+#[kit::test]
+fn a_grant_whose_reply_overflows_the_output_buffer_is_undone() {
+    use std::io::{Read, Write};
+    let server = Server::new();
+    let mut con = conn(&server);
+    let big = vec![b'x'; 32 << 20];
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(big)
+        .query(&mut con)
+        .unwrap();
+    for round in 0..3 {
+        let key = format!("k{round}");
+        acquire(&mut con, &key, "holder", 60_000).unwrap();
+        let mut unread = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        let mut packet = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".to_vec();
+        let args = ["SPACELOCK.ACQUIRE", &key, "w", "60000", "WAIT", "0"];
+        packet.extend(format!("*{}\r\n", args.len()).into_bytes());
+        for a in args {
+            packet.extend(format!("${}\r\n{a}\r\n", a.len()).into_bytes());
+        }
+        unread.write_all(&packet).unwrap();
+        until_waiting(&mut con, 1);
+        let next = waiter(&server, &key, "next", 5_000);
+        until_waiting(&mut con, 2);
+        let undone = kit::stat(&mut con, "wait_grants_undone");
+        let start = Instant::now();
+        let (_, released): ((), i64) = redis::pipe()
+            .cmd("CONFIG")
+            .arg("SET")
+            .arg("client-output-buffer-limit")
+            .arg("normal 1mb 0 0")
+            .cmd("SPACELOCK.RELEASE")
+            .arg(&key)
+            .arg("holder")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(released, 1);
+        let seen = next.join().unwrap();
+        kit::config_set(&mut con, "client-output-buffer-limit", "normal 0 0 0");
+        assert!(
+            agrees(&seen, &mut con, &key, "next", 5_000).is_some(),
+            "round {round}: the next waiter got the lock"
+        );
+        assert!(
+            seen.at.duration_since(start) < SLACK,
+            "round {round}: at once, not after {:?}",
+            seen.at.duration_since(start)
+        );
+        assert_eq!(
+            kit::stat(&mut con, "wait_grants_undone"),
+            undone + 1,
+            "round {round}: the grant was undone"
+        );
+        // The server closed the connection before the GET's reply was out,
+        // so no reply to the WAIT ever reached it.
+        unread
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match unread.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("round {round}: the connection stayed open: {e}"),
+            }
+        }
+        assert!(got < 32 << 20, "round {round}: it read {got} bytes");
+        let _: i64 = kit::release(&mut con, &key, "next");
+    }
+}
+
 #[kit::test]
 fn a_waiter_killed_after_its_grant_never_keeps_the_queue_waiting() {
     // CLIENT KILL of the head waiter in the same iteration as the RELEASE

@@ -1,7 +1,7 @@
 //! Core commands the module runs through `RedisModule_Call`, each wrapped in
 //! a function that returns plain Rust data.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, CStr};
 
 use redis_module::raw;
 
@@ -22,26 +22,47 @@ impl Reply {
     }
 
     fn kind(&self) -> isize {
-        // SAFETY: a live reply.
-        unsafe { api!(RedisModule_CallReplyType)(self.0) as isize }
+        kind_of(self.0)
     }
 
     /// The text of a string reply.
     fn text(&self) -> Option<String> {
-        let kind = self.kind();
-        if kind != raw::REDISMODULE_REPLY_STRING && kind != raw::REDISMODULE_REPLY_VERBATIM_STRING {
+        text_of(self.0)
+    }
+
+    /// The text of element `idx` of an array reply.
+    fn element_text(&self, idx: usize) -> Option<String> {
+        if self.kind() != raw::REDISMODULE_REPLY_ARRAY {
             return None;
         }
-        let mut len = 0usize;
-        // SAFETY: a live string reply; its buffer is valid for `len` bytes
-        // while the reply lives, and we copy it out before the drop.
-        unsafe {
-            let ptr = api!(RedisModule_CallReplyStringPtr)(self.0, &mut len);
-            (!ptr.is_null()).then(|| {
-                String::from_utf8_lossy(std::slice::from_raw_parts(ptr.cast::<u8>(), len))
-                    .into_owned()
-            })
-        }
+        // SAFETY: a live array reply; an index past its end gives NULL. The
+        // element belongs to this reply (freed with it, never on its own)
+        // and is only read before the drop.
+        let element = unsafe { api!(RedisModule_CallReplyArrayElement)(self.0, idx) };
+        (!element.is_null()).then(|| text_of(element)).flatten()
+    }
+}
+
+/// The type of a live reply (or of an element of one).
+fn kind_of(reply: *mut raw::RedisModuleCallReply) -> isize {
+    // SAFETY: `reply` is a live reply or an element of one.
+    unsafe { api!(RedisModule_CallReplyType)(reply) as isize }
+}
+
+/// The text of a live string reply (or element), `None` for another type.
+fn text_of(reply: *mut raw::RedisModuleCallReply) -> Option<String> {
+    let kind = kind_of(reply);
+    if kind != raw::REDISMODULE_REPLY_STRING && kind != raw::REDISMODULE_REPLY_VERBATIM_STRING {
+        return None;
+    }
+    let mut len = 0usize;
+    // SAFETY: a live string reply; its buffer is valid for `len` bytes
+    // while the reply lives, and we copy it out before the drop.
+    unsafe {
+        let ptr = api!(RedisModule_CallReplyStringPtr)(reply, &mut len);
+        (!ptr.is_null()).then(|| {
+            String::from_utf8_lossy(std::slice::from_raw_parts(ptr.cast::<u8>(), len)).into_owned()
+        })
     }
 }
 
@@ -88,9 +109,9 @@ impl Ctx {
         }
     }
 
-    /// The `flags=` field of client `id` in `CLIENT LIST ID`, or `None` if
-    /// the client is gone or the call fails.
-    pub fn client_flags(&self, id: u64) -> Option<String> {
+    /// The line of client `id` in `CLIENT LIST ID` (its `flags=`, `obl=`,
+    /// `omem=`, … fields), or `None` if the client is gone or the call fails.
+    pub fn client_entry(&self, id: u64) -> Option<String> {
         let id = std::ffi::CString::new(id.to_string()).ok()?;
         // SAFETY: valid ctx; "ccc" matches three NUL-terminated C strings.
         let reply = unsafe {
@@ -104,9 +125,25 @@ impl Ctx {
             )
         };
         let text = Reply::new(reply)?.text()?;
-        text.split_whitespace()
-            .find_map(|field| field.strip_prefix("flags="))
-            .map(str::to_string)
+        let line = text.lines().next()?.trim();
+        (!line.is_empty()).then(|| line.to_string())
+    }
+
+    /// The value of config `name` (`CONFIG GET name`), or `None` if the
+    /// call fails.
+    pub fn config_value(&self, name: &CStr) -> Option<String> {
+        // SAFETY: valid ctx; "cc" matches two NUL-terminated C strings.
+        let reply = unsafe {
+            api!(RedisModule_Call)(
+                self.raw(),
+                c"CONFIG".as_ptr(),
+                c"cc".as_ptr(),
+                c"GET".as_ptr(),
+                name.as_ptr(),
+            )
+        };
+        // [name, value]
+        Reply::new(reply)?.element_text(1)
     }
 
     /// Brings the server's cached clock up to date. Redis 7.0 refreshes it

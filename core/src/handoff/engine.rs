@@ -99,6 +99,14 @@ pub trait Host {
     /// Whether the connection `client_id` is closing (its socket is gone,
     /// the server will free it after this iteration).
     fn client_closing(&mut self, client_id: u64) -> bool;
+    /// Whether a reply added now for connection `client_id` would never
+    /// reach it: it is closing, or the reply would overflow its output
+    /// buffer (the server closes a connection whose unread replies exceed
+    /// `client-output-buffer-limit` when a reply is added). By default,
+    /// [`client_closing`](Self::client_closing).
+    fn reply_would_close(&mut self, client_id: u64) -> bool {
+        self.client_closing(client_id)
+    }
     /// The state of the lock key.
     fn lock_state(&mut self, db: Db, key: &[u8]) -> LockState;
     /// Acquires the lock for a waiter's `owner` exactly as ACQUIRE does
@@ -352,11 +360,12 @@ pub fn on_disconnect<H: Host>(host: &mut H, reg: &mut Registry<H::Handle>, handl
 
 /// The reply a waiter gets for `outcome`, decided when the reply is sent:
 /// `None` when it cannot be delivered (its connection `client_id` is
-/// closing), which makes the outcome undelivered.
+/// closing, or the reply would overflow its output buffer), which makes the
+/// outcome undelivered.
 pub fn answer<H: Host>(host: &mut H, outcome: &Outcome, client_id: u64) -> Option<Answer> {
     match outcome {
         Outcome::Granted(grant) => {
-            if host.client_closing(client_id) {
+            if host.reply_would_close(client_id) {
                 return None;
             }
             if host.grant_stands(grant) {

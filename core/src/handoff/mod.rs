@@ -43,7 +43,10 @@
 //!
 //! A closing connection is spotted from its `CLIENT LIST` flags (`A`: close
 //! as soon as possible), because Redis frees a client whose socket read
-//! failed only at the end of the iteration, after the reply callbacks.
+//! failed only at the end of the iteration, after the reply callbacks. A
+//! reply that would overflow the connection's output buffer limit counts as
+//! undeliverable too ([`Host::reply_would_close`]): the server closes the
+//! connection as the reply is added, and the token never arrives.
 //!
 //! # Other events
 //!

@@ -25,6 +25,8 @@ struct Fake {
     /// The read-only look says every key is free, whatever the write finds.
     looks_free: bool,
     closing: HashSet<u64>,
+    /// Connections whose next reply would overflow their output buffer.
+    overflowing: HashSet<u64>,
     unblocked: Vec<(u32, Outcome)>,
     freed: Vec<u32>,
     timers: BTreeMap<u64, (TimerKind, i64)>,
@@ -57,6 +59,9 @@ impl Host for Fake {
     }
     fn client_closing(&mut self, client_id: u64) -> bool {
         self.closing.contains(&client_id)
+    }
+    fn reply_would_close(&mut self, client_id: u64) -> bool {
+        self.closing.contains(&client_id) || self.overflowing.contains(&client_id)
     }
     fn lock_state(&mut self, db: Db, key: &[u8]) -> LockState {
         if self.looks_free {
@@ -452,6 +457,22 @@ fn a_client_that_starts_closing_after_its_grant_gets_it_undone() {
     w.freed_without_reply(1);
     w.fire_due();
     assert_eq!(w.holder(b"k"), None);
+    assert_eq!(w.host.events, [Event::Undone]);
+}
+
+#[test]
+fn a_grant_whose_reply_would_overflow_the_output_buffer_is_undone() {
+    // Unread replies ahead of the token: the server would close the
+    // connection as the reply is added, so it is not sent, and the grant
+    // goes to the next waiter.
+    let mut w = World::queued(1_000, &[(1, 0), (2, 0)]);
+    w.host.overflowing.insert(1);
+    w.release(b"k");
+    assert!(w.granted(1).is_some(), "not closing at the grant");
+    assert_eq!(w.reply(1), None, "undeliverable");
+    w.freed_without_reply(1);
+    w.fire_due();
+    assert_eq!(w.holder(b"k"), Some(b"w2".to_vec()));
     assert_eq!(w.host.events, [Event::Undone]);
 }
 
