@@ -52,9 +52,13 @@ impl Command for Acquire {
         // Clients already queued go first (no barging while a grant is due),
         // and a grant nobody received is undone before this one looks.
         handoff::settle_from_command(ctx, *key);
-        let mut store = RedisStore::open(ctx, *key, *owner);
-        let granted = terms::with(|t| lock::acquire(&mut store, ttl, t, config::token_mode()))?;
-        drop(store);
+        let granted = if handoff::grant_due(ctx, *key) {
+            // Free, but the head waiter's at the end of this iteration.
+            None
+        } else {
+            let mut store = RedisStore::open(ctx, *key, *owner);
+            terms::with(|t| lock::acquire(&mut store, ttl, t, config::token_mode()))?
+        };
         match (granted, wait_ms) {
             (Some(token), _) => {
                 stats::ACQUIRED.incr();
@@ -107,7 +111,8 @@ impl Command for Release {
         check_owner(owner.as_bytes(), config::max_owner_len())?;
         let _quiet = handoff::SelfWrites::begin();
         let released = lock::release(&mut RedisStore::open(ctx, *key, *owner))?;
-        // Direct handoff: the head waiter gets the lock in this same command.
+        // Direct handoff: the head waiter gets the lock at the end of this
+        // event-loop iteration, before any reply is sent.
         handoff::settle_from_command(ctx, *key);
         if released {
             stats::RELEASED.incr();
