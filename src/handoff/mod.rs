@@ -47,6 +47,11 @@
 //!   only marked to close (`CLIENT_CLOSE_ASAP`, flag `A` in `CLIENT LIST`)
 //!   and freed at the end of the iteration, after the reply callbacks: the
 //!   reply callback must look for that flag, and does.
+//! * The output buffer limit is checked when a reply is added, and once more
+//!   when the server takes over the reply callback's output, after the
+//!   callback and the free callback have returned. Neither callback can see
+//!   that close, so the reply callback foresees it from the client's unread
+//!   output (`omem`) and `client-output-buffer-limit`.
 //! * A module timer armed with a 0 ms period from a command runs in the same
 //!   event-loop iteration, after every command the server read in it, and
 //!   the reply callbacks run at the start of the next `beforeSleep`, before
