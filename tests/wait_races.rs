@@ -777,7 +777,7 @@ fn a_grant_and_a_role_change_in_the_same_turn() {
                 format!("token {token}")
             }
             other => {
-                for (side, held) in [("the old primary", &old), ("the promoted replica", &new)] {
+                for (side, held) in [("the promoted replica", &new), ("the old primary", &old)] {
                     assert!(
                         held.as_ref().is_none_or(|(o, _)| o != "w"),
                         "round {round} (pipelined={pipelined}): the waiter was told {other:?}, yet {side} holds {held:?}"
