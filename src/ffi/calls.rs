@@ -1,7 +1,7 @@
 //! Core commands the module runs through `RedisModule_Call`, each wrapped in
 //! a function that returns plain Rust data.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, CStr};
 
 use redis_module::raw;
 
@@ -46,6 +46,17 @@ impl Reply {
                 text_of(unsafe { api!(RedisModule_CallReplyArrayElement)(self.0, i) })
             })
             .collect()
+    }
+
+    /// The text of element `idx` of an array reply.
+    fn element_text(&self, idx: usize) -> Option<String> {
+        if self.kind() != raw::REDISMODULE_REPLY_ARRAY {
+            return None;
+        }
+        // SAFETY: a live array reply; an index past its end gives NULL. The
+        // element belongs to this reply (freed with it, never on its own)
+        // and is only read before the drop.
+        text_of(unsafe { api!(RedisModule_CallReplyArrayElement)(self.0, idx) })
     }
 }
 
@@ -118,9 +129,9 @@ impl Ctx {
         }
     }
 
-    /// The `flags=` field of client `id` in `CLIENT LIST ID`, or `None` if
-    /// the client is gone or the call fails.
-    pub fn client_flags(&self, id: u64) -> Option<String> {
+    /// The line of client `id` in `CLIENT LIST ID` (its `flags=`, `obl=`,
+    /// `omem=`, … fields), or `None` if the client is gone or the call fails.
+    pub fn client_entry(&self, id: u64) -> Option<String> {
         let id = std::ffi::CString::new(id.to_string()).ok()?;
         // SAFETY: valid ctx; "ccc" matches three NUL-terminated C strings.
         let reply = unsafe {
@@ -134,9 +145,25 @@ impl Ctx {
             )
         };
         let text = Reply::new(reply)?.text()?;
-        text.split_whitespace()
-            .find_map(|field| field.strip_prefix("flags="))
-            .map(str::to_string)
+        let line = text.lines().next()?.trim();
+        (!line.is_empty()).then(|| line.to_string())
+    }
+
+    /// The value of config `name` (`CONFIG GET name`), or `None` if the
+    /// call fails.
+    pub fn config_value(&self, name: &CStr) -> Option<String> {
+        // SAFETY: valid ctx; "cc" matches two NUL-terminated C strings.
+        let reply = unsafe {
+            api!(RedisModule_Call)(
+                self.raw(),
+                c"CONFIG".as_ptr(),
+                c"cc".as_ptr(),
+                c"GET".as_ptr(),
+                name.as_ptr(),
+            )
+        };
+        // [name, value]
+        Reply::new(reply)?.element_text(1)
     }
 
     /// The text of `CLIENT LIST` (one line per connection), or `None` if
