@@ -52,9 +52,13 @@ impl Command for Acquire {
         // Clients already queued go first (no barging while a grant is due),
         // and a grant nobody received is undone before this one looks.
         handoff::settle_from_command(ctx, *key);
-        let mut store = RedisStore::open(ctx, *key, *owner);
-        let granted = process::with(|p| lock::acquire(&mut store, ttl, p, config::policy()))?;
-        drop(store);
+        let granted = if handoff::grant_due(ctx, *key) {
+            // Free, but the head waiter's at the end of this iteration.
+            None
+        } else {
+            let mut store = RedisStore::open(ctx, *key, *owner);
+            process::with(|p| lock::acquire(&mut store, ttl, p, config::policy()))?
+        };
         match (granted, wait_ms) {
             (Some(token), _) => {
                 stats::ACQUIRED.incr();
@@ -111,7 +115,8 @@ impl Command for Release {
         let mut store = RedisStore::open(ctx, *key, *owner);
         let released = process::with(|p| lock::release(&mut store, p, config::policy()))?;
         drop(store);
-        // Direct handoff: the head waiter gets the lock in this same command.
+        // Direct handoff: the head waiter gets the lock at the end of this
+        // event-loop iteration, before any reply is sent.
         handoff::settle_from_command(ctx, *key);
         if released {
             stats::RELEASED.incr();

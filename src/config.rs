@@ -6,7 +6,7 @@
 //! against the same rules.
 
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
 
 use spacelock_core::args::parse_i64;
 use spacelock_core::lock::Policy;
@@ -73,6 +73,11 @@ const TOKEN_MODES: [(&CStr, i32); TokenMode::ALL.len()] = {
 };
 static TOKEN_MODE: AtomicI64 = AtomicI64::new(0);
 
+/// `spacelock.allow-unload`: whether `MODULE UNLOAD` may unload the module
+/// (when nothing waits; see `crate::unload`). Off by default.
+const ALLOW_UNLOAD_NAME: &CStr = c"allow-unload";
+static ALLOW_UNLOAD: AtomicBool = AtomicBool::new(false);
+
 /// `spacelock.max-ttl`.
 pub fn max_ttl() -> i64 {
     NUMERIC[MAX_TTL].value.load(Relaxed)
@@ -107,6 +112,11 @@ pub fn policy() -> Policy {
     }
 }
 
+/// `spacelock.allow-unload`.
+pub fn allow_unload() -> bool {
+    ALLOW_UNLOAD.load(Relaxed)
+}
+
 /// The configs as the server reads and writes them.
 pub struct ModuleConfigs;
 
@@ -124,6 +134,12 @@ impl Configs for ModuleConfigs {
     }
     fn set_enum(_index: usize, value: i32) {
         TOKEN_MODE.store(i64::from(value), Relaxed);
+    }
+    fn get_bool(_index: usize) -> bool {
+        ALLOW_UNLOAD.load(Relaxed)
+    }
+    fn set_bool(_index: usize, value: bool) {
+        ALLOW_UNLOAD.store(value, Relaxed);
     }
 }
 
@@ -143,6 +159,7 @@ pub fn register(ctx: &LoadCtx) -> Result<(), String> {
     }
     let default = TOKEN_MODE.load(Relaxed) as i32;
     ctx.register_enum_config::<ModuleConfigs>(TOKEN_MODE_NAME, 0, default, &TOKEN_MODES)?;
+    ctx.register_bool_config::<ModuleConfigs>(ALLOW_UNLOAD_NAME, 0, ALLOW_UNLOAD.load(Relaxed))?;
     ctx.load_configs()
 }
 
@@ -155,6 +172,7 @@ pub fn apply_load_args(args: &[&[u8]]) -> Result<(), String> {
     }
     let mut numeric = Vec::new();
     let mut mode = None;
+    let mut allow_unload = None;
     for pair in args.chunks(2) {
         let raw_name = String::from_utf8_lossy(pair[0]);
         let name = raw_name
@@ -175,6 +193,13 @@ pub fn apply_load_args(args: &[&[u8]]) -> Result<(), String> {
             mode = Some(value.1);
             continue;
         }
+        if name.as_bytes() == ALLOW_UNLOAD_NAME.to_bytes() {
+            allow_unload = Some(
+                parse_yes_no(pair[1])
+                    .ok_or_else(|| format!("invalid value for {raw_name}: expected yes or no"))?,
+            );
+            continue;
+        }
         let cfg = NUMERIC
             .iter()
             .find(|c| c.name.to_bytes() == name.as_bytes())
@@ -193,7 +218,21 @@ pub fn apply_load_args(args: &[&[u8]]) -> Result<(), String> {
     if let Some(m) = mode {
         TOKEN_MODE.store(i64::from(m), Relaxed);
     }
+    if let Some(allow) = allow_unload {
+        ALLOW_UNLOAD.store(allow, Relaxed);
+    }
     Ok(())
+}
+
+/// `yes` or `no` (any case), as the server spells a boolean config.
+fn parse_yes_no(value: &[u8]) -> Option<bool> {
+    if value.eq_ignore_ascii_case(b"yes") {
+        Some(true)
+    } else if value.eq_ignore_ascii_case(b"no") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -208,8 +247,10 @@ mod tests {
         assert!(apply_load_args(&[b"max-ttl", b"0"]).is_err());
         assert!(apply_load_args(&[b"max-ttl", b"x"]).is_err());
         assert!(apply_load_args(&[b"max-ttl", b"5", b"token-mode", b"sometimes"]).is_err());
+        assert!(apply_load_args(&[b"max-ttl", b"5", b"allow-unload", b"1"]).is_err());
         assert_eq!(max_ttl(), 86_400_000, "failed args change nothing");
         assert_eq!(token_mode(), TokenMode::Term);
+        assert!(!allow_unload());
         apply_load_args(&[
             b"spacelock.max-ttl",
             b"5000",
@@ -217,10 +258,15 @@ mod tests {
             b"64",
             b"token-mode",
             b"COUNTER",
+            b"spacelock.allow-unload",
+            b"Yes",
         ])
         .unwrap();
         assert_eq!((max_ttl(), max_owner_len()), (5000, 64));
         assert_eq!(token_mode(), TokenMode::Counter);
+        assert!(allow_unload());
+        apply_load_args(&[b"allow-unload", b"no"]).unwrap();
+        assert!(!allow_unload());
         ModuleConfigs::set_numeric(MAX_TTL, NUMERIC[MAX_TTL].range.0);
         ModuleConfigs::set_numeric(MAX_OWNER_LEN, NUMERIC[MAX_OWNER_LEN].range.0);
         ModuleConfigs::set_enum(0, 0);

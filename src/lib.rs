@@ -13,6 +13,8 @@
 //!   server's callbacks, keyspace events, muting our own writes);
 //! * [`process`]: what the process remembers: its token terms and its
 //!   ledger of grants;
+//! * [`unload`]: whether `MODULE UNLOAD` may unload the module, and letting
+//!   go of its state when it may;
 //! * [`config`], [`stats`], [`info`]: configs, counters and `INFO
 //!   spacelock`;
 //! * [`ffi`]: the only `unsafe` code, a leaf that imports nothing from the
@@ -32,8 +34,9 @@ mod process;
 mod stats;
 mod store;
 mod sync;
+mod unload;
 
-use ffi::{entry, ArgDoc, ArgType, CommandDef, KeyFlags, Level, LoadCtx, RStr};
+use ffi::{entry, ArgDoc, ArgType, Command, CommandDef, KeyFlags, Level, LoadCtx, RStr};
 
 // The server's allocator in the module, so `INFO memory` and maxmemory see
 // our allocations. Unit tests run outside a server, where it would abort.
@@ -41,7 +44,12 @@ use ffi::{entry, ArgDoc, ArgType, CommandDef, KeyFlags, Level, LoadCtx, RStr};
 #[global_allocator]
 static ALLOCATOR: redis_module::alloc::RedisAlloc = redis_module::alloc::RedisAlloc;
 
-module_entry_points!(name: c"spacelock", version: MODULE_VERSION, on_load: on_load);
+module_entry_points!(
+    name: c"spacelock",
+    version: MODULE_VERSION,
+    on_load: on_load,
+    on_unload: unload::on_unload,
+);
 
 /// The version `MODULE LIST` shows, from the crate's version (Cargo.toml is
 /// its one source): major × 10000 + minor × 100 + patch, so 0.2.0 is 200.
@@ -68,6 +76,17 @@ const fn module_version(version: &str) -> i32 {
         "minor and patch must stay below 100"
     );
     parts[0] * 10_000 + parts[1] * 100 + parts[2]
+}
+
+/// Command `C`, which first tells `unload` that this load is in use (see
+/// `unload::LOADED`).
+struct Used<C>(std::marker::PhantomData<fn() -> C>);
+
+impl<C: Command> Command for Used<C> {
+    fn run(ctx: &ffi::Ctx, args: &[RStr<'_>]) -> Result<(), ffi::CommandError> {
+        unload::used();
+        C::run(ctx, args)
+    }
 }
 
 /// A documented argument that every call passes.
@@ -109,7 +128,7 @@ fn command_table() -> [CommandDef; 7] {
             key: Some(KeyFlags::RW | KeyFlags::INSERT),
             args: &[KEY, OWNER, TTL, WAIT_TIMEOUT],
             acl: c"spacelock write fast",
-            entry: entry::<commands::Acquire>(),
+            entry: entry::<Used<commands::Acquire>>(),
         },
         CommandDef {
             name: c"spacelock.refresh",
@@ -121,7 +140,7 @@ fn command_table() -> [CommandDef; 7] {
             key: Some(KeyFlags::RW | KeyFlags::UPDATE),
             args: &[KEY, OWNER, TTL],
             acl: c"spacelock write fast",
-            entry: entry::<commands::Refresh>(),
+            entry: entry::<Used<commands::Refresh>>(),
         },
         CommandDef {
             name: c"spacelock.release",
@@ -133,7 +152,7 @@ fn command_table() -> [CommandDef; 7] {
             key: Some(KeyFlags::RW | KeyFlags::DELETE),
             args: &[KEY, OWNER],
             acl: c"spacelock write fast",
-            entry: entry::<commands::Release>(),
+            entry: entry::<Used<commands::Release>>(),
         },
         CommandDef {
             name: c"spacelock.info",
@@ -145,7 +164,7 @@ fn command_table() -> [CommandDef; 7] {
             key: Some(KeyFlags::RO | KeyFlags::ACCESS),
             args: &[KEY],
             acl: c"spacelock read fast",
-            entry: entry::<commands::Info>(),
+            entry: entry::<Used<commands::Info>>(),
         },
         CommandDef {
             name: c"spacelock.check",
@@ -157,7 +176,7 @@ fn command_table() -> [CommandDef; 7] {
             key: Some(KeyFlags::RO | KeyFlags::ACCESS),
             args: &[KEY, OWNER, TOKEN],
             acl: c"spacelock read fast",
-            entry: entry::<commands::Check>(),
+            entry: entry::<Used<commands::Check>>(),
         },
         CommandDef {
             name: c"spacelock.fencekey",
@@ -169,7 +188,7 @@ fn command_table() -> [CommandDef; 7] {
             key: Some(KeyFlags::RO),
             args: &[KEY],
             acl: c"spacelock read fast",
-            entry: entry::<commands::FenceKey>(),
+            entry: entry::<Used<commands::FenceKey>>(),
         },
         CommandDef {
             name: c"spacelock.newterm",
@@ -181,7 +200,7 @@ fn command_table() -> [CommandDef; 7] {
             key: None,
             args: &[],
             acl: c"spacelock admin fast",
-            entry: entry::<commands::NewTerm>(),
+            entry: entry::<Used<commands::NewTerm>>(),
         },
     ]
 }
@@ -222,17 +241,21 @@ fn on_load(ctx: &LoadCtx, args: &[RStr<'_>]) -> Result<(), String> {
     // events are subscribed by the first WAIT); becoming a primary also
     // opens a token term.
     ctx.subscribe_server_events::<handoff::Callbacks>()?;
+    // The first turn of the event loop tells `unload` that the server has
+    // accepted this load.
+    ctx.subscribe_event_loop::<unload::LoadWatch>()?;
     let term = process::open_term(ctx.now_ms());
     ctx.log(
         Level::Notice,
         &format!(
-            "spacelock {} loaded (max-ttl={} max-owner-len={} max-waiters={} fence-retention={} token-mode={}; token term opened at {}, next token >= {})",
+            "spacelock {} loaded (max-ttl={} max-owner-len={} max-waiters={} fence-retention={} token-mode={} allow-unload={}; token term opened at {}, next token >= {})",
             env!("CARGO_PKG_VERSION"),
             config::max_ttl(),
             config::max_owner_len(),
             config::max_waiters(),
             config::fence_retention(),
             config::token_mode().name(),
+            if config::allow_unload() { "yes" } else { "no" },
             term.start_ms,
             term.floor
         ),

@@ -70,3 +70,16 @@ pub fn snapshot() -> Option<Summary> {
         ledger_len: p.ledger.len(),
     })
 }
+
+/// The first clock reading (ms) at which a module loaded afresh opens a term
+/// above every token of this load (see `Terms::fresh_start_safe_ms`).
+pub fn fresh_start_safe_ms() -> i64 {
+    lock().terms.fresh_start_safe_ms()
+}
+
+/// Frees the process state before `MODULE UNLOAD` takes the code away (the
+/// marks and the ledger live in the server's allocator, which would keep
+/// them forever).
+pub fn release_for_unload() {
+    *lock() = Process::NEW;
+}

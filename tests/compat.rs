@@ -66,7 +66,7 @@ fn server_under_test_is_supported_and_loads_the_module() {
     let start = kit::term_start_ms(&mut con);
     let line = format!(
         "spacelock 0.2.0 loaded (max-ttl=86400000 max-owner-len=256 max-waiters=1024 \
-         fence-retention=600000 token-mode=term; token term opened at {start}, next token >= {})",
+         fence-retention=600000 token-mode=term allow-unload=no; token term opened at {start}, next token >= {})",
         start * spacelock_core::tokens::PER_MS
     );
     assert_eq!(log.matches(&line).count(), 1, "{line}\n{log}");

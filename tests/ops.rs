@@ -570,6 +570,7 @@ fn configs_listed_with_defaults() {
         ("spacelock.max-waiters", "1024"),
         ("spacelock.fence-retention", "600000"),
         ("spacelock.token-mode", "term"),
+        ("spacelock.allow-unload", "no"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -587,6 +588,8 @@ fn configs_set_at_load_apply_to_commands() {
             "8",
             "token-mode",
             "counter",
+            "allow-unload",
+            "yes",
         ])
         .start();
     let mut con = server.conn();
@@ -595,6 +598,7 @@ fn configs_set_at_load_apply_to_commands() {
     assert_eq!(all["spacelock.max-owner-len"], "8");
     assert_eq!(all["spacelock.max-waiters"], "1024");
     assert_eq!(all["spacelock.token-mode"], "counter");
+    assert_eq!(all["spacelock.allow-unload"], "yes");
 
     let e = err(&mut con, &["SPACELOCK.ACQUIRE", "k", "o", "5001"]);
     assert!(
@@ -680,13 +684,16 @@ fn config_set_applies_and_rejects_invalid_values() {
         ("spacelock.token-mode", "sometimes"),
         ("spacelock.token-mode", ""),
         ("spacelock.token-mode", "1"),
+        ("spacelock.allow-unload", "maybe"),
+        ("spacelock.allow-unload", ""),
     ] {
         let e = err(&mut con, &["CONFIG", "SET", name, bad]);
         assert!(e.starts_with("ERR"), "{name} {bad}: {e}");
         assert!(e.contains(name), "error should name the config: {e}");
         let numeric = bad.parse::<i64>().is_ok();
-        if name == "spacelock.token-mode" {
-            // An enum: the server refuses values outside term|counter.
+        if name == "spacelock.token-mode" || name == "spacelock.allow-unload" {
+            // An enum or a boolean: the server refuses values outside
+            // term|counter, yes|no.
         } else if numeric {
             assert!(e.contains("between"), "{name} {bad}: {e}");
         } else {
@@ -728,6 +735,18 @@ fn config_set_applies_and_rejects_invalid_values() {
         &["CONFIG", "SET", "spacelock.max-owner-len", "1048576"],
     );
     ok(&mut con, &["CONFIG", "SET", "spacelock.max-waiters", "0"]);
+    for allow in ["yes", "no", "YES", "No"] {
+        ok(
+            &mut con,
+            &["CONFIG", "SET", "spacelock.allow-unload", allow],
+        );
+        let got = config_get(&mut con, "spacelock.allow-unload");
+        assert_eq!(
+            got["spacelock.allow-unload"],
+            allow.to_ascii_lowercase(),
+            "{allow}"
+        );
+    }
     for mode in ["counter", "term", "COUNTER", "Term"] {
         ok(&mut con, &["CONFIG", "SET", "spacelock.token-mode", mode]);
         let got = config_get(&mut con, "spacelock.token-mode");
@@ -755,6 +774,10 @@ fn invalid_load_arguments_refuse_the_load_with_a_log_line() {
         (
             &["token-mode", "sometimes"],
             "invalid value for token-mode: expected term or counter",
+        ),
+        (
+            &["allow-unload", "1"],
+            "invalid value for allow-unload: expected yes or no",
         ),
     ];
     for (args, why) in cases {
@@ -802,7 +825,18 @@ fn module_load_at_runtime_with_bad_arguments_fails_and_server_survives() {
         .log()
         .contains("spacelock: refusing to load: invalid value for max-ttl"));
     // Nothing was left registered: a good load afterwards works.
-    ok(&mut con, &["MODULE", "LOAD", module, "max-ttl", "5000"]);
+    ok(
+        &mut con,
+        &[
+            "MODULE",
+            "LOAD",
+            module,
+            "max-ttl",
+            "5000",
+            "allow-unload",
+            "yes",
+        ],
+    );
     let all = config_get(&mut con, "spacelock.*");
     assert_eq!(all["spacelock.max-ttl"], "5000");
     let floor = kit::token_floor(&mut con);
@@ -811,26 +845,28 @@ fn module_load_at_runtime_with_bad_arguments_fails_and_server_survives() {
         Value::Int(floor)
     );
 
-    // Unload, then load again (with defaults): everything comes back,
-    // including the ACL category the server kept across the unload.
-    // The term of a reload starts on the clock: let it move past this
-    // term's start first (the clock bound a new term relies on).
-    let start = kit::term_start_ms(&mut con);
-    assert!(kit::wait_until(Duration::from_secs(1), || kit::now_ms() > start));
+    // Unload (allowed by the load argument), then load again (with
+    // defaults): everything comes back, including the ACL category the
+    // server kept across the unload. The term of a reload starts on the
+    // clock; the unload waits until the clock has passed this load's tokens.
     ok(&mut con, &["MODULE", "UNLOAD", "spacelock"]);
     let e = err(&mut con, &["SPACELOCK.INFO", "k"]);
     assert!(e.contains("unknown command"), "{e}");
     ok(&mut con, &["MODULE", "LOAD", module]);
+    let configs = config_get(&mut con, "spacelock.*");
     assert_eq!(
-        config_get(&mut con, "spacelock.max-ttl")["spacelock.max-ttl"],
-        "86400000",
+        (
+            configs["spacelock.max-ttl"].as_str(),
+            configs["spacelock.allow-unload"].as_str()
+        ),
+        ("86400000", "no"),
         "a reload starts from the defaults"
     );
     let info = pairs(&ok(&mut con, &["SPACELOCK.INFO", "k"]));
     assert_eq!(field(&info, "token"), Some(&Value::Int(floor)), "lock kept");
-    // The reload opened a new term: the same process, so it never goes
-    // below what the first load issued (the statics are new, the clock
-    // has moved on).
+    // The reload opened its first term (the statics did not survive the
+    // unload) above what the first load issued: the unload waited for the
+    // clock.
     let reloaded_floor = kit::token_floor(&mut con);
     assert!(reloaded_floor > floor, "{reloaded_floor} after {floor}");
     if acl_categories_expected(&mut con) {

@@ -97,7 +97,7 @@ fn a_fence_write_in_the_same_packet_as_a_handoff_leaves_the_waiter_its_grant() {
 }
 
 #[kit::test]
-fn a_handoff_to_a_client_that_closes_in_the_same_packet_as_a_fence_write_is_undone() {
+fn a_handoff_to_a_client_that_closes_in_the_same_packet_as_a_fence_write_leaves_nothing_held() {
     let server = Server::new();
     let mut con = conn(&server);
     let fence = fence_key(&mut con, "k");
@@ -128,7 +128,9 @@ fn a_handoff_to_a_client_that_closes_in_the_same_packet_as_a_fence_write_is_undo
             "the grant was not undone: {:?}",
             get(&mut con, "k")
         );
-        assert_eq!(kit::stat(&mut con, "wait_grants_undone"), round as u64 + 1);
+        // The grant is written at the end of the iteration, after the
+        // kill: there was nothing to undo.
+        assert_eq!(kit::stat(&mut con, "wait_grants_undone"), 0, "round {round}");
         // The next grant is above every earlier one.
         let next = acquire(&mut con, "k", "n", 60_000).unwrap();
         assert_eq!(check(&mut con, "k", "n", next), 1);
@@ -235,7 +237,7 @@ fn one_hostile_fence_value_is_that_names_problem_alone() {
     let handed = w.join().unwrap().unwrap().unwrap();
     assert_eq!(handed, held + 1);
     for i in 0..100 {
-        let t = acquire(&mut con, &format!("fresh:{i}"), "o", 1000).unwrap();
+        let t = acquire(&mut con, format!("fresh:{i}"), "o", 1000).unwrap();
         assert!(t < floor + 10 && t < 1 << 53, "fresh:{i}: {t}");
     }
 }

@@ -785,7 +785,7 @@ fn counter_mode_at_load_then_term_never_goes_backwards() {
         kit::info_text(&mut con, "spacelock", "spacelock_token_mode").as_deref(),
         Some("counter")
     );
-    assert!(server.log().contains("token-mode=counter;"));
+    assert!(server.log().contains("token-mode=counter allow-unload=no;"));
     assert_eq!(cycle(&mut con, "cm:a"), 1);
     assert_eq!(cycle(&mut con, "cm:a"), 2);
     assert_eq!(cycle(&mut con, "cm:b"), 1);

@@ -552,20 +552,27 @@ fn multi_and_scripts_do_not_block() {
     assert_eq!(waiting(&mut con), 0);
     assert_eq!(stat(&mut con, "acquire_contended"), 2);
 
-    // RELEASE inside MULTI hands over inside the transaction.
+    // RELEASE inside MULTI hands over at the end of the event-loop
+    // iteration, after the transaction: a GET in it still finds the key
+    // free, and an ACQUIRE in it finds the lock due to the waiter.
     let w = spawn_waiter(&server, "k", "w", 10_000, 0);
     until_waiting(&mut con, 1);
-    let (released, owner): (i64, String) = redis::pipe()
+    let (released, owner, other): (i64, Option<String>, Option<i64>) = redis::pipe()
         .atomic()
         .cmd("SPACELOCK.RELEASE")
         .arg("k")
         .arg("h")
         .cmd("GET")
         .arg("k")
+        .cmd("SPACELOCK.ACQUIRE")
+        .arg("k")
+        .arg("other")
+        .arg(1000)
         .query(&mut con)
         .unwrap();
-    assert_eq!((released, owner.as_str()), (1, "w"));
+    assert_eq!((released, owner, other), (1, None, None));
     assert_eq!(w.join().unwrap().0.unwrap(), Some(first + 1));
+    assert_eq!(get(&mut con, "k").as_deref(), Some("w"));
 }
 
 #[kit::test]

@@ -285,6 +285,17 @@ impl Terms {
         }
     }
 
+    /// The first clock reading (ms) at which a term that starts afresh,
+    /// without this state (the module loaded again after `MODULE UNLOAD`,
+    /// whose statics are gone), has a floor above every token this process
+    /// has issued or learned from a fence key, in any of its terms (the
+    /// high-water marks keep them all), and so issues only tokens above
+    /// them whatever the fence keys still say.
+    pub fn fresh_start_safe_ms(&self) -> i64 {
+        let top = self.cells.iter().copied().fold(self.highest, i64::max);
+        top.max(0) / PER_MS + 1
+    }
+
     /// Records that `token` was issued for `name`: its later grants issue
     /// more. Counter mode records too, so a switch back to term mode stays
     /// above it.
@@ -546,6 +557,48 @@ mod tests {
         t.open(T0 + 1);
         assert_eq!(t.floor(), (T0 + 1) * PER_MS);
         assert_eq!(t.peek(A, 0, TokenMode::Term), Ok((T0 + 1) * PER_MS));
+    }
+
+    #[test]
+    fn a_fresh_start_is_safe_once_its_floor_is_above_every_token() {
+        // Nothing issued yet: a fresh term in the same ms has the same
+        // floor, which is above every token issued (none).
+        let mut t = Terms::open_at(T0);
+        assert_eq!(t.fresh_start_safe_ms(), T0);
+        // One token issued at the floor: the next millisecond.
+        let a = t.peek(A, 0, TokenMode::Term).unwrap();
+        t.issued(A, a);
+        assert_eq!(t.fresh_start_safe_ms(), T0 + 1);
+        assert!(bound_holds(T0, 1, t.fresh_start_safe_ms()));
+        assert!(!bound_holds(T0, 1, t.fresh_start_safe_ms() - 1));
+        // A name that ran a thousand tokens ends one below the next floor.
+        t.issued(B, floor_of(T0 + 1) - 1);
+        assert_eq!(t.fresh_start_safe_ms(), T0 + 1);
+        t.issued(B, floor_of(T0 + 1));
+        assert_eq!(t.fresh_start_safe_ms(), T0 + 2);
+        // A token from a fence key far ahead (another node's later clock)
+        // moves it as far.
+        t.issued(A, floor_of(T0 + 5_000) + 9);
+        assert_eq!(t.fresh_start_safe_ms(), T0 + 5_001);
+        // A later term of this process does not forget the earlier one's
+        // tokens: the marks keep them.
+        t.open(T0 + 10);
+        assert_eq!(t.fresh_start_safe_ms(), T0 + 5_001);
+        // Through Terms: a fresh term opened then issues above every token,
+        // for any name, even one whose fence key still holds the old token.
+        let fresh = Terms::open_at(t.fresh_start_safe_ms());
+        assert!(fresh.peek(B, 0, TokenMode::Term).unwrap() > floor_of(T0 + 5_000) + 9);
+        assert!(
+            fresh
+                .peek(A, floor_of(T0 + 5_000) + 9, TokenMode::Term)
+                .unwrap()
+                > floor_of(T0 + 5_000) + 9
+        );
+        // An unopened state is safe at once.
+        assert_eq!(Terms::UNOPENED.fresh_start_safe_ms(), 1);
+        let mut near_max = Terms::open_at(T0);
+        near_max.issued(A, i64::MAX - 1);
+        assert_eq!(near_max.fresh_start_safe_ms(), i64::MAX / PER_MS + 1);
     }
 
     #[test]

@@ -97,6 +97,10 @@ const REQUIRED_APIS: &[ApiCheck] = &[
         // SAFETY: see `api!`.
         unsafe { raw::RedisModule_RegisterEnumConfig }.is_some()
     }),
+    ("RedisModule_RegisterBoolConfig", || {
+        // SAFETY: see `api!`.
+        unsafe { raw::RedisModule_RegisterBoolConfig }.is_some()
+    }),
     ("RedisModule_LoadConfigs", || {
         // SAFETY: see `api!`.
         unsafe { raw::RedisModule_LoadConfigs }.is_some()
@@ -173,11 +177,55 @@ pub unsafe fn load(
     }
 }
 
+/// The body of `RedisModule_OnUnload` (see [`module_entry_points!`]): runs
+/// `on_unload`, whose `Err` refuses the unload with its text logged as a
+/// warning. A panic refuses it too: the module stays loaded and whole.
+///
+/// The server has already refused an unload while the module has blocked
+/// clients or armed timers; after an `Ok` it unregisters everything the
+/// module registered and unloads the shared object.
+///
+/// # Safety
+///
+/// Only for `RedisModule_OnUnload`: `ctx` is the context the server passes
+/// it (a temporary client's).
+pub unsafe fn unload(
+    ctx: *mut raw::RedisModuleCtx,
+    on_unload: fn(&Ctx) -> Result<(), String>,
+) -> c_int {
+    let c = Ctx::from_raw(ctx);
+    match catch_unwind(AssertUnwindSafe(|| on_unload(&c))) {
+        Ok(Ok(())) => raw::REDISMODULE_OK as c_int,
+        Ok(Err(msg)) => {
+            log_raw(
+                ctx,
+                Level::Warning,
+                &format!("spacelock: refusing MODULE UNLOAD: {msg}"),
+            );
+            raw::REDISMODULE_ERR as c_int
+        }
+        Err(_) => {
+            log_raw(
+                ctx,
+                Level::Warning,
+                "spacelock: refusing MODULE UNLOAD: internal error while preparing to unload (bug); the module stays loaded",
+            );
+            raw::REDISMODULE_ERR as c_int
+        }
+    }
+}
+
 /// Defines the module's `RedisModule_OnLoad` and `RedisModule_OnUnload`
-/// symbols, which call [`load`] with `$on_load`.
+/// symbols, which call [`load`] with `$on_load` and [`unload`] with
+/// `$on_unload`.
 #[macro_export]
 macro_rules! module_entry_points {
-    (name: $name:expr, version: $version:expr, on_load: $on_load:path $(,)?) => {
+    (
+        name: $name:expr,
+        version: $version:expr,
+        on_load: $on_load:path,
+        on_unload: $on_unload:path $(,)?
+    ) => {
         /// Module entry point, called by `loadmodule` / `MODULE LOAD`.
         ///
         /// # Safety
@@ -197,13 +245,20 @@ macro_rules! module_entry_points {
             unsafe { $crate::ffi::load(ctx, argv, argc, name, version, on_load) }
         }
 
-        /// Module exit point (`MODULE UNLOAD`; refused while clients wait).
-        #[allow(unsafe_code)] // exported symbol
+        /// Module exit point, called by `MODULE UNLOAD`: returning
+        /// `REDISMODULE_ERR` makes the server refuse the unload.
+        ///
+        /// # Safety
+        ///
+        /// Called by the server only, with the context it made for it.
+        #[allow(unsafe_code)] // the exported symbol
         #[no_mangle]
-        pub extern "C" fn RedisModule_OnUnload(
-            _ctx: *mut ::redis_module::raw::RedisModuleCtx,
+        pub unsafe extern "C" fn RedisModule_OnUnload(
+            ctx: *mut ::redis_module::raw::RedisModuleCtx,
         ) -> ::std::ffi::c_int {
-            ::redis_module::raw::REDISMODULE_OK as ::std::ffi::c_int
+            let on_unload: fn(&$crate::ffi::Ctx) -> Result<(), String> = $on_unload;
+            // SAFETY: forwarded from the server's call (see above).
+            unsafe { $crate::ffi::unload(ctx, on_unload) }
         }
     };
 }

@@ -118,6 +118,9 @@ pub enum ServerEvent {
     NowReplica,
     /// `SWAPDB` swapped two databases.
     SwappedDbs,
+    /// An iteration of the server's event loop is about to sleep or has
+    /// woken up (only for [`LoadCtx::subscribe_event_loop`]).
+    LoopIteration,
 }
 
 /// What the module does on server events.
@@ -161,6 +164,48 @@ impl LoadCtx {
     }
 }
 
+impl LoadCtx {
+    /// Subscribes `E` to the server's event loop ([`ServerEvent::LoopIteration`]
+    /// before and after every sleep) until [`Ctx::unsubscribe_event_loop`].
+    ///
+    /// # Errors
+    ///
+    /// If the server refused.
+    pub fn subscribe_event_loop<E: ServerEvents>(&self) -> Result<(), String> {
+        let event = raw::RedisModuleEvent {
+            id: raw::REDISMODULE_EVENT_EVENTLOOP,
+            dataver: 1,
+        };
+        // SAFETY: valid load ctx; plain callback function.
+        let rc = unsafe {
+            api!(RedisModule_SubscribeToServerEvent)(
+                self.raw(),
+                event,
+                Some(server_event_trampoline::<E>),
+            )
+        };
+        if rc != raw::REDISMODULE_OK as c_int {
+            return Err("cannot subscribe to the EventLoop server event".into());
+        }
+        Ok(())
+    }
+}
+
+impl Ctx {
+    /// Ends [`LoadCtx::subscribe_event_loop`]. Call only from a timer: the
+    /// server frees the subscription at once, and must not be inside the
+    /// event's own dispatch, which still uses it after the callback.
+    pub fn unsubscribe_event_loop(&self) {
+        let event = raw::RedisModuleEvent {
+            id: raw::REDISMODULE_EVENT_EVENTLOOP,
+            dataver: 1,
+        };
+        // SAFETY: valid ctx; a NULL callback removes the module's listener
+        // of this event, if any.
+        unsafe { api!(RedisModule_SubscribeToServerEvent)(self.raw(), event, None) };
+    }
+}
+
 /// Sub-event numbers from redismodule.h.
 const SUBEVENT_FLUSHDB_END: u64 = 1;
 const SUBEVENT_NOW_MASTER: u64 = 0;
@@ -188,6 +233,7 @@ extern "C" fn server_event_trampoline<E: ServerEvents>(
         }
         raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED => ServerEvent::NowReplica,
         raw::REDISMODULE_EVENT_SWAPDB => ServerEvent::SwappedDbs,
+        raw::REDISMODULE_EVENT_EVENTLOOP => ServerEvent::LoopIteration,
         _ => return,
     };
     let c = Ctx::from_raw(ctx);

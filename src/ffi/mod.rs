@@ -11,7 +11,7 @@
 //! | strings, keys | [`RStr`], [`OwnedStr`], [`Key`] | – |
 //! | context, replies, replication | [`Ctx`] | – |
 //! | core commands run by the module | `Ctx::cluster_nodes`, … | – |
-//! | commands, load | [`entry`], [`load`], [`module_entry_points!`](crate::module_entry_points) | [`Command`] |
+//! | commands, load, unload | [`entry`], [`load`], [`unload`], [`module_entry_points!`](crate::module_entry_points) | [`Command`] |
 //! | registration | [`LoadCtx`], [`CommandDef`] | [`Configs`], [`InfoSection`] |
 //! | blocked clients | [`BlockedClient`] | [`Blocking`] |
 //! | timers, keyspace and server events | `Ctx::create_timer`, … | [`Timers`], [`KeyEvents`], [`ServerEvents`] |
@@ -43,7 +43,7 @@ mod strings;
 
 pub use blocking::{BlockedClient, Blocking};
 pub use ctx::{Ctx, EventClass, Level};
-pub use entry::{entry, load, Command, CommandError};
+pub use entry::{entry, load, unload, Command, CommandError};
 pub use events::{KeyEvents, ServerEvent, ServerEvents, Timers};
 pub use keys::{Contents, Key};
 pub use register::{ArgDoc, ArgType, CommandDef, Configs, InfoCtx, InfoSection, KeyFlags, LoadCtx};

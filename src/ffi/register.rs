@@ -354,6 +354,35 @@ impl LoadCtx {
         accepted(rc, || config_refused(name))
     }
 
+    /// Registers boolean config `spacelock.<name>` (`yes`/`no`), read and
+    /// written through `C` with `index`.
+    ///
+    /// # Errors
+    ///
+    /// If the server refused.
+    pub fn register_bool_config<C: Configs>(
+        &self,
+        name: &CStr,
+        index: usize,
+        default: bool,
+    ) -> Result<(), String> {
+        // SAFETY: valid load ctx; callbacks are plain functions; privdata is
+        // an index disguised as a pointer and never dereferenced.
+        let rc = unsafe {
+            api!(RedisModule_RegisterBoolConfig)(
+                self.0,
+                name.as_ptr(),
+                c_int::from(default),
+                raw::REDISMODULE_CONFIG_DEFAULT,
+                Some(bool_get::<C>),
+                Some(bool_set::<C>),
+                None,
+                index as *mut c_void,
+            )
+        };
+        accepted(rc, || config_refused(name))
+    }
+
     /// Applies `spacelock.*` values from the server's config file.
     ///
     /// # Errors
@@ -381,7 +410,7 @@ impl LoadCtx {
     }
 }
 
-/// Where the module's configs live (numeric and enum, by index).
+/// Where the module's configs live (numeric, enum and boolean, by index).
 pub trait Configs: 'static {
     /// Current value of numeric config `index`.
     fn get_numeric(index: usize) -> i64;
@@ -391,6 +420,10 @@ pub trait Configs: 'static {
     fn get_enum(index: usize) -> i32;
     /// Sets enum config `index` (the server checked the value).
     fn set_enum(index: usize, value: i32);
+    /// Current value of boolean config `index`.
+    fn get_bool(index: usize) -> bool;
+    /// Sets boolean config `index`.
+    fn set_bool(index: usize, value: bool);
 }
 
 extern "C" fn numeric_get<C: Configs>(_name: *const c_char, privdata: *mut c_void) -> c_longlong {
@@ -418,6 +451,20 @@ extern "C" fn enum_set<C: Configs>(
     _err: *mut *mut raw::RedisModuleString,
 ) -> c_int {
     let _ = catch_unwind(|| C::set_enum(privdata as usize, value));
+    raw::REDISMODULE_OK as c_int
+}
+
+extern "C" fn bool_get<C: Configs>(_name: *const c_char, privdata: *mut c_void) -> c_int {
+    catch_unwind(|| c_int::from(C::get_bool(privdata as usize))).unwrap_or(0)
+}
+
+extern "C" fn bool_set<C: Configs>(
+    _name: *const c_char,
+    value: c_int,
+    privdata: *mut c_void,
+    _err: *mut *mut raw::RedisModuleString,
+) -> c_int {
+    let _ = catch_unwind(|| C::set_bool(privdata as usize, value != 0));
     raw::REDISMODULE_OK as c_int
 }
 

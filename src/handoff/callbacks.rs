@@ -106,6 +106,7 @@ impl ServerEvents for Callbacks {
                 process::with(|p| p.ledger.forget_db(None));
                 DbScope::All
             }
+            ServerEvent::LoopIteration => return,
         };
         if nobody_waits() {
             return;

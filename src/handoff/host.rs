@@ -133,11 +133,32 @@ impl Host for ServerHost<'_> {
     }
 
     fn client_closing(&mut self, client_id: u64) -> bool {
-        // `A`: the server frees the client at the end of this iteration
-        // (its socket read failed, or its output buffer overflowed).
         self.ctx
-            .client_flags(client_id)
-            .is_some_and(|flags| flags.contains('A'))
+            .client_entry(client_id)
+            .is_some_and(|entry| closing(&entry))
+    }
+
+    /// The server checks a connection's output buffer limit when a reply is
+    /// added, and again when it takes over the reply callback's output,
+    /// after the callback has returned (Redis 7.0 to Valkey 9.1): a look at
+    /// the flags after replying would not see that second check close it.
+    /// So the overflow is foreseen from what the connection has not read
+    /// yet, before the token is written.
+    fn reply_would_close(&mut self, client_id: u64) -> bool {
+        let Some(entry) = self.ctx.client_entry(client_id) else {
+            return false;
+        };
+        if closing(&entry) {
+            return true;
+        }
+        let Some(unread) = unread_reply_bytes(&entry) else {
+            // Nothing unread: the reply goes into its empty buffer.
+            return false;
+        };
+        self.ctx
+            .config_value(c"client-output-buffer-limit")
+            .and_then(|limits| output_limits(&limits, output_class(&entry)))
+            .is_some_and(|limits| overflows(unread, limits))
     }
 
     fn lock_state(&mut self, db: i32, key: &[u8]) -> LockState {
@@ -209,5 +230,117 @@ impl Host for ServerHost<'_> {
 
     fn idle(&mut self) {
         self.went_idle = true;
+    }
+}
+
+/// A field of a `CLIENT LIST` line.
+fn field<'a>(entry: &'a str, name: &str) -> Option<&'a str> {
+    entry
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `A`: the server frees the client at the end of this iteration (its
+/// socket read failed, or its output buffer overflowed).
+fn closing(entry: &str) -> bool {
+    field(entry, "flags").is_some_and(|flags| flags.contains('A'))
+}
+
+/// The output the connection has not read (`omem`, the reply list the limit
+/// counts), or `None` when it has nothing unread at all (`obl`, its static
+/// buffer, empty too).
+fn unread_reply_bytes(entry: &str) -> Option<u64> {
+    let number = |name| field(entry, name).and_then(|v| v.parse::<u64>().ok());
+    let (buffered, listed) = (number("obl").unwrap_or(0), number("omem").unwrap_or(0));
+    (buffered > 0 || listed > 0).then_some(listed)
+}
+
+/// The `client-output-buffer-limit` class of a connection: `pubsub` for a
+/// subscriber (flag `P`, a RESP3 client can WAIT while subscribed), else
+/// `normal`.
+fn output_class(entry: &str) -> &'static str {
+    if field(entry, "flags").is_some_and(|flags| flags.contains('P')) {
+        "pubsub"
+    } else {
+        "normal"
+    }
+}
+
+/// The (hard, soft) byte limits of `class` in the value of
+/// `client-output-buffer-limit` (`normal 0 0 0 replica … pubsub …`; 0: none).
+fn output_limits(value: &str, class: &str) -> Option<(u64, u64)> {
+    let words: Vec<&str> = value.split_whitespace().collect();
+    let group = words.chunks_exact(4).find(|g| g[0] == class)?;
+    Some((group[1].parse().ok()?, group[2].parse().ok()?))
+}
+
+/// Room for the reply itself: it may open one more reply block (16 KiB plus
+/// the allocator's rounding and the block's header).
+const REPLY_ROOM: u64 = 64 * 1024;
+
+/// Whether a reply added behind `unread` bytes may trip a limit. The hard
+/// limit closes at once; the soft one only after it has been exceeded for
+/// its seconds, which the server does not tell: exceeding it counts.
+fn overflows(unread: u64, (hard, soft): (u64, u64)) -> bool {
+    let after = unread.saturating_add(REPLY_ROOM);
+    (hard > 0 && after >= hard) || (soft > 0 && after >= soft)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REDIS70: &str = "id=5 addr=127.0.0.1:44116 laddr=127.0.0.1:17411 fd=9 name= age=0 idle=0 flags=b db=0 sub=0 psub=0 ssub=0 multi=-1 qbuf=0 qbuf-free=20474 argv-mem=29 multi-mem=0 rbs=16384 rbp=16384 obl=0 oll=1 omem=33554456 tot-mem=33592165 events=rw cmd=spacelock.acquire user=default redir=-1 resp=2";
+    const VALKEY91: &str = "id=4 addr=127.0.0.1:44134 laddr=127.0.0.1:17411 fd=11 name= age=0 idle=0 flags=b capa= db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf=0 qbuf-free=0 argv-mem=29 multi-mem=0 rbs=16392 rbp=16392 obl=36 oll=0 omem=33554445 tot-mem=33571498 events=rw cmd=spacelock.acquire user=default redir=-1 resp=2 lib-name= lib-ver= tot-net-in=92 tot-net-out=3899392 tot-cmds=1";
+    const IDLE: &str = "id=7 addr=127.0.0.1:5 laddr=127.0.0.1:6 fd=9 name=omem flags=b db=0 obl=0 oll=0 omem=0 cmd=spacelock.acquire";
+
+    #[test]
+    fn fields_of_a_client_list_line() {
+        assert_eq!(field(REDIS70, "flags"), Some("b"));
+        assert_eq!(field(REDIS70, "omem"), Some("33554456"));
+        assert_eq!(field(IDLE, "name"), Some("omem"));
+        assert_eq!(field(IDLE, "mem"), None, "whole field names only");
+        assert!(!closing(REDIS70));
+        assert!(closing("id=1 flags=bA omem=0"));
+        assert_eq!(output_class(REDIS70), "normal");
+        assert_eq!(output_class("id=1 flags=bP"), "pubsub");
+    }
+
+    #[test]
+    fn unread_output() {
+        assert_eq!(unread_reply_bytes(REDIS70), Some(33_554_456));
+        assert_eq!(unread_reply_bytes(VALKEY91), Some(33_554_445));
+        assert_eq!(unread_reply_bytes(IDLE), None);
+        assert_eq!(unread_reply_bytes("id=1 obl=12 omem=0"), Some(0));
+    }
+
+    #[test]
+    fn limits_by_class() {
+        let redis = "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60";
+        let valkey = "normal 1048576 0 0 replica 268435456 67108864 60 pubsub 33554432 8388608 60";
+        assert_eq!(output_limits(redis, "normal"), Some((0, 0)));
+        assert_eq!(
+            output_limits(redis, "pubsub"),
+            Some((33_554_432, 8_388_608))
+        );
+        assert_eq!(output_limits(valkey, "normal"), Some((1_048_576, 0)));
+        assert_eq!(output_limits("", "normal"), None);
+        assert_eq!(output_limits("normal x 0 0", "normal"), None);
+    }
+
+    #[test]
+    fn what_overflows() {
+        assert!(!overflows(u64::MAX, (0, 0)), "no limits");
+        assert!(overflows(33_554_456, (1 << 20, 0)), "past the hard limit");
+        assert!(
+            overflows((1 << 20) - 100, (1 << 20, 0)),
+            "the reply's block crosses it"
+        );
+        assert!(!overflows(1 << 19, (1 << 20, 0)));
+        assert!(
+            overflows(9 << 20, (32 << 20, 8 << 20)),
+            "past the soft limit"
+        );
+        assert!(!overflows(0, (1 << 20, 1 << 20)));
     }
 }

@@ -41,6 +41,16 @@ pub(super) fn unsubscribe(ctx: &Ctx) {
     }
 }
 
+/// Drops the subscription for `MODULE UNLOAD` where the server can; where
+/// it cannot (before Redis 7.4 and Valkey 8.1), the server drops every
+/// subscription of the module as it unloads it.
+pub(super) fn drop_for_unload(ctx: &Ctx) {
+    if may_unsubscribe() {
+        unsubscribe(ctx);
+    }
+    SUBSCRIBED.store(false, Relaxed);
+}
+
 impl KeyEvents for Callbacks {
     fn event(ctx: &Ctx, key: RStr<'_>) {
         if SelfWrites::active() {

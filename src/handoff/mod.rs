@@ -7,7 +7,8 @@
 //! * this file: the registry (one static, locked for one callback at a
 //!   time), [`step`] that runs one engine call under it, and what the
 //!   commands call: [`settle_from_command`], [`enqueue`], [`waiters_on`],
-//!   [`gauges`];
+//!   [`gauges`]; and, for `MODULE UNLOAD`, [`unload_blocker`] and
+//!   [`release_for_unload`];
 //! * [`host`]: `ServerHost`, the engine's `Host` over one callback's
 //!   context (lock state, the grant as ACQUIRE writes it, undo, unblock,
 //!   timers);
@@ -47,6 +48,24 @@
 //!   only marked to close (`CLIENT_CLOSE_ASAP`, flag `A` in `CLIENT LIST`)
 //!   and freed at the end of the iteration, after the reply callbacks: the
 //!   reply callback must look for that flag, and does.
+//! * The output buffer limit is checked when a reply is added, and once more
+//!   when the server takes over the reply callback's output, after the
+//!   callback and the free callback have returned. Neither callback can see
+//!   that close, so the reply callback foresees it from the client's unread
+//!   output (`omem`) and `client-output-buffer-limit`.
+//! * A module timer armed with a 0 ms period from a command runs in the same
+//!   event-loop iteration, after every command the server read in it, and
+//!   the reply callbacks run at the start of the next `beforeSleep`, before
+//!   the server reads another command (unless I/O threads read for it:
+//!   Redis 7.0 runs what they read first thing in `beforeSleep`). So a grant
+//!   the pending timer writes meets no command before its reply.
+//! * `REPLICAOF` lets every blocked client go with `-UNBLOCKED` from inside
+//!   the command, calling their disconnect callbacks while the server is
+//!   still a primary; but what a module replicates there goes out after the
+//!   command, when the server is a replica and feeds no replica any more. A
+//!   grant written earlier in the iteration could not be undone on the
+//!   replicas: so no command writes a grant (the engine's `settle` makes it
+//!   due, the pending timer writes it).
 //! * `beforeSleep` answers the server's own timeouts before (Redis 7.0) or
 //!   after (newer) the module reply callbacks: nothing here depends on it,
 //!   since the server has no timeouts of ours to answer.
@@ -121,9 +140,42 @@ pub fn waiters_on(db: i32, key: &[u8]) -> usize {
     registry().as_ref().map_or(0, |r| r.len(db, key))
 }
 
+/// Why the WAIT handoff keeps the module from unloading, if it does: a
+/// client waits, or a grant nobody received is still to be undone.
+pub fn unload_blocker() -> Option<String> {
+    let guard = registry();
+    let reg = guard.as_ref()?;
+    let (clients, keys) = reg.gauges();
+    if clients > 0 {
+        return Some(format!(
+            "{clients} client(s) wait in SPACELOCK.ACQUIRE ... WAIT on {keys} key(s)"
+        ));
+    }
+    (!reg.is_idle()).then(|| {
+        "a WAIT grant whose client went away is still to be undone (retry in a moment)".into()
+    })
+}
+
+/// Lets go of everything the WAIT handoff holds, for `MODULE UNLOAD` once
+/// [`unload_blocker`] found nothing: stops the timer it knows of (the
+/// server refuses an unload while any timer of the module is armed, so this
+/// is tidiness), drops the keyspace-event subscription and frees the
+/// registry.
+pub fn release_for_unload(ctx: &Ctx) {
+    let mut guard = registry();
+    if let Some(id) = guard.as_ref().and_then(Registry::pending_timer) {
+        ctx.stop_timer(id.0);
+    }
+    *guard = None;
+    drop(guard);
+    keyspace::drop_for_unload(ctx);
+}
+
 /// Settles `key` from a spacelock command (the engine's `settle`, with
-/// `Origin::Command`): hands a free lock to its head waiter, undoes a grant
-/// nobody received, keeps the expiry timer in line.
+/// `Origin::Command`): undoes a grant nobody received, keeps the expiry
+/// timer in line, and finding the lock free with clients queued, makes its
+/// grant due: the pending timer writes it at the end of this event-loop
+/// iteration (see [`grant_due`]).
 pub fn settle_from_command(ctx: &Ctx, key: RStr<'_>) {
     if nobody_waits() {
         return;
@@ -132,6 +184,19 @@ pub fn settle_from_command(ctx: &Ctx, key: RStr<'_>) {
     step(ctx, Site::Command, |host, reg| {
         engine::settle(host, reg, db, key.as_bytes(), Origin::Command)
     });
+}
+
+/// Whether `key`'s lock is due to its queue at the end of this event-loop
+/// iteration: it reads as free, but ACQUIRE must not take it (the engine's
+/// `grant_due`).
+pub fn grant_due(ctx: &Ctx, key: RStr<'_>) -> bool {
+    if nobody_waits() {
+        return false;
+    }
+    let db = ctx.selected_db();
+    registry()
+        .as_ref()
+        .is_some_and(|r| engine::grant_due(r, db, key.as_bytes()))
 }
 
 /// Blocks the caller in `key`'s queue (its ACQUIRE found the lock held).

@@ -13,8 +13,9 @@ use crate::lock::LockError;
 /// Where a decision runs from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
-    /// A spacelock command: the cluster routed it to this node, and a write
-    /// pause holds commands, so neither needs checking.
+    /// A spacelock command: it undoes grants nobody received and keeps the
+    /// expiry timer in line, but leaves a grant it finds due to the pending
+    /// timer (see [`settle`]).
     Command,
     /// A module timer: it runs whatever the server is doing, so it checks
     /// for a write pause and, in a cluster, that the slot is still served.
@@ -99,6 +100,14 @@ pub trait Host {
     /// Whether the connection `client_id` is closing (its socket is gone,
     /// the server will free it after this iteration).
     fn client_closing(&mut self, client_id: u64) -> bool;
+    /// Whether a reply added now for connection `client_id` would never
+    /// reach it: it is closing, or the reply would overflow its output
+    /// buffer (the server closes a connection whose unread replies exceed
+    /// `client-output-buffer-limit` when a reply is added). By default,
+    /// [`client_closing`](Self::client_closing).
+    fn reply_would_close(&mut self, client_id: u64) -> bool {
+        self.client_closing(client_id)
+    }
     /// The state of the lock key.
     fn lock_state(&mut self, db: Db, key: &[u8]) -> LockState;
     /// Acquires the lock for a waiter's `owner` exactly as ACQUIRE does
@@ -199,6 +208,18 @@ pub fn enqueue<H: Host>(
 /// timer in line with the holder's expiry, and frees the queue once empty.
 /// Runs inside RELEASE, REFRESH and every ACQUIRE (before it looks at the
 /// key, so nobody barges past a grant that is due), and from timers.
+///
+/// A command never writes the grant itself: it marks it due, and the
+/// pending timer writes it at the end of the event-loop iteration, after
+/// every other command the server read in it and before the server sends
+/// any reply. A command later in the same iteration can make this server a
+/// replica (`REPLICAOF`), and the server then lets every blocked client go
+/// with `-UNBLOCKED`; a grant already written and replicated would stand,
+/// on the replicas and on whichever of them is promoted, in the name of a
+/// client told otherwise. The timer finds the role changed and writes
+/// nothing. It judges deadlines as of the moment the command found the lock
+/// free, so that moment decides, as if the grant had been written then;
+/// until the timer runs, ACQUIRE treats the lock as held ([`grant_due`]).
 pub fn settle<H: Host>(
     host: &mut H,
     reg: &mut Registry<H::Handle>,
@@ -221,12 +242,23 @@ pub fn settle<H: Host>(
         return;
     }
     let (mut pause_checked, mut slot_checked) = (false, false);
+    let due_since = match origin {
+        Origin::Timer => reg.take_due(db, key),
+        Origin::Command => None,
+    };
     loop {
         if let LockState::Held { expire_at_ms } = host.lock_state(db, key) {
             arm_expiry(host, reg, db, key, expire_at_ms);
             break;
         }
         if reg.len(db, key) == 0 {
+            break;
+        }
+        if origin == Origin::Command {
+            let now = host.now_ms();
+            reg.mark_due(db, key, now);
+            reg.mark_pending(db, key);
+            arm_pending(host, reg);
             break;
         }
         if origin == Origin::Timer && !pause_checked {
@@ -254,9 +286,10 @@ pub fn settle<H: Host>(
             break;
         };
         let now = host.now_ms();
-        if w.deadline_ms.is_some_and(|d| d <= now) {
-            // Its deadline passed (its timer has not run yet): it is told
-            // nil, never granted late.
+        let as_of = due_since.map_or(now, |at| at.min(now));
+        if w.deadline_ms.is_some_and(|d| d <= as_of) {
+            // Its deadline passed (its timer has not run yet) before the
+            // lock came free: it is told nil, never granted late.
             leave(host, &w);
             host.unblock(w.handle, Outcome::TimedOut);
             continue;
@@ -297,6 +330,14 @@ pub fn settle<H: Host>(
         }
     }
     finish(host, reg, db, key);
+}
+
+/// Whether `key`'s lock is due to its queue: a command found it free with
+/// clients queued, and the pending timer grants the head waiter at the end
+/// of this event-loop iteration. The key reads as free until then, but
+/// ACQUIRE must not take it.
+pub fn grant_due<H: Copy + Eq + Hash>(reg: &Registry<H>, db: Db, key: &[u8]) -> bool {
+    reg.is_due(db, key)
 }
 
 /// A timer fired.
@@ -352,11 +393,12 @@ pub fn on_disconnect<H: Host>(host: &mut H, reg: &mut Registry<H::Handle>, handl
 
 /// The reply a waiter gets for `outcome`, decided when the reply is sent:
 /// `None` when it cannot be delivered (its connection `client_id` is
-/// closing), which makes the outcome undelivered.
+/// closing, or the reply would overflow its output buffer), which makes the
+/// outcome undelivered.
 pub fn answer<H: Host>(host: &mut H, outcome: &Outcome, client_id: u64) -> Option<Answer> {
     match outcome {
         Outcome::Granted(grant) => {
-            if host.client_closing(client_id) {
+            if host.reply_would_close(client_id) {
                 return None;
             }
             if host.grant_stands(grant) {

@@ -17,6 +17,15 @@
 //!
 //! 1. **Granted** ([`settle`]): the grant is written (and replicated) in the
 //!    same step that takes the waiter off the queue, so nobody barges in.
+//!    That step is always a timer's: a command that frees the lock only
+//!    makes the grant due ([`grant_due`]: ACQUIRE keeps off it), and the
+//!    pending timer writes it at the end of the event-loop iteration, after
+//!    every other command read in it. One of those can make the server a
+//!    replica (`REPLICAOF`), which lets every blocked client go with
+//!    `-UNBLOCKED` and drops what the module would replicate from inside
+//!    it: a grant written before it would stand on the replicas in the name
+//!    of a client told otherwise. The deadline is judged as of the moment
+//!    the lock came free.
 //! 2. **Timed out**: the module owns WAIT deadlines. The server is given no
 //!    timeout and no timeout callback, so it never times a waiter out on its
 //!    own, and `CLIENT UNBLOCK` refuses spacelock waiters (it only unblocks
@@ -43,7 +52,10 @@
 //!
 //! A closing connection is spotted from its `CLIENT LIST` flags (`A`: close
 //! as soon as possible), because Redis frees a client whose socket read
-//! failed only at the end of the iteration, after the reply callbacks.
+//! failed only at the end of the iteration, after the reply callbacks. A
+//! reply that would overflow the connection's output buffer limit counts as
+//! undeliverable too ([`Host::reply_would_close`]): the server closes the
+//! connection as the reply is added, and the token never arrives.
 //!
 //! # Other events
 //!
@@ -58,7 +70,8 @@
 //! * **Write pauses** (`CLIENT PAUSE … WRITE`, `FAILOVER`) hold commands but
 //!   not timers: a timer grants (or undoes) only when the host says writes
 //!   are allowed, and looks again every `PAUSE_RETRY_MS` (in `timers.rs`).
-//! * **Replicas** never write: waiters are let go with `-UNBLOCKED`.
+//! * **Replicas** never write: waiters are let go with `-UNBLOCKED`, a grant
+//!   made due in the iteration the role changed included.
 //! * **Clusters**: a timer grants only on a node that still serves the
 //!   key's slot (else `-TRYAGAIN`).
 //! * **Memory**: a queue, its timers and index entries go when it empties.
@@ -70,9 +83,9 @@ mod registry;
 mod timers;
 
 pub use engine::{
-    answer, arm_pending, enqueue, may_enqueue, on_disconnect, on_flush, on_key_event, on_timer,
-    settle, undelivered, Acquired, Answer, Event, Host, LockState, Origin, Outcome, Refused,
-    Request,
+    answer, arm_pending, enqueue, grant_due, may_enqueue, on_disconnect, on_flush, on_key_event,
+    on_timer, settle, undelivered, Acquired, Answer, Event, Host, LockState, Origin, Outcome,
+    Refused, Request,
 };
 pub use options::{parse_options, too_many_waiters, REPLICA_UNBLOCKED, SLOT_MOVED_TRYAGAIN};
 pub use registry::{Db, DbScope, Grant, Registry};

@@ -73,6 +73,9 @@ struct Queue<H> {
     id: QueueId,
     waiters: BTreeMap<WaiterId, Waiter<H>>,
     timer: Option<ExpiryTimer>,
+    /// When a command found the lock free: its grant is due, and written
+    /// by the pending timer at the end of the event-loop iteration.
+    due_since: Option<i64>,
 }
 
 /// Every queue, with indexes by handle, by waiter id and by queue id, the
@@ -159,6 +162,7 @@ impl<H: Copy + Eq + Hash> Registry<H> {
                     id: qid,
                     waiters: BTreeMap::new(),
                     timer: None,
+                    due_since: None,
                 },
             );
         }
@@ -278,6 +282,26 @@ impl<H: Copy + Eq + Hash> Registry<H> {
         if let Some(q) = self.queue_mut(db, key) {
             q.timer = timer;
         }
+    }
+
+    /// Records that a command found `key` free at `at_ms` with clients
+    /// queued: a grant is due (the earliest such moment is kept).
+    pub fn mark_due(&mut self, db: Db, key: &[u8], at_ms: i64) {
+        if let Some(q) = self.queue_mut(db, key) {
+            q.due_since.get_or_insert(at_ms);
+        }
+    }
+
+    /// Whether a grant is due on `key` (see [`mark_due`](Self::mark_due)).
+    pub fn is_due(&self, db: Db, key: &[u8]) -> bool {
+        self.queues
+            .get(&(db, key.to_vec()))
+            .is_some_and(|q| q.due_since.is_some())
+    }
+
+    /// Takes the moment `key`'s grant became due, if it is.
+    pub fn take_due(&mut self, db: Db, key: &[u8]) -> Option<i64> {
+        self.queue_mut(db, key)?.due_since.take()
     }
 
     /// The queue an expiry timer's id designates.

@@ -25,6 +25,8 @@ struct Fake {
     /// The read-only look says every key is free, whatever the write finds.
     looks_free: bool,
     closing: HashSet<u64>,
+    /// Connections whose next reply would overflow their output buffer.
+    overflowing: HashSet<u64>,
     unblocked: Vec<(u32, Outcome)>,
     freed: Vec<u32>,
     timers: BTreeMap<u64, (TimerKind, i64)>,
@@ -57,6 +59,9 @@ impl Host for Fake {
     }
     fn client_closing(&mut self, client_id: u64) -> bool {
         self.closing.contains(&client_id)
+    }
+    fn reply_would_close(&mut self, client_id: u64) -> bool {
+        self.closing.contains(&client_id) || self.overflowing.contains(&client_id)
     }
     fn lock_state(&mut self, db: Db, key: &[u8]) -> LockState {
         if self.looks_free {
@@ -176,8 +181,16 @@ impl World {
         settle(&mut self.host, &mut self.reg, 0, key, Origin::Command);
     }
 
-    /// The holder's RELEASE: delete, then the same command settles.
+    /// The holder's RELEASE: delete, then the same command settles, and
+    /// the timers due at the end of the iteration run (the pending timer
+    /// writes the grant the command made due).
     fn release(&mut self, key: &[u8]) {
+        self.release_only(key);
+        self.fire_due();
+    }
+
+    /// The holder's RELEASE, and nothing else yet in its iteration.
+    fn release_only(&mut self, key: &[u8]) {
         self.host.keys.keys.remove(&k(0, key));
         self.command(key);
     }
@@ -247,7 +260,8 @@ impl World {
 fn a_grant_refused_on_a_key_that_looked_free_keeps_the_waiter_and_retries() {
     let mut w = World::queued(30_000, &[(1, 0)]);
     w.host.looks_free = true;
-    w.command(b"k"); // returns: no spin
+    w.command(b"k");
+    w.fire_due(); // the grant it made due: returns, no spin
     assert!(w.outcomes().is_empty(), "{:?}", w.outcomes());
     assert_eq!(w.reg.len(0, b"k"), 1, "the waiter keeps its place");
     assert!(
@@ -265,10 +279,17 @@ fn a_grant_refused_on_a_key_that_looked_free_keeps_the_waiter_and_retries() {
 }
 
 #[test]
-fn release_hands_the_lock_to_the_head_in_the_same_command() {
+fn release_hands_the_lock_to_the_head_at_the_end_of_the_iteration() {
     let mut w = World::queued(1_000, &[(1, 0), (2, 0)]);
     assert!(w.outcomes().is_empty(), "held: both queue");
-    w.release(b"k");
+    w.release_only(b"k");
+    // The RELEASE only made the grant due; nobody may take the lock now.
+    assert!(w.outcomes().is_empty());
+    assert_eq!(w.holder(b"k"), None);
+    assert!(grant_due(&w.reg, 0, b"k"));
+    // The pending timer, at the end of the iteration, writes it.
+    w.fire_due();
+    assert!(!grant_due(&w.reg, 0, b"k"));
     assert_eq!(w.holder(b"k"), Some(b"w1".to_vec()));
     assert_eq!(
         w.granted(1),
@@ -465,6 +486,22 @@ fn a_client_that_starts_closing_after_its_grant_gets_it_undone() {
 }
 
 #[test]
+fn a_grant_whose_reply_would_overflow_the_output_buffer_is_undone() {
+    // Unread replies ahead of the token: the server would close the
+    // connection as the reply is added, so it is not sent, and the grant
+    // goes to the next waiter.
+    let mut w = World::queued(1_000, &[(1, 0), (2, 0)]);
+    w.host.overflowing.insert(1);
+    w.release(b"k");
+    assert!(w.granted(1).is_some(), "not closing at the grant");
+    assert_eq!(w.reply(1), None, "undeliverable");
+    w.freed_without_reply(1);
+    w.fire_due();
+    assert_eq!(w.holder(b"k"), Some(b"w2".to_vec()));
+    assert_eq!(w.host.events, [Event::Undone]);
+}
+
+#[test]
 fn a_grant_that_no_longer_stands_is_answered_nil() {
     // A slow script after the RELEASE runs past the new lease (or DELs it):
     // the reply callback finds the grant gone and says nil.
@@ -519,17 +556,63 @@ fn an_undo_waits_out_a_write_pause_too() {
 }
 
 #[test]
-fn commands_do_not_check_pause_or_slot() {
-    // A command was admitted (routed here, not held by a pause): its
-    // handoff goes ahead.
-    let mut w = World::new();
+fn a_grant_a_command_made_due_waits_out_a_pause_begun_after_it() {
+    // `MULTI, RELEASE, CLIENT PAUSE … WRITE, EXEC`: the timer that writes
+    // the grant finds writes paused, and grants once they are not.
+    let mut w = World::queued(1_000, &[(1, 0)]);
+    w.release_only(b"k");
     w.host.paused = true;
-    w.host.cluster = true;
-    w.host.slot_moved = true;
-    w.hold(b"k", b"a", 1_000);
-    w.wait(b"k", 1, 0);
-    w.release(b"k");
+    w.fire_due();
+    assert!(w.outcomes().is_empty(), "no write during the pause");
+    w.host.paused = false;
+    w.advance(PAUSE_RETRY_MS);
+    w.fire_due();
     assert!(w.granted(1).is_some());
+}
+
+#[test]
+fn a_role_change_in_the_iteration_of_a_release_grants_nothing() {
+    // `RELEASE` then `REPLICAOF` in one iteration: the server lets the
+    // blocked waiter go with -UNBLOCKED (its disconnect callback), then
+    // fires the role change; the pending timer finds a replica. Nothing is
+    // written in the waiter's name, so nothing reaches the replicas.
+    let mut w = World::queued(1_000, &[(1, 0), (2, 0)]);
+    w.release_only(b"k");
+    on_disconnect(&mut w.host, &mut w.reg, 1);
+    on_disconnect(&mut w.host, &mut w.reg, 2);
+    w.host.replica = true;
+    on_flush(&mut w.host, &mut w.reg, DbScope::All);
+    w.fire_due();
+    assert!(w.outcomes().is_empty(), "{:?}", w.outcomes());
+    assert_eq!(w.holder(b"k"), None);
+    assert_eq!(w.host.freed, [1, 2]);
+    assert!(w.reg.is_idle());
+}
+
+#[test]
+fn a_release_before_the_deadline_grants_though_the_timer_runs_after_it() {
+    // A slow command after the RELEASE, in the same iteration, runs past the
+    // waiter's deadline: the lock came free in time, so it is granted.
+    let mut w = World::queued(10_000, &[(1, 50)]);
+    w.advance(40);
+    w.release_only(b"k");
+    w.advance(100);
+    w.fire_due();
+    assert!(w.granted(1).is_some(), "{:?}", w.outcomes());
+    assert_eq!(w.reply(1), Some(Answer::Token(w.granted(1).unwrap())));
+}
+
+#[test]
+fn a_grant_due_to_the_queue_is_not_taken_by_an_acquire() {
+    // Until the pending timer runs, ACQUIRE finds the lock due to the queue
+    // (its own pre-settle included) and does not take it.
+    let mut w = World::queued(1_000, &[(1, 0)]);
+    w.release_only(b"k");
+    w.command(b"k"); // another client's ACQUIRE
+    assert!(grant_due(&w.reg, 0, b"k"));
+    w.fire_due();
+    assert_eq!(w.holder(b"k"), Some(b"w1".to_vec()));
+    assert!(!grant_due(&w.reg, 0, b"k"));
 }
 
 #[test]
@@ -680,7 +763,7 @@ fn every_waiter_leaves_exactly_once_under_random_interleavings() {
                 let h = next_h;
                 next_h += 1;
                 w.command(b"k"); // ACQUIRE's pre-settle
-                if w.holder(b"k").is_none() {
+                if w.holder(b"k").is_none() && !grant_due(&w.reg, 0, b"k") {
                     let t = w.hold(b"k", format!("w{h}").as_bytes(), 1 + rnd(50) as i64);
                     assert!(t > last_token);
                     last_token = t;
