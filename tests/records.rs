@@ -130,7 +130,11 @@ fn a_handoff_to_a_client_that_closes_in_the_same_packet_as_a_fence_write_leaves_
         );
         // The grant is written at the end of the iteration, after the
         // kill: there was nothing to undo.
-        assert_eq!(kit::stat(&mut con, "wait_grants_undone"), 0, "round {round}");
+        assert_eq!(
+            kit::stat(&mut con, "wait_grants_undone"),
+            0,
+            "round {round}"
+        );
         // The next grant is above every earlier one.
         let next = acquire(&mut con, "k", "n", 60_000).unwrap();
         assert_eq!(check(&mut con, "k", "n", next), 1);
