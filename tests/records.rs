@@ -283,3 +283,138 @@ fn check_owner_zero_is_a_lock_taken_without_a_token() {
 }
 
 kit::main!();
+
+/// `SPACELOCK.REFRESH key owner 60000`.
+fn refresh(con: &mut Connection, key: &str, owner: &str) -> i64 {
+    redis::cmd("SPACELOCK.REFRESH")
+        .arg(key)
+        .arg(owner)
+        .arg(60_000)
+        .query(con)
+        .unwrap()
+}
+
+/// Sends `cmds` as one pipeline (one write: the server reads them in one
+/// event-loop iteration) and returns each reply, errors included.
+fn one_packet(con: &mut Connection, cmds: &[&[&str]]) -> Vec<redis::RedisResult<Value>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for args in cmds {
+        let mut c = redis::cmd(args[0]);
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        pipe.add_command(c);
+    }
+    pipe.query(con).unwrap()
+}
+
+#[kit::test]
+fn a_rename_or_move_in_the_same_packet_as_a_handoff_finds_the_key_gone() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    for mover in [&["RENAME", "k", "k2"][..], &["MOVE", "k", "1"][..]] {
+        let held = acquire(&mut con, "k", "h", 60_000).unwrap();
+        let (_, w) = waiter(&server, "k", "w");
+        until_waiting(&mut con, 1);
+        let replies = one_packet(&mut con, &[&["SPACELOCK.RELEASE", "k", "h"], mover]);
+        assert_eq!(replies[0].as_ref().unwrap(), &Value::Int(1), "{replies:?}");
+        // The RELEASE deleted the key; the waiter's grant is written at the
+        // end of the iteration, after the mover ran.
+        match mover[0] {
+            "RENAME" => assert!(replies[1].is_err(), "{replies:?}"),
+            _ => assert_eq!(replies[1].as_ref().unwrap(), &Value::Int(0)),
+        }
+        let token = w.join().unwrap().unwrap().expect("granted");
+        assert!(token > held);
+        assert_eq!(get(&mut con, "k").as_deref(), Some("w"));
+        assert_eq!(check(&mut con, "k", "w", token), 1);
+        assert_eq!(release(&mut con, "k", "w"), 1);
+    }
+    assert_eq!(get(&mut con, "k2"), None);
+}
+
+#[kit::test]
+fn a_key_renamed_onto_a_lock_in_the_same_packet_as_a_handoff_keeps_the_waiter_waiting() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    let held = acquire(&mut con, "k", "h", 60_000).unwrap();
+    let (_, w) = waiter(&server, "k", "w");
+    until_waiting(&mut con, 1);
+    let replies = one_packet(
+        &mut con,
+        &[
+            &["SPACELOCK.RELEASE", "k", "h"],
+            &["SET", "x", "v", "PX", "300"],
+            &["RENAME", "x", "k"],
+        ],
+    );
+    assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");
+    // The key holds another value, as after a plain SET: the waiter waits
+    // for it to go, and nothing is written in its name meanwhile.
+    assert_eq!(get(&mut con, "k").as_deref(), Some("v"));
+    assert_eq!(kit::waiting_clients(&mut con), 1);
+    let token = w.join().unwrap().unwrap().expect("granted once v expired");
+    assert!(token > held);
+    assert_eq!(get(&mut con, "k").as_deref(), Some("w"));
+    assert_eq!(check(&mut con, "k", "w", token), 1);
+    assert_eq!(kit::stat(&mut con, "wait_grants_lost"), 0);
+}
+
+#[kit::test]
+fn swapdb_in_the_same_packet_as_a_handoff_grants_in_the_waiters_db_once_it_is_free() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    let mut db1 = conn(&server);
+    let _: () = redis::cmd("SELECT").arg(1).query(&mut db1).unwrap();
+    let held = acquire(&mut con, "k", "h", 60_000).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("z")
+        .arg("PX")
+        .arg(300)
+        .query(&mut db1)
+        .unwrap();
+    let (_, w) = waiter(&server, "k", "w");
+    until_waiting(&mut con, 1);
+    let replies = one_packet(
+        &mut con,
+        &[&["SPACELOCK.RELEASE", "k", "h"], &["SWAPDB", "0", "1"]],
+    );
+    assert!(replies.iter().all(|r| r.is_ok()), "{replies:?}");
+    // The queue belongs to db 0, which now holds db 1's `k`: the waiter
+    // waits for it, then is granted there.
+    assert_eq!(get(&mut con, "k").as_deref(), Some("z"));
+    let token = w.join().unwrap().unwrap().expect("granted once z expired");
+    assert!(token > held);
+    assert_eq!(get(&mut con, "k").as_deref(), Some("w"));
+    assert_eq!(check(&mut con, "k", "w", token), 1);
+    assert_eq!(get(&mut db1, "k"), None);
+}
+
+#[kit::test]
+fn a_renamed_lock_is_a_lease_without_a_token_under_its_new_name() {
+    let server = Server::new();
+    let mut con = conn(&server);
+    let token = acquire(&mut con, "k", "h", 60_000).unwrap();
+    let _: () = redis::cmd("RENAME")
+        .arg("k")
+        .arg("k2")
+        .query(&mut con)
+        .unwrap();
+    // The lock left its name: its holder has lost it there, and the name
+    // is free for the next grant, whose token is above the holder's.
+    assert_eq!(check(&mut con, "k", "h", token), 0);
+    assert_eq!(refresh(&mut con, "k", "h"), 0);
+    // Under the new name the owner still holds a lease (REFRESH and RELEASE
+    // work for it, ACQUIRE by others is refused), but no token was issued
+    // for that name: CHECK and INFO know none.
+    assert_eq!(check(&mut con, "k2", "h", token), 0);
+    assert_eq!(info_token(&mut con, "k2"), Some(0));
+    assert_eq!(acquire(&mut con, "k2", "o", 1000), None);
+    assert_eq!(refresh(&mut con, "k2", "h"), 1);
+    let next = acquire(&mut con, "k", "o", 60_000).unwrap();
+    assert!(next > token);
+    assert_eq!(release(&mut con, "k2", "h"), 1);
+    assert_eq!(get(&mut con, "k2"), None);
+}
