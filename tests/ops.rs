@@ -8,7 +8,9 @@
 
 use spacelock_testkit as kit;
 
-use kit::{is_valkey, version_of, Server, ServerBuilder};
+use kit::{
+    call_args as call, err_args as err, is_valkey, ok_args as ok, version_of, Server, ServerBuilder,
+};
 use redis::{Connection, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -60,34 +62,6 @@ const ACL_NOTICE: &str = "spacelock: ACL category @spacelock unavailable";
 
 // ---------------------------------------------------------------------------
 // Helpers
-
-/// Runs `args`; returns the reply or the error as "CODE detail".
-fn call(con: &mut Connection, args: &[&str]) -> Result<Value, String> {
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
-    }
-    match cmd.query::<Value>(con) {
-        Ok(Value::ServerError(e)) => Err(format!("{} {}", e.code(), e.details().unwrap_or(""))),
-        Ok(v) => Ok(v),
-        Err(e) => Err(format!(
-            "{} {}",
-            e.code().unwrap_or("?"),
-            e.detail().unwrap_or("")
-        )),
-    }
-}
-
-fn ok(con: &mut Connection, args: &[&str]) -> Value {
-    call(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn err(con: &mut Connection, args: &[&str]) -> String {
-    match call(con, args) {
-        Err(e) => e,
-        Ok(v) => panic!("{args:?}: expected an error, got {v:?}"),
-    }
-}
 
 /// A string-ish reply as text.
 fn text(v: &Value) -> String {

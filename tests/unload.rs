@@ -17,7 +17,10 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
-use kit::{acquire, is_valkey, until_waiting, version_of, Server, ServerBuilder};
+use kit::{
+    acquire, call_args as call, err_args as err, is_valkey, ok_args as ok, one_packet as pipeline,
+    until_waiting, version_of, Server, ServerBuilder,
+};
 use redis::{Connection, Value};
 
 /// What every supported server replies when the module's unload callback
@@ -41,54 +44,6 @@ fn server(allow_unload: bool) -> Server {
 
 fn module() -> String {
     kit::module_path().to_str().unwrap().to_string()
-}
-
-/// A reply as `Ok`, or an error as "CODE detail".
-fn reply(r: redis::RedisResult<Value>) -> Result<Value, String> {
-    match r {
-        Ok(Value::ServerError(e)) => Err(format!("{} {}", e.code(), e.details().unwrap_or(""))),
-        Ok(v) => Ok(v),
-        Err(e) => Err(format!(
-            "{} {}",
-            e.code().unwrap_or("?"),
-            e.detail().unwrap_or("")
-        )),
-    }
-}
-
-fn cmd(args: &[&str]) -> redis::Cmd {
-    let mut c = redis::cmd(args[0]);
-    for a in &args[1..] {
-        c.arg(*a);
-    }
-    c
-}
-
-fn call(con: &mut Connection, args: &[&str]) -> Result<Value, String> {
-    reply(cmd(args).query(con))
-}
-
-fn ok(con: &mut Connection, args: &[&str]) -> Value {
-    call(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
-fn err(con: &mut Connection, args: &[&str]) -> String {
-    match call(con, args) {
-        Err(e) => e,
-        Ok(v) => panic!("{args:?}: expected an error, got {v:?}"),
-    }
-}
-
-/// Sends `cmds` as one pipeline (one write, so the server reads them
-/// together) and returns each reply.
-fn pipeline(con: &mut Connection, cmds: &[&[&str]]) -> Vec<Result<Value, String>> {
-    let mut pipe = redis::pipe();
-    pipe.ignore_errors();
-    for args in cmds {
-        pipe.add_command(cmd(args));
-    }
-    let replies: Vec<redis::RedisResult<Value>> = pipe.query(con).unwrap();
-    replies.into_iter().map(reply).collect()
 }
 
 fn unload(con: &mut Connection) -> Result<Value, String> {

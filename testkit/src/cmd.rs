@@ -272,3 +272,62 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// The command `args[0] args[1..]`.
+pub fn command_of(args: &[&str]) -> redis::Cmd {
+    let mut c = redis::cmd(args[0]);
+    for a in &args[1..] {
+        c.arg(*a);
+    }
+    c
+}
+
+/// A reply as `Ok`, or an error (a server error reply included) as
+/// "CODE detail".
+pub fn reply_or_error(r: redis::RedisResult<redis::Value>) -> Result<redis::Value, String> {
+    match r {
+        Ok(redis::Value::ServerError(e)) => {
+            Err(format!("{} {}", e.code(), e.details().unwrap_or("")))
+        }
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!(
+            "{} {}",
+            e.code().unwrap_or("?"),
+            e.detail().unwrap_or("")
+        )),
+    }
+}
+
+/// Runs `args`: the reply, or the error as "CODE detail".
+pub fn call_args(con: &mut redis::Connection, args: &[&str]) -> Result<redis::Value, String> {
+    reply_or_error(command_of(args).query(con))
+}
+
+/// Runs `args` and returns its reply; panics on an error reply.
+pub fn ok_args(con: &mut redis::Connection, args: &[&str]) -> redis::Value {
+    call_args(con, args).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// Runs `args` and returns its error as "CODE detail"; panics on a reply.
+pub fn err_args(con: &mut redis::Connection, args: &[&str]) -> String {
+    match call_args(con, args) {
+        Err(e) => e,
+        Ok(v) => panic!("{args:?}: expected an error, got {v:?}"),
+    }
+}
+
+/// Sends `cmds` as one pipeline (one write, so the server reads them in
+/// one event-loop iteration) and returns each reply, errors as
+/// "CODE detail".
+pub fn one_packet(
+    con: &mut redis::Connection,
+    cmds: &[&[&str]],
+) -> Vec<Result<redis::Value, String>> {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    for args in cmds {
+        pipe.add_command(command_of(args));
+    }
+    let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query(con).unwrap();
+    replies.into_iter().map(reply_or_error).collect()
+}
