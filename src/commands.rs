@@ -150,7 +150,7 @@ impl Command for Info {
             Contents::Str(v) => v,
         };
         let (token, term) = process::with(|p| {
-            let token = holder_token(ctx, &p.ledger, *key, owner);
+            let token = holder_token(ctx, p, *key, owner);
             (token, (p.terms.start_ms(), p.terms.floor()))
         });
         let token = token?.unwrap_or(0);
@@ -182,7 +182,7 @@ impl Command for Check {
         };
         check_owner(owner.as_bytes(), config::max_owner_len())?;
         let token = parse_token_arg(token.as_bytes())?;
-        let held = process::with(|p| holder_token(ctx, &p.ledger, *key, owner.as_bytes()))?;
+        let held = process::with(|p| holder_token(ctx, p, *key, owner.as_bytes()))?;
         let current = held == Some(token);
         if current {
             stats::CHECKS_PASSED.incr();

@@ -5,8 +5,7 @@
 //! `SET fence n`), and by the keyspace events the core command would emit.
 
 use spacelock_core::fence;
-use spacelock_core::ledger::Ledger;
-use spacelock_core::lock::{current_token, parse_token, LockError, Probe, Store};
+use spacelock_core::lock::{current_token, parse_token, LockError, Probe, Process, Store};
 
 use crate::ffi::{Contents, Ctx, EventClass, Key, OwnedStr, RStr};
 
@@ -130,6 +129,8 @@ impl Store for RedisStore<'_> {
         }
 
         let (owner, lock) = (self.owner, &mut self.lock);
+        // Written in place (a raw string), not shared from argv: a later
+        // read-mode DMA of a shared (embedded) string would copy it first.
         lock.write(owner.as_bytes())
             .map_err(|_| LockError::WriteFailed)?;
         lock.set_expire_at(expire_at_ms);
@@ -186,18 +187,18 @@ impl Store for RedisStore<'_> {
 /// does, if it still stands under the grant the ledger recorded for
 /// `owner` with `token`: the undo of a grant nobody received. Whether it
 /// did. The fence key is not consulted: anyone may have changed it.
-pub fn remove_grant(ctx: &Ctx, ledger: &mut Ledger, key: &[u8], owner: &[u8], token: i64) -> bool {
+pub fn remove_grant(ctx: &Ctx, process: &mut Process, key: &[u8], owner: &[u8], token: i64) -> bool {
     let name = OwnedStr::new(key);
     let mut lock = ctx.open_write(name.as_rstr());
     if lock.contents() != Contents::Str(owner) {
         return false;
     }
-    let db = ctx.selected_db();
-    if ledger.token_of(db, key, owner) != Some(token) {
+    let name = process.name(ctx.selected_db(), key);
+    if process.ledger.token_of(&name, owner) != Some(token) {
         return false;
     }
     lock.delete();
-    ledger.forget(db, key);
+    process.ledger.forget(&name);
     let key = lock.name();
     ctx.replicate_del(key);
     ctx.signal_modified(key);
@@ -216,7 +217,7 @@ pub fn remove_grant(ctx: &Ctx, ledger: &mut Ledger, key: &[u8], owner: &[u8], to
 /// unusable.
 pub fn holder_token(
     ctx: &Ctx,
-    ledger: &Ledger,
+    process: &Process,
     key: RStr<'_>,
     owner: &[u8],
 ) -> Result<Option<i64>, LockError> {
@@ -226,8 +227,8 @@ pub fn holder_token(
         Contents::Other => return Err(LockError::LockWrongType),
         _ => return Ok(None),
     }
-    let db = ctx.selected_db();
-    current_token(ledger, db, key.as_bytes(), owner, || {
+    let name = process.name(ctx.selected_db(), key.as_bytes());
+    current_token(&process.ledger, &name, owner, || {
         let fence = fence_name(key.as_bytes());
         fence_token(ctx.open_read(fence.as_rstr()).as_ref())
     })

@@ -166,7 +166,7 @@ fn fuzz_state_machine_invariants() {
         }
         // While the lock is held, the ledger knows its grant.
         if let Some(Value::Str(holder)) = s.get(keys[k]) {
-            let known = process.ledger.token_of(0, keys[k], holder);
+            let known = process.ledger.token_of(&process.name(0, keys[k]), holder);
             assert_eq!(known, Some(last_token[k]), "step {step}");
         }
     }

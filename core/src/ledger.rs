@@ -19,17 +19,26 @@
 //! released) are swept as the ledger grows, so it never holds more than
 //! twice the entries whose leases were live at the last sweep.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use hashbrown::HashTable;
 
-/// The map of databases (a handful of small numbers).
-type Dbs = HashMap<i32, HashMap<Box<[u8]>, Record>, BuildHasherDefault<DefaultHasher>>;
+/// A lock name in one database, with the keyed hash of its key, computed
+/// once per command ([`crate::lock::Process::name`]) and shared by the
+/// ledger and the token marks.
+#[derive(Debug, Clone, Copy)]
+pub struct Name<'a> {
+    /// The lock key's database.
+    pub db: i32,
+    /// The lock key.
+    pub key: &'a [u8],
+    /// The keyed hash of `key` (the database plays no part: one key in
+    /// several databases shares a bucket, a chain no longer than the
+    /// number of databases).
+    pub hash: u64,
+}
 
-/// One grant, as the module wrote it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One grant, as the module wrote it (its owner is kept beside it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
-    /// The owner the lock key was set to.
-    pub owner: Box<[u8]>,
     /// The grant's token.
     pub token: i64,
     /// The lease's deadline (ms since the epoch), as the module last set it.
@@ -37,6 +46,31 @@ pub struct Record {
     /// When the fence key expires (ms since the epoch), `None` when it is
     /// kept.
     pub fence_until_ms: Option<i64>,
+}
+
+/// One entry: the key and the owner share one allocation.
+#[derive(Debug)]
+struct Entry {
+    hash: u64,
+    db: i32,
+    key_len: usize,
+    /// The key, then the owner.
+    bytes: Box<[u8]>,
+    record: Record,
+}
+
+impl Entry {
+    fn key(&self) -> &[u8] {
+        &self.bytes[..self.key_len]
+    }
+
+    fn owner(&self) -> &[u8] {
+        &self.bytes[self.key_len..]
+    }
+
+    fn is(&self, name: &Name<'_>) -> bool {
+        self.hash == name.hash && self.db == name.db && self.key() == name.key
+    }
 }
 
 impl Default for Ledger {
@@ -51,9 +85,8 @@ const SWEEP_FLOOR: usize = 1024;
 /// The grants of every database, by lock key.
 #[derive(Debug)]
 pub struct Ledger {
-    dbs: Dbs,
-    len: usize,
-    /// Sweep when `len` reaches this.
+    table: HashTable<Entry>,
+    /// Sweep when the table reaches this many entries.
     sweep_at: usize,
 }
 
@@ -61,110 +94,113 @@ impl Ledger {
     /// An empty ledger.
     pub const fn new() -> Self {
         Ledger {
-            dbs: HashMap::with_hasher(BuildHasherDefault::new()),
-            len: 0,
+            table: HashTable::new(),
             sweep_at: SWEEP_FLOOR,
         }
     }
 
-    /// Entries held.
+    /// Entries held (grants that may still stand).
     pub fn len(&self) -> usize {
-        self.len
+        self.table.len()
     }
 
-    /// Whether no entry is held.
+    /// Whether it holds no entry.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.table.is_empty()
     }
 
-    /// Records a grant of `key` in `db` (replacing any earlier one), and
-    /// sweeps out leases that ended before `now_ms` when the ledger has
-    /// doubled since the last sweep.
-    pub fn record(&mut self, db: i32, key: &[u8], record: Record, now_ms: i64) {
-        let map = self.dbs.entry(db).or_default();
-        match map.get_mut(key) {
-            Some(r) => *r = record,
+    /// Records `owner`'s grant of `name`, replacing any earlier one.
+    /// Sweeps ended leases (deadline ≤ `now_ms`) when the ledger has doubled
+    /// since the last sweep.
+    pub fn record(&mut self, name: &Name<'_>, owner: &[u8], record: Record, now_ms: i64) {
+        match self.table.find_mut(name.hash, |e| e.is(name)) {
+            Some(e) if e.owner() == owner => e.record = record,
+            Some(e) => {
+                e.bytes = [name.key, owner].concat().into_boxed_slice();
+                e.record = record;
+            }
             None => {
-                map.insert(key.into(), record);
-                self.len += 1;
+                let entry = Entry {
+                    hash: name.hash,
+                    db: name.db,
+                    key_len: name.key.len(),
+                    bytes: [name.key, owner].concat().into_boxed_slice(),
+                    record,
+                };
+                self.table.insert_unique(name.hash, entry, |e| e.hash);
             }
         }
-        if self.len >= self.sweep_at {
+        if self.table.len() >= self.sweep_at {
             self.sweep(now_ms);
         }
     }
 
-    /// The grant recorded for `key` in `db`.
-    pub fn get(&self, db: i32, key: &[u8]) -> Option<&Record> {
-        self.dbs.get(&db)?.get(key)
+    /// The owner and record of `name`'s last grant.
+    pub fn get(&self, name: &Name<'_>) -> Option<(&[u8], &Record)> {
+        self.table
+            .find(name.hash, |e| e.is(name))
+            .map(|e| (e.owner(), &e.record))
     }
 
-    /// The grant recorded for `key` in `db`, to update its deadline.
-    pub fn get_mut(&mut self, db: i32, key: &[u8]) -> Option<&mut Record> {
-        self.dbs.get_mut(&db)?.get_mut(key)
+    /// The record of `name`'s last grant, if it went to `owner`.
+    pub fn get_mut(&mut self, name: &Name<'_>, owner: &[u8]) -> Option<&mut Record> {
+        self.table
+            .find_mut(name.hash, |e| e.is(name))
+            .filter(|e| e.owner() == owner)
+            .map(|e| &mut e.record)
     }
 
-    /// The token of `owner`'s grant of `key`, if the ledger has one.
-    pub fn token_of(&self, db: i32, key: &[u8], owner: &[u8]) -> Option<i64> {
-        self.get(db, key)
-            .filter(|r| &*r.owner == owner)
-            .map(|r| r.token)
+    /// The token of `name`'s last grant, if it went to `owner`.
+    pub fn token_of(&self, name: &Name<'_>, owner: &[u8]) -> Option<i64> {
+        self.get(name)
+            .filter(|(o, _)| *o == owner)
+            .map(|(_, r)| r.token)
     }
 
-    /// Forgets the grant of `key` in `db` (the lock was released or
-    /// undone).
-    pub fn forget(&mut self, db: i32, key: &[u8]) -> Option<Record> {
-        let map = self.dbs.get_mut(&db)?;
-        let record = map.remove(key)?;
-        self.len -= 1;
-        shrink(map);
-        Some(record)
+    /// Forgets `name`'s grant (the lock key was deleted); returns it.
+    pub fn forget(&mut self, name: &Name<'_>) -> Option<Record> {
+        let entry = self.table.find_entry(name.hash, |e| e.is(name)).ok()?;
+        let (e, _) = entry.remove();
+        self.shrink();
+        Some(e.record)
     }
 
-    /// Forgets every grant in `db` (`FLUSHDB`), or everywhere (`None`:
-    /// `FLUSHALL`).
+    /// Forgets every grant of database `db` (`FLUSHDB`), or of all of them
+    /// (`None`: `FLUSHALL`, a full resync, an RDB load).
     pub fn forget_db(&mut self, db: Option<i32>) {
         match db {
             Some(db) => {
-                if let Some(map) = self.dbs.remove(&db) {
-                    self.len -= map.len();
-                }
+                self.table.retain(|e| e.db != db);
+                self.shrink();
             }
             None => *self = Ledger::new(),
         }
     }
 
-    /// `SWAPDB a b`: the grants move with their keys.
+    /// Swaps the grants of databases `a` and `b` (`SWAPDB`).
     pub fn swap_dbs(&mut self, a: i32, b: i32) {
-        let in_a = self.dbs.remove(&a);
-        let in_b = self.dbs.remove(&b);
-        if let Some(m) = in_a {
-            self.dbs.insert(b, m);
-        }
-        if let Some(m) = in_b {
-            self.dbs.insert(a, m);
+        for e in self.table.iter_mut() {
+            if e.db == a {
+                e.db = b;
+            } else if e.db == b {
+                e.db = a;
+            }
         }
     }
 
-    /// Drops the grants whose lease ended before `now_ms`: their lock keys
-    /// have expired, or are held under a deadline set by someone else.
+    /// Drops the entries whose lease has ended by `now_ms`.
     pub fn sweep(&mut self, now_ms: i64) {
-        let mut len = 0;
-        self.dbs.retain(|_, map| {
-            map.retain(|_, r| r.deadline_ms > now_ms);
-            shrink(map);
-            len += map.len();
-            !map.is_empty()
-        });
-        self.len = len;
-        self.sweep_at = (2 * len).max(SWEEP_FLOOR);
+        self.table.retain(|e| e.record.deadline_ms > now_ms);
+        self.shrink();
+        self.sweep_at = (2 * self.table.len()).max(SWEEP_FLOOR);
     }
-}
 
-/// Gives memory back once a map is mostly empty (after a burst of names).
-fn shrink(map: &mut HashMap<Box<[u8]>, Record>) {
-    if map.capacity() > 64 && map.len() * 4 < map.capacity() {
-        map.shrink_to(map.len() * 2);
+    /// Gives memory back after a burst of names.
+    fn shrink(&mut self) {
+        let (len, cap) = (self.table.len(), self.table.capacity());
+        if cap > 64 && len * 4 < cap {
+            self.table.shrink_to(len * 2, |e| e.hash);
+        }
     }
 }
 
@@ -172,9 +208,16 @@ fn shrink(map: &mut HashMap<Box<[u8]>, Record>) {
 mod tests {
     use super::*;
 
-    fn rec(owner: &[u8], token: i64, deadline_ms: i64) -> Record {
+    /// A name hashed by a plain (unkeyed) hasher: the ledger only needs the
+    /// same hash for the same key.
+    fn n(db: i32, key: &[u8]) -> Name<'_> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        Name { db, key, hash }
+    }
+
+    fn rec(token: i64, deadline_ms: i64) -> Record {
         Record {
-            owner: owner.into(),
             token,
             deadline_ms,
             fence_until_ms: None,
@@ -184,29 +227,47 @@ mod tests {
     #[test]
     fn records_by_database_and_key() {
         let mut l = Ledger::new();
-        l.record(0, b"k", rec(b"a", 5, 100), 0);
-        l.record(1, b"k", rec(b"b", 6, 100), 0);
-        assert_eq!(l.token_of(0, b"k", b"a"), Some(5));
-        assert_eq!(l.token_of(0, b"k", b"b"), None, "another owner");
-        assert_eq!(l.token_of(1, b"k", b"b"), Some(6));
-        l.record(0, b"k", rec(b"a", 7, 100), 0);
-        assert_eq!((l.len(), l.token_of(0, b"k", b"a")), (2, Some(7)));
-        l.forget(0, b"k");
-        assert_eq!((l.len(), l.get(0, b"k")), (1, None));
-        l.forget(0, b"k");
+        l.record(&n(0, b"k"), b"a", rec(5, 100), 0);
+        l.record(&n(1, b"k"), b"b", rec(6, 100), 0);
+        assert_eq!(l.token_of(&n(0, b"k"), b"a"), Some(5));
+        assert_eq!(l.token_of(&n(0, b"k"), b"b"), None, "another owner");
+        assert_eq!(l.token_of(&n(1, b"k"), b"b"), Some(6));
+        l.record(&n(0, b"k"), b"a", rec(7, 100), 0);
+        assert_eq!((l.len(), l.token_of(&n(0, b"k"), b"a")), (2, Some(7)));
+        l.record(&n(0, b"k"), b"c", rec(8, 100), 0);
+        assert_eq!(l.get(&n(0, b"k")), Some((&b"c"[..], &rec(8, 100))));
+        assert_eq!(l.get_mut(&n(0, b"k"), b"a"), None, "another owner");
+        l.get_mut(&n(0, b"k"), b"c").unwrap().deadline_ms = 200;
+        assert_eq!(l.get(&n(0, b"k")).unwrap().1.deadline_ms, 200);
+        assert_eq!(l.forget(&n(0, b"k")), Some(rec(8, 200)));
+        assert_eq!((l.len(), l.get(&n(0, b"k"))), (1, None));
+        assert_eq!(l.forget(&n(0, b"k")), None);
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn keys_whose_hashes_collide_stay_apart() {
+        let mut l = Ledger::new();
+        let (a, b) = (Name { db: 0, key: b"a", hash: 7 }, Name { db: 0, key: b"b", hash: 7 });
+        l.record(&a, b"x", rec(1, 100), 0);
+        l.record(&b, b"y", rec(2, 100), 0);
+        assert_eq!(l.token_of(&a, b"x"), Some(1));
+        assert_eq!(l.token_of(&b, b"y"), Some(2));
+        l.forget(&a);
+        assert_eq!((l.token_of(&a, b"x"), l.token_of(&b, b"y")), (None, Some(2)));
     }
 
     #[test]
     fn flushes_and_swaps_follow_the_keys() {
         let mut l = Ledger::new();
-        l.record(0, b"x", rec(b"a", 1, 100), 0);
-        l.record(1, b"y", rec(b"b", 2, 100), 0);
+        l.record(&n(0, b"x"), b"a", rec(1, 100), 0);
+        l.record(&n(1, b"y"), b"b", rec(2, 100), 0);
         l.swap_dbs(0, 1);
-        assert_eq!(l.token_of(1, b"x", b"a"), Some(1));
-        assert_eq!(l.token_of(0, b"y", b"b"), Some(2));
+        assert_eq!(l.token_of(&n(1, b"x"), b"a"), Some(1));
+        assert_eq!(l.token_of(&n(0, b"y"), b"b"), Some(2));
+        assert_eq!(l.token_of(&n(0, b"x"), b"a"), None);
         l.forget_db(Some(0));
-        assert_eq!((l.len(), l.get(0, b"y")), (1, None));
+        assert_eq!((l.len(), l.get(&n(0, b"y"))), (1, None));
         l.forget_db(None);
         assert!(l.is_empty());
     }
@@ -214,30 +275,28 @@ mod tests {
     #[test]
     fn ended_leases_are_swept_as_it_grows() {
         let mut l = Ledger::new();
-        // A thousand holders that never released, leases ended at 100.
         for i in 0..1000u32 {
-            l.record(0, &i.to_le_bytes(), rec(b"a", 1, 100), 0);
+            l.record(&n(0, &i.to_le_bytes()), b"a", rec(1, 100), 0);
         }
-        l.record(0, b"live", rec(b"a", 1, 10_000), 0);
+        l.record(&n(0, b"live"), b"a", rec(1, 10_000), 0);
         assert_eq!(l.len(), 1001);
-        // Growing past the floor at ms 200 sweeps the ended ones.
         for i in 0..30u32 {
-            l.record(1, &i.to_le_bytes(), rec(b"a", 1, 10_000), 200);
+            l.record(&n(1, &i.to_le_bytes()), b"a", rec(1, 10_000), 200);
         }
         assert_eq!(l.len(), 31);
-        assert_eq!(l.token_of(0, b"live", b"a"), Some(1));
+        assert_eq!(l.token_of(&n(0, b"live"), b"a"), Some(1));
     }
 
     #[test]
     fn memory_goes_back_after_a_burst_of_names() {
         let mut l = Ledger::new();
         for i in 0..100_000u32 {
-            l.record(0, &i.to_le_bytes(), rec(b"a", 1, i64::MAX), 0);
+            l.record(&n(0, &i.to_le_bytes()), b"a", rec(1, i64::MAX), 0);
         }
         for i in 0..100_000u32 {
-            l.forget(0, &i.to_le_bytes());
+            l.forget(&n(0, &i.to_le_bytes()));
         }
         assert!(l.is_empty());
-        assert!(l.dbs[&0].capacity() <= 128, "{}", l.dbs[&0].capacity());
+        assert!(l.table.capacity() <= 128, "{}", l.table.capacity());
     }
 }

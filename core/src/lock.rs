@@ -10,7 +10,7 @@
 
 use crate::args::expire_at;
 pub use crate::error::LockError;
-use crate::ledger::{Ledger, Record};
+use crate::ledger::{Ledger, Name, Record};
 use crate::tokens::{Terms, TokenMode};
 
 /// What a server process remembers between commands: its token terms and
@@ -29,6 +29,17 @@ impl Process {
         terms: Terms::UNOPENED,
         ledger: Ledger::new(),
     };
+
+    /// `key` in database `db`, hashed once for the ledger and the marks.
+    /// The hash key is drawn when the first term opens (at load): the
+    /// ledger holds nothing before.
+    pub fn name<'a>(&self, db: i32, key: &'a [u8]) -> Name<'a> {
+        Name {
+            db,
+            key,
+            hash: self.terms.hash(key),
+        }
+    }
 }
 
 /// How grants pick their token and how long fence keys are kept: the
@@ -152,17 +163,22 @@ pub fn acquire<S: Store>(
         return Ok(None);
     }
     let fence = store.last_token()?;
-    let token = process.terms.peek(store.key(), fence, policy.mode)?;
+    let hash = process.terms.hash(store.key());
+    let token = process.terms.peek_hashed(hash, fence, policy.mode)?;
     let fence_until = policy.fence_until(at);
     store.write_grant(at, token, fence_until)?;
-    process.terms.issued(store.key(), token);
+    process.terms.issued_hashed(hash, token);
+    let name = Name {
+        db: store.db(),
+        key: store.key(),
+        hash,
+    };
     let record = Record {
-        owner: store.owner().into(),
         token,
         deadline_ms: at,
         fence_until_ms: fence_until,
     };
-    process.ledger.record(store.db(), store.key(), record, now);
+    process.ledger.record(&name, store.owner(), record, now);
     Ok(Some(token))
 }
 
@@ -183,16 +199,20 @@ pub fn refresh<S: Store>(
         return Ok(false);
     }
     store.extend(at);
-    let (db, ledger) = (store.db(), &mut process.ledger);
-    if let Some(r) = ledger.get_mut(db, store.key()) {
-        if *r.owner == *store.owner() {
-            r.deadline_ms = at;
-            if let Some(until) = policy.fence_move(r.fence_until_ms, at) {
-                r.fence_until_ms = until;
-                store.extend_fence(until);
-            }
-            return Ok(true);
+    let hash = process.terms.hash(store.key());
+    let ledger = &mut process.ledger;
+    let name = Name {
+        db: store.db(),
+        key: store.key(),
+        hash,
+    };
+    if let Some(r) = ledger.get_mut(&name, store.owner()) {
+        r.deadline_ms = at;
+        if let Some(until) = policy.fence_move(r.fence_until_ms, at) {
+            r.fence_until_ms = until;
+            store.extend_fence(until);
         }
+        return Ok(true);
     }
     // Not in the ledger: learn the grant from its fence key, if it has one
     // (a lock taken with the old `SET NX` has none, and no token).
@@ -208,12 +228,16 @@ pub fn refresh<S: Store>(
         store.extend_fence(moved);
     }
     let record = Record {
-        owner: store.owner().into(),
         token,
         deadline_ms: at,
         fence_until_ms: fence_until,
     };
-    ledger.record(db, store.key(), record, now);
+    let name = Name {
+        db: store.db(),
+        key: store.key(),
+        hash,
+    };
+    ledger.record(&name, store.owner(), record, now);
     Ok(true)
 }
 
@@ -230,7 +254,8 @@ pub fn release<S: Store>(
         return Ok(false);
     }
     store.remove();
-    let record = process.ledger.forget(store.db(), store.key());
+    let name = process.name(store.db(), store.key());
+    let record = process.ledger.forget(&name);
     let until = record.and_then(|r| r.fence_until_ms);
     if let Some(at) = policy.fence_move_at_release(until, store.now_ms()) {
         store.extend_fence(Some(at));
@@ -243,12 +268,11 @@ pub fn release<S: Store>(
 /// (`fence`, read only when needed: 0 when missing).
 pub fn current_token(
     ledger: &Ledger,
-    db: i32,
-    key: &[u8],
+    name: &Name<'_>,
     owner: &[u8],
     fence: impl FnOnce() -> Result<i64, LockError>,
 ) -> Result<i64, LockError> {
-    match ledger.token_of(db, key, owner) {
+    match ledger.token_of(name, owner) {
         Some(token) => Ok(token),
         None => fence(),
     }
@@ -722,13 +746,13 @@ mod tests {
                 None => s.keys.remove(&fence),
                 Some(v) => s.keys.insert(fence.clone(), (Value::Str(v), None)),
             };
-            let got = current_token(&p.ledger, 0, b"k", b"a", || s.view(b"k", b"a").last_token());
+            let got = current_token(&p.ledger, &p.name(0, b"k"), b"a", || s.view(b"k", b"a").last_token());
             assert_eq!(got, Ok(token));
         }
         // Another owner's grant is not this one: the fence key answers.
         s.keys
             .insert(fence.clone(), (Value::Str(b"9".to_vec()), None));
-        let got = current_token(&p.ledger, 0, b"k", b"b", || s.view(b"k", b"b").last_token());
+        let got = current_token(&p.ledger, &p.name(0, b"k"), b"b", || s.view(b"k", b"b").last_token());
         assert_eq!(got, Ok(9));
     }
 
@@ -738,12 +762,12 @@ mod tests {
         acquire(&mut s.view(b"k", b"a"), 1000, &mut process(), TERM).unwrap();
         // A new process: empty ledger.
         let mut p = process();
-        assert_eq!(p.ledger.token_of(0, b"k", b"a"), None);
+        assert_eq!(p.ledger.token_of(&p.name(0, b"k"), b"a"), None);
         assert_eq!(
             refresh(&mut s.view(b"k", b"a"), 1000, &mut p, TERM),
             Ok(true)
         );
-        assert_eq!(p.ledger.token_of(0, b"k", b"a"), Some(F));
+        assert_eq!(p.ledger.token_of(&p.name(0, b"k"), b"a"), Some(F));
         // A lock taken with plain SET NX has no fence key: nothing learned.
         s.keys
             .insert(b"z".to_vec(), (Value::Str(b"lua".to_vec()), Some(T0 + 10)));
@@ -751,7 +775,7 @@ mod tests {
             refresh(&mut s.view(b"z", b"lua"), 1000, &mut p, TERM),
             Ok(true)
         );
-        assert_eq!(p.ledger.get(0, b"z"), None);
+        assert_eq!(p.ledger.get(&p.name(0, b"z")), None);
     }
 
     #[test]

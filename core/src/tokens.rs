@@ -235,27 +235,33 @@ impl Terms {
         self.opened
     }
 
-    /// The cells of `name`, one per row.
-    fn cells_of(&self, name: &[u8]) -> [usize; GUARD_ROWS] {
+    /// The keyed hash of `name` (the key is drawn when the first term
+    /// opens, so nobody can pick names that collide): one computation per
+    /// command, shared by the marks and the ledger.
+    pub fn hash(&self, name: &[u8]) -> u64 {
         use std::hash::Hasher;
         let mut h = std::hash::DefaultHasher::new();
         h.write_u64(self.seed);
         h.write(name);
-        let h = h.finish();
+        h.finish()
+    }
+
+    /// The cells of the name whose hash is `hash`, one per row.
+    fn cells_of(hash: u64) -> [usize; GUARD_ROWS] {
         let mask = (GUARD_CELLS - 1) as u64;
         [
-            (h & mask) as usize,
-            GUARD_CELLS + ((h >> 32) & mask) as usize,
+            (hash & mask) as usize,
+            GUARD_CELLS + ((hash >> 32) & mask) as usize,
         ]
     }
 
-    /// At least every token this process ever issued for `name` (0 before
-    /// any term opened).
-    fn guard(&self, name: &[u8]) -> i64 {
+    /// At least every token this process ever issued for the name whose
+    /// hash is `hash` (0 before any term opened).
+    fn guard(&self, hash: u64) -> i64 {
         if self.cells.is_empty() {
             return 0;
         }
-        self.cells_of(name)
+        Self::cells_of(hash)
             .iter()
             .map(|&c| self.cells[c])
             .min()
@@ -272,12 +278,22 @@ impl Terms {
     /// [`LockError::TokenOverflow`] when no token is left below `i64::MAX`
     /// for this name.
     pub fn peek(&self, name: &[u8], fence: i64, mode: TokenMode) -> Result<i64, LockError> {
+        self.peek_hashed(self.hash(name), fence, mode)
+    }
+
+    /// [`peek`](Self::peek) for the name whose [`hash`](Self::hash) is
+    /// `hash`.
+    ///
+    /// # Errors
+    ///
+    /// As [`peek`](Self::peek).
+    pub fn peek_hashed(&self, hash: u64, fence: i64, mode: TokenMode) -> Result<i64, LockError> {
         let after_fence = fence.checked_add(1).ok_or(LockError::TokenOverflow)?;
         match mode {
             TokenMode::Counter => Ok(after_fence),
             TokenMode::Term => {
                 let after_guard = self
-                    .guard(name)
+                    .guard(hash)
                     .checked_add(1)
                     .ok_or(LockError::TokenOverflow)?;
                 Ok(after_fence.max(self.floor).max(after_guard))
@@ -300,8 +316,14 @@ impl Terms {
     /// more. Counter mode records too, so a switch back to term mode stays
     /// above it.
     pub fn issued(&mut self, name: &[u8], token: i64) {
+        self.issued_hashed(self.hash(name), token);
+    }
+
+    /// [`issued`](Self::issued) for the name whose [`hash`](Self::hash) is
+    /// `hash`.
+    pub fn issued_hashed(&mut self, hash: u64, token: i64) {
         if !self.cells.is_empty() {
-            for c in self.cells_of(name) {
+            for c in Self::cells_of(hash) {
                 self.cells[c] = self.cells[c].max(token);
             }
         }
@@ -429,11 +451,11 @@ mod tests {
     fn names_sharing_one_cell_keep_their_own_counts() {
         // Find a name that shares A's first-row cell but not its second.
         let mut t = Terms::open_seeded(T0, 7);
-        let [a0, a1] = t.cells_of(A);
+        let [a0, a1] = Terms::cells_of(t.hash(A));
         let b = (0..u32::MAX)
             .map(|i| format!("n{i}").into_bytes())
             .find(|n| {
-                let [b0, b1] = t.cells_of(n);
+                let [b0, b1] = Terms::cells_of(t.hash(n));
                 b0 == a0 && b1 != a1
             })
             .unwrap();

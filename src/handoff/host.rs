@@ -191,7 +191,7 @@ impl Host for ServerHost<'_> {
         // by anyone in the meantime.
         let name = OwnedStr::new(&grant.key);
         let ctx = self.ctx;
-        process::with(|p| holder_token(ctx, &p.ledger, name.as_rstr(), &grant.owner))
+        process::with(|p| holder_token(ctx, p, name.as_rstr(), &grant.owner))
             == Ok(Some(grant.token))
     }
 
@@ -199,7 +199,7 @@ impl Host for ServerHost<'_> {
         let ctx = self.ctx;
         self.select(grant.db)
             && process::with(|p| {
-                remove_grant(ctx, &mut p.ledger, &grant.key, &grant.owner, grant.token)
+                remove_grant(ctx, p, &grant.key, &grant.owner, grant.token)
             })
     }
 

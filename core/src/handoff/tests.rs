@@ -93,7 +93,7 @@ impl Host for Fake {
         let recorded = self
             .process
             .as_ref()
-            .and_then(|p| p.ledger.token_of(0, &key, &g.owner));
+            .and_then(|p| p.ledger.token_of(&p.name(0, &key), &g.owner));
         self.keys.get(&key) == Some(&Value::Str(g.owner.clone())) && recorded == Some(g.token)
     }
     fn undo(&mut self, g: &Grant) -> bool {
@@ -102,7 +102,8 @@ impl Host for Fake {
             let key = k(g.db, &g.key);
             self.keys.keys.remove(&key);
             if let Some(p) = self.process.as_mut() {
-                p.ledger.forget(0, &key);
+                let name = p.name(0, &key);
+                p.ledger.forget(&name);
             }
         }
         stands
