@@ -37,6 +37,10 @@ pub struct RedisStore<'a> {
     ctx: &'a Ctx,
     db: i32,
     owner: RStr<'a>,
+    /// The bytes of the key and the owner, read once (each read is a call
+    /// into the server).
+    key_bytes: &'a [u8],
+    owner_bytes: &'a [u8],
     lock: Key<'a>,
     /// Opened on first use: REFRESH and RELEASE never touch it.
     fence: Option<Key<'a>>,
@@ -44,21 +48,23 @@ pub struct RedisStore<'a> {
 
 impl<'a> RedisStore<'a> {
     /// Opens `key` for writing, on behalf of `owner`.
-    pub fn open(ctx: &'a Ctx, key: RStr<'_>, owner: RStr<'a>) -> Self {
+    pub fn open(ctx: &'a Ctx, key: RStr<'a>, owner: RStr<'a>) -> Self {
         RedisStore {
             ctx,
             db: ctx.selected_db(),
             owner,
+            key_bytes: key.as_bytes(),
+            owner_bytes: owner.as_bytes(),
             lock: ctx.open_write(key),
             fence: None,
         }
     }
 
     fn fence(&mut self) -> &mut Key<'a> {
-        let (ctx, lock) = (self.ctx, &self.lock);
+        let (ctx, key) = (self.ctx, self.key_bytes);
         self.fence.get_or_insert_with(|| {
             // The open key keeps its own reference to the name.
-            let name = fence_name(lock.name().as_bytes());
+            let name = fence_name(key);
             ctx.open_write(name.as_rstr())
         })
     }
@@ -74,17 +80,17 @@ impl Store for RedisStore<'_> {
     }
 
     fn key(&self) -> &[u8] {
-        self.lock.name().as_bytes()
+        self.key_bytes
     }
 
     fn owner(&self) -> &[u8] {
-        self.owner.as_bytes()
+        self.owner_bytes
     }
 
     fn probe(&mut self) -> Result<Probe, LockError> {
         match self.lock.contents() {
             Contents::Missing => Ok(Probe::Free),
-            Contents::Str(v) if v == self.owner.as_bytes() => Ok(Probe::Mine),
+            Contents::Str(v) if v == self.owner_bytes => Ok(Probe::Mine),
             Contents::Str(_) => Ok(Probe::Other),
             Contents::Other => Err(LockError::LockWrongType),
         }
@@ -131,7 +137,7 @@ impl Store for RedisStore<'_> {
         let (owner, lock) = (self.owner, &mut self.lock);
         // Written in place (a raw string), not shared from argv: a later
         // read-mode DMA of a shared (embedded) string would copy it first.
-        lock.write(owner.as_bytes())
+        lock.write(self.owner_bytes)
             .map_err(|_| LockError::WriteFailed)?;
         lock.set_expire_at(expire_at_ms);
         let key = lock.name();

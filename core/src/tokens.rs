@@ -131,7 +131,7 @@ pub struct Terms {
     highest: i64,
     /// Terms opened since load.
     opened: u64,
-    /// The hash key of the cells.
+    /// The seed of the names' keyed hash, drawn when the first term opens.
     seed: u64,
     /// `GUARD_ROWS` rows of `GUARD_CELLS` cells; empty until the first
     /// term opens (the statics that hold a `Terms` must be `const`).
@@ -239,9 +239,8 @@ impl Terms {
     /// opens, so nobody can pick names that collide): one computation per
     /// command, shared by the marks and the ledger.
     pub fn hash(&self, name: &[u8]) -> u64 {
-        use std::hash::Hasher;
-        let mut h = std::hash::DefaultHasher::new();
-        h.write_u64(self.seed);
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = foldhash::quality::FixedState::with_seed(self.seed).build_hasher();
         h.write(name);
         h.finish()
     }
