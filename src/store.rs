@@ -118,10 +118,14 @@ impl Store for RedisStore<'_> {
         let mut buf = [0u8; 20];
         let digits = decimal(token, &mut buf);
         let fence = self.fence();
-        // Setting a string drops any expiry it had.
-        fence.write(digits).map_err(|_| LockError::WriteFailed)?;
-        if let Some(at) = fence_until_ms {
-            fence.set_expire_at(at);
+        // As `SET` does: the expiry is replaced, or dropped when the fence
+        // key is kept.
+        match fence_until_ms {
+            Some(at) => {
+                fence.overwrite(digits).map_err(|_| LockError::WriteFailed)?;
+                fence.set_expire_at(at);
+            }
+            None => fence.write(digits).map_err(|_| LockError::WriteFailed)?,
         }
         let fence_key = fence.name();
         match fence_until_ms {
@@ -135,9 +139,8 @@ impl Store for RedisStore<'_> {
         }
 
         let (owner, lock) = (self.owner, &mut self.lock);
-        // Written in place (a raw string), not shared from argv: a later
-        // read-mode DMA of a shared (embedded) string would copy it first.
-        lock.write(self.owner_bytes)
+        // Free (the probe said so): no expiry to drop before setting one.
+        lock.overwrite(self.owner_bytes)
             .map_err(|_| LockError::WriteFailed)?;
         lock.set_expire_at(expire_at_ms);
         let key = lock.name();

@@ -19,8 +19,9 @@ use crate::Cfg;
 
 /// The compared cases (workload 1's ids), each with the id its v0.1 side is
 /// filed under, and its row label.
-const PAIRS: [(&str, &str, &str); 3] = [
+const PAIRS: [(&str, &str, &str); 4] = [
     ("acquire", "acquire_v01", "ACQUIRE fresh key"),
+    ("acquire_again", "acquire_again_v01", "ACQUIRE released name"),
     ("refresh", "refresh_v01", "REFRESH"),
     ("release", "release_v01", "RELEASE"),
 ];

@@ -46,6 +46,21 @@ fn acquired(n: usize, prefix: &'static str) -> Gen {
     })
 }
 
+/// SPACELOCK.ACQUIRE (`release` false) or SPACELOCK.RELEASE of `n` keys
+/// under `prefix`, a new set of names every round.
+fn per_round(n: usize, prefix: &'static str, release: bool) -> Gen {
+    Box::new(move |r| {
+        let p = format!("{prefix}:{r}");
+        if release {
+            let cmds = Commands::build(n, |i| args!["SPACELOCK.RELEASE", key(&p, i), OWNER]);
+            (cmds, Expect::Int(1))
+        } else {
+            let cmds = Commands::build(n, |i| args!["SPACELOCK.ACQUIRE", key(&p, i), OWNER, TTL]);
+            (cmds, Expect::Token)
+        }
+    })
+}
+
 /// A SPACELOCK.REFRESH of each of the `n` keys under `prefix` we hold.
 fn refreshed(n: usize, prefix: &'static str) -> Gen {
     Box::new(move |_| {
@@ -74,6 +89,18 @@ pub(crate) fn workload1_cases(n: usize, valkey: bool, sha_rel: &str, sha_ref: &s
                 )
             }),
         ),
+        Case {
+            // The service's steady state: a name locked and released before,
+            // whose fence key is there with its expiry.
+            id: "acquire_again",
+            stat: "spacelock.acquire",
+            db: 3,
+            flush: true,
+            prep_once: false,
+            prep: Some(per_round(n, "g:m", false)),
+            warm: Some(per_round(n, "g:m", true)),
+            run: per_round(n, "g:m", false),
+        },
         Case::fresh(
             "set_nx_px",
             "set",

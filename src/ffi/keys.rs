@@ -115,6 +115,25 @@ impl Key<'_> {
     /// [`WriteRefused`] if the server refused (the key holds another type,
     /// or the size is beyond its limit); nothing was changed then.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), WriteRefused> {
+        self.overwrite(bytes)?;
+        // SAFETY: an open key, written above; SetExpire with NO_EXPIRE
+        // removes its expiry.
+        unsafe {
+            if api!(RedisModule_GetExpire)(self.raw()) != raw::REDISMODULE_NO_EXPIRE as c_longlong {
+                api!(RedisModule_SetExpire)(self.raw(), raw::REDISMODULE_NO_EXPIRE as c_longlong);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`write`](Self::write), but an existing expiry stays: for a caller
+    /// that sets the expiry next (removing it first would cost a second
+    /// change to the server's table of expiries).
+    ///
+    /// # Errors
+    ///
+    /// As [`write`](Self::write).
+    pub fn overwrite(&mut self, bytes: &[u8]) -> Result<(), WriteRefused> {
         let mut len = 0usize;
         // SAFETY: a key opened for writing (only `open_write` keys are ever
         // written: a read-only key refuses with ERR). StringTruncate makes a
@@ -133,9 +152,6 @@ impl Key<'_> {
                 return Err(WriteRefused);
             }
             std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr.cast::<u8>(), len);
-            if api!(RedisModule_GetExpire)(self.raw()) != raw::REDISMODULE_NO_EXPIRE as c_longlong {
-                api!(RedisModule_SetExpire)(self.raw(), raw::REDISMODULE_NO_EXPIRE as c_longlong);
-            }
         }
         Ok(())
     }
