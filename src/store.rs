@@ -122,7 +122,9 @@ impl Store for RedisStore<'_> {
         // key is kept.
         match fence_until_ms {
             Some(at) => {
-                fence.overwrite(digits).map_err(|_| LockError::WriteFailed)?;
+                fence
+                    .overwrite(digits)
+                    .map_err(|_| LockError::WriteFailed)?;
                 fence.set_expire_at(at);
             }
             None => fence.write(digits).map_err(|_| LockError::WriteFailed)?,
@@ -196,7 +198,13 @@ impl Store for RedisStore<'_> {
 /// does, if it still stands under the grant the ledger recorded for
 /// `owner` with `token`: the undo of a grant nobody received. Whether it
 /// did. The fence key is not consulted: anyone may have changed it.
-pub fn remove_grant(ctx: &Ctx, process: &mut Process, key: &[u8], owner: &[u8], token: i64) -> bool {
+pub fn remove_grant(
+    ctx: &Ctx,
+    process: &mut Process,
+    key: &[u8],
+    owner: &[u8],
+    token: i64,
+) -> bool {
     let name = OwnedStr::new(key);
     let mut lock = ctx.open_write(name.as_rstr());
     if lock.contents() != Contents::Str(owner) {

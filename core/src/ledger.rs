@@ -248,13 +248,27 @@ mod tests {
     #[test]
     fn keys_whose_hashes_collide_stay_apart() {
         let mut l = Ledger::new();
-        let (a, b) = (Name { db: 0, key: b"a", hash: 7 }, Name { db: 0, key: b"b", hash: 7 });
+        let (a, b) = (
+            Name {
+                db: 0,
+                key: b"a",
+                hash: 7,
+            },
+            Name {
+                db: 0,
+                key: b"b",
+                hash: 7,
+            },
+        );
         l.record(&a, b"x", rec(1, 100), 0);
         l.record(&b, b"y", rec(2, 100), 0);
         assert_eq!(l.token_of(&a, b"x"), Some(1));
         assert_eq!(l.token_of(&b, b"y"), Some(2));
         l.forget(&a);
-        assert_eq!((l.token_of(&a, b"x"), l.token_of(&b, b"y")), (None, Some(2)));
+        assert_eq!(
+            (l.token_of(&a, b"x"), l.token_of(&b, b"y")),
+            (None, Some(2))
+        );
     }
 
     #[test]

@@ -746,13 +746,17 @@ mod tests {
                 None => s.keys.remove(&fence),
                 Some(v) => s.keys.insert(fence.clone(), (Value::Str(v), None)),
             };
-            let got = current_token(&p.ledger, &p.name(0, b"k"), b"a", || s.view(b"k", b"a").last_token());
+            let got = current_token(&p.ledger, &p.name(0, b"k"), b"a", || {
+                s.view(b"k", b"a").last_token()
+            });
             assert_eq!(got, Ok(token));
         }
         // Another owner's grant is not this one: the fence key answers.
         s.keys
             .insert(fence.clone(), (Value::Str(b"9".to_vec()), None));
-        let got = current_token(&p.ledger, &p.name(0, b"k"), b"b", || s.view(b"k", b"b").last_token());
+        let got = current_token(&p.ledger, &p.name(0, b"k"), b"b", || {
+            s.view(b"k", b"b").last_token()
+        });
         assert_eq!(got, Ok(9));
     }
 

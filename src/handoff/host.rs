@@ -198,9 +198,7 @@ impl Host for ServerHost<'_> {
     fn undo(&mut self, grant: &Grant) -> bool {
         let ctx = self.ctx;
         self.select(grant.db)
-            && process::with(|p| {
-                remove_grant(ctx, p, &grant.key, &grant.owner, grant.token)
-            })
+            && process::with(|p| remove_grant(ctx, p, &grant.key, &grant.owner, grant.token))
     }
 
     fn unblock(&mut self, handle: Handle, outcome: Outcome) {
