@@ -4,6 +4,9 @@
 # non-zero if anything failed.
 #
 #   scripts/test-compat.sh                    # every integration test target
+#                                             # that depends on the server (not
+#                                             # bench_smoke: it starts its own
+#                                             # servers, and `make test` runs it)
 #   TESTS="ops compat" scripts/test-compat.sh # only these test targets
 #   SERVERS="redis70 valkey91" scripts/test-compat.sh
 #   NODE_SERVERS="redis82 valkey81 valkey91" scripts/test-compat.sh
@@ -23,7 +26,10 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export SPACELOCK_MODULE="${SPACELOCK_MODULE:-$TARGET_DIR/release/libspacelock.so}"
 SERVERS="${SERVERS:-redis70 redis82 valkey81 valkey91}"
 NODE_SERVERS="${NODE_SERVERS-valkey91}"
-TESTS="${TESTS:-*}"
+# Every [[test]] target of the module's package but bench_smoke, which never
+# uses the server under test: running it once per server repeats one check.
+default_tests=$(awk '/^\[\[test\]\]/ { t = 1; next } t && /^name *= */ { gsub(/[" ]/, "", $0); sub(/^name=/, "", $0); if ($0 != "bench_smoke") printf "%s ", $0; t = 0 }' Cargo.toml)
+TESTS="${TESTS:-$default_tests}"
 [ "${1:-}" = "--" ] && shift
 FILTER=("$@")
 
