@@ -6,6 +6,7 @@ import type { Linked } from './list';
 /**
  * The bookkeeping of one held lease, shared by the {@link Lease} handed to
  * the body and the heartbeat. Times are `performance.now()` (monotonic).
+ * @internal
  */
 export class LeaseState implements Linked<LeaseState> {
   /** Start of the last successful refresh (or the acquire's start). */
