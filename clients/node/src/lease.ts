@@ -129,7 +129,7 @@ export class LeaseState implements Linked<LeaseState> {
  */
 export class Lease {
   readonly #state: LeaseState;
-  /** The lock name as passed to `withSpaceLock`. */
+  /** The lock name as passed to `withSpaceLock`, without any prefix. */
   readonly name: string;
   /**
    * The fencing token of this grant, strictly greater than every token
@@ -145,7 +145,12 @@ export class Lease {
     this.#state = state;
   }
 
-  /** The lock's key: the SpaceLock's `keyPrefix` followed by the name. */
+  /**
+   * The lock's key as stored in Redis: the connection's ioredis `keyPrefix`
+   * (if any), the SpaceLock's `keyPrefix`, then {@link Lease.name}. A
+   * connection without a `keyPrefix` finds the lease's {@link Lease.owner}
+   * under it; the same as `locks.key(lease.name)`.
+   */
   get key(): string {
     return this.#state.key;
   }
