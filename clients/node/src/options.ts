@@ -14,7 +14,7 @@ export interface SpaceLockLogger {
 export interface SpaceLockOptions {
   /**
    * Lease time to live in ms; the heartbeat refreshes every `ttlMs / 3`.
-   * Default 30 000.
+   * At least 10 (a {@link RangeError} below). Default 30 000.
    */
   ttlMs?: number | undefined;
   /** Prepended to every lock name to form its Redis key. Default `'spacelock:lock:'`. */
@@ -86,10 +86,23 @@ const quietLogger: SpaceLockLogger = {
   error: () => undefined,
 };
 
+/**
+ * @internal The shortest ttl accepted, as in the Rust client: a shorter lease cannot be
+ * refreshed in time (its heartbeat would have to answer within a few ms).
+ */
+export const MIN_TTL_MS = 10;
+
 function positiveInt(name: string, v: number | undefined, dflt: number): number {
   if (v === undefined) return dflt;
   if (!Number.isFinite(v) || v <= 0) throw new RangeError(`${name} must be a positive number, got ${v}`);
   return Math.ceil(v);
+}
+
+function atLeast(name: string, min: number, v: number): number {
+  if (v < min) {
+    throw new RangeError(`${name} must be at least ${min} ms (a shorter lease cannot be refreshed in time), got ${v}`);
+  }
+  return v;
 }
 
 function nonNegative(name: string, v: number | undefined, dflt: number): number {
@@ -105,7 +118,7 @@ export function resolveOptions(o: SpaceLockOptions = {}): ResolvedOptions {
   }
   if (o.owner !== undefined && o.owner.length === 0) throw new RangeError('owner must not be empty');
   return {
-    ttlMs: positiveInt('ttlMs', o.ttlMs, 30_000),
+    ttlMs: atLeast('ttlMs', MIN_TTL_MS, positiveInt('ttlMs', o.ttlMs, 30_000)),
     keyPrefix: o.keyPrefix ?? 'spacelock:lock:',
     owner: o.owner ?? randomUUID(),
     logger: o.logger ?? quietLogger,

@@ -75,6 +75,14 @@ describe('options', () => {
     assert.throws(() => new SpaceLock(fx.redis, { ttlMs: Number.NaN, logger: undefined }), RangeError);
     assert.throws(() => new SpaceLock(fx.redis, { waitGraceMs: -5, owner: undefined }), RangeError);
   });
+
+  it('refuses a ttl below 10 ms, as the Rust client does', (t) => {
+    if (skipped(t)) return;
+    assert.throws(() => new SpaceLock(fx.redis, { ttlMs: 9 }), /ttlMs must be at least 10 ms/);
+    assert.throws(() => new SpaceLock(fx.redis, { ttlMs: 0.5 }), RangeError);
+    // (Not run: an ACQUIRE is bounded by the ttl, and a fresh connection's handshake takes longer than 10 ms.)
+    assert.doesNotThrow(() => fx.make({ ttlMs: 10 }));
+  });
 });
 
 describe('logging', () => {
