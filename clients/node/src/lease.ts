@@ -118,7 +118,8 @@ export class LeaseState implements Linked<LeaseState> {
 }
 
 /**
- * A held lock, as seen by the body running under it.
+ * A held lock, as seen by the body running under it. Leases are made by
+ * `SpaceLock.withSpaceLock`; constructing one yourself gives nothing usable.
  *
  * @example
  * ```ts
