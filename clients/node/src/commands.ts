@@ -18,34 +18,38 @@ export const LUA_RELEASE_SCRIPT =
 export const LUA_REFRESH_SCRIPT =
   'if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end';
 
+/** @internal */
 export function acquireCommand(mode: CommandMode, key: string, owner: string, ttlMs: number): LockCommand {
   return mode === 'module'
     ? new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs)])
     : new LockCommand('set', [key, owner, 'PX', String(ttlMs), 'NX'], { replyEncoding: 'utf8' });
 }
 
+/** @internal */
 export function acquireWaitCommand(key: string, owner: string, ttlMs: number, waitMs: number): LockCommand {
   return new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs), 'WAIT', String(waitMs)]);
 }
 
-/** The heartbeat's refresh, as a name and arguments (the key first for the module). */
+/** @internal The heartbeat's refresh, as a name and arguments (the key first for the module). */
 export function refreshSpec(mode: CommandMode, key: string, owner: string, ttlMs: number): { name: string; args: string[] } {
   return mode === 'module'
     ? { name: 'spacelock.refresh', args: [key, owner, String(ttlMs)] }
     : { name: 'eval', args: [LUA_REFRESH_SCRIPT, '1', key, owner, String(ttlMs)] };
 }
 
-/** One module REFRESH (the confirmation of a late grant). */
+/** @internal One module REFRESH (the confirmation of a late grant). */
 export function refreshCommand(key: string, owner: string, ttlMs: number): LockCommand {
   return new KeyedCommand('spacelock.refresh', [key, owner, String(ttlMs)]);
 }
 
+/** @internal */
 export function releaseCommand(mode: CommandMode, key: string, owner: string): LockCommand {
   return mode === 'module'
     ? new KeyedCommand('spacelock.release', [key, owner])
     : new LockCommand('eval', [LUA_RELEASE_SCRIPT, '1', key, owner], { replyEncoding: 'utf8' });
 }
 
+/** @internal */
 export function infoCommand(key: string): LockCommand {
   return new KeyedCommand('spacelock.info', [key]);
 }
@@ -54,6 +58,7 @@ export function infoCommand(key: string): LockCommand {
  * The grant in an ACQUIRE reply: `null` when the lock is held, else the
  * token (`undefined` in Lua mode). Replies arrive as strings
  * (`stringNumbers: true`), so the token is exact.
+ * @internal
  */
 export function parseGrant(mode: CommandMode, reply: unknown): { token: bigint | undefined } | null {
   if (reply === null) return null;
@@ -75,7 +80,7 @@ function isDigits(s: string): boolean {
   return true;
 }
 
-/** 1 → true, 0 → false (REFRESH, RELEASE and the existing service's scripts). */
+/** @internal 1 → true, 0 → false (REFRESH, RELEASE and the existing service's scripts). */
 export function parseFlag(command: string, reply: unknown): boolean {
   if (reply === '1' || reply === 1) return true;
   if (reply === '0' || reply === 0) return false;
@@ -94,6 +99,7 @@ export interface LockInfo {
   waiters: number;
 }
 
+/** @internal */
 export function parseInfo(reply: unknown): LockInfo | null {
   if (reply === null) return null;
   if (!Array.isArray(reply) || reply.length % 2 !== 0) {

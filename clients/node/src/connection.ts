@@ -15,11 +15,12 @@ import type { Linked } from './list';
 /** What a SpaceLock accepts: a single-node connection or a cluster. */
 export type RedisConnection = Redis | Cluster;
 
+/** @internal */
 export function isCluster(conn: RedisConnection): conn is Cluster {
   return (conn as { isCluster?: boolean }).isCluster === true;
 }
 
-/** The key prefix ioredis would apply to known commands on `conn`. */
+/** @internal The key prefix ioredis would apply to known commands on `conn`. */
 export function connectionKeyPrefix(conn: RedisConnection): string {
   const opts = conn.options as { keyPrefix?: string; redisOptions?: { keyPrefix?: string } };
   return opts.keyPrefix || opts.redisOptions?.keyPrefix || '';
@@ -28,6 +29,7 @@ export function connectionKeyPrefix(conn: RedisConnection): string {
 /**
  * A lock cycle's command. It carries its deadline and the links by which
  * {@link ReplyDeadlines} lists it while it is in flight.
+ * @internal
  */
 export class LockCommand extends Command implements Linked<LockCommand> {
   /** @internal When {@link ReplyDeadlines} gives up waiting (performance.now()). */
@@ -45,6 +47,7 @@ export class LockCommand extends Command implements Linked<LockCommand> {
  * positions of built-in commands; without this, a Cluster would send
  * `SPACELOCK.*` commands to a random node and follow MOVED every time, and
  * refuse to pipeline them.
+ * @internal
  */
 export class KeyedCommand extends LockCommand {
   private readonly lockKey: string;
@@ -63,6 +66,7 @@ export class KeyedCommand extends LockCommand {
  * The RESP encoding of a command, as ioredis writes it, in a Buffer: a batch
  * of them is then joined with one copy, where strings would be joined into a
  * rope that the socket write must flatten and encode again every tick.
+ * @internal
  */
 export function encodeCommand(name: string, args: readonly string[]): Buffer {
   let out = `*${args.length + 1}\r\n$${Buffer.byteLength(name)}\r\n${name}\r\n`;
@@ -76,6 +80,7 @@ export function encodeCommand(name: string, args: readonly string[]): Buffer {
  * instead of through a promise (at 10 000 leases, ioredis' per-command
  * promise and pipeline bookkeeping cost more than everything else together).
  * `onReply` is called once, with the reply or the error.
+ * @internal
  */
 export class ReplyCommand extends Command {
   private readonly lockKey: string;
@@ -120,6 +125,7 @@ export class ReplyCommand extends Command {
  */
 const EMPTY = Buffer.alloc(0);
 
+/** @internal */
 export class BatchCommand extends Command {
   private written = 0;
   private settled = 0;
@@ -159,6 +165,7 @@ export class BatchCommand extends Command {
  * The heartbeat's own connection (single node): no command timeout and no
  * resending, as {@link BatchCommand} needs. Refreshes lost with a broken
  * connection are simply sent afresh at the next tick.
+ * @internal
  */
 export function duplicateForHeartbeats(conn: Redis): Redis {
   return conn.duplicate({
@@ -170,7 +177,7 @@ export function duplicateForHeartbeats(conn: Redis): Redis {
   });
 }
 
-/** Sends `command` on `conn` and returns its reply. */
+/** @internal Sends `command` on `conn` and returns its reply. */
 export function send(conn: RedisConnection, command: Command): Promise<unknown> {
   conn.sendCommand(command);
   return command.promise as Promise<unknown>;
@@ -206,6 +213,7 @@ function readSlotsWithNumbers(cluster: Cluster): Cluster {
  * opened on first use, so the first command always meets a connecting
  * socket: they queue commands until ready even if yours has
  * `enableOfflineQueue: false`.
+ * @internal
  */
 export function duplicateForCommands(conn: RedisConnection): RedisConnection {
   const own = { stringNumbers: true, keyPrefix: '' };
@@ -226,6 +234,7 @@ export function duplicateForCommands(conn: RedisConnection): RedisConnection {
  * time: no command timeout (the SpaceLock applies its own deadline), no
  * resending after a reconnect and no reconnecting (a broken connection is
  * dropped from the pool), so a wait is never silently repeated.
+ * @internal
  */
 export function duplicateForWaits(conn: RedisConnection): RedisConnection {
   const own = {
@@ -249,12 +258,12 @@ export function duplicateForWaits(conn: RedisConnection): RedisConnection {
   return conn.duplicate({ ...own, enableOfflineQueue: true, retryStrategy: () => null });
 }
 
-/** Whether a pooled connection can still carry a command. */
+/** @internal Whether a pooled connection can still carry a command. */
 export function isUsable(conn: RedisConnection): boolean {
   return conn.status !== 'end' && conn.status !== 'close' && conn.status !== 'disconnecting';
 }
 
-/** Closes a connection we own: QUIT, then a hard disconnect if that fails or stalls. */
+/** @internal Closes a connection we own: QUIT, then a hard disconnect if that fails or stalls. */
 export async function closeConnection(conn: RedisConnection, timeoutMs = 1_000): Promise<void> {
   if (!isUsable(conn) || conn.status === 'wait') {
     conn.disconnect();
@@ -296,6 +305,7 @@ export async function closeConnection(conn: RedisConnection, timeoutMs = 1_000):
  * Counts connection losses on `conn` (every node of a cluster), so a caller
  * can tell whether a reply may come from a command that ioredis resent after
  * a reconnect.
+ * @internal
  */
 export class ReconnectCounter {
   epoch = 0;

@@ -85,17 +85,17 @@ export class LeaseLostError extends SpaceLockError {
   }
 }
 
-/** The message of ioredis' own per-command timeout (`Command#setTimeout`). */
+/** @internal The message of ioredis' own per-command timeout (`Command#setTimeout`). */
 export const COMMAND_TIMED_OUT = 'Command timed out';
 
-/** Whether `err` is the server's "unknown command" reply to a SPACELOCK.* command. */
+/** @internal Whether `err` is the server's "unknown command" reply to a SPACELOCK.* command. */
 export function isUnknownSpacelockCommand(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   const m = err.message.toLowerCase();
   return m.includes('unknown command') && m.includes('spacelock.');
 }
 
-/** Whether `err` is an error reply from the server (as opposed to a connection failure). */
+/** @internal Whether `err` is an error reply from the server (as opposed to a connection failure). */
 export function isReplyError(err: unknown): boolean {
   return err instanceof Error && err.name === 'ReplyError';
 }

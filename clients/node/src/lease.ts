@@ -6,6 +6,7 @@ import type { Linked } from './list';
 /**
  * The bookkeeping of one held lease, shared by the {@link Lease} handed to
  * the body and the heartbeat. Times are `performance.now()` (monotonic).
+ * @internal
  */
 export class LeaseState implements Linked<LeaseState> {
   /** Start of the last successful refresh (or the acquire's start). */
@@ -117,7 +118,8 @@ export class LeaseState implements Linked<LeaseState> {
 }
 
 /**
- * A held lock, as seen by the body running under it.
+ * A held lock, as seen by the body running under it. Leases are made by
+ * `SpaceLock.withSpaceLock`; constructing one yourself gives nothing usable.
  *
  * @example
  * ```ts
@@ -128,7 +130,7 @@ export class LeaseState implements Linked<LeaseState> {
  */
 export class Lease {
   readonly #state: LeaseState;
-  /** The lock name as passed to `withSpaceLock`. */
+  /** The lock name as passed to `withSpaceLock`, without any prefix. */
   readonly name: string;
   /**
    * The fencing token of this grant, strictly greater than every token
@@ -144,7 +146,12 @@ export class Lease {
     this.#state = state;
   }
 
-  /** The lock's key: the SpaceLock's `keyPrefix` followed by the name. */
+  /**
+   * The lock's key as stored in Redis: the connection's ioredis `keyPrefix`
+   * (if any), the SpaceLock's `keyPrefix`, then {@link Lease.name}. A
+   * connection without a `keyPrefix` finds the lease's {@link Lease.owner}
+   * under it; the same as `locks.key(lease.name)`.
+   */
   get key(): string {
     return this.#state.key;
   }

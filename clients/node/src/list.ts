@@ -5,7 +5,7 @@
  * per command and per lease. An item is in at most one list.
  */
 
-/** The fields an item carries for its list. */
+/** @internal The fields an item carries for its list. */
 export interface Linked<T> {
   /** @internal Whether the item is in a list. */
   linked: boolean;
@@ -15,6 +15,7 @@ export interface Linked<T> {
   nextLink: T | undefined;
 }
 
+/** @internal */
 export class LinkedList<T extends Linked<T>> {
   private head: T | undefined;
   private tail: T | undefined;

@@ -10,59 +10,64 @@ export interface SpaceLockLogger {
   error(message: string, ...rest: unknown[]): unknown;
 }
 
-/** Options of a {@link SpaceLock}. */
+/** Options of a {@link SpaceLock}. Each may be left out, or set to `undefined`, for its default. */
 export interface SpaceLockOptions {
   /**
    * Lease time to live in ms; the heartbeat refreshes every `ttlMs / 3`.
-   * Default 30 000.
+   * At least 10 (a {@link RangeError} below). Default 30 000.
    */
-  ttlMs?: number;
+  ttlMs?: number | undefined;
   /** Prepended to every lock name to form its Redis key. Default `'spacelock:lock:'`. */
-  keyPrefix?: string;
+  keyPrefix?: string | undefined;
   /**
    * This instance's id (the existing service's `instanceId`). Each lease writes
    * `<owner>:<n>` into its key, so a late command of an old lease can never
    * touch a newer one. Default: a fresh UUID v4.
    */
-  owner?: string;
-  /** Where warnings go. Default: `console.warn` / `console.error`, nothing for `log`. */
-  logger?: SpaceLockLogger;
+  owner?: string | undefined;
+  /**
+   * Where the client reports what it cannot throw (a lost lease, a failed
+   * release or refresh, a connection error, the switch to `fallback: 'lua'`).
+   * Default: nowhere, the client prints nothing. Pass `console`, or a NestJS
+   * `new Logger('SpaceLock')`, to see them.
+   */
+  logger?: SpaceLockLogger | undefined;
   /**
    * `'lua'`: on a server without the module, run the existing Lua-based
    * service's exact commands
    * (`SET NX PX` and its Lua refresh and release). Locks taken either way
    * exclude each other. Default: off (a {@link ModuleNotLoadedError} is thrown).
    */
-  fallback?: 'lua';
+  fallback?: 'lua' | undefined;
   /** Most dedicated connections for `waitMs` acquires. Default 4. */
-  waitConnections?: number;
+  waitConnections?: number | undefined;
   /**
    * How long past `waitMs` a waiting call may take before it gives up on the
    * server's reply. Default 2 000 ms.
    */
-  waitGraceMs?: number;
+  waitGraceMs?: number | undefined;
   /**
    * How long `withSpaceLock` waits for the release before it returns `fn`'s
    * result anyway (the release goes on in the background). Default 2 000 ms.
    */
-  releaseTimeoutMs?: number;
+  releaseTimeoutMs?: number | undefined;
 }
 
-/** Options of one {@link SpaceLock.withSpaceLock} call. */
+/** Options of one {@link SpaceLock.withSpaceLock} call. Each may be left out or set to `undefined`. */
 export interface WithSpaceLockOptions {
   /**
    * Wait up to this many ms for a held lock, queued on the server
-   * (`SPACELOCK.ACQUIRE … WAIT`). Omitted or 0: do not wait.
+   * (`SPACELOCK.ACQUIRE … WAIT`). Omitted, `undefined` or 0: do not wait.
    */
-  waitMs?: number;
+  waitMs?: number | undefined;
   /**
    * Cancels the call: while waiting it stops the wait (the call rejects with
    * the signal's reason); while `fn` runs it aborts `lease.signal`.
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
-/** Options with defaults applied. */
+/** @internal Options with defaults applied. */
 export interface ResolvedOptions {
   ttlMs: number;
   keyPrefix: string;
@@ -74,16 +79,30 @@ export interface ResolvedOptions {
   releaseTimeoutMs: number;
 }
 
-const consoleLogger: SpaceLockLogger = {
+/** The default logger: a library prints nothing unless asked to. */
+const quietLogger: SpaceLockLogger = {
   log: () => undefined,
-  warn: (m: string) => console.warn(`[spacelock] ${m}`),
-  error: (m: string) => console.error(`[spacelock] ${m}`),
+  warn: () => undefined,
+  error: () => undefined,
 };
+
+/**
+ * @internal The shortest ttl accepted, as in the Rust client: a shorter lease cannot be
+ * refreshed in time (its heartbeat would have to answer within a few ms).
+ */
+export const MIN_TTL_MS = 10;
 
 function positiveInt(name: string, v: number | undefined, dflt: number): number {
   if (v === undefined) return dflt;
   if (!Number.isFinite(v) || v <= 0) throw new RangeError(`${name} must be a positive number, got ${v}`);
   return Math.ceil(v);
+}
+
+function atLeast(name: string, min: number, v: number): number {
+  if (v < min) {
+    throw new RangeError(`${name} must be at least ${min} ms (a shorter lease cannot be refreshed in time), got ${v}`);
+  }
+  return v;
 }
 
 function nonNegative(name: string, v: number | undefined, dflt: number): number {
@@ -92,16 +111,17 @@ function nonNegative(name: string, v: number | undefined, dflt: number): number 
   return v;
 }
 
+/** @internal */
 export function resolveOptions(o: SpaceLockOptions = {}): ResolvedOptions {
   if (o.fallback !== undefined && o.fallback !== 'lua') {
     throw new RangeError(`fallback must be 'lua' or undefined, got ${String(o.fallback)}`);
   }
   if (o.owner !== undefined && o.owner.length === 0) throw new RangeError('owner must not be empty');
   return {
-    ttlMs: positiveInt('ttlMs', o.ttlMs, 30_000),
+    ttlMs: atLeast('ttlMs', MIN_TTL_MS, positiveInt('ttlMs', o.ttlMs, 30_000)),
     keyPrefix: o.keyPrefix ?? 'spacelock:lock:',
     owner: o.owner ?? randomUUID(),
-    logger: o.logger ?? consoleLogger,
+    logger: o.logger ?? quietLogger,
     fallback: o.fallback,
     waitConnections: positiveInt('waitConnections', o.waitConnections, 4),
     waitGraceMs: nonNegative('waitGraceMs', o.waitGraceMs, 2_000),
@@ -109,7 +129,7 @@ export function resolveOptions(o: SpaceLockOptions = {}): ResolvedOptions {
   };
 }
 
-/** Interval between heartbeats: `max(1, floor(ttl / 3))` ms, as the existing service computes it. */
+/** @internal Interval between heartbeats: `max(1, floor(ttl / 3))` ms, as the existing service computes it. */
 export function refreshInterval(ttlMs: number): number {
   return Math.max(1, Math.floor(ttlMs / 3));
 }

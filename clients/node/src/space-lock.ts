@@ -94,9 +94,14 @@ export class SpaceLock {
     };
   }
 
-  /** The lock's key for `name`: the `keyPrefix` followed by `name`. */
+  /**
+   * The lock's key for `name` as stored in Redis: your connection's ioredis
+   * `keyPrefix` (if it has one), then this SpaceLock's `keyPrefix`, then
+   * `name`. The same string as {@link Lease.key}: `GET` it on a connection
+   * without a `keyPrefix` to see the holder.
+   */
   key(name: string): string {
-    return this.opts.keyPrefix + name;
+    return this.connPrefix + this.opts.keyPrefix + name;
   }
 
   /** Whether this SpaceLock is inside `name` right now. */
@@ -186,7 +191,7 @@ export class SpaceLock {
     let state: LeaseState | undefined;
     let onAbort: (() => void) | undefined;
     try {
-      const redisKey = this.connPrefix + key;
+      const redisKey = key; // this.key(name): with the connection's keyPrefix
       const owner = `${this.owner}:${++this.seq}`;
       const grant: Grant | null =
         waitMs > 0
@@ -234,7 +239,7 @@ export class SpaceLock {
    */
   async info(name: string): Promise<LockInfo | null> {
     if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
-    const command = infoCommand(this.connPrefix + this.key(name));
+    const command = infoCommand(this.key(name));
     try {
       return parseInfo(await this.deadlines.send(this.conn(), command, this.opts.ttlMs));
     } catch (err) {

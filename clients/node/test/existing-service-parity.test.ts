@@ -151,10 +151,18 @@ describe('parity with the existing SpaceLockService', () => {
     const locks = new SpaceLock(prefixed, { keyPrefix: 'git-sync:lock:', logger: recordingLogger() });
     fx.track(locks);
     await locks.withSpaceLock('space-9', async (lease) => {
-      assert.equal(lease.key, 'git-sync:lock:space-9');
-      assert.equal(await fx.admin.get('app:git-sync:lock:space-9'), lease.owner);
+      // lease.key is the key as stored: a connection without a prefix finds the holder under it.
+      assert.equal(lease.key, 'app:git-sync:lock:space-9');
+      assert.equal(lease.name, 'space-9');
+      assert.equal(locks.key('space-9'), lease.key);
+      assert.equal(await fx.admin.exists(lease.key), 1);
+      assert.equal(await fx.admin.get(lease.key), lease.owner);
       assert.equal(await prefixed.get('git-sync:lock:space-9'), lease.owner, 'the user sees it through their prefix');
+      assert.equal((await locks.info('space-9'))?.owner, lease.owner);
+      assert.equal(locks.isRunning('space-9'), true);
     });
+    assert.equal(await fx.admin.exists('app:git-sync:lock:space-9'), 0, 'released');
+    assert.equal(locks.isRunning('space-9'), false);
   });
 
   it("the existing service's Lua refresh and release work on a module lock, and a module release on a SET NX lock", async (t) => {

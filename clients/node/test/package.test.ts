@@ -1,16 +1,65 @@
 /**
  * `npm pack` yields a working tarball: installed into a fresh project it
- * loads through require and import, type-checks, and locks.
+ * loads through require and import, type-checks, and locks. It ships the
+ * LICENSE, no source maps, and declarations of the public API only.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
+import ts from 'typescript';
 import { missingModule, TestServer } from './harness';
 
 const pkgDir = path.resolve(__dirname, '../..');
+
+/** What src/index.ts exports: the whole public API, values and types. */
+const PUBLIC_NAMES = [
+  'CommandMode',
+  'CommandTimeoutError',
+  'LUA_REFRESH_SCRIPT',
+  'LUA_RELEASE_SCRIPT',
+  'Lease',
+  'LeaseLostError',
+  'LockInfo',
+  'LostReason',
+  'ModuleNotLoadedError',
+  'RedisConnection',
+  'SkipReason',
+  'Skipped',
+  'SpaceLock',
+  'SpaceLockError',
+  'SpaceLockLogger',
+  'SpaceLockOptions',
+  'WithSpaceLockOptions',
+  'isSkipped',
+];
+
+/** Internals that must not show in the shipped declarations. */
+const INTERNAL_NAMES = [
+  'LeaseState',
+  'resolveOptions',
+  'ResolvedOptions',
+  'refreshInterval',
+  'WaitPool',
+  'Heartbeat',
+  'ReplyDeadlines',
+  'AcquireContext',
+  'acquireOnce',
+  'LockCommand',
+  'KeyedCommand',
+  'BatchCommand',
+  'ReplyCommand',
+  'connectionKeyPrefix',
+  'duplicateForCommands',
+  'closeConnection',
+  'ReconnectCounter',
+  'LinkedList',
+  'parseGrant',
+  'COMMAND_TIMED_OUT',
+  'isUnknownSpacelockCommand',
+];
 
 function npmMissing(): string | undefined {
   try {
@@ -44,17 +93,53 @@ describe('npm pack', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  it('ships dist with declarations and the README, nothing else', (t: TestContext) => {
+  it('ships dist with declarations, the README and the LICENSE, nothing else', (t: TestContext) => {
     if (reason) return void t.skip(reason);
-    const files = JSON.parse(execFileSync('cat', [path.join(dir, 'files.json')], { encoding: 'utf8' })) as string[];
-    for (const f of ['package.json', 'README.md', 'dist/index.js', 'dist/index.d.ts', 'dist/space-lock.d.ts']) {
+    const files = JSON.parse(readFileSync(path.join(dir, 'files.json'), 'utf8')) as string[];
+    for (const f of ['package.json', 'README.md', 'LICENSE', 'dist/index.js', 'dist/index.d.ts', 'dist/space-lock.d.ts']) {
       assert.ok(files.includes(f), `${f} in the tarball`);
     }
     assert.deepEqual(
-      files.filter((f) => !f.startsWith('dist/') && !['package.json', 'README.md'].includes(f)),
+      files.filter((f) => !f.startsWith('dist/') && !['package.json', 'README.md', 'LICENSE'].includes(f)),
       [],
       'no sources, tests or config',
     );
+    assert.deepEqual(files.filter((f) => f.endsWith('.map')), [], 'no source maps');
+  });
+
+  it('npm pack --dry-run lists no source maps, and the LICENSE, README and entry points', (t: TestContext) => {
+    if (reason) return void t.skip(reason);
+    const out = execFileSync('npm', ['pack', '--dry-run', '--ignore-scripts', '--json'], { cwd: pkgDir, encoding: 'utf8' });
+    const [info] = JSON.parse(out) as Array<{ files: Array<{ path: string }> }>;
+    const files = info!.files.map((f) => f.path);
+    for (const f of ['LICENSE', 'README.md', 'dist/index.js', 'dist/index.d.ts']) assert.ok(files.includes(f), `${f} listed`);
+    assert.deepEqual(files.filter((f) => f.endsWith('.map')), [], 'no .map files');
+    const license = readFileSync(path.join(pkgDir, 'LICENSE'), 'utf8');
+    const pkg = JSON.parse(readFileSync(path.join(pkgDir, 'package.json'), 'utf8')) as { license: string };
+    assert.equal(pkg.license, 'MIT');
+    assert.match(license, /^MIT License\n\nCopyright \(c\) \d{4} /);
+  });
+
+  it('the shipped declarations export the public API and show no internals', (t: TestContext) => {
+    if (reason) return void t.skip(reason);
+    const unpacked = path.join(dir, 'unpacked');
+    mkdirSync(unpacked, { recursive: true });
+    execFileSync('tar', ['-xzf', tarball, '-C', unpacked]);
+    const distDir = path.join(unpacked, 'package/dist');
+    const declarations = readdirSync(distDir).filter((f) => f.endsWith('.d.ts'));
+    assert.ok(declarations.includes('index.d.ts'));
+    for (const f of declarations) {
+      const text = readFileSync(path.join(distDir, f), 'utf8');
+      for (const name of INTERNAL_NAMES) {
+        assert.doesNotMatch(text, new RegExp(`\\b${name}\\b`), `${name} shows in ${f}`);
+      }
+    }
+    // What a consumer's compiler sees as the package's exports: exactly the public names.
+    const program = ts.createProgram([path.join(distDir, 'index.d.ts')], { strict: true, types: [], noEmit: true });
+    const checker = program.getTypeChecker();
+    const index = program.getSourceFile(path.join(distDir, 'index.d.ts'))!;
+    const exported = checker.getExportsOfModule(checker.getSymbolAtLocation(index)!).map((s) => s.name);
+    assert.deepEqual(exported.sort(), [...PUBLIC_NAMES].sort());
   });
 
   it('installs into a fresh project, loads with require and import, type-checks, and locks', async (t: TestContext) => {
@@ -83,7 +168,7 @@ describe('npm pack', () => {
     );
     assert.equal(esm.trim(), 'function function');
 
-    // The declarations work for a strict TypeScript consumer.
+    // The declarations work for a strict TypeScript consumer (exactOptionalPropertyTypes too).
     writeFileSync(
       path.join(app, 'check.ts'),
       `import { Redis } from 'ioredis';
@@ -94,6 +179,11 @@ async function f(): Promise<number> {
   if (isSkipped(r)) { const why: 'in-progress' | 'lock-held' = r.skipped; void why; return 0; }
   const w = await locks.withSpaceLock('s', async () => 'x', { waitMs: 5_000 });
   if (typeof w !== 'string') { const why: 'in-progress' | 'lock-held' | 'timed-out' = w.skipped; void why; }
+  // Options left undefined are accepted under exactOptionalPropertyTypes.
+  const opts: { waitMs?: number; signal?: AbortSignal } = {};
+  await locks.withSpaceLock('s', async () => 2, { waitMs: undefined, signal: undefined });
+  await locks.withSpaceLock('s', async () => 3, { waitMs: opts.waitMs, signal: opts.signal });
+  new SpaceLock(new Redis({ lazyConnect: true }), { ttlMs: undefined, logger: undefined, fallback: undefined });
   return r;
 }
 void f; void ModuleNotLoadedError;
@@ -102,7 +192,7 @@ void f; void ModuleNotLoadedError;
     const tsc = path.join(pkgDir, 'node_modules/typescript/bin/tsc');
     execFileSync(
       process.execPath,
-      [tsc, '--noEmit', '--strict', '--skipLibCheck', '--target', 'es2022', '--module', 'commonjs', '--moduleResolution', 'node',
+      [tsc, '--noEmit', '--strict', '--exactOptionalPropertyTypes', '--skipLibCheck', '--target', 'es2022', '--module', 'commonjs', '--moduleResolution', 'node',
         '--esModuleInterop', '--typeRoots', path.join(pkgDir, 'node_modules/@types'), '--types', 'node', 'check.ts'],
       { cwd: app, encoding: 'utf8' },
     );
