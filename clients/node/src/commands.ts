@@ -49,6 +49,41 @@ export function releaseCommand(mode: CommandMode, key: string, owner: string): L
     : new LockCommand('eval', [LUA_RELEASE_SCRIPT, '1', key, owner], { replyEncoding: 'utf8' });
 }
 
+/** @internal `SPACELOCK.CHECK key owner token`: 1 while `owner` holds `key` under exactly that grant. */
+export function checkCommand(key: string, owner: string, token: bigint): LockCommand {
+  return new KeyedCommand('spacelock.check', [key, owner, token.toString()]);
+}
+
+/**
+ * The fenced write of docs/fencing.md, byte for byte: `SET KEYS[2] ARGV[3]`
+ * only while `SPACELOCK.CHECK KEYS[1] ARGV[1] ARGV[2]` (lock, owner, token)
+ * answers 1, in one atomic script. Replies `OK` when it wrote, nil when not.
+ */
+export const FENCED_WRITE_SCRIPT = `if redis.call('SPACELOCK.CHECK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  return redis.call('SET', KEYS[2], ARGV[3])
+end
+return nil`;
+
+/** @internal {@link FENCED_WRITE_SCRIPT} for one write (in a cluster, `dataKey` must share the lock's slot). */
+export function fencedWriteCommand(
+  lockKey: string,
+  dataKey: string,
+  owner: string,
+  token: bigint,
+  value: string | Buffer,
+): LockCommand {
+  return new LockCommand('eval', [FENCED_WRITE_SCRIPT, '2', lockKey, dataKey, owner, token.toString(), value], {
+    replyEncoding: 'utf8',
+  });
+}
+
+/** @internal The fenced write's reply: `OK` → written, nil → refused. */
+export function parseFencedWrite(reply: unknown): boolean {
+  if (reply === 'OK') return true;
+  if (reply === null) return false;
+  throw new TypeError(`unexpected reply to the fenced write: ${String(reply)}`);
+}
+
 /** @internal */
 export function infoCommand(key: string): LockCommand {
   return new KeyedCommand('spacelock.info', [key]);

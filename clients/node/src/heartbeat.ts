@@ -10,6 +10,11 @@
  * acquire), on the monotonic clock. Between ticks the timer also wakes at the
  * earliest such deadline, so a loss is signalled on time even when refreshes
  * are failing.
+ *
+ * When a connection comes back after an outage ('ready' after a reconnect),
+ * every lease that missed a refresh meanwhile is refreshed at once: waiting
+ * for the next tick would lose a lease whose outage ended in the last third
+ * of its ttl, although the server still held it.
  */
 import { BatchCommand, ReplyCommand, type RedisConnection } from './connection';
 import type { Redis } from 'ioredis';
@@ -35,6 +40,8 @@ export class Heartbeat {
   private timer: NodeJS.Timeout | undefined;
   private nextTickAt = 0;
   private readonly interval: number;
+  /** The connections whose 'ready' this heartbeat listens to. */
+  private readonly watched = new WeakSet<object>();
 
   /**
    * @param conn where refreshes go: a Cluster (each refresh is routed to its
@@ -57,7 +64,7 @@ export class Heartbeat {
     this.leases.add(lease);
     if (this.timer === undefined) {
       try {
-        this.conn(); // open the heartbeat's connection now, so it is ready by the first tick
+        this.target(); // open the heartbeat's connection now, so it is ready by the first tick
       } catch {
         // closed: the first tick reports it
       }
@@ -75,6 +82,37 @@ export class Heartbeat {
     clearTimeout(this.timer);
     this.timer = undefined;
   }
+
+  /** Where refreshes go (see the constructor), listening for its reconnects the first time it is seen. */
+  private target(): ReturnType<typeof this.conn> {
+    const target = this.conn();
+    const conn = 'cluster' in target ? target.cluster : target.single;
+    if (!this.watched.has(conn)) {
+      this.watched.add(conn);
+      conn.on('ready', this.onReady);
+    }
+    return target;
+  }
+
+  /**
+   * The connection is (back) up: refresh at once every lease that has gone
+   * a whole interval without a successful refresh (so not after the first
+   * connect, which follows the acquire), unless a refresh is in flight.
+   */
+  private readonly onReady = (): void => {
+    const now = performance.now();
+    const due: LeaseState[] = [];
+    this.leases.forEach((lease) => {
+      if (lease.reason !== undefined || now >= lease.deadline) return; // the next tick reports and drops it
+      const missed = now - lease.lastOkStart >= this.interval - 1;
+      const idle = lease.refreshSentAt === undefined || now - lease.refreshSentAt >= this.interval - 1;
+      if (missed && idle) {
+        lease.refreshSentAt = now;
+        due.push(lease);
+      }
+    });
+    if (due.length > 0) this.send(due, now);
+  };
 
   private schedule(ms: number): void {
     clearTimeout(this.timer);
@@ -144,7 +182,7 @@ export class Heartbeat {
     };
     let target: ReturnType<typeof this.conn>;
     try {
-      target = this.conn();
+      target = this.target();
     } catch (err) {
       // The SpaceLock was closed under a held lease: nothing can refresh it.
       for (const lease of due) onReply(lease, err instanceof Error ? err : new Error(String(err)), null);

@@ -4,10 +4,10 @@
  *
  * @packageDocumentation
  */
-export { SpaceLock, isSkipped, type Skipped, type SkipReason } from './space-lock';
+export { SpaceLock, isSkipped, type Outcome, type Ran, type Skipped, type SkipReason } from './space-lock';
 export { Lease } from './lease';
 export type { CommandMode, LockInfo } from './commands';
-export { LUA_REFRESH_SCRIPT, LUA_RELEASE_SCRIPT } from './commands';
+export { FENCED_WRITE_SCRIPT, LUA_REFRESH_SCRIPT, LUA_RELEASE_SCRIPT } from './commands';
 export type { SpaceLockLogger, SpaceLockOptions, WithSpaceLockOptions } from './options';
 export type { RedisConnection } from './connection';
 export {

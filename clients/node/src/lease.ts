@@ -1,6 +1,13 @@
-import { refreshSpec, type CommandMode } from './commands';
-import { encodeCommand } from './connection';
-import { LeaseLostError, type LostReason } from './errors';
+import {
+  checkCommand,
+  fencedWriteCommand,
+  parseFencedWrite,
+  parseFlag,
+  refreshSpec,
+  type CommandMode,
+} from './commands';
+import { encodeCommand, type LockCommand } from './connection';
+import { LeaseLostError, SpaceLockError, type LostReason } from './errors';
 import type { Linked } from './list';
 
 /**
@@ -75,9 +82,14 @@ export class LeaseState implements Linked<LeaseState> {
     return this.lostPromise;
   }
 
-  /** Ends the lease (the first reason stays) and aborts its signal. */
+  /**
+   * Ends the lease (the first reason stays) and aborts its signal. A release
+   * after the local deadline has passed records `'expired'`: the lease was
+   * lost while the body ran, even if the heartbeat had not run to see it.
+   */
   lose(reason: LostReason): void {
     if (this.reason !== undefined) return;
+    if (reason === 'released' && performance.now() >= this.deadline) reason = 'expired';
     this.reason = reason;
     this.resolveLost?.(reason);
     if (this.controller && !this.controller.signal.aborted) this.controller.abort(this.lostError(reason));
@@ -118,6 +130,17 @@ export class LeaseState implements Linked<LeaseState> {
 }
 
 /**
+ * @internal How a {@link Lease} sends its own commands: on its SpaceLock's
+ * command connection, bounded by the ttl, with the SpaceLock's errors.
+ */
+export interface LeaseCommands {
+  /** Sends `command` (`what` names it in errors) and resolves with its reply. */
+  send(command: LockCommand, what: string): Promise<unknown>;
+  /** A key as the user's connection names it, as stored in Redis (with its ioredis `keyPrefix`). */
+  dataKey(key: string): string;
+}
+
+/**
  * A held lock, as seen by the body running under it. Leases are made by
  * `SpaceLock.withSpaceLock`; constructing one yourself gives nothing usable.
  *
@@ -130,6 +153,7 @@ export class LeaseState implements Linked<LeaseState> {
  */
 export class Lease {
   readonly #state: LeaseState;
+  readonly #commands: LeaseCommands;
   /** The lock name as passed to `withSpaceLock`, without any prefix. */
   readonly name: string;
   /**
@@ -140,10 +164,11 @@ export class Lease {
   readonly token: bigint | undefined;
 
   /** @internal */
-  constructor(name: string, token: bigint | undefined, state: LeaseState) {
+  constructor(name: string, token: bigint | undefined, state: LeaseState, commands: LeaseCommands) {
     this.name = name;
     this.token = token;
     this.#state = state;
+    this.#commands = commands;
   }
 
   /**
@@ -190,9 +215,71 @@ export class Lease {
     return this.#state.checkLost();
   }
 
-  /** Why the lease ended, or `undefined` while it is held. */
+  /**
+   * Why the lease ended, or `undefined` while it is held. The first reason
+   * stays: kept past the call, a lease that was lost while the body ran
+   * still says `'not-owner'` or `'expired'` afterwards, one that was held to
+   * the end says `'released'` (as `lost_reason()` in the Rust client).
+   */
   lostReason(): LostReason | undefined {
     this.#state.checkLost();
     return this.#state.reason;
+  }
+
+  /**
+   * Asks the server whether this grant still holds the lock
+   * (`SPACELOCK.CHECK key owner token`): `true` only while the key holds this
+   * lease's owner under exactly this grant; `false` once it was released,
+   * expired or taken by another owner. The server's answer at that moment,
+   * unlike {@link isLost}, which is local.
+   *
+   * @throws {@link SpaceLockError} for a lease taken with `fallback: 'lua'`
+   *   (no token to check), {@link ModuleNotLoadedError},
+   *   {@link CommandTimeoutError} (no answer within the ttl), Redis errors.
+   */
+  async check(): Promise<boolean> {
+    const token = this.#fencingToken('check()');
+    const s = this.#state;
+    return parseFlag('SPACELOCK.CHECK', await this.#commands.send(checkCommand(s.redisKey, s.owner, token), 'SPACELOCK.CHECK'));
+  }
+
+  /**
+   * The fenced write of docs/fencing.md in one call: `SET key value` in one
+   * script with `SPACELOCK.CHECK` of this grant, done only while the grant
+   * still holds the lock. Resolves `true` when it wrote, `false` when it
+   * refused (the lease was lost, released, or the lock has another owner).
+   * `key` is named as on your connection (its ioredis `keyPrefix` applies);
+   * in a cluster it must share the lock's hash slot (a hash tag).
+   *
+   * @example
+   * ```ts
+   * await locks.withSpaceLock('space-42', async (lease) => {
+   *   if (!(await lease.fencedWrite('space-42:state', JSON.stringify(state)))) {
+   *     throw new Error('lost the lock: the write was refused');
+   *   }
+   * });
+   * ```
+   *
+   * @throws as {@link check}.
+   */
+  async fencedWrite(key: string, value: string | Buffer): Promise<boolean> {
+    const token = this.#fencingToken('fencedWrite()');
+    if (typeof key !== 'string' || key.length === 0) throw new TypeError('fencedWrite() needs a non-empty key');
+    if (typeof value !== 'string' && !Buffer.isBuffer(value)) {
+      throw new TypeError('fencedWrite() needs a string or Buffer value');
+    }
+    const s = this.#state;
+    const command = fencedWriteCommand(s.redisKey, this.#commands.dataKey(key), s.owner, token, value);
+    return parseFencedWrite(await this.#commands.send(command, 'the fenced write'));
+  }
+
+  #fencingToken(what: string): bigint {
+    if (this.token === undefined) {
+      throw new SpaceLockError(
+        `lease.${what} needs a fencing token, and this lease has none: it was taken with fallback: 'lua' on a ` +
+          'server without the spacelock module (SPACELOCK.CHECK needs the module)',
+      );
+    }
+    return this.token;
   }
 }

@@ -9,13 +9,21 @@ import {
   duplicateForWaits,
   isCluster,
   ReconnectCounter,
+  type LockCommand,
   send,
   type RedisConnection,
 } from './connection';
 import { ReplyDeadlines } from './deadlines';
-import { COMMAND_TIMED_OUT, CommandTimeoutError, isUnknownSpacelockCommand, ModuleNotLoadedError, SpaceLockError } from './errors';
+import {
+  COMMAND_TIMED_OUT,
+  CommandTimeoutError,
+  isUnknownSpacelockCommand,
+  ModuleNotLoadedError,
+  SpaceLockError,
+  type LostReason,
+} from './errors';
 import { Heartbeat } from './heartbeat';
-import { Lease, LeaseState } from './lease';
+import { Lease, LeaseState, type LeaseCommands } from './lease';
 import { resolveOptions, type ResolvedOptions, type SpaceLockOptions, type WithSpaceLockOptions } from './options';
 import { WaitPool } from './wait-pool';
 
@@ -26,6 +34,22 @@ export type SkipReason = 'in-progress' | 'lock-held' | 'timed-out';
 export interface Skipped<R extends SkipReason = SkipReason> {
   readonly skipped: R;
 }
+
+/** What {@link SpaceLock.withSpaceLockOutcome} returns when `fn` ran (the Rust client's `Outcome::Ran`). */
+export interface Ran<T> {
+  /** What `fn` returned. */
+  readonly value: T;
+  /** The fencing token `fn` ran under (`undefined` in Lua fallback mode). */
+  readonly token: bigint | undefined;
+  /**
+   * Why the lease was lost while `fn` ran (`'not-owner'`, `'expired'`), or
+   * `undefined` when it was held until `fn` returned.
+   */
+  readonly lost: Exclude<LostReason, 'released'> | undefined;
+}
+
+/** What {@link SpaceLock.withSpaceLockOutcome} returns: `fn` ran, or why it did not. */
+export type Outcome<T> = Ran<T> | Skipped;
 
 /** Whether `withSpaceLock`'s result is a skip sentinel rather than `fn`'s value. */
 export function isSkipped(value: unknown): value is Skipped {
@@ -68,6 +92,7 @@ export class SpaceLock {
   private seq = 0;
   private closed = false;
   private readonly ctx: AcquireContext;
+  private readonly leaseCommands: LeaseCommands;
 
   /**
    * @param redis an ioredis `Redis` or `Cluster`; the SpaceLock duplicates it.
@@ -91,6 +116,10 @@ export class SpaceLock {
       reconnects: () => this.reconnectCounter?.epoch ?? 0,
       switchToLua: (err) => this.switchToLua(err),
       release: (key, owner, mode, boundMs) => this.release(key, owner, mode, boundMs).then(() => undefined),
+    };
+    this.leaseCommands = {
+      send: (command, what) => this.sendBounded(command, what),
+      dataKey: (key) => this.connPrefix + key,
     };
   }
 
@@ -180,6 +209,48 @@ export class SpaceLock {
     return this.runClaimed(name, key, fn, waitMs, signal);
   }
 
+  /**
+   * {@link withSpaceLock}, saying in the result whether the lease was lost
+   * while `fn` ran: `{ value, token, lost }` when `fn` ran, where `lost` is
+   * `'not-owner'` or `'expired'` if the lease ended before `fn` returned
+   * (as the lease's `lostReason()` said then), `undefined` if it was held to
+   * the end; `{ skipped }` when it did not run. `withSpaceLock` itself keeps
+   * the existing service's result (`fn`'s value); a body can also read
+   * `lease.lostReason()` on the lease it kept.
+   *
+   * @example
+   * ```ts
+   * const o = await locks.withSpaceLockOutcome(spaceId, (lease) => sync(lease.token, lease.signal));
+   * if (isSkipped(o)) return o.skipped;
+   * if (o.lost) logger.warn(`the sync outlived its lease (${o.lost})`);
+   * return o.value;
+   * ```
+   *
+   * @throws as {@link withSpaceLock}; when `fn` throws, its error (the lease
+   *   it was given still tells whether it was lost).
+   */
+  async withSpaceLockOutcome<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions = {},
+  ): Promise<Outcome<T>> {
+    const ran: { lease?: Lease; lost?: LostReason | undefined } = {};
+    const result = await this.withSpaceLock(
+      name,
+      async (lease) => {
+        const value = await fn(lease);
+        // Read when fn has returned, before the release ends the lease.
+        ran.lease = lease;
+        ran.lost = lease.lostReason();
+        return value;
+      },
+      options ?? {},
+    );
+    if (!ran.lease) return result as Skipped;
+    const lost = ran.lost === 'released' ? undefined : ran.lost;
+    return { value: result as T, token: ran.lease.token, lost };
+  }
+
   /** Runs `fn` under the lock; `key` is claimed in `running`, and unclaimed here. */
   private async runClaimed<T>(
     name: string,
@@ -212,7 +283,7 @@ export class SpaceLock {
         if (signal.aborted) throw signal.reason;
       }
       this.heartbeat.add(state);
-      return await fn(new Lease(name, grant.token, state));
+      return await fn(new Lease(name, grant.token, state, this.leaseCommands));
     } finally {
       if (state) {
         if (onAbort) signal?.removeEventListener('abort', onAbort);
@@ -240,13 +311,19 @@ export class SpaceLock {
   async info(name: string): Promise<LockInfo | null> {
     if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
     const command = infoCommand(this.key(name));
+    return parseInfo(await this.sendBounded(command, 'SPACELOCK.INFO'));
+  }
+
+  /**
+   * Sends `command` on the command connection and waits for its reply at
+   * most a ttl. `what` names it in a {@link CommandTimeoutError}.
+   */
+  private async sendBounded(command: LockCommand, what: string): Promise<unknown> {
     try {
-      return parseInfo(await this.deadlines.send(this.conn(), command, this.opts.ttlMs));
+      return await this.deadlines.send(this.conn(), command, this.opts.ttlMs);
     } catch (err) {
       if (isUnknownSpacelockCommand(err)) throw new ModuleNotLoadedError((err as Error).message, { cause: err });
-      if (err instanceof Error && err.message === COMMAND_TIMED_OUT) {
-        throw new CommandTimeoutError('SPACELOCK.INFO', this.opts.ttlMs);
-      }
+      if (err instanceof Error && err.message === COMMAND_TIMED_OUT) throw new CommandTimeoutError(what, this.opts.ttlMs);
       throw err;
     } finally {
       this.deadlines.done(command);

@@ -18,6 +18,7 @@ const pkgDir = path.resolve(__dirname, '../..');
 const PUBLIC_NAMES = [
   'CommandMode',
   'CommandTimeoutError',
+  'FENCED_WRITE_SCRIPT',
   'LUA_REFRESH_SCRIPT',
   'LUA_RELEASE_SCRIPT',
   'Lease',
@@ -25,6 +26,8 @@ const PUBLIC_NAMES = [
   'LockInfo',
   'LostReason',
   'ModuleNotLoadedError',
+  'Outcome',
+  'Ran',
   'RedisConnection',
   'SkipReason',
   'Skipped',
