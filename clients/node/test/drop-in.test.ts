@@ -40,6 +40,11 @@ describe('SpaceLockDropIn (the existing service’s result type)', () => {
     const dropIn = make();
     const existing: ExistingWithSpaceLock = (spaceId, fn) => dropIn.withSpaceLock(spaceId, fn);
     assert.equal(describeResult(await existing('space-a', async () => 'synced')), 'ran: synced');
+    // Called directly, fn's value type comes through unwrapped.
+    const direct = await dropIn.withSpaceLock('space-a', async () => 'synced');
+    const inferred: Same<typeof direct, string | ExistingSkipped> = true;
+    assert.equal(describeResult(direct), 'ran: synced');
+    assert.equal(inferred, true);
   });
 
   it("answers as the existing service: fn's value, 'lock-held' for another replica, 'in-progress' inside a body", async (t) => {
