@@ -68,6 +68,8 @@ interface Claim {
   holding: boolean;
   /** Calls with `waitMs` waiting for the claim, first come first served. */
   queue: LocalWaiter[] | undefined;
+  /** The lease granted to the call inside, until it is released (`close()` releases it if the body outlasts its deadline). */
+  state?: LeaseState | undefined;
 }
 
 /** Which names skips are reported with: this client's, or the existing service's. */
@@ -100,8 +102,6 @@ export class SpaceLock {
   private readonly connPrefix: string;
   /** The keys this SpaceLock is inside (acquiring, or running a body), with their local queues. */
   private readonly claims = new Map<string, Claim>();
-  /** Leases granted and not yet released: `close()` releases them if their bodies outlast its deadline. */
-  private readonly held = new Set<LeaseState>();
   /** Controllers of the calls that wait (`waitMs`): `close()` stops their waits. */
   private readonly waits = new Set<AbortController>();
   /** Calls in flight (waiting, acquiring, running or releasing). */
@@ -324,6 +324,7 @@ export class SpaceLock {
     names: Names,
   ): Promise<T | Skipped> {
     this.active++;
+    const claim = this.claims.get(key)!;
     let state: LeaseState | undefined;
     let onAbort: (() => void) | undefined;
     try {
@@ -337,7 +338,7 @@ export class SpaceLock {
       if (!grant) return { skipped: deadline !== undefined && names === 'client' ? 'timed-out' : 'lock-held' };
 
       state = new LeaseState(key, redisKey, grant.owner, this.opts.ttlMs, grant.mode, grant.start);
-      this.held.add(state);
+      claim.state = state;
       // Closed while acquiring: the body does not start (the finally below releases).
       if (this.closed) throw closedError();
       if (signal) {
@@ -351,7 +352,7 @@ export class SpaceLock {
         // confirming REFRESH is caught there, without waiting for it.)
         if (signal.aborted) throw signal.reason;
       }
-      this.claims.get(key)!.holding = true;
+      claim.holding = true;
       this.heartbeat.add(state);
       return await fn(new Lease(name, grant.token, state));
     } finally {
@@ -360,7 +361,8 @@ export class SpaceLock {
         this.heartbeat.delete(state);
         state.lose('released');
         // Not if close() released it already, having waited for the body long enough.
-        if (this.held.delete(state)) {
+        if (claim.state === state) {
+          claim.state = undefined;
           const done = await this.release(state.redisKey, state.owner, state.mode, this.opts.releaseTimeoutMs);
           if (!done) {
             this.opts.logger.warn(
@@ -464,8 +466,11 @@ export class SpaceLock {
       this.onIdle = undefined;
     }
     // Bodies that outlast the deadline: end their leases and release them.
-    const left = [...this.held];
-    this.held.clear();
+    const left: LeaseState[] = [];
+    for (const claim of this.claims.values()) {
+      if (claim.state) left.push(claim.state);
+      claim.state = undefined;
+    }
     await Promise.all(
       left.map(async (state) => {
         this.heartbeat.delete(state);
