@@ -188,7 +188,7 @@ async function confirmLateGrant(
   if (performance.now() - sentAt <= ttl / 3) return sentAt;
   const refreshAt = performance.now();
   const command = refreshCommand(key, owner, ttl);
-  const bound = Math.max(1, Math.min(ttl, Math.ceil(boundMs) || ttl));
+  const bound = Math.max(1, Math.min(ttl, Math.ceil(boundMs)));
   const s = await settle(ctx.deadlines.send(ctx.conn(), command, bound), Infinity, signal);
   if (s.kind === 'abort') throw signal?.reason;
   ctx.deadlines.done(command);
@@ -201,18 +201,24 @@ async function confirmLateGrant(
 }
 
 /**
- * Waits up to `waitMs` for the lock: `SPACELOCK.ACQUIRE … WAIT` on a pooled
- * dedicated connection, or polling in Lua mode. `null` when it timed out.
- * Never takes longer than `waitMs` plus `waitGraceMs`.
+ * Waits for the lock until `deadline` (performance.now() time):
+ * `SPACELOCK.ACQUIRE … WAIT` on a pooled dedicated connection, or polling in
+ * Lua mode. `null` when it did not get the lock in time.
+ *
+ * A server that is slow to answer (writes paused, the process stopped) is
+ * waited for, not reported as a failure: the reply to a WAIT may come up to
+ * `waitGraceMs` after the deadline, and if none has come by then the wait is
+ * abandoned (whatever it may still be granted is released) and the answer is
+ * `null`, as for any wait that ran out of time. So this never takes longer
+ * than the deadline plus `waitGraceMs`.
  */
 export async function acquireWait(
   ctx: AcquireContext,
   key: string,
   owner: string,
-  waitMs: number,
+  deadline: number,
   signal?: AbortSignal,
 ): Promise<Grant | null> {
-  const deadline = performance.now() + waitMs;
   const hardDeadline = deadline + ctx.opts.waitGraceMs;
   for (let attempt = 0; ; attempt++) {
     if (ctx.mode === 'lua') return pollWait(ctx, key, owner, deadline, hardDeadline, signal);
@@ -274,7 +280,7 @@ export async function acquireWait(
       // later ones back off, so a restart that takes a moment is waited out
       // and a server that stays down is not hammered.
       pool.release();
-      conn.disconnect();
+      pool.drop(conn);
       releaseLater(ctx, key, attemptOwner, 'module');
       const left = deadline - performance.now();
       if (left <= 0) throw err;
@@ -282,9 +288,9 @@ export async function acquireWait(
       continue;
     }
     abandonWait(ctx, pool, conn, p, key, attemptOwner, left);
-    if (s.kind === 'timeout') {
-      throw new CommandTimeoutError('SPACELOCK.ACQUIRE … WAIT', Math.round(waitMs + ctx.opts.waitGraceMs));
-    }
+    // No reply by the hard deadline: the server is stalled, or too slow for
+    // this wait. Only the deadline answers: the lock did not come in time.
+    if (s.kind === 'timeout') return null;
     throw signal?.reason;
   }
 }
@@ -308,10 +314,10 @@ function abandonWait(
   pool.release();
   const queued = send(conn, releaseCommand('module', key, owner));
   releaseLater(ctx, key, owner, 'module');
-  const bound = startTimer(() => conn.disconnect(), waitMs + ctx.opts.ttlMs).unref();
+  const bound = startTimer(() => pool.drop(conn), waitMs + ctx.opts.ttlMs).unref();
   void Promise.allSettled([wait, queued]).then(() => {
     bound.clear();
-    conn.disconnect();
+    pool.drop(conn);
   });
 }
 
@@ -325,7 +331,15 @@ async function pollWait(
   signal?: AbortSignal,
 ): Promise<Grant | null> {
   for (let i = 0; ; i++) {
-    const grant = await acquireOnce(ctx, key, owner, signal, hardDeadline);
+    let grant: Grant | null;
+    try {
+      grant = await acquireOnce(ctx, key, owner, signal, hardDeadline);
+    } catch (err) {
+      // A stalled server: its SET NX is released in the background; poll
+      // again while time is left, and only the deadline answers.
+      if (!(err instanceof CommandTimeoutError)) throw err;
+      grant = null;
+    }
     if (grant) return grant;
     const left = deadline - performance.now();
     if (left <= 0) return null;

@@ -263,10 +263,21 @@ export function isUsable(conn: RedisConnection): boolean {
   return conn.status !== 'end' && conn.status !== 'close' && conn.status !== 'disconnecting';
 }
 
+/**
+ * @internal Disconnects `conn` at once. A connection that has ended already (the
+ * server closed it, and it does not reconnect) is left alone: ioredis'
+ * `disconnect()` would arm a 2 s timer to destroy its socket, which is closed
+ * already, and nothing would clear it: the process could not exit until it fired.
+ */
+export function dropConnection(conn: RedisConnection): void {
+  if (!isCluster(conn) && conn.status === 'end') return;
+  conn.disconnect();
+}
+
 /** @internal Closes a connection we own: QUIT, then a hard disconnect if that fails or stalls. */
 export async function closeConnection(conn: RedisConnection, timeoutMs = 1_000): Promise<void> {
   if (!isUsable(conn) || conn.status === 'wait') {
-    conn.disconnect();
+    dropConnection(conn);
     return;
   }
   let timer: NodeJS.Timeout | undefined;

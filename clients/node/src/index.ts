@@ -4,7 +4,17 @@
  *
  * @packageDocumentation
  */
-export { SpaceLock, isSkipped, type Outcome, type Ran, type Skipped, type SkipReason } from './space-lock';
+export {
+  SpaceLock,
+  isSkipped,
+  type Outcome,
+  type Ran,
+  type Skipped,
+  type SkipReason,
+  type ExistingSkipped,
+  type CloseOptions,
+} from './space-lock';
+export { SpaceLockDropIn } from './drop-in';
 export { Lease } from './lease';
 export type { CommandMode, LockInfo } from './commands';
 export { FENCED_WRITE_SCRIPT, LUA_REFRESH_SCRIPT, LUA_RELEASE_SCRIPT } from './commands';

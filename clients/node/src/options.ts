@@ -56,8 +56,10 @@ export interface SpaceLockOptions {
 /** Options of one {@link SpaceLock.withSpaceLock} call. Each may be left out or set to `undefined`. */
 export interface WithSpaceLockOptions {
   /**
-   * Wait up to this many ms for a held lock, queued on the server
-   * (`SPACELOCK.ACQUIRE … WAIT`). Omitted, `undefined` or 0: do not wait.
+   * Wait up to this many ms for a held lock: first behind calls of this
+   * SpaceLock already inside the same name (in arrival order), then queued
+   * on the server (`SPACELOCK.ACQUIRE … WAIT`), both within this one
+   * deadline. Omitted, `undefined` or 0: do not wait.
    */
   waitMs?: number | undefined;
   /**

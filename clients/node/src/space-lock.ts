@@ -25,6 +25,7 @@ import {
 import { Heartbeat } from './heartbeat';
 import { Lease, LeaseState, type LeaseCommands } from './lease';
 import { resolveOptions, type ResolvedOptions, type SpaceLockOptions, type WithSpaceLockOptions } from './options';
+import { startTimer } from './timers';
 import { WaitPool } from './wait-pool';
 
 /** Why `withSpaceLock` did not run `fn`. */
@@ -51,12 +52,54 @@ export interface Ran<T> {
 /** What {@link SpaceLock.withSpaceLockOutcome} returns: `fn` ran, or why it did not. */
 export type Outcome<T> = Ran<T> | Skipped;
 
+/**
+ * The existing `SpaceLockService`'s skip sentinel, typed exactly as it types
+ * it: what {@link SpaceLockDropIn.withSpaceLock} returns instead of `fn`'s value.
+ */
+export type ExistingSkipped = { skipped: 'lock-held' | 'in-progress' };
+
 /** Whether `withSpaceLock`'s result is a skip sentinel rather than `fn`'s value. */
 export function isSkipped(value: unknown): value is Skipped {
   if (typeof value !== 'object' || value === null || !('skipped' in value)) return false;
   const s = (value as { skipped: unknown }).skipped;
   return s === 'in-progress' || s === 'lock-held' || s === 'timed-out';
 }
+
+/** Options of {@link SpaceLock.close}. */
+export interface CloseOptions {
+  /**
+   * How long `close()` lets running bodies finish, in ms. Bodies still
+   * running then have their `lease.signal` aborted and their leases
+   * released. Default 10 000; 0 aborts and releases at once.
+   */
+  timeoutMs?: number;
+}
+
+/** How long `close()` lets running bodies finish by default (ms). */
+const CLOSE_TIMEOUT_MS = 10_000;
+
+/** A call waiting in this process for a name another call of this SpaceLock is inside. */
+interface LocalWaiter {
+  /** Hands it the claim. */
+  wake(): void;
+  /** Gives up on it (the SpaceLock is closing). */
+  fail(err: unknown): void;
+}
+
+/** This SpaceLock's claim on a key: one call at a time is inside it, others wait in arrival order. */
+interface Claim {
+  /** Whether the call inside holds the lock (its body runs), rather than still acquiring it. */
+  holding: boolean;
+  /** Calls with `waitMs` waiting for the claim, first come first served. */
+  queue: LocalWaiter[] | undefined;
+  /** The lease granted to the call inside, until it is released (`close()` releases it if the body outlasts its deadline). */
+  state?: LeaseState | undefined;
+}
+
+/** Which names skips are reported with: this client's, or the existing service's. */
+type Names = 'client' | 'existing';
+
+const closedError = (): SpaceLockError => new SpaceLockError('the SpaceLock is closed');
 
 /**
  * Per-name lease locks over Redis with the spacelock module: the behaviour of
@@ -81,7 +124,15 @@ export class SpaceLock {
   private readonly opts: ResolvedOptions;
   private readonly source: RedisConnection;
   private readonly connPrefix: string;
-  private readonly running = new Set<string>();
+  /** The keys this SpaceLock is inside (acquiring, or running a body), with their local queues. */
+  private readonly claims = new Map<string, Claim>();
+  /** Controllers of the calls that wait (`waitMs`): `close()` stops their waits. */
+  private readonly waits = new Set<AbortController>();
+  /** Calls in flight (waiting, acquiring, running or releasing). */
+  private active = 0;
+  /** Resolves `close()`'s wait once no call is in flight. */
+  private onIdle: (() => void) | undefined;
+  private closing: Promise<void> | undefined;
   private readonly heartbeat: Heartbeat;
   private readonly deadlines = new ReplyDeadlines();
   private commandConn: RedisConnection | undefined;
@@ -133,9 +184,9 @@ export class SpaceLock {
     return this.connPrefix + this.opts.keyPrefix + name;
   }
 
-  /** Whether this SpaceLock is inside `name` right now. */
+  /** Whether a call of this SpaceLock is inside `name` right now (acquiring it or running its body). */
   isRunning(name: string): boolean {
-    return this.running.has(this.key(name));
+    return this.claims.has(this.key(name));
   }
 
   /** How many leases the heartbeat is keeping alive. */
@@ -152,23 +203,31 @@ export class SpaceLock {
    * Runs `fn` while holding the lock `name`, as the existing
    * `SpaceLockService.withSpaceLock(spaceId, fn)` does:
    *
-   * 1. If this SpaceLock is already inside `name`, returns
+   * 1. If a call of this SpaceLock is already inside `name`, returns
    *    `{ skipped: 'in-progress' }` at once (the check and the claim are one
-   *    synchronous step).
+   *    synchronous step) — or, with `waitMs`, waits for it in this process,
+   *    behind the calls that came before, in arrival order.
    * 2. Takes the lock (`SPACELOCK.ACQUIRE`); if another owner holds it,
    *    returns `{ skipped: 'lock-held' }` — or, with `waitMs`, waits for it
-   *    on the server and returns `{ skipped: 'timed-out' }` if it did not
-   *    come free in time.
+   *    on the server for what is left of `waitMs`.
+   *    A call with `waitMs` that did not get the lock by then returns
+   *    `{ skipped: 'timed-out' }`: `waitMs` bounds the local and the server
+   *    wait together. A server that is slow to answer (writes paused, the
+   *    process stopped) is waited for too; if it has not answered
+   *    `waitGraceMs` after `waitMs`, the call gives up with
+   *    `{ skipped: 'timed-out' }` and releases whatever it may be granted.
    * 3. Calls `fn(lease)` while the heartbeat refreshes the lock every ttl/3.
    *    If the lease is lost, `lease.signal` aborts; `fn` decides what to do.
    * 4. Releases the lock however `fn` ends, and returns its value or
    *    rethrows its error. A failed release is logged, never thrown.
    *
    * @throws {@link ModuleNotLoadedError} when the server lacks the module
-   *   (unless `fallback: 'lua'`), {@link CommandTimeoutError} when the server
-   *   does not answer the acquire in time, the caller's `signal.reason` when
-   *   it aborts before `fn` starts, Redis errors from the acquire, and
-   *   whatever `fn` throws.
+   *   (unless `fallback: 'lua'`); without `waitMs`,
+   *   {@link CommandTimeoutError} when the server does not answer the
+   *   acquire within one ttl (a grant that late would already have
+   *   expired); the caller's `signal.reason` when it aborts before `fn`
+   *   starts; {@link SpaceLockError} when the SpaceLock is closed before
+   *   `fn` starts; Redis errors from the acquire; and whatever `fn` throws.
    */
   withSpaceLock<T>(
     name: string,
@@ -185,6 +244,41 @@ export class SpaceLock {
     fn: (lease: Lease) => T | PromiseLike<T>,
     options: WithSpaceLockOptions = {},
   ): Promise<T | Skipped> {
+    return this.start(name, fn, options, 'client');
+  }
+
+  /**
+   * `withSpaceLock` with the existing service's skip names: see
+   * {@link SpaceLockDropIn.withSpaceLock}.
+   *
+   * @internal
+   */
+  withExistingResults<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions | undefined,
+  ): Promise<T | ExistingSkipped> {
+    return this.start(name, fn, options ?? {}, 'existing') as Promise<T | ExistingSkipped>;
+  }
+
+  /**
+   * What a call skipped while another call of this SpaceLock is inside its
+   * key answers. The existing service answers `'in-progress'` only once that
+   * call holds the lock (it claims its key after the acquire); a call still
+   * acquiring makes the others take the lock on the server after it, where
+   * they find it held: `'lock-held'`.
+   */
+  private localSkip(claim: Claim, waited: boolean, names: Names): Skipped {
+    if (names === 'existing') return { skipped: claim.holding ? 'in-progress' : 'lock-held' };
+    return { skipped: waited ? 'timed-out' : 'in-progress' };
+  }
+
+  private start<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions,
+    names: Names,
+  ): Promise<T | Skipped> {
     // Not itself async, so the lock cycle runs through one async frame less;
     // every failure still arrives as a rejection.
     let waitMs: number;
@@ -197,16 +291,34 @@ export class SpaceLock {
       if (!Number.isFinite(waitMs) || waitMs < 0) {
         throw new RangeError(`waitMs must be a finite number ≥ 0, got ${waitMs}`);
       }
-      if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
+      if (this.closed) throw closedError();
       signal?.throwIfAborted();
       key = this.key(name);
     } catch (err) {
       return Promise.reject(err);
     }
     // Check and claim in one synchronous step: no await between them.
-    if (this.running.has(key)) return Promise.resolve({ skipped: 'in-progress' });
-    this.running.add(key);
-    return this.runClaimed(name, key, fn, waitMs, signal);
+    const claim = this.claims.get(key);
+    if (claim && waitMs === 0) return Promise.resolve(this.localSkip(claim, false, names));
+    if (waitMs === 0) {
+      this.claims.set(key, { holding: false, queue: undefined });
+      return this.runClaimed(name, key, fn, undefined, signal, undefined, names);
+    }
+    // A waiting call: its wait (local and on the server) also stops when the SpaceLock closes.
+    const deadline = performance.now() + waitMs;
+    const wait = new AbortController();
+    this.waits.add(wait);
+    const onAbort = (): void => wait.abort(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const unlink = (): void => {
+      this.waits.delete(wait);
+      signal?.removeEventListener('abort', onAbort);
+    };
+    if (!claim) {
+      this.claims.set(key, { holding: false, queue: undefined });
+      return this.runClaimed(name, key, fn, deadline, signal, wait.signal, names).finally(unlink);
+    }
+    return this.waitThenRun(name, key, claim, fn, deadline, signal, wait.signal, names).finally(unlink);
   }
 
   /**
@@ -251,26 +363,60 @@ export class SpaceLock {
     return { value: result as T, token: ran.lease.token, lost };
   }
 
-  /** Runs `fn` under the lock; `key` is claimed in `running`, and unclaimed here. */
+  /** Waits in this process for `claim` to come to this call, then runs as {@link runClaimed}. */
+  private async waitThenRun<T>(
+    name: string,
+    key: string,
+    claim: Claim,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    deadline: number,
+    signal: AbortSignal | undefined,
+    waitSignal: AbortSignal,
+    names: Names,
+  ): Promise<T | Skipped> {
+    this.active++;
+    let got: boolean;
+    try {
+      got = await waitLocal(claim, deadline, waitSignal);
+    } finally {
+      this.leave();
+    }
+    if (!got) return this.localSkip(claim, true, names);
+    return this.runClaimed(name, key, fn, deadline, signal, waitSignal, names);
+  }
+
+  /**
+   * Runs `fn` under the lock; `key` is claimed in `claims` by this call, and
+   * handed on (or unclaimed) here. `deadline` (performance.now() time) is
+   * set for a call with `waitMs`; `waitSignal` then stops its wait.
+   */
   private async runClaimed<T>(
     name: string,
     key: string,
     fn: (lease: Lease) => T | PromiseLike<T>,
-    waitMs: number,
+    deadline: number | undefined,
     signal: AbortSignal | undefined,
+    waitSignal: AbortSignal | undefined,
+    names: Names,
   ): Promise<T | Skipped> {
+    this.active++;
+    const claim = this.claims.get(key)!;
     let state: LeaseState | undefined;
     let onAbort: (() => void) | undefined;
     try {
       const redisKey = key; // this.key(name): with the connection's keyPrefix
       const owner = `${this.owner}:${++this.seq}`;
+      const acquireSignal = waitSignal ?? signal;
       const grant: Grant | null =
-        waitMs > 0
-          ? await acquireWait(this.ctx, redisKey, owner, waitMs, signal)
-          : await acquireOnce(this.ctx, redisKey, owner, signal);
-      if (!grant) return { skipped: waitMs > 0 ? 'timed-out' : 'lock-held' };
+        deadline !== undefined
+          ? await acquireWait(this.ctx, redisKey, owner, deadline, acquireSignal)
+          : await acquireOnce(this.ctx, redisKey, owner, acquireSignal);
+      if (!grant) return { skipped: deadline !== undefined && names === 'client' ? 'timed-out' : 'lock-held' };
 
       state = new LeaseState(key, redisKey, grant.owner, this.opts.ttlMs, grant.mode, grant.start);
+      claim.state = state;
+      // Closed while acquiring: the body does not start (the finally below releases).
+      if (this.closed) throw closedError();
       if (signal) {
         const s = state;
         onAbort = (): void => s.abortFromCaller(signal.reason);
@@ -282,6 +428,7 @@ export class SpaceLock {
         // confirming REFRESH is caught there, without waiting for it.)
         if (signal.aborted) throw signal.reason;
       }
+      claim.holding = true;
       this.heartbeat.add(state);
       return await fn(new Lease(name, grant.token, state, this.leaseCommands));
     } finally {
@@ -289,15 +436,37 @@ export class SpaceLock {
         if (onAbort) signal?.removeEventListener('abort', onAbort);
         this.heartbeat.delete(state);
         state.lose('released');
-        const done = await this.release(state.redisKey, state.owner, state.mode, this.opts.releaseTimeoutMs);
-        if (!done) {
-          this.opts.logger.warn(
-            `spacelock: release of ${key} did not complete within ${this.opts.releaseTimeoutMs} ms; it goes on in the background`,
-          );
+        // Not if close() released it already, having waited for the body long enough.
+        if (claim.state === state) {
+          claim.state = undefined;
+          const done = await this.release(state.redisKey, state.owner, state.mode, this.opts.releaseTimeoutMs);
+          if (!done) {
+            this.opts.logger.warn(
+              `spacelock: release of ${key} did not complete within ${this.opts.releaseTimeoutMs} ms; it goes on in the background`,
+            );
+          }
         }
       }
-      this.running.delete(key);
+      this.unclaim(key);
+      this.leave();
     }
+  }
+
+  /** Hands `key` to the next local waiter, or frees it. */
+  private unclaim(key: string): void {
+    const claim = this.claims.get(key);
+    const next = claim?.queue?.shift();
+    if (claim && next) {
+      claim.holding = false;
+      next.wake();
+    } else {
+      this.claims.delete(key);
+    }
+  }
+
+  /** A call is no longer in flight. */
+  private leave(): void {
+    if (--this.active === 0) this.onIdle?.();
   }
 
   /**
@@ -309,7 +478,7 @@ export class SpaceLock {
    *   {@link SpaceLockError} once the SpaceLock is closed.
    */
   async info(name: string): Promise<LockInfo | null> {
-    if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
+    if (this.closed) throw closedError();
     const command = infoCommand(this.key(name));
     return parseInfo(await this.sendBounded(command, 'SPACELOCK.INFO'));
   }
@@ -331,17 +500,73 @@ export class SpaceLock {
   }
 
   /**
-   * Closes the connections this SpaceLock opened. Call it once the bodies
-   * have finished (NestJS: `onModuleDestroy`): a lease still held then is
-   * no longer refreshed, and its signal aborts within a ttl. Later calls to
-   * `withSpaceLock` throw. The connection you passed stays open.
+   * Shuts the SpaceLock down (NestJS: `onModuleDestroy`), within a deadline:
+   *
+   * 1. Later calls to `withSpaceLock` reject with {@link SpaceLockError};
+   *    so do calls still waiting for a lock (in this process or on the
+   *    server), which give up their waits at once.
+   * 2. Running bodies may finish, for up to `timeoutMs` (default 10 000);
+   *    their leases are released as usual.
+   * 3. Bodies still running then have `lease.signal` aborted (a
+   *    {@link LeaseLostError} with reason `'released'`) and their leases
+   *    released; what they do afterwards runs without the lock.
+   * 4. Every connection this SpaceLock opened is closed, leaving no timer
+   *    behind: once you have closed your own connection too, the process can
+   *    exit at once.
+   *
+   * The connection you passed stays open. Calling `close()` again returns
+   * the same promise.
+   *
+   * @throws {RangeError} when `timeoutMs` is negative or not a number.
    */
-  async close(): Promise<void> {
-    if (this.closed) return;
+  close(options: CloseOptions = {}): Promise<void> {
+    const timeoutMs = options?.timeoutMs ?? CLOSE_TIMEOUT_MS;
+    if (typeof timeoutMs !== 'number' || Number.isNaN(timeoutMs) || timeoutMs < 0) {
+      return Promise.reject(new RangeError(`timeoutMs must be a number ≥ 0, got ${String(timeoutMs)}`));
+    }
+    this.closing ??= this.shutdown(timeoutMs);
+    return this.closing;
+  }
+
+  private async shutdown(timeoutMs: number): Promise<void> {
     this.closed = true;
-    // The heartbeat goes on for leases still held: with the connections gone
-    // their refreshes fail, so their signals abort within a ttl (no lease
-    // outlives close() silently). Its timer stops by itself once none is left.
+    // Stop every wait: on the server (its connection gets a RELEASE queued
+    // behind the WAIT), and in this process.
+    for (const wait of this.waits) wait.abort(closedError());
+    for (const claim of this.claims.values()) {
+      for (const waiter of claim.queue?.splice(0) ?? []) waiter.fail(closedError());
+    }
+    if (this.active > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = startTimer(done, timeoutMs);
+        function done(): void {
+          timer.clear();
+          resolve();
+        }
+        this.onIdle = done;
+      });
+      this.onIdle = undefined;
+    }
+    // Bodies that outlast the deadline: end their leases and release them.
+    const left: LeaseState[] = [];
+    for (const claim of this.claims.values()) {
+      if (claim.state) left.push(claim.state);
+      claim.state = undefined;
+    }
+    await Promise.all(
+      left.map(async (state) => {
+        this.heartbeat.delete(state);
+        state.lose('released');
+        const done = await this.release(state.redisKey, state.owner, state.mode, this.opts.releaseTimeoutMs);
+        if (!done) this.opts.logger.warn(`spacelock: release of ${state.key} at close did not complete in time`);
+      }),
+    );
+    if (left.length > 0) {
+      this.opts.logger.warn(
+        `spacelock: close() released ${left.length} lease(s) whose body was still running after ${timeoutMs} ms`,
+      );
+    }
+    this.heartbeat.stop();
     this.waitPool?.close();
     await Promise.all([this.commandConn, this.heartbeatConn].map((c) => c && closeConnection(c)));
   }
@@ -352,7 +577,7 @@ export class SpaceLock {
     // replaced, so one outage does not break this SpaceLock for good.
     if (this.commandConn?.status === 'end' && !this.closed) this.commandConn = undefined;
     if (!this.commandConn) {
-      if (this.closed) throw new SpaceLockError('the SpaceLock is closed');
+      if (this.closed) throw closedError();
       const conn = duplicateForCommands(this.source);
       this.reconnectCounter = new ReconnectCounter(conn);
       conn.on('error', this.reportOnce());
@@ -437,4 +662,38 @@ export class SpaceLock {
     );
     return boundMs > 0 ? done : Promise.resolve(true);
   }
+}
+
+/**
+ * Waits in `claim`'s queue until the claim is handed to this call (`true`),
+ * or `deadline` (performance.now() time) passes (`false`). Rejects with the
+ * signal's reason if it aborts first.
+ */
+function waitLocal(claim: Claim, deadline: number, signal: AbortSignal): Promise<boolean> {
+  return new Promise((resolve, reject) => {
+    const queue = (claim.queue ??= []);
+    const finish = (): void => {
+      timer.clear();
+      signal.removeEventListener('abort', onAbort);
+      const i = queue.indexOf(waiter);
+      if (i >= 0) queue.splice(i, 1);
+    };
+    const waiter: LocalWaiter = {
+      wake: () => {
+        finish();
+        resolve(true);
+      },
+      fail: (err) => {
+        finish();
+        reject(err);
+      },
+    };
+    const onAbort = (): void => waiter.fail(signal.reason);
+    const timer = startTimer(() => {
+      finish();
+      resolve(false);
+    }, deadline - performance.now());
+    queue.push(waiter);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }

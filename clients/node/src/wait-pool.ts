@@ -6,10 +6,12 @@
  */
 import { startTimer } from './timers';
 import { SpaceLockError } from './errors';
-import { isUsable, type RedisConnection } from './connection';
+import { dropConnection, isUsable, type RedisConnection } from './connection';
 
 export class WaitPool {
   private readonly idle: RedisConnection[] = [];
+  /** Every connection made and not yet dropped: idle, waiting, or abandoned and draining. */
+  private readonly all = new Set<RedisConnection>();
   private readonly queue: Array<() => void> = [];
   private busy = 0;
   private closed = false;
@@ -32,9 +34,10 @@ export class WaitPool {
         this.busy++;
         for (let c = this.idle.pop(); c; c = this.idle.pop()) {
           if (isUsable(c)) return c;
-          c.disconnect(); // closed meanwhile, e.g. by the server's idle `timeout`
+          this.drop(c); // closed meanwhile, e.g. by the server's idle `timeout`
         }
         const conn = this.make();
+        this.all.add(conn);
         // Failures surface as command errors; without a listener ioredis prints them.
         conn.on('error', () => undefined);
         return conn;
@@ -47,19 +50,30 @@ export class WaitPool {
   checkin(conn: RedisConnection): void {
     this.busy--;
     if (!this.closed && isUsable(conn)) this.idle.push(conn);
-    else conn.disconnect();
+    else this.drop(conn);
     this.queue.shift()?.();
   }
 
-  /** Frees the slot of a connection that is not coming back (it is closed by its owner). */
+  /**
+   * Frees the slot of a connection that is not coming back: its caller
+   * {@link drop}s it once done with it (an abandoned wait drains first).
+   */
   release(): void {
     this.busy--;
     this.queue.shift()?.();
   }
 
+  /** Closes a connection of this pool for good (idempotent). */
+  drop(conn: RedisConnection): void {
+    this.all.delete(conn);
+    dropConnection(conn);
+  }
+
+  /** Closes every connection of the pool, busy and draining ones too, without leaving a timer behind. */
   close(): void {
     this.closed = true;
-    for (const c of this.idle.splice(0)) c.disconnect();
+    this.idle.length = 0;
+    for (const c of [...this.all]) this.drop(c);
     for (const wake of this.queue.splice(0)) wake();
   }
 

@@ -189,17 +189,22 @@ describe('lease', () => {
     assert.equal(locks.activeLeases, 0, 'the heartbeat forgot it');
   });
 
-  it('close() under a held lease: the lease is no longer refreshed and its signal aborts within a ttl', async (t) => {
+  it('close() from inside a body: at its deadline the lease ends (released) and the key is gone', async (t) => {
     if (skipped(t)) return;
-    const locks = fx.make({ ttlMs: 300 });
+    const locks = fx.make({ ttlMs: 3_000 });
+    let closing: Promise<void> | undefined;
     const r = await locks.withSpaceLock('closed-under', async (lease) => {
-      await locks.close();
+      // close() waits for running bodies, this one included: not awaited here.
+      closing = locks.close({ timeoutMs: 200 });
       const closedAt = performance.now();
       const reason = await lease.lost;
-      assert.ok(performance.now() - closedAt < 600, 'lost within two ttl');
+      const after = performance.now() - closedAt;
+      assert.ok(after >= 190 && after < 600, `lost ${after.toFixed(0)} ms after close(), at its 200 ms deadline`);
+      assert.equal(await fx.admin.exists('lease:closed-under'), 0, 'released by close()');
       return reason;
     });
-    assert.equal(r, 'expired');
+    assert.equal(r, 'released');
+    await closing;
     await assert.rejects(locks.withSpaceLock('closed-under', async () => 1), /closed/);
   });
 

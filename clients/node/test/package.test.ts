@@ -16,8 +16,10 @@ const pkgDir = path.resolve(__dirname, '../..');
 
 /** What src/index.ts exports: the whole public API, values and types. */
 const PUBLIC_NAMES = [
+  'CloseOptions',
   'CommandMode',
   'CommandTimeoutError',
+  'ExistingSkipped',
   'FENCED_WRITE_SCRIPT',
   'LUA_REFRESH_SCRIPT',
   'LUA_RELEASE_SCRIPT',
@@ -32,6 +34,7 @@ const PUBLIC_NAMES = [
   'SkipReason',
   'Skipped',
   'SpaceLock',
+  'SpaceLockDropIn',
   'SpaceLockError',
   'SpaceLockLogger',
   'SpaceLockOptions',

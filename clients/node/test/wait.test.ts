@@ -197,7 +197,7 @@ describe('waitMs', () => {
     assert.deepEqual(await a, { skipped: 'timed-out' });
   });
 
-  it('never hangs past waitMs + grace on a stalled server, and releases what it may be granted', async (t) => {
+  it('never hangs past waitMs + grace on a stalled server: timed-out, not an error, and releases what it may be granted', async (t) => {
     if (skipped(t)) return;
     const holder = fx.make();
     const waiter = fx.make({ waitGraceMs: 300 });
@@ -205,10 +205,7 @@ describe('waitMs', () => {
     // The server stops answering everyone for 1.5 s.
     await fx.admin.call('CLIENT', 'PAUSE', '1500', 'ALL');
     const start = performance.now();
-    await assert.rejects(
-      waiter.withSpaceLock('stall', async () => 'ran', { waitMs: 300 }),
-      (e) => e instanceof CommandTimeoutError,
-    );
+    assert.deepEqual(await waiter.withSpaceLock('stall', async () => 'ran', { waitMs: 300 }), { skipped: 'timed-out' });
     const took = performance.now() - start;
     assert.ok(took < 300 + 300 + 250, `gave up after ${took.toFixed(0)} ms`);
     hold.release(); // its release runs once the pause ends; the waiter's WAIT may then be granted
@@ -229,5 +226,91 @@ describe('waitMs', () => {
       { waitMs: 1_000 },
     );
     assert.equal(r, 'not-owner');
+  });
+});
+
+describe('waitMs on a slow server (writes paused, process stopped)', () => {
+  const fx = withServer('slow:');
+
+  it('CLIENT PAUSE WRITE longer than the wait: the call resolves timed-out at waitMs + grace, never CommandTimeoutError', async (t) => {
+    if (skipped(t)) return;
+    const holder = fx.make();
+    const waiter = fx.make({ waitGraceMs: 300 });
+    const hold = await holdLock(holder, 'paused');
+    await fx.admin.call('CLIENT', 'PAUSE', '2000', 'WRITE');
+    const start = performance.now();
+    const r = await waiter.withSpaceLock('paused', async () => 'ran', { waitMs: 400 }).catch((e: unknown) => e);
+    const took = performance.now() - start;
+    assert.ok(!(r instanceof CommandTimeoutError), String(r));
+    assert.deepEqual(r, { skipped: 'timed-out' });
+    assert.ok(took >= 390 && took < 400 + 300 + 250, `answered after ${took.toFixed(0)} ms`);
+    hold.release();
+    await hold.done;
+    await waitFor('no lock left behind', async () => (await fx.admin.exists('slow:paused')) === 0 && (await spacelockStat(fx.admin, 'waiting_clients')) === 0, 5_000);
+  });
+
+  it('CLIENT PAUSE WRITE that ends within waitMs: the call gets the lock', async (t) => {
+    if (skipped(t)) return;
+    const locks = fx.make();
+    await fx.admin.call('CLIENT', 'PAUSE', '400', 'WRITE');
+    const start = performance.now();
+    const r = await locks.withSpaceLock('pause-ends', async (lease) => lease.owner, { waitMs: 3_000 });
+    assert.equal(typeof r, 'string');
+    assert.ok(performance.now() - start >= 350, 'it waited for the pause to end');
+    assert.equal(await fx.admin.exists('slow:pause-ends'), 0);
+  });
+
+  it('CLIENT PAUSE issued while the call is already queued on the server: timed-out or the lock, never an error', async (t) => {
+    if (skipped(t)) return;
+    const holder = fx.make();
+    const waiter = fx.make({ waitGraceMs: 300 });
+    const hold = await holdLock(holder, 'paused-queued');
+    const base = await spacelockStat(fx.admin, 'waiting_clients');
+    const start = performance.now();
+    const w = waiter.withSpaceLock('paused-queued', async () => 'ran', { waitMs: 600 }).catch((e: unknown) => e);
+    await waitFor('the waiter queued', async () => (await spacelockStat(fx.admin, 'waiting_clients')) === base + 1);
+    await fx.admin.call('CLIENT', 'PAUSE', '1500', 'ALL');
+    const r = await w;
+    const took = performance.now() - start;
+    assert.deepEqual(r, { skipped: 'timed-out' });
+    assert.ok(took < 600 + 300 + 250, `answered after ${took.toFixed(0)} ms`);
+    hold.release();
+    await hold.done;
+    await waitFor('no lock left behind', async () => (await fx.admin.exists('slow:paused-queued')) === 0, 5_000);
+  });
+
+  it('the server stopped (SIGSTOP) during a wait: timed-out at waitMs + grace; after SIGCONT nothing is left held', async (t) => {
+    if (skipped(t)) return;
+    const holder = fx.make();
+    const waiter = fx.make({ waitGraceMs: 300 });
+    const hold = await holdLock(holder, 'stopped');
+    const start = performance.now();
+    let r: unknown;
+    fx.server.suspend();
+    try {
+      r = await waiter.withSpaceLock('stopped', async () => 'ran', { waitMs: 400 }).catch((e: unknown) => e);
+    } finally {
+      fx.server.resume();
+    }
+    const took = performance.now() - start;
+    assert.deepEqual(r, { skipped: 'timed-out' });
+    assert.ok(took >= 390 && took < 400 + 300 + 250, `answered after ${took.toFixed(0)} ms`);
+    hold.release();
+    await hold.done;
+    await waitFor('no lock left behind', async () => (await fx.admin.exists('slow:stopped')) === 0, 5_000);
+  });
+
+  it('without waitMs, a paused server: CommandTimeoutError after one ttl (as documented), and nothing left held', async (t) => {
+    if (skipped(t)) return;
+    const ttl = 400;
+    const locks = fx.make({ ttlMs: ttl });
+    assert.equal(await locks.withSpaceLock('nowait-warm', async () => 'ok'), 'ok'); // the connection is open
+    await fx.admin.call('CLIENT', 'PAUSE', '1200', 'WRITE');
+    const start = performance.now();
+    await assert.rejects(locks.withSpaceLock('nowait', async () => 'ran'), CommandTimeoutError);
+    const took = performance.now() - start;
+    assert.ok(took >= ttl - 5 && took < ttl + 400, `gave up after ${took.toFixed(0)} ms`);
+    await sleep(1_000); // the pause ends; the ACQUIRE runs, then the RELEASE queued behind it
+    await waitFor('no lock left behind', async () => (await fx.admin.exists('slow:nowait')) === 0, 3_000);
   });
 });
