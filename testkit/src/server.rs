@@ -305,7 +305,12 @@ impl ServerBuilder {
             .arg("--save")
             .arg("")
             .arg("--daemonize")
-            .arg("no");
+            .arg("no")
+            // A primary waits 5 s (the default) before a diskless full sync,
+            // for more replicas to join it: every test that attaches a
+            // replica paid that wait. Tests that want it set it back.
+            .arg("--repl-diskless-sync-delay")
+            .arg("0");
         if self.debug_command {
             cmd.arg("--enable-debug-command").arg("yes");
         }
