@@ -4,11 +4,10 @@
  * without leaving a timer behind.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { LeaseLostError, SpaceLockError } from '../src';
-import { holdLock, skipped, sleep, spacelockStat, waitFor, withServer } from './harness';
+import { holdLock, msFromCloseToExit, skipped, sleep, spacelockStat, waitFor, withServer } from './harness';
 
 describe('close()', () => {
   const fx = withServer('close:');
@@ -35,16 +34,7 @@ describe('close()', () => {
         process.stdout.write('closed\\n');
       })().catch((e) => { console.error(e); process.exit(3); });
     `;
-    const child = spawn(process.execPath, ['-e', script], { cwd: __dirname, stdio: ['ignore', 'pipe', 'inherit'] });
-    let closedAt: number | undefined;
-    child.stdout.on('data', (d: Buffer) => {
-      if (d.toString().includes('closed')) closedAt ??= performance.now();
-    });
-    const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
-    const exitedAt = performance.now();
-    assert.equal(code, 0);
-    assert.ok(closedAt !== undefined, 'the script got to close()');
-    const afterClose = exitedAt - closedAt;
+    const afterClose = await msFromCloseToExit(script);
     assert.ok(afterClose < 500, `exited ${afterClose.toFixed(0)} ms after close() (was ~2 s)`);
   });
 

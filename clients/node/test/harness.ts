@@ -263,6 +263,24 @@ export class TestServer {
  * Takes `name` with `locks` and holds it until `release()`; resolves once the
  * holder's body runs. `done` is the holder's `withSpaceLock` call.
  */
+/**
+ * Runs `script` in a child Node process (from the test build directory)
+ * that prints `closed` once its SpaceLock is closed, and resolves how many
+ * ms after that line the process exited (a timer left behind shows here).
+ */
+export async function msFromCloseToExit(script: string): Promise<number> {
+  const child = spawn(process.execPath, ['-e', script], { cwd: __dirname, stdio: ['ignore', 'pipe', 'inherit'] });
+  let closedAt: number | undefined;
+  child.stdout?.on('data', (d: Buffer) => {
+    if (d.toString().includes('closed')) closedAt ??= performance.now();
+  });
+  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  const exitedAt = performance.now();
+  if (code !== 0) throw new Error(`the script exited with ${code}`);
+  if (closedAt === undefined) throw new Error('the script never got to close()');
+  return exitedAt - closedAt;
+}
+
 export async function holdLock(locks: SpaceLock, name: string): Promise<{ release: () => void; done: Promise<unknown> }> {
   let release!: () => void;
   const released = new Promise<void>((r) => (release = r));
