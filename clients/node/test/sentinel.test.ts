@@ -126,7 +126,9 @@ describe('Sentinel failover', () => {
       // primary is turned into a replica (Sentinel would do that some 10 s later).
       const onOld = await oldAdmin.get(key);
       const onNew = await newAdmin.get(key);
-      const told = isSkipped(outcome) ? `skipped: ${outcome.skipped}` : `ran (lost: ${outcome.lost ?? 'no'})`;
+      const told = isSkipped(outcome)
+        ? `skipped: ${outcome.skipped}`
+        : `ran (lost: ${outcome.lost ?? 'no'}; the new primary held ${body?.onNewAtEnd ?? 'nothing'} at the body's end)`;
       t.diagnostic(
         `run ${run} (holder let go ${RELEASE_AT[run]}): the caller was told ${told}; ` +
           `old primary holds ${onOld ?? 'nothing'}, new primary holds ${onNew ?? 'nothing'} (caller ${waiter.owner})`,
