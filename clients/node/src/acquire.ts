@@ -23,6 +23,12 @@ export interface AcquireContext {
   readonly deadlines: ReplyDeadlines;
   conn(): RedisConnection;
   pool(): WaitPool;
+  /**
+   * Whether the connections find their server through Sentinel, so that a
+   * wait connection may be on another server than the command connection
+   * after a failover.
+   */
+  readonly followsFailover: boolean;
   /** Connection losses so far on the command connection. */
   reconnects(): number;
   /** Switches to Lua mode if `fallback: 'lua'` allows; warns once. */
@@ -45,6 +51,8 @@ const POLL_CAP_MS = 250;
 /** A WAIT whose connection failed is sent again at once, then after 50, 100, … up to 500 ms. */
 const RETRY_BASE_MS = 50;
 const RETRY_CAP_MS = 500;
+/** A RELEASE on a wait connection is waited for at least this long, even past the wait's bound. */
+const RELEASE_MIN_MS = 100;
 
 type Settled =
   | { kind: 'reply'; value: unknown }
@@ -169,35 +177,84 @@ export async function acquireOnce(
   }
 }
 
+/** Whether a WAIT grant holds where the leases live, and from when its lease counts. */
+type Confirmation = { held: true; start: number } | { held: false; inDoubt: boolean };
+
 /**
- * When the lease of a WAIT grant starts: the WAIT's sending if the reply
- * came within a third of the ttl, else the sending of a confirming REFRESH
- * (`null` if that REFRESH found the lock no longer ours, or got no answer).
- * Rejects with the signal's reason if the caller aborts meanwhile (a write
- * pause can hold the REFRESH for up to a ttl); the caller then releases.
+ * Confirms a WAIT grant before its body runs.
+ *
+ * * When the lease starts: at the WAIT's sending if the reply came within a
+ *   third of the ttl, else at the sending of a confirming REFRESH.
+ * * Where: on a single server or a cluster, the grant's own connection
+ *   confirms a late grant (the server that granted it). Behind Sentinel, the
+ *   WAIT's connection may still be on a primary that a failover has just
+ *   replaced, while the heartbeat and the release go to the new one; so
+ *   every grant is confirmed by a REFRESH on the command connection, where
+ *   the lease will live. It answers 0 when the grant is not there.
+ *
+ * `{ held: false, inDoubt }` when the REFRESH found the lock not ours, or
+ * got no answer (`inDoubt`: it may still run). Rejects with the signal's
+ * reason if the caller aborts meanwhile (a write pause can hold the REFRESH
+ * for up to a ttl), or if the SpaceLock is closed; the caller then releases.
  */
-async function confirmLateGrant(
+async function confirmGrant(
   ctx: AcquireContext,
+  waitConn: RedisConnection,
   key: string,
   owner: string,
   sentAt: number,
   boundMs: number,
   signal?: AbortSignal,
-): Promise<number | null> {
+): Promise<Confirmation> {
   const ttl = ctx.opts.ttlMs;
-  if (performance.now() - sentAt <= ttl / 3) return sentAt;
+  const late = performance.now() - sentAt > ttl / 3;
+  if (!late && !ctx.followsFailover) return { held: true, start: sentAt };
+  const conn = ctx.followsFailover ? ctx.conn() : waitConn;
   const refreshAt = performance.now();
   const command = refreshCommand(key, owner, ttl);
   const bound = Math.max(1, Math.min(ttl, Math.ceil(boundMs)));
-  const s = await settle(ctx.deadlines.send(ctx.conn(), command, bound), Infinity, signal);
+  const s = await settle(ctx.deadlines.send(conn, command, bound), Infinity, signal);
   if (s.kind === 'abort') throw signal?.reason;
   ctx.deadlines.done(command);
-  if (s.kind !== 'reply') return null;
+  if (s.kind !== 'reply') return { held: false, inDoubt: true };
   try {
-    return parseFlag('SPACELOCK.REFRESH', s.value) ? refreshAt : null;
+    if (parseFlag('SPACELOCK.REFRESH', s.value)) return { held: true, start: late ? refreshAt : sentAt };
+    return { held: false, inDoubt: false };
   } catch {
-    return null;
+    return { held: false, inDoubt: true };
   }
+}
+
+/**
+ * An owner-checked RELEASE on the wait connection that received the reply,
+ * so on the server that granted it, wherever the command connection is by
+ * now; awaited at most `boundMs` (at least a moment). If that connection
+ * does not answer, the command connection sends one too. Resolves whether
+ * the connection answered (and may go back to the pool). Never rejects.
+ */
+async function releaseOnWaitConn(
+  ctx: AcquireContext,
+  conn: RedisConnection,
+  key: string,
+  owner: string,
+  boundMs: number,
+): Promise<boolean> {
+  const command = releaseCommand('module', key, owner);
+  const s = await settle(ctx.deadlines.send(conn, command, Math.max(RELEASE_MIN_MS, Math.ceil(boundMs))), Infinity);
+  ctx.deadlines.done(command);
+  if (s.kind === 'reply') return true;
+  releaseLater(ctx, key, owner, 'module');
+  return false;
+}
+
+/**
+ * A reply error to a WAIT that says the server changed role under it: the
+ * wait was unblocked as its server became a replica (`UNBLOCKED`), or it
+ * reached a replica (`READONLY`). Nothing was granted; wait again on a
+ * fresh connection, which asks Sentinel for the primary.
+ */
+function isRoleChange(err: Error): boolean {
+  return /^(UNBLOCKED|READONLY)\b/.test(err.message);
 }
 
 /**
@@ -232,34 +289,61 @@ export async function acquireWait(
     const s = await settle(p, hardDeadline - performance.now(), signal);
     const graceLeft = (): number => Math.max(0, hardDeadline - performance.now());
     if (s.kind === 'reply') {
-      pool.checkin(conn);
       let grant: { token: bigint | undefined } | null;
       try {
         grant = parseGrant('module', s.value);
       } catch (e) {
-        releaseLater(ctx, key, attemptOwner, 'module');
+        pool.release();
+        void releaseOnWaitConn(ctx, conn, key, attemptOwner, ctx.opts.ttlMs).then(() => pool.drop(conn));
         throw e;
       }
-      if (grant) {
-        // The server counts the ttl from the handoff, somewhere between the
-        // WAIT's sending and its reply. Counting from the sending is safe
-        // but, after a long wait, leaves little of the lease; counting from
-        // the reply would overstate it by however long the reply lay unread
-        // (a stalled event loop). So a grant that arrives after its first
-        // refresh was due is confirmed by one REFRESH, and the lease counts
-        // from that REFRESH's sending.
-        let start: number | null;
-        try {
-          start = await confirmLateGrant(ctx, key, attemptOwner, sentAt, graceLeft(), signal);
-        } catch (e) {
-          releaseLater(ctx, key, attemptOwner, 'module'); // queued behind the REFRESH
-          throw e;
-        }
-        if (start !== null) return { token: grant.token, start, owner: attemptOwner, mode: 'module' };
-        await ctx.release(key, attemptOwner, 'module', graceLeft());
+      if (!grant) {
+        // A nil in doubt costs one RELEASE, on the server that answered.
+        const fit = await releaseOnWaitConn(ctx, conn, key, attemptOwner, graceLeft());
+        if (fit) pool.checkin(conn);
+        else giveUp(pool, conn);
         return null;
       }
-      await ctx.release(key, attemptOwner, 'module', graceLeft()); // a nil in doubt costs one RELEASE
+      // The server counts the ttl from the handoff, somewhere between the
+      // WAIT's sending and its reply. Counting from the sending is safe
+      // but, after a long wait, leaves little of the lease; counting from
+      // the reply would overstate it by however long the reply lay unread
+      // (a stalled event loop). So a grant that arrives after its first
+      // refresh was due is confirmed by one REFRESH, and the lease counts
+      // from that REFRESH's sending. Behind Sentinel every grant is
+      // confirmed where the lease will live (see confirmGrant).
+      let confirmation: Confirmation;
+      try {
+        confirmation = await confirmGrant(ctx, conn, key, attemptOwner, sentAt, graceLeft(), signal);
+      } catch (e) {
+        // Aborted, or closed: release where it was granted, and where a
+        // REFRESH in flight may yet extend it (queued behind it).
+        pool.release();
+        void releaseOnWaitConn(ctx, conn, key, attemptOwner, ctx.opts.ttlMs).then(() => pool.drop(conn));
+        if (ctx.followsFailover) releaseLater(ctx, key, attemptOwner, 'module');
+        throw e;
+      }
+      if (confirmation.held) {
+        pool.checkin(conn);
+        return { token: grant.token, start: confirmation.start, owner: attemptOwner, mode: 'module' };
+      }
+      // Not confirmed: release it on the server that granted it, on the
+      // connection that received the grant, before answering; and where a
+      // REFRESH without an answer may yet run.
+      const fit = await releaseOnWaitConn(ctx, conn, key, attemptOwner, graceLeft());
+      if (confirmation.inDoubt) releaseLater(ctx, key, attemptOwner, 'module');
+      if (ctx.followsFailover && !confirmation.inDoubt) {
+        // The grant came from a server the leases do not live on: a primary
+        // that a failover has replaced. Its connections (this one, the idle
+        // ones) are of no use any more; wait again, on the new primary,
+        // while time is left.
+        giveUp(pool, conn);
+        pool.dropIdle();
+        if (deadline - performance.now() > 0) continue;
+        return null;
+      }
+      if (fit) pool.checkin(conn);
+      else giveUp(pool, conn);
       return null;
     }
     if (s.kind === 'error') {
@@ -269,21 +353,26 @@ export async function acquireWait(
         if (ctx.switchToLua(err)) continue;
         throw moduleNotLoaded(err);
       }
-      if (isReplyError(err)) {
-        pool.checkin(conn);
-        await ctx.release(key, attemptOwner, 'module', graceLeft());
+      if (isReplyError(err) && !isRoleChange(err)) {
+        const fit = await releaseOnWaitConn(ctx, conn, key, attemptOwner, graceLeft());
+        if (fit) pool.checkin(conn);
+        else giveUp(pool, conn);
         throw err;
       }
       // The connection failed (closed by the server's idle timeout, a
-      // restart, a failover): release in doubt, and try again on a fresh one
-      // while time is left. The first retry goes at once (an idle timeout);
-      // later ones back off, so a restart that takes a moment is waited out
-      // and a server that stays down is not hammered.
-      pool.release();
-      pool.drop(conn);
+      // restart, a failover), or its server became a replica: release in
+      // doubt, and try again on a fresh connection while time is left. The
+      // first retry goes at once (an idle timeout); later ones back off, so
+      // a restart that takes a moment is waited out and a server that stays
+      // down is not hammered.
+      giveUp(pool, conn);
+      if (isRoleChange(err)) pool.dropIdle();
       releaseLater(ctx, key, attemptOwner, 'module');
       const left = deadline - performance.now();
-      if (left <= 0) throw err;
+      if (left <= 0) {
+        if (isRoleChange(err)) return null;
+        throw err;
+      }
       if (attempt > 0) await sleep(Math.min(left, RETRY_CAP_MS, RETRY_BASE_MS * 2 ** Math.min(attempt - 1, 8)), signal);
       continue;
     }
@@ -293,6 +382,12 @@ export async function acquireWait(
     if (s.kind === 'timeout') return null;
     throw signal?.reason;
   }
+}
+
+/** Frees the slot of a wait connection and closes it. */
+function giveUp(pool: WaitPool, conn: RedisConnection): void {
+  pool.release();
+  pool.drop(conn);
 }
 
 /**

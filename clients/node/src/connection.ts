@@ -20,6 +20,31 @@ export function isCluster(conn: RedisConnection): conn is Cluster {
   return (conn as { isCluster?: boolean }).isCluster === true;
 }
 
+/**
+ * @internal Whether `conn` finds its server through Redis Sentinel
+ * (`new Redis({ sentinels, name })`): then the primary can change under
+ * it, and two copies of it opened at different times may talk to different
+ * servers.
+ */
+export function isSentinelBacked(conn: RedisConnection): boolean {
+  if (isCluster(conn)) return false;
+  const sentinels = (conn.options as { sentinels?: unknown }).sentinels;
+  return Array.isArray(sentinels) && sentinels.length > 0;
+}
+
+/**
+ * On a Sentinel-backed connection, ioredis' `failoverDetector`: the copy
+ * subscribes to the sentinels' `+switch-master` and reconnects (to the new
+ * primary) as soon as a failover completes. Without it a copy stays on the
+ * old primary, which a planned failover (`SENTINEL FAILOVER`) leaves
+ * running as a primary for some 10 s more, until Sentinel turns it into a
+ * replica: heartbeats would keep a lease alive there while the new primary
+ * lets it expire and grants it to someone else.
+ */
+function followFailovers(conn: RedisConnection): { failoverDetector?: true } {
+  return isSentinelBacked(conn) ? { failoverDetector: true } : {};
+}
+
 /** @internal The key prefix ioredis would apply to known commands on `conn`. */
 export function connectionKeyPrefix(conn: RedisConnection): string {
   const opts = conn.options as { keyPrefix?: string; redisOptions?: { keyPrefix?: string } };
@@ -174,6 +199,7 @@ export function duplicateForHeartbeats(conn: Redis): Redis {
     commandTimeout: undefined,
     autoResendUnfulfilledCommands: false,
     enableOfflineQueue: true,
+    ...followFailovers(conn),
   });
 }
 
@@ -226,14 +252,17 @@ export function duplicateForCommands(conn: RedisConnection): RedisConnection {
       }),
     );
   }
-  return conn.duplicate({ ...own, enableOfflineQueue: true });
+  return conn.duplicate({ ...own, enableOfflineQueue: true, ...followFailovers(conn) });
 }
 
 /**
  * A dedicated connection for one blocking `SPACELOCK.ACQUIRE … WAIT` at a
  * time: no command timeout (the SpaceLock applies its own deadline), no
  * resending after a reconnect and no reconnecting (a broken connection is
- * dropped from the pool), so a wait is never silently repeated.
+ * dropped from the pool), so a wait is never silently repeated. Nor does it
+ * follow a Sentinel failover by itself: a WAIT stays on the server it was
+ * sent to until that server answers, and whatever it grants is confirmed
+ * where the leases live, or released on this connection (see `acquireWait`).
  * @internal
  */
 export function duplicateForWaits(conn: RedisConnection): RedisConnection {

@@ -8,6 +8,7 @@ import {
   duplicateForHeartbeats,
   duplicateForWaits,
   isCluster,
+  isSentinelBacked,
   ReconnectCounter,
   type LockCommand,
   send,
@@ -162,6 +163,7 @@ export class SpaceLock {
       get mode() {
         return self.mode;
       },
+      followsFailover: isSentinelBacked(redis),
       conn: () => this.conn(),
       pool: () => this.pool(),
       reconnects: () => this.reconnectCounter?.epoch ?? 0,

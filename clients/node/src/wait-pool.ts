@@ -69,6 +69,14 @@ export class WaitPool {
     dropConnection(conn);
   }
 
+  /**
+   * Closes the idle connections: after a failover they may still be on the
+   * old primary, and the next wait should ask Sentinel for the new one.
+   */
+  dropIdle(): void {
+    for (const c of this.idle.splice(0)) this.drop(c);
+  }
+
   /** Closes every connection of the pool, busy and draining ones too, without leaving a timer behind. */
   close(): void {
     this.closed = true;
