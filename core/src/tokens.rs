@@ -131,8 +131,8 @@ pub struct Terms {
     highest: i64,
     /// Terms opened since load.
     opened: u64,
-    /// The seed of the names' keyed hash, drawn when the first term opens.
-    seed: u64,
+    /// The key of the names' keyed hash, drawn when the first term opens.
+    hash_key: u64,
     /// `GUARD_ROWS` rows of `GUARD_CELLS` cells; empty until the first
     /// term opens (the statics that hold a `Terms` must be `const`).
     cells: Vec<i64>,
@@ -157,7 +157,7 @@ impl Terms {
         floor: 1,
         highest: 0,
         opened: 0,
-        seed: 0,
+        hash_key: 0,
         cells: Vec::new(),
     };
 
@@ -171,9 +171,9 @@ impl Terms {
 
     /// [`open_at`](Self::open_at) with a chosen hash key, so that a test can
     /// find names that share cells.
-    pub fn open_seeded(now_ms: i64, seed: u64) -> Self {
+    pub fn open_seeded(now_ms: i64, hash_key: u64) -> Self {
         let mut t = Terms::UNOPENED;
-        t.seed = seed;
+        t.hash_key = hash_key;
         t.cells = vec![0; GUARD_ROWS * GUARD_CELLS];
         t.open(now_ms);
         t
@@ -187,7 +187,7 @@ impl Terms {
     pub fn open(&mut self, now_ms: i64) {
         if self.cells.is_empty() {
             use std::hash::BuildHasher;
-            self.seed = std::collections::hash_map::RandomState::new().hash_one(now_ms);
+            self.hash_key = std::collections::hash_map::RandomState::new().hash_one(now_ms);
             self.cells = vec![0; GUARD_ROWS * GUARD_CELLS];
         }
         let above_previous = if self.opened == 0 {
@@ -240,7 +240,8 @@ impl Terms {
     /// command, shared by the marks and the ledger.
     pub fn hash(&self, name: &[u8]) -> u64 {
         use std::hash::{BuildHasher, Hasher};
-        let mut h = foldhash::quality::FixedState::with_seed(self.seed).build_hasher();
+        let hasher = foldhash::quality::FixedState::with_seed(self.hash_key);
+        let mut h = hasher.build_hasher();
         h.write(name);
         h.finish()
     }

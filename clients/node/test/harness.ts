@@ -129,6 +129,30 @@ process.on('exit', () => {
   for (const c of live) c.kill('SIGKILL');
 });
 
+/** A server process started by the tests, killed at the latest when the test process exits. */
+export interface Tracked {
+  child: ChildProcess;
+  /** What it wrote to stderr so far. */
+  stderr(): string;
+  /** Why it is gone (exited, or could not be spawned), `undefined` while it runs. */
+  exited(): string | undefined;
+}
+
+/** Spawns `bin` with `args` as a {@link Tracked} process. */
+export function spawnTracked(bin: string, args: string[]): Tracked {
+  const child = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d) => (stderr += d));
+  let exited: string | undefined;
+  child.on('exit', (code, sig) => {
+    exited = `exited with ${code ?? sig}`;
+    live.delete(child);
+  });
+  child.on('error', (e) => (exited = `cannot spawn ${bin}: ${e.message}`));
+  live.add(child);
+  return { child, stderr: () => stderr, exited: () => exited };
+}
+
 export interface ServerOptions {
   /** Load the module (default true). */
   module?: boolean;
@@ -188,20 +212,11 @@ export class TestServer {
     }
     if (this.options.module !== false) args.push('--loadmodule', moduleFile());
     for (const [k, v] of this.options.args ?? []) args.push(`--${k}`, v);
-    const child = spawn(serverBinary(), args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr?.on('data', (d) => (stderr += d));
-    let exited: string | undefined;
-    child.on('exit', (code, sig) => {
-      exited = `exited with ${code ?? sig}`;
-      live.delete(child);
-    });
-    child.on('error', (e) => (exited = `cannot spawn ${serverBinary()}: ${e.message}`));
-    live.add(child);
+    const { child, stderr, exited } = spawnTracked(serverBinary(), args);
     this.child = child;
     const deadline = performance.now() + 20_000;
     for (;;) {
-      if (exited) throw new Error(`server ${exited}\n${stderr}\n${this.log()}`);
+      if (exited()) throw new Error(`server ${exited()}\n${stderr()}\n${this.log()}`);
       const reply = await rawCommand(this.port, ['PING'], 200).catch(() => '');
       if (reply.startsWith('+PONG')) return;
       if (performance.now() > deadline) {

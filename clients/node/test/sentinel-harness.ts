@@ -12,13 +12,13 @@
  * file there) and log, and is killed at {@link TestSentinel.dispose} or when
  * the process exits.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { freePort, sleep, TestServer, waitFor } from './harness';
+import { freePort, sleep, spawnTracked, TestServer, waitFor } from './harness';
 
 /** Sentinel timings of a fast failover, as the Rust test kit's. */
 const DOWN_AFTER_MS = 500;
@@ -36,11 +36,6 @@ export function missingSentinel(): string | undefined {
   if (r.error) return `no sentinel can run here: cannot spawn ${bin} (${r.error.message}); install redis-sentinel`;
   return undefined;
 }
-
-const live = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const c of live) c.kill('SIGKILL');
-});
 
 function ping(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -128,16 +123,7 @@ export class TestSentinel {
       ].join('\n'),
     );
     const { bin, extra } = sentinelCommand();
-    const child = spawn(bin, [conf, ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr?.on('data', (d) => (stderr += d));
-    let exited: string | undefined;
-    child.on('exit', (code, sig) => {
-      exited = `exited with ${code ?? sig}`;
-      live.delete(child);
-    });
-    child.on('error', (e) => (exited = `cannot spawn ${bin}: ${e.message}`));
-    live.add(child);
+    const { child, stderr, exited } = spawnTracked(bin, [conf, ...extra]);
     const readLog = (): string => {
       try {
         return readFileSync(log, 'utf8');
@@ -147,10 +133,10 @@ export class TestSentinel {
     };
     const deadline = performance.now() + 10_000;
     while (!(await ping(port))) {
-      if (exited || performance.now() > deadline) {
+      if (exited() || performance.now() > deadline) {
         child.kill('SIGKILL');
         rmSync(dir, { recursive: true, force: true });
-        throw new Error(`the sentinel (${bin}) ${exited ?? 'did not answer PING within 10 s'}\n${stderr}\n${readLog()}`);
+        throw new Error(`the sentinel (${bin}) ${exited() ?? 'did not answer PING within 10 s'}\n${stderr()}\n${readLog()}`);
       }
       await sleep(20);
     }
