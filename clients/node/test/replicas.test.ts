@@ -147,6 +147,33 @@ describe('replica-acknowledged grants', () => {
     await caughtUp(fx.admin, 1);
   });
 
+  it('the caller aborting while the grant waits for acknowledgement: rejects with its reason, fn never runs, the grant is released', async (t) => {
+    if (skipped(t)) return;
+    const locks = fx.make({ replicas: 1, ackTimeoutMs: 300 });
+    let ran = false;
+    fx.proxies[0]!.pause();
+    try {
+      for (const waitMs of [0, 1_000]) {
+        const ac = new AbortController();
+        const call = locks.withSpaceLock(
+          'abort',
+          async () => {
+            ran = true;
+          },
+          { waitMs, signal: ac.signal },
+        );
+        await waitFor('the grant', async () => (await fx.admin.exists('rep:abort')) === 1);
+        ac.abort(new Error('caller gave up'));
+        await assert.rejects(call, /caller gave up/);
+        await waitFor('the release', async () => (await fx.admin.exists('rep:abort')) === 0, 2_000);
+      }
+    } finally {
+      fx.proxies[0]!.resume();
+    }
+    assert.equal(ran, false, 'fn never ran');
+    await caughtUp(fx.admin, 1);
+  });
+
   it('a refresh not acknowledged does not move the deadline: the lease is lost within one ttl of the stall; a new lease works once the link is back', async (t) => {
     if (skipped(t)) return;
     const ttlMs = 600;
