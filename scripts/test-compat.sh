@@ -44,6 +44,15 @@ set +f
 echo "test-compat: building the module and test binaries once" >&2
 "$CARGO" build --release -p spacelock || exit 1
 "$CARGO" test --release -p spacelock "${target_args[@]}" --no-run || exit 1
+# The test binaries themselves, run directly below so that suites can run
+# side by side (two cargo processes would queue on the build directory's lock).
+mapfile -t test_bins < <("$CARGO" test --release -p spacelock "${target_args[@]}" --no-run --message-format=json 2>/dev/null |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])')
+[ "${#test_bins[@]}" -gt 0 ] || { echo "test-compat: no test binaries found" >&2; exit 1; }
 
 LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/spacelock-compat.XXXXXX")
 declare -a rows
@@ -66,21 +75,51 @@ counts() {
        END { printf "%d passed, %d failed", p, f; if (s) printf ", %d skipped with a reason (see log)", s }' "$1"
 }
 
+# Suites run side by side, at most COMPAT_JOBS at once (default 3): they
+# wait on servers and timers far more than they compute, so on two cores the
+# matrix takes about as long as its slowest suite. Each suite writes its row
+# to "$log.row" and its exit code to "$log.rc".
+COMPAT_JOBS="${COMPAT_JOBS:-3}"
+declare -a logs
+
+throttle() {
+  while [ "$(jobs -rp | wc -l)" -ge "$COMPAT_JOBS" ]; do wait -n || true; done
+}
+
 run_suite() { # label server-binary log [extra env...]
   local label=$1 bin=$2 log=$3
   shift 3
   local start=$SECONDS rc
-  env SPACELOCK_SERVER="$bin" "$@" \
-    "$CARGO" test --release --no-fail-fast -p spacelock "${target_args[@]}" -- --show-output "${FILTER[@]}" >"$log" 2>&1
-  rc=$?
+  rc=0
+  for t in "${test_bins[@]}"; do
+    echo "     Running $t" >>"$log"
+    env SPACELOCK_SERVER="$bin" "$@" "$t" --show-output "${FILTER[@]}" >>"$log" 2>&1 || rc=1
+  done
   local secs=$((SECONDS - start)) result=PASS
-  [ $rc -eq 0 ] || { result=FAIL; status=1; }
-  rows+=("$(printf '%-32s %-6s %5ss  %s' "$label" "$result" "$secs" "$(counts "$log")")")
-  if [ $rc -ne 0 ]; then
-    echo "---- $label: FAILED (log: $log) ----" >&2
-    grep -E '^(test .* FAILED|---- .* stdout ----|thread .* panicked)' "$log" | head -n 40 >&2
-  fi
+  [ $rc -eq 0 ] || result=FAIL
+  printf '%-32s %-6s %5ss  %s\n' "$label" "$result" "$secs" "$(counts "$log")" >"$log.row"
+  echo "$rc" >"$log.rc"
 }
+
+run_node() { # label server-binary log
+  local label=$1 bin=$2 log=$3 start=$SECONDS rc
+  (cd clients/node && SPACELOCK_SERVER="$bin" node --test build/test/*.test.js) >"$log" 2>&1
+  rc=$?
+  local result=PASS
+  [ $rc -eq 0 ] || result=FAIL
+  local node_counts
+  node_counts=$(awk '/^# pass [0-9]+$/ { p = $3 } /^# fail [0-9]+$/ { f = $3 } /^# skipped [0-9]+$/ { k = $3 }
+                     END { printf "%d passed, %d failed", p, f; if (k) printf ", %d skipped with a reason (see log)", k }' "$log")
+  printf '%-32s %-6s %5ss  %s\n' "$label" "$result" "$((SECONDS - start))" "$node_counts" >"$log.row"
+  echo "$rc" >"$log.rc"
+}
+
+if [ -n "$NODE_SERVERS" ]; then
+  echo "test-compat: building the Node client and the mixed fleet's Rust worker" >&2
+  "$CARGO" build --release -p spacelock-client --example fleet_worker || exit 1
+  export SPACELOCK_FLEET_WORKER="$TARGET_DIR/release/examples/fleet_worker"
+  (cd clients/node && npm run --silent build && npm run --silent build:test) || exit 1
+fi
 
 for s in $SERVERS; do
   IFS='|' read -r label bin want <<<"$(label_of "$s")"
@@ -88,46 +127,45 @@ for s in $SERVERS; do
     echo "test-compat: unknown server '$s' (redis70 redis82 valkey81 valkey91)" >&2
     exit 2
   fi
+  log="$LOGDIR/$s.log"
+  logs+=("$log")
   if [ -z "$bin" ] || [ ! -x "$bin" ]; then
-    rows+=("$(printf '%-32s %-6s %5s   %s' "$label" "FAIL" "-" "binary not available")")
-    status=1
+    printf '%-32s %-6s %5s   %s\n' "$label" "FAIL" "-" "binary not available" >"$log.row"
+    echo 1 >"$log.rc"
     continue
   fi
   got=$("$bin" --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
   [ "$got" = "$want" ] || echo "test-compat: note: $label binary reports $got" >&2
   echo "test-compat: $label ($bin)" >&2
-  run_suite "$label" "$bin" "$LOGDIR/$s.log"
+  throttle
+  run_suite "$label" "$bin" "$log" &
 done
 
-# The Node client's suite (node --test) on other servers than make test's.
-if [ -n "$NODE_SERVERS" ]; then
-  echo "test-compat: building the Node client and the mixed fleet's Rust worker" >&2
-  "$CARGO" build --release -p spacelock-client --example fleet_worker || exit 1
-  export SPACELOCK_FLEET_WORKER="$TARGET_DIR/release/examples/fleet_worker"
-  (cd clients/node && npm run --silent build && npm run --silent build:test) || exit 1
-fi
 for s in $NODE_SERVERS; do
   IFS='|' read -r label bin want <<<"$(label_of "$s")"
   label="Node client, ${label%% (*}"
+  log="$LOGDIR/node-$s.log"
+  logs+=("$log")
   if [ -z "$bin" ] || [ ! -x "$bin" ]; then
-    rows+=("$(printf '%-32s %-6s %5s   %s' "$label" "FAIL" "-" "binary not available")")
-    status=1
+    printf '%-32s %-6s %5s   %s\n' "$label" "FAIL" "-" "binary not available" >"$log.row"
+    echo 1 >"$log.rc"
     continue
   fi
   echo "test-compat: $label" >&2
-  log="$LOGDIR/node-$s.log"
-  start=$SECONDS
-  (cd clients/node && SPACELOCK_SERVER="$bin" node --test build/test/*.test.js) >"$log" 2>&1
-  rc=$?
-  result=PASS
-  [ $rc -eq 0 ] || { result=FAIL; status=1; }
-  node_counts=$(awk '/^# pass [0-9]+$/ { p = $3 } /^# fail [0-9]+$/ { f = $3 } /^# skipped [0-9]+$/ { k = $3 }
-                     END { printf "%d passed, %d failed", p, f; if (k) printf ", %d skipped with a reason (see log)", k }' "$log")
-  rows+=("$(printf '%-32s %-6s %5ss  %s' "$label" "$result" "$((SECONDS - start))" "$node_counts")")
-  [ $rc -eq 0 ] || { echo "---- $label: FAILED (log: $log) ----" >&2; grep -E '^ *not ok' "$log" | head -n 20 >&2; }
+  throttle
+  run_node "$label" "$bin" "$log" &
+done
+wait
+
+for log in "${logs[@]}"; do
+  rows+=("$(cat "$log.row" 2>/dev/null || echo "$(basename "$log"): no result")")
+  rc=$(cat "$log.rc" 2>/dev/null || echo 1)
+  [ "$rc" = 0 ] && continue
+  status=1
+  echo "---- $(basename "$log" .log): FAILED (log: $log) ----" >&2
+  grep -E '^(test .* FAILED|---- .* stdout ----|thread .* panicked| *not ok)' "$log" | head -n 40 >&2
 done
 
-# Redis 6.2 must refuse the module: the compat test target does it.
 if [ -n "${SPACELOCK_REDIS62:-}" ]; then
   echo "test-compat: Redis 6.2.14 refusal check" >&2
   log="$LOGDIR/redis62.log"
