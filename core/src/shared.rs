@@ -193,7 +193,7 @@ pub const MODE_FIELD: &[u8] = b"";
 pub const MAX_LIMIT: u32 = 1_000_000;
 
 /// What a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum Mode {
     /// The only holder (today's lock).
@@ -663,7 +663,9 @@ impl SharedIndex {
 
     /// The holders recorded for `name`.
     pub fn get(&self, name: &Name<'_>) -> Option<&Holders> {
-        self.table.find(name.hash, |e| e.is(name)).map(|e| &e.holders)
+        self.table
+            .find(name.hash, |e| e.is(name))
+            .map(|e| &e.holders)
     }
 
     fn get_mut(&mut self, name: &Name<'_>) -> Option<&mut Holders> {
@@ -740,6 +742,10 @@ fn holders_of<'i, S: SharedStore>(
         rebuilt.insert(&owner, holder);
     }
     index.rebuilds += 1;
+    if let Some(latest) = rebuilt.latest().filter(|&l| Some(l) != expiry) {
+        // Someone moved the key's expiry: it is the latest deadline again.
+        store.set_expire_at(latest);
+    }
     let name = Name {
         db: store.db(),
         key: store.key(),
@@ -831,7 +837,9 @@ pub fn decide<'a>(
             (Held::Free, Mode::Shared) => Held::Shared(1),
             (Held::Shared(k), Mode::Shared) => Held::Shared(k + 1),
             (Held::Free, Mode::Limit(limit)) if limit >= 1 => Held::Counted { limit, holders: 1 },
-            (Held::Counted { limit, holders }, Mode::Limit(n)) if n == limit && holders < limit as usize => {
+            (Held::Counted { limit, holders }, Mode::Limit(n))
+                if n == limit && holders < limit as usize =>
+            {
                 Held::Counted {
                     limit,
                     holders: holders + 1,
@@ -882,7 +890,17 @@ pub fn held<S: SharedStore>(
     index: &mut SharedIndex,
 ) -> Result<Held, LockError> {
     let hash = process.terms.hash(store.key());
-    Ok(match store.layout() {
+    let layout = store.layout();
+    if !matches!(layout, Layout::Hash(_)) {
+        // The hash expired by itself (every lease ended), or was replaced.
+        let name = Name {
+            db: store.db(),
+            key: store.key(),
+            hash,
+        };
+        index.forget(&name);
+    }
+    Ok(match layout {
         Layout::Missing => Held::Free,
         Layout::Exclusive => Held::Exclusive,
         Layout::Foreign => return Err(LockError::LockWrongType),
@@ -1062,12 +1080,20 @@ fn live_holders<'i, S: SharedStore>(
     process: &Process,
     index: &'i mut SharedIndex,
 ) -> Result<Option<(u64, &'i mut Holders)>, LockError> {
+    let hash = process.terms.hash(store.key());
     let mode = match store.layout() {
         Layout::Hash(mode) => mode,
         Layout::Foreign => return Err(LockError::LockWrongType),
-        Layout::Missing | Layout::Exclusive => return Ok(None),
+        Layout::Missing | Layout::Exclusive => {
+            let name = Name {
+                db: store.db(),
+                key: store.key(),
+                hash,
+            };
+            index.forget(&name);
+            return Ok(None);
+        }
     };
-    let hash = process.terms.hash(store.key());
     let now = store.now_ms();
     let holders = holders_of(store, index, hash, mode)?;
     if sweep(store, holders, now) {
@@ -1249,7 +1275,9 @@ pub struct HolderInfo {
 /// # Errors
 ///
 /// As [`check`].
-pub fn info<S: SharedStore>(store: &mut S) -> Result<Option<(KeyMode, Vec<HolderInfo>)>, LockError> {
+pub fn info<S: SharedStore>(
+    store: &mut S,
+) -> Result<Option<(KeyMode, Vec<HolderInfo>)>, LockError> {
     let mode = match store.layout() {
         Layout::Hash(mode) => mode,
         Layout::Foreign => return Err(LockError::LockWrongType),
