@@ -1423,9 +1423,13 @@ fn randomized_against_a_brute_force_reference() {
         let mut outcomes: BTreeMap<u64, &str> = BTreeMap::new();
         let mut last_token = 0;
         let mut seen_handed = 0;
+        // The index is read back from the hash only after it was dropped
+        // (a restart, a foreign keyspace event): never to repair itself.
+        let (mut rebuilds, mut dropped) = (0, false);
         for step in 0..200 {
             let now = w.s.now;
-            let ctx = format!("seed {seed} run {run} step {step}");
+            let op = rng.random_range(0..10);
+            let ctx = format!("seed {seed} run {run} step {step} op {op}");
             let live_ref = |r: &[RefGrant], now: i64| -> Vec<(Vec<u8>, Mode)> {
                 r.iter()
                     .filter(|g| !g.released && now < g.deadline)
@@ -1433,7 +1437,7 @@ fn randomized_against_a_brute_force_reference() {
                     .collect()
             };
             let o = owners[rng.random_range(0..owners.len())];
-            match rng.random_range(0..10) {
+            match op {
                 0..=3 => {
                     let mode = match (counted, rng.random_range(0..12)) {
                         (_, 0) => Mode::Limit(n + 1),
@@ -1462,39 +1466,42 @@ fn randomized_against_a_brute_force_reference() {
                             "{ctx}"
                         );
                         wrong += 1;
-                        continue;
-                    }
-                    let fits = queue.is_empty()
-                        && brute_prefix(
-                            &live,
-                            &[Waiter {
-                                id: 0,
-                                owner: o.as_bytes().to_vec(),
-                                mode,
-                                ttl,
-                                deadline: None,
-                            }],
-                        ) == 1;
-                    match reply {
-                        Token(t) => {
-                            assert!(fits, "{ctx}: granted {o} {mode:?} past {live:?} {queue:?}");
-                            assert!(t > last_token, "{ctx}: token went backwards");
-                            last_token = t;
-                            grants_total += 1;
-                            reference.push(RefGrant {
-                                owner: o.as_bytes().to_vec(),
-                                mode,
-                                token: t,
-                                deadline: now + ttl,
-                                released: false,
-                            });
+                    } else {
+                        let fits = queue.is_empty()
+                            && brute_prefix(
+                                &live,
+                                &[Waiter {
+                                    id: 0,
+                                    owner: o.as_bytes().to_vec(),
+                                    mode,
+                                    ttl,
+                                    deadline: None,
+                                }],
+                            ) == 1;
+                        match reply {
+                            Token(t) => {
+                                assert!(
+                                    fits,
+                                    "{ctx}: granted {o} {mode:?} past {live:?} {queue:?}"
+                                );
+                                assert!(t > last_token, "{ctx}: token went backwards");
+                                last_token = t;
+                                grants_total += 1;
+                                reference.push(RefGrant {
+                                    owner: o.as_bytes().to_vec(),
+                                    mode,
+                                    token: t,
+                                    deadline: now + ttl,
+                                    released: false,
+                                });
+                            }
+                            Nil => assert!(!fits && wait.is_none(), "{ctx}: {o} {mode:?} refused"),
+                            Queued(id) => {
+                                assert!(!fits && wait.is_some(), "{ctx}: {o} {mode:?} queued");
+                                outcomes.insert(id, "queued");
+                            }
+                            Reply::Err(e) => panic!("{ctx}: {e}"),
                         }
-                        Nil => assert!(!fits && wait.is_none(), "{ctx}: {o} {mode:?} refused"),
-                        Queued(id) => {
-                            assert!(!fits && wait.is_some(), "{ctx}: {o} {mode:?} queued");
-                            outcomes.insert(id, "queued");
-                        }
-                        Reply::Err(e) => panic!("{ctx}: {e}"),
                     }
                 }
                 4 => {
@@ -1539,6 +1546,7 @@ fn randomized_against_a_brute_force_reference() {
                     w.s.now += rng.random_range(1..3);
                     w.p = process_at(w.s.now);
                     w.idx = SharedIndex::new();
+                    (rebuilds, dropped) = (0, true);
                     for q in w.queue.drain(..) {
                         outcomes.insert(q.id, "gone");
                     }
@@ -1546,6 +1554,7 @@ fn randomized_against_a_brute_force_reference() {
                 7 => {
                     // A keyspace event the module did not cause drops the entry.
                     w.idx.forget_db(Some(0));
+                    dropped = true;
                 }
                 _ => {
                     let ms = rng.random_range(1..15);
@@ -1608,6 +1617,10 @@ fn randomized_against_a_brute_force_reference() {
             let modes: Vec<Mode> = actual.iter().map(|a| a.3).collect();
             assert!(compatible(&modes), "{ctx}: {actual:?}");
             w.check_layout();
+            if w.idx.rebuilds() > rebuilds {
+                assert!(dropped, "{ctx}: the index disagreed with the hash");
+                (rebuilds, dropped) = (w.idx.rebuilds(), false);
+            }
             // Each waiter: queued, or ended exactly one way.
             for q in &w.queue {
                 assert_eq!(outcomes.get(&q.id), Some(&"queued"), "{ctx}");
