@@ -444,7 +444,7 @@ pub trait SharedStore {
     /// [`LockError::HolderCorrupt`] when one is not a holder value.
     fn holders(&mut self) -> Result<Vec<(Vec<u8>, Holder)>, LockError>;
     /// The number of holder fields (`HLEN` - 1).
-    fn len(&mut self) -> usize;
+    fn holder_count(&mut self) -> usize;
     /// The key's absolute expiry (`PEXPIRETIME`).
     fn expire_at(&mut self) -> Option<i64>;
     /// The last token issued for this lock name (0 if none yet).
@@ -725,7 +725,7 @@ fn holders_of<'i, S: SharedStore>(
     hash: u64,
     mode: KeyMode,
 ) -> Result<&'i mut Holders, LockError> {
-    let (len, expiry, now) = (store.len(), store.expire_at(), store.now_ms());
+    let (len, expiry, now) = (store.holder_count(), store.expire_at(), store.now_ms());
     let name = Name {
         db: store.db(),
         key: store.key(),
@@ -1351,7 +1351,7 @@ impl SharedStore for MemoryView<'_> {
             .map(|(f, v)| Ok((f.clone(), Holder::parse(v)?)))
             .collect()
     }
-    fn len(&mut self) -> usize {
+    fn holder_count(&mut self) -> usize {
         self.hash().map_or(0, |h| h.len().saturating_sub(1))
     }
     fn expire_at(&mut self) -> Option<i64> {

@@ -29,7 +29,10 @@ fn process_at(now: i64) -> Process {
     }
 }
 
-fn opts(args: &[&str]) -> Result<(Mode, Option<i64>), ArgError> {
+/// What ACQUIRE's options parse to.
+type Parsed = Result<(Mode, Option<i64>), ArgError>;
+
+fn opts(args: &[&str]) -> Parsed {
     let v: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
     parse_acquire_options(&v)
 }
@@ -37,7 +40,7 @@ fn opts(args: &[&str]) -> Result<(Mode, Option<i64>), ArgError> {
 #[test]
 fn acquire_options() {
     use Mode::*;
-    let table: &[(&[&str], Result<(Mode, Option<i64>), ArgError>)] = &[
+    let table: &[(&[&str], Parsed)] = &[
         (&[], Ok((Exclusive, None))),
         (&["WAIT", "0"], Ok((Exclusive, Some(0)))),
         (&["SHARED"], Ok((Shared, None))),
@@ -176,7 +179,9 @@ fn dec(held: Held, queue: &[(Mode, &str)], holders: &[&str]) -> usize {
 #[test]
 fn the_queue_decision() {
     use Mode::{Exclusive as X, Limit as L, Shared as S};
-    let table: &[(Held, &[(Mode, &str)], &[&str], usize, &str)] = &[
+    // (holders, queue, holders' owners, granted, why)
+    type Row<'a> = (Held, &'a [(Mode, &'a str)], &'a [&'a str], usize, &'a str);
+    let table: &[Row<'_>] = &[
         (Held::Free, &[], &[], 0, "nobody waits"),
         (Held::Free, &[(X, "a"), (X, "b")], &[], 1, "one writer"),
         (
@@ -388,8 +393,8 @@ impl SharedStore for Rec<'_> {
         self.full_reads += 1;
         self.v.holders()
     }
-    fn len(&mut self) -> usize {
-        self.v.len()
+    fn holder_count(&mut self) -> usize {
+        self.v.holder_count()
     }
     fn expire_at(&mut self) -> Option<i64> {
         SharedStore::expire_at(&mut self.v)
