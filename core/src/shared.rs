@@ -170,9 +170,21 @@
 //! [`grantable`] instead of "is the key free", and grants that many heads,
 //! each through [`acquire`] (or `lock::acquire` for an exclusive one); the
 //! undo of a grant nobody received is [`undo`] (an `HDEL` only if the field
-//! still holds that token). The rest of the handoff (grants written by the
-//! pending timer, deadlines judged when the lock came free, the reply
-//! decided again when it is sent) is unchanged.
+//! still holds that token), and whether a grant still stands when its reply
+//! is sent is [`check`]: so a disconnect or a refused `CLIENT UNBLOCK`
+//! racing a grant never leaves a share with a client told otherwise. The
+//! rest of the handoff (grants written by the pending timer, deadlines
+//! judged when the lock came free, the reply decided again when it is
+//! sent) is unchanged.
+//!
+//! # Memory
+//!
+//! Per holder: one hash field (owner, about 30 bytes of value) and, in the
+//! index, one owner allocation shared by two map entries. When the last
+//! holder leaves, the key is deleted and its index entry dropped; a key
+//! whose leases all ended without a release expires by itself at the
+//! latest deadline, and its index entry is swept. What remains is the
+//! fence key, for the usual retention.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -395,10 +407,12 @@ impl Holder {
         parsed.ok_or(LockError::HolderCorrupt)
     }
 
-    /// Whether the lease still holds at `now_ms`: until its deadline,
-    /// exclusive, as an exclusive lease's key (see [`crate::lock::MemoryStore`]).
-    /// The key's own `PEXPIREAT` is the latest deadline, so it never ends
-    /// before its last holder.
+    /// Whether the lease still holds at `now_ms`: while `now_ms <
+    /// deadline_ms`, as an exclusive lease's key in
+    /// [`crate::lock::MemoryStore`]. The key's own `PEXPIREAT` is the
+    /// latest deadline, and a server keeps a key while `now <= expiry`, so
+    /// the key never ends before its last holder (it outlives it by at most
+    /// a millisecond, until the next command on it deletes it).
     pub fn live_at(self, now_ms: i64) -> bool {
         now_ms < self.deadline_ms
     }
