@@ -340,6 +340,16 @@ impl From<WrongMode> for LockError {
 /// # Errors
 ///
 /// An [`ArgError`] naming what is wrong; nothing has been looked at yet.
+///
+/// # Examples
+///
+/// ```
+/// use spacelock_core::shared::{parse_acquire_options, Mode};
+///
+/// let args: [&[u8]; 4] = [b"LIMIT", b"3", b"WAIT", b"500"];
+/// assert_eq!(parse_acquire_options(&args), Ok((Mode::Limit(3), Some(500))));
+/// assert_eq!(parse_acquire_options(&[]), Ok((Mode::Exclusive, None)));
+/// ```
 pub fn parse_acquire_options(rest: &[&[u8]]) -> Result<(Mode, Option<i64>), ArgError> {
     let (mut mode, mut wait) = (None, None);
     let mut it = rest.iter();
@@ -500,10 +510,12 @@ pub trait SharedStore {
     fn delete(&mut self);
 }
 
-/// What exclusive ACQUIRE, REFRESH and RELEASE see in a hash whose mode
-/// field reads `mode`: a shared key is held by others (nil, or the client
-/// queues); a counted key is the wrong mode; any other hash is the wrong
-/// type, as before.
+/// What exclusive ACQUIRE sees in a hash whose mode field reads `mode`
+/// (the exclusive [`Store::probe`](crate::lock::Store::probe) of a hash): a
+/// shared key is held by others (nil, or the client queues); a counted key
+/// is the wrong mode; any other hash is the wrong type, as before.
+/// REFRESH, RELEASE and CHECK send a spacelock hash to this module's
+/// [`refresh`], [`release`] and [`check`] instead.
 ///
 /// # Errors
 ///
@@ -834,6 +846,25 @@ pub struct Want<'a> {
 /// whose owner already holds the key (`is_holder`), or appears earlier in
 /// the prefix, ends it; so does the first that does not fit, whatever
 /// follows it (no request overtakes another).
+///
+/// # Examples
+///
+/// ```
+/// use spacelock_core::shared::{decide, Held, Mode, Want};
+///
+/// let want = |mode, owner: &'static str| Want { mode, owner: owner.as_bytes() };
+/// // Two readers hold the lock; a writer waits, then two more readers.
+/// let queue = [
+///     want(Mode::Exclusive, "w"),
+///     want(Mode::Shared, "r3"),
+///     want(Mode::Shared, "r4"),
+/// ];
+/// assert_eq!(decide(Held::Shared(2), queue, |_| false), 0);
+/// // The readers leave: the writer alone.
+/// assert_eq!(decide(Held::Free, queue, |_| false), 1);
+/// // The writer leaves: both readers at once.
+/// assert_eq!(decide(Held::Free, queue[1..].iter().copied(), |_| false), 2);
+/// ```
 pub fn decide<'a>(
     held: Held,
     queue: impl IntoIterator<Item = Want<'a>>,
