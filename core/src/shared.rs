@@ -743,6 +743,15 @@ impl SharedIndex {
     }
 }
 
+/// An owner is never empty (the commands check it first): the empty field
+/// is the mode's.
+fn no_mode_field(owner: &[u8]) -> Result<(), LockError> {
+    if owner == MODE_FIELD {
+        return Err(ArgError::OwnerEmpty.into());
+    }
+    Ok(())
+}
+
 /// The holders of the key `store` views (mode `mode`), from the index if it
 /// agrees with the hash in O(1) (holder count, key expiry), else read back.
 fn holders_of<'i, S: SharedStore>(
@@ -1018,6 +1027,7 @@ pub fn acquire<S: SharedStore>(
     index: &mut SharedIndex,
     policy: Policy,
 ) -> Result<Option<i64>, LockError> {
+    no_mode_field(owner)?;
     let now = store.now_ms();
     let at = expire_at(now, ttl_ms)?;
     let hash = process.terms.hash(store.key());
@@ -1085,6 +1095,7 @@ pub fn refresh<S: SharedStore>(
     index: &mut SharedIndex,
     policy: Policy,
 ) -> Result<bool, LockError> {
+    no_mode_field(owner)?;
     let now = store.now_ms();
     let at = expire_at(now, ttl_ms)?;
     let Some((_, holders, field)) = own_holder(store, owner, process, index)? else {
@@ -1232,6 +1243,7 @@ fn release_if<S: SharedStore>(
     index: &mut SharedIndex,
     policy: Policy,
 ) -> Result<bool, LockError> {
+    no_mode_field(owner)?;
     let Some((hash, holders, field)) = own_holder(store, owner, process, index)? else {
         return Ok(false);
     };
@@ -1290,6 +1302,7 @@ pub fn expire<S: SharedStore>(
 /// [`LockError::LockWrongType`] for a key that is not a lock; a corrupt
 /// holder field.
 pub fn check<S: SharedStore>(store: &mut S, owner: &[u8], token: i64) -> Result<bool, LockError> {
+    no_mode_field(owner)?;
     match store.layout() {
         Layout::Hash(_) => {
             let now = store.now_ms();

@@ -1221,6 +1221,31 @@ fn the_fence_key_follows_the_latest_lease() {
 }
 
 #[test]
+fn an_empty_owner_never_names_the_mode_field() {
+    let mut w = World::new();
+    w.arrive("a", Mode::Shared, 100, None);
+    let before = w.s.keys.clone();
+    let empty = Err(LockError::Arg(ArgError::OwnerEmpty));
+    let mut v = w.s.view(K, b"");
+    let sh = KeyMode::Shared;
+    let (p, idx) = (&mut w.p, &mut w.idx);
+    assert_eq!(
+        acquire(&mut v, b"", 10, sh, None, p, idx, TERM),
+        empty.clone().map(|_: ()| None)
+    );
+    assert_eq!(
+        refresh(&mut v, b"", 10, p, idx, TERM),
+        empty.clone().map(|_: ()| false)
+    );
+    assert_eq!(
+        release(&mut v, b"", p, idx, TERM),
+        empty.clone().map(|_: ()| false)
+    );
+    assert_eq!(check(&mut v, b"", F), empty.map(|_: ()| false));
+    assert_eq!(w.s.keys, before);
+}
+
+#[test]
 fn an_undo_removes_only_that_grant() {
     let mut s = MemoryStore::at(T0);
     let mut p = process_at(T0);
