@@ -530,7 +530,7 @@ pub trait SharedStore {
 }
 
 /// What exclusive ACQUIRE sees in a hash whose mode field reads `mode`
-/// (the exclusive [`Store::probe`](crate::lock::Store::probe) of a hash): a
+/// (the exclusive [`Store::probe`] of a hash): a
 /// shared key is held by others (nil, or the client queues); a counted key
 /// is the wrong mode; any other hash is the wrong type, as before.
 /// REFRESH, RELEASE and CHECK send a spacelock hash to this module's
