@@ -30,6 +30,10 @@ pub enum ArgError {
     RepeatedOption,
     /// An option without its value.
     MissingValue,
+    /// A `LIMIT` that is not an integer from 1 to the maximum it carries.
+    LimitInvalid(u32),
+    /// `SHARED` and `LIMIT` in one request.
+    ModeConflict,
 }
 
 impl fmt::Display for ArgError {
@@ -59,6 +63,13 @@ impl fmt::Display for ArgError {
             ArgError::UnknownOption => f.write_str("ERR syntax error: unknown option"),
             ArgError::RepeatedOption => f.write_str("ERR syntax error: option given twice"),
             ArgError::MissingValue => f.write_str("ERR syntax error: option needs a value"),
+            ArgError::LimitInvalid(max) => write!(
+                f,
+                "ERR invalid LIMIT: must be a base-10 integer from 1 to {max}"
+            ),
+            ArgError::ModeConflict => {
+                f.write_str("ERR syntax error: SHARED and LIMIT cannot be combined")
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The errors of the lock state machine that are not argument errors.
 
 use crate::args::ArgError;
+use crate::shared::WrongMode;
 
 /// Failures that are not argument errors. `Display` is the error reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,13 @@ pub enum LockError {
     /// The server refused a write the grant needed (it changed nothing
     /// that was not replicated).
     WriteFailed,
+    /// The request's mode does not fit the lock's (a counted lock asked
+    /// for exclusive or shared, a reader-writer lock asked for a count, or
+    /// another count).
+    WrongMode(WrongMode),
+    /// A holder field of a shared or counted lock does not hold
+    /// `token:deadline_ms`.
+    HolderCorrupt,
 }
 
 impl From<ArgError> for LockError {
@@ -45,6 +53,10 @@ impl std::fmt::Display for LockError {
             LockError::WriteFailed => {
                 f.write_str("ERR spacelock could not write the lock (see the server log)")
             }
+            LockError::WrongMode(w) => w.fmt(f),
+            LockError::HolderCorrupt => f.write_str(
+                "ERR a holder of this shared or counted lock is not stored as token:deadline_ms",
+            ),
         }
     }
 }

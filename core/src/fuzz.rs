@@ -18,7 +18,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 /// `SPACELOCK_FUZZ_ITERS`, else `default`, or 100 × `default` in a soak.
 /// (The core cannot use the test kit; this reads `SPACELOCK_SOAK` the way
 /// `kit::soak()` does.)
-fn iters(default: usize) -> usize {
+pub(crate) fn iters(default: usize) -> usize {
     let soak = std::env::var_os("SPACELOCK_SOAK").is_some_and(|v| !v.is_empty() && v != "0");
     std::env::var("SPACELOCK_FUZZ_ITERS")
         .ok()
@@ -26,7 +26,7 @@ fn iters(default: usize) -> usize {
         .unwrap_or(if soak { default * 100 } else { default })
 }
 
-fn seed() -> u64 {
+pub(crate) fn seed() -> u64 {
     let seed = std::env::var("SPACELOCK_FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -10,6 +10,8 @@
 //! * [`lock`]: the lock state machine over a [`lock::Store`], with
 //!   [`lock::MemoryStore`] and an injectable clock;
 //! * [`tokens`]: which fencing token a grant issues (terms and their floor);
+//! * [`shared`]: shared (reader-writer) and counted locks: their layout,
+//!   per-holder leases, and who of a queue is granted;
 //! * [`handoff`]: the WAIT handoff: the queues of waiting clients and every
 //!   decision they make, against a [`handoff::Host`] trait.
 #![deny(missing_docs)]
@@ -23,4 +25,5 @@ mod fuzz;
 pub mod handoff;
 pub mod ledger;
 pub mod lock;
+pub mod shared;
 pub mod tokens;

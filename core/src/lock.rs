@@ -69,7 +69,7 @@ impl Policy {
     /// it always outlives the lease by one to two retentions and most
     /// refreshes leave it alone; under a policy that keeps fence keys, it
     /// becomes kept.
-    fn fence_move(&self, until: Option<i64>, deadline_ms: i64) -> Option<Option<i64>> {
+    pub(crate) fn fence_move(&self, until: Option<i64>, deadline_ms: i64) -> Option<Option<i64>> {
         match (until, self.fence_until(deadline_ms)) {
             (Some(until), Some(at_least)) if until < at_least => {
                 Some(Some(at_least.saturating_add(self.retention_ms)))
@@ -82,7 +82,7 @@ impl Policy {
     /// Where the fence key must move when a lease is released at `now_ms`:
     /// to one retention from now when it would otherwise outlive the release
     /// by more than two (a lease released long before its deadline).
-    fn fence_move_at_release(&self, until: Option<i64>, now_ms: i64) -> Option<i64> {
+    pub(crate) fn fence_move_at_release(&self, until: Option<i64>, now_ms: i64) -> Option<i64> {
         let soon = self.fence_until(now_ms)?;
         (until? > soon.saturating_add(self.retention_ms)).then_some(soon)
     }
@@ -291,7 +291,10 @@ pub fn parse_token(bytes: &[u8]) -> Result<i64, LockError> {
 pub enum Value {
     /// A string, as written by SET.
     Str(Vec<u8>),
-    /// Any non-string type (a list, a hash, …).
+    /// A hash, as written by HSET: field → value (a shared or counted lock,
+    /// see [`crate::shared`], or anyone's hash).
+    Hash(std::collections::BTreeMap<Vec<u8>, Vec<u8>>),
+    /// Any other type (a list, a set, …).
     Other,
 }
 
@@ -339,12 +342,12 @@ impl MemoryStore {
     }
 }
 
-/// [`Store`] over a [`MemoryStore`].
+/// [`Store`] (and [`crate::shared::SharedStore`]) over a [`MemoryStore`].
 pub struct MemoryView<'a> {
-    store: &'a mut MemoryStore,
-    key: &'a [u8],
+    pub(crate) store: &'a mut MemoryStore,
+    pub(crate) key: &'a [u8],
     owner: &'a [u8],
-    fence: Vec<u8>,
+    pub(crate) fence: Vec<u8>,
 }
 
 impl Store for MemoryView<'_> {
@@ -366,12 +369,18 @@ impl Store for MemoryView<'_> {
             Some(Value::Other) => Err(LockError::LockWrongType),
             Some(Value::Str(v)) if v == self.owner => Ok(Probe::Mine),
             Some(Value::Str(_)) => Ok(Probe::Other),
+            // A shared lock is held (by readers); a counted lock is the
+            // wrong mode; anyone else's hash is the wrong type, as before.
+            Some(Value::Hash(h)) => crate::shared::exclusive_probe(
+                h.get(crate::shared::MODE_FIELD)
+                    .and_then(|m| crate::shared::KeyMode::parse(m)),
+            ),
         }
     }
     fn last_token(&mut self) -> Result<i64, LockError> {
         match self.store.get(&self.fence) {
             None => Ok(0),
-            Some(Value::Other) => Err(LockError::FenceWrongType),
+            Some(Value::Other | Value::Hash(_)) => Err(LockError::FenceWrongType),
             Some(Value::Str(v)) => parse_token(v),
         }
     }
