@@ -6,6 +6,7 @@
  * may still be granted later is released by an owner-checked RELEASE that can
  * never touch another lease, not even one of ours.
  */
+import { ackCommand, ackName, ackRefused, acksWanted, parseAck } from './ack';
 import { acquireCommand, acquireWaitCommand, parseFlag, parseGrant, refreshCommand, releaseCommand } from './commands';
 import { send, type RedisConnection } from './connection';
 import { COMMAND_TIMED_OUT, CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
@@ -44,6 +45,17 @@ export interface Grant {
   owner: string;
   mode: CommandMode;
 }
+
+/**
+ * A grant that fewer replicas than `replicas` acknowledged within
+ * `ackTimeoutMs`: it has been released (or its release is on its way).
+ */
+export interface Unacknowledged {
+  notAcknowledged: { acknowledged: number; required: number };
+}
+
+/** What an acquire came to: a grant, a grant not acknowledged (and released), or `null` (not granted). */
+export type Acquired = Grant | Unacknowledged | null;
 
 /** Lua mode polls with exponential backoff from 25 ms up to 250 ms, with jitter. */
 const POLL_BASE_MS = 25;
@@ -107,6 +119,54 @@ function releaseLater(ctx: AcquireContext, key: string, owner: string, mode: Com
   void ctx.release(key, owner, mode, 0);
 }
 
+/** What the acknowledgement of a grant came to. */
+type AckOutcome =
+  | { kind: 'acked' }
+  | { kind: 'short'; acknowledged: number }
+  /** No usable answer. `inDoubt`: no reply at all, the command may still block its connection. */
+  | { kind: 'error'; error: Error; inDoubt: boolean }
+  | { kind: 'abort' };
+
+/**
+ * Sends `WAIT replicas ackTimeoutMs` (or `WAITAOF`) on `conn`, the
+ * connection whose last write was the grant (or its confirming REFRESH),
+ * and waits for the answer: at most a ttl (a grant acknowledged later has
+ * expired anyway), and no longer than `signal` allows.
+ */
+async function acknowledge(
+  ctx: AcquireContext,
+  conn: RedisConnection,
+  key: string,
+  signal?: AbortSignal,
+): Promise<AckOutcome> {
+  const opts = ctx.opts;
+  const command = ackCommand(opts, key);
+  const bound = opts.ttlMs;
+  const s = await settle(ctx.deadlines.send(conn, command, bound), Infinity, signal);
+  // On abort the WAIT stays in flight; its deadline settles it.
+  if (s.kind === 'abort') return { kind: 'abort' };
+  ctx.deadlines.done(command);
+  if (s.kind === 'reply') {
+    try {
+      const r = parseAck(opts, s.value);
+      return r.ok ? { kind: 'acked' } : { kind: 'short', acknowledged: r.acknowledged };
+    } catch (e) {
+      return { kind: 'error', error: e as Error, inDoubt: false };
+    }
+  }
+  if (s.kind === 'error' && s.error.message === COMMAND_TIMED_OUT) {
+    return { kind: 'error', error: new CommandTimeoutError(ackName(opts), bound), inDoubt: true };
+  }
+  if (s.kind === 'error' && isReplyError(s.error)) {
+    return { kind: 'error', error: ackRefused(opts, s.error), inDoubt: false };
+  }
+  return { kind: 'error', error: s.kind === 'error' ? s.error : new Error('no reply'), inDoubt: true };
+}
+
+function unacknowledged(ctx: AcquireContext, acknowledged: number): Unacknowledged {
+  return { notAcknowledged: { acknowledged, required: ctx.opts.replicas } };
+}
+
 /**
  * One ACQUIRE (`SET NX PX` in Lua mode). `null` when the lock is held.
  * Gives up after one ttl without a reply: a grant that late would be
@@ -118,7 +178,7 @@ export async function acquireOnce(
   owner: string,
   signal?: AbortSignal,
   hardDeadline = Infinity,
-): Promise<Grant | null> {
+): Promise<Acquired> {
   for (;;) {
     const mode = ctx.mode;
     const ttl = ctx.opts.ttlMs;
@@ -129,7 +189,8 @@ export async function acquireOnce(
     // timer per command on the hot path); it rejects with "Command timed out".
     // Within a wait (Lua mode polls), never past the wait's own bound.
     const bound = Math.max(1, Math.min(ttl, Math.ceil(hardDeadline - start)));
-    const p = ctx.deadlines.send(ctx.conn(), command, bound, start);
+    const conn = ctx.conn();
+    const p = ctx.deadlines.send(conn, command, bound, start);
     let s: Settled;
     if (signal) {
       s = await settle(p, Infinity, signal);
@@ -155,7 +216,24 @@ export async function acquireOnce(
         releaseLater(ctx, key, owner, mode);
         throw e;
       }
-      if (grant) return { token: grant.token, start, owner, mode };
+      if (grant) {
+        if (!acksWanted(ctx.opts)) return { token: grant.token, start, owner, mode };
+        // The body starts only once enough replicas have the grant.
+        const ack = await acknowledge(ctx, conn, key, signal);
+        if (ack.kind === 'acked') return { token: grant.token, start, owner, mode };
+        if (ack.kind === 'abort') {
+          releaseLater(ctx, key, owner, mode); // queued behind the WAIT
+          throw signal?.reason;
+        }
+        if (ack.kind === 'error' && ack.inDoubt) {
+          releaseLater(ctx, key, owner, mode);
+          throw ack.error;
+        }
+        // Answered: release before reporting, so the lock is free when the caller hears of it.
+        await ctx.release(key, owner, mode, ctx.opts.releaseTimeoutMs);
+        if (ack.kind === 'error') throw ack.error;
+        return unacknowledged(ctx, ack.acknowledged);
+      }
       // After a reconnect ioredis may have resent the command: its first copy
       // may have granted the lock to us, and the resent one then saw it held.
       if (ctx.reconnects() !== epoch) releaseLater(ctx, key, owner, mode);
@@ -275,7 +353,7 @@ export async function acquireWait(
   owner: string,
   deadline: number,
   signal?: AbortSignal,
-): Promise<Grant | null> {
+): Promise<Acquired> {
   const hardDeadline = deadline + ctx.opts.waitGraceMs;
   for (let attempt = 0; ; attempt++) {
     if (ctx.mode === 'lua') return pollWait(ctx, key, owner, deadline, hardDeadline, signal);
@@ -324,8 +402,36 @@ export async function acquireWait(
         throw e;
       }
       if (confirmation.held) {
-        pool.checkin(conn);
-        return { token: grant.token, start: confirmation.start, owner: attemptOwner, mode: 'module' };
+        const granted: Grant = { token: grant.token, start: confirmation.start, owner: attemptOwner, mode: 'module' };
+        if (!acksWanted(ctx.opts)) {
+          pool.checkin(conn);
+          return granted;
+        }
+        // The connection whose last write was this grant: the wait
+        // connection (the module's grant, or its confirming REFRESH); behind
+        // Sentinel the command connection, where confirmGrant's REFRESH went.
+        const ackConn = ctx.followsFailover ? ctx.conn() : conn;
+        const ack = await acknowledge(ctx, ackConn, key, signal);
+        if (ack.kind === 'acked') {
+          pool.checkin(conn);
+          return granted;
+        }
+        if (ack.kind === 'abort' || (ack.kind === 'error' && ack.inDoubt)) {
+          // The WAIT may still block its connection: release behind it, and
+          // on the command connection, and let the wait connection go.
+          pool.release();
+          void releaseOnWaitConn(ctx, conn, key, attemptOwner, ctx.opts.ttlMs).then(() => pool.drop(conn));
+          releaseLater(ctx, key, attemptOwner, 'module');
+          if (ack.kind === 'abort') throw signal?.reason;
+          throw ack.error;
+        }
+        // Answered: release where it was granted before reporting.
+        const fit = await releaseOnWaitConn(ctx, conn, key, attemptOwner, ctx.opts.releaseTimeoutMs);
+        if (ctx.followsFailover) releaseLater(ctx, key, attemptOwner, 'module');
+        if (fit) pool.checkin(conn);
+        else giveUp(pool, conn);
+        if (ack.kind === 'error') throw ack.error;
+        return unacknowledged(ctx, ack.acknowledged);
       }
       // Not confirmed: release it on the server that granted it, on the
       // connection that received the grant, before answering; and where a
@@ -424,9 +530,9 @@ async function pollWait(
   deadline: number,
   hardDeadline: number,
   signal?: AbortSignal,
-): Promise<Grant | null> {
+): Promise<Acquired> {
   for (let i = 0; ; i++) {
-    let grant: Grant | null;
+    let grant: Acquired;
     try {
       grant = await acquireOnce(ctx, key, owner, signal, hardDeadline);
     } catch (err) {

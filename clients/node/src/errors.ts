@@ -53,6 +53,32 @@ export class CommandTimeoutError extends SpaceLockError {
   }
 }
 
+/**
+ * Fewer replicas than the `replicas` option asked for acknowledged a grant
+ * within `ackTimeoutMs`: the grant was released and `fn` did not run. Only
+ * {@link SpaceLockDropIn.withSpaceLock} rejects with it (its result type is
+ * the existing service's); `SpaceLock.withSpaceLock` resolves
+ * `{ skipped: 'not-acknowledged', acknowledged, required }` instead.
+ */
+export class NotAcknowledgedError extends SpaceLockError {
+  /** How many replicas acknowledged the grant (what `WAIT` answered). */
+  readonly acknowledged: number;
+  /** How many had to (the `replicas` option). */
+  readonly required: number;
+  /** The Redis key of the lock. */
+  readonly key: string;
+
+  constructor(key: string, acknowledged: number, required: number) {
+    super(
+      `${acknowledged} of ${required} replicas acknowledged the grant of ${key} in time; ` +
+        'it was released and the body did not run',
+    );
+    this.acknowledged = acknowledged;
+    this.required = required;
+    this.key = key;
+  }
+}
+
 /** Why a lease ended: see {@link LeaseLostError.reason}. */
 export type LostReason =
   /** A refresh answered 0: the key expired, was deleted, or has another owner. */

@@ -11,17 +11,24 @@
  * earliest such deadline, so a loss is signalled on time even when refreshes
  * are failing.
  *
+ * With `replicas` (or `waitAof`), each batch is followed by one `WAIT` on
+ * its connection (on a cluster, one per refresh, routed to its node), and a
+ * lease's deadline moves only once that `WAIT` says enough replicas have
+ * the refresh: a refresh that only the primary took does not make the
+ * holder believe it holds the lock longer than a promoted replica will.
+ *
  * When a connection comes back after an outage ('ready' after a reconnect),
  * every lease that missed a refresh meanwhile is refreshed at once: waiting
  * for the next tick would lose a lease whose outage ended in the last third
  * of its ttl, although the server still held it.
  */
-import { BatchCommand, ReplyCommand, type RedisConnection } from './connection';
+import { ackCommand, ackName, acksWanted, parseAck } from './ack';
+import { BatchCommand, ReplyCommand, send, type RedisConnection } from './connection';
 import type { Redis } from 'ioredis';
 import type { LeaseState } from './lease';
 import { LinkedList } from './list';
 import { timerDelay } from './timers';
-import { refreshInterval, type SpaceLockLogger } from './options';
+import { refreshInterval, type ResolvedOptions, type SpaceLockLogger } from './options';
 
 /** What one batch of refreshes found, reported once the last reply is in. */
 interface Tally {
@@ -30,6 +37,11 @@ interface Tally {
   firstError: string;
   notOwner: string[];
   late: string[];
+  /** Leases whose refresh answered 1 and waits for its acknowledgement. */
+  refreshed: Set<LeaseState>;
+  /** Leases whose refresh too few replicas acknowledged, and the fewest that did. */
+  unacked: number;
+  fewestAcks: number;
 }
 
 /** How many keys a warning about lost leases names. */
@@ -42,6 +54,10 @@ export class Heartbeat {
   private readonly interval: number;
   /** The connections whose 'ready' this heartbeat listens to. */
   private readonly watched = new WeakSet<object>();
+  private readonly ttlMs: number;
+  private readonly logger: SpaceLockLogger;
+  /** Whether refreshes wait for replica acknowledgements. */
+  private readonly acks: boolean;
 
   /**
    * @param conn where refreshes go: a Cluster (each refresh is routed to its
@@ -49,10 +65,12 @@ export class Heartbeat {
    */
   constructor(
     private readonly conn: () => { cluster: RedisConnection } | { single: Redis },
-    private readonly ttlMs: number,
-    private readonly logger: SpaceLockLogger,
+    private readonly opts: ResolvedOptions,
   ) {
-    this.interval = refreshInterval(ttlMs);
+    this.ttlMs = opts.ttlMs;
+    this.logger = opts.logger;
+    this.acks = acksWanted(opts);
+    this.interval = refreshInterval(this.ttlMs);
   }
 
   /** Leases being refreshed right now. */
@@ -159,7 +177,16 @@ export class Heartbeat {
   };
 
   private send(due: LeaseState[], sentAt: number): void {
-    const tally: Tally = { left: due.length, failed: 0, firstError: '', notOwner: [], late: [] };
+    const tally: Tally = {
+      left: due.length,
+      failed: 0,
+      firstError: '',
+      notOwner: [],
+      late: [],
+      refreshed: new Set(),
+      unacked: 0,
+      fewestAcks: Infinity,
+    };
     const done = (): void => {
       if (--tally.left > 0) return;
       // One line per batch and kind, not one per lease: 10 000 leases on a
@@ -168,6 +195,12 @@ export class Heartbeat {
       this.reportLost(tally.late, 'the refresh reply came back after the ttl');
       if (tally.failed > 0) {
         this.logger.warn(`spacelock: refresh failed for ${tally.failed} lease(s), retrying next tick: ${tally.firstError}`);
+      }
+      if (tally.unacked > 0) {
+        this.logger.warn(
+          `spacelock: refresh of ${tally.unacked} lease(s) acknowledged by ${tally.fewestAcks} of ${this.opts.replicas} ` +
+            `replicas within ${this.opts.ackTimeoutMs} ms; their deadlines stay, retrying next tick`,
+        );
       }
     };
     const fail = (message: string): void => {
@@ -188,11 +221,41 @@ export class Heartbeat {
       for (const lease of due) onReply(lease, err instanceof Error ? err : new Error(String(err)), null);
       return;
     }
+    // The acknowledgement of `leases`' refreshes, sent right behind them on their connection.
+    const onAck = (leases: LeaseState[], err: Error | null, reply: unknown): void => {
+      if (err) {
+        fail(`${ackName(this.opts)}: ${err.message}`);
+      } else {
+        try {
+          const ack = parseAck(this.opts, reply);
+          for (const lease of leases) {
+            if (!tally.refreshed.delete(lease)) continue; // its refresh failed, or has not answered
+            if (ack.ok) this.refreshed(lease, sentAt, tally);
+            else {
+              tally.unacked++;
+              tally.fewestAcks = Math.min(tally.fewestAcks, ack.acknowledged);
+            }
+          }
+        } catch (e) {
+          fail((e as Error).message);
+        }
+      }
+      done();
+    };
+    const sendAck = (conn: RedisConnection, leases: LeaseState[], routeKey: string): void => {
+      send(conn, ackCommand(this.opts, routeKey)).then(
+        (reply) => onAck(leases, null, reply),
+        (err: unknown) => onAck(leases, err instanceof Error ? err : new Error(String(err)), null),
+      );
+    };
     if ('cluster' in target) {
+      if (this.acks) tally.left += due.length;
       for (const lease of due) {
         const { name, args, wire } = lease.refreshCommand;
         const command = new ReplyCommand(name, args, wire, (err, reply) => onReply(lease, err, reply));
         target.cluster.sendCommand(command);
+        // Routed by the key, to the node (and connection) that took the refresh.
+        if (this.acks) sendAck(target.cluster, [lease], lease.redisKey);
       }
       return;
     }
@@ -206,6 +269,12 @@ export class Heartbeat {
     );
     if (!['reconnecting', 'close', 'end', 'disconnecting'].includes(conn.status)) {
       batch.sendOn(conn); // still connecting: ioredis queues it until ready
+      // One acknowledgement for the whole batch: Redis waits for this
+      // connection's last write, the batch's last refresh.
+      if (this.acks) {
+        tally.left++;
+        sendAck(conn, due, due[0]!.redisKey);
+      }
     } else {
       // Queueing refreshes behind a reconnect would pile up a batch per
       // tick; the next tick sends fresh ones.
@@ -226,15 +295,23 @@ export class Heartbeat {
     this.logger.warn(`spacelock: ${keys.length} leases lost (${shown}${more}): ${why}`);
   }
 
+  /** A refresh sent at `sentAt` took (and, if asked for, was acknowledged): the lease's deadline moves. */
+  private refreshed(lease: LeaseState, sentAt: number, tally: Tally): void {
+    if (lease.reason !== undefined || !this.leases.has(lease)) return; // lost or released meanwhile
+    if (sentAt > lease.lastOkStart) lease.lastOkStart = sentAt;
+    if (lease.checkLost()) {
+      tally.late.push(lease.key);
+      this.delete(lease);
+    }
+  }
+
   /** Applies one refresh reply; returns a problem to report, if any. */
   private onReply(lease: LeaseState, sentAt: number, reply: unknown, tally: Tally): string | undefined {
     if (lease.reason !== undefined || !this.leases.has(lease)) return undefined; // lost or released meanwhile
     if (reply === '1' || reply === 1) {
-      if (sentAt > lease.lastOkStart) lease.lastOkStart = sentAt;
-      if (lease.checkLost()) {
-        tally.late.push(lease.key);
-        this.delete(lease);
-      }
+      // With acknowledgements, the deadline moves once they are in (onAck).
+      if (this.acks) tally.refreshed.add(lease);
+      else this.refreshed(lease, sentAt, tally);
       return undefined;
     }
     if (reply === '0' || reply === 0) {

@@ -10,6 +10,7 @@ export {
   type Outcome,
   type Ran,
   type Skipped,
+  type NotAcknowledged,
   type SkipReason,
   type ExistingSkipped,
   type CloseOptions,
@@ -25,5 +26,6 @@ export {
   ModuleNotLoadedError,
   CommandTimeoutError,
   LeaseLostError,
+  NotAcknowledgedError,
   type LostReason,
 } from './errors';

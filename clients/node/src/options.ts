@@ -51,6 +51,35 @@ export interface SpaceLockOptions {
    * result anyway (the release goes on in the background). Default 2 000 ms.
    */
   releaseTimeoutMs?: number | undefined;
+  /**
+   * How many replicas must acknowledge each grant and each refresh. After a
+   * grant (`SPACELOCK.ACQUIRE`, or a grant from the server's wait queue) the
+   * client sends `WAIT replicas ackTimeoutMs` on the connection that got it,
+   * and `fn` starts only once at least `replicas` replicas have the grant. A
+   * grant fewer replicas acknowledge in time is released and reported as
+   * `{ skipped: 'not-acknowledged', acknowledged, required }` (the
+   * {@link SpaceLockDropIn} rejects with a {@link NotAcknowledgedError}
+   * instead). A refresh moves the lease's deadline only once it is
+   * acknowledged too. Set it to the number of replicas a failover may
+   * promote. A whole number ≥ 0; default 0: off (no `WAIT`, no extra round
+   * trip).
+   */
+  replicas?: number | undefined;
+  /**
+   * How long a grant or a refresh waits for its acknowledgements (the
+   * `WAIT` timeout), in ms. More than 0 and less than `ttlMs`. Default: a
+   * third of the ttl (`floor(ttlMs / 3)`).
+   */
+  ackTimeoutMs?: number | undefined;
+  /**
+   * Acknowledge with `WAITAOF 1 replicas ackTimeoutMs` instead of `WAIT`:
+   * a grant or refresh counts once it is fsynced to the local AOF and to
+   * `replicas` replicas' AOFs. Needs `WAITAOF` (Redis ≥ 7.2, Valkey) and
+   * `appendonly yes` (on the replicas too); elsewhere the grant rejects with
+   * a {@link SpaceLockError} that quotes the server's error. With
+   * `replicas: 0` only the local fsync is waited for. Default `false`.
+   */
+  waitAof?: boolean | undefined;
 }
 
 /** Options of one {@link SpaceLock.withSpaceLock} call. Each may be left out or set to `undefined`. */
@@ -79,6 +108,10 @@ export interface ResolvedOptions {
   waitConnections: number;
   waitGraceMs: number;
   releaseTimeoutMs: number;
+  /** Replicas that must acknowledge grants and refreshes; 0: no acknowledgement is waited for. */
+  replicas: number;
+  ackTimeoutMs: number;
+  waitAof: boolean;
 }
 
 /** The default logger: a library prints nothing unless asked to. */
@@ -113,14 +146,40 @@ function nonNegative(name: string, v: number | undefined, dflt: number): number 
   return v;
 }
 
+function replicaCount(v: unknown): number {
+  if (v === undefined) return 0;
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+    throw new RangeError(`replicas must be a whole number ≥ 0, got ${String(v)}`);
+  }
+  return v;
+}
+
+function ackTimeout(v: unknown, ttlMs: number): number {
+  if (v === undefined) return Math.max(1, Math.floor(ttlMs / 3));
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+    throw new RangeError(`ackTimeoutMs must be a number > 0, got ${String(v)}`);
+  }
+  const ms = Math.ceil(v);
+  if (ms >= ttlMs) {
+    throw new RangeError(
+      `ackTimeoutMs must be less than ttlMs (${ttlMs}): a grant acknowledged that late would leave its lease nothing; got ${v}`,
+    );
+  }
+  return ms;
+}
+
 /** @internal */
 export function resolveOptions(o: SpaceLockOptions = {}): ResolvedOptions {
   if (o.fallback !== undefined && o.fallback !== 'lua') {
     throw new RangeError(`fallback must be 'lua' or undefined, got ${String(o.fallback)}`);
   }
   if (o.owner !== undefined && o.owner.length === 0) throw new RangeError('owner must not be empty');
+  if (o.waitAof !== undefined && typeof o.waitAof !== 'boolean') {
+    throw new RangeError(`waitAof must be true or false, got ${String(o.waitAof)}`);
+  }
+  const ttlMs = atLeast('ttlMs', MIN_TTL_MS, positiveInt('ttlMs', o.ttlMs, 30_000));
   return {
-    ttlMs: atLeast('ttlMs', MIN_TTL_MS, positiveInt('ttlMs', o.ttlMs, 30_000)),
+    ttlMs,
     keyPrefix: o.keyPrefix ?? 'spacelock:lock:',
     owner: o.owner ?? randomUUID(),
     logger: o.logger ?? quietLogger,
@@ -128,6 +187,9 @@ export function resolveOptions(o: SpaceLockOptions = {}): ResolvedOptions {
     waitConnections: positiveInt('waitConnections', o.waitConnections, 4),
     waitGraceMs: nonNegative('waitGraceMs', o.waitGraceMs, 2_000),
     releaseTimeoutMs: nonNegative('releaseTimeoutMs', o.releaseTimeoutMs, 2_000),
+    replicas: replicaCount(o.replicas),
+    ackTimeoutMs: ackTimeout(o.ackTimeoutMs, ttlMs),
+    waitAof: o.waitAof ?? false,
   };
 }
 

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { acquireOnce, acquireWait, type AcquireContext, type Grant } from './acquire';
+import { acquireOnce, acquireWait, type AcquireContext, type Acquired } from './acquire';
 import { infoCommand, parseInfo, releaseCommand, type CommandMode, type LockInfo } from './commands';
 import {
   closeConnection,
@@ -20,6 +20,7 @@ import {
   CommandTimeoutError,
   isUnknownSpacelockCommand,
   ModuleNotLoadedError,
+  NotAcknowledgedError,
   SpaceLockError,
   type LostReason,
 } from './errors';
@@ -29,13 +30,36 @@ import { resolveOptions, type ResolvedOptions, type SpaceLockOptions, type WithS
 import { startTimer } from './timers';
 import { WaitPool } from './wait-pool';
 
-/** Why `withSpaceLock` did not run `fn`. */
-export type SkipReason = 'in-progress' | 'lock-held' | 'timed-out';
+/**
+ * Why `withSpaceLock` did not run `fn`: `'in-progress'` (a call of this
+ * SpaceLock is inside the name), `'lock-held'` (another owner holds it),
+ * `'timed-out'` (`waitMs` ran out), `'not-acknowledged'` (granted, but
+ * fewer than `replicas` replicas acknowledged the grant within
+ * `ackTimeoutMs`: it was released).
+ */
+export type SkipReason = 'in-progress' | 'lock-held' | 'timed-out' | 'not-acknowledged';
 
-/** The sentinel `withSpaceLock` returns instead of `fn`'s value when it did not run `fn`. */
-export interface Skipped<R extends SkipReason = SkipReason> {
-  readonly skipped: R;
+/**
+ * A grant that fewer replicas than the `replicas` option acknowledged within
+ * `ackTimeoutMs`. The grant was released before this was returned; `fn` did
+ * not run.
+ */
+export interface NotAcknowledged {
+  readonly skipped: 'not-acknowledged';
+  /** How many replicas acknowledged the grant (what `WAIT` answered; with `waitAof`, the replicas that fsynced it). */
+  readonly acknowledged: number;
+  /** How many had to: the `replicas` option. */
+  readonly required: number;
 }
+
+/**
+ * The sentinel `withSpaceLock` returns instead of `fn`'s value when it did
+ * not run `fn`: `{ skipped }`, and for `'not-acknowledged'` also
+ * `acknowledged` and `required` ({@link NotAcknowledged}).
+ */
+export type Skipped<R extends SkipReason = SkipReason> = R extends 'not-acknowledged'
+  ? NotAcknowledged
+  : { readonly skipped: R };
 
 /** What {@link SpaceLock.withSpaceLockOutcome} returns when `fn` ran (the Rust client's `Outcome::Ran`). */
 export interface Ran<T> {
@@ -63,7 +87,7 @@ export type ExistingSkipped = { skipped: 'lock-held' | 'in-progress' };
 export function isSkipped(value: unknown): value is Skipped {
   if (typeof value !== 'object' || value === null || !('skipped' in value)) return false;
   const s = (value as { skipped: unknown }).skipped;
-  return s === 'in-progress' || s === 'lock-held' || s === 'timed-out';
+  return s === 'in-progress' || s === 'lock-held' || s === 'timed-out' || s === 'not-acknowledged';
 }
 
 /** Options of {@link SpaceLock.close}. */
@@ -155,7 +179,7 @@ export class SpaceLock {
     this.owner = this.opts.owner;
     this.source = redis;
     this.connPrefix = connectionKeyPrefix(redis);
-    this.heartbeat = new Heartbeat(() => this.heartbeatTarget(), this.opts.ttlMs, this.opts.logger);
+    this.heartbeat = new Heartbeat(() => this.heartbeatTarget(), this.opts);
     const self = this; // for the `mode` getter below
     this.ctx = {
       opts: this.opts,
@@ -235,7 +259,7 @@ export class SpaceLock {
     name: string,
     fn: (lease: Lease) => T | PromiseLike<T>,
     options?: WithSpaceLockOptions & { waitMs?: undefined },
-  ): Promise<T | Skipped<'in-progress' | 'lock-held'>>;
+  ): Promise<T | Skipped<'in-progress' | 'lock-held' | 'not-acknowledged'>>;
   withSpaceLock<T>(
     name: string,
     fn: (lease: Lease) => T | PromiseLike<T>,
@@ -409,11 +433,17 @@ export class SpaceLock {
       const redisKey = key; // this.key(name): with the connection's keyPrefix
       const owner = `${this.owner}:${++this.seq}`;
       const acquireSignal = waitSignal ?? signal;
-      const grant: Grant | null =
+      const grant: Acquired =
         deadline !== undefined
           ? await acquireWait(this.ctx, redisKey, owner, deadline, acquireSignal)
           : await acquireOnce(this.ctx, redisKey, owner, acquireSignal);
       if (!grant) return { skipped: deadline !== undefined && names === 'client' ? 'timed-out' : 'lock-held' };
+      if ('notAcknowledged' in grant) {
+        // Released already; never reported as 'lock-held'.
+        const { acknowledged, required } = grant.notAcknowledged;
+        if (names === 'existing') throw new NotAcknowledgedError(redisKey, acknowledged, required);
+        return { skipped: 'not-acknowledged', acknowledged, required };
+      }
 
       state = new LeaseState(key, redisKey, grant.owner, this.opts.ttlMs, grant.mode, grant.start);
       claim.state = state;

@@ -13,7 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, type TestContext } from 'node:test';
@@ -162,6 +162,8 @@ export interface ServerOptions {
   port?: number;
   /** A cluster node with this bus port. */
   clusterBusPort?: number;
+  /** The server binary (default {@link serverBinary}). */
+  bin?: string;
 }
 
 export class TestServer {
@@ -212,7 +214,7 @@ export class TestServer {
     }
     if (this.options.module !== false) args.push('--loadmodule', moduleFile());
     for (const [k, v] of this.options.args ?? []) args.push(`--${k}`, v);
-    const { child, stderr, exited } = spawnTracked(serverBinary(), args);
+    const { child, stderr, exited } = spawnTracked(this.options.bin ?? serverBinary(), args);
     this.child = child;
     const deadline = performance.now() + 20_000;
     for (;;) {
@@ -488,5 +490,160 @@ export function withCluster(keyPrefix: string, nodes = 3): ClusterFixture {
       await cluster.dispose();
     };
     return { cluster, nodeAdmins, redis, admin, dispose };
+  });
+}
+
+/**
+ * A TCP proxy on a free loopback port in front of `127.0.0.1:target`, whose
+ * forwarding can be paused: {@link pause} holds every byte, both ways, on
+ * every connection (kept in order, the connections stay open), {@link resume}
+ * delivers them and forwards again. A replica that replicates through it has
+ * its link stalled on demand, with no timing luck needed (the Rust test
+ * kit's proxy, testkit/src/proxy.rs, does the same for its tests).
+ */
+export class TcpProxy {
+  private paused = false;
+  private readonly links = new Set<{ flush(): void; close(): void }>();
+
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+  ) {}
+
+  static async start(target: number): Promise<TcpProxy> {
+    let proxy: TcpProxy | undefined;
+    const server = createServer((client) => proxy?.link(client, target));
+    const port = await new Promise<number>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(0, '127.0.0.1', () => resolve((server.address() as { port: number }).port));
+    });
+    proxy = new TcpProxy(server, port);
+    return proxy;
+  }
+
+  private link(client: Socket, target: number): void {
+    const upstream = createConnection({ port: target, host: '127.0.0.1' });
+    const held: Array<[Socket, Buffer]> = [];
+    const forward = (to: Socket) => (chunk: Buffer) => {
+      if (this.paused) held.push([to, chunk]);
+      else to.write(chunk);
+    };
+    client.on('data', forward(upstream));
+    upstream.on('data', forward(client));
+    const link = {
+      flush: () => {
+        for (const [to, chunk] of held.splice(0)) to.write(chunk);
+      },
+      close: () => {
+        client.destroy();
+        upstream.destroy();
+        this.links.delete(link);
+      },
+    };
+    for (const s of [client, upstream]) {
+      s.on('error', () => undefined);
+      s.on('close', link.close);
+    }
+    this.links.add(link);
+  }
+
+  /** Holds every byte from now on, both ways (the connections stay open). */
+  pause(): void {
+    this.paused = true;
+  }
+
+  /** Delivers what was held, in order, and forwards again. */
+  resume(): void {
+    this.paused = false;
+    for (const l of this.links) l.flush();
+  }
+
+  async close(): Promise<void> {
+    for (const l of [...this.links]) l.close();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/** `INFO replication` field `name` of `redis`. */
+export async function replicationField(redis: Redis, name: string): Promise<string | undefined> {
+  const m = new RegExp(`^${name}:(.*?)\\r?$`, 'm').exec(await redis.info('replication'));
+  return m?.[1];
+}
+
+/**
+ * A primary and `n` replicas, all with the module; each replica replicates
+ * through its own {@link TcpProxy}, so a test can stall its link.
+ * Resolves once every replica has synced and the primary counts them all.
+ */
+export async function startReplicated(
+  n: number,
+  options: ServerOptions = {},
+): Promise<{ primary: TestServer; replicas: TestServer[]; proxies: TcpProxy[]; dispose(): Promise<void> }> {
+  // No diskless-sync delay (5 s by default, waiting for more replicas to join one transfer).
+  const primary = await TestServer.start({ ...options, args: [...(options.args ?? []), ['repl-diskless-sync-delay', '0']] });
+  const replicas: TestServer[] = [];
+  const proxies: TcpProxy[] = [];
+  const dispose = async (): Promise<void> => {
+    await Promise.all([primary, ...replicas].map((s) => s.dispose()));
+    await Promise.all(proxies.map((p) => p.close()));
+  };
+  try {
+    for (let i = 0; i < n; i++) {
+      const proxy = await TcpProxy.start(primary.port);
+      proxies.push(proxy);
+      const replica = await TestServer.start(options);
+      replicas.push(replica);
+      const admin = replica.client({ maxRetriesPerRequest: 1 });
+      await admin.call('REPLICAOF', '127.0.0.1', String(proxy.port));
+      await waitFor(`replica ${i} to sync`, async () => (await replicationField(admin, 'master_link_status')) === 'up', 15_000, 20);
+    }
+    const admin = primary.client();
+    await waitFor(
+      `the primary to count ${n} replicas`,
+      async () => Number(await replicationField(admin, 'connected_slaves')) === n,
+      15_000,
+      20,
+    );
+    return { primary, replicas, proxies, dispose };
+  } catch (err) {
+    await dispose();
+    throw err;
+  }
+}
+
+class ReplicatedFixture extends LockFixture<
+  Redis,
+  Started<Redis> & { primary: TestServer; replicas: TestServer[]; proxies: TcpProxy[]; replicaAdmins: Redis[] }
+> {
+  get primary(): TestServer {
+    return this.started.primary;
+  }
+
+  get replicas(): TestServer[] {
+    return this.started.replicas;
+  }
+
+  /** The proxy each replica replicates through, in `replicas` order: `pause()` stalls its link. */
+  get proxies(): TcpProxy[] {
+    return this.started.proxies;
+  }
+
+  /** A plain connection to each replica, in `replicas` order. */
+  get replicaAdmins(): Redis[] {
+    return this.started.replicaAdmins;
+  }
+}
+
+/**
+ * A primary and `n` replicas (each through a pausable {@link TcpProxy}) for
+ * the enclosing `describe`: `redis` and `admin` connect to the primary,
+ * `replicaAdmins` to the replicas; `make` builds locks on `redis` under
+ * `keyPrefix`. See {@link LockFixture}.
+ */
+export function withReplicas(keyPrefix: string, n = 1): ReplicatedFixture {
+  return new ReplicatedFixture(keyPrefix, true, async () => {
+    const set = await startReplicated(n);
+    const replicaAdmins = set.replicas.map((r) => r.client());
+    return { ...set, redis: set.primary.client(), admin: set.primary.client(), replicaAdmins };
   });
 }

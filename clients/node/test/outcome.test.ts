@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isSkipped, type Lease, type Outcome, type Skipped } from '../src';
+import { isSkipped, type Lease, type NotAcknowledged, type Outcome, type Skipped } from '../src';
 import { holdLock, skipped, sleep, stallEventLoop, withServer } from './harness';
 
 describe('outcome', () => {
@@ -112,11 +112,16 @@ describe('outcome', () => {
     assert.equal(locks.isRunning('throws'), false);
   });
 
-  it('withSpaceLock keeps the existing service\'s result shape', async (t) => {
+  it('withSpaceLock keeps the existing service\'s result shape, plus not-acknowledged (replicas)', async (t) => {
     if (skipped(t)) return;
     const locks = fx.make();
-    // Typed as a caller of the existing service types it: this compiles.
-    const r: string | { skipped: 'in-progress' | 'lock-held' } = await locks.withSpaceLock('shape', async () => 'v');
+    // Typed as a caller of the existing service types it, plus the skip that
+    // only the replicas option produces: this compiles. (SpaceLockDropIn
+    // keeps the existing type exactly.)
+    const r: string | { skipped: 'in-progress' | 'lock-held' } | NotAcknowledged = await locks.withSpaceLock(
+      'shape',
+      async () => 'v',
+    );
     assert.equal(r, 'v');
   });
 });

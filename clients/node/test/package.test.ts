@@ -28,6 +28,8 @@ const PUBLIC_NAMES = [
   'LockInfo',
   'LostReason',
   'ModuleNotLoadedError',
+  'NotAcknowledged',
+  'NotAcknowledgedError',
   'Outcome',
   'Ran',
   'RedisConnection',
@@ -53,6 +55,8 @@ const INTERNAL_NAMES = [
   'ReplyDeadlines',
   'AcquireContext',
   'acquireOnce',
+  'acksWanted',
+  'parseAck',
   'LockCommand',
   'KeyedCommand',
   'BatchCommand',
@@ -182,9 +186,10 @@ import { SpaceLock, isSkipped, ModuleNotLoadedError, type Lease } from 'spaceloc
 const locks = new SpaceLock(new Redis({ lazyConnect: true }), { ttlMs: 30_000, keyPrefix: 'git-sync:lock:' });
 async function f(): Promise<number> {
   const r = await locks.withSpaceLock('s', async (lease: Lease) => { const t: bigint | undefined = lease.token; void t; lease.signal.throwIfAborted(); return 1; });
-  if (isSkipped(r)) { const why: 'in-progress' | 'lock-held' = r.skipped; void why; return 0; }
+  if (isSkipped(r)) { const why: 'in-progress' | 'lock-held' | 'not-acknowledged' = r.skipped; void why; return 0; }
   const w = await locks.withSpaceLock('s', async () => 'x', { waitMs: 5_000 });
-  if (typeof w !== 'string') { const why: 'in-progress' | 'lock-held' | 'timed-out' = w.skipped; void why; }
+  if (typeof w !== 'string') { const why: 'in-progress' | 'lock-held' | 'timed-out' | 'not-acknowledged' = w.skipped; void why; }
+  if (typeof w !== 'string' && w.skipped === 'not-acknowledged') { const n: number = w.acknowledged + w.required; void n; }
   // Options left undefined are accepted under exactOptionalPropertyTypes.
   const opts: { waitMs?: number; signal?: AbortSignal } = {};
   await locks.withSpaceLock('s', async () => 2, { waitMs: undefined, signal: undefined });
