@@ -120,7 +120,7 @@ struct RunArgs {
     /// The `spacelock` binary [default: next to this one].
     #[arg(long)]
     cli: Option<PathBuf>,
-    /// The compiled Node worker script [default: clients/node/build/test/test/chaos-worker.js
+    /// The compiled Node worker script [default: clients/node/build/test/chaos-worker.js
     /// when it exists].
     #[arg(long)]
     node_worker: Option<PathBuf>,
@@ -231,7 +231,7 @@ fn main() {
             });
             let node_worker = a.node_worker.clone().or_else(|| {
                 let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../clients/node/build/test/test/chaos-worker.js");
+                    .join("../clients/node/build/test/chaos-worker.js");
                 p.exists().then_some(p)
             });
             let cfg = run::RunConfig {

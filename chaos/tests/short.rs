@@ -40,8 +40,8 @@ fn cli() -> PathBuf {
 
 /// The compiled Node worker, when the Node package's test build is there.
 fn node_worker() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../clients/node/build/test/test/chaos-worker.js");
+    let p =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/node/build/test/chaos-worker.js");
     let fresh = p.exists()
         && Command::new("node")
             .arg("--version")
