@@ -30,38 +30,43 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::conn::{Checkout, LockConnection, WaitPool};
+use crate::conn::{Checkout, LockConnection, PooledConn, WaitPool};
 use crate::inner::Inner;
-use crate::options::{after, millis_ceil};
+use crate::options::{after, millis_ceil, Ack};
 use crate::proto::{self, is_transient, may_have_run};
-use crate::retry::{self, Backoff, Grant};
+use crate::retry::{self, Acquired, Backoff, Grant};
 use crate::Error;
 
-/// Waits up to `timeout` for `key`: `Ok(Some(grant))`, `Ok(None)` if it
-/// stayed held, or an error. Never leaves a lock it did not return held.
+/// Waits up to `timeout` for `key`: granted, held (it stayed held), not
+/// acknowledged (with `ack`: the grant was released), or an error. Never
+/// leaves a lock it did not return granted.
+///
+/// With `ack`, a grant is followed by `WAIT`/`WAITAOF` on the dedicated
+/// connection that got it: the server counts that connection's last write,
+/// which covers a grant the module wrote for it while it waited.
 pub(crate) async fn acquire_wait<C: LockConnection>(
     inner: &Inner<C>,
     pool: &WaitPool,
     key: &str,
     timeout: Duration,
-) -> Result<Option<Grant>, Error> {
+    ack: Option<&Ack>,
+) -> Result<Acquired, Error> {
     let s = &inner.settings;
     let deadline = after(Instant::now(), timeout);
     let mut backoff = Backoff::default();
     loop {
         let mut pooled = match pool.checkout(deadline).await {
             Checkout::Got(c) => c,
-            Checkout::NotInTime => return last_try(inner, key).await,
+            Checkout::NotInTime => return last_try(inner, key, ack).await,
             Checkout::Failed(e) => {
                 let e = Error::from(e);
                 if is_transient(&e) && backoff.wait(deadline).await {
                     continue;
                 }
                 // We cannot wait; but the lock may be free right now.
-                return match last_try(inner, key).await {
-                    Ok(Some(grant)) => Ok(Some(grant)),
-                    Ok(None) => Err(e),
-                    Err(other) => Err(other),
+                return match last_try(inner, key, ack).await {
+                    Ok(Acquired::Held) => Err(e),
+                    other => other,
                 };
             }
         };
@@ -73,8 +78,12 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
         let e = match reply {
             Ok(Ok(value)) => match proto::parse_token(proto::ACQUIRE_WAIT, value) {
                 Ok(Some(token)) => {
-                    pool.checkin(pooled);
-                    return Ok(Some(Grant { token, sent }));
+                    let grant = Grant { token, sent };
+                    let Some(a) = ack else {
+                        pool.checkin(pooled);
+                        return Ok(Acquired::Granted(grant));
+                    };
+                    return acknowledge(inner, pool, pooled, key, a, grant).await;
                 }
                 Ok(None) => {
                     pool.checkin(pooled);
@@ -86,7 +95,7 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
                     if let Err(e) = retry::release(&inner.conn, key, &s.owner, wait).await {
                         tracing::debug!(key = %key, error = %e, "spacelock: the release after a nil WAIT reply is not confirmed");
                     }
-                    return Ok(None);
+                    return Ok(Acquired::Held);
                 }
                 Err(e) => {
                     // An error reply: nothing was granted, the connection is fine.
@@ -122,9 +131,62 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
     }
 }
 
+/// Sends the acknowledgement of a grant on the dedicated connection that
+/// got it (never on another: a `WAIT` counts its own connection's writes),
+/// and settles the grant on its reply. A connection that fails is dropped
+/// and the grant released.
+async fn acknowledge<C: LockConnection>(
+    inner: &Inner<C>,
+    pool: &WaitPool,
+    mut pooled: PooledConn,
+    key: &str,
+    ack: &Ack,
+    grant: Grant,
+) -> Result<Acquired, Error> {
+    let s = &inner.settings;
+    let cmd = proto::ack(ack);
+    let budget = ack.timeout.saturating_add(s.request_timeout());
+    let reply = tokio::time::timeout_at(after(Instant::now(), budget), pooled.conn.req(&cmd)).await;
+    let reply = match reply {
+        Ok(Ok(value)) => {
+            pool.checkin(pooled);
+            value
+        }
+        Ok(Err(e)) => {
+            drop(pooled);
+            tracing::warn!(key = %key, error = %e, "spacelock: the grant's acknowledgement failed; releasing it");
+            retry::release_logged(&inner.conn, key, &s.owner, s.release_budget()).await;
+            return Err(e.into());
+        }
+        Err(_) => {
+            drop(pooled);
+            tracing::warn!(key = %key, "spacelock: no reply to the grant's acknowledgement; releasing it");
+            retry::release_logged(&inner.conn, key, &s.owner, s.release_budget()).await;
+            return Err(Error::Timeout {
+                command: if ack.aof { proto::WAITAOF } else { proto::WAIT },
+                after: budget,
+            });
+        }
+    };
+    retry::settle_ack(
+        &inner.conn,
+        key,
+        &s.owner,
+        s.release_budget(),
+        ack,
+        reply,
+        grant,
+    )
+    .await
+}
+
 /// One plain ACQUIRE over the shared connection, for when no dedicated
 /// connection could be had before the deadline.
-async fn last_try<C: LockConnection>(inner: &Inner<C>, key: &str) -> Result<Option<Grant>, Error> {
+async fn last_try<C: LockConnection>(
+    inner: &Inner<C>,
+    key: &str,
+    ack: Option<&Ack>,
+) -> Result<Acquired, Error> {
     let s = &inner.settings;
     retry::acquire(
         &inner.conn,
@@ -133,6 +195,7 @@ async fn last_try<C: LockConnection>(inner: &Inner<C>, key: &str) -> Result<Opti
         s.ttl_ms,
         s.request_timeout(),
         s.release_budget(),
+        ack,
     )
     .await
 }

@@ -73,6 +73,18 @@ pub enum Error {
          (for example with a redis::Client) first"
     )]
     WaitNotConfigured,
+    /// [`Options::wait_aof`](crate::Options::wait_aof) is set, but the server
+    /// cannot run `WAITAOF`: it has no such command (Redis before 7.2) or its
+    /// append-only file is off (`appendonly no`). Nothing ran; a grant taken
+    /// before the `WAITAOF` failed was released.
+    #[error(
+        "WAITAOF is not available on this server (it answered: {reply}); \
+         it needs Redis 7.2 or later, or Valkey, with `appendonly yes`"
+    )]
+    WaitAofUnavailable {
+        /// The server's error reply, verbatim.
+        reply: String,
+    },
     /// The server answered a spacelock command with a reply of an unexpected shape.
     #[error("unexpected reply to {command}: {reply}")]
     UnexpectedReply {

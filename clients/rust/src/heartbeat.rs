@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::LockConnection;
 use crate::lease::{LostReason, LostSignal, ValidUntil};
-use crate::options::{after, refresh_interval};
+use crate::options::{after, refresh_interval, Ack};
+use redis::Value;
 
 #[cfg(test)]
 mod tests;
@@ -97,6 +98,10 @@ impl State {
 }
 
 struct Shared {
+    /// How refreshes are acknowledged: with it, every pipeline of refreshes
+    /// ends with `WAIT`/`WAITAOF`, and a refresh moves its lease's deadline
+    /// only if that acknowledged it.
+    ack: Option<Ack>,
     state: Mutex<State>,
     notify: Notify,
     shutdown: CancellationToken,
@@ -120,9 +125,11 @@ impl Drop for Heartbeat {
 }
 
 impl Heartbeat {
-    pub(crate) fn new() -> Self {
+    /// A refresher whose refreshes are acknowledged as `ack` says.
+    pub(crate) fn new(ack: Option<Ack>) -> Self {
         Heartbeat {
             shared: Arc::new(Shared {
+                ack,
                 state: Mutex::new(State::default()),
                 notify: Notify::new(),
                 shutdown: CancellationToken::new(),
@@ -193,17 +200,74 @@ impl Heartbeat {
     }
 }
 
-/// Replies of one pipelined batch: (lease id, reply or error text).
-type Batch = Vec<(u64, Result<i64, String>)>;
+/// Replies of one pipelined batch: (lease id, reply or error text, and
+/// why the refresh does not count if it was not acknowledged).
+type Batch = Vec<(u64, Result<i64, String>, Option<String>)>;
 
-/// Sends one pipeline of refreshes and waits for the replies until
-/// `deadline` (the latest deadline among its leases).
+/// Sends one pipeline of refreshes (ending with the acknowledgement, with
+/// `ack`) and waits for the replies until `deadline` (the latest deadline
+/// among its leases).
 async fn send_batch<C: LockConnection>(
+    mut conn: C,
+    ids: Vec<u64>,
+    mut pipe: redis::Pipeline,
+    deadline: Instant,
+    ack: Option<Ack>,
+) -> Batch {
+    let Some(ack) = ack else {
+        return send_refreshes(conn, ids, pipe, deadline)
+            .await
+            .into_iter()
+            .map(|(id, r)| (id, r, None))
+            .collect();
+    };
+    pipe.add_command(crate::proto::ack(&ack));
+    let n = ids.len();
+    let sent = tokio::time::timeout_at(deadline, conn.req_packed_commands(&pipe, 0, n + 1));
+    let msg = match sent.await {
+        Ok(Ok(mut values)) if values.len() == n + 1 => {
+            let acked = values.pop().unwrap_or(Value::Nil);
+            let short = match crate::proto::parse_ack(&ack, acked) {
+                Ok((_, true)) => None,
+                Ok((got, false)) => Some(format!(
+                    "the refresh was not acknowledged: {got} of {} replicas within {:?}",
+                    ack.replicas, ack.timeout
+                )),
+                Err(e) => Some(format!("the refresh's acknowledgement failed: {e}")),
+            };
+            return ids
+                .into_iter()
+                .zip(values)
+                .map(|(id, v)| (id, refresh_reply(v), short.clone()))
+                .collect();
+        }
+        Ok(Ok(values)) => format!(
+            "pipeline returned {} replies for {} commands",
+            values.len(),
+            n + 1
+        ),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no reply within the ttl".to_string(),
+    };
+    ids.into_iter()
+        .map(|id| (id, Err(msg.clone()), None))
+        .collect()
+}
+
+/// One refresh's reply: its integer, or the error's text.
+fn refresh_reply(v: Value) -> Result<i64, String> {
+    v.extract_error()
+        .and_then(|v| Ok(redis::from_redis_value::<i64>(v)?))
+        .map_err(|e| e.to_string())
+}
+
+/// Sends one pipeline of refreshes without acknowledgement.
+async fn send_refreshes<C: LockConnection>(
     mut conn: C,
     ids: Vec<u64>,
     pipe: redis::Pipeline,
     deadline: Instant,
-) -> Batch {
+) -> Vec<(u64, Result<i64, String>)> {
     let sent = tokio::time::timeout_at(deadline, conn.req_packed_commands(&pipe, 0, ids.len()));
     let Ok(result) = sent.await else {
         let msg = "no reply within the ttl".to_string();
@@ -213,13 +277,7 @@ async fn send_batch<C: LockConnection>(
         Ok(values) if values.len() == ids.len() => ids
             .into_iter()
             .zip(values)
-            .map(|(id, v)| {
-                let r = v
-                    .extract_error()
-                    .and_then(|v| Ok(redis::from_redis_value::<i64>(v)?))
-                    .map_err(|e| e.to_string());
-                (id, r)
-            })
+            .map(|(id, v)| (id, refresh_reply(v)))
             .collect(),
         Ok(values) => {
             let msg = format!(
@@ -237,6 +295,7 @@ async fn send_batch<C: LockConnection>(
 }
 
 async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
+    let ack = shared.ack;
     let mut inflight = FuturesUnordered::new();
     loop {
         let now = Instant::now();
@@ -289,7 +348,7 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
         };
         for (_, (ids, pipe, until)) in batches {
             let conn = conn.clone();
-            inflight.push(async move { (now, send_batch(conn, ids, pipe, until).await) });
+            inflight.push(async move { (now, send_batch(conn, ids, pipe, until, ack).await) });
         }
         let sleep = tokio::time::sleep_until(
             next_wake.unwrap_or_else(|| after(now, Duration::from_secs(3600))),
@@ -313,12 +372,18 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
 
 fn handle_replies(shared: &Shared, started: Instant, batch: Batch) {
     let mut st = shared.lock();
-    for (id, result) in batch {
-        handle_reply(&mut st, id, started, result);
+    for (id, result, short) in batch {
+        handle_reply(&mut st, id, started, result, short);
     }
 }
 
-fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, String>) {
+fn handle_reply(
+    st: &mut State,
+    id: u64,
+    started: Instant,
+    result: Result<i64, String>,
+    short: Option<String>,
+) {
     let Some(e) = st.leases.get_mut(&id) else {
         return; // released meanwhile
     };
@@ -328,6 +393,13 @@ fn handle_reply(st: &mut State, id: u64, started: Instant, result: Result<i64, S
         return;
     }
     match result {
+        Ok(1) if short.is_some() => {
+            // The primary took the refresh (the key may live that much
+            // longer), but too few replicas did: the deadline stays.
+            e.valid_until.answered(Instant::now(), e.ttl);
+            let why = short.unwrap_or_default();
+            retry_soon(st, id, &why);
+        }
         Ok(1) => {
             if e.failures > 0 {
                 tracing::info!(key = %e.key, failures = e.failures, "spacelock: refresh succeeded again");

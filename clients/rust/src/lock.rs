@@ -19,7 +19,7 @@ use crate::inner::Inner;
 use crate::lease::{LostSignal, ValidUntil};
 use crate::options::{after, Settings};
 use crate::proto;
-use crate::retry::{self, Grant};
+use crate::retry::{self, Acquired, Confirmed, Grant};
 use crate::{Error, Lease, Options, Outcome, Skipped};
 
 /// Per-name lease locks over Redis: the existing Lua-based service's
@@ -110,12 +110,13 @@ impl<C: LockConnection> SpaceLock<C> {
     /// ```
     #[must_use]
     pub fn new(conn: C, options: Options) -> Self {
+        let settings = options.resolve();
         SpaceLock {
             inner: Arc::new(Inner {
                 conn,
-                settings: options.resolve(),
+                heartbeat: Heartbeat::new(settings.ack()),
+                settings,
                 registry: Arc::default(),
-                heartbeat: Heartbeat::new(),
             }),
             wait: None,
         }
@@ -254,8 +255,15 @@ impl<C: LockConnection> SpaceLock<C> {
     ///    `Skipped(LockHeld)`. After a dropped connection it is sent again on
     ///    a fresh one (having first released, owner-checked, what the lost
     ///    attempt may have been granted), within [`Options::request_timeout`].
+    ///    With [`Options::replicas`] `n` ≥ 1, the ACQUIRE is followed by
+    ///    `WAIT n` on the same connection; if fewer than `n` replicas
+    ///    acknowledge the grant within [`Options::ack_timeout`], it is
+    ///    released and the call returns `Skipped(NotAcknowledged)`: `f` never
+    ///    starts on a grant the replicas do not have.
     /// 3. Calls `f` with a [`Lease`] while the heartbeat refreshes the lock
-    ///    every `ttl/3`. The lease counts from when the ACQUIRE was sent (the
+    ///    every `ttl/3` (each refresh acknowledged like the grant, when
+    ///    [`Options::replicas`] is set: only an acknowledged refresh moves the
+    ///    lease's deadline). The lease counts from when the ACQUIRE was sent (the
     ///    server granted no earlier); a grant that arrives too late for that
     ///    (a write pause held the ACQUIRE) is first confirmed with a REFRESH.
     ///    If the lease is lost, `f` is told through the lease, or dropped when
@@ -279,6 +287,10 @@ impl<C: LockConnection> SpaceLock<C> {
     ///   a retry right away behaves like a first call.
     /// * [`Error::LockLost`] if the lease was lost while `f` ran and
     ///   [`Options::cancel_on_lost`] is set; `f` was dropped.
+    /// * [`Error::InvalidArgument`] for an [`Options::ack_timeout`] that is
+    ///   zero or not below the ttl; [`Error::WaitAofUnavailable`] with
+    ///   [`Options::wait_aof`] on a server without `WAITAOF` or with
+    ///   `appendonly no` (the grant was released; nothing ran).
     ///
     /// Errors from `f` itself are part of its output, inside `Ran`.
     ///
@@ -331,6 +343,12 @@ impl<C: LockConnection> SpaceLock<C> {
     /// or an idle timeout) is replaced and the wait sent again. A wait longer
     /// than the ttl keeps its whole lease: the grant is confirmed with a
     /// REFRESH before the body starts.
+    ///
+    /// With [`Options::replicas`] set, a grant (also one the server hands
+    /// over from its wait queue when the holder releases) is followed by
+    /// `WAIT` on the dedicated connection that got it, as in
+    /// [`with_space_lock`](Self::with_space_lock); too few acknowledgements
+    /// give `Skipped(NotAcknowledged)`.
     ///
     /// Whenever the wait ends without a grant (nil, an error, or no reply by
     /// `timeout` + [`Options::wait_grace`]), an owner-checked
@@ -410,9 +428,10 @@ impl<C: LockConnection> SpaceLock<C> {
             return Ok(Outcome::Skipped(Skipped::InProgress));
         };
         let mut guard = Guard::new(inner.clone(), key.clone(), claim);
+        let ack = s.ack();
         let reply = match (wait, &pool) {
             (Some(timeout), Some(pool)) => {
-                blocking_acquire::acquire_wait(inner, pool, &key, timeout).await
+                blocking_acquire::acquire_wait(inner, pool, &key, timeout, ack.as_ref()).await
             }
             _ => {
                 let (ttl, timeout) = (s.ttl_ms, s.request_timeout());
@@ -423,13 +442,20 @@ impl<C: LockConnection> SpaceLock<C> {
                     ttl,
                     timeout,
                     s.release_budget(),
+                    ack.as_ref(),
                 )
                 .await
             }
         };
+        let not_acknowledged = |acknowledged| {
+            Outcome::Skipped(Skipped::NotAcknowledged {
+                acknowledged,
+                required: s.replicas(),
+            })
+        };
         let grant = match reply {
-            Ok(Some(grant)) => grant,
-            Ok(None) => {
+            Ok(Acquired::Granted(grant)) => grant,
+            Ok(Acquired::Held) => {
                 guard.set_free();
                 let why = if wait.is_some() {
                     Skipped::TimedOut
@@ -438,6 +464,11 @@ impl<C: LockConnection> SpaceLock<C> {
                 };
                 return Ok(Outcome::Skipped(why));
             }
+            Ok(Acquired::NotAcknowledged { acknowledged }) => {
+                // The acquire has already released the grant.
+                guard.set_free();
+                return Ok(not_acknowledged(acknowledged));
+            }
             Err(e) => {
                 // The acquire has already released what it may have been granted.
                 guard.set_free();
@@ -445,11 +476,16 @@ impl<C: LockConnection> SpaceLock<C> {
             }
         };
         let start = match self.lease_start(&key, grant).await {
-            Ok(Some(start)) => start,
-            Ok(None) => {
+            Ok(Confirmed::From(start)) => start,
+            Ok(Confirmed::Gone) => {
                 guard.set_free();
                 tracing::warn!(key = %key, "spacelock: the grant expired before it could be confirmed");
                 return Err(Error::LockLost { key });
+            }
+            Ok(Confirmed::NotAcknowledged { acknowledged }) => {
+                tracing::warn!(key = %key, "spacelock: too few replicas acknowledged the refresh that confirmed a late grant; releasing it");
+                guard.finish().await;
+                return Ok(not_acknowledged(acknowledged));
             }
             Err(e) => {
                 guard.finish().await;
@@ -511,14 +547,24 @@ impl<C: LockConnection> SpaceLock<C> {
     /// When a new lease counts from: when its ACQUIRE was sent (the server
     /// granted no earlier), unless the reply came so late that the first
     /// refresh is already due (a long wait, a write pause, a stopped
-    /// process). Then a REFRESH confirms the grant first and the lease
-    /// counts from that refresh: `None` if the grant is no longer ours.
-    async fn lease_start(&self, key: &str, grant: Grant) -> Result<Option<Instant>, Error> {
+    /// process, a slow acknowledgement). Then a REFRESH (acknowledged like
+    /// the grant) confirms the grant first and the lease counts from that
+    /// refresh.
+    async fn lease_start(&self, key: &str, grant: Grant) -> Result<Confirmed, Error> {
         let s = &self.inner.settings;
         if Instant::now() < after(grant.sent, s.interval()) {
-            return Ok(Some(grant.sent));
+            return Ok(Confirmed::From(grant.sent));
         }
         tracing::debug!(key = %key, "spacelock: late grant; confirming it with a refresh");
-        retry::confirm(&self.inner.conn, key, &s.owner, s.ttl_ms, s.ttl()).await
+        let ack = s.ack();
+        retry::confirm(
+            &self.inner.conn,
+            key,
+            &s.owner,
+            s.ttl_ms,
+            s.ttl(),
+            ack.as_ref(),
+        )
+        .await
     }
 }

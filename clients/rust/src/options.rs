@@ -69,6 +69,9 @@ pub struct Options {
     request_timeout: Duration,
     release_timeout: Duration,
     wait_grace: Duration,
+    replicas: usize,
+    ack_timeout: Option<Duration>,
+    wait_aof: bool,
 }
 
 impl Default for Options {
@@ -82,6 +85,9 @@ impl Default for Options {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             release_timeout: DEFAULT_RELEASE_TIMEOUT,
             wait_grace: DEFAULT_WAIT_GRACE,
+            replicas: 0,
+            ack_timeout: None,
+            wait_aof: false,
         }
     }
 }
@@ -268,6 +274,90 @@ impl Options {
         self
     }
 
+    /// How many replicas must acknowledge a grant, and every refresh, before
+    /// it counts. With `n` ≥ 1, the client follows each grant (an immediate
+    /// one, or one from the server's wait queue) with `WAIT n ack_timeout` on
+    /// the connection that got it, and starts the body only once at least `n`
+    /// replicas have acknowledged it. A grant that fewer acknowledge within
+    /// [`ack_timeout`](Self::ack_timeout) is released and reported as
+    /// [`Skipped::NotAcknowledged`](crate::Skipped::NotAcknowledged). The
+    /// heartbeat follows its refreshes with the same `WAIT`, and a lease's
+    /// deadline moves only on an acknowledged refresh.
+    ///
+    /// An immediate grant's `WAIT` goes out in one pipeline with its
+    /// ACQUIRE, on the shared connection: while replicas lag, it holds what
+    /// is queued behind it on that connection (other calls' acquires and
+    /// refreshes) for up to the ack timeout.
+    ///
+    /// Set `n` to the number of replicas that can be promoted (see
+    /// `docs/replication.md` for the exact guarantee and its conditions).
+    /// The primitives ([`SpaceLock::acquire`](crate::SpaceLock::acquire),
+    /// [`SpaceLock::acquire_wait`](crate::SpaceLock::acquire_wait),
+    /// [`SpaceLock::refresh`](crate::SpaceLock::refresh)) stay raw: they
+    /// send no `WAIT`.
+    ///
+    /// Defaults to 0: no `WAIT`, no extra round trip.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spacelock_client::Options;
+    /// let options = Options::default().replicas(2);
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn replicas(mut self, n: usize) -> Self {
+        self.replicas = n;
+        self
+    }
+
+    /// How long the replicas are given to acknowledge a grant or a refresh
+    /// (the `WAIT` timeout), when [`replicas`](Self::replicas) is set. Must
+    /// be above zero and below the ttl: lock calls fail with
+    /// [`Error::InvalidArgument`] otherwise. Rounded up to whole milliseconds.
+    ///
+    /// Defaults to a third of the ttl.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use spacelock_client::Options;
+    /// let options = Options::default().replicas(2).ack_timeout(Duration::from_secs(2));
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = Some(timeout);
+        self
+    }
+
+    /// Whether to wait for the grants and refreshes to be written to disk:
+    /// `WAITAOF 1 n ack_timeout` instead of `WAIT n ack_timeout`, which
+    /// counts a grant only once the primary has fsynced it to its append-only
+    /// file and [`replicas`](Self::replicas) replicas have fsynced it to
+    /// theirs (so it survives a restart under `appendfsync everysec`). With
+    /// `replicas` 0 it waits for the primary's fsync alone.
+    ///
+    /// `WAITAOF` exists in Redis 7.2 and later and in Valkey, and needs
+    /// `appendonly yes`: elsewhere lock calls fail with
+    /// [`Error::WaitAofUnavailable`] (never silently without it).
+    ///
+    /// Defaults to `false`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use spacelock_client::Options;
+    /// let options = Options::default().replicas(1).wait_aof(true);
+    /// # let _ = options;
+    /// ```
+    #[must_use]
+    pub fn wait_aof(mut self, on: bool) -> Self {
+        self.wait_aof = on;
+        self
+    }
+
     /// Resolves the options for one `SpaceLock`.
     pub(crate) fn resolve(self) -> Settings {
         let owner: Arc<str> = match self.owner {
@@ -277,6 +367,11 @@ impl Options {
         // Capped like every other span, so the server gets a number it can
         // parse (and answers "above spacelock.max-ttl") rather than u64::MAX.
         let ttl_ms = millis_ceil(self.ttl.min(MAX_SPAN));
+        let ack_timeout = match self.ack_timeout {
+            Some(d) if d.is_zero() => Duration::ZERO,
+            Some(d) => Duration::from_millis(millis_ceil(d.min(MAX_SPAN))),
+            None => refresh_interval(ttl_ms),
+        };
         Settings {
             ttl: Duration::from_millis(ttl_ms),
             ttl_ms,
@@ -287,6 +382,9 @@ impl Options {
             request_timeout: self.request_timeout.min(MAX_SPAN),
             release_timeout: self.release_timeout.min(MAX_SPAN),
             wait_grace: self.wait_grace.min(MAX_SPAN),
+            replicas: self.replicas,
+            ack_timeout,
+            wait_aof: self.wait_aof,
         }
     }
 }
@@ -313,6 +411,18 @@ pub struct Settings {
     request_timeout: Duration,
     release_timeout: Duration,
     wait_grace: Duration,
+    replicas: usize,
+    ack_timeout: Duration,
+    wait_aof: bool,
+}
+
+/// What acknowledges a grant or a refresh: `WAIT replicas timeout_ms`, or
+/// `WAITAOF 1 replicas timeout_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ack {
+    pub(crate) replicas: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) aof: bool,
 }
 
 impl Settings {
@@ -364,6 +474,33 @@ impl Settings {
         self.wait_grace
     }
 
+    /// See [`Options::replicas`]: 0 when grants are not acknowledged.
+    #[must_use]
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// See [`Options::ack_timeout`]: the one set, or a third of the ttl.
+    #[must_use]
+    pub fn ack_timeout(&self) -> Duration {
+        self.ack_timeout
+    }
+
+    /// See [`Options::wait_aof`].
+    #[must_use]
+    pub fn wait_aof(&self) -> bool {
+        self.wait_aof
+    }
+
+    /// How grants and refreshes are acknowledged: `None` when they are not.
+    pub(crate) fn ack(&self) -> Option<Ack> {
+        (self.replicas > 0 || self.wait_aof).then_some(Ack {
+            replicas: self.replicas,
+            timeout: self.ack_timeout,
+            aof: self.wait_aof,
+        })
+    }
+
     /// The refresh interval: a third of the ttl.
     pub(crate) fn interval(&self) -> Duration {
         refresh_interval(self.ttl_ms)
@@ -386,6 +523,20 @@ impl Settings {
                     "ttl {:?} is below the minimum of {:?}: a lease that short cannot be refreshed in time",
                     self.ttl, MIN_TTL
                 ),
+            });
+        }
+        if self.ack_timeout.is_zero() || self.ack_timeout >= self.ttl {
+            return Err(Error::InvalidArgument {
+                reason: format!(
+                    "ack timeout {:?} must be above zero and below the ttl {:?}: \
+                     a grant acknowledged after its ttl would already have expired",
+                    self.ack_timeout, self.ttl
+                ),
+            });
+        }
+        if i64::try_from(self.replicas).is_err() {
+            return Err(Error::InvalidArgument {
+                reason: format!("replicas {} is too large", self.replicas),
             });
         }
         Ok(())

@@ -106,6 +106,18 @@ pub enum Skipped {
     InProgress,
     /// A blocking acquire waited its whole timeout without getting the lock.
     TimedOut,
+    /// The lock was granted, but fewer than
+    /// [`Options::replicas`](crate::Options::replicas) replicas acknowledged
+    /// the grant within [`Options::ack_timeout`](crate::Options::ack_timeout)
+    /// (a replica is down, lagging or disconnected). The body did not run,
+    /// and the grant was released (owner-checked; if that release fails, the
+    /// lock expires after its ttl).
+    NotAcknowledged {
+        /// How many replicas acknowledged the grant (what `WAIT` answered).
+        acknowledged: usize,
+        /// How many were required ([`Options::replicas`](crate::Options::replicas)).
+        required: usize,
+    },
 }
 
 impl std::fmt::Display for Skipped {
@@ -114,6 +126,7 @@ impl std::fmt::Display for Skipped {
             Skipped::LockHeld => "lock-held",
             Skipped::InProgress => "in-progress",
             Skipped::TimedOut => "timed-out",
+            Skipped::NotAcknowledged { .. } => "not-acknowledged",
         })
     }
 }

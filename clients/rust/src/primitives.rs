@@ -9,12 +9,14 @@ use std::time::Duration;
 use crate::conn::LockConnection;
 use crate::guard::Guard;
 use crate::options::check_name;
+use crate::retry::Acquired;
 use crate::{blocking_acquire, proto, retry};
 use crate::{AcquireReply, Error, LockInfo, RefreshReply, ReleaseReply, SpaceLock};
 
 impl<C: LockConnection> SpaceLock<C> {
     /// Sends `SPACELOCK.ACQUIRE` for `name` with this `SpaceLock`'s owner
-    /// and ttl. No heartbeat: the caller manages the lease
+    /// and ttl. Raw: no `WAIT` follows it, whatever
+    /// [`Options::replicas`](crate::Options::replicas) says. No heartbeat: the caller manages the lease
     /// ([`refresh`](Self::refresh), [`release`](Self::release)). Returns
     /// `Held` without asking the server while this `SpaceLock` runs a call
     /// for `name`.
@@ -59,17 +61,19 @@ impl<C: LockConnection> SpaceLock<C> {
             ttl,
             timeout,
             s.release_budget(),
+            None,
         )
         .await;
         guard.set_free();
         Ok(match reply? {
-            Some(grant) => AcquireReply::Acquired { token: grant.token },
-            None => AcquireReply::Held,
+            Acquired::Granted(grant) => AcquireReply::Acquired { token: grant.token },
+            Acquired::Held | Acquired::NotAcknowledged { .. } => AcquireReply::Held,
         })
     }
 
     /// Sends `SPACELOCK.ACQUIRE … WAIT` for `name` on a pooled dedicated
-    /// connection: waits on the server up to `timeout` for the lock, with the
+    /// connection (raw: no `WAIT` follows it, whatever
+    /// [`Options::replicas`](crate::Options::replicas) says): waits on the server up to `timeout` for the lock, with the
     /// same defences as [`with_space_lock_wait`](Self::with_space_lock_wait)
     /// (a wait that ends without a grant is followed by an owner-checked
     /// release; no reply by `timeout` + [`Options::wait_grace`](crate::Options::wait_grace)
@@ -112,16 +116,16 @@ impl<C: LockConnection> SpaceLock<C> {
             return Ok(AcquireReply::Held);
         };
         let mut guard = Guard::new(self.inner.clone(), key.clone(), claim);
-        let reply = blocking_acquire::acquire_wait(&self.inner, &pool, &key, timeout).await;
+        let reply = blocking_acquire::acquire_wait(&self.inner, &pool, &key, timeout, None).await;
         guard.set_free();
         Ok(match reply? {
-            Some(grant) => AcquireReply::Acquired { token: grant.token },
-            None => AcquireReply::Held,
+            Acquired::Granted(grant) => AcquireReply::Acquired { token: grant.token },
+            Acquired::Held | Acquired::NotAcknowledged { .. } => AcquireReply::Held,
         })
     }
 
     /// Sends `SPACELOCK.REFRESH` for `name`: resets the ttl if this
-    /// `SpaceLock`'s owner holds the lock. Retried after a dropped
+    /// `SpaceLock`'s owner holds the lock (raw: no `WAIT` follows it). Retried after a dropped
     /// connection within [`Options::request_timeout`](crate::Options::request_timeout).
     ///
     /// # Errors

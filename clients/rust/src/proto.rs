@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use redis::{Cmd, ErrorKind, ServerErrorKind, Value};
 
+use crate::options::Ack;
 use crate::{Error, LockInfo};
 
 pub(crate) const ACQUIRE: &str = "SPACELOCK.ACQUIRE";
@@ -14,6 +15,59 @@ pub(crate) const REFRESH: &str = "SPACELOCK.REFRESH";
 pub(crate) const RELEASE: &str = "SPACELOCK.RELEASE";
 pub(crate) const INFO: &str = "SPACELOCK.INFO";
 pub(crate) const CHECK: &str = "SPACELOCK.CHECK";
+pub(crate) const WAIT: &str = "WAIT";
+pub(crate) const WAITAOF: &str = "WAITAOF";
+
+/// `WAIT replicas timeout_ms`, or `WAITAOF 1 replicas timeout_ms`.
+pub(crate) fn ack(ack: &Ack) -> Cmd {
+    let ms = crate::options::millis_ceil(ack.timeout).min(i64::MAX as u64);
+    let mut cmd = if ack.aof {
+        let mut c = redis::cmd(WAITAOF);
+        c.arg(1);
+        c
+    } else {
+        redis::cmd(WAIT)
+    };
+    cmd.arg(ack.replicas).arg(ms);
+    cmd
+}
+
+/// The reply to [`ack`]: `Ok(n)` with the number of replicas that
+/// acknowledged, and whether that is enough (for `WAITAOF`, the primary's own
+/// fsync must be in too). A `WAITAOF` the server cannot run is
+/// [`Error::WaitAofUnavailable`].
+pub(crate) fn parse_ack(ack: &Ack, value: Value) -> Result<(usize, bool), Error> {
+    let command = if ack.aof { WAITAOF } else { WAIT };
+    let value = match value.extract_error() {
+        Ok(v) => v,
+        Err(e) if ack.aof && waitaof_unavailable(&e) => {
+            return Err(Error::WaitAofUnavailable {
+                reply: e.to_string(),
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let count = |v: &Value| match v {
+        Value::Int(n) if *n >= 0 => usize::try_from(*n).ok(),
+        _ => None,
+    };
+    let (local_ok, replicas) = match (&value, ack.aof) {
+        (Value::Int(_), false) => (true, count(&value)),
+        (Value::Array(items), true) if items.len() == 2 => {
+            (count(&items[0]).is_some_and(|l| l >= 1), count(&items[1]))
+        }
+        _ => (false, None),
+    };
+    let replicas = replicas.ok_or_else(|| unexpected(command, &value))?;
+    Ok((replicas, local_ok && replicas >= ack.replicas))
+}
+
+/// Whether a `WAITAOF` error says the server cannot run it at all: an
+/// unknown command (Redis before 7.2), or no append-only file.
+fn waitaof_unavailable(e: &redis::RedisError) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    (text.contains("unknown command") && text.contains("waitaof")) || text.contains("appendonly")
+}
 
 /// `SPACELOCK.ACQUIRE key owner ttl_ms`.
 pub(crate) fn acquire(key: &str, owner: &str, ttl_ms: u64) -> Cmd {
@@ -249,6 +303,49 @@ mod tests {
                 "{bad:?}: {e:?}"
             );
         }
+    }
+
+    #[test]
+    fn acks() {
+        let wait = Ack {
+            replicas: 2,
+            timeout: Duration::from_millis(1500),
+            aof: false,
+        };
+        assert_eq!(args(&ack(&wait)), ["WAIT", "2", "1500"]);
+        assert_eq!(parse_ack(&wait, Value::Int(2)).unwrap(), (2, true));
+        assert_eq!(parse_ack(&wait, Value::Int(3)).unwrap(), (3, true));
+        assert_eq!(parse_ack(&wait, Value::Int(1)).unwrap(), (1, false));
+        assert!(matches!(
+            parse_ack(&wait, Value::Int(-1)),
+            Err(Error::UnexpectedReply { command: WAIT, .. })
+        ));
+        let aof = Ack { aof: true, ..wait };
+        assert_eq!(args(&ack(&aof)), ["WAITAOF", "1", "2", "1500"]);
+        let pair = |l, r| Value::Array(vec![Value::Int(l), Value::Int(r)]);
+        assert_eq!(parse_ack(&aof, pair(1, 2)).unwrap(), (2, true));
+        assert_eq!(parse_ack(&aof, pair(0, 2)).unwrap(), (2, false));
+        assert_eq!(parse_ack(&aof, pair(1, 1)).unwrap(), (1, false));
+        assert!(matches!(
+            parse_ack(&aof, Value::Int(2)),
+            Err(Error::UnexpectedReply {
+                command: WAITAOF,
+                ..
+            })
+        ));
+        for reply in [
+            &b"-ERR unknown command 'WAITAOF', with args beginning with: '1' \r\n"[..],
+            b"-ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled.\r\n",
+        ] {
+            let e = parse_ack(&aof, resp(reply)).unwrap_err();
+            assert!(matches!(e, Error::WaitAofUnavailable { .. }), "{e:?}");
+        }
+        let e = parse_ack(
+            &wait,
+            resp(b"-ERR WAIT cannot be used with replica instances.\r\n"),
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Redis(_)), "{e:?}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, Value};
 use tokio::time::Instant;
 
+use crate::options::Ack;
 use crate::proto::{self, is_transient, may_have_run};
 use crate::{Error, ReleaseReply};
 
@@ -157,10 +158,61 @@ pub(crate) struct Grant {
     pub(crate) sent: Instant,
 }
 
+/// What an acquire came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Acquired {
+    /// Granted (and acknowledged, if acknowledgements were asked for).
+    Granted(Grant),
+    /// Someone else holds the lock.
+    Held,
+    /// Granted, but fewer replicas than required acknowledged it in time;
+    /// the grant has been released (or its release tried and logged).
+    NotAcknowledged { acknowledged: usize },
+}
+
+/// Sends `cmd` followed by the acknowledgement (`WAIT`/`WAITAOF`) as one
+/// pipeline, so that both go out on the same connection (a `WAIT` on a
+/// fresh connection would count the replicas' acknowledgements of nothing).
+/// Returns both replies; an error reply to `cmd` becomes an error.
+async fn send_acked<C: ConnectionLike + Clone>(
+    conn: &C,
+    cmd: &Cmd,
+    ack: &Ack,
+    command: &'static str,
+    deadline: Instant,
+    budget: Duration,
+) -> Result<(Value, Value), Error> {
+    let mut conn = conn.clone();
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd.clone()).add_command(proto::ack(ack));
+    match tokio::time::timeout_at(deadline, conn.req_packed_commands(&pipe, 0, 2)).await {
+        Ok(Ok(values)) if values.len() == 2 => {
+            let mut it = values.into_iter();
+            let (first, second) = (
+                it.next().unwrap_or(Value::Nil),
+                it.next().unwrap_or(Value::Nil),
+            );
+            Ok((proto::check(first)?, second))
+        }
+        Ok(Ok(values)) => Err(Error::UnexpectedReply {
+            command,
+            reply: format!("{values:?}"),
+        }),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(Error::Timeout {
+            command,
+            after: budget,
+        }),
+    }
+}
+
 /// `SPACELOCK.ACQUIRE key owner ttl` until it is answered or `timeout`
-/// passes. An attempt that got no reply is released (owner-checked, within
-/// `release_timeout`) before the next one; if that release fails, the
-/// acquire's error is returned (the lock may then stay held until its ttl).
+/// passes, followed on the same connection by the acknowledgement `ack`
+/// asks for (the attempt may then take `ack.timeout` longer). An attempt
+/// that got no reply is released (owner-checked, within `release_timeout`)
+/// before the next one; if that release fails, the acquire's error is
+/// returned (the lock may then stay held until its ttl). A grant that is not
+/// acknowledged, or whose acknowledgement fails, is released too.
 pub(crate) async fn acquire<C: ConnectionLike + Clone>(
     conn: &C,
     key: &str,
@@ -168,15 +220,37 @@ pub(crate) async fn acquire<C: ConnectionLike + Clone>(
     ttl_ms: u64,
     timeout: Duration,
     release_timeout: Duration,
-) -> Result<Option<Grant>, Error> {
+    ack: Option<&Ack>,
+) -> Result<Acquired, Error> {
     let deadline = crate::options::after(Instant::now(), timeout);
     let cmd = proto::acquire(key, owner, ttl_ms);
     let mut backoff = Backoff::default();
     loop {
         let sent = Instant::now();
-        let e = match send(conn, &cmd, proto::ACQUIRE, deadline, timeout).await {
-            Ok(v) => {
-                return Ok(proto::parse_token(proto::ACQUIRE, v)?.map(|token| Grant { token, sent }))
+        let reply = match ack {
+            None => send(conn, &cmd, proto::ACQUIRE, deadline, timeout)
+                .await
+                .map(|v| (v, None)),
+            Some(a) => {
+                let budget = timeout
+                    .min(crate::options::MAX_SPAN)
+                    .saturating_add(a.timeout);
+                let until = crate::options::after(deadline, a.timeout);
+                send_acked(conn, &cmd, a, proto::ACQUIRE, until, budget)
+                    .await
+                    .map(|(v, w)| (v, Some(w)))
+            }
+        };
+        let e = match reply {
+            Ok((v, acked)) => {
+                let Some(token) = proto::parse_token(proto::ACQUIRE, v)? else {
+                    return Ok(Acquired::Held);
+                };
+                let grant = Grant { token, sent };
+                let (Some(a), Some(acked)) = (ack, acked) else {
+                    return Ok(Acquired::Granted(grant));
+                };
+                return settle_ack(conn, key, owner, release_timeout, a, acked, grant).await;
             }
             Err(e) => e,
         };
@@ -190,23 +264,92 @@ pub(crate) async fn acquire<C: ConnectionLike + Clone>(
     }
 }
 
-/// Confirms a grant that arrived late with `SPACELOCK.REFRESH`: `Some(sent)`
-/// (the refresh's start, from which the lease now counts) if it is still
-/// ours, `None` if it is not. Tries until `timeout`.
+/// Decides on a grant from the reply to its acknowledgement: granted if
+/// enough replicas acknowledged; otherwise (too few, or an error) the grant
+/// is released first.
+pub(crate) async fn settle_ack<C: ConnectionLike + Clone>(
+    conn: &C,
+    key: &str,
+    owner: &str,
+    release_timeout: Duration,
+    ack: &Ack,
+    reply: Value,
+    grant: Grant,
+) -> Result<Acquired, Error> {
+    let parsed = proto::parse_ack(ack, reply);
+    if let Ok((_, true)) = parsed {
+        return Ok(Acquired::Granted(grant));
+    }
+    match &parsed {
+        Ok((n, _)) => tracing::warn!(
+            key = %key,
+            acknowledged = n,
+            required = ack.replicas,
+            "spacelock: too few replicas acknowledged the grant in time; releasing it"
+        ),
+        Err(e) => {
+            tracing::warn!(key = %key, error = %e, "spacelock: the grant's acknowledgement failed; releasing it")
+        }
+    }
+    release_logged(conn, key, owner, release_timeout).await;
+    let (acknowledged, _) = parsed?;
+    Ok(Acquired::NotAcknowledged { acknowledged })
+}
+
+/// What confirming a late grant came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Confirmed {
+    /// Still ours: the lease counts from this refresh's start.
+    From(Instant),
+    /// No longer ours.
+    Gone,
+    /// Refreshed, but too few replicas acknowledged the refresh.
+    NotAcknowledged { acknowledged: usize },
+}
+
+/// Confirms a grant that arrived late with `SPACELOCK.REFRESH` (followed
+/// by the acknowledgement `ack` asks for, on the same connection). Tries
+/// until `timeout`.
 pub(crate) async fn confirm<C: ConnectionLike + Clone>(
     conn: &C,
     key: &str,
     owner: &str,
     ttl_ms: u64,
     timeout: Duration,
-) -> Result<Option<Instant>, Error> {
+    ack: Option<&Ack>,
+) -> Result<Confirmed, Error> {
     let deadline = crate::options::after(Instant::now(), timeout);
     let cmd = proto::refresh(key, owner, ttl_ms);
     let mut backoff = Backoff::default();
     loop {
         let sent = Instant::now();
-        match send(conn, &cmd, proto::REFRESH, deadline, timeout).await {
-            Ok(v) => return Ok(proto::parse_flag(proto::REFRESH, v)?.then_some(sent)),
+        let reply = match ack {
+            None => send(conn, &cmd, proto::REFRESH, deadline, timeout)
+                .await
+                .map(|v| (v, None)),
+            Some(a) => {
+                let budget = timeout
+                    .min(crate::options::MAX_SPAN)
+                    .saturating_add(a.timeout);
+                let until = crate::options::after(deadline, a.timeout);
+                send_acked(conn, &cmd, a, proto::REFRESH, until, budget)
+                    .await
+                    .map(|(v, w)| (v, Some(w)))
+            }
+        };
+        match reply {
+            Ok((v, acked)) => {
+                if !proto::parse_flag(proto::REFRESH, v)? {
+                    return Ok(Confirmed::Gone);
+                }
+                if let (Some(a), Some(acked)) = (ack, acked) {
+                    let (n, enough) = proto::parse_ack(a, acked)?;
+                    if !enough {
+                        return Ok(Confirmed::NotAcknowledged { acknowledged: n });
+                    }
+                }
+                return Ok(Confirmed::From(sent));
+            }
             Err(e) if is_transient(&e) && backoff.wait(deadline).await => {}
             Err(e) => return Err(e),
         }

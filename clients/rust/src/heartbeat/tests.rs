@@ -32,7 +32,7 @@ async fn lost_after(held: &Held, t0: Instant) -> u128 {
 #[tokio::test(start_paused = true)]
 async fn refreshes_every_third_of_the_ttl() {
     let conn = FakeConn::new(|_| Reply::Value(Value::Int(1)));
-    let hb = Heartbeat::new();
+    let hb = Heartbeat::new(None);
     let t0 = Instant::now();
     let held = hold(&hb, &conn, 3000);
     tokio::time::sleep(Duration::from_millis(10_500)).await;
@@ -50,7 +50,7 @@ async fn refreshes_every_third_of_the_ttl() {
 #[tokio::test(start_paused = true)]
 async fn lost_on_a_zero_reply() {
     let conn = FakeConn::new(|_| Reply::Value(Value::Int(0)));
-    let hb = Heartbeat::new();
+    let hb = Heartbeat::new(None);
     let t0 = Instant::now();
     let held = hold(&hb, &conn, 3000);
     assert_eq!(lost_after(&held, t0).await, 1000);
@@ -64,7 +64,7 @@ async fn lost_on_a_zero_reply() {
 async fn lost_when_no_refresh_succeeds_within_the_ttl() {
     // The server never answers: one refresh in flight, lost at the deadline.
     let conn = FakeConn::new(|_| Reply::Hang);
-    let hb = Heartbeat::new();
+    let hb = Heartbeat::new(None);
     let t0 = Instant::now();
     let held = hold(&hb, &conn, 3000);
     assert_eq!(lost_after(&held, t0).await, 3000);
@@ -76,7 +76,7 @@ async fn lost_when_no_refresh_succeeds_within_the_ttl() {
 #[tokio::test(start_paused = true)]
 async fn lost_when_every_refresh_fails_and_retries_back_off() {
     let conn = FakeConn::new(|_| Reply::Io(std::io::ErrorKind::ConnectionRefused));
-    let hb = Heartbeat::new();
+    let hb = Heartbeat::new(None);
     let t0 = Instant::now();
     let held = hold(&hb, &conn, 3000);
     assert_eq!(lost_after(&held, t0).await, 3000);
@@ -99,7 +99,7 @@ async fn retries_promptly_after_an_io_error() {
         0 => Reply::Io(std::io::ErrorKind::BrokenPipe),
         _ => Reply::Value(Value::Int(1)),
     });
-    let hb = Heartbeat::new();
+    let hb = Heartbeat::new(None);
     let t0 = Instant::now();
     let held = hold(&hb, &conn, 3000);
     tokio::time::sleep(Duration::from_millis(3500)).await;
@@ -117,7 +117,7 @@ async fn a_refresh_held_by_the_server_is_waited_for() {
         0 => Reply::After(Duration::from_millis(1500), Value::Int(1)),
         _ => Reply::Value(Value::Int(1)),
     });
-    let hb = Heartbeat::new();
+    let hb = Heartbeat::new(None);
     let t0 = Instant::now();
     let held = hold(&hb, &conn, 3000);
     tokio::time::sleep(Duration::from_millis(4500)).await;
@@ -131,7 +131,7 @@ async fn a_refresh_held_by_the_server_is_waited_for() {
 #[tokio::test(start_paused = true)]
 async fn a_reply_after_the_deadline_does_not_save_the_lease() {
     let conn = FakeConn::new(|_| Reply::After(Duration::from_millis(2500), Value::Int(1)));
-    let hb = Heartbeat::new();
+    let hb = Heartbeat::new(None);
     let t0 = Instant::now();
     let held = hold(&hb, &conn, 3000);
     assert_eq!(lost_after(&held, t0).await, 3000);
@@ -141,7 +141,7 @@ async fn a_reply_after_the_deadline_does_not_save_the_lease() {
 #[tokio::test(start_paused = true)]
 async fn leases_due_together_share_one_pipeline_and_unregister_stops_them() {
     let conn = FakeConn::new(|_| Reply::Value(Value::Int(1)));
-    let hb = Heartbeat::new();
+    let hb = Heartbeat::new(None);
     let t0 = Instant::now();
     let owner: Arc<str> = Arc::from("me");
     let ids: Vec<u64> = (0..3)
@@ -172,4 +172,63 @@ fn retry_delays() {
         retry_delay(1, Duration::from_millis(3)),
         Duration::from_millis(3)
     );
+}
+
+fn acked(replicas: usize) -> Option<Ack> {
+    Some(Ack {
+        replicas,
+        timeout: Duration::from_millis(200),
+        aof: false,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acknowledged_refresh_moves_the_deadline() {
+    let conn = FakeConn::new(|args| match args[0].as_str() {
+        "WAIT" => Reply::Value(Value::Int(2)),
+        _ => Reply::Value(Value::Int(1)),
+    });
+    let hb = Heartbeat::new(acked(2));
+    let t0 = Instant::now();
+    let held = hold(&hb, &conn, 3000);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(conn.times(REFRESH, t0), [1000, 2000]);
+    assert_eq!(
+        conn.times("WAIT", t0),
+        [1000, 2000],
+        "one WAIT per pipeline"
+    );
+    let (_, args) = &conn.log()[1];
+    assert_eq!(args, &["WAIT", "2", "200"]);
+    assert!(!held.lost.is_lost());
+    assert_eq!((held.valid_until.at() - t0).as_millis(), 5000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unacknowledged_refresh_leaves_the_deadline() {
+    // Every refresh is taken by the primary (1), but only one of two
+    // replicas acknowledges it: the lease ends one ttl after it began.
+    let conn = FakeConn::new(|args| match args[0].as_str() {
+        "WAIT" => Reply::After(Duration::from_millis(200), Value::Int(1)),
+        _ => Reply::Value(Value::Int(1)),
+    });
+    let hb = Heartbeat::new(acked(2));
+    let t0 = Instant::now();
+    let held = hold(&hb, &conn, 3000);
+    assert_eq!(lost_after(&held, t0).await, 3000);
+    assert_eq!(held.lost.reason(), Some(LostReason::Expired));
+    let tries = conn.times(REFRESH, t0);
+    assert!(tries.len() > 3, "kept trying: {tries:?}");
+    assert_eq!((held.valid_until.at() - t0).as_millis(), 3000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_ack_sends_no_wait() {
+    let conn = FakeConn::new(|_| Reply::Value(Value::Int(1)));
+    let hb = Heartbeat::new(None);
+    let t0 = Instant::now();
+    let _held = hold(&hb, &conn, 300);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(conn.times(REFRESH, t0).len() >= 3);
+    assert!(conn.log().iter().all(|(_, c)| c[0] != "WAIT"));
 }
