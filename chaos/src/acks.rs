@@ -2,13 +2,13 @@
 
 use spacelock_client::Options;
 
-/// Whether the clients built here can wait for replicas' acknowledgements.
-pub const ACKS_IN_CLIENT: bool = false;
+/// Whether the `spacelock` CLI built here can wait for replicas'
+/// acknowledgements (`--replicas`).
+pub const CLI_ACKS: bool = false;
 
 /// The Rust client's options with `n` replicas acknowledging (0: off).
 pub fn rust_options(options: Options, n: usize) -> Options {
-    let _ = n;
-    options
+    options.replicas(n)
 }
 
 /// The CLI's `--url`: the primary Sentinel names now.

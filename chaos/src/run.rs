@@ -83,8 +83,10 @@ struct Worker {
 /// means no Sentinel binary), or the history cannot be read.
 pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
     std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
-    if cfg.replicas > 0 && !crate::acks::ACKS_IN_CLIENT && cfg.workers.0 + cfg.workers.1 > 0 {
-        return Err("this build's clients cannot wait for replicas' acknowledgements".into());
+    if cfg.replicas > 0 && !crate::acks::CLI_ACKS && cfg.workers.0 > 0 {
+        return Err(
+            "this build's CLI cannot wait for replicas' acknowledgements (--cli-workers 0)".into(),
+        );
     }
     let documented = cfg.persistence;
     eprintln!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use spacelock_client::{Lease, Options, Outcome, SpaceLock};
+use spacelock_client::{Lease, Options, Outcome, Skipped, SpaceLock};
 
 use crate::fenced;
 use crate::history::{now_ns, Recorder};
@@ -147,7 +147,8 @@ pub async fn rust_worker(args: WorkerArgs) {
             let rec = rec.clone();
             let fence = fence.clone();
             let owner = l.locks.owner().to_string();
-            move |lease: Lease| body(lease, rec, fence, owner, via_wait, ms)
+            let replicas = args.replicas;
+            move |lease: Lease| body(lease, rec, fence, owner, via_wait, replicas, ms)
         };
         let outcome = if via_wait {
             l.locks
@@ -158,13 +159,22 @@ pub async fn rust_worker(args: WorkerArgs) {
         };
         match outcome {
             Ok(Outcome::Ran(())) => {}
-            Ok(Outcome::Skipped(why)) => {
-                let why = why.to_string();
+            Ok(Outcome::Skipped(skipped)) => {
+                let why = skipped.to_string();
                 let mut line = rec
                     .line("skip")
                     .with("key", &key)
                     .with("why", &why)
                     .with("wait", via_wait);
+                if let Skipped::NotAcknowledged {
+                    acknowledged,
+                    required,
+                } = skipped
+                {
+                    line = line
+                        .with("acknowledged", acknowledged)
+                        .with("required", required);
+                }
                 if why == "timed-out" {
                     // Nothing may be left held in this owner's name.
                     let info: redis::RedisResult<
@@ -214,6 +224,7 @@ async fn body(
     mut fence: redis::aio::MultiplexedConnection,
     owner: String,
     via_wait: bool,
+    replicas: usize,
     ms: u64,
 ) {
     let granted = now_ns();
@@ -233,7 +244,7 @@ async fn body(
                 .with("key", &key)
                 .with("token", token)
                 .with("owner", &owner)
-                .with("acked", crate::acks::ACKS_IN_CLIENT)
+                .with("acked", replicas > 0)
                 .with("wait", via_wait)
                 .with("check", check),
         );
@@ -411,7 +422,7 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool) -> i32 {
                 .with("key", &key)
                 .with("token", token)
                 .with("owner", &owner)
-                .with("acked", crate::acks::ACKS_IN_CLIENT && args.replicas > 0)
+                .with("acked", args.replicas > 0)
                 .with("wait", via_wait)
                 .with("check", check),
         );
