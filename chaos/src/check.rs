@@ -51,6 +51,8 @@ pub struct Body {
     pub lost_at: Option<i64>,
     /// The CHECK result right after the grant.
     pub check: Option<bool>,
+    /// The CHECK result at the body's end.
+    pub check_end: Option<bool>,
     /// Granted from the server's WAIT queue.
     pub via_wait: bool,
     /// Its client was paused while it ran: (pause start, pause end).
@@ -194,6 +196,7 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
                             ended: false,
                             lost_at: None,
                             check: None,
+                            check_end: None,
                             via_wait: false,
                             paused: None,
                         },
@@ -213,6 +216,7 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
             Some("end") => {
                 b.end = t;
                 b.ended = true;
+                b.check_end = l.b("check_end");
                 if l.b("lost") == Some(true) {
                     b.lost_at = Some(b.lost_at.map_or(t, |x| x.min(t)));
                 }
@@ -379,9 +383,13 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
         ));
     }
 
-    // (e) lost leases: overlapped ones (above) and paused clients.
+    // (e) lost leases: overlapped ones (above), paused clients, and leases
+    // the lock no longer showed at the body's end.
     for v in by_key.values() {
         for b in v {
+            if b.check_end == Some(false) && b.paused.is_none() {
+                lost_refs.push((b.clone(), b.end, "gone from the lock by the body's end"));
+            }
             if let Some((ps, pe)) = b.paused {
                 if pe - ps > ttl_ns {
                     lost_refs.push((b.clone(), pe, "client paused past the ttl"));
@@ -730,6 +738,27 @@ mod tests {
         assert_eq!(r.overlaps, 1);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert!(r.outside.iter().any(|o| o.starts_with("(a)")));
+    }
+
+    #[test]
+    fn a_lease_gone_by_the_end_of_its_body_must_have_been_reported() {
+        let mut h = clean();
+        let mut b = body("rust-5", "k2", 30, 1000, 1400);
+        b[2] = b[2].clone().with("check_end", false);
+        h.extend(b.clone());
+        let r = check_lines(&h, "gone");
+        assert!(
+            r.violations
+                .iter()
+                .any(|v| v.starts_with("(e)") && v.contains("gone from the lock")),
+            "{:?}",
+            r.violations
+        );
+        b[2] = b[2].clone().with("lost", true);
+        let mut h = clean();
+        h.extend(b);
+        let r = check_lines(&h, "gone, reported");
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
     }
 
     #[test]

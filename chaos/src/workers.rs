@@ -262,25 +262,33 @@ async fn body(
                     .with("error", ok.err().map(|e| e.to_string())),
             );
         }
+        lease.check().await.ok()
     };
-    let lost = tokio::select! {
-        () = work => false,
-        () = lease.lost() => true,
+    let (lost, end_check) = tokio::select! {
+        c = work => (false, c),
+        () = lease.lost() => (true, None),
     };
+    // A CHECK at the end that answered 0 is a loss the client must know of
+    // by now (its deadline has passed, or a refresh answered 0).
+    let lost = lost || (end_check == Some(false) && lease.is_lost());
     let t = now_ns();
     if lost {
+        let reason = lease
+            .lost_reason()
+            .map_or_else(|| "unknown".to_string(), |r| format!("{r:?}"));
         rec.write(
             &rec.line("lost")
                 .with("key", &key)
                 .with("token", token)
-                .with("reason", format!("{:?}", lease.lost_reason())),
+                .with("reason", reason),
         );
     }
     rec.write(
         &crate::history::Line::new("end", t, &rec.w)
             .with("key", &key)
             .with("token", token)
-            .with("lost", lost),
+            .with("lost", lost)
+            .with("check_end", end_check),
     );
 }
 
@@ -400,23 +408,7 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool) -> i32 {
     let work = async {
         // CHECK on the primary Sentinel names now (the CLI's own connection
         // is not reachable from here).
-        let check = match primary_port(&args.sentinels) {
-            Some(p) => match redis::Client::open(format!("redis://127.0.0.1:{p}/")) {
-                Ok(c) => match c.get_multiplexed_async_connection().await {
-                    Ok(mut con) => redis::cmd("SPACELOCK.CHECK")
-                        .arg(&key)
-                        .arg(&owner)
-                        .arg(token)
-                        .query_async::<i64>(&mut con)
-                        .await
-                        .ok()
-                        .map(|n| n == 1),
-                    Err(_) => None,
-                },
-                Err(_) => None,
-            },
-            None => None,
-        };
+        let check = check_via_sentinel(&args.sentinels, &key, &owner, token).await;
         rec.write(
             &crate::history::Line::new("grant", granted, &rec.w)
                 .with("key", &key)
@@ -432,7 +424,7 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool) -> i32 {
             .await
         {
             Ok(f) => f,
-            Err(_) => return,
+            Err(_) => return None,
         };
         for phase in ["start", "end"] {
             if phase == "end" {
@@ -448,11 +440,18 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool) -> i32 {
                     .with("error", ok.err().map(|e| e.to_string())),
             );
         }
+        check_via_sentinel(&args.sentinels, &key, &owner, token).await
     };
-    let lost = tokio::select! {
-        () = work => false,
-        _ = term.recv() => true,
+    let (mut lost, end_check) = tokio::select! {
+        c = work => (false, c),
+        _ = term.recv() => (true, None),
     };
+    if end_check == Some(false) && !lost {
+        // The lock is gone: the CLI's SIGTERM should be on its way.
+        lost = tokio::time::timeout(Duration::from_millis(300), term.recv())
+            .await
+            .is_ok();
+    }
     let t = now_ns();
     if lost {
         rec.write(
@@ -466,11 +465,38 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool) -> i32 {
         &crate::history::Line::new("end", t, &rec.w)
             .with("key", &key)
             .with("token", token)
-            .with("lost", lost),
+            .with("lost", lost)
+            .with("check_end", end_check),
     );
     if lost {
         143
     } else {
         0
     }
+}
+
+/// `SPACELOCK.CHECK` on the primary Sentinel names now (the CLI's own
+/// connection is not reachable from its command).
+async fn check_via_sentinel(sentinels: &[u16], key: &str, owner: &str, token: u64) -> Option<bool> {
+    let p = primary_port(sentinels)?;
+    let client = redis::Client::open(format!("redis://127.0.0.1:{p}/")).ok()?;
+    let mut con = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        redis::cmd("SPACELOCK.CHECK")
+            .arg(key)
+            .arg(owner)
+            .arg(token)
+            .query_async::<i64>(&mut con),
+    )
+    .await
+    .ok()?
+    .ok()
+    .map(|n| n == 1)
 }

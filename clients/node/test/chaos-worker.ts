@@ -118,7 +118,7 @@ async function main(): Promise<void> {
           const granted = now();
           const token = lease.token ?? 0n;
           record('start', { key, token, owner: lease.owner }, granted);
-          const work = async (): Promise<void> => {
+          const work = async (): Promise<boolean | null> => {
             let check: boolean | null = null;
             try {
               check = await lease.check();
@@ -143,11 +143,21 @@ async function main(): Promise<void> {
                 record('write', { key, token, phase, ok: null, error: String(e) });
               }
             }
+            try {
+              return await lease.check();
+            } catch {
+              return null;
+            }
           };
-          const lost = await Promise.race([work().then(() => false), lease.lost.then(() => true)]);
+          const [lostNow, endCheck] = await Promise.race([
+            work().then((c): [boolean, boolean | null] => [false, c]),
+            lease.lost.then((): [boolean, boolean | null] => [true, null]),
+          ]);
+          // A CHECK at the end that answered 0 is a loss the client must know of by now.
+          const lost = lostNow || (endCheck === false && lease.isLost());
           const t = now();
           if (lost) record('lost', { key, token, reason: lease.lostReason() ?? null }, t);
-          record('end', { key, token, lost }, t);
+          record('end', { key, token, lost, check_end: endCheck }, t);
         },
         viaWait ? { waitMs: WAIT_MS } : {},
       );
