@@ -128,6 +128,8 @@ async function main(): Promise<void> {
             record('grant', { key, token, owner: lease.owner, acked: a.replicas > 0, wait: viaWait, check }, granted);
             for (const phase of ['start', 'end']) {
               if (phase === 'end') await sleep(bodyMs);
+              // The race below does not cancel this function: stop here once the lease is lost.
+              if (lease.signal.aborted) return null;
               try {
                 const ok = (await fence.eval(
                   FENCE_SCRIPT,
@@ -143,6 +145,7 @@ async function main(): Promise<void> {
                 record('write', { key, token, phase, ok: null, error: String(e) });
               }
             }
+            if (lease.signal.aborted) return null;
             try {
               return await lease.check();
             } catch {
