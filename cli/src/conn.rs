@@ -119,6 +119,10 @@ pub fn describe_error(e: &spacelock_client::Error, url: &str) -> (String, i32) {
             ),
             crate::exit::LEASE_LOST,
         ),
+        spacelock_client::Error::WaitAofUnavailable { .. } => (
+            format!("--wait-aof at {url}: {e}; the command did not run"),
+            crate::exit::UNAVAILABLE,
+        ),
         spacelock_client::Error::InvalidArgument { reason } => {
             (format!("invalid argument: {reason}"), crate::exit::USAGE)
         }
@@ -159,6 +163,12 @@ pub enum Backend {
         /// Carries acquires, heartbeats and releases.
         conn: ConnectionManager,
     },
+    /// The primary of a Sentinel-monitored service, followed through failovers.
+    Sentinel {
+        /// Carries acquires, heartbeats and releases; opens the dedicated
+        /// connection for a blocking acquire.
+        conn: spacelock_client::SentinelConnection,
+    },
     /// A Redis Cluster: commands are routed by key.
     Cluster {
         /// Opens the dedicated connection for a blocking acquire.
@@ -168,8 +178,64 @@ pub enum Backend {
     },
 }
 
+/// The scheme of a Sentinel URL.
+pub const SENTINEL_SCHEME: &str = "redis+sentinel://";
+
+/// `redis+sentinel://host[:port][,host[:port]…]/service-name`: the
+/// Sentinels (port 26379 by default) and the service name.
+pub fn parse_sentinel_url(url: &str) -> Result<(Vec<String>, String), redis::RedisError> {
+    let bad = |why: &str| {
+        redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            "invalid Sentinel URL",
+            format!("{why} (expected {SENTINEL_SCHEME}host:port[,host:port…]/service-name)"),
+        ))
+    };
+    let rest = url
+        .strip_prefix(SENTINEL_SCHEME)
+        .ok_or_else(|| bad("not a redis+sentinel:// URL"))?;
+    let (hosts, service) = rest.split_once('/').ok_or_else(|| bad("no service name"))?;
+    let service = service.trim_end_matches('/');
+    if service.is_empty() || service.contains(['/', '?', '#']) {
+        return Err(bad("the service name must be one path segment"));
+    }
+    if hosts.contains('@') {
+        return Err(bad("credentials in a Sentinel URL are not supported"));
+    }
+    let mut nodes = Vec::new();
+    for host in hosts.split(',').map(str::trim) {
+        if host.is_empty() {
+            return Err(bad("an empty Sentinel address"));
+        }
+        let with_port = match host.rsplit_once(':') {
+            Some((_, port)) if port.parse::<u16>().is_ok() => host.to_string(),
+            Some(_) if !host.starts_with('[') => return Err(bad("a bad port")),
+            _ => format!("{host}:26379"),
+        };
+        nodes.push(format!("redis://{with_port}/"));
+    }
+    Ok((nodes, service.to_string()))
+}
+
 /// Connects, failing within a few seconds if the server is unreachable.
 pub async fn connect(url: &str, cluster: bool) -> Result<Backend, redis::RedisError> {
+    if url.starts_with(SENTINEL_SCHEME) {
+        use redis::sentinel::{SentinelClient, SentinelServerType};
+        let (nodes, service) = parse_sentinel_url(url)?;
+        let client = SentinelClient::build(nodes, service, None, SentinelServerType::Master)?;
+        let conn = tokio::time::timeout(
+            Duration::from_secs(5),
+            spacelock_client::SentinelConnection::new(client),
+        )
+        .await
+        .map_err(|_| {
+            redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer from the Sentinels or the primary within 5s",
+            ))
+        })??;
+        return Ok(Backend::Sentinel { conn });
+    }
     if cluster {
         let nodes: Vec<&str> = url
             .split(',')
@@ -225,6 +291,33 @@ mod tests {
         );
         assert_eq!(redact("unix:///tmp/r.sock"), "unix:///tmp/r.sock");
         assert_eq!(redact("redis://app@db/"), "redis://app@db/");
+    }
+
+    #[test]
+    fn sentinel_urls() {
+        let (nodes, service) =
+            parse_sentinel_url("redis+sentinel://10.0.0.1:26380,s2,s3:1/mymaster").unwrap();
+        assert_eq!(
+            nodes,
+            [
+                "redis://10.0.0.1:26380/",
+                "redis://s2:26379/",
+                "redis://s3:1/"
+            ]
+        );
+        assert_eq!(service, "mymaster");
+        for bad in [
+            "redis+sentinel://h:1",
+            "redis+sentinel://h:1/",
+            "redis+sentinel:///svc",
+            "redis+sentinel://h:x/svc",
+            "redis+sentinel://a:p@h:1/svc",
+            "redis+sentinel://h:1/svc/0",
+            "redis://h:1/svc",
+        ] {
+            let e = parse_sentinel_url(bad).unwrap_err();
+            assert_eq!(e.kind(), redis::ErrorKind::InvalidClientConfig, "{bad}");
+        }
     }
 
     #[test]

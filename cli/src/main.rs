@@ -47,7 +47,9 @@ Exit codes of `spacelock run`:
   N    the command's exit code (128+S if it was killed by signal S)
   64   bad arguments or URL (a duration out of range, an empty KEY, a ttl
        below 10ms), or --ttl above the server's spacelock.max-ttl
-  69   Redis unreachable or not answering, module not loaded, other server error
+  69   Redis unreachable or not answering, module not loaded, other server error;
+       with --replicas N: fewer than N replicas acknowledged the grant in time
+       (the command did not run)
   75   lock held by someone else (with --wait: still held at the timeout)
   76   lease lost while the command ran: it got SIGTERM, then SIGKILL (or,
        rarely, lost before the command could start: it did not run)
@@ -113,7 +115,9 @@ Exits 0 in both cases (69 if Redis or the module is unavailable)."
 #[derive(Debug, Args)]
 struct ConnArgs {
     /// Redis/Valkey URL, e.g. redis://:password@host:6379/0 (rediss:// needs the `tls` build
-    /// feature) [default: $SPACELOCK_URL, then $REDIS_URL, then redis://127.0.0.1:6379/]
+    /// feature), or redis+sentinel://host:port[,host:port…]/service-name to follow the primary
+    /// that Sentinel names through failovers [default: $SPACELOCK_URL, then $REDIS_URL, then
+    /// redis://127.0.0.1:6379/]
     #[arg(long, value_name = "URL")]
     url: Option<String>,
 
@@ -153,6 +157,23 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     release_timeout: Duration,
 
+    /// Count a grant, and every refresh, only once N replicas have acknowledged it (`WAIT N`
+    /// after each, on the same connection). If fewer do within --ack-timeout, the lock is
+    /// released, the command is not started, and spacelock exits 69. 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_replicas, allow_negative_numbers = true)]
+    replicas: usize,
+
+    /// How long the replicas get to acknowledge a grant or a refresh (with --replicas or
+    /// --wait-aof); above zero and below the ttl [default: a third of the ttl]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    ack_timeout: Option<Duration>,
+
+    /// Wait for the grants and refreshes to be fsynced to the append-only file of the primary
+    /// and of N replicas (`WAITAOF 1 N`) instead of `WAIT N`. Needs Redis 7.2 or later, or
+    /// Valkey, with appendonly yes; elsewhere spacelock exits 69 without running the command.
+    #[arg(long)]
+    wait_aof: bool,
+
     /// Print only errors (not "lock held", not signal forwarding).
     #[arg(short, long)]
     quiet: bool,
@@ -185,6 +206,14 @@ struct InfoArgs {
     /// Name of the lock (the Redis key is PREFIX+KEY); not empty.
     #[arg(value_name = "KEY", value_parser = parse_key)]
     key: String,
+}
+
+/// --replicas: a whole number, 0 or more.
+fn parse_replicas(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<u32>()
+        .map(|n| n as usize)
+        .map_err(|_| format!("invalid replica count {text:?}: a whole number, 0 or more"))
 }
 
 /// KEY must not be empty: it would lock the bare prefix.
@@ -279,6 +308,16 @@ fn with_usage(error: &str) -> String {
 
 async fn run_command(args: RunArgs) -> i32 {
     let say = Say { quiet: args.quiet };
+    if let Some(d) = args.ack_timeout {
+        if d.is_zero() || d >= args.ttl {
+            say.error(format_args!(
+                "invalid --ack-timeout {}: above zero and below the ttl ({})",
+                duration::format_duration(d),
+                duration::format_duration(args.ttl)
+            ));
+            return exit::USAGE;
+        }
+    }
     let url = conn::resolve_url(args.conn.url.as_deref());
     // A write pause holds the ACQUIRE: it is waited out for up to 5 s (with
     // --wait, the wait itself is held and then runs its course).
@@ -288,7 +327,13 @@ async fn run_command(args: RunArgs) -> i32 {
         .owner(conn::owner_id())
         .wait_connections(1)
         .request_timeout(conn::REQUEST_TIMEOUT)
-        .release_timeout(args.release_timeout);
+        .release_timeout(args.release_timeout)
+        .replicas(args.replicas)
+        .wait_aof(args.wait_aof);
+    let options = match args.ack_timeout {
+        Some(d) => options.ack_timeout(d),
+        None => options,
+    };
     match conn::connect(&url, args.conn.cluster).await {
         Err(e) => {
             let (msg, code) = conn::describe_connect_error(&e, &url);
@@ -301,6 +346,11 @@ async fn run_command(args: RunArgs) -> i32 {
         }
         Ok(conn::Backend::Cluster { client, conn }) => {
             let locks = spacelock_client::SpaceLock::new(conn, options).with_wait_connector(client);
+            run::run(locks, &args, &url, say).await
+        }
+        Ok(conn::Backend::Sentinel { conn }) => {
+            let locks =
+                spacelock_client::SpaceLock::new(conn.clone(), options).with_wait_connector(conn);
             run::run(locks, &args, &url, say).await
         }
     }
@@ -323,6 +373,10 @@ async fn info_command(args: InfoArgs) -> i32 {
             info::info(&locks, &args.key, args.json, &url, say).await
         }
         Ok(conn::Backend::Cluster { conn, .. }) => {
+            let locks = spacelock_client::SpaceLock::new(conn, options);
+            info::info(&locks, &args.key, args.json, &url, say).await
+        }
+        Ok(conn::Backend::Sentinel { conn }) => {
             let locks = spacelock_client::SpaceLock::new(conn, options);
             info::info(&locks, &args.key, args.json, &url, say).await
         }
@@ -407,6 +461,18 @@ mod tests {
                 "true",
             ],
             &["spacelock", "run", "", "--", "true"],
+            &["spacelock", "run", "--replicas", "-1", "job", "--", "true"],
+            &["spacelock", "run", "--replicas", "two", "job", "--", "true"],
+            &["spacelock", "run", "--replicas", "1.5", "job", "--", "true"],
+            &[
+                "spacelock",
+                "run",
+                "--ack-timeout",
+                "x",
+                "job",
+                "--",
+                "true",
+            ],
             &["spacelock", "info", ""],
             &["spacelock", "info"],
             &["spacelock", "frobnicate"],

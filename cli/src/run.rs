@@ -127,6 +127,17 @@ pub async fn run<C: LockConnection>(
             ));
             128 + sig as i32
         }
+        Ok(Outcome::Skipped(Skipped::NotAcknowledged {
+            acknowledged,
+            required,
+        })) => {
+            say.error(format_args!(
+                "{key}: {acknowledged} of {required} replicas acknowledged the grant within {}; \
+                 not running the command",
+                format_duration(locks.settings().ack_timeout())
+            ));
+            exit::UNAVAILABLE
+        }
         Ok(Outcome::Skipped(why)) => {
             let holder = holder_text(&locks, name).await;
             match (why, args.wait) {

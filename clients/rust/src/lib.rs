@@ -21,12 +21,20 @@
 //!   write pause is waited out, a dead server is not waited for forever);
 //!   a dropped connection (restart, idle timeout, `CLIENT KILL`) is retried
 //!   at once on a fresh one; a failed acquire never leaves a lock behind;
+//! * optional **replica-acknowledged grants** ([`Options::replicas`]): each
+//!   grant and each refresh is followed by `WAIT n` (or `WAITAOF`), the body
+//!   starts only once `n` replicas have the grant, and a lease's deadline
+//!   moves only on acknowledged refreshes, so that a failover to one of
+//!   those replicas keeps the lock ([`Skipped::NotAcknowledged`] when too
+//!   few acknowledge; see `docs/replication.md` for the exact guarantee);
 //! * a typed [`Error::ModuleNotLoaded`] that says how to load the module.
 //!
 //! It runs over redis-rs' [`ConnectionManager`](redis::aio::ConnectionManager),
-//! [`MultiplexedConnection`](redis::aio::MultiplexedConnection) or a cluster
+//! [`MultiplexedConnection`](redis::aio::MultiplexedConnection), a cluster
 //! [`ClusterConnection`](redis::cluster_async::ClusterConnection) (see
-//! [`LockConnection`]).
+//! [`LockConnection`]), or, with the `sentinel` feature (on by default), a
+//! [`SentinelConnection`] that follows the primary of a Sentinel-monitored
+//! service through a failover (see [Sentinel](#sentinel)).
 //!
 //! # Examples
 //!
@@ -68,6 +76,32 @@
 //! }
 //! ```
 //!
+//! # Sentinel
+//!
+//! Over redis-rs' `sentinel` support, [`SentinelConnection`] asks the
+//! Sentinels for the current primary, and asks again when its connection
+//! fails or the server answers as a replica (`READONLY`, `-UNBLOCKED`): the
+//! client's retry then goes to the new primary. A lease whose grant the
+//! promoted replica has goes on there; one whose grant it lacks is reported
+//! lost (its refresh answers `0`). With [`Options::replicas`] set to the
+//! number of replicas Sentinel can promote, every grant the body runs under
+//! is on the promoted one.
+//!
+//! ```no_run
+//! # #[cfg(feature = "sentinel")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use redis::sentinel::{SentinelClient, SentinelServerType};
+//! use spacelock_client::{Options, SentinelConnection, SpaceLock};
+//!
+//! let sentinels = vec!["redis://10.0.0.1:26379/", "redis://10.0.0.2:26379/", "redis://10.0.0.3:26379/"];
+//! let client = SentinelClient::build(sentinels, "mymaster".into(), None, SentinelServerType::Master)?;
+//! let conn = SentinelConnection::new(client).await?;
+//! let locks = SpaceLock::new(conn.clone(), Options::default().replicas(2))
+//!     .with_wait_connector(conn);
+//! # let _ = locks;
+//! # Ok(()) }
+//! ```
+//!
 //! # Loading the module
 //!
 //! The server needs `loadmodule /path/to/libspacelock.so` in its config (or
@@ -92,6 +126,8 @@ mod primitives;
 mod proto;
 mod registry;
 mod retry;
+#[cfg(feature = "sentinel")]
+mod sentinel;
 
 pub use conn::{LockConnection, WaitConnection, WaitConnector};
 pub use error::Error;
@@ -102,3 +138,5 @@ pub use options::{
     DEFAULT_TTL, DEFAULT_WAIT_CONNECTIONS, DEFAULT_WAIT_GRACE, MIN_TTL,
 };
 pub use outcome::{AcquireReply, LockInfo, Outcome, RefreshReply, ReleaseReply, Skipped};
+#[cfg(feature = "sentinel")]
+pub use sentinel::SentinelConnection;
