@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use spacelock_client::{Lease, Options, Outcome, Skipped, SpaceLock};
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use spacelock_client::{Lease, Options, Outcome, SentinelConnection, Skipped, SpaceLock};
 
 use crate::fenced;
 use crate::history::{now_ns, Recorder};
@@ -81,28 +82,32 @@ pub fn primary_port(sentinels: &[u16]) -> Option<u16> {
     None
 }
 
-type Conn = redis::aio::ConnectionManager;
+type Conn = SentinelConnection;
 
 struct Locks {
-    port: u16,
     locks: SpaceLock<Conn>,
     raw: Conn,
 }
 
+/// A `SpaceLock` over the client's Sentinel connection, which follows the
+/// primary through failovers by itself.
 async fn connect(args: &WorkerArgs, generation: u32) -> Option<Locks> {
-    let port = primary_port(&args.sentinels)?;
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(None)
-        .set_connection_timeout(Some(Duration::from_millis(500)))
-        .set_max_delay(Duration::from_millis(200));
-    let conn = tokio::time::timeout(
-        Duration::from_secs(2),
-        redis::aio::ConnectionManager::new_with_config(client.clone(), config),
+    let urls: Vec<String> = args
+        .sentinels
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect();
+    let client = SentinelClient::build(
+        urls,
+        crate::topology::SERVICE.to_string(),
+        None,
+        SentinelServerType::Master,
     )
-    .await
-    .ok()?
     .ok()?;
+    let conn = tokio::time::timeout(Duration::from_secs(2), SentinelConnection::new(client))
+        .await
+        .ok()?
+        .ok()?;
     let options = Options::default()
         .ttl(Duration::from_millis(args.ttl_ms))
         .key_prefix(PREFIX)
@@ -110,12 +115,8 @@ async fn connect(args: &WorkerArgs, generation: u32) -> Option<Locks> {
         .request_timeout(Duration::from_millis(args.ttl_ms))
         .release_timeout(Duration::from_millis(args.ttl_ms));
     let options = crate::acks::rust_options(options, args.replicas);
-    let locks = SpaceLock::new(conn.clone(), options).with_wait_connector(client);
-    Some(Locks {
-        port,
-        locks,
-        raw: conn,
-    })
+    let locks = SpaceLock::new(conn.clone(), options).with_wait_connector(conn.clone());
+    Some(Locks { locks, raw: conn })
 }
 
 /// The Rust worker (`spacelock-chaos worker`).
@@ -203,12 +204,7 @@ pub async fn rust_worker(args: WorkerArgs) {
                         .with("error", e.to_string())
                         .with("wait", via_wait),
                 );
-                // Follow the primary: ask Sentinel again after an error.
-                if primary_port(&args.sentinels) != Some(l.port) {
-                    current = None;
-                } else {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
