@@ -76,7 +76,7 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// Where the history goes [default: target/chaos/<unix time>].
+    /// Where the history goes [default: target/chaos/UNIX-TIME].
     #[arg(long)]
     dir: Option<PathBuf>,
     /// How long the clients run.

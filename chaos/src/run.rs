@@ -381,7 +381,7 @@ fn inject(
     line.with("start", start).with("end", now_ns())
 }
 
-/// The default run directory: `target/chaos/<seconds since the epoch>`.
+/// The default run directory: `target/chaos/` and the seconds since the epoch.
 pub fn default_dir(root: &Path) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -144,6 +144,7 @@ pub async fn rust_worker(args: WorkerArgs) {
         let key = format!("{PREFIX}{name}");
         let via_wait = rng.random_bool(0.5);
         let ms = body_ms(&mut rng, args.ttl_ms);
+        let began = now_ns();
         let body = {
             let rec = rec.clone();
             let fence = fence.clone();
@@ -166,7 +167,8 @@ pub async fn rust_worker(args: WorkerArgs) {
                     .line("skip")
                     .with("key", &key)
                     .with("why", &why)
-                    .with("wait", via_wait);
+                    .with("wait", via_wait)
+                    .with("began", began);
                 if let Skipped::NotAcknowledged {
                     acknowledged,
                     required,

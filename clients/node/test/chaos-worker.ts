@@ -81,7 +81,7 @@ async function main(): Promise<void> {
     const o: Record<string, unknown> = { ev, t: t.toString(), w: a.id };
     for (const [k, v] of Object.entries(fields)) o[k] = typeof v === 'bigint' ? v.toString() : (v ?? null);
     // Integers as JSON numbers (the checker reads them as such).
-    const text = JSON.stringify(o).replace(/"(t|token)":"(\d+)"/g, '"$1":$2');
+    const text = JSON.stringify(o).replace(/"(t|token|began)":"(\d+)"/g, '"$1":$2');
     appendFileSync(file, `${text}\n`);
   };
   const random = rng(a.seed);
@@ -110,6 +110,7 @@ async function main(): Promise<void> {
     const name = NAMES[Math.floor(random() * NAMES.length)]!;
     const key = `${PREFIX}${name}`;
     const viaWait = random() < 0.5;
+    const began = now();
     const bodyMs = random() < 0.7 ? 5 + Math.floor(random() * 55) : Math.floor(a.ttlMs / 3 + random() * (a.ttlMs * 1.5 - a.ttlMs / 3));
     try {
       const r = await locks.withSpaceLock(
@@ -165,7 +166,12 @@ async function main(): Promise<void> {
         viaWait ? { waitMs: WAIT_MS } : {},
       );
       if (isSkipped(r)) {
-        const fields: Record<string, string | number | boolean | null> = { key, why: r.skipped, wait: viaWait };
+        const fields: Record<string, string | number | boolean | null> = {
+          key,
+          why: r.skipped,
+          wait: viaWait,
+          began: began.toString(),
+        };
         if (r.skipped === 'not-acknowledged') {
           fields['acknowledged'] = r.acknowledged;
           fields['required'] = r.required;
