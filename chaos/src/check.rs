@@ -817,13 +817,32 @@ mod tests {
         let mut b = body("rust-4", "k1", 6, 500, 600);
         b[0] = b[0].clone().with("check", false);
         h.extend(b);
+        // A WAIT-queue timeout that left the lock held in its name, with no
+        // earlier call of that worker on that key to explain it.
         h.push(
-            Line::new("skip", 700 * MS, "rust-4")
+            Line::new("skip", 4000 * MS, "rust-4")
                 .with("key", "k1")
                 .with("why", "timed-out")
+                .with("began", 3700 * MS)
                 .with("held_after", true),
         );
         let r = check_lines(&h, "disagree");
+        assert_eq!(
+            r.violations.iter().filter(|v| v.starts_with("(d)")).count(),
+            2,
+            "{:?}",
+            r.violations
+        );
+        // Right after its own lease on that key (which may still be live
+        // there), the lock in its name is that lease's.
+        h.push(
+            Line::new("skip", 1000 * MS, "rust-4")
+                .with("key", "k1")
+                .with("why", "timed-out")
+                .with("began", 700 * MS)
+                .with("held_after", true),
+        );
+        let r = check_lines(&h, "disagree, explained");
         assert_eq!(
             r.violations.iter().filter(|v| v.starts_with("(d)")).count(),
             2,
