@@ -45,6 +45,55 @@ pub(crate) fn workloads34(
     Ok(())
 }
 
+/// Replica-acknowledged grants: the client bench tool's `replicas` part
+/// against a primary with the module and two local replicas (with it too).
+pub(crate) fn workload_replicas(
+    cfg: &Cfg,
+    rows: &mut Vec<Row>,
+    missing: &mut Vec<String>,
+) -> Result<(), String> {
+    let tool = match std::env::var_os("BENCH_CLIENT_TOOL").map(PathBuf::from) {
+        Some(t) if t.exists() => t,
+        _ => {
+            missing.push(format!(
+                "replica-acknowledged grants (0, 1, 2 replicas): {}",
+                std::env::var("BENCH_CLIENT_MISSING")
+                    .unwrap_or_else(|_| "the client bench tool was not built".into())
+            ));
+            return Ok(());
+        }
+    };
+    let primary = Server::start(
+        &cfg.redis,
+        Some(&cfg.module),
+        &[("repl-diskless-sync-delay", "0")],
+    )?;
+    let of = format!("127.0.0.1 {}", primary.port);
+    let _r1 = Server::start(&cfg.redis, Some(&cfg.module), &[("replicaof", &of)])?;
+    let _r2 = Server::start(&cfg.redis, Some(&cfg.module), &[("replicaof", &of)])?;
+    eprintln!(
+        "replica-acknowledged grants on {} (port {}, replicas on {} and {})",
+        primary.name, primary.port, _r1.port, _r2.port
+    );
+    let out = std::process::Command::new(&tool)
+        .env("BENCH_PORT", primary.port.to_string())
+        .env("BENCH_SERVER_PID", primary.pid().to_string())
+        .env("BENCH_SERVER_NAME", &primary.name)
+        .env("BENCH_CLIENT_ONLY", "replicas")
+        .env("QUICK", if cfg.quick { "1" } else { "" })
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", tool.display()))?;
+    collect_rows(&String::from_utf8_lossy(&out.stdout), rows, missing);
+    if !out.status.success() {
+        missing.push(format!(
+            "replica-acknowledged grants: the client bench tool exited with {}",
+            out.status
+        ));
+    }
+    Ok(())
+}
+
 /// `ROW\t<workload>\t<spacelock>\t<baseline>\t<ratio>\t<spread>` and
 /// `MISSING\t<note>` lines from a bench tool's stdout.
 fn collect_rows(text: &str, rows: &mut Vec<Row>, missing: &mut Vec<String>) {

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::burst::expiry_burst;
-use crate::external::{sh, workload5_node, workloads34};
+use crate::external::{sh, workload5_node, workload_replicas, workloads34};
 use crate::measure::median;
 use crate::names::names;
 use crate::profile::profile;
@@ -275,6 +275,9 @@ fn real_main() -> Result<(), String> {
     }
     if on("node") {
         workload5_node(&cfg, &mut rows, &mut missing)?;
+    }
+    if on("replicas") {
+        workload_replicas(&cfg, &mut rows, &mut missing)?;
     }
     // Redis first, as the rows are.
     servers.sort_by_key(|s| !s.starts_with("Redis"));

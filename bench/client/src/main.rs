@@ -8,18 +8,23 @@
 //! * 4: 8 clients competing for one key with a 0.5 ms critical section:
 //!   sections/s, wait-to-acquire and handoff latency, `WAIT` vs the common
 //!   polling loop (retry ACQUIRE every 10 ms ± 5 ms).
+//! * replicas: grant and cycle latency with 0, 1 and 2 replicas
+//!   acknowledging (`Options::replicas`), against a primary with two
+//!   replicas (run only with `BENCH_CLIENT_ONLY=replicas`).
 //!
 //! Started by the main bench tool against a server it runs; prints
 //! `ROW\tworkload\tspacelock\tbaseline\tratio\tspread` and `MISSING\ttext`
 //! lines on stdout, progress on stderr.
 
 mod measure;
+mod replicas;
 mod workload3a;
 mod workload3b;
 mod workload4;
 
 use redis::aio::MultiplexedConnection;
 
+use crate::replicas::replicas;
 use crate::workload3a::workload3a;
 use crate::workload3b::workload3b;
 use crate::workload4::workload4;
@@ -73,6 +78,12 @@ async fn main() {
         eprintln!("workload 3b: heartbeat of many leases");
         if let Err(e) = workload3b(&env).await {
             println!("MISSING\tworkload 3b (heartbeat) failed: {e}");
+        }
+    }
+    if only.split(',').any(|o| o == "replicas") {
+        eprintln!("replica-acknowledged grants: 0, 1, 2 replicas");
+        if let Err(e) = replicas(&env).await {
+            println!("MISSING\treplica-acknowledged grants failed: {e}");
         }
     }
     if want("4") {

@@ -28,6 +28,14 @@ use crate::conn::{LockConnection, WaitConnection, WaitConnector};
 /// be promoted ([`Options::replicas`](crate::Options::replicas)) are the
 /// ones that survive a failover.
 ///
+/// Until Sentinel has re-pointed the old primary at the new one, the old
+/// one still answers `ROLE` as a primary, and a new connection may still
+/// land on it (redis-rs reads `SENTINEL MASTERS`): two primaries for a few
+/// seconds. Grants acknowledged by all promotable replicas make that
+/// window safe: the old primary lost the replica that was promoted, so it
+/// cannot collect the acknowledgements, and its grants are released and
+/// reported as [`Skipped::NotAcknowledged`](crate::Skipped::NotAcknowledged).
+///
 /// It is also a [`WaitConnector`]: each blocking acquire gets its own
 /// connection to the current primary. Clones share the connection.
 ///
