@@ -4,6 +4,7 @@
  * compiling and their exhaustive `switch`es keep holding.
  */
 import type { RedisConnection } from './connection';
+import type { NotAcknowledgedError } from './errors';
 import type { Lease } from './lease';
 import type { SpaceLockOptions, WithSpaceLockOptions } from './options';
 import { SpaceLock, type CloseOptions, type ExistingSkipped } from './space-lock';
@@ -53,7 +54,10 @@ export class SpaceLockDropIn {
    * and returns its value, or the existing service's skip sentinel. `fn` may
    * take the {@link Lease} (its fencing token and lost-lease signal) or
    * ignore it. `opts.waitMs` waits for the lock, in this process and on the
-   * server, before skipping. Errors are {@link SpaceLock.withSpaceLock}'s.
+   * server, before skipping. Errors are {@link SpaceLock.withSpaceLock}'s;
+   * and with the `replicas` option, a grant too few replicas acknowledged
+   * rejects with {@link NotAcknowledgedError} (released, `fn` not run),
+   * as the existing service's result type has no place for it.
    */
   withSpaceLock<T>(
     spaceId: string,

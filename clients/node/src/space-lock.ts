@@ -140,7 +140,7 @@ const closedError = (): SpaceLockError => new SpaceLockError('the SpaceLock is c
  * ```ts
  * const locks = new SpaceLock(redis, { ttlMs: 30_000, keyPrefix: 'git-sync:lock:' });
  * const r = await locks.withSpaceLock(spaceId, async (lease) => sync(lease.token, lease.signal));
- * if (isSkipped(r)) return r.skipped; // 'in-progress' | 'lock-held'
+ * if (isSkipped(r)) return r.skipped; // 'in-progress' | 'lock-held' ('not-acknowledged' with `replicas`)
  * ```
  */
 export class SpaceLock {
@@ -242,9 +242,15 @@ export class SpaceLock {
    *    process stopped) is waited for too; if it has not answered
    *    `waitGraceMs` after `waitMs`, the call gives up with
    *    `{ skipped: 'timed-out' }` and releases whatever it may be granted.
-   * 3. Calls `fn(lease)` while the heartbeat refreshes the lock every ttl/3.
-   *    If the lease is lost, `lease.signal` aborts; `fn` decides what to do.
-   * 4. Releases the lock however `fn` ends, and returns its value or
+   * 3. With the `replicas` option: sends `WAIT replicas ackTimeoutMs` (or
+   *    `WAITAOF`) on the connection that got the grant; if fewer replicas
+   *    acknowledged it in time, releases it and returns
+   *    `{ skipped: 'not-acknowledged', acknowledged, required }`.
+   * 4. Calls `fn(lease)` while the heartbeat refreshes the lock every ttl/3
+   *    (with `replicas`, a refresh moves the lease's deadline only once
+   *    acknowledged). If the lease is lost, `lease.signal` aborts; `fn`
+   *    decides what to do.
+   * 5. Releases the lock however `fn` ends, and returns its value or
    *    rethrows its error. A failed release is logged, never thrown.
    *
    * @throws {@link ModuleNotLoadedError} when the server lacks the module
@@ -253,7 +259,10 @@ export class SpaceLock {
    *   acquire within one ttl (a grant that late would already have
    *   expired); the caller's `signal.reason` when it aborts before `fn`
    *   starts; {@link SpaceLockError} when the SpaceLock is closed before
-   *   `fn` starts; Redis errors from the acquire; and whatever `fn` throws.
+   *   `fn` starts, or the server refuses `WAITAOF` (`waitAof` on Redis < 7.2
+   *   or with `appendonly no`); {@link CommandTimeoutError} when `WAIT`
+   *   gets no reply within the ttl; Redis errors from the acquire; and
+   *   whatever `fn` throws.
    */
   withSpaceLock<T>(
     name: string,

@@ -30,6 +30,7 @@ import {
   spacelockStat,
   startReplicated,
   waitFor,
+  withCluster,
   withReplicas,
   withServer,
 } from './harness';
@@ -146,6 +147,33 @@ describe('replica-acknowledged grants', () => {
     await caughtUp(fx.admin, 1);
   });
 
+  it('the caller aborting while the grant waits for acknowledgement: rejects with its reason, fn never runs, the grant is released', async (t) => {
+    if (skipped(t)) return;
+    const locks = fx.make({ replicas: 1, ackTimeoutMs: 300 });
+    let ran = false;
+    fx.proxies[0]!.pause();
+    try {
+      for (const waitMs of [0, 1_000]) {
+        const ac = new AbortController();
+        const call = locks.withSpaceLock(
+          'abort',
+          async () => {
+            ran = true;
+          },
+          { waitMs, signal: ac.signal },
+        );
+        await waitFor('the grant', async () => (await fx.admin.exists('rep:abort')) === 1);
+        ac.abort(new Error('caller gave up'));
+        await assert.rejects(call, /caller gave up/);
+        await waitFor('the release', async () => (await fx.admin.exists('rep:abort')) === 0, 2_000);
+      }
+    } finally {
+      fx.proxies[0]!.resume();
+    }
+    assert.equal(ran, false, 'fn never ran');
+    await caughtUp(fx.admin, 1);
+  });
+
   it('a refresh not acknowledged does not move the deadline: the lease is lost within one ttl of the stall; a new lease works once the link is back', async (t) => {
     if (skipped(t)) return;
     const ttlMs = 600;
@@ -200,6 +228,31 @@ describe('replicas: 0', () => {
     assert.ok((await commandCalls(own.admin, 'spacelock.refresh')) > refreshes, 'the heartbeat ran');
     assert.equal(await commandCalls(own.admin, 'wait'), waits, 'no WAIT');
     assert.equal(await commandCalls(own.admin, 'waitaof'), 0, 'no WAITAOF');
+  });
+});
+
+describe('replicas on a cluster', () => {
+  const fx = withCluster('rc:', 3);
+
+  it('the WAIT goes to the node that granted the lock (routed by its key), never MOVED', async (t) => {
+    if (skipped(t)) return;
+    // No replicas in this cluster: every grant is not acknowledged (0 of 1).
+    const locks = fx.make({ replicas: 1, ackTimeoutMs: 50 });
+    const calls = (command: string): Promise<number[]> => Promise.all(fx.nodeAdmins.map((n) => commandCalls(n, command)));
+    const acquiresBefore = await calls('spacelock.acquire');
+    const waitsBefore = await calls('wait');
+    const names = Array.from({ length: 9 }, (_, i) => `space-${i}`);
+    for (const n of names) {
+      assert.deepEqual(await locks.withSpaceLock(n, async () => 'ran'), { skipped: 'not-acknowledged', acknowledged: 0, required: 1 });
+      assert.equal(await fx.admin.exists(`rc:${n}`), 0, `rc:${n} released`);
+    }
+    const acquires = (await calls('spacelock.acquire')).map((c, i) => c - acquiresBefore[i]!);
+    const waits = (await calls('wait')).map((c, i) => c - waitsBefore[i]!);
+    assert.deepEqual(waits, acquires, 'one WAIT on each node per grant it made');
+    assert.ok(acquires.filter((c) => c > 0).length >= 2, `grants on several nodes: ${acquires.join(', ')}`);
+    let moved = 0;
+    for (const node of fx.nodeAdmins) moved += Number(/errorstat_MOVED:count=(\d+)/.exec(await node.info('errorstats'))?.[1] ?? 0);
+    assert.equal(moved, 0);
   });
 });
 
