@@ -186,6 +186,9 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
             line.to_json()
         );
         faults_rec.write(&line);
+        // The interval counts from when the topology is whole again, so
+        // that each fault's stall is its own and not the sum of two.
+        let _ = topo.until_healthy(Duration::from_secs(30));
         next = Instant::now() + Duration::from_secs(rng.random_range(cfg.every.0..=cfg.every.1));
     }
 
