@@ -47,11 +47,12 @@ pub(crate) fn workloads34(
 
 /// Replica-acknowledged grants: the client bench tool's `replicas` part
 /// against a primary with the module and two local replicas (with it too).
+/// Returns the primary's server name when it ran.
 pub(crate) fn workload_replicas(
     cfg: &Cfg,
     rows: &mut Vec<Row>,
     missing: &mut Vec<String>,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let tool = match std::env::var_os("BENCH_CLIENT_TOOL").map(PathBuf::from) {
         Some(t) if t.exists() => t,
         _ => {
@@ -60,7 +61,7 @@ pub(crate) fn workload_replicas(
                 std::env::var("BENCH_CLIENT_MISSING")
                     .unwrap_or_else(|_| "the client bench tool was not built".into())
             ));
-            return Ok(());
+            return Ok(None);
         }
     };
     let primary = Server::start(
@@ -91,7 +92,7 @@ pub(crate) fn workload_replicas(
             out.status
         ));
     }
-    Ok(())
+    Ok(Some(primary.name.clone()))
 }
 
 /// `ROW\t<workload>\t<spacelock>\t<baseline>\t<ratio>\t<spread>` and

@@ -277,7 +277,9 @@ fn real_main() -> Result<(), String> {
         workload5_node(&cfg, &mut rows, &mut missing)?;
     }
     if on("replicas") {
-        workload_replicas(&cfg, &mut rows, &mut missing)?;
+        if let Some(name) = workload_replicas(&cfg, &mut rows, &mut missing)? {
+            ran_on(name);
+        }
     }
     // Redis first, as the rows are.
     servers.sort_by_key(|s| !s.starts_with("Redis"));

@@ -20,7 +20,10 @@ use tokio::sync::Semaphore;
 /// reconnects), [`MultiplexedConnection`](redis::aio::MultiplexedConnection)
 /// and [`ClusterConnection`](redis::cluster_async::ClusterConnection). Clones
 /// must share one underlying connection (pipelining), as those three do; the
-/// heartbeat clones the connection for each refresh it sends.
+/// heartbeat clones the connection for each refresh it sends. A pipeline must
+/// go out whole on one connection (a cluster connection sends it to the node
+/// of its first key): with [`Options::replicas`](crate::Options::replicas)
+/// the client pipelines each ACQUIRE or REFRESH with its `WAIT`.
 ///
 /// After a dropped connection (a server restart, an idle timeout in a load
 /// balancer), the client retries its commands at once: over a
@@ -97,7 +100,10 @@ impl<T: ConnectionLike + Send> DynConn for T {
 /// before the wait ends (the client applies its own deadline: the wait's
 /// timeout plus [`Options::wait_grace`](crate::Options::wait_grace)).
 /// Dropping it must close the connection: that is how an abandoned wait
-/// leaves the server's queue.
+/// leaves the server's queue. It must not reconnect by itself either: with
+/// [`Options::replicas`](crate::Options::replicas), the `WAIT` after a grant
+/// must go out on the connection that got the grant (on a fresh connection
+/// it would count the replicas' acknowledgements of nothing).
 pub struct WaitConnection(Box<dyn DynConn>);
 
 impl WaitConnection {

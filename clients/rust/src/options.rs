@@ -289,6 +289,13 @@ impl Options {
     /// is queued behind it on that connection (other calls' acquires and
     /// refreshes) for up to the ack timeout.
     ///
+    /// On a cluster, the `WAIT` goes to the node of the key (in the pipeline
+    /// of its ACQUIRE or REFRESH), except after a wait-queue grant on a
+    /// dedicated cluster connection, where redis-rs sends the lone `WAIT` to
+    /// every primary and the smallest answer counts (every shard then needs
+    /// `n` replicas). Replica-acknowledged grants are tested on a primary
+    /// with replicas and with Sentinel, not on a cluster.
+    ///
     /// Set `n` to the number of replicas that can be promoted (see
     /// `docs/replication.md` for the exact guarantee and its conditions).
     /// The primitives ([`SpaceLock::acquire`](crate::SpaceLock::acquire),
