@@ -88,6 +88,17 @@ clean: ## Remove build output
 	$(CARGO) clean
 	rm -rf $(NODE_DIR)/dist $(NODE_DIR)/build
 
+# The long run of the history checker (chaos/): a primary, two replicas and
+# three Sentinels on loopback, CLI, Rust and Node clients, a fault every
+# 8-15 s; prints the table and exits non-zero on any violation.
+CHAOS_SECONDS ?= 600
+.PHONY: chaos
+chaos: deps build $(NODE_STAMP) ## History checker under faults for CHAOS_SECONDS (default 600): prints the table, fails on any violation
+	$(CARGO) build --release -p spacelock-cli -p spacelock-chaos
+	cd $(NODE_DIR) && npm run --silent build && npm run --silent build:test
+	$(abspath $(or $(CARGO_TARGET_DIR),$(CURDIR)/target))/release/spacelock-chaos run \
+	  --seconds $(CHAOS_SECONDS) --node-worker $(NODE_DIR)/build/test/chaos-worker.js $(CHAOS_ARGS)
+
 .PHONY: bench
 bench: ## Benchmarks vs native SET/DELIFEQ and the existing service's Lua (QUICK=1: about a minute); writes target/bench/results.md
 	QUICK=$(QUICK) bash bench/run.sh

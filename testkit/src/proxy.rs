@@ -9,7 +9,7 @@
 //! test opens only a handful of connections through it.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +43,8 @@ struct Shared {
     mode: Mutex<ProxyMode>,
     links: Mutex<Vec<Link>>,
     held: Mutex<Vec<TcpStream>>,
+    /// Peers whose connections forward nothing for now (see [`Proxy::stall_peer`]).
+    stalled: Mutex<Vec<IpAddr>>,
     idle_timeout_ms: AtomicU64,
     accepted: AtomicUsize,
     dropped: AtomicUsize,
@@ -73,6 +75,7 @@ impl Proxy {
             mode: Mutex::new(ProxyMode::Forward),
             links: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
+            stalled: Mutex::new(Vec::new()),
             idle_timeout_ms: AtomicU64::new(0),
             accepted: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
@@ -118,6 +121,20 @@ impl Proxy {
             u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
         });
         self.shared.idle_timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Stalls (`true`) or resumes (`false`) every connection from the
+    /// address `peer`, open now or later: while stalled, nothing is
+    /// forwarded in either direction, but the connection stays open (a link
+    /// that falls behind, not one that breaks). A server started with
+    /// `bind-source-addr` is a distinct peer on loopback, so one replica's
+    /// link can be stalled while every other client keeps going.
+    pub fn stall_peer(&self, peer: IpAddr, stalled: bool) {
+        let mut set = lock(&self.shared.stalled);
+        set.retain(|p| *p != peer);
+        if stalled {
+            set.push(peer);
+        }
     }
 
     /// Connections accepted so far, in any mode.
@@ -200,28 +217,36 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     last_activity_ms: last.clone(),
                     alive: alive.clone(),
                 });
+                let peer = client.peer_addr().ok().map(|a| a.ip());
                 let (sh1, sh2, l2, a2) =
                     (shared.clone(), shared.clone(), last.clone(), alive.clone());
-                std::thread::spawn(move || pump(client, s2, last, alive, sh1));
-                std::thread::spawn(move || pump(server, c2, l2, a2, sh2));
+                std::thread::spawn(move || pump(client, s2, last, alive, sh1, peer));
+                std::thread::spawn(move || pump(server, c2, l2, a2, sh2, peer));
             }
         }
     }
 }
 
-/// Copies `from` to `to` until either side closes, then closes both.
+/// Copies `from` to `to` until either side closes, then closes both; holds
+/// what it read while the link's `peer` is stalled.
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     last: Arc<AtomicU64>,
     alive: Arc<AtomicBool>,
     shared: Arc<Shared>,
+    peer: Option<IpAddr>,
 ) {
     let mut buf = [0u8; 16 * 1024];
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                while peer.is_some_and(|p| lock(&shared.stalled).contains(&p))
+                    && !shared.stop.load(Ordering::Relaxed)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 last.store(shared.now_ms(), Ordering::Relaxed);
                 if to.write_all(&buf[..n]).is_err() {
                     break;

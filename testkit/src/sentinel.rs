@@ -65,6 +65,23 @@ impl Sentinel {
         name: &str,
         timings: SentinelTimings,
     ) -> Result<Sentinel, String> {
+        Self::start_monitoring(primary.port, name, 1, timings)
+    }
+
+    /// Starts a sentinel that monitors the primary at `127.0.0.1:port` (a
+    /// server, or a [`Proxy`](crate::Proxy) in front of one) as `name` with
+    /// `quorum`, and waits until it answers PING. Sentinels that monitor the
+    /// same primary find each other through it.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_monitoring(
+        port_of_primary: u16,
+        name: &str,
+        quorum: u32,
+        timings: SentinelTimings,
+    ) -> Result<Sentinel, String> {
         let dir = Arc::new(tempfile::tempdir().map_err(|e| e.to_string())?);
         let port = free_port();
         let log = dir.path().join("sentinel.log");
@@ -78,13 +95,13 @@ impl Sentinel {
                  daemonize no\n\
                  dir {dir}\n\
                  logfile {log}\n\
-                 sentinel monitor {name} 127.0.0.1 {primary} 1\n\
+                 sentinel monitor {name} 127.0.0.1 {primary} {quorum}\n\
                  sentinel down-after-milliseconds {name} {down}\n\
                  sentinel failover-timeout {name} {timeout}\n\
                  sentinel parallel-syncs {name} 1\n",
                 dir = dir.path().display(),
                 log = log.display(),
-                primary = primary.port,
+                primary = port_of_primary,
                 down = timings.down_after_ms,
                 timeout = timings.failover_timeout_ms,
             ),

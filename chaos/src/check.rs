@@ -1,0 +1,872 @@
+//! The checker: reads a run's history and judges it.
+//!
+//! * (a) no two bodies on one key overlap (bodies whose own client was
+//!   paused are left out; in a run outside the documented conditions an
+//!   overlap is reported as such, not as a violation);
+//! * (b) the fenced resource accepted writes in token order per key, and no
+//!   write below a token it had already accepted;
+//! * (c) the tokens of the bodies that ran never go backwards per key (in
+//!   start order);
+//! * (d) every grant agreed with the lock state: `SPACELOCK.CHECK` right
+//!   after it answered 1 (unless the lease was reported lost), and a
+//!   WAIT-queue acquire that timed out left nothing held in its name;
+//! * (e) every lease that was lost (its body overlapped by a later one, or
+//!   its client paused past the ttl) was reported lost to its holder within
+//!   one ttl (after the client resumed, for a paused one);
+//! * (f) progress: the longest time with no grant on a key around each
+//!   fault, and the failover time Sentinel took.
+//!
+//! Times are on the monotonic clock, in ns. A body's start is recorded after
+//! its grant and its end before its release, so the recorded interval lies
+//! inside the time the holder believed it held the lock: an overlap of two
+//! recorded intervals is a real one.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::history::{read_dir, Line};
+
+/// Slack for scheduling between a deadline and the line that records it.
+const SLACK_NS: i64 = 250_000_000;
+
+/// One body (a grant that ran).
+#[derive(Debug, Clone)]
+pub struct Body {
+    /// Worker id.
+    pub w: String,
+    /// Lock key.
+    pub key: String,
+    /// Owner id.
+    pub owner: String,
+    /// Fencing token.
+    pub token: i128,
+    /// Start (ns).
+    pub start: i64,
+    /// End (ns); the worker's last line when it never recorded one.
+    pub end: i64,
+    /// Whether the end was recorded.
+    pub ended: bool,
+    /// When the holder was told the lease was lost.
+    pub lost_at: Option<i64>,
+    /// The CHECK result right after the grant.
+    pub check: Option<bool>,
+    /// The CHECK result at the body's end.
+    pub check_end: Option<bool>,
+    /// Granted from the server's WAIT queue.
+    pub via_wait: bool,
+    /// Its client was paused while it ran: (pause start, pause end).
+    pub paused: Option<(i64, i64)>,
+}
+
+impl Body {
+    fn describe(&self, t0: i64) -> String {
+        format!(
+            "{} ({}) token {} [{:.3}s .. {:.3}s]{}{}",
+            self.w,
+            self.owner,
+            self.token,
+            secs(self.start - t0),
+            secs(self.end - t0),
+            if self.ended { "" } else { " (no end recorded)" },
+            match self.lost_at {
+                Some(t) => format!(" lost reported at {:.3}s", secs(t - t0)),
+                None => String::new(),
+            }
+        )
+    }
+}
+
+fn secs(ns: i64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// One injected fault.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// Its kind.
+    pub kind: String,
+    /// Start (ns).
+    pub start: i64,
+    /// End (ns).
+    pub end: i64,
+    /// A worker id, for a paused client.
+    pub target: Option<String>,
+    /// Time from the fault until Sentinel named a new primary (ns), when
+    /// it failed over.
+    pub failover_ns: Option<i64>,
+}
+
+/// What the checker found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The table.
+    pub table: String,
+    /// Every violation, one line each.
+    pub violations: Vec<String>,
+    /// Overlaps reported as outside the documented conditions.
+    pub outside: Vec<String>,
+    /// Overlapping pairs (all of them, whatever their classification).
+    pub overlaps: usize,
+    /// Bodies.
+    pub bodies: usize,
+}
+
+/// Checks the run in `dir`.
+///
+/// # Errors
+/// When the history cannot be read.
+pub fn check_dir(dir: &Path) -> Result<Report, String> {
+    let lines = read_dir(dir)?;
+    Ok(check_lines(&lines, &dir.display().to_string()))
+}
+
+/// Checks a history given as lines.
+pub fn check_lines(lines: &[Line], title: &str) -> Report {
+    let meta = lines
+        .iter()
+        .find(|l| l.s("ev") == Some("meta"))
+        .cloned()
+        .unwrap_or_default();
+    let ttl_ns = meta.i("ttl_ms").unwrap_or(1500) * 1_000_000;
+    let acks = meta.i("replicas").unwrap_or(0);
+    let documented = meta.b("documented").unwrap_or(true);
+    let t0 = meta
+        .i("t0")
+        .or_else(|| lines.iter().filter_map(|l| l.i("t")).min())
+        .unwrap_or(0);
+    let t1 = meta
+        .i("t1")
+        .or_else(|| lines.iter().filter_map(|l| l.i("t")).max())
+        .unwrap_or(t0);
+
+    // Faults.
+    let faults: Vec<Fault> = lines
+        .iter()
+        .filter(|l| l.s("ev") == Some("fault"))
+        .map(|l| Fault {
+            kind: l.s("kind").unwrap_or("?").to_string(),
+            start: l.i("start").unwrap_or(0),
+            end: l.i("end").unwrap_or(0),
+            target: l.s("target").map(str::to_string),
+            failover_ns: l.i("failover_ns"),
+        })
+        .collect();
+
+    // The last line of each worker (the end of a body it never ended).
+    let mut last_of: BTreeMap<&str, i64> = BTreeMap::new();
+    for l in lines {
+        if let (Some(w), Some(t)) = (l.s("w"), l.i("t")) {
+            let e = last_of.entry(w).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
+
+    // Bodies, from grant/start/end/lost lines keyed by (w, key, token).
+    type Id = (String, String, i128);
+    let id = |l: &Line| -> Option<Id> {
+        Some((
+            l.s("w")?.to_string(),
+            l.s("key")?.to_string(),
+            l.n("token")?,
+        ))
+    };
+    let mut bodies: BTreeMap<Id, Body> = BTreeMap::new();
+    let mut grants = 0usize;
+    let mut grant_check: BTreeMap<Id, (Option<bool>, bool)> = BTreeMap::new();
+    for l in lines {
+        match l.s("ev") {
+            Some("grant") => {
+                grants += 1;
+                if let Some(i) = id(l) {
+                    grant_check.insert(i, (l.b("check"), l.b("wait").unwrap_or(false)));
+                }
+            }
+            Some("start") => {
+                if let (Some(i), Some(t)) = (id(l), l.i("t")) {
+                    bodies.insert(
+                        i.clone(),
+                        Body {
+                            w: i.0.clone(),
+                            key: i.1.clone(),
+                            owner: l.s("owner").unwrap_or("").to_string(),
+                            token: i.2,
+                            start: t,
+                            end: i64::MAX,
+                            ended: false,
+                            lost_at: None,
+                            check: None,
+                            check_end: None,
+                            via_wait: false,
+                            paused: None,
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    for l in lines {
+        let Some(i) = id(l) else { continue };
+        let Some(b) = bodies.get_mut(&i) else {
+            continue;
+        };
+        let t = l.i("t").unwrap_or(0);
+        match l.s("ev") {
+            Some("end") => {
+                b.end = t;
+                b.ended = true;
+                b.check_end = l.b("check_end");
+                if l.b("lost") == Some(true) {
+                    b.lost_at = Some(b.lost_at.map_or(t, |x| x.min(t)));
+                }
+            }
+            Some("lost") => b.lost_at = Some(b.lost_at.map_or(t, |x| x.min(t))),
+            _ => {}
+        }
+    }
+    for (i, b) in bodies.iter_mut() {
+        if !b.ended {
+            b.end = last_of
+                .get(i.0.as_str())
+                .copied()
+                .unwrap_or(t1)
+                .max(b.start);
+        }
+        if let Some((check, wait)) = grant_check.get(i) {
+            b.check = *check;
+            b.via_wait = *wait;
+        }
+        b.paused = faults
+            .iter()
+            .filter(|f| f.kind == "pause-client" && f.target.as_deref() == Some(b.w.as_str()))
+            .find(|f| f.start < b.end && f.end > b.start)
+            .map(|f| (f.start, f.end));
+    }
+    let mut by_key: BTreeMap<String, Vec<Body>> = BTreeMap::new();
+    for b in bodies.into_values() {
+        by_key.entry(b.key.clone()).or_default().push(b);
+    }
+    for v in by_key.values_mut() {
+        v.sort_by_key(|b| (b.start, b.token));
+    }
+
+    let mut report = Report::default();
+    let mut lost_refs: Vec<(Body, i64, &'static str)> = Vec::new();
+
+    // (a) overlaps, and the lost leases they imply for (e).
+    let (mut overlaps_bad, mut overlaps_outside, mut overlaps_paused) = (0, 0, 0);
+    for (key, v) in &by_key {
+        for i in 0..v.len() {
+            for j in i + 1..v.len() {
+                let (a, b) = (&v[i], &v[j]);
+                if b.start >= a.end {
+                    break;
+                }
+                report.overlaps += 1;
+                // The earlier-started body lost its lease when the later
+                // one was granted.
+                if b.token > a.token {
+                    lost_refs.push((a.clone(), b.start, "overlapped"));
+                }
+                let text = format!(
+                    "(a) overlap on {key}: {} and {}",
+                    a.describe(t0),
+                    b.describe(t0)
+                );
+                if a.paused.is_some() || b.paused.is_some() {
+                    overlaps_paused += 1;
+                } else if !documented {
+                    overlaps_outside += 1;
+                    report
+                        .outside
+                        .push(format!("{text} (outside the documented conditions)"));
+                } else {
+                    overlaps_bad += 1;
+                    report.violations.push(text);
+                }
+            }
+        }
+    }
+
+    // (b) the fenced resource's log, in the order it accepted writes.
+    let mut accepted: BTreeMap<String, Vec<(i128, i128, String)>> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.s("ev") == Some("accepted")) {
+        if let (Some(k), Some(tok), Some(seq)) = (l.s("key"), l.n("token"), l.n("seq")) {
+            accepted.entry(k.to_string()).or_default().push((
+                seq,
+                tok,
+                l.s("w").unwrap_or("").to_string(),
+            ));
+        }
+    }
+    let mut stale = 0;
+    let mut accepted_n = 0;
+    for (key, v) in accepted.iter_mut() {
+        v.sort();
+        accepted_n += v.len();
+        let mut high: Option<(i128, &str)> = None;
+        for (seq, tok, w) in v.iter() {
+            if let Some((h, hw)) = high {
+                if *tok < h {
+                    stale += 1;
+                    report.violations.push(format!(
+                        "(b) stale write accepted on {key}: #{seq} by {w} with token {tok} after token {h} (by {hw})"
+                    ));
+                }
+            }
+            if high.is_none_or(|(h, _)| *tok >= h) {
+                high = Some((*tok, w));
+            }
+        }
+    }
+    let writes = lines.iter().filter(|l| l.s("ev") == Some("write")).count();
+    let rejected = lines
+        .iter()
+        .filter(|l| l.s("ev") == Some("write") && l.b("ok") == Some(false))
+        .count();
+
+    // (c) tokens in body start order.
+    let mut backwards = 0;
+    for (key, v) in &by_key {
+        let mut high: Option<&Body> = None;
+        for b in v {
+            if let Some(h) = high {
+                if b.token <= h.token {
+                    backwards += 1;
+                    let text = format!(
+                        "(c) token went backwards on {key}: {} started after {}",
+                        b.describe(t0),
+                        h.describe(t0)
+                    );
+                    if documented {
+                        report.violations.push(text);
+                    } else {
+                        report
+                            .outside
+                            .push(format!("{text} (outside the documented conditions)"));
+                    }
+                }
+            }
+            if high.is_none_or(|h| b.token > h.token) {
+                high = Some(b);
+            }
+        }
+    }
+
+    // (d) grants against the lock state.
+    let mut disagree = 0;
+    for v in by_key.values() {
+        for b in v {
+            if b.check == Some(false) && b.lost_at.is_none() && b.paused.is_none() {
+                disagree += 1;
+                report.violations.push(format!(
+                    "(d) CHECK right after the grant answered 0 and the lease was never reported lost: {} on {}",
+                    b.describe(t0),
+                    b.key
+                ));
+            }
+        }
+    }
+    let mut left_held = 0;
+    let mut left_by_earlier = 0;
+    for l in lines
+        .iter()
+        .filter(|l| l.s("ev") == Some("skip") && l.b("held_after") == Some(true))
+    {
+        // A lock in this owner's name may be an earlier call's on the same
+        // key, still live: a lease lost in a failover whose release did not
+        // reach the server, a not-acknowledged grant whose best-effort
+        // release did not. Only a lock no earlier call can explain counts.
+        let began = l.i("began").unwrap_or(l.i("t").unwrap_or(0));
+        let earlier = lines.iter().any(|e| {
+            e.s("w") == l.s("w")
+                && e.s("key") == l.s("key")
+                && !std::ptr::eq(e, l)
+                && matches!(e.s("ev"), Some("start" | "end" | "lost" | "skip"))
+                && e.s("why") != Some("timed-out")
+                && e.s("why") != Some("lock-held")
+                && e.i("t")
+                    .is_some_and(|t| t <= began && t + ttl_ns + SLACK_NS >= began)
+        });
+        if earlier {
+            left_by_earlier += 1;
+            continue;
+        }
+        left_held += 1;
+        report.violations.push(format!(
+            "(d) a WAIT-queue acquire by {} on {} ended without a grant ({}) but left the lock held in its name at {:.3}s",
+            l.s("w").unwrap_or("?"),
+            l.s("key").unwrap_or("?"),
+            l.s("why").unwrap_or("?"),
+            secs(l.i("t").unwrap_or(0) - t0)
+        ));
+    }
+
+    // (e) lost leases: overlapped ones (above), paused clients, and leases
+    // the lock no longer showed at the body's end.
+    for v in by_key.values() {
+        for b in v {
+            if b.check_end == Some(false) && b.paused.is_none() {
+                lost_refs.push((b.clone(), b.end, "gone from the lock by the body's end"));
+            }
+            if let Some((ps, pe)) = b.paused {
+                if pe - ps > ttl_ns {
+                    lost_refs.push((b.clone(), pe, "client paused past the ttl"));
+                }
+            }
+        }
+    }
+    // One entry per lease: the earliest reference time.
+    let mut lost: BTreeMap<(String, String, i128), (Body, i64, &'static str)> = BTreeMap::new();
+    for (b, r, why) in lost_refs {
+        let e = lost
+            .entry((b.w.clone(), b.key.clone(), b.token))
+            .or_insert((b, r, why));
+        if r < e.1 {
+            e.1 = r;
+            e.2 = why;
+        }
+    }
+    let (mut reported, mut unreported) = (0, 0);
+    for (b, r, why) in lost.values() {
+        match b.lost_at {
+            Some(t) if t <= r + ttl_ns + SLACK_NS => reported += 1,
+            _ => {
+                unreported += 1;
+                let text = format!(
+                    "(e) lost lease ({why} at {:.3}s) not reported to its holder within the ttl: {} on {}",
+                    secs(r - t0),
+                    b.describe(t0),
+                    b.key
+                );
+                if documented {
+                    report.violations.push(text);
+                } else {
+                    report
+                        .outside
+                        .push(format!("{text} (outside the documented conditions)"));
+                }
+            }
+        }
+    }
+
+    // (f) progress: gaps between grants (body starts) per key, with the run's
+    // start and end as fence posts; a gap belongs to a fault it overlaps.
+    let mut stall_by_kind: BTreeMap<String, (i64, usize, Option<i64>)> = BTreeMap::new();
+    let mut longest = (0i64, String::new());
+    for f in &faults {
+        let mut worst = 0i64;
+        for v in by_key.values() {
+            let mut posts: Vec<i64> = v.iter().map(|b| b.start).collect();
+            posts.push(t0);
+            posts.push(t1);
+            posts.sort_unstable();
+            for w in posts.windows(2) {
+                if w[0] < f.end && w[1] > f.start {
+                    worst = worst.max(w[1] - w[0]);
+                }
+            }
+        }
+        let e = stall_by_kind.entry(f.kind.clone()).or_insert((0, 0, None));
+        e.0 = e.0.max(worst);
+        e.1 += 1;
+        if let Some(fo) = f.failover_ns {
+            e.2 = Some(e.2.map_or(fo, |x: i64| x.max(fo)));
+        }
+        if worst > longest.0 {
+            longest = (worst, f.kind.clone());
+        }
+    }
+    // A key with no grant at all in the last 30 s of a run that long.
+    if t1 - t0 > 40_000_000_000 {
+        for (key, v) in &by_key {
+            let last = v.iter().map(|b| b.start).max().unwrap_or(t0);
+            if t1 - last > 30_000_000_000 {
+                report.violations.push(format!(
+                    "(f) no progress: no grant on {key} in the last {:.1}s of the run",
+                    secs(t1 - last)
+                ));
+            }
+        }
+    }
+
+    // The table.
+    let nbodies: usize = by_key.values().map(Vec::len).sum();
+    report.bodies = nbodies;
+    let count = |ev: &str, why: &str| {
+        lines
+            .iter()
+            .filter(|l| l.s("ev") == Some(ev) && l.s("why") == Some(why))
+            .count()
+    };
+    let by_worker_kind = |prefix: &str| {
+        by_key
+            .values()
+            .flatten()
+            .filter(|b| b.w.starts_with(prefix))
+            .count()
+    };
+    let t = &mut report.table;
+    let _ = writeln!(t, "run {title}");
+    let _ = writeln!(
+        t,
+        "  {:.0}s, ttl {} ms, replicas acknowledging: {}, {}; primary persistence: {}; sentinel down-after {} ms; seed {}",
+        secs(t1 - t0),
+        ttl_ns / 1_000_000,
+        if acks == 0 { "off".to_string() } else { acks.to_string() },
+        if documented {
+            "within the documented conditions".to_string()
+        } else {
+            format!("outside the documented conditions ({})", meta.s("outside").unwrap_or("?"))
+        },
+        meta.s("persistence").unwrap_or("?"),
+        meta.i("down_after_ms").unwrap_or(0),
+        meta.n("seed").unwrap_or(0),
+    );
+    let row = |t: &mut String, k: &str, v: String| {
+        let _ = writeln!(t, "  | {k:<40} | {v:<50} |");
+    };
+    let _ = writeln!(t, "  | {:<40} | {:<50} |", "", "");
+    row(
+        t,
+        "bodies",
+        format!(
+            "{nbodies} (cli {}, rust {}, node {})",
+            by_worker_kind("cli"),
+            by_worker_kind("rust"),
+            by_worker_kind("node")
+        ),
+    );
+    row(
+        t,
+        "grants (via WAIT queue)",
+        format!(
+            "{grants} ({})",
+            grant_check.values().filter(|(_, w)| *w).count()
+        ),
+    );
+    row(
+        t,
+        "not acknowledged",
+        count("skip", "not-acknowledged").to_string(),
+    );
+    row(
+        t,
+        "skipped: held / timed out / error",
+        format!(
+            "{} / {} / {}",
+            count("skip", "lock-held"),
+            count("skip", "timed-out"),
+            count("skip", "error")
+        ),
+    );
+    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &faults {
+        *kinds.entry(f.kind.as_str()).or_default() += 1;
+    }
+    row(
+        t,
+        "faults",
+        if kinds.is_empty() {
+            "none".to_string()
+        } else {
+            kinds
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    );
+    row(
+        t,
+        "(a) overlaps",
+        format!("{overlaps_bad} (outside conditions {overlaps_outside}, paused client {overlaps_paused})"),
+    );
+    row(
+        t,
+        "(b) stale writes accepted",
+        format!("{stale} (writes {writes}, accepted {accepted_n}, refused {rejected})"),
+    );
+    row(t, "(c) tokens backwards", backwards.to_string());
+    row(
+        t,
+        "(d) grants disagreeing with the lock",
+        format!(
+            "{disagree} (WAIT timeouts left held: {left_held}; by an earlier call: {left_by_earlier})"
+        ),
+    );
+    row(
+        t,
+        "(e) lost leases reported / unreported",
+        format!("{reported} / {unreported}"),
+    );
+    row(
+        t,
+        "(f) longest stall",
+        if longest.1.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.2}s (after {})", secs(longest.0), longest.1)
+        },
+    );
+    for (kind, (worst, n, fo)) in &stall_by_kind {
+        row(
+            t,
+            &format!("    stall after {kind} (x{n})"),
+            match fo {
+                Some(fo) => format!("{:.2}s (failover {:.2}s)", secs(*worst), secs(*fo)),
+                None => format!("{:.2}s", secs(*worst)),
+            },
+        );
+    }
+    row(
+        t,
+        "violations",
+        format!(
+            "{}{}",
+            report.violations.len(),
+            if report.outside.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (+{} outside the documented conditions)",
+                    report.outside.len()
+                )
+            }
+        ),
+    );
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: i64 = 1_000_000;
+
+    fn meta() -> Line {
+        Line::new("meta", 0, "orchestrator")
+            .with("ttl_ms", 1500i64)
+            .with("replicas", 2i64)
+            .with("documented", true)
+            .with("t0", 0i64)
+            .with("t1", 10_000 * MS)
+    }
+
+    /// A body's grant, start and end lines, and its fenced write.
+    fn body(w: &str, key: &str, token: i64, start_ms: i64, end_ms: i64) -> Vec<Line> {
+        vec![
+            Line::new("grant", start_ms * MS, w)
+                .with("key", key)
+                .with("token", token)
+                .with("owner", w)
+                .with("check", true)
+                .with("acked", true)
+                .with("wait", false),
+            Line::new("start", start_ms * MS, w)
+                .with("key", key)
+                .with("token", token)
+                .with("owner", w),
+            Line::new("end", end_ms * MS, w)
+                .with("key", key)
+                .with("token", token)
+                .with("lost", false),
+        ]
+    }
+
+    fn accepted(key: &str, token: i64, seq: i64, w: &str) -> Line {
+        Line::new("accepted", 0, "fenced")
+            .with("key", key)
+            .with("token", token)
+            .with("seq", seq)
+            .with("w", w)
+    }
+
+    fn clean() -> Vec<Line> {
+        let mut h = vec![meta()];
+        h.extend(body("rust-1", "k0", 10, 100, 200));
+        h.extend(body("cli-1", "k0", 11, 250, 300));
+        h.extend(body("node-1", "k1", 5, 100, 400));
+        h.push(accepted("k0", 10, 1, "rust-1"));
+        h.push(accepted("k0", 11, 2, "cli-1"));
+        h.push(accepted("k1", 5, 3, "node-1"));
+        h
+    }
+
+    #[test]
+    fn a_clean_history_passes() {
+        let r = check_lines(&clean(), "clean");
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.bodies, 3);
+        assert_eq!(r.overlaps, 0);
+    }
+
+    #[test]
+    fn an_overlap_is_found_with_both_bodies() {
+        let mut h = clean();
+        h.extend(body("node-2", "k0", 12, 280, 350));
+        let r = check_lines(&h, "overlap");
+        assert_eq!(r.overlaps, 1);
+        let v: Vec<_> = r
+            .violations
+            .iter()
+            .filter(|v| v.starts_with("(a)"))
+            .collect();
+        assert_eq!(v.len(), 1, "{:?}", r.violations);
+        assert!(
+            v[0].contains("cli-1 (cli-1) token 11") && v[0].contains("node-2 (node-2) token 12")
+        );
+        // cli-1 was never told it lost its lease.
+        assert!(r.violations.iter().any(|v| v.starts_with("(e)")));
+    }
+
+    #[test]
+    fn an_overlap_of_a_paused_client_is_excluded_but_must_be_reported_lost() {
+        let mut h = clean();
+        h.extend(body("rust-2", "k2", 20, 1000, 4000));
+        h.extend(body("cli-2", "k2", 21, 3000, 3100));
+        h.push(
+            Line::new("fault", 0, "orchestrator")
+                .with("kind", "pause-client")
+                .with("start", 1100 * MS)
+                .with("end", 3500 * MS)
+                .with("target", "rust-2"),
+        );
+        let r = check_lines(&h, "paused");
+        assert!(!r.violations.iter().any(|v| v.starts_with("(a)")));
+        assert!(
+            r.violations.iter().any(|v| v.starts_with("(e)")),
+            "{:?}",
+            r.violations
+        );
+        h.push(
+            Line::new("lost", 3600 * MS, "rust-2")
+                .with("key", "k2")
+                .with("token", 20i64),
+        );
+        let r = check_lines(&h, "paused, reported");
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+    }
+
+    #[test]
+    fn overlaps_outside_the_documented_conditions_are_reported_not_failed() {
+        let mut h = clean();
+        h[0] = meta()
+            .with("documented", false)
+            .with("outside", "no persistence");
+        h.extend(body("node-2", "k0", 12, 280, 350));
+        let r = check_lines(&h, "outside");
+        assert_eq!(r.overlaps, 1);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert!(r.outside.iter().any(|o| o.starts_with("(a)")));
+    }
+
+    #[test]
+    fn a_lease_gone_by_the_end_of_its_body_must_have_been_reported() {
+        let mut h = clean();
+        let mut b = body("rust-5", "k2", 30, 1000, 1400);
+        b[2] = b[2].clone().with("check_end", false);
+        h.extend(b.clone());
+        let r = check_lines(&h, "gone");
+        assert!(
+            r.violations
+                .iter()
+                .any(|v| v.starts_with("(e)") && v.contains("gone from the lock")),
+            "{:?}",
+            r.violations
+        );
+        b[2] = b[2].clone().with("lost", true);
+        let mut h = clean();
+        h.extend(b);
+        let r = check_lines(&h, "gone, reported");
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+    }
+
+    #[test]
+    fn a_stale_write_is_found() {
+        let mut h = clean();
+        h.push(accepted("k0", 10, 4, "rust-1"));
+        let r = check_lines(&h, "stale");
+        let v: Vec<_> = r
+            .violations
+            .iter()
+            .filter(|v| v.starts_with("(b)"))
+            .collect();
+        assert_eq!(v.len(), 1, "{:?}", r.violations);
+        assert!(v[0].contains("token 10 after token 11"));
+    }
+
+    #[test]
+    fn a_token_going_backwards_is_found() {
+        let mut h = clean();
+        h.extend(body("rust-3", "k0", 9, 500, 600));
+        let r = check_lines(&h, "backwards");
+        let v: Vec<_> = r
+            .violations
+            .iter()
+            .filter(|v| v.starts_with("(c)"))
+            .collect();
+        assert_eq!(v.len(), 1, "{:?}", r.violations);
+        assert!(v[0].contains("rust-3 (rust-3) token 9"));
+    }
+
+    #[test]
+    fn a_grant_the_lock_does_not_show_is_found() {
+        let mut h = clean();
+        let mut b = body("rust-4", "k1", 6, 500, 600);
+        b[0] = b[0].clone().with("check", false);
+        h.extend(b);
+        // A WAIT-queue timeout that left the lock held in its name, with no
+        // earlier call of that worker on that key to explain it.
+        h.push(
+            Line::new("skip", 4000 * MS, "rust-4")
+                .with("key", "k1")
+                .with("why", "timed-out")
+                .with("began", 3700 * MS)
+                .with("held_after", true),
+        );
+        let r = check_lines(&h, "disagree");
+        assert_eq!(
+            r.violations.iter().filter(|v| v.starts_with("(d)")).count(),
+            2,
+            "{:?}",
+            r.violations
+        );
+        // Right after its own lease on that key (which may still be live
+        // there), the lock in its name is that lease's.
+        h.push(
+            Line::new("skip", 1000 * MS, "rust-4")
+                .with("key", "k1")
+                .with("why", "timed-out")
+                .with("began", 700 * MS)
+                .with("held_after", true),
+        );
+        let r = check_lines(&h, "disagree, explained");
+        assert_eq!(
+            r.violations.iter().filter(|v| v.starts_with("(d)")).count(),
+            2,
+            "{:?}",
+            r.violations
+        );
+    }
+
+    #[test]
+    fn the_stall_around_a_fault_is_measured() {
+        let mut h = vec![meta()];
+        h.extend(body("rust-1", "k0", 1, 100, 150));
+        h.extend(body("rust-1", "k0", 2, 3100, 3150));
+        h.push(
+            Line::new("fault", 0, "orchestrator")
+                .with("kind", "kill-restart")
+                .with("start", 1000 * MS)
+                .with("end", 1100 * MS),
+        );
+        let r = check_lines(&h, "stall");
+        assert!(
+            r.table.contains("3.00s (after kill-restart)"),
+            "{}",
+            r.table
+        );
+    }
+}

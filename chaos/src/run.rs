@@ -1,0 +1,393 @@
+//! The orchestrator (`spacelock-chaos run`): starts the topology and the
+//! client processes, injects one fault at a time, then collects the fenced
+//! resource's log and checks the history.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::history::{now_ns, Line, Recorder};
+use crate::topology::{Topology, SERVICE};
+use crate::workers::{NAMES, PREFIX};
+
+/// Every fault kind, by name.
+pub const FAULTS: [&str; 8] = [
+    "kill-restart",
+    "stop-primary",
+    "planned-failover",
+    "kill-failover",
+    "pause-writes",
+    "stall-replica",
+    "pause-client",
+    "lossy-failover",
+];
+
+/// The faults of a default run: every one but the lossy failover, which
+/// only a run with acknowledgements off is meant to survive badly.
+pub const DEFAULT_FAULTS: [&str; 7] = [
+    "kill-restart",
+    "stop-primary",
+    "planned-failover",
+    "kill-failover",
+    "pause-writes",
+    "stall-replica",
+    "pause-client",
+];
+
+/// How a run is set up.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Where the history goes.
+    pub dir: PathBuf,
+    /// How long the clients run.
+    pub seconds: u64,
+    /// Replicas that must acknowledge each grant and refresh (0: off).
+    pub replicas: usize,
+    /// `appendonly yes` on the data servers.
+    pub persistence: bool,
+    /// Enabled fault kinds.
+    pub faults: Vec<String>,
+    /// Seconds between faults: (min, max).
+    pub every: (u64, u64),
+    /// When the first fault comes (s after the clients start).
+    pub first_fault_s: u64,
+    /// Random seed.
+    pub seed: u64,
+    /// Lease ttl.
+    pub ttl_ms: u64,
+    /// Sentinel's `down-after-milliseconds`.
+    pub down_after_ms: u64,
+    /// Worker processes of each kind: CLI, Rust, Node.
+    pub workers: (usize, usize, usize),
+    /// The `spacelock` binary.
+    pub cli: PathBuf,
+    /// The compiled Node worker script.
+    pub node_worker: Option<PathBuf>,
+}
+
+struct Worker {
+    id: String,
+    child: Child,
+}
+
+/// Runs a whole run and returns the checker's report.
+///
+/// # Errors
+/// When the topology cannot start (a reason starting with `cannot spawn`
+/// means no Sentinel binary), or the history cannot be read.
+pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+    if cfg.replicas > 0 && !crate::acks::CLI_ACKS && cfg.workers.0 > 0 {
+        return Err(
+            "this build's CLI cannot wait for replicas' acknowledgements (--cli-workers 0)".into(),
+        );
+    }
+    let documented = cfg.persistence;
+    eprintln!(
+        "chaos: starting 3 data servers (appendonly {}), 3 sentinels (quorum 2, down-after-milliseconds {} ms, ping period 1 s), a fenced-resource server",
+        if cfg.persistence { "yes" } else { "no" },
+        cfg.down_after_ms
+    );
+    let mut topo = Topology::start(cfg.persistence, cfg.down_after_ms)?;
+    let faults_rec = Recorder::open(&cfg.dir.join("faults.jsonl"), "orchestrator");
+    let t0 = now_ns();
+    let until = t0 + i64::try_from(cfg.seconds).unwrap_or(0) * 1_000_000_000;
+    let mut workers = Vec::new();
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let common = |cmd: &mut Command, id: &str, seed: u64| {
+        cmd.arg("--id")
+            .arg(id)
+            .arg("--dir")
+            .arg(&cfg.dir)
+            .arg("--sentinels")
+            .arg(topo.sentinel_ports())
+            .arg("--fenced")
+            .arg(topo.fenced.port.to_string())
+            .arg("--ttl-ms")
+            .arg(cfg.ttl_ms.to_string())
+            .arg("--replicas")
+            .arg(cfg.replicas.to_string())
+            .arg("--until-ns")
+            .arg(until.to_string())
+            .arg("--seed")
+            .arg(seed.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+    };
+    let mut seed = cfg.seed.wrapping_mul(1000);
+    for i in 1..=cfg.workers.0 {
+        let id = format!("cli-{i}");
+        let mut cmd = Command::new(&me);
+        cmd.arg("cli-worker").arg("--cli").arg(&cfg.cli);
+        seed += 1;
+        common(&mut cmd, &id, seed);
+        workers.push(Worker {
+            child: cmd.spawn().map_err(|e| e.to_string())?,
+            id,
+        });
+    }
+    for i in 1..=cfg.workers.1 {
+        let id = format!("rust-{i}");
+        let mut cmd = Command::new(&me);
+        cmd.arg("worker");
+        seed += 1;
+        common(&mut cmd, &id, seed);
+        workers.push(Worker {
+            child: cmd.spawn().map_err(|e| e.to_string())?,
+            id,
+        });
+    }
+    if let Some(script) = &cfg.node_worker {
+        for i in 1..=cfg.workers.2 {
+            let id = format!("node-{i}");
+            let mut cmd = Command::new("node");
+            cmd.arg(script);
+            seed += 1;
+            common(&mut cmd, &id, seed);
+            workers.push(Worker {
+                child: cmd.spawn().map_err(|e| e.to_string())?,
+                id,
+            });
+        }
+    }
+
+    // Faults, one at a time, in shuffled rounds of the enabled kinds.
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut round: Vec<String> = Vec::new();
+    let mut next = Instant::now() + Duration::from_secs(cfg.first_fault_s);
+    let fault_budget = Duration::from_secs(6);
+    loop {
+        let left = Duration::from_nanos(u64::try_from(until - now_ns()).unwrap_or(0));
+        let wait = next.saturating_duration_since(Instant::now());
+        if cfg.faults.is_empty() || wait + fault_budget > left {
+            break;
+        }
+        std::thread::sleep(wait);
+        if round.is_empty() {
+            round = cfg.faults.clone();
+            round.shuffle(&mut rng);
+        }
+        let kind = round.pop().unwrap();
+        let Some(primary) = topo.until_healthy(Duration::from_secs(30)) else {
+            eprintln!("chaos: the topology did not become whole again; no more faults");
+            break;
+        };
+        let line = inject(&mut topo, &kind, primary, &workers, cfg, &mut rng);
+        eprintln!(
+            "chaos: {:>6.1}s {}",
+            (line.i("start").unwrap_or(0) - t0) as f64 / 1e9,
+            line.to_json()
+        );
+        faults_rec.write(&line);
+        // The interval counts from when the topology is whole again, so
+        // that each fault's stall is its own and not the sum of two.
+        let _ = topo.until_healthy(Duration::from_secs(30));
+        next = Instant::now() + Duration::from_secs(rng.random_range(cfg.every.0..=cfg.every.1));
+    }
+
+    // The clients stop by themselves at their deadline.
+    let deadline = Instant::now()
+        + Duration::from_nanos(u64::try_from(until - now_ns()).unwrap_or(0))
+        + Duration::from_secs(20);
+    for w in &mut workers {
+        loop {
+            match w.child.try_wait() {
+                Ok(Some(_)) => break,
+                _ if Instant::now() > deadline => {
+                    eprintln!("chaos: {} did not stop; killing it", w.id);
+                    let _ = w.child.kill();
+                    let _ = w.child.wait();
+                    break;
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+    let t1 = now_ns();
+
+    // The fenced resource's log, and the run's settings.
+    let mut con = topo.fenced.conn();
+    let fenced_rec = Recorder::open(&cfg.dir.join("fenced.jsonl"), "fenced");
+    for name in NAMES {
+        for l in
+            crate::fenced::dump(&mut con, &format!("{PREFIX}{name}")).map_err(|e| e.to_string())?
+        {
+            fenced_rec.write(&l);
+        }
+    }
+    let meta = Line::new("meta", t0, "orchestrator")
+        .with("t0", t0)
+        .with("t1", t1)
+        .with("ttl_ms", cfg.ttl_ms)
+        .with("replicas", cfg.replicas)
+        .with(
+            "persistence",
+            if cfg.persistence {
+                "appendonly yes"
+            } else {
+                "none"
+            },
+        )
+        .with("documented", documented)
+        .with(
+            "outside",
+            (!documented)
+                .then_some("a primary without persistence, restarted empty before a failover"),
+        )
+        .with("down_after_ms", cfg.down_after_ms)
+        .with("seed", cfg.seed)
+        .with("faults", cfg.faults.join(","));
+    Recorder::open(&cfg.dir.join("meta.jsonl"), "orchestrator").write(&meta);
+    drop(topo);
+    crate::check::check_dir(&cfg.dir)
+}
+
+fn signal(pid: i32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid), sig);
+}
+
+/// Waits until the Sentinels name a primary other than `old`; the time it
+/// took from `since`.
+fn until_failover(topo: &Topology, old: usize, since: i64, timeout: Duration) -> Option<i64> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(p) = topo.primary() {
+            if p != old {
+                return Some(now_ns() - since);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Injects one fault of `kind` and returns its history line.
+fn inject(
+    topo: &mut Topology,
+    kind: &str,
+    primary: usize,
+    workers: &[Worker],
+    cfg: &RunConfig,
+    rng: &mut StdRng,
+) -> Line {
+    let start = now_ns();
+    let ttl = Duration::from_millis(cfg.ttl_ms);
+    let failover_wait = Duration::from_millis(cfg.down_after_ms) + Duration::from_secs(20);
+    let mut line = Line::new("fault", start, "orchestrator")
+        .with("kind", kind)
+        .with("node", primary);
+    match kind {
+        "kill-restart" => {
+            topo.kill(primary);
+            topo.restart(primary);
+        }
+        "stop-primary" => {
+            // Longer than the ttl, shorter than Sentinel's down-after.
+            let hold = (ttl + Duration::from_millis(500))
+                .min(Duration::from_millis(cfg.down_after_ms * 3 / 4));
+            if let Some(pid) = topo.pid(primary) {
+                signal(pid, Signal::SIGSTOP);
+                std::thread::sleep(hold);
+                signal(pid, Signal::SIGCONT);
+            }
+            line = line.with("held_ms", hold.as_millis() as u64);
+        }
+        "planned-failover" => {
+            let mut con = topo.sentinels[0].conn();
+            let r: redis::RedisResult<()> = redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(SERVICE)
+                .query(&mut con);
+            if let Err(e) = r {
+                line = line.with("error", e.to_string());
+            }
+            line = line.with(
+                "failover_ns",
+                until_failover(topo, primary, start, failover_wait),
+            );
+        }
+        "kill-failover" => {
+            topo.kill(primary);
+            line = line.with(
+                "failover_ns",
+                until_failover(topo, primary, start, failover_wait),
+            );
+            topo.restart(primary);
+        }
+        "pause-writes" => {
+            let ms = cfg.ttl_ms + 500;
+            match topo.conn(primary) {
+                Ok(mut con) => {
+                    let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+                        .arg("PAUSE")
+                        .arg(ms)
+                        .arg("WRITE")
+                        .query(&mut con);
+                }
+                Err(e) => line = line.with("error", e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(ms));
+            line = line.with("held_ms", ms);
+        }
+        "stall-replica" => {
+            let replicas: Vec<usize> = (0..topo.nodes.len()).filter(|i| *i != primary).collect();
+            let r = replicas[rng.random_range(0..replicas.len())];
+            let source = topo.nodes[r].source;
+            topo.nodes[primary].proxy.stall_peer(source, true);
+            std::thread::sleep(Duration::from_secs(3));
+            topo.nodes[primary].proxy.stall_peer(source, false);
+            line = line.with("replica", r).with("held_ms", 3000u64);
+        }
+        "pause-client" => {
+            let candidates: Vec<&Worker> = workers
+                .iter()
+                .filter(|w| !w.id.starts_with("cli-"))
+                .collect();
+            if candidates.is_empty() {
+                line = line.with("error", "no client process to pause");
+            } else {
+                let w = candidates[rng.random_range(0..candidates.len())];
+                let hold = ttl + Duration::from_secs(1);
+                signal(w.child.id() as i32, Signal::SIGSTOP);
+                std::thread::sleep(hold);
+                signal(w.child.id() as i32, Signal::SIGCONT);
+                line = line
+                    .with("target", &w.id)
+                    .with("held_ms", hold.as_millis() as u64);
+            }
+        }
+        "lossy-failover" => {
+            // Stopped until Sentinel has promoted a replica, and a while
+            // more: the resumed old primary keeps granting to the clients
+            // still connected to it until Sentinel turns it into a replica.
+            if let Some(pid) = topo.pid(primary) {
+                signal(pid, Signal::SIGSTOP);
+                line = line.with(
+                    "failover_ns",
+                    until_failover(topo, primary, start, failover_wait),
+                );
+                std::thread::sleep(Duration::from_millis(500));
+                signal(pid, Signal::SIGCONT);
+            }
+        }
+        other => {
+            line = line.with("error", format!("unknown fault {other}"));
+        }
+    }
+    line.with("start", start).with("end", now_ns())
+}
+
+/// The default run directory: `target/chaos/` and the seconds since the epoch.
+pub fn default_dir(root: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    root.join(format!("{secs}"))
+}

@@ -1,0 +1,254 @@
+//! The topology on loopback: three data servers with the module (a primary
+//! and two replicas at the start), each behind a test-kit proxy that every
+//! connection to it goes through (clients, Sentinels, and the replicas'
+//! links); three Sentinels; and a plain fenced-resource server that is never
+//! faulted.
+//!
+//! Each data server announces its proxy's port (`replica-announce-port`),
+//! so Sentinel, clients and replicas all use the proxies, also after a
+//! failover; and each makes its outgoing connections from its own loopback
+//! address (`bind-source-addr 127.0.0.1N`), so that the proxy in front of a
+//! primary can stall one replica's link while everything else flows.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use spacelock_testkit::{free_port, Proxy, Sentinel, SentinelTimings, Server, ServerBuilder};
+
+/// The name Sentinel monitors the primary under.
+pub const SERVICE: &str = "chaos";
+
+/// One data server and the proxy in front of it.
+pub struct Node {
+    /// The server (`None` while killed).
+    pub server: Option<Server>,
+    /// Its own port.
+    pub port: u16,
+    /// The proxy every connection goes through.
+    pub proxy: Proxy,
+    /// The loopback address its outgoing connections come from.
+    pub source: IpAddr,
+}
+
+/// The whole topology.
+pub struct Topology {
+    /// The data servers; the first is the primary at the start.
+    pub nodes: Vec<Node>,
+    /// The Sentinels.
+    pub sentinels: Vec<Sentinel>,
+    /// The fenced resource (a plain server).
+    pub fenced: Server,
+}
+
+fn conn_to(port: u16, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    let con = client.get_connection_with_timeout(timeout)?;
+    con.set_read_timeout(Some(timeout))?;
+    con.set_write_timeout(Some(timeout))?;
+    Ok(con)
+}
+
+/// `INFO replication` field `name` of the server on `port`.
+pub fn info_field(port: u16, name: &str) -> Option<String> {
+    let mut con = conn_to(port, Duration::from_millis(500)).ok()?;
+    let info: String = redis::cmd("INFO").arg("replication").query(&mut con).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.trim().to_string())
+}
+
+impl Topology {
+    /// Starts everything and waits until the Sentinels know both replicas
+    /// and each other.
+    ///
+    /// # Errors
+    /// Why it could not start (a missing sentinel binary starts with
+    /// `cannot spawn`).
+    pub fn start(persistence: bool, down_after_ms: u64) -> Result<Topology, String> {
+        let mut nodes = Vec::new();
+        for i in 0..3u8 {
+            let port = free_port();
+            let proxy = Proxy::start(port);
+            let source: IpAddr = format!("127.0.0.{}", 11 + i).parse().unwrap();
+            let server = builder(port, proxy.port, source, persistence)
+                .try_start()
+                .map_err(|e| format!("data server {i}: {e}"))?;
+            nodes.push(Node {
+                server: Some(server),
+                port,
+                proxy,
+                source,
+            });
+        }
+        let primary_proxy = nodes[0].proxy.port;
+        for n in &nodes[1..] {
+            let mut con = conn_to(n.port, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            let _: () = redis::cmd("REPLICAOF")
+                .arg("127.0.0.1")
+                .arg(primary_proxy)
+                .query(&mut con)
+                .map_err(|e| e.to_string())?;
+        }
+        let fenced = ServerBuilder::new()
+            .without_module()
+            .try_start()
+            .map_err(|e| format!("fenced server: {e}"))?;
+        let timings = SentinelTimings {
+            down_after_ms,
+            failover_timeout_ms: 10_000,
+        };
+        let mut sentinels = Vec::new();
+        for _ in 0..3 {
+            sentinels.push(Sentinel::start_monitoring(
+                primary_proxy,
+                SERVICE,
+                2,
+                timings,
+            )?);
+        }
+        let t = Topology {
+            nodes,
+            sentinels,
+            fenced,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = t.sentinels.iter().all(|s| {
+                let mut con = s.conn();
+                let others: Vec<redis::Value> = redis::cmd("SENTINEL")
+                    .arg("sentinels")
+                    .arg(SERVICE)
+                    .query(&mut con)
+                    .unwrap_or_default();
+                others.len() == 2 && t.nodes[1..].iter().all(|n| s.knows_replica(n.proxy.port))
+            });
+            if ready && t.healthy().is_some() {
+                return Ok(t);
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the sentinels never saw the whole topology:\n{}",
+                    t.sentinels[0].log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The Sentinels' ports, comma-separated.
+    pub fn sentinel_ports(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|s| s.port.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The node that the Sentinels name as primary (the first that answers).
+    pub fn primary(&self) -> Option<usize> {
+        for s in &self.sentinels {
+            let Ok(mut con) = conn_to(s.port, Duration::from_millis(500)) else {
+                continue;
+            };
+            let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(SERVICE)
+                .query(&mut con)
+                .ok()
+                .flatten();
+            if let Some((_, port)) = addr {
+                return self.nodes.iter().position(|n| n.proxy.port == port);
+            }
+        }
+        None
+    }
+
+    /// The primary when the topology is whole: every Sentinel names it, it
+    /// is a primary with both other nodes attached, and they are replicas
+    /// of it with their links up.
+    pub fn healthy(&self) -> Option<usize> {
+        let p = self.primary()?;
+        for s in &self.sentinels {
+            if s.primary_port() != Some(self.nodes[p].proxy.port) {
+                return None;
+            }
+        }
+        if info_field(self.nodes[p].port, "role").as_deref() != Some("master") {
+            return None;
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if i == p {
+                continue;
+            }
+            if info_field(n.port, "master_link_status").as_deref() != Some("up")
+                || info_field(n.port, "master_port").as_deref()
+                    != Some(self.nodes[p].proxy.port.to_string().as_str())
+            {
+                return None;
+            }
+        }
+        let online = info_field(self.nodes[p].port, "connected_slaves")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        (online == 2).then_some(p)
+    }
+
+    /// Waits up to `timeout` for [`healthy`](Self::healthy).
+    pub fn until_healthy(&self, timeout: Duration) -> Option<usize> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.healthy() {
+                return Some(p);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The process id of node `i`'s server.
+    pub fn pid(&self, i: usize) -> Option<i32> {
+        let mut con = conn_to(self.nodes[i].port, Duration::from_millis(500)).ok()?;
+        let info: String = redis::cmd("INFO").arg("server").query(&mut con).ok()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// A connection to node `i` directly (not through its proxy).
+    pub fn conn(&self, i: usize) -> redis::RedisResult<redis::Connection> {
+        conn_to(self.nodes[i].port, Duration::from_secs(2))
+    }
+
+    /// Kills node `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(s) = self.nodes[i].server.as_mut() {
+            s.kill9();
+        }
+    }
+
+    /// Starts node `i` again on its port and data directory (a killed one,
+    /// or one running: it is killed first).
+    ///
+    /// # Panics
+    /// If it does not come up.
+    pub fn restart(&mut self, i: usize) {
+        if let Some(s) = self.nodes[i].server.take() {
+            self.nodes[i].server = Some(s.restart_with(|b| b));
+        }
+    }
+}
+
+fn builder(port: u16, proxy: u16, source: IpAddr, persistence: bool) -> ServerBuilder {
+    let b = ServerBuilder::new()
+        .port(port)
+        .arg("replica-announce-ip", "127.0.0.1")
+        .arg("replica-announce-port", &proxy.to_string())
+        .arg("bind-source-addr", &source.to_string());
+    if persistence {
+        b.arg("appendonly", "yes")
+    } else {
+        b.arg("appendonly", "no")
+    }
+}
