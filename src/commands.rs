@@ -8,7 +8,9 @@
 use spacelock_core::args::{check_owner, parse_token_arg, parse_ttl, ArgError};
 use spacelock_core::fence;
 use spacelock_core::lock::{self, LockError};
-use spacelock_core::shared::{self, parse_acquire_options, HolderInfo, KeyMode, Kind};
+use spacelock_core::shared::{
+    self, parse_acquire_options, HolderInfo, KeyMode, Kind, Mode, WrongMode,
+};
 
 use crate::ffi::{Command, CommandError, Contents, Ctx, RStr};
 use crate::store::{holder_token, HashStore, RedisStore};
@@ -52,6 +54,15 @@ impl Command for Acquire {
         if let Some(mode) = KeyMode::of(mode) {
             return acquire_shared(ctx, *key, *owner, ttl, mode, wait_ms);
         }
+        // Clients queued for permits of a counted key: exclusive is the
+        // wrong mode there, as on the key itself.
+        if let Some(Kind::Counted(n)) = handoff::queue_kind(ctx.selected_db(), key.as_bytes()) {
+            return Err(LockError::from(WrongMode {
+                held: Kind::Counted(n),
+                asked: Mode::Exclusive,
+            })
+            .into());
+        }
         let _quiet = handoff::SelfWrites::begin();
         // Clients already queued go first (no barging while a grant is due),
         // and a grant nobody received is undone before this one looks.
@@ -70,7 +81,7 @@ impl Command for Acquire {
             }
             // WAIT inside MULTI/EXEC or a script acts as a plain ACQUIRE.
             (None, Some(timeout)) if ctx.may_block() => {
-                handoff::enqueue(ctx, *key, *owner, ttl, timeout)?;
+                handoff::enqueue(ctx, *key, *owner, ttl, timeout, Mode::Exclusive)?;
             }
             (None, _) => {
                 stats::ACQUIRE_CONTENDED.incr();
@@ -81,9 +92,10 @@ impl Command for Acquire {
     }
 }
 
-/// `SPACELOCK.ACQUIRE key owner ttl_ms SHARED|LIMIT n`: a token when
-/// granted, nil when the key is held in a way that excludes the request,
-/// the owner already holds a share, or clients are queued on the key.
+/// `SPACELOCK.ACQUIRE key owner ttl_ms SHARED|LIMIT n [WAIT timeout_ms]`:
+/// a token when granted; else nil (the key is held in a way that excludes
+/// the request, the owner already holds a share, or clients are queued on
+/// the key), or with WAIT, a place at the tail of the key's queue.
 fn acquire_shared(
     ctx: &Ctx,
     key: RStr<'_>,
@@ -92,19 +104,13 @@ fn acquire_shared(
     mode: KeyMode,
     wait_ms: Option<i64>,
 ) -> Result<(), CommandError> {
-    if wait_ms.is_some() {
-        return Err(CommandError::Reply(
-            "ERR WAIT is not available with SHARED or LIMIT yet".into(),
-        ));
-    }
     let _quiet = handoff::SelfWrites::begin();
     handoff::settle_from_command(ctx, key);
-    // Clients queued on the key (exclusive ones: the only kind that queues
-    // today) go first: a reader does not barge past a waiting writer, and a
-    // counted request on a reader-writer queue is the wrong mode.
-    let queued =
-        handoff::grant_due(ctx, key) || handoff::waiters_on(ctx.selected_db(), key.as_bytes()) > 0;
-    let ahead = queued.then_some(Kind::ReadWrite);
+    // Clients queued on the key go first (nobody barges, even when the
+    // request would fit): a reader does not pass a waiting writer, a permit
+    // is not taken past earlier requests; a request of another kind than
+    // the queue's is the wrong mode.
+    let ahead = handoff::queue_kind(ctx.selected_db(), key.as_bytes());
     let mut store = HashStore::open(ctx, key);
     let granted = process::with_shared(|p, index| {
         shared::acquire(
@@ -122,6 +128,11 @@ fn acquire_shared(
         Some(token) => {
             stats::ACQUIRED.incr();
             ctx.reply_i64(token);
+        }
+        // WAIT inside MULTI/EXEC or a script acts as a plain ACQUIRE.
+        None if wait_ms.is_some() && ctx.may_block() => {
+            let timeout = wait_ms.unwrap_or(0);
+            handoff::enqueue(ctx, key, owner, ttl, timeout, mode.mode())?;
         }
         None => {
             stats::ACQUIRE_CONTENDED.incr();
@@ -257,8 +268,8 @@ impl Command for Info {
 /// `SPACELOCK.INFO key` on a shared or counted key: nil when no holder's
 /// lease is live, else a map of `mode` (`shared` or `limit`), `limit` (n,
 /// or 0), `holders` (maps of `owner`, `ttl_ms`, `token`, in token order),
-/// `queue` (`[owner, mode]` pairs in arrival order: none yet, as only
-/// exclusive clients queue today and their names stay in the WAIT queue),
+/// `queue` (`[owner, mode]` pairs in arrival order, `mode` one of
+/// `exclusive`, `shared`, `limit`),
 /// `waiters`, `term_start_ms`, `token_floor`.
 fn info_shared(ctx: &Ctx, key: RStr<'_>) -> Result<(), CommandError> {
     let mut store = HashStore::open_read(ctx, key);
@@ -293,8 +304,18 @@ fn info_shared(ctx: &Ctx, key: RStr<'_>) -> Result<(), CommandError> {
         ctx.reply_bulk(b"token");
         ctx.reply_i64(*token);
     }
+    let queue = handoff::queue_of(ctx.selected_db(), key.as_bytes());
     ctx.reply_bulk(b"queue");
-    ctx.reply_array(0);
+    ctx.reply_array(queue.len());
+    for (owner, mode) in &queue {
+        ctx.reply_array(2);
+        ctx.reply_bulk(owner);
+        ctx.reply_bulk(match mode {
+            Mode::Exclusive => b"exclusive",
+            Mode::Shared => b"shared",
+            _ => b"limit",
+        });
+    }
     ctx.reply_bulk(b"waiters");
     ctx.reply_i64(handoff::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
     ctx.reply_bulk(b"term_start_ms");

@@ -406,9 +406,6 @@ fn bad_input_is_an_error_that_changes_nothing() {
         (&["SHARED", "SHARED"], "ERR "),
         (&["SHARED", "EXTRA"], "ERR "),
         (&["SHARED", "WAIT", "-1"], "ERR "),
-        // WAIT across modes is not served yet: an error, not a plain try.
-        (&["SHARED", "WAIT", "100"], "ERR "),
-        (&["LIMIT", "2", "WAIT", "100"], "ERR "),
     ];
     for key in ["cache", "slots", "fresh"] {
         for (opts, code) in cases {
@@ -602,6 +599,9 @@ fn a_replica_without_the_module_holds_the_same_hashes() {
     let seed = rand::random::<u64>();
     println!("workload seed {seed}");
     random_workload(&mut p, seed, 1_500);
+    // Let every 20 ms lease (and a key of only such leases) end first:
+    // both sides then agree on which keys are live.
+    std::thread::sleep(Duration::from_millis(50));
     let want = dump(&mut p);
     kit::sync_replicas(&mut p, 1);
     let mut r = replica.conn();
@@ -770,6 +770,311 @@ fn concurrent_clients_never_overlap_and_never_exceed_n() {
     assert!(g.0 > 0 && g.1 > 0 && g.2 > 0, "{g:?}");
     let mut con = server.conn();
     assert!(!kit::exists(&mut con, "rw") && !kit::exists(&mut con, "sem"));
+}
+
+// ---------------------------------------------------------------------------
+// WAIT across modes
+
+/// `ACQUIRE key owner ttl <opts…> WAIT timeout` on a connection of its own.
+fn waiter(
+    server: &Server,
+    key: &str,
+    owner: &str,
+    ttl: i64,
+    opts: &[&str],
+    timeout: i64,
+) -> std::thread::JoinHandle<redis::RedisResult<Option<i64>>> {
+    let mut con = server.conn();
+    con.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut cmd = redis::cmd("SPACELOCK.ACQUIRE");
+    cmd.arg(key)
+        .arg(owner)
+        .arg(ttl)
+        .arg(opts)
+        .arg("WAIT")
+        .arg(timeout);
+    std::thread::spawn(move || cmd.query(&mut con))
+}
+
+/// INFO's queue of a shared or counted key: (owner, mode) in order.
+fn queue(con: &mut Connection, key: &str) -> Vec<(String, String)> {
+    let v: Value = redis::cmd("SPACELOCK.INFO").arg(key).query(con).unwrap();
+    let map = pairs(&v);
+    let Value::Array(q) = &map[3].1 else {
+        panic!("queue: {v:?}")
+    };
+    q.iter()
+        .map(|e| match e {
+            Value::Array(p) => (text(&p[0]), text(&p[1])),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[kit::test]
+fn a_waiting_writer_queues_later_readers_behind_it() {
+    let server = Server::new();
+    let mut con = server.conn();
+    shared(&mut con, "cache", "r1", 60_000).unwrap();
+    let writer = waiter(&server, "cache", "writer", 60_000, &[], 10_000);
+    kit::until_waiting(&mut con, 1);
+    let r2 = waiter(&server, "cache", "r2", 60_000, &["SHARED"], 10_000);
+    kit::until_waiting(&mut con, 2);
+    let r3 = waiter(&server, "cache", "r3", 60_000, &["SHARED"], 10_000);
+    kit::until_waiting(&mut con, 3);
+    assert_eq!(
+        queue(&mut con, "cache"),
+        [
+            ("writer".into(), "exclusive".into()),
+            ("r2".into(), "shared".into()),
+            ("r3".into(), "shared".into())
+        ]
+    );
+    // A reader without WAIT does not pass them: nil.
+    assert_eq!(shared(&mut con, "cache", "r4", 60_000), None);
+    // The reader leaves: the writer alone.
+    assert_eq!(release(&mut con, "cache", "r1"), 1);
+    let w = writer.join().unwrap().unwrap().expect("the writer's turn");
+    assert_eq!(check(&mut con, "cache", "writer", w), 1);
+    assert_eq!(kit::waiting_clients(&mut con), 2);
+    // The writer leaves: both readers at once, in order.
+    assert_eq!(release(&mut con, "cache", "writer"), 1);
+    let t2 = r2.join().unwrap().unwrap().expect("r2");
+    let t3 = r3.join().unwrap().unwrap().expect("r3");
+    assert!(w < t2 && t2 < t3, "{w} {t2} {t3}");
+    let i = info(&mut con, "cache").unwrap();
+    let owners: Vec<&str> = i.holders.iter().map(|h| h.0.as_str()).collect();
+    assert_eq!(owners, ["r2", "r3"]);
+}
+
+#[kit::test]
+fn counted_waiters_are_granted_in_order_as_permits_come_back() {
+    let server = Server::new();
+    let mut con = server.conn();
+    limit(&mut con, "slots", "a", 60_000, 2).unwrap();
+    limit(&mut con, "slots", "b", 60_000, 2).unwrap();
+    let c = waiter(&server, "slots", "c", 60_000, &["LIMIT", "2"], 10_000);
+    kit::until_waiting(&mut con, 1);
+    let d = waiter(&server, "slots", "d", 60_000, &["LIMIT", "2"], 10_000);
+    kit::until_waiting(&mut con, 2);
+    let e = waiter(&server, "slots", "e", 60_000, &["LIMIT", "2"], 10_000);
+    kit::until_waiting(&mut con, 3);
+    // Other kinds on a counted queue: the wrong mode, no wait.
+    for opts in [&["LIMIT", "3"][..], &["SHARED"], &[]] {
+        let mut args = vec!["SPACELOCK.ACQUIRE", "slots", "x", "1000"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["WAIT", "100"]);
+        let err = err_args(&mut con, &args);
+        assert!(err.starts_with("WRONGMODE "), "{args:?}: {err}");
+    }
+    assert_eq!(release(&mut con, "slots", "a"), 1);
+    let tc = c.join().unwrap().unwrap().expect("c first");
+    assert_eq!(kit::waiting_clients(&mut con), 2);
+    assert_eq!(release(&mut con, "slots", "b"), 1);
+    let td = d.join().unwrap().unwrap().expect("d next");
+    assert!(tc < td);
+    assert_eq!(kit::waiting_clients(&mut con), 1);
+    assert_eq!(info(&mut con, "slots").unwrap().holders.len(), 2);
+    assert_eq!(release(&mut con, "slots", "c"), 1);
+    let te = e.join().unwrap().unwrap().expect("e last");
+    assert!(td < te);
+}
+
+#[kit::test]
+fn an_ended_lease_hands_its_share_on_at_once() {
+    let server = Server::new();
+    let mut con = server.conn();
+    // A permit whose holder crashed: the next waiter gets it at its end.
+    limit(&mut con, "slots", "crashed", 300, 1).unwrap();
+    let start = Instant::now();
+    let next = waiter(&server, "slots", "next", 60_000, &["LIMIT", "1"], 5_000);
+    let t = next.join().unwrap().unwrap().expect("handed on");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(600),
+        "{took:?}"
+    );
+    assert_eq!(check(&mut con, "slots", "next", t), 1);
+    assert_eq!(
+        field(&mut con, "slots", "crashed"),
+        None,
+        "its field is gone"
+    );
+    // A reader whose lease ends: the waiting writer gets the lock.
+    shared(&mut con, "cache", "reader", 300).unwrap();
+    shared(&mut con, "cache", "long", 600).unwrap();
+    let start = Instant::now();
+    let writer = waiter(&server, "cache", "writer", 60_000, &[], 5_000);
+    let w = writer.join().unwrap().unwrap().expect("the writer");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(550) && took < Duration::from_millis(900),
+        "after the last reader's lease: {took:?}"
+    );
+    assert_eq!(check(&mut con, "cache", "writer", w), 1);
+}
+
+/// A counted Lua loop of about `ms` (calibrated once).
+fn slow_script(con: &mut Connection, ms: u64) -> redis::Cmd {
+    use std::sync::OnceLock;
+    static PER_MS: OnceLock<u64> = OnceLock::new();
+    let busy = |n: u64| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg("local i = 0 while i < tonumber(ARGV[1]) do i = i + 1 end return i")
+            .arg(0)
+            .arg(n);
+        cmd
+    };
+    let per_ms = *PER_MS.get_or_init(|| {
+        let n = 2_000_000u64;
+        let start = Instant::now();
+        let _: i64 = busy(n).query(con).unwrap();
+        (n * 1000 / start.elapsed().as_micros().max(1) as u64).max(1)
+    });
+    busy(per_ms * ms)
+}
+
+/// Sends `ACQUIRE key owner 60000 LIMIT 1 WAIT 0` on a raw socket.
+fn raw_waiter(server: &Server, key: &str, owner: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let args = [
+        "SPACELOCK.ACQUIRE",
+        key,
+        owner,
+        "60000",
+        "LIMIT",
+        "1",
+        "WAIT",
+        "0",
+    ];
+    let mut buf = format!("*{}\r\n", args.len());
+    for a in args {
+        buf.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(buf.as_bytes()).unwrap();
+    s
+}
+
+/// The head waiter's socket closes in the same event-loop iteration as
+/// the RELEASE that frees its permit (a slow script on a third connection
+/// holds the loop while both arrive): the closing client never holds the
+/// permit, and the next waiter gets it at once.
+#[kit::test]
+fn a_grant_and_a_disconnect_in_one_iteration() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let mut blocker = server.conn();
+    for round in 0..6 {
+        let key = format!("slots{round}");
+        let mut holder = server.conn();
+        limit(&mut holder, &key, "holder", 60_000, 1).unwrap();
+        let gone = raw_waiter(&server, &key, "gone");
+        kit::until_waiting(&mut con, 1);
+        let next = waiter(&server, &key, "next", 60_000, &["LIMIT", "1"], 5_000);
+        kit::until_waiting(&mut con, 2);
+        let slow = slow_script(&mut blocker, 300);
+        let stall = std::thread::spawn(move || {
+            let _: i64 = slow.query(&mut blocker).unwrap();
+            blocker
+        });
+        std::thread::sleep(Duration::from_millis(30));
+        let k2 = key.clone();
+        let send_release = move |mut h: Connection| {
+            std::thread::spawn(move || -> i64 { release(&mut h, &k2, "holder") })
+        };
+        let released = if round % 2 == 1 {
+            let r = send_release(holder);
+            std::thread::sleep(Duration::from_millis(100));
+            drop(gone);
+            r
+        } else {
+            drop(gone);
+            std::thread::sleep(Duration::from_millis(100));
+            send_release(holder)
+        };
+        blocker = stall.join().unwrap();
+        assert_eq!(released.join().unwrap(), 1);
+        let t = next.join().unwrap().unwrap().expect("the next waiter");
+        assert_eq!(check(&mut con, &key, "next", t), 1);
+        assert_eq!(field(&mut con, &key, "gone"), None, "round {round}");
+        let i = info(&mut con, &key).unwrap();
+        assert_eq!(i.holders.len(), 1, "round {round}: {i:?}");
+        assert_eq!(kit::waiting_clients(&mut con), 0);
+    }
+}
+
+/// CLIENT KILL of the head waiter in the same MULTI as the RELEASE, in
+/// both orders, and CLIENT UNBLOCK of a waiter in the same turn as its
+/// grant (refused: it gets its token).
+#[kit::test]
+fn kill_and_unblock_racing_a_grant() {
+    let server = Server::new();
+    let mut con = server.conn();
+    for round in 0..4 {
+        let key = format!("cache{round}");
+        acquire(&mut con, &key, "writer", 60_000).unwrap();
+        let mut head = server.conn();
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut head).unwrap();
+        let k = key.clone();
+        let head = std::thread::spawn(move || {
+            redis::cmd("SPACELOCK.ACQUIRE")
+                .arg(k)
+                .arg("head")
+                .arg(60_000)
+                .arg("SHARED")
+                .arg("WAIT")
+                .arg(0)
+                .query::<Option<i64>>(&mut head)
+        });
+        kit::until_waiting(&mut con, 1);
+        let next = waiter(&server, &key, "next", 60_000, &["SHARED"], 5_000);
+        kit::until_waiting(&mut con, 2);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if round % 2 == 0 {
+            pipe.cmd("CLIENT").arg("KILL").arg("ID").arg(id).ignore();
+        }
+        pipe.cmd("SPACELOCK.RELEASE")
+            .arg(&key)
+            .arg("writer")
+            .ignore();
+        if round % 2 == 1 {
+            pipe.cmd("CLIENT").arg("KILL").arg("ID").arg(id).ignore();
+        }
+        let _: () = pipe.query(&mut con).unwrap();
+        assert!(
+            head.join().unwrap().is_err(),
+            "the killed client got nothing"
+        );
+        let t = next.join().unwrap().unwrap().expect("next");
+        assert_eq!(check(&mut con, &key, "next", t), 1);
+        assert_eq!(field(&mut con, &key, "head"), None, "round {round}");
+        assert_eq!(info(&mut con, &key).unwrap().holders.len(), 1);
+    }
+    // CLIENT UNBLOCK in the same turn as the grant: refused.
+    let key = "unblock";
+    acquire(&mut con, key, "writer", 60_000).unwrap();
+    let mut w = server.conn();
+    let wid: i64 = redis::cmd("CLIENT").arg("ID").query(&mut w).unwrap();
+    let waiter = std::thread::spawn(move || {
+        redis::cmd("SPACELOCK.ACQUIRE")
+            .arg(key)
+            .arg("w")
+            .arg(60_000)
+            .arg("SHARED")
+            .arg("WAIT")
+            .arg(5_000)
+            .query::<Option<i64>>(&mut w)
+    });
+    kit::until_waiting(&mut con, 1);
+    let mut pipe = redis::pipe();
+    pipe.cmd("SPACELOCK.RELEASE").arg(key).arg("writer");
+    pipe.cmd("CLIENT").arg("UNBLOCK").arg(wid).arg("ERROR");
+    let out: (i64, i64) = pipe.query(&mut con).unwrap();
+    assert_eq!(out, (1, 0), "released; unblock refused");
+    let t = waiter.join().unwrap().unwrap().expect("its token");
+    assert_eq!(check(&mut con, key, "w", t), 1);
 }
 
 kit::main!();

@@ -173,6 +173,7 @@ impl World {
             owner: owner.as_bytes(),
             ttl_ms: 1_000,
             timeout_ms: timeout,
+            mode: crate::shared::Mode::Exclusive,
         };
         enqueue(&mut self.host, &mut self.reg, 0, key, req)
     }
