@@ -1023,6 +1023,91 @@ fn a_grant_and_a_disconnect_in_one_iteration() {
     }
 }
 
+/// A waiter with 32 MiB of unread replies whose connection's
+/// `client-output-buffer-limit` drops below them in the same packet as the
+/// RELEASE: the server closes it when the grant's reply is added, so its
+/// permit is undone (`shared::undo`: only its field), and the next waiter
+/// gets the permit at once.
+#[kit::test]
+fn a_permit_whose_reply_never_arrives_is_undone_and_handed_on() {
+    use std::io::{Read, Write};
+    let server = Server::new();
+    let mut con = server.conn();
+    let big = vec![b'x'; 32 << 20];
+    let _: () = redis::cmd("SET")
+        .arg("big")
+        .arg(big)
+        .query(&mut con)
+        .unwrap();
+    for round in 0..3 {
+        let key = format!("slots{round}");
+        limit(&mut con, &key, "holder", 60_000, 1).unwrap();
+        let mut unread = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        let mut packet = b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n".to_vec();
+        let args = [
+            "SPACELOCK.ACQUIRE",
+            &key,
+            "w",
+            "60000",
+            "LIMIT",
+            "1",
+            "WAIT",
+            "0",
+        ];
+        packet.extend(format!("*{}\r\n", args.len()).into_bytes());
+        for a in args {
+            packet.extend(format!("${}\r\n{a}\r\n", a.len()).into_bytes());
+        }
+        unread.write_all(&packet).unwrap();
+        kit::until_waiting(&mut con, 1);
+        let next = waiter(&server, &key, "next", 60_000, &["LIMIT", "1"], 5_000);
+        kit::until_waiting(&mut con, 2);
+        let undone = kit::stat(&mut con, "wait_grants_undone");
+        let start = Instant::now();
+        let (_, released): ((), i64) = redis::pipe()
+            .cmd("CONFIG")
+            .arg("SET")
+            .arg("client-output-buffer-limit")
+            .arg("normal 1mb 0 0")
+            .cmd("SPACELOCK.RELEASE")
+            .arg(&key)
+            .arg("holder")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(released, 1);
+        let t = next.join().unwrap().unwrap().expect("the next waiter");
+        kit::config_set(&mut con, "client-output-buffer-limit", "normal 0 0 0");
+        assert!(start.elapsed() < Duration::from_millis(500), "at once");
+        assert_eq!(check(&mut con, &key, "next", t), 1);
+        assert_eq!(
+            field(&mut con, &key, "w"),
+            None,
+            "round {round}: not in w's name"
+        );
+        assert_eq!(info(&mut con, &key).unwrap().holders.len(), 1);
+        assert_eq!(
+            kit::stat(&mut con, "wait_grants_undone"),
+            undone + 1,
+            "round {round}: the permit was undone"
+        );
+        unread
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0usize;
+        loop {
+            match unread.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("round {round}: the connection stayed open: {e}"),
+            }
+        }
+        assert!(got < 32 << 20, "round {round}: it read {got} bytes");
+        release(&mut con, &key, "next");
+    }
+}
+
 /// CLIENT KILL of the head waiter in the same MULTI as the RELEASE, in
 /// both orders, and CLIENT UNBLOCK of a waiter in the same turn as its
 /// grant (refused: it gets its token).
