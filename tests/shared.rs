@@ -656,6 +656,49 @@ fn a_promoted_replica_with_the_module_expires_each_holder_on_time() {
     assert!(next > long, "{next} > {long}");
 }
 
+#[kit::test]
+fn aof_restart_keeps_holders_and_tokens_and_loads_without_the_module() {
+    let server = ServerBuilder::new()
+        .arg("appendonly", "yes")
+        .arg("appendfsync", "always")
+        .start();
+    let mut con = server.conn();
+    let a = shared(&mut con, "cache", "a", 60_000).unwrap();
+    let b = shared(&mut con, "cache", "b", 90_000).unwrap();
+    assert_eq!(release(&mut con, "cache", "a"), 1);
+    let p = limit(&mut con, "slots", "p", 60_000, 2).unwrap();
+    assert_eq!(refresh(&mut con, "slots", "p", 120_000), 1);
+    let before = dump(&mut con);
+    drop(con);
+
+    let server = server.restart_with(|b| b);
+    let mut con = server.conn();
+    assert_eq!(
+        dump(&mut con),
+        before,
+        "AOF replay restores the hashes and expiries"
+    );
+    assert_eq!(check(&mut con, "cache", "b", b), 1);
+    assert_eq!(check(&mut con, "cache", "a", a), 0);
+    assert_eq!(check(&mut con, "slots", "p", p), 1);
+    // The restarted process reads its holders back from the hashes.
+    assert_eq!(
+        limit(&mut con, "slots", "p", 60_000, 2),
+        None,
+        "p holds one"
+    );
+    let q = limit(&mut con, "slots", "q", 60_000, 2).unwrap();
+    assert!(q > p.max(b), "token {q} after restart");
+    assert_eq!(limit(&mut con, "slots", "r", 60_000, 2), None, "n = 2");
+    let before_plain = dump(&mut con);
+    drop(con);
+
+    // The same AOF loads in a server without the module.
+    let plain = server.restart_with(|b| b.without_module());
+    let mut con = plain.conn();
+    assert_eq!(dump(&mut con), before_plain);
+}
+
 /// Who holds what, as the clients saw their replies.
 #[derive(Default)]
 struct Seen {
