@@ -72,6 +72,11 @@ impl Command for Acquire {
             None
         } else {
             let mut store = RedisStore::open(ctx, *key, *owner);
+            if store.is_hash() {
+                drop(store);
+                sweep_shared(ctx, *key)?;
+                store = RedisStore::open(ctx, *key, *owner);
+            }
             process::with(|p| lock::acquire(&mut store, ttl, p, config::policy()))?
         };
         match (granted, wait_ms) {
@@ -90,6 +95,19 @@ impl Command for Acquire {
         }
         Ok(())
     }
+}
+
+/// Before an exclusive grant looks at a shared or counted key: removes the
+/// holders whose lease has ended (their `HDEL`s, or the `DEL` of a key
+/// none of whose leases is live, replicated), so a key whose last lease
+/// ended this millisecond is free, not held until the server expires it.
+///
+/// # Errors
+///
+/// A hash that is not a lock, a corrupt holder field.
+pub fn sweep_shared(ctx: &Ctx, key: RStr<'_>) -> Result<(), LockError> {
+    let mut store = HashStore::open(ctx, key);
+    process::with_shared(|p, index| shared::held(&mut store, p, index)).map(|_| ())
 }
 
 /// `SPACELOCK.ACQUIRE key owner ttl_ms SHARED|LIMIT n [WAIT timeout_ms]`:

@@ -291,6 +291,29 @@ fn each_holder_expires_on_its_own() {
     assert!(info(&mut con, "gone").is_none());
 }
 
+/// A shared or counted key none of whose leases is live is free for an
+/// exclusive request, even while the key itself still exists (here kept by
+/// someone's PERSIST; otherwise for the millisecond of its last deadline).
+#[kit::test]
+fn ended_leases_free_the_name_for_an_exclusive_request() {
+    let server = Server::new();
+    let mut con = server.conn();
+    for opts in [&["SHARED"][..], &["LIMIT", "2"]] {
+        let key = format!("k{}", opts.len());
+        let mut args = vec!["SPACELOCK.ACQUIRE", &key, "a", "50"];
+        args.extend_from_slice(opts);
+        let t = kit::ok_args(&mut con, &args);
+        assert!(matches!(t, Value::Int(_)), "{t:?}");
+        let _: i64 = redis::cmd("PERSIST").arg(&key).query(&mut con).unwrap();
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(kit::exists(&mut con, &key), "kept by PERSIST");
+        let w = acquire(&mut con, &key, "writer", 60_000).expect("free: no live lease");
+        assert_eq!(check(&mut con, &key, "writer", w), 1);
+        let t: String = redis::cmd("TYPE").arg(&key).query(&mut con).unwrap();
+        assert_eq!(t, "string");
+    }
+}
+
 #[kit::test]
 fn refresh_and_release_act_on_one_holder() {
     let server = Server::new();

@@ -285,6 +285,12 @@ impl Host for ServerHost<'_> {
         }
         let (name, owner) = (OwnedStr::new(key), OwnedStr::new(owner));
         let mut store = RedisStore::open(self.ctx, name.as_rstr(), owner.as_rstr());
+        if store.is_hash() {
+            // A shared or counted key whose last lease ended: free now.
+            drop(store);
+            crate::commands::sweep_shared(self.ctx, name.as_rstr())?;
+            store = RedisStore::open(self.ctx, name.as_rstr(), owner.as_rstr());
+        }
         process::with(|p| lock::acquire(&mut store, ttl_ms, p, config::policy()))
     }
 
