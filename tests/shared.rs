@@ -999,6 +999,45 @@ fn an_ended_lease_hands_its_share_on_at_once() {
     assert_eq!(check(&mut con, "cache", "writer", w), 1);
 }
 
+#[kit::test]
+fn wait_times_out_acts_plainly_in_multi_and_waits_for_its_own_share() {
+    let server = Server::new();
+    let mut con = server.conn();
+    acquire(&mut con, "cache", "writer", 60_000).unwrap();
+    // A deadline: nil after it, and the queue is left.
+    let start = Instant::now();
+    let r = waiter(&server, "cache", "r", 60_000, &["SHARED"], 200);
+    assert_eq!(r.join().unwrap().unwrap(), None);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(190) && took < Duration::from_millis(700),
+        "{took:?}"
+    );
+    assert_eq!(kit::waiting_clients(&mut con), 0);
+    // Inside MULTI, WAIT is a plain ACQUIRE: nil at once.
+    let (got,): (Option<i64>,) = redis::pipe()
+        .atomic()
+        .cmd("SPACELOCK.ACQUIRE")
+        .arg("cache")
+        .arg("r")
+        .arg(60_000)
+        .arg("SHARED")
+        .arg("WAIT")
+        .arg(0)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(got, None);
+    assert_eq!(kit::waiting_clients(&mut con), 0);
+    // A holder that WAITs on its own key waits until its share ends.
+    limit(&mut con, "slots", "me", 300, 3).unwrap();
+    let start = Instant::now();
+    let again = waiter(&server, "slots", "me", 60_000, &["LIMIT", "3"], 5_000);
+    let t = again.join().unwrap().unwrap().expect("after its own share");
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert_eq!(check(&mut con, "slots", "me", t), 1);
+}
+
 /// A counted Lua loop of about `ms` (calibrated once).
 fn slow_script(con: &mut Connection, ms: u64) -> redis::Cmd {
     use std::sync::OnceLock;
