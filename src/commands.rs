@@ -7,11 +7,13 @@
 
 use spacelock_core::args::{check_owner, parse_token_arg, parse_ttl, ArgError};
 use spacelock_core::fence;
-use spacelock_core::handoff::parse_options;
 use spacelock_core::lock::{self, LockError};
+use spacelock_core::shared::{
+    self, parse_acquire_options, HolderInfo, KeyMode, Kind, Mode, WrongMode,
+};
 
 use crate::ffi::{Command, CommandError, Contents, Ctx, RStr};
-use crate::store::{holder_token, RedisStore};
+use crate::store::{holder_token, HashStore, RedisStore};
 use crate::{config, handoff, process, stats};
 
 impl From<ArgError> for CommandError {
@@ -47,7 +49,20 @@ impl Command for Acquire {
         };
         let ttl = owner_and_ttl(*owner, *ttl)?;
         let rest: Vec<&[u8]> = rest.iter().map(RStr::as_bytes).collect();
-        let wait_ms = parse_options(&rest)?;
+        // Without SHARED or LIMIT: today's parser, values and errors.
+        let (mode, wait_ms) = parse_acquire_options(&rest)?;
+        if let Some(mode) = KeyMode::of(mode) {
+            return acquire_shared(ctx, *key, *owner, ttl, mode, wait_ms);
+        }
+        // Clients queued for permits of a counted key: exclusive is the
+        // wrong mode there, as on the key itself.
+        if let Some(Kind::Counted(n)) = handoff::queue_kind(ctx.selected_db(), key.as_bytes()) {
+            return Err(LockError::from(WrongMode {
+                held: Kind::Counted(n),
+                asked: Mode::Exclusive,
+            })
+            .into());
+        }
         let _quiet = handoff::SelfWrites::begin();
         // Clients already queued go first (no barging while a grant is due),
         // and a grant nobody received is undone before this one looks.
@@ -57,6 +72,11 @@ impl Command for Acquire {
             None
         } else {
             let mut store = RedisStore::open(ctx, *key, *owner);
+            if store.is_hash() {
+                drop(store);
+                sweep_shared(ctx, *key)?;
+                store = RedisStore::open(ctx, *key, *owner);
+            }
             process::with(|p| lock::acquire(&mut store, ttl, p, config::policy()))?
         };
         match (granted, wait_ms) {
@@ -66,7 +86,7 @@ impl Command for Acquire {
             }
             // WAIT inside MULTI/EXEC or a script acts as a plain ACQUIRE.
             (None, Some(timeout)) if ctx.may_block() => {
-                handoff::enqueue(ctx, *key, *owner, ttl, timeout)?;
+                handoff::enqueue(ctx, *key, *owner, ttl, timeout, Mode::Exclusive)?;
             }
             (None, _) => {
                 stats::ACQUIRE_CONTENDED.incr();
@@ -75,6 +95,69 @@ impl Command for Acquire {
         }
         Ok(())
     }
+}
+
+/// Before an exclusive grant looks at a shared or counted key: removes the
+/// holders whose lease has ended (their `HDEL`s, or the `DEL` of a key
+/// none of whose leases is live, replicated), so a key whose last lease
+/// ended this millisecond is free, not held until the server expires it.
+///
+/// # Errors
+///
+/// A hash that is not a lock, a corrupt holder field.
+pub fn sweep_shared(ctx: &Ctx, key: RStr<'_>) -> Result<(), LockError> {
+    let mut store = HashStore::open(ctx, key);
+    process::with_shared(|p, index| shared::held(&mut store, p, index)).map(|_| ())
+}
+
+/// `SPACELOCK.ACQUIRE key owner ttl_ms SHARED|LIMIT n [WAIT timeout_ms]`:
+/// a token when granted; else nil (the key is held in a way that excludes
+/// the request, the owner already holds a share, or clients are queued on
+/// the key), or with WAIT, a place at the tail of the key's queue.
+fn acquire_shared(
+    ctx: &Ctx,
+    key: RStr<'_>,
+    owner: RStr<'_>,
+    ttl: i64,
+    mode: KeyMode,
+    wait_ms: Option<i64>,
+) -> Result<(), CommandError> {
+    let _quiet = handoff::SelfWrites::begin();
+    handoff::settle_from_command(ctx, key);
+    // Clients queued on the key go first (nobody barges, even when the
+    // request would fit): a reader does not pass a waiting writer, a permit
+    // is not taken past earlier requests; a request of another kind than
+    // the queue's is the wrong mode.
+    let ahead = handoff::queue_kind(ctx.selected_db(), key.as_bytes());
+    let mut store = HashStore::open(ctx, key);
+    let granted = process::with_shared(|p, index| {
+        shared::acquire(
+            &mut store,
+            owner.as_bytes(),
+            ttl,
+            mode,
+            ahead,
+            p,
+            index,
+            config::policy(),
+        )
+    })?;
+    match granted {
+        Some(token) => {
+            stats::ACQUIRED.incr();
+            ctx.reply_i64(token);
+        }
+        // WAIT inside MULTI/EXEC or a script acts as a plain ACQUIRE.
+        None if wait_ms.is_some() && ctx.may_block() => {
+            let timeout = wait_ms.unwrap_or(0);
+            handoff::enqueue(ctx, key, owner, ttl, timeout, mode.mode())?;
+        }
+        None => {
+            stats::ACQUIRE_CONTENDED.incr();
+            ctx.reply_null();
+        }
+    }
+    Ok(())
 }
 
 /// `SPACELOCK.REFRESH key owner ttl_ms`
@@ -88,8 +171,24 @@ impl Command for Refresh {
         let ttl = owner_and_ttl(*owner, *ttl)?;
         let _quiet = handoff::SelfWrites::begin();
         let mut store = RedisStore::open(ctx, *key, *owner);
-        let refreshed = process::with(|p| lock::refresh(&mut store, ttl, p, config::policy()))?;
-        drop(store);
+        let refreshed = if store.is_hash() {
+            drop(store);
+            let mut store = HashStore::open(ctx, *key);
+            process::with_shared(|p, index| {
+                shared::refresh(
+                    &mut store,
+                    owner.as_bytes(),
+                    ttl,
+                    p,
+                    index,
+                    config::policy(),
+                )
+            })?
+        } else {
+            let refreshed = process::with(|p| lock::refresh(&mut store, ttl, p, config::policy()))?;
+            drop(store);
+            refreshed
+        };
         // Moves the expiry timer of a queue.
         handoff::settle_from_command(ctx, *key);
         if refreshed {
@@ -113,8 +212,17 @@ impl Command for Release {
         check_owner(owner.as_bytes(), config::max_owner_len())?;
         let _quiet = handoff::SelfWrites::begin();
         let mut store = RedisStore::open(ctx, *key, *owner);
-        let released = process::with(|p| lock::release(&mut store, p, config::policy()))?;
-        drop(store);
+        let released = if store.is_hash() {
+            drop(store);
+            let mut store = HashStore::open(ctx, *key);
+            process::with_shared(|p, index| {
+                shared::release(&mut store, owner.as_bytes(), p, index, config::policy())
+            })?
+        } else {
+            let released = process::with(|p| lock::release(&mut store, p, config::policy()))?;
+            drop(store);
+            released
+        };
         // Direct handoff: the head waiter gets the lock at the end of this
         // event-loop iteration, before any reply is sent.
         handoff::settle_from_command(ctx, *key);
@@ -146,6 +254,10 @@ impl Command for Info {
                 ctx.reply_null();
                 return Ok(());
             }
+            Contents::Other if lock_key.is_hash() => {
+                drop(lock_key);
+                return info_shared(ctx, *key);
+            }
             Contents::Other => return Err(LockError::LockWrongType.into()),
             Contents::Str(v) => v,
         };
@@ -171,6 +283,66 @@ impl Command for Info {
     }
 }
 
+/// `SPACELOCK.INFO key` on a shared or counted key: nil when no holder's
+/// lease is live, else a map of `mode` (`shared` or `limit`), `limit` (n,
+/// or 0), `holders` (maps of `owner`, `ttl_ms`, `token`, in token order),
+/// `queue` (`[owner, mode]` pairs in arrival order, `mode` one of
+/// `exclusive`, `shared`, `limit`),
+/// `waiters`, `term_start_ms`, `token_floor`.
+fn info_shared(ctx: &Ctx, key: RStr<'_>) -> Result<(), CommandError> {
+    let mut store = HashStore::open_read(ctx, key);
+    let Some((mode, holders)) = shared::info(&mut store)? else {
+        ctx.reply_null();
+        return Ok(());
+    };
+    drop(store);
+    let term = process::with(|p| (p.terms.start_ms(), p.terms.floor()));
+    let (name, limit) = match mode {
+        KeyMode::Limit(n) => (&b"limit"[..], i64::from(n)),
+        _ => (&b"shared"[..], 0),
+    };
+    ctx.reply_map(7);
+    ctx.reply_bulk(b"mode");
+    ctx.reply_bulk(name);
+    ctx.reply_bulk(b"limit");
+    ctx.reply_i64(limit);
+    ctx.reply_bulk(b"holders");
+    ctx.reply_array(holders.len());
+    for HolderInfo {
+        owner,
+        ttl_ms,
+        token,
+    } in &holders
+    {
+        ctx.reply_map(3);
+        ctx.reply_bulk(b"owner");
+        ctx.reply_bulk(owner);
+        ctx.reply_bulk(b"ttl_ms");
+        ctx.reply_i64(*ttl_ms);
+        ctx.reply_bulk(b"token");
+        ctx.reply_i64(*token);
+    }
+    let queue = handoff::queue_of(ctx.selected_db(), key.as_bytes());
+    ctx.reply_bulk(b"queue");
+    ctx.reply_array(queue.len());
+    for (owner, mode) in &queue {
+        ctx.reply_array(2);
+        ctx.reply_bulk(owner);
+        ctx.reply_bulk(match mode {
+            Mode::Exclusive => b"exclusive",
+            Mode::Shared => b"shared",
+            _ => b"limit",
+        });
+    }
+    ctx.reply_bulk(b"waiters");
+    ctx.reply_i64(handoff::waiters_on(ctx.selected_db(), key.as_bytes()) as i64);
+    ctx.reply_bulk(b"term_start_ms");
+    ctx.reply_i64(term.0);
+    ctx.reply_bulk(b"token_floor");
+    ctx.reply_i64(term.1);
+    Ok(())
+}
+
 /// `SPACELOCK.CHECK key owner token`: 1 if `key` holds `owner` under the
 /// grant with `token`, else 0. Read-only, for fenced writes from Lua.
 pub struct Check;
@@ -182,8 +354,14 @@ impl Command for Check {
         };
         check_owner(owner.as_bytes(), config::max_owner_len())?;
         let token = parse_token_arg(token.as_bytes())?;
-        let held = process::with(|p| holder_token(ctx, p, *key, owner.as_bytes()))?;
-        let current = held == Some(token);
+        let mut store = HashStore::open_read(ctx, *key);
+        let current = if store.is_hash() {
+            shared::check(&mut store, owner.as_bytes(), token)?
+        } else {
+            drop(store);
+            let held = process::with(|p| holder_token(ctx, p, *key, owner.as_bytes()))?;
+            held == Some(token)
+        };
         if current {
             stats::CHECKS_PASSED.incr();
         } else {

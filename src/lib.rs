@@ -103,6 +103,16 @@ const KEY: ArgDoc = required(c"key", ArgType::Key);
 const OWNER: ArgDoc = required(c"owner", ArgType::String);
 const TTL: ArgDoc = required(c"ttl_ms", ArgType::Integer);
 const TOKEN: ArgDoc = required(c"token", ArgType::Integer);
+const SHARED: ArgDoc = ArgDoc {
+    token: Some(c"SHARED"),
+    optional: true,
+    ..required(c"shared", ArgType::PureToken)
+};
+const LIMIT: ArgDoc = ArgDoc {
+    token: Some(c"LIMIT"),
+    optional: true,
+    ..required(c"limit", ArgType::Integer)
+};
 const WAIT_TIMEOUT: ArgDoc = ArgDoc {
     token: Some(c"WAIT"),
     optional: true,
@@ -121,20 +131,20 @@ fn command_table() -> [CommandDef; 7] {
         CommandDef {
             name: c"spacelock.acquire",
             flags: c"write deny-oom fast blocking",
-            summary: c"Acquires a lease lock if the key is free and returns a new fencing token; with WAIT, queues (FIFO) until the lock is handed over or the timeout passes",
-            complexity: c"O(1)",
+            summary: c"Acquires a lease lock if the key is free and returns a new fencing token; with WAIT, queues (FIFO) until the lock is handed over or the timeout passes; SHARED takes one of many readers' shares, LIMIT n one of at most n permits",
+            complexity: c"O(1); SHARED or LIMIT: O(log N) where N is the number of holders",
             since: c"0.1.0",
             arity: -4,
             key: Some(KeyFlags::RW | KeyFlags::INSERT),
-            args: &[KEY, OWNER, TTL, WAIT_TIMEOUT],
+            args: &[KEY, OWNER, TTL, SHARED, LIMIT, WAIT_TIMEOUT],
             acl: c"spacelock write fast",
             entry: entry::<Used<commands::Acquire>>(),
         },
         CommandDef {
             name: c"spacelock.refresh",
             flags: c"write fast",
-            summary: c"Resets the lease's TTL if the key is held by owner",
-            complexity: c"O(1)",
+            summary: c"Resets the lease's TTL if the key is held by owner (on a shared or counted lock, owner's own lease)",
+            complexity: c"O(1); shared or counted: O(log N) where N is the number of holders",
             since: c"0.1.0",
             arity: 4,
             key: Some(KeyFlags::RW | KeyFlags::UPDATE),
@@ -145,8 +155,8 @@ fn command_table() -> [CommandDef; 7] {
         CommandDef {
             name: c"spacelock.release",
             flags: c"write fast",
-            summary: c"Deletes the lock if the key is held by owner",
-            complexity: c"O(1)",
+            summary: c"Deletes the lock if the key is held by owner (on a shared or counted lock, removes owner's share)",
+            complexity: c"O(1); shared or counted: O(log N) where N is the number of holders",
             since: c"0.1.0",
             arity: 3,
             key: Some(KeyFlags::RW | KeyFlags::DELETE),
@@ -157,8 +167,8 @@ fn command_table() -> [CommandDef; 7] {
         CommandDef {
             name: c"spacelock.info",
             flags: c"readonly fast",
-            summary: c"Returns the holder, remaining TTL, fencing token and waiters of a lock, and the server's token term",
-            complexity: c"O(1)",
+            summary: c"Returns the holder, remaining TTL, fencing token and waiters of a lock, and the server's token term; on a shared or counted lock, its mode and every holder",
+            complexity: c"O(1); shared or counted: O(N) where N is the number of holders",
             since: c"0.1.0",
             arity: 2,
             key: Some(KeyFlags::RO | KeyFlags::ACCESS),

@@ -6,9 +6,14 @@
 use std::sync::{Mutex, MutexGuard};
 
 use spacelock_core::lock::Process;
+use spacelock_core::shared::SharedIndex;
 
 // A plain static, not `thread_local!` (see `crate::handoff`).
 static PROCESS: Mutex<Process> = Mutex::new(Process::NEW);
+
+/// The holders of shared and counted keys: a cache of their hashes (see
+/// `spacelock_core::shared::SharedIndex`). Always locked after `PROCESS`.
+static SHARED: Mutex<SharedIndex> = Mutex::new(SharedIndex::new());
 
 fn lock() -> MutexGuard<'static, Process> {
     crate::sync::lock(&PROCESS)
@@ -56,6 +61,20 @@ pub fn with<R>(f: impl FnOnce(&mut Process) -> R) -> R {
     f(&mut lock())
 }
 
+/// Runs `f` on the process state and the index of shared and counted
+/// keys (locked in that order).
+pub fn with_shared<R>(f: impl FnOnce(&mut Process, &mut SharedIndex) -> R) -> R {
+    let mut p = lock();
+    let mut index = crate::sync::lock(&SHARED);
+    f(&mut p, &mut index)
+}
+
+/// Forgets the shared index of database `db`, or of all (`None`): after a
+/// flush, `SWAPDB`, a full resync or an RDB load.
+pub fn forget_shared(db: Option<i32>) {
+    crate::sync::lock(&SHARED).forget_db(db);
+}
+
 /// The process state for INFO, if it is not busy (INFO may run in a crash
 /// report while it is held).
 pub fn snapshot() -> Option<Summary> {
@@ -82,4 +101,5 @@ pub fn fresh_start_safe_ms() -> i64 {
 /// them forever).
 pub fn release_for_unload() {
     *lock() = Process::NEW;
+    *crate::sync::lock(&SHARED) = SharedIndex::new();
 }

@@ -1,10 +1,11 @@
 //! Shared (reader-writer) and counted locks: many readers beside one
 //! writer, or at most N holders, on the same fenced, FIFO lock names.
 //!
-//! This module is the design and its pure model; the module does not call
-//! it yet. Everything here is written against [`SharedStore`] (as the
-//! exclusive lock is against [`crate::lock::Store`]), implemented over the
-//! in-memory keyspace [`crate::lock::MemoryStore`] with its settable clock.
+//! This module is the design and its pure model, which the server module
+//! runs over real keys. Everything here is written against [`SharedStore`]
+//! (as the exclusive lock is against [`crate::lock::Store`]), implemented
+//! here over the in-memory keyspace [`crate::lock::MemoryStore`] with its
+//! settable clock.
 //!
 //! # Commands
 //!
@@ -179,6 +180,9 @@
 //! sent) is unchanged.
 //!
 //! # Open questions
+//!
+//! (How the server module settles each: `docs/architecture.md`, "Shared
+//! and counted locks".)
 //!
 //! * Ended holders' fields go at the next command on the key, at the
 //!   queue's expiry timer, or with the key at the latest deadline. Without

@@ -18,6 +18,8 @@ pub enum EventClass {
     String,
     /// `g` generic events (`expire`, `del`).
     Generic,
+    /// `h` hash events (`hset`, `hdel`).
+    Hash,
 }
 
 /// A log level.
@@ -171,6 +173,68 @@ impl Ctx {
         };
     }
 
+    /// Propagates `HSET key field value`.
+    pub fn replicate_hset(&self, key: RStr<'_>, field: &[u8], value: &[u8]) {
+        // SAFETY: "sbb" matches one string and two (pointer, length)
+        // buffers, which the server copies.
+        unsafe {
+            api!(RedisModule_Replicate)(
+                self.0,
+                c"HSET".as_ptr(),
+                c"sbb".as_ptr(),
+                key.ptr(),
+                field.as_ptr().cast::<c_char>(),
+                field.len(),
+                value.as_ptr().cast::<c_char>(),
+                value.len(),
+            )
+        };
+    }
+
+    /// Propagates `HSET key field1 value1 field2 value2`.
+    pub fn replicate_hset2(&self, key: RStr<'_>, first: (&[u8], &[u8]), second: (&[u8], &[u8])) {
+        // SAFETY: "sbbbb" matches one string and four (pointer, length)
+        // buffers, which the server copies.
+        unsafe {
+            api!(RedisModule_Replicate)(
+                self.0,
+                c"HSET".as_ptr(),
+                c"sbbbb".as_ptr(),
+                key.ptr(),
+                first.0.as_ptr().cast::<c_char>(),
+                first.0.len(),
+                first.1.as_ptr().cast::<c_char>(),
+                first.1.len(),
+                second.0.as_ptr().cast::<c_char>(),
+                second.0.len(),
+                second.1.as_ptr().cast::<c_char>(),
+                second.1.len(),
+            )
+        };
+    }
+
+    /// Propagates `HDEL key field`.
+    pub fn replicate_hdel(&self, key: RStr<'_>, field: &[u8]) {
+        // SAFETY: "sb" matches one string and one (pointer, length) buffer,
+        // which the server copies.
+        unsafe {
+            api!(RedisModule_Replicate)(
+                self.0,
+                c"HDEL".as_ptr(),
+                c"sb".as_ptr(),
+                key.ptr(),
+                field.as_ptr().cast::<c_char>(),
+                field.len(),
+            )
+        };
+    }
+
+    /// Starts an array of `len` elements.
+    pub fn reply_array(&self, len: usize) {
+        // SAFETY: valid ctx for this callback.
+        unsafe { api!(RedisModule_ReplyWithArray)(self.0, len as std::ffi::c_long) };
+    }
+
     /// Propagates `DEL key`.
     pub fn replicate_del(&self, key: RStr<'_>) {
         // SAFETY: "s" matches one string.
@@ -182,6 +246,7 @@ impl Ctx {
         let class = match class {
             EventClass::String => raw::REDISMODULE_NOTIFY_STRING,
             EventClass::Generic => raw::REDISMODULE_NOTIFY_GENERIC,
+            EventClass::Hash => raw::REDISMODULE_NOTIFY_HASH,
         };
         // SAFETY: valid ctx, NUL-terminated event name, live key string.
         unsafe {

@@ -1,12 +1,12 @@
 //! Open keys.
 
-use std::ffi::{c_int, c_longlong};
+use std::ffi::{c_int, c_longlong, c_void};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use redis_module::raw;
 
-use super::{Ctx, RStr};
+use super::{Ctx, OwnedStr, RStr};
 
 /// What a key holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,6 +188,138 @@ impl Key<'_> {
     pub fn delete(&mut self) {
         // SAFETY: an open key; on a read-only key the server replies ERR.
         unsafe { api!(RedisModule_DeleteKey)(self.raw()) };
+    }
+}
+
+/// Hash fields and values, as [`Key::hash_fields`] collects them.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The `RedisModule_ScanKey` callback of [`Key::hash_fields`]: copies one
+/// field and its value.
+extern "C" fn collect_field(
+    _key: *mut raw::RedisModuleKey,
+    field: *mut raw::RedisModuleString,
+    value: *mut raw::RedisModuleString,
+    privdata: *mut c_void,
+) {
+    // SAFETY: `privdata` is the `Fields` that `hash_fields` passed for this
+    // scan, alive and not otherwise borrowed while the scan runs; `field`
+    // and `value` are live strings for the duration of the callback, copied
+    // out before it returns.
+    unsafe {
+        let out = &mut *privdata.cast::<Fields>();
+        let (field, value) = (RStr::from_raw(field), RStr::from_raw(value));
+        out.push((field.as_bytes().to_vec(), value.as_bytes().to_vec()));
+    }
+}
+
+impl Key<'_> {
+    /// Whether the key holds a hash.
+    pub fn is_hash(&self) -> bool {
+        // SAFETY: an open key; KeyType is a plain read.
+        let kind = unsafe { api!(RedisModule_KeyType)(self.raw()) };
+        kind == raw::REDISMODULE_KEYTYPE_HASH as c_int
+    }
+
+    /// The number of fields of a hash key (`HLEN`); 0 for a missing key.
+    pub fn hash_len(&self) -> usize {
+        // SAFETY: an open key; ValueLength is a plain read.
+        unsafe { api!(RedisModule_ValueLength)(self.raw()) }
+    }
+
+    /// The value of `field` of a hash key (`HGET`); `None` when the field
+    /// or the hash does not exist.
+    pub fn hash_get(&self, field: &[u8]) -> Option<Vec<u8>> {
+        if !self.is_hash() {
+            return None;
+        }
+        let name = OwnedStr::new(field);
+        let mut value: *mut raw::RedisModuleString = std::ptr::null_mut();
+        // SAFETY: a hash key; HashGet with REDISMODULE_HASH_NONE takes
+        // (RedisModuleString field, RedisModuleString **value) pairs ended
+        // by NULL, and stores a new string (or NULL) that we own: the key's
+        // context has no automatic memory, so we free it (OwnedStr).
+        let status = unsafe {
+            api!(RedisModule_HashGet)(
+                self.raw(),
+                raw::REDISMODULE_HASH_NONE as c_int,
+                name.as_rstr().ptr(),
+                &mut value as *mut *mut raw::RedisModuleString,
+                std::ptr::null::<c_void>(),
+            )
+        };
+        if status != raw::REDISMODULE_OK as c_int {
+            return None;
+        }
+        OwnedStr::from_raw(value).map(|v| v.as_rstr().as_bytes().to_vec())
+    }
+
+    /// Sets `field` of a hash key to `value` (`HSET`), creating the hash if
+    /// the key is missing.
+    ///
+    /// # Errors
+    ///
+    /// [`WriteRefused`] if the server refused (another type, a read-only
+    /// key); nothing was changed then.
+    pub fn hash_set(&mut self, field: &[u8], value: &[u8]) -> Result<(), WriteRefused> {
+        let (name, value) = (OwnedStr::new(field), OwnedStr::new(value));
+        // SAFETY: an open key; HashSet with REDISMODULE_HASH_NONE takes
+        // (field, value) string pairs ended by NULL, and copies both.
+        let updated = unsafe {
+            api!(RedisModule_HashSet)(
+                self.raw(),
+                raw::REDISMODULE_HASH_NONE as c_int,
+                name.as_rstr().ptr(),
+                value.as_rstr().ptr(),
+                std::ptr::null::<c_void>(),
+            )
+        };
+        // It returns the number of fields changed, or 0 with errno on an
+        // error; an existing field rewritten counts as changed only in
+        // newer servers, so only the key's type tells a refusal.
+        if updated == 0 && !self.is_hash() {
+            return Err(WriteRefused);
+        }
+        Ok(())
+    }
+
+    /// Removes `field` of a hash key (`HDEL`); the server deletes a hash
+    /// left empty.
+    pub fn hash_del(&mut self, field: &[u8]) {
+        let name = OwnedStr::new(field);
+        // SAFETY: an open key; REDISMODULE_HASH_DELETE as the value deletes
+        // the field; the pair list is ended by NULL.
+        unsafe {
+            api!(RedisModule_HashSet)(
+                self.raw(),
+                raw::REDISMODULE_HASH_NONE as c_int,
+                name.as_rstr().ptr(),
+                raw::REDISMODULE_HASH_DELETE,
+                std::ptr::null::<c_void>(),
+            )
+        };
+    }
+
+    /// Every field of a hash key with its value (`HGETALL`), in any order
+    /// (a field reported twice by the scan of a rehashing table is kept
+    /// once). Empty for a missing key or another type.
+    pub fn hash_fields(&self) -> Fields {
+        let mut out: Fields = Vec::new();
+        if !self.is_hash() {
+            return out;
+        }
+        // SAFETY: an open hash key; the cursor is created and destroyed
+        // here; the callback receives `&mut out` as privdata and nothing
+        // else touches `out` until the scan ends.
+        unsafe {
+            let cursor = api!(RedisModule_ScanCursorCreate)();
+            let data = (&mut out as *mut Fields).cast::<c_void>();
+            while api!(RedisModule_ScanKey)(self.raw(), cursor, Some(collect_field), data) != 0 {}
+            api!(RedisModule_ScanCursorDestroy)(cursor);
+        }
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
     }
 }
 

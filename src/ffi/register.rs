@@ -46,6 +46,8 @@ pub enum ArgType {
     String,
     /// An integer.
     Integer,
+    /// A token alone (e.g. `SHARED`), no value.
+    PureToken,
 }
 
 /// One documented argument (for COMMAND DOCS).
@@ -201,6 +203,9 @@ impl LoadCtx {
                     ArgType::Key => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
                     ArgType::String => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
                     ArgType::Integer => raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
+                    ArgType::PureToken => {
+                        raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_PURE_TOKEN
+                    }
                 };
                 arg.key_spec_index = if matches!(a.kind, ArgType::Key) {
                     0

@@ -55,6 +55,18 @@ impl OwnedStr {
         OwnedStr(ptr)
     }
 
+    /// Takes ownership of a string the server handed over (freed on drop);
+    /// `None` for NULL.
+    pub(super) fn from_raw(ptr: *mut raw::RedisModuleString) -> Option<Self> {
+        // Not `then_some(OwnedStr(ptr))`: that would build (and drop,
+        // freeing NULL) an OwnedStr even for NULL.
+        if ptr.is_null() {
+            None
+        } else {
+            Some(OwnedStr(ptr))
+        }
+    }
+
     /// A view that cannot outlive the string.
     pub fn as_rstr(&self) -> RStr<'_> {
         RStr::from_raw(self.0)

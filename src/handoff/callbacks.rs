@@ -80,6 +80,7 @@ impl ServerEvents for Callbacks {
         let scope = match event {
             ServerEvent::Flushed { db: Some(db) } => {
                 process::with(|p| p.ledger.forget_db(Some(db)));
+                process::forget_shared(Some(db));
                 DbScope::One(db)
             }
             // The ledger follows keys it can name: after SWAPDB, or on a
@@ -87,6 +88,7 @@ impl ServerEvents for Callbacks {
             // answer until a grant or refresh records again.
             ServerEvent::Flushed { db: None } | ServerEvent::SwappedDbs => {
                 process::with(|p| p.ledger.forget_db(None));
+                process::forget_shared(None);
                 DbScope::All
             }
             ServerEvent::NowPrimary => {
@@ -104,6 +106,7 @@ impl ServerEvents for Callbacks {
             }
             ServerEvent::NowReplica => {
                 process::with(|p| p.ledger.forget_db(None));
+                process::forget_shared(None);
                 DbScope::All
             }
             ServerEvent::LoopIteration => return,

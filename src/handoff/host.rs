@@ -11,11 +11,12 @@ use spacelock_core::handoff::{
     Acquired, Event, Grant, Host, LockState, Outcome, TimerId, TimerKind,
 };
 use spacelock_core::lock;
+use spacelock_core::shared::{self, admit, Held, Holder, KeyMode, Mode, Want, MODE_FIELD};
 
 use super::callbacks::{Callbacks, Reply};
 use super::Handle;
 use crate::ffi::{Contents, Ctx, Level, OwnedStr, RStr};
-use crate::store::{fence_name, holder_token, remove_grant, RedisStore};
+use crate::store::{fence_name, holder_token, remove_grant, HashStore, RedisStore};
 use crate::{config, process, stats};
 
 /// Whether the failure of the write-pause probe has been logged.
@@ -174,12 +175,122 @@ impl Host for ServerHost<'_> {
         }
     }
 
+    fn lock_state_for(&mut self, db: i32, key: &[u8], mode: Mode, owner: &[u8]) -> LockState {
+        if !self.select(db) {
+            return LockState::Held { expire_at_ms: None };
+        }
+        let name = OwnedStr::new(key);
+        let Some(k) = self.ctx.open_read(name.as_rstr()) else {
+            return LockState::Free;
+        };
+        let held = match k.contents() {
+            Contents::Missing => return LockState::Free,
+            // Today's exclusive lock: held until it goes.
+            Contents::Str(_) if mode == Mode::Exclusive => {
+                return LockState::Held {
+                    expire_at_ms: k.expire_at_ms(),
+                }
+            }
+            Contents::Str(_) => Held::Exclusive,
+            Contents::Other if k.is_hash() => {
+                // A shared or counted key, read as of now without writing
+                // (a timer may run during a write pause): only live
+                // holders count, and the earliest deadline is when to look
+                // again.
+                let Some(key_mode) = k.hash_get(MODE_FIELD).and_then(|m| KeyMode::parse(&m)) else {
+                    // Not a lock: the grant fails with WRONGTYPE.
+                    return LockState::Free;
+                };
+                let now = self.ctx.now_ms();
+                let mut live = 0usize;
+                let mut earliest: Option<i64> = None;
+                let mut is_holder = false;
+                for (field, value) in k.hash_fields() {
+                    if field.as_slice() == MODE_FIELD {
+                        continue;
+                    }
+                    let Ok(h) = Holder::parse(&value) else {
+                        return LockState::Free;
+                    };
+                    if !h.live_at(now) {
+                        continue;
+                    }
+                    live += 1;
+                    earliest = Some(earliest.map_or(h.deadline_ms, |e| e.min(h.deadline_ms)));
+                    is_holder |= field.as_slice() == owner;
+                }
+                if live == 0 {
+                    return LockState::Free;
+                }
+                let held = match key_mode {
+                    KeyMode::Limit(limit) => Held::Counted {
+                        limit,
+                        holders: live,
+                    },
+                    _ => Held::Shared(live),
+                };
+                let want = Want { mode, owner };
+                return match admit(held, None, want, |_| is_holder) {
+                    // Granted now, or told the wrong mode.
+                    Ok(true) | Err(_) => LockState::Free,
+                    Ok(false) => LockState::Held {
+                        expire_at_ms: earliest,
+                    },
+                };
+            }
+            Contents::Other => return LockState::Free,
+        };
+        let want = Want { mode, owner };
+        match admit(held, None, want, |_| false) {
+            Ok(true) | Err(_) => LockState::Free,
+            Ok(false) => LockState::Held {
+                expire_at_ms: k.expire_at_ms(),
+            },
+        }
+    }
+
+    fn acquire_mode(
+        &mut self,
+        db: i32,
+        key: &[u8],
+        owner: &[u8],
+        ttl_ms: i64,
+        mode: Mode,
+    ) -> Acquired {
+        let Some(key_mode) = KeyMode::of(mode) else {
+            return self.acquire_for(db, key, owner, ttl_ms);
+        };
+        if !self.select(db) {
+            return Ok(None);
+        }
+        let name = OwnedStr::new(key);
+        let mut store = HashStore::open(self.ctx, name.as_rstr());
+        process::with_shared(|p, index| {
+            shared::acquire(
+                &mut store,
+                owner,
+                ttl_ms,
+                key_mode,
+                None,
+                p,
+                index,
+                config::policy(),
+            )
+        })
+    }
+
     fn acquire_for(&mut self, db: i32, key: &[u8], owner: &[u8], ttl_ms: i64) -> Acquired {
         if !self.select(db) {
             return Ok(None);
         }
         let (name, owner) = (OwnedStr::new(key), OwnedStr::new(owner));
         let mut store = RedisStore::open(self.ctx, name.as_rstr(), owner.as_rstr());
+        if store.is_hash() {
+            // A shared or counted key whose last lease ended: free now.
+            drop(store);
+            crate::commands::sweep_shared(self.ctx, name.as_rstr())?;
+            store = RedisStore::open(self.ctx, name.as_rstr(), owner.as_rstr());
+        }
         process::with(|p| lock::acquire(&mut store, ttl_ms, p, config::policy()))
     }
 
@@ -191,14 +302,39 @@ impl Host for ServerHost<'_> {
         // by anyone in the meantime.
         let name = OwnedStr::new(&grant.key);
         let ctx = self.ctx;
+        // A share or permit: its own field, with this token and live.
+        let mut store = HashStore::open_read(ctx, name.as_rstr());
+        if store.is_hash() {
+            return shared::check(&mut store, &grant.owner, grant.token) == Ok(true);
+        }
+        drop(store);
         process::with(|p| holder_token(ctx, p, name.as_rstr(), &grant.owner))
             == Ok(Some(grant.token))
     }
 
     fn undo(&mut self, grant: &Grant) -> bool {
         let ctx = self.ctx;
-        self.select(grant.db)
-            && process::with(|p| remove_grant(ctx, p, &grant.key, &grant.owner, grant.token))
+        if !self.select(grant.db) {
+            return false;
+        }
+        let name = OwnedStr::new(&grant.key);
+        let mut store = HashStore::open(ctx, name.as_rstr());
+        if store.is_hash() {
+            // Only that grant's share: an HDEL if its field still holds
+            // this token (a DEL if it was the last).
+            return process::with_shared(|p, index| {
+                shared::undo(
+                    &mut store,
+                    &grant.owner,
+                    grant.token,
+                    p,
+                    index,
+                    config::policy(),
+                )
+            }) == Ok(true);
+        }
+        drop(store);
+        process::with(|p| remove_grant(ctx, p, &grant.key, &grant.owner, grant.token))
     }
 
     fn unblock(&mut self, handle: Handle, outcome: Outcome) {

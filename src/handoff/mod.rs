@@ -81,6 +81,7 @@ mod self_writes;
 use std::sync::{Mutex, MutexGuard};
 
 use spacelock_core::handoff::{self as engine, Origin, Registry, Request};
+use spacelock_core::shared::{Kind, Mode};
 
 use crate::config;
 use crate::ffi::{BlockedClient, CommandError, Ctx, RStr};
@@ -138,6 +139,27 @@ pub fn gauges() -> (u64, u64) {
 /// Clients waiting on `key` in `db`.
 pub fn waiters_on(db: i32, key: &[u8]) -> usize {
     registry().as_ref().map_or(0, |r| r.len(db, key))
+}
+
+/// The kind of lock the clients queued on `key` wait for (`None`: nobody
+/// waits): a request of another kind is the wrong mode, and a request of
+/// this kind queues behind them.
+pub fn queue_kind(db: i32, key: &[u8]) -> Option<Kind> {
+    if nobody_waits() {
+        return None;
+    }
+    registry().as_ref().and_then(|r| r.kind(db, key))
+}
+
+/// The clients queued on `key`, in arrival order: (owner, mode).
+pub fn queue_of(db: i32, key: &[u8]) -> Vec<(Vec<u8>, Mode)> {
+    if nobody_waits() {
+        return Vec::new();
+    }
+    registry()
+        .as_ref()
+        .map(|r| r.waiting(db, key))
+        .unwrap_or_default()
 }
 
 /// Why the WAIT handoff keeps the module from unloading, if it does: a
@@ -210,6 +232,7 @@ pub fn enqueue(
     owner: RStr<'_>,
     ttl_ms: i64,
     timeout_ms: i64,
+    mode: Mode,
 ) -> Result<(), CommandError> {
     let db = ctx.selected_db();
     let max = config::max_waiters();
@@ -225,6 +248,7 @@ pub fn enqueue(
             owner: owner.as_bytes(),
             ttl_ms,
             timeout_ms,
+            mode,
         };
         engine::enqueue(host, reg, db, key.as_bytes(), req);
         Ok::<(), CommandError>(())

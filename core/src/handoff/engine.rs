@@ -9,6 +9,7 @@ use super::options::{REPLICA_UNBLOCKED, SLOT_MOVED_TRYAGAIN};
 use super::registry::{Arrival, Db, DbScope, Grant, Registry, Waiter, WaiterId};
 use super::timers::{self, ExpiryTimer, TimerId, TimerKind, TimerPlan, PAUSE_RETRY_MS};
 use crate::lock::LockError;
+use crate::shared::Mode;
 
 /// Where a decision runs from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +111,16 @@ pub trait Host {
     }
     /// The state of the lock key.
     fn lock_state(&mut self, db: Db, key: &[u8]) -> LockState;
+    /// The state of the lock key for a head waiter of `mode` and `owner`:
+    /// `Free` when a grant to it may go ahead now (or would fail with the
+    /// error it is to be told), else `Held` with when to look again (for a
+    /// shared or counted key, the earliest live holder's deadline, so an
+    /// ended lease frees its share at once). Read-only. By default, as
+    /// [`lock_state`](Self::lock_state).
+    fn lock_state_for(&mut self, db: Db, key: &[u8], mode: Mode, owner: &[u8]) -> LockState {
+        let _ = (mode, owner);
+        self.lock_state(db, key)
+    }
     /// Acquires the lock for a waiter's `owner` exactly as ACQUIRE does
     /// (`lock::acquire` over the host's `Store`, whose
     /// [`Store::write_grant`](crate::lock::Store::write_grant) writes and
@@ -120,6 +131,20 @@ pub trait Host {
     ///
     /// What ACQUIRE would reply (a wrong type, an exhausted counter).
     fn acquire_for(&mut self, db: Db, key: &[u8], owner: &[u8], ttl_ms: i64) -> Acquired;
+    /// [`acquire_for`](Self::acquire_for) in `mode`: a shared share or a
+    /// permit through `shared::acquire` (the waiter is the queue's head:
+    /// nobody is ahead of it). By default, exclusive only.
+    fn acquire_mode(
+        &mut self,
+        db: Db,
+        key: &[u8],
+        owner: &[u8],
+        ttl_ms: i64,
+        mode: Mode,
+    ) -> Acquired {
+        let _ = mode;
+        self.acquire_for(db, key, owner, ttl_ms)
+    }
     /// Whether `grant` still stands: the key holds its owner and the fence
     /// counter its token.
     fn grant_stands(&mut self, grant: &Grant) -> bool;
@@ -175,6 +200,8 @@ pub struct Request<'a, H> {
     pub ttl_ms: i64,
     /// Its WAIT timeout (0: no limit).
     pub timeout_ms: i64,
+    /// What it asks for.
+    pub mode: Mode,
 }
 
 /// Queues a client the host just blocked (the lock was held when its
@@ -193,6 +220,7 @@ pub fn enqueue<H: Host>(
         client_id: req.client_id,
         owner: req.owner,
         ttl_ms: req.ttl_ms,
+        mode: req.mode,
         deadline_ms: deadline,
     };
     let id = reg.push(db, key, arrival);
@@ -247,7 +275,16 @@ pub fn settle<H: Host>(
         Origin::Command => None,
     };
     loop {
-        if let LockState::Held { expire_at_ms } = host.lock_state(db, key) {
+        // The head's mode decides whether the key is free for it: readers
+        // are granted one by one while they fit beside the holders (the
+        // prefix of `shared::decide`), and a head that does not fit keeps
+        // everyone behind it waiting.
+        let head = reg.head(db, key).map(|w| (w.mode, w.owner.clone()));
+        let state = match &head {
+            Some((mode, owner)) => host.lock_state_for(db, key, *mode, owner),
+            None => host.lock_state(db, key),
+        };
+        if let LockState::Held { expire_at_ms } = state {
             arm_expiry(host, reg, db, key, expire_at_ms);
             break;
         }
@@ -299,7 +336,7 @@ pub fn settle<H: Host>(
             host.unblock(w.handle, Outcome::Gone);
             continue;
         }
-        match host.acquire_for(db, key, &w.owner, w.ttl_ms) {
+        match host.acquire_mode(db, key, &w.owner, w.ttl_ms, w.mode) {
             Ok(Some(token)) => {
                 leave(host, &w);
                 let grant = Grant {
@@ -315,8 +352,9 @@ pub fn settle<H: Host>(
             // ever disagreed. The expiry timer, or a retry shortly, looks
             // again.
             Ok(None) => {
+                let (mode, owner) = (w.mode, w.owner.clone());
                 reg.push_front(db, key, w);
-                let at = match host.lock_state(db, key) {
+                let at = match host.lock_state_for(db, key, mode, &owner) {
                     LockState::Held { expire_at_ms } => expire_at_ms,
                     LockState::Free => Some(host.now_ms().saturating_add(PAUSE_RETRY_MS - 1)),
                 };

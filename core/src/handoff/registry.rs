@@ -7,6 +7,7 @@ use std::hash::Hash;
 use super::ids::TimerId;
 pub use super::ids::{Db, QueueId, QueueKey, WaiterId};
 use super::timers::ExpiryTimer;
+use crate::shared::{Kind, Mode};
 
 /// Which databases a flush or a role change concerns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub struct Waiter<H> {
     pub owner: Vec<u8>,
     /// The ttl it asked for (counted from the grant).
     pub ttl_ms: i64,
+    /// What it asks for: exclusive, a shared share, or a permit.
+    pub mode: Mode,
     /// When its WAIT times out (ms since the epoch); `None`: no limit.
     pub deadline_ms: Option<i64>,
     /// The timer armed for that deadline.
@@ -47,6 +50,8 @@ pub struct Arrival<'a, H> {
     pub owner: &'a [u8],
     /// The ttl it asks for.
     pub ttl_ms: i64,
+    /// What it asks for.
+    pub mode: Mode,
     /// When its WAIT times out; `None`: no limit.
     pub deadline_ms: Option<i64>,
 }
@@ -147,6 +152,7 @@ impl<H: Copy + Eq + Hash> Registry<H> {
             client_id,
             owner,
             ttl_ms,
+            mode,
             deadline_ms,
         } = arrival;
         let id = WaiterId(self.next_waiter);
@@ -172,6 +178,7 @@ impl<H: Copy + Eq + Hash> Registry<H> {
             client_id,
             owner: owner.to_vec(),
             ttl_ms,
+            mode,
             deadline_ms,
             deadline_timer: None,
         };
@@ -200,6 +207,31 @@ impl<H: Copy + Eq + Hash> Registry<H> {
     pub fn waiter(&self, id: WaiterId) -> Option<&Waiter<H>> {
         let qkey = self.by_waiter.get(&id)?;
         self.queues.get(qkey)?.waiters.get(&id)
+    }
+
+    /// The head waiter (the longest-waiting one), left in place.
+    pub fn head(&self, db: Db, key: &[u8]) -> Option<&Waiter<H>> {
+        let q = self.queues.get(&(db, key.to_vec()))?;
+        q.waiters.first_key_value().map(|(_, w)| w)
+    }
+
+    /// The kind of lock `key`'s queue waits for (its head's), `None` when
+    /// nobody waits: a request of another kind is the wrong mode.
+    pub fn kind(&self, db: Db, key: &[u8]) -> Option<Kind> {
+        self.head(db, key).map(|w| w.mode.kind())
+    }
+
+    /// `key`'s waiters in arrival order: (owner, mode).
+    pub fn waiting(&self, db: Db, key: &[u8]) -> Vec<(Vec<u8>, Mode)> {
+        self.queues
+            .get(&(db, key.to_vec()))
+            .map(|q| {
+                q.waiters
+                    .values()
+                    .map(|w| (w.owner.clone(), w.mode))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Takes the head waiter (the longest-waiting one).
@@ -386,6 +418,7 @@ mod tests {
             client_id: u64::from(h),
             owner: b"o",
             ttl_ms: 100,
+            mode: Mode::Exclusive,
             deadline_ms: None,
         };
         r.push(db, key, arrival)

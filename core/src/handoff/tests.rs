@@ -10,6 +10,7 @@ use super::timers::{MAX_TIMER_MS, PAUSE_RETRY_MS};
 use super::*;
 use crate::fence::fence_key;
 use crate::lock::{self, LockError, MemoryStore, Value};
+use crate::shared::{self, KeyMode, Mode, SharedIndex, Want};
 use crate::tokens::{Terms, TokenMode};
 
 const T0: i64 = 1_700_000_000_000;
@@ -33,6 +34,26 @@ struct Fake {
     next_timer: u64,
     events: Vec<Event>,
     idle: usize,
+    /// The holders of shared and counted keys, as the module keeps them.
+    index: SharedIndex,
+}
+
+const POLICY: lock::Policy = lock::Policy {
+    mode: TokenMode::Counter,
+    retention_ms: 0,
+};
+
+impl Fake {
+    fn process(&mut self) -> &mut lock::Process {
+        self.process.get_or_insert_with(|| lock::Process {
+            terms: Terms::open_at(T0),
+            ledger: Default::default(),
+        })
+    }
+
+    fn is_hash(&self, key: &[u8]) -> bool {
+        matches!(self.keys.get(key), Some(Value::Hash(_)))
+    }
 }
 
 /// Keys of db `d` live under a `d:` prefix in the one MemoryStore.
@@ -75,6 +96,46 @@ impl Host for Fake {
             },
         }
     }
+    fn lock_state_for(&mut self, db: Db, key: &[u8], mode: Mode, owner: &[u8]) -> LockState {
+        let kk = k(db, key);
+        if self.looks_free || (mode == Mode::Exclusive && !self.is_hash(&kk)) {
+            return self.lock_state(db, key);
+        }
+        let now = self.keys.now;
+        self.process();
+        let (process, index) = (self.process.as_mut().unwrap(), &mut self.index);
+        let mut view = self.keys.view(&kk, owner);
+        let want = Want { mode, owner };
+        match shared::grantable(&mut view, [want], process, index) {
+            Ok(0) => {
+                let earliest = shared::expire(&mut view, process, index).ok().flatten();
+                let at = earliest.or_else(|| self.keys.expire_at(&kk));
+                LockState::Held {
+                    expire_at_ms: at.filter(|&at| at >= now),
+                }
+            }
+            _ => LockState::Free,
+        }
+    }
+    fn acquire_mode(
+        &mut self,
+        db: Db,
+        key: &[u8],
+        owner: &[u8],
+        ttl_ms: i64,
+        mode: Mode,
+    ) -> Acquired {
+        let Some(key_mode) = KeyMode::of(mode) else {
+            return self.acquire_for(db, key, owner, ttl_ms);
+        };
+        let kk = k(db, key);
+        self.process();
+        let (process, index) = (self.process.as_mut().unwrap(), &mut self.index);
+        let mut view = self.keys.view(&kk, owner);
+        shared::acquire(
+            &mut view, owner, ttl_ms, key_mode, None, process, index, POLICY,
+        )
+    }
     fn acquire_for(&mut self, db: Db, key: &[u8], owner: &[u8], ttl_ms: i64) -> Acquired {
         let key = k(db, key);
         let process = self.process.get_or_insert_with(|| lock::Process {
@@ -90,6 +151,10 @@ impl Host for Fake {
     fn grant_stands(&mut self, g: &Grant) -> bool {
         // As the module does: by its own ledger, not the fence key.
         let key = k(g.db, &g.key);
+        if self.is_hash(&key) {
+            let mut view = self.keys.view(&key, &g.owner);
+            return shared::check(&mut view, &g.owner, g.token) == Ok(true);
+        }
         let recorded = self
             .process
             .as_ref()
@@ -97,6 +162,13 @@ impl Host for Fake {
         self.keys.get(&key) == Some(&Value::Str(g.owner.clone())) && recorded == Some(g.token)
     }
     fn undo(&mut self, g: &Grant) -> bool {
+        let key = k(g.db, &g.key);
+        if self.is_hash(&key) {
+            self.process();
+            let (process, index) = (self.process.as_mut().unwrap(), &mut self.index);
+            let mut view = self.keys.view(&key, &g.owner);
+            return shared::undo(&mut view, &g.owner, g.token, process, index, POLICY) == Ok(true);
+        }
         let stands = self.grant_stands(g);
         if stands {
             let key = k(g.db, &g.key);
@@ -173,8 +245,53 @@ impl World {
             owner: owner.as_bytes(),
             ttl_ms: 1_000,
             timeout_ms: timeout,
+            mode: crate::shared::Mode::Exclusive,
         };
         enqueue(&mut self.host, &mut self.reg, 0, key, req)
+    }
+
+    /// `owner` takes a share of `key` in `mode` as a plain ACQUIRE would.
+    fn hold_mode(&mut self, key: &[u8], owner: &[u8], ttl: i64, mode: Mode) -> i64 {
+        self.host
+            .acquire_mode(0, key, owner, ttl, mode)
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Client `h` (owner `w<h>`) WAITs on `key` in `mode` without a limit.
+    fn wait_mode(&mut self, key: &[u8], h: u32, mode: Mode) -> WaiterId {
+        let owner = format!("w{h}");
+        let req = Request {
+            handle: h,
+            client_id: u64::from(h),
+            owner: owner.as_bytes(),
+            ttl_ms: 1_000,
+            timeout_ms: 0,
+            mode,
+        };
+        enqueue(&mut self.host, &mut self.reg, 0, key, req)
+    }
+
+    /// `owner` RELEASEs its share of `key`, and the iteration ends.
+    fn release_share(&mut self, key: &[u8], owner: &[u8]) {
+        let kk = k(0, key);
+        self.host.process();
+        let (process, index) = (self.host.process.as_mut().unwrap(), &mut self.host.index);
+        let mut view = self.host.keys.view(&kk, owner);
+        assert_eq!(
+            shared::release(&mut view, owner, process, index, POLICY),
+            Ok(true)
+        );
+        self.command(key);
+        self.fire_due();
+    }
+
+    /// The owners holding a share of `key`.
+    fn sharers(&self, key: &[u8]) -> Vec<Vec<u8>> {
+        match self.host.keys.get(&k(0, key)) {
+            Some(Value::Hash(h)) => h.keys().filter(|f| !f.is_empty()).cloned().collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// A spacelock command on `key` (RELEASE, REFRESH, ACQUIRE's pre-settle).
@@ -849,4 +966,71 @@ fn every_waiter_leaves_exactly_once_under_random_interleavings() {
         let n = w.host.events.iter().filter(|e| **e == event).count();
         assert!(n > 10, "the soak exercised {event:?}: {n}");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Modes: one FIFO per key for exclusive, shared and counted requests.
+
+#[test]
+fn a_queued_writer_keeps_later_readers_behind_it_then_they_go_together() {
+    let mut w = World::new();
+    w.hold_mode(b"k", b"r", 60_000, Mode::Shared);
+    w.wait_mode(b"k", 1, Mode::Exclusive);
+    w.wait_mode(b"k", 2, Mode::Shared);
+    w.wait_mode(b"k", 3, Mode::Shared);
+    w.fire_due();
+    assert!(
+        w.outcomes().is_empty(),
+        "a reader holds: the writer waits, and so do later readers"
+    );
+    w.release_share(b"k", b"r");
+    let t1 = w.granted(1).expect("the writer alone");
+    assert_eq!(w.holder(b"k"), Some(b"w1".to_vec()));
+    assert_eq!(w.reg.len(0, b"k"), 2);
+    w.release(b"k");
+    let (t2, t3) = (w.granted(2).unwrap(), w.granted(3).unwrap());
+    assert!(t1 < t2 && t2 < t3, "{t1} {t2} {t3}");
+    assert_eq!(w.sharers(b"k"), [b"w2".to_vec(), b"w3".to_vec()]);
+    assert_eq!(w.reg.len(0, b"k"), 0);
+}
+
+#[test]
+fn counted_waiters_go_in_order_and_an_ended_permit_goes_at_its_deadline() {
+    let mut w = World::new();
+    w.hold_mode(b"k", b"a", 100, Mode::Limit(2));
+    w.hold_mode(b"k", b"b", 60_000, Mode::Limit(2));
+    w.wait_mode(b"k", 1, Mode::Limit(2));
+    w.wait_mode(b"k", 2, Mode::Limit(2));
+    w.fire_due();
+    assert!(w.outcomes().is_empty());
+    // a's lease ends: the queue's timer, armed at its deadline, hands on.
+    w.advance(100);
+    w.fire_due();
+    assert!(w.granted(1).is_none(), "not before the deadline has passed");
+    w.advance(1);
+    w.fire_due();
+    assert!(w.granted(1).is_some(), "at a's deadline");
+    assert!(w.granted(2).is_none(), "n = 2");
+    w.release_share(b"k", b"b");
+    assert!(w.granted(2).is_some());
+    assert_eq!(w.sharers(b"k"), [b"w1".to_vec(), b"w2".to_vec()]);
+}
+
+#[test]
+fn a_share_nobody_received_is_undone_alone_and_handed_on() {
+    let mut w = World::new();
+    w.hold_mode(b"k", b"a", 60_000, Mode::Limit(2));
+    w.hold_mode(b"k", b"b", 60_000, Mode::Limit(2));
+    w.wait_mode(b"k", 1, Mode::Limit(2));
+    w.wait_mode(b"k", 2, Mode::Limit(2));
+    w.release_share(b"k", b"a");
+    assert!(w.granted(1).is_some());
+    // Client 1 is gone before its reply: its permit is undone (its field
+    // only: b keeps its own), and client 2 gets it.
+    w.freed_without_reply(1);
+    w.fire_due();
+    assert!(w.granted(2).is_some());
+    assert_eq!(w.sharers(b"k"), [b"b".to_vec(), b"w2".to_vec()]);
+    assert_eq!(w.reply(2), Some(Answer::Token(w.granted(2).unwrap())));
+    assert!(w.host.events.contains(&Event::Undone));
 }
