@@ -106,6 +106,22 @@ impl Topology {
                 timings,
             )?);
         }
+        // CHAOS_SENTINEL_DEBUG="publish-period 500 info-period 1000": the
+        // Sentinels' internal periods (`SENTINEL DEBUG`, Redis 7.0 and
+        // later). The publish period sets how long Sentinel waits (four of
+        // them) before it turns an old primary that calls itself a primary
+        // into a replica, which is what grants wait for after a failover.
+        if let Ok(spec) = std::env::var("CHAOS_SENTINEL_DEBUG") {
+            let words: Vec<&str> = spec.split_whitespace().collect();
+            for s in &sentinels {
+                let mut con = s.conn();
+                redis::cmd("SENTINEL")
+                    .arg("DEBUG")
+                    .arg(&words)
+                    .query::<()>(&mut con)
+                    .map_err(|e| format!("SENTINEL DEBUG {spec}: {e}"))?;
+            }
+        }
         let t = Topology {
             nodes,
             sentinels,
