@@ -3,6 +3,7 @@
  * `SPACELOCK.*`, and the existing Lua-based service's exact `SET NX PX` + Lua (`fallback: 'lua'`).
  */
 import { KeyedCommand, LockCommand } from './connection';
+import { SpaceLockError } from './errors';
 
 /**
  * The command mode: which command set takes and keeps leases, the module's
@@ -18,16 +19,52 @@ export const LUA_RELEASE_SCRIPT =
 export const LUA_REFRESH_SCRIPT =
   'if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end';
 
+/**
+ * @internal How a lock is taken: exclusively (the default), as one of many
+ * readers (`SHARED`), or as one of at most `limit` holders (`LIMIT n`).
+ */
+export type LockShape = { kind: 'exclusive' } | { kind: 'shared' } | { kind: 'limit'; limit: number };
+
 /** @internal */
-export function acquireCommand(mode: CommandMode, key: string, owner: string, ttlMs: number): LockCommand {
-  return mode === 'module'
-    ? new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs)])
-    : new LockCommand('set', [key, owner, 'PX', String(ttlMs), 'NX'], { replyEncoding: 'utf8' });
+export const EXCLUSIVE: LockShape = { kind: 'exclusive' };
+
+/** @internal The ACQUIRE arguments after the ttl that select `shape`. */
+function shapeArgs(shape: LockShape): string[] {
+  if (shape.kind === 'shared') return ['SHARED'];
+  if (shape.kind === 'limit') return ['LIMIT', String(shape.limit)];
+  return [];
+}
+
+/** @internal The error for a shared or counted lock in Lua mode, which has no such commands. */
+function luaHasNoShape(shape: LockShape): SpaceLockError {
+  return new SpaceLockError(
+    `${shape.kind === 'shared' ? 'shared' : 'counted'} locks need the spacelock module: ` +
+      "this SpaceLock runs the existing service's SET NX PX + Lua commands (fallback: 'lua'), which have only exclusive locks",
+  );
 }
 
 /** @internal */
-export function acquireWaitCommand(key: string, owner: string, ttlMs: number, waitMs: number): LockCommand {
-  return new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs), 'WAIT', String(waitMs)]);
+export function acquireCommand(
+  mode: CommandMode,
+  key: string,
+  owner: string,
+  ttlMs: number,
+  shape: LockShape = EXCLUSIVE,
+): LockCommand {
+  if (mode === 'module') return new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs), ...shapeArgs(shape)]);
+  if (shape.kind !== 'exclusive') throw luaHasNoShape(shape);
+  return new LockCommand('set', [key, owner, 'PX', String(ttlMs), 'NX'], { replyEncoding: 'utf8' });
+}
+
+/** @internal */
+export function acquireWaitCommand(
+  key: string,
+  owner: string,
+  ttlMs: number,
+  waitMs: number,
+  shape: LockShape = EXCLUSIVE,
+): LockCommand {
+  return new KeyedCommand('spacelock.acquire', [key, owner, String(ttlMs), ...shapeArgs(shape), 'WAIT', String(waitMs)]);
 }
 
 /** @internal The heartbeat's refresh, as a name and arguments (the key first for the module). */

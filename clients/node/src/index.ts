@@ -27,5 +27,6 @@ export {
   CommandTimeoutError,
   LeaseLostError,
   NotAcknowledgedError,
+  WrongModeError,
   type LostReason,
 } from './errors';
