@@ -31,6 +31,7 @@ import {
   NotAcknowledgedError,
   SpaceLockError,
   type LostReason,
+  type WrongModeError,
 } from './errors';
 import { Heartbeat } from './heartbeat';
 import { Lease, LeaseState, type LeaseCommands } from './lease';
@@ -274,8 +275,9 @@ export class SpaceLock {
    *   starts; {@link SpaceLockError} when the SpaceLock is closed before
    *   `fn` starts, or the server refuses `WAITAOF` (`waitAof` on Redis < 7.2
    *   or with `appendonly no`); {@link CommandTimeoutError} when `WAIT`
-   *   gets no reply within the ttl; Redis errors from the acquire; and
-   *   whatever `fn` throws.
+   *   gets no reply within the ttl; {@link WrongModeError} when `name` is
+   *   a counted lock ({@link withPermit}); other Redis errors from the
+   *   acquire; and whatever `fn` throws.
    */
   withSpaceLock<T>(
     name: string,

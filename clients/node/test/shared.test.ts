@@ -40,6 +40,17 @@ describe('shared and counted locks', () => {
     const runs = [read(a), read(a), read(b)];
     await waitFor('three readers inside', () => inside === 3, 5_000);
     assert.equal(a.activeLeases, 2);
+    const info = await a.info('readers');
+    assert.ok(info);
+    assert.equal(info.mode, 'shared');
+    assert.equal(info.limit, 0);
+    assert.deepEqual(
+      info.holders.map((h) => h.token),
+      [...tokens].sort((x, y) => (x < y ? -1 : 1)),
+      'every holder, in token order',
+    );
+    assert.ok(info.holders.every((h) => h.ttlMs > 0 && h.owner.length > 0));
+    assert.equal(info.token, info.holders[2]!.token, 'the newest holder');
     g.open();
     const results = await Promise.all(runs);
     for (const r of results) assert.equal(typeof r, 'bigint');
@@ -146,6 +157,10 @@ describe('shared and counted locks', () => {
       }),
     );
     await waitFor('every permit held', () => held === limit, 5_000);
+    const info = await clients[0]!.info('slots');
+    assert.equal(info?.mode, 'limit');
+    assert.equal(info?.limit, limit);
+    assert.equal(info?.holders.length, limit);
     assert.deepEqual(await clients[1]!.withPermit('slots', limit, async () => 'ran'), { skipped: 'lock-held' });
     const o = await clients[1]!.withPermitOutcome('slots', limit, async () => 'ran', { waitMs: 100 });
     assert.deepEqual(o, { skipped: 'timed-out' });
