@@ -8,8 +8,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isSkipped, WrongModeError, type LeaseLostError } from '../src';
-import { skipped, sleep, spacelockStat, stallEventLoop, waitFor, withServer } from './harness';
+import { isSkipped, LeaseLostError, ModuleNotLoadedError, SpaceLockError, WrongModeError } from '../src';
+import { skipped, sleep, spacelockStat, stallEventLoop, waitFor, withReplicas, withServer } from './harness';
 
 /** A gate: `open()` lets every `wait` through. */
 function gate(): { wait: Promise<void>; open: () => void } {
@@ -243,5 +243,70 @@ describe('shared and counted locks', () => {
       await assert.rejects(locks.withPermit('mode', bad, async () => 'ran'), RangeError);
     }
     await assert.rejects(locks.withSharedLock('mode', async () => 'ran', { waitMs: -1 }), RangeError);
+  });
+
+  it('close() ends a running share: its signal aborts (released) and the share is released', async (t) => {
+    if (skipped(t)) return;
+    const locks = fx.make();
+    let reading = false;
+    const read = locks.withSharedLock('closing', async (lease) => {
+      reading = true;
+      await lease.lost;
+      return (lease.signal.reason as LeaseLostError).reason;
+    });
+    await waitFor('the reader holds', () => reading);
+    await locks.close({ timeoutMs: 0 });
+    assert.equal(await read, 'released');
+    assert.equal(await fx.admin.exists('shared:closing'), 0);
+    await assert.rejects(locks.withPermit('closing', 2, async () => 'ran'), SpaceLockError);
+  });
+});
+
+describe('shared and counted locks with replicas', () => {
+  const fx = withReplicas('shared-rep:', 1);
+
+  it('a share or permit counts once the replica acknowledges it; too few acknowledgements: not-acknowledged, released', async (t) => {
+    if (skipped(t)) return;
+    const locks = fx.make({ replicas: 1, ackTimeoutMs: 300 });
+    const onReplica = await locks.withSharedLock('acked', async (lease) =>
+      fx.replicaAdmins[0]!.hget(lease.key, lease.owner),
+    );
+    assert.match(String(onReplica), /^\d+:\d+$/, 'the replica held the share (token:deadline) as fn started');
+    assert.equal(
+      await locks.withPermit('acked-slots', 2, async () => 'ran', { waitMs: 1_000 }),
+      'ran',
+      'the waiting path too',
+    );
+    fx.proxies[0]!.pause();
+    try {
+      let ran = false;
+      const o = await locks.withPermitOutcome('acked-slots', 2, async () => {
+        ran = true;
+      });
+      assert.deepEqual(o, { skipped: 'not-acknowledged', acknowledged: 0, required: 1 });
+      assert.equal(ran, false);
+      assert.equal(await fx.admin.exists('shared-rep:acked-slots'), 0, 'released on the primary');
+    } finally {
+      fx.proxies[0]!.resume();
+    }
+  });
+});
+
+describe('shared and counted locks without the module', () => {
+  const fx = withServer('shared-lua:', { module: false });
+
+  it("need the module: ModuleNotLoadedError, and a SpaceLockError under fallback: 'lua'", async () => {
+    await assert.rejects(fx.make().withSharedLock('x', async () => 'ran'), ModuleNotLoadedError);
+    const lua = fx.make({ fallback: 'lua' });
+    for (const waitMs of [0, 200]) {
+      await assert.rejects(lua.withPermit('x', 2, async () => 'ran', { waitMs }), (err: unknown) => {
+        assert.ok(err instanceof SpaceLockError && !(err instanceof ModuleNotLoadedError));
+        assert.match(err.message, /counted locks need the spacelock module/);
+        return true;
+      });
+    }
+    await assert.rejects(lua.withSharedLock('x', async () => 'ran'), /shared locks need the spacelock module/);
+    assert.equal(await lua.withSpaceLock('x', async () => 'exclusive ran'), 'exclusive ran');
+    assert.equal(await fx.admin.exists('shared-lua:x'), 0);
   });
 });
