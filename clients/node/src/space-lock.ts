@@ -224,7 +224,11 @@ export class SpaceLock {
     return this.connPrefix + this.opts.keyPrefix + name;
   }
 
-  /** Whether a call of this SpaceLock is inside `name` right now (acquiring it or running its body). */
+  /**
+   * Whether an exclusive call of this SpaceLock is inside `name` right now
+   * (acquiring it or running its body). Shared and counted calls are not
+   * counted here: they take no claim in this process.
+   */
   isRunning(name: string): boolean {
     return this.claims.has(this.key(name));
   }
