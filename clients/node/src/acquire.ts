@@ -7,9 +7,25 @@
  * never touch another lease, not even one of ours.
  */
 import { ackCommand, ackName, ackRefused, acksWanted, parseAck } from './ack';
-import { acquireCommand, acquireWaitCommand, parseFlag, parseGrant, refreshCommand, releaseCommand } from './commands';
+import {
+  acquireCommand,
+  acquireWaitCommand,
+  EXCLUSIVE,
+  parseFlag,
+  parseGrant,
+  refreshCommand,
+  releaseCommand,
+  type LockShape,
+} from './commands';
 import { send, type RedisConnection } from './connection';
-import { COMMAND_TIMED_OUT, CommandTimeoutError, isReplyError, isUnknownSpacelockCommand, ModuleNotLoadedError } from './errors';
+import {
+  COMMAND_TIMED_OUT,
+  CommandTimeoutError,
+  isReplyError,
+  isUnknownSpacelockCommand,
+  ModuleNotLoadedError,
+  wrongMode,
+} from './errors';
 import type { ReplyDeadlines } from './deadlines';
 import { startTimer } from './timers';
 import type { CommandMode } from './commands';
@@ -168,9 +184,10 @@ function unacknowledged(ctx: AcquireContext, acknowledged: number): Unacknowledg
 }
 
 /**
- * One ACQUIRE (`SET NX PX` in Lua mode). `null` when the lock is held.
- * Gives up after one ttl without a reply: a grant that late would be
- * worthless, as its lease would already count as expired.
+ * One ACQUIRE (`SET NX PX` in Lua mode), in `shape` (exclusive by default).
+ * `null` when the lock is held. Gives up after one ttl without a reply: a
+ * grant that late would be worthless, as its lease would already count as
+ * expired.
  */
 export async function acquireOnce(
   ctx: AcquireContext,
@@ -178,13 +195,14 @@ export async function acquireOnce(
   owner: string,
   signal?: AbortSignal,
   hardDeadline = Infinity,
+  shape: LockShape = EXCLUSIVE,
 ): Promise<Acquired> {
   for (;;) {
     const mode = ctx.mode;
     const ttl = ctx.opts.ttlMs;
     const epoch = ctx.reconnects();
     const start = performance.now();
-    const command = acquireCommand(mode, key, owner, ttl);
+    const command = acquireCommand(mode, key, owner, ttl, shape);
     // The shared deadline timer bounds the wait (cheaper than a race or a
     // timer per command on the hot path); it rejects with "Command timed out".
     // Within a wait (Lua mode polls), never past the wait's own bound.
@@ -246,7 +264,7 @@ export async function acquireOnce(
       }
       // A connection failure leaves us in doubt whether the server applied it.
       if (!isReplyError(s.error)) releaseLater(ctx, key, owner, mode);
-      throw s.error;
+      throw wrongMode(key, s.error);
     }
     // The caller gave up: release whatever it grants (the RELEASE queues
     // behind the ACQUIRE on the same connection).
@@ -353,17 +371,18 @@ export async function acquireWait(
   owner: string,
   deadline: number,
   signal?: AbortSignal,
+  shape: LockShape = EXCLUSIVE,
 ): Promise<Acquired> {
   const hardDeadline = deadline + ctx.opts.waitGraceMs;
   for (let attempt = 0; ; attempt++) {
-    if (ctx.mode === 'lua') return pollWait(ctx, key, owner, deadline, hardDeadline, signal);
+    if (ctx.mode === 'lua') return pollWait(ctx, key, owner, deadline, hardDeadline, signal, shape);
     const pool = ctx.pool();
     const conn = await pool.checkout(deadline, signal);
     if (!conn) return null; // every pooled connection stayed busy for the whole wait
     const attemptOwner = attempt === 0 ? owner : `${owner}.${attempt}`;
     const left = Math.max(1, Math.ceil(deadline - performance.now()));
     const sentAt = performance.now();
-    const p = send(conn, acquireWaitCommand(key, attemptOwner, ctx.opts.ttlMs, left));
+    const p = send(conn, acquireWaitCommand(key, attemptOwner, ctx.opts.ttlMs, left, shape));
     const s = await settle(p, hardDeadline - performance.now(), signal);
     const graceLeft = (): number => Math.max(0, hardDeadline - performance.now());
     if (s.kind === 'reply') {
@@ -463,7 +482,7 @@ export async function acquireWait(
         const fit = await releaseOnWaitConn(ctx, conn, key, attemptOwner, graceLeft());
         if (fit) pool.checkin(conn);
         else giveUp(pool, conn);
-        throw err;
+        throw wrongMode(key, err);
       }
       // The connection failed (closed by the server's idle timeout, a
       // restart, a failover), or its server became a replica: release in
@@ -530,11 +549,12 @@ async function pollWait(
   deadline: number,
   hardDeadline: number,
   signal?: AbortSignal,
+  shape: LockShape = EXCLUSIVE,
 ): Promise<Acquired> {
   for (let i = 0; ; i++) {
     let grant: Acquired;
     try {
-      grant = await acquireOnce(ctx, key, owner, signal, hardDeadline);
+      grant = await acquireOnce(ctx, key, owner, signal, hardDeadline, shape);
     } catch (err) {
       // A stalled server: its SET NX is released in the background; poll
       // again while time is left, and only the deadline answers.

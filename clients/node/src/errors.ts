@@ -79,6 +79,32 @@ export class NotAcknowledgedError extends SpaceLockError {
   }
 }
 
+/**
+ * The name is another kind of lock than the call asked for (the server's
+ * `WRONGMODE` reply): a shared or exclusive call on a counted name, a
+ * counted call on a reader-writer name, or a counted call with another
+ * limit than the name's. Nothing changed on the server.
+ */
+export class WrongModeError extends SpaceLockError {
+  /** The server's error reply, verbatim (it names the lock's mode). */
+  readonly reply: string;
+  /** The Redis key of the lock. */
+  readonly key: string;
+
+  constructor(key: string, reply: string, options?: { cause?: unknown }) {
+    super(`the lock ${key} is another kind of lock than asked for: ${reply}`, options);
+    this.reply = reply;
+    this.key = key;
+  }
+}
+
+/** @internal A `WRONGMODE` reply error as a {@link WrongModeError}; any other error as it is. */
+export function wrongMode(key: string, err: Error): Error {
+  return isReplyError(err) && err.message.startsWith('WRONGMODE')
+    ? new WrongModeError(key, err.message, { cause: err })
+    : err;
+}
+
 /** Why a lease ended: see {@link LeaseLostError.reason}. */
 export type LostReason =
   /** A refresh answered 0: the key expired, was deleted, or has another owner. */

@@ -17,7 +17,7 @@ export {
 } from './space-lock';
 export { SpaceLockDropIn } from './drop-in';
 export { Lease } from './lease';
-export type { CommandMode, LockInfo } from './commands';
+export type { CommandMode, LockHolder, LockInfo } from './commands';
 export { FENCED_WRITE_SCRIPT, LUA_REFRESH_SCRIPT, LUA_RELEASE_SCRIPT } from './commands';
 export type { SpaceLockLogger, SpaceLockOptions, WithSpaceLockOptions } from './options';
 export type { RedisConnection } from './connection';
@@ -27,5 +27,6 @@ export {
   CommandTimeoutError,
   LeaseLostError,
   NotAcknowledgedError,
+  WrongModeError,
   type LostReason,
 } from './errors';

@@ -1,6 +1,14 @@
 import type { Redis } from 'ioredis';
 import { acquireOnce, acquireWait, type AcquireContext, type Acquired } from './acquire';
-import { infoCommand, parseInfo, releaseCommand, type CommandMode, type LockInfo } from './commands';
+import {
+  EXCLUSIVE,
+  infoCommand,
+  parseInfo,
+  releaseCommand,
+  type CommandMode,
+  type LockInfo,
+  type LockShape,
+} from './commands';
 import {
   closeConnection,
   connectionKeyPrefix,
@@ -23,6 +31,7 @@ import {
   NotAcknowledgedError,
   SpaceLockError,
   type LostReason,
+  type WrongModeError,
 } from './errors';
 import { Heartbeat } from './heartbeat';
 import { Lease, LeaseState, type LeaseCommands } from './lease';
@@ -124,6 +133,9 @@ interface Claim {
 /** Which names skips are reported with: this client's, or the existing service's. */
 type Names = 'client' | 'existing';
 
+/** The most permits a counted lock may have (the module's bound). */
+const MAX_LIMIT = 1_000_000;
+
 const closedError = (): SpaceLockError => new SpaceLockError('the SpaceLock is closed');
 
 /**
@@ -151,6 +163,8 @@ export class SpaceLock {
   private readonly connPrefix: string;
   /** The keys this SpaceLock is inside (acquiring, or running a body), with their local queues. */
   private readonly claims = new Map<string, Claim>();
+  /** The leases of shared and counted calls whose body runs (many per name; no local claim). */
+  private readonly shares = new Set<LeaseState>();
   /** Controllers of the calls that wait (`waitMs`): `close()` stops their waits. */
   private readonly waits = new Set<AbortController>();
   /** Calls in flight (waiting, acquiring, running or releasing). */
@@ -210,7 +224,11 @@ export class SpaceLock {
     return this.connPrefix + this.opts.keyPrefix + name;
   }
 
-  /** Whether a call of this SpaceLock is inside `name` right now (acquiring it or running its body). */
+  /**
+   * Whether an exclusive call of this SpaceLock is inside `name` right now
+   * (acquiring it or running its body). Shared and counted calls are not
+   * counted here: they take no claim in this process.
+   */
   isRunning(name: string): boolean {
     return this.claims.has(this.key(name));
   }
@@ -261,8 +279,9 @@ export class SpaceLock {
    *   starts; {@link SpaceLockError} when the SpaceLock is closed before
    *   `fn` starts, or the server refuses `WAITAOF` (`waitAof` on Redis < 7.2
    *   or with `appendonly no`); {@link CommandTimeoutError} when `WAIT`
-   *   gets no reply within the ttl; Redis errors from the acquire; and
-   *   whatever `fn` throws.
+   *   gets no reply within the ttl; {@link WrongModeError} when `name` is
+   *   a counted lock ({@link withPermit}); other Redis errors from the
+   *   acquire; and whatever `fn` throws.
    */
   withSpaceLock<T>(
     name: string,
@@ -320,14 +339,7 @@ export class SpaceLock {
     let key: string;
     let signal: AbortSignal | undefined;
     try {
-      // `null` from JavaScript callers counts as no options, or no waitMs.
-      waitMs = options?.waitMs ?? 0;
-      signal = options?.signal ?? undefined;
-      if (!Number.isFinite(waitMs) || waitMs < 0) {
-        throw new RangeError(`waitMs must be a finite number ≥ 0, got ${waitMs}`);
-      }
-      if (this.closed) throw closedError();
-      signal?.throwIfAborted();
+      ({ waitMs, signal } = this.callOptions(options));
       key = this.key(name);
     } catch (err) {
       return Promise.reject(err);
@@ -339,8 +351,37 @@ export class SpaceLock {
       this.claims.set(key, { holding: false, queue: undefined });
       return this.runClaimed(name, key, fn, undefined, signal, undefined, names);
     }
-    // A waiting call: its wait (local and on the server) also stops when the SpaceLock closes.
     const deadline = performance.now() + waitMs;
+    const { wait, unlink } = this.waitController(signal);
+    if (!claim) {
+      this.claims.set(key, { holding: false, queue: undefined });
+      return this.runClaimed(name, key, fn, deadline, signal, wait.signal, names).finally(unlink);
+    }
+    return this.waitThenRun(name, key, claim, fn, deadline, signal, wait.signal, names).finally(unlink);
+  }
+
+  /**
+   * The options of one call, checked: `waitMs` (0 when left out) and `signal`.
+   * Throws when `waitMs` is invalid, the SpaceLock is closed or `signal` has aborted.
+   */
+  private callOptions(options: WithSpaceLockOptions | undefined): { waitMs: number; signal: AbortSignal | undefined } {
+    // `null` from JavaScript callers counts as no options, or no waitMs.
+    const waitMs = options?.waitMs ?? 0;
+    const signal = options?.signal ?? undefined;
+    if (!Number.isFinite(waitMs) || waitMs < 0) {
+      throw new RangeError(`waitMs must be a finite number ≥ 0, got ${waitMs}`);
+    }
+    if (this.closed) throw closedError();
+    signal?.throwIfAborted();
+    return { waitMs, signal };
+  }
+
+  /**
+   * The controller of a waiting call: its wait (local and on the server)
+   * stops when the caller's `signal` aborts or the SpaceLock closes.
+   * `unlink` once the call is over.
+   */
+  private waitController(signal: AbortSignal | undefined): { wait: AbortController; unlink: () => void } {
     const wait = new AbortController();
     this.waits.add(wait);
     const onAbort = (): void => wait.abort(signal?.reason);
@@ -349,11 +390,7 @@ export class SpaceLock {
       this.waits.delete(wait);
       signal?.removeEventListener('abort', onAbort);
     };
-    if (!claim) {
-      this.claims.set(key, { holding: false, queue: undefined });
-      return this.runClaimed(name, key, fn, deadline, signal, wait.signal, names).finally(unlink);
-    }
-    return this.waitThenRun(name, key, claim, fn, deadline, signal, wait.signal, names).finally(unlink);
+    return { wait, unlink };
   }
 
   /**
@@ -376,26 +413,160 @@ export class SpaceLock {
    * @throws as {@link withSpaceLock}; when `fn` throws, its error (the lease
    *   it was given still tells whether it was lost).
    */
-  async withSpaceLockOutcome<T>(
+  withSpaceLockOutcome<T>(
     name: string,
     fn: (lease: Lease) => T | PromiseLike<T>,
     options: WithSpaceLockOptions = {},
   ): Promise<Outcome<T>> {
-    const ran: { lease?: Lease; lost?: LostReason | undefined } = {};
-    const result = await this.withSpaceLock(
-      name,
-      async (lease) => {
-        const value = await fn(lease);
-        // Read when fn has returned, before the release ends the lease.
-        ran.lease = lease;
-        ran.lost = lease.lostReason();
-        return value;
-      },
-      options ?? {},
-    );
-    if (!ran.lease) return result as Skipped;
-    const lost = ran.lost === 'released' ? undefined : ran.lost;
-    return { value: result as T, token: ran.lease.token, lost };
+    return outcomeOf((body) => this.withSpaceLock(name, body, options ?? {}), fn);
+  }
+
+  /**
+   * Runs `fn` while holding one share of the reader-writer lock `name`
+   * (`SPACELOCK.ACQUIRE key owner ttl SHARED`): any number of shared calls,
+   * of this SpaceLock or of others, hold `name` at once, and an exclusive
+   * {@link withSpaceLock} call on `name` excludes them all. Each call is its
+   * own holder, with its own lease, owner value and fencing token; it is
+   * acquired, acknowledged (`replicas`), heartbeated and released as in
+   * {@link withSpaceLock}, and `lease.signal` aborts if it is lost.
+   *
+   * Calls of this SpaceLock do not wait for each other here (no
+   * `'in-progress'`): the server alone decides. Without `waitMs` a name
+   * held by a writer, or with clients queued on it, gives
+   * `{ skipped: 'lock-held' }`; with `waitMs` the call queues on the server
+   * in arrival order with every other mode (readers behind a queued writer
+   * wait for it), and `{ skipped: 'timed-out' }` when `waitMs` runs out.
+   *
+   * @example
+   * ```ts
+   * const r = await locks.withSharedLock(`cache:${spaceId}`, (lease) => readCache(lease.signal), { waitMs: 5_000 });
+   * if (isSkipped(r)) return r.skipped; // 'lock-held' | 'timed-out' | 'not-acknowledged'
+   * ```
+   *
+   * @throws {@link WrongModeError} when `name` is a counted lock
+   *   ({@link withPermit}); {@link SpaceLockError} in `fallback: 'lua'`
+   *   mode (the existing service's commands have no shared locks); and as
+   *   {@link withSpaceLock}.
+   */
+  withSharedLock<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options?: WithSpaceLockOptions & { waitMs?: undefined },
+  ): Promise<T | Skipped<'lock-held' | 'not-acknowledged'>>;
+  withSharedLock<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions,
+  ): Promise<T | Skipped<'lock-held' | 'timed-out' | 'not-acknowledged'>>;
+  withSharedLock<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions = {},
+  ): Promise<T | Skipped> {
+    return this.startShaped(name, fn, options, { kind: 'shared' });
+  }
+
+  /**
+   * {@link withSharedLock}, saying in the result whether the lease was lost
+   * while `fn` ran, as {@link withSpaceLockOutcome} does.
+   *
+   * @throws as {@link withSharedLock}.
+   */
+  withSharedLockOutcome<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions = {},
+  ): Promise<Outcome<T>> {
+    return outcomeOf((body) => this.withSharedLock(name, body, options ?? {}), fn);
+  }
+
+  /**
+   * Runs `fn` while holding one of the `limit` permits of the counted lock
+   * `name` (a semaphore: `SPACELOCK.ACQUIRE key owner ttl LIMIT limit`):
+   * at most `limit` calls, of this SpaceLock or of others, run at once.
+   * Each permit is its own holder, with its own lease, owner value and
+   * fencing token; it is acquired, acknowledged (`replicas`), heartbeated
+   * and released as in {@link withSpaceLock}, and a permit whose lease ends
+   * (expired, or lost) counts no more on the server at once: `lease.signal`
+   * aborts.
+   *
+   * Every call on `name` must pass the same `limit`. Without `waitMs`, no
+   * free permit (or clients queued on the name) gives
+   * `{ skipped: 'lock-held' }`; with `waitMs` the call queues on the server
+   * and permits are granted in arrival order as they come back, or
+   * `{ skipped: 'timed-out' }`.
+   *
+   * @example
+   * ```ts
+   * // At most 4 clones at once on this host.
+   * const r = await locks.withPermit(`clone-slots:${host}`, 4, (lease) => clone(repo, lease.signal), { waitMs: 60_000 });
+   * if (isSkipped(r)) return r.skipped;
+   * ```
+   *
+   * @throws {RangeError} when `limit` is not a whole number from 1 to
+   *   1 000 000; {@link WrongModeError} when `name` is a counted lock with
+   *   another limit, or a reader-writer lock; {@link SpaceLockError} in
+   *   `fallback: 'lua'` mode; and as {@link withSpaceLock}.
+   */
+  withPermit<T>(
+    name: string,
+    limit: number,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options?: WithSpaceLockOptions & { waitMs?: undefined },
+  ): Promise<T | Skipped<'lock-held' | 'not-acknowledged'>>;
+  withPermit<T>(
+    name: string,
+    limit: number,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions,
+  ): Promise<T | Skipped<'lock-held' | 'timed-out' | 'not-acknowledged'>>;
+  withPermit<T>(
+    name: string,
+    limit: number,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions = {},
+  ): Promise<T | Skipped> {
+    if (typeof limit !== 'number' || !Number.isSafeInteger(limit) || limit < 1 || limit > MAX_LIMIT) {
+      return Promise.reject(new RangeError(`limit must be a whole number from 1 to ${MAX_LIMIT}, got ${String(limit)}`));
+    }
+    return this.startShaped(name, fn, options, { kind: 'limit', limit });
+  }
+
+  /**
+   * {@link withPermit}, saying in the result whether the lease was lost
+   * while `fn` ran, as {@link withSpaceLockOutcome} does.
+   *
+   * @throws as {@link withPermit}.
+   */
+  withPermitOutcome<T>(
+    name: string,
+    limit: number,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions = {},
+  ): Promise<Outcome<T>> {
+    return outcomeOf((body) => this.withPermit(name, limit, body, options ?? {}), fn);
+  }
+
+  /** A shared or counted call: no local claim, straight to the server. */
+  private startShaped<T>(
+    name: string,
+    fn: (lease: Lease) => T | PromiseLike<T>,
+    options: WithSpaceLockOptions,
+    shape: LockShape,
+  ): Promise<T | Skipped> {
+    let waitMs: number;
+    let key: string;
+    let signal: AbortSignal | undefined;
+    try {
+      ({ waitMs, signal } = this.callOptions(options));
+      key = this.key(name);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (waitMs === 0) return this.runClaimed(name, key, fn, undefined, signal, undefined, 'client', shape);
+    const deadline = performance.now() + waitMs;
+    const { wait, unlink } = this.waitController(signal);
+    return this.runClaimed(name, key, fn, deadline, signal, wait.signal, 'client', shape).finally(unlink);
   }
 
   /** Waits in this process for `claim` to come to this call, then runs as {@link runClaimed}. */
@@ -433,9 +604,11 @@ export class SpaceLock {
     signal: AbortSignal | undefined,
     waitSignal: AbortSignal | undefined,
     names: Names,
+    shape: LockShape = EXCLUSIVE,
   ): Promise<T | Skipped> {
     this.active++;
-    const claim = this.claims.get(key)!;
+    // Shared and counted calls take no local claim: several run at once.
+    const claim = shape.kind === 'exclusive' ? this.claims.get(key)! : undefined;
     let state: LeaseState | undefined;
     let onAbort: (() => void) | undefined;
     try {
@@ -444,8 +617,8 @@ export class SpaceLock {
       const acquireSignal = waitSignal ?? signal;
       const grant: Acquired =
         deadline !== undefined
-          ? await acquireWait(this.ctx, redisKey, owner, deadline, acquireSignal)
-          : await acquireOnce(this.ctx, redisKey, owner, acquireSignal);
+          ? await acquireWait(this.ctx, redisKey, owner, deadline, acquireSignal, shape)
+          : await acquireOnce(this.ctx, redisKey, owner, acquireSignal, Infinity, shape);
       if (!grant) return { skipped: deadline !== undefined && names === 'client' ? 'timed-out' : 'lock-held' };
       if ('notAcknowledged' in grant) {
         // Released already; never reported as 'lock-held'.
@@ -455,7 +628,8 @@ export class SpaceLock {
       }
 
       state = new LeaseState(key, redisKey, grant.owner, this.opts.ttlMs, grant.mode, grant.start);
-      claim.state = state;
+      if (claim) claim.state = state;
+      else this.shares.add(state);
       // Closed while acquiring: the body does not start (the finally below releases).
       if (this.closed) throw closedError();
       if (signal) {
@@ -469,7 +643,7 @@ export class SpaceLock {
         // confirming REFRESH is caught there, without waiting for it.)
         if (signal.aborted) throw signal.reason;
       }
-      claim.holding = true;
+      if (claim) claim.holding = true;
       this.heartbeat.add(state);
       return await fn(new Lease(name, grant.token, state, this.leaseCommands));
     } finally {
@@ -478,8 +652,9 @@ export class SpaceLock {
         this.heartbeat.delete(state);
         state.lose('released');
         // Not if close() released it already, having waited for the body long enough.
-        if (claim.state === state) {
-          claim.state = undefined;
+        const mine = claim ? claim.state === state : this.shares.delete(state);
+        if (mine) {
+          if (claim) claim.state = undefined;
           const done = await this.release(state.redisKey, state.owner, state.mode, this.opts.releaseTimeoutMs);
           if (!done) {
             this.opts.logger.warn(
@@ -488,7 +663,7 @@ export class SpaceLock {
           }
         }
       }
-      this.unclaim(key);
+      if (claim) this.unclaim(key);
       this.leave();
     }
   }
@@ -594,6 +769,8 @@ export class SpaceLock {
       if (claim.state) left.push(claim.state);
       claim.state = undefined;
     }
+    left.push(...this.shares);
+    this.shares.clear();
     await Promise.all(
       left.map(async (state) => {
         this.heartbeat.delete(state);
@@ -703,6 +880,27 @@ export class SpaceLock {
     );
     return boundMs > 0 ? done : Promise.resolve(true);
   }
+}
+
+/**
+ * Runs a `withSpaceLock`-like call (`run`) with `fn` as its body and says
+ * in the result whether the lease was lost while `fn` ran.
+ */
+async function outcomeOf<T>(
+  run: (body: (lease: Lease) => Promise<T>) => Promise<T | Skipped>,
+  fn: (lease: Lease) => T | PromiseLike<T>,
+): Promise<Outcome<T>> {
+  const ran: { lease?: Lease; lost?: LostReason | undefined } = {};
+  const result = await run(async (lease) => {
+    const value = await fn(lease);
+    // Read when fn has returned, before the release ends the lease.
+    ran.lease = lease;
+    ran.lost = lease.lostReason();
+    return value;
+  });
+  if (!ran.lease) return result as Skipped;
+  const lost = ran.lost === 'released' ? undefined : ran.lost;
+  return { value: result as T, token: ran.lease.token, lost };
 }
 
 /**

@@ -25,6 +25,7 @@ const PUBLIC_NAMES = [
   'LUA_RELEASE_SCRIPT',
   'Lease',
   'LeaseLostError',
+  'LockHolder',
   'LockInfo',
   'LostReason',
   'ModuleNotLoadedError',
@@ -41,6 +42,7 @@ const PUBLIC_NAMES = [
   'SpaceLockLogger',
   'SpaceLockOptions',
   'WithSpaceLockOptions',
+  'WrongModeError',
   'isSkipped',
 ];
 
