@@ -89,7 +89,7 @@ describe('lease', () => {
     assert.ok(logger.warns.some((w) => w.includes('lease lost on lease:deleted')), logger.warns.join('\n'));
   });
 
-  it('200 leases lost at once (their keys deleted): each signal aborts, and the log says so in one line', async (t) => {
+  it('200 leases lost at once (their keys deleted): each signal aborts, and the log says so in a line per heartbeat batch, not per lease', async (t) => {
     if (skipped(t)) return;
     const logger = recordingLogger();
     const locks = fx.make({ ttlMs: 300, logger });
@@ -108,9 +108,18 @@ describe('lease', () => {
     await fx.admin.del(...names.map((n) => `lease:${n}`));
     deleted();
     assert.deepEqual(new Set(await Promise.all(runs)), new Set(['not-owner']));
+    // One line per heartbeat batch that found losses: normally one, a few
+    // when a busy machine spread the 200 acquisitions over several ticks.
+    // Never one line per lease.
     const lost = logger.warns.filter((w) => w.includes('lost'));
-    assert.ok(lost.length <= 2, `${lost.length} warnings:\n${lost.slice(0, 5).join('\n')}`);
-    assert.match(lost[0] ?? '', /^spacelock: 200 leases lost \(lease:mass-0, .*, and 195 more\): the lock expired/);
+    const counted = lost.map((w) => {
+      const many = /^spacelock: (\d+) leases lost \(lease:mass-\d+, .*\): the lock expired/.exec(w);
+      if (many) return Number(many[1]);
+      assert.match(w, /^spacelock: lease lost on lease:mass-\d+: the lock expired/);
+      return 1;
+    });
+    assert.ok(lost.length <= 5, `${lost.length} warnings:\n${lost.slice(0, 5).join('\n')}`);
+    assert.equal(counted.reduce((a, b) => a + b, 0), names.length, lost.join('\n'));
   });
 
   it('signal aborts within one ttl after the event loop stalls longer than the ttl (reason: expired)', async (t) => {
