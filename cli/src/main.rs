@@ -47,10 +47,12 @@ Exit codes of `spacelock run`:
   N    the command's exit code (128+S if it was killed by signal S)
   64   bad arguments or URL (a duration out of range, an empty KEY, a ttl
        below 10ms), or --ttl above the server's spacelock.max-ttl
-  69   Redis unreachable or not answering, module not loaded, other server error;
+  69   Redis unreachable or not answering, module not loaded, other server error
+       (WRONGMODE: KEY is another kind of lock than --shared/--limit N ask for);
        with --replicas N: fewer than N replicas acknowledged the grant in time
        (the command did not run)
-  75   lock held by someone else (with --wait: still held at the timeout)
+  75   lock held by someone else (a writer, all N permits, or clients queued for
+       it; with --wait: still held at the timeout)
   76   lease lost while the command ran: it got SIGTERM, then SIGKILL (or,
        rarely, lost before the command could start: it did not run)
   126  command not executable (the lock is released first)
@@ -99,7 +101,9 @@ SIGINT, SIGTERM and SIGHUP sent to spacelock are forwarded to the command's proc
 lock is released once the command has exited.\n\n\
 Examples:\n  \
 spacelock run -q nightly-backup -- /usr/local/bin/backup.sh\n  \
-spacelock run --wait 5m --ttl 1m deploy-prod -- ./deploy.sh v1.2.3"
+spacelock run --wait 5m --ttl 1m deploy-prod -- ./deploy.sh v1.2.3\n  \
+spacelock run --shared --wait 1m git-cache -- ./read-cache.sh\n  \
+spacelock run --limit 4 --wait 10m clone-slots -- git clone …"
     )]
     Run(RunArgs),
     /// Show who holds the lock KEY (owner, ttl, token, waiters), or "free".
@@ -146,6 +150,16 @@ struct RunArgs {
     /// exiting 75 at once.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     wait: Option<Duration>,
+
+    /// Take a shared (read) lease: any number of `--shared` runs of KEY run together, and a run
+    /// without it (a writer) excludes them all. A queued writer is not passed by later readers.
+    #[arg(long, conflicts_with = "limit")]
+    shared: bool,
+
+    /// Take one of N permits: at most N runs of KEY at once (1 to 1000000). Every run of KEY
+    /// must give the same N; another N, or KEY used without --limit, exits 69 (WRONGMODE).
+    #[arg(long, value_name = "N", value_parser = parse_limit)]
+    limit: Option<u32>,
 
     /// After a lost lease, how long the command gets between SIGTERM and SIGKILL.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -206,6 +220,16 @@ struct InfoArgs {
     /// Name of the lock (the Redis key is PREFIX+KEY); not empty.
     #[arg(value_name = "KEY", value_parser = parse_key)]
     key: String,
+}
+
+/// --limit: a whole number from 1 to 1000000.
+fn parse_limit(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a number of permits from 1 to 1000000"
+        )),
+    }
 }
 
 /// --replicas: a whole number, 0 or more.

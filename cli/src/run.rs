@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use spacelock_client::{Lease, LockConnection, LockInfo, LostReason, Outcome, Skipped, SpaceLock};
+use spacelock_client::{
+    Lease, LockConnection, LockInfo, LostReason, Outcome, Semaphore, Skipped, SpaceLock,
+};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -79,9 +81,18 @@ pub async fn run<C: LockConnection>(
         }
     };
     let locked = async {
-        match args.wait {
-            None => locks.with_space_lock(name, body).await,
-            Some(timeout) => locks.with_space_lock_wait(name, timeout, body).await,
+        match (args.shared, args.limit, args.wait) {
+            (true, _, None) => locks.with_shared_lock(name, body).await,
+            (true, _, Some(timeout)) => locks.with_shared_lock_wait(name, timeout, body).await,
+            (false, Some(n), wait) => {
+                let slots = Semaphore::new(locks.clone(), name, n)?;
+                match wait {
+                    None => slots.with_permit(body).await,
+                    Some(timeout) => slots.with_permit_wait(timeout, body).await,
+                }
+            }
+            (false, None, None) => locks.with_space_lock(name, body).await,
+            (false, None, Some(timeout)) => locks.with_space_lock_wait(name, timeout, body).await,
         }
     };
 

@@ -35,7 +35,7 @@ use crate::inner::Inner;
 use crate::options::{after, millis_ceil, Ack};
 use crate::proto::{self, is_transient, may_have_run};
 use crate::retry::{self, Acquired, Backoff, Grant};
-use crate::Error;
+use crate::{Error, Mode};
 
 /// Waits up to `timeout` for `key`: granted, held (it stayed held), not
 /// acknowledged (with `ack`: the grant was released), or an error. Never
@@ -48,6 +48,7 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
     inner: &Inner<C>,
     pool: &WaitPool,
     key: &str,
+    mode: Mode,
     timeout: Duration,
     ack: Option<&Ack>,
 ) -> Result<Acquired, Error> {
@@ -57,21 +58,21 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
     loop {
         let mut pooled = match pool.checkout(deadline).await {
             Checkout::Got(c) => c,
-            Checkout::NotInTime => return last_try(inner, key, ack).await,
+            Checkout::NotInTime => return last_try(inner, key, mode, ack).await,
             Checkout::Failed(e) => {
                 let e = Error::from(e);
                 if is_transient(&e) && backoff.wait(deadline).await {
                     continue;
                 }
                 // We cannot wait; but the lock may be free right now.
-                return match last_try(inner, key, ack).await {
+                return match last_try(inner, key, mode, ack).await {
                     Ok(Acquired::Held) => Err(e),
                     other => other,
                 };
             }
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        let cmd = proto::acquire_wait(key, &s.owner, s.ttl_ms, millis_ceil(left));
+        let cmd = proto::acquire_wait(key, &s.owner, s.ttl_ms, mode, millis_ceil(left));
         let sent = Instant::now();
         let budget = left.saturating_add(s.wait_grace());
         let reply = tokio::time::timeout_at(after(sent, budget), pooled.conn.req(&cmd)).await;
@@ -185,6 +186,7 @@ async fn acknowledge<C: LockConnection>(
 async fn last_try<C: LockConnection>(
     inner: &Inner<C>,
     key: &str,
+    mode: Mode,
     ack: Option<&Ack>,
 ) -> Result<Acquired, Error> {
     let s = &inner.settings;
@@ -192,7 +194,7 @@ async fn last_try<C: LockConnection>(
         &inner.conn,
         key,
         &s.owner,
-        s.ttl_ms,
+        &proto::acquire(key, &s.owner, s.ttl_ms, mode),
         s.request_timeout(),
         s.release_budget(),
         ack,

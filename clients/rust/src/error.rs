@@ -85,6 +85,16 @@ pub enum Error {
         /// The server's error reply, verbatim.
         reply: String,
     },
+    /// The lock is of another kind than the request (`WRONGMODE`): a
+    /// [`Semaphore`](crate::Semaphore) asked for a name used as a
+    /// reader-writer lock (exclusive or shared), with another number of
+    /// permits, or a shared or exclusive lock asked for a name used as a
+    /// semaphore. Nothing changed on the server, and nothing ran.
+    #[error("wrong lock mode: {reply}")]
+    WrongMode {
+        /// The server's error reply, verbatim (it names both modes).
+        reply: String,
+    },
     /// The server answered a spacelock command with a reply of an unexpected shape.
     #[error("unexpected reply to {command}: {reply}")]
     UnexpectedReply {
@@ -142,8 +152,14 @@ impl Error {
 
 impl From<RedisError> for Error {
     /// Classifies `ERR unknown command 'SPACELOCK.…'` as
-    /// [`Error::ModuleNotLoaded`]; everything else is [`Error::Redis`].
+    /// [`Error::ModuleNotLoaded`], a `WRONGMODE …` reply as
+    /// [`Error::WrongMode`]; everything else is [`Error::Redis`].
     fn from(e: RedisError) -> Self {
+        if e.code() == Some("WRONGMODE") {
+            return Error::WrongMode {
+                reply: e.to_string(),
+            };
+        }
         let text = e.to_string();
         let lower = text.to_ascii_lowercase();
         if lower.contains("unknown command") && lower.contains("spacelock.") {

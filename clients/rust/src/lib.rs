@@ -128,6 +128,7 @@ mod registry;
 mod retry;
 #[cfg(feature = "sentinel")]
 mod sentinel;
+mod shared;
 
 pub use conn::{LockConnection, WaitConnection, WaitConnector};
 pub use error::Error;
@@ -140,3 +141,5 @@ pub use options::{
 pub use outcome::{AcquireReply, LockInfo, Outcome, RefreshReply, ReleaseReply, Skipped};
 #[cfg(feature = "sentinel")]
 pub use sentinel::SentinelConnection;
+pub(crate) use shared::Mode;
+pub use shared::Semaphore;

@@ -20,7 +20,7 @@ use crate::lease::{LostSignal, ValidUntil};
 use crate::options::{after, Settings};
 use crate::proto;
 use crate::retry::{self, Acquired, Confirmed, Grant};
-use crate::{Error, Lease, Options, Outcome, Skipped};
+use crate::{Error, Lease, Mode, Options, Outcome, Skipped};
 
 /// Per-name lease locks over Redis: the existing Lua-based service's
 /// `SpaceLockService`, in Rust.
@@ -327,7 +327,7 @@ impl<C: LockConnection> SpaceLock<C> {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = T>,
     {
-        self.run_locked(name, None, f).await
+        self.run_locked(name, None, Mode::Exclusive, f).await
     }
 
     /// Like [`with_space_lock`](Self::with_space_lock), but when another
@@ -403,13 +403,17 @@ impl<C: LockConnection> SpaceLock<C> {
         F: FnOnce(Lease) -> Fut,
         Fut: Future<Output = T>,
     {
-        self.run_locked(name, Some(timeout), f).await
+        self.run_locked(name, Some(timeout), Mode::Exclusive, f)
+            .await
     }
 
-    async fn run_locked<F, Fut, T>(
+    /// The locked call of every mode: claim, acquire (waiting or not),
+    /// confirm, heartbeat, body, release.
+    pub(crate) async fn run_locked<F, Fut, T>(
         &self,
         name: &str,
         wait: Option<Duration>,
+        mode: Mode,
         f: F,
     ) -> Result<Outcome<T>, Error>
     where
@@ -431,7 +435,7 @@ impl<C: LockConnection> SpaceLock<C> {
         let ack = s.ack();
         let reply = match (wait, &pool) {
             (Some(timeout), Some(pool)) => {
-                blocking_acquire::acquire_wait(inner, pool, &key, timeout, ack.as_ref()).await
+                blocking_acquire::acquire_wait(inner, pool, &key, mode, timeout, ack.as_ref()).await
             }
             _ => {
                 let (ttl, timeout) = (s.ttl_ms, s.request_timeout());
@@ -439,7 +443,7 @@ impl<C: LockConnection> SpaceLock<C> {
                     &inner.conn,
                     &key,
                     &s.owner,
-                    ttl,
+                    &proto::acquire(&key, &s.owner, ttl, mode),
                     timeout,
                     s.release_budget(),
                     ack.as_ref(),

@@ -58,7 +58,7 @@ impl<C: LockConnection> SpaceLock<C> {
             &self.inner.conn,
             &key,
             &s.owner,
-            ttl,
+            &proto::acquire(&key, &s.owner, ttl, crate::Mode::Exclusive),
             timeout,
             s.release_budget(),
             None,
@@ -116,7 +116,15 @@ impl<C: LockConnection> SpaceLock<C> {
             return Ok(AcquireReply::Held);
         };
         let mut guard = Guard::new(self.inner.clone(), key.clone(), claim);
-        let reply = blocking_acquire::acquire_wait(&self.inner, &pool, &key, timeout, None).await;
+        let reply = blocking_acquire::acquire_wait(
+            &self.inner,
+            &pool,
+            &key,
+            crate::Mode::Exclusive,
+            timeout,
+            None,
+        )
+        .await;
         guard.set_free();
         Ok(match reply? {
             Acquired::Granted(grant) => AcquireReply::Acquired { token: grant.token },

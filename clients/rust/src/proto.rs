@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::{Cmd, ErrorKind, ServerErrorKind, Value};
 
 use crate::options::Ack;
-use crate::{Error, LockInfo};
+use crate::{Error, LockInfo, Mode};
 
 pub(crate) const ACQUIRE: &str = "SPACELOCK.ACQUIRE";
 pub(crate) const ACQUIRE_WAIT: &str = "SPACELOCK.ACQUIRE … WAIT";
@@ -69,17 +69,27 @@ fn waitaof_unavailable(e: &redis::RedisError) -> bool {
     (text.contains("unknown command") && text.contains("waitaof")) || text.contains("appendonly")
 }
 
-/// `SPACELOCK.ACQUIRE key owner ttl_ms`.
-pub(crate) fn acquire(key: &str, owner: &str, ttl_ms: u64) -> Cmd {
+/// `SPACELOCK.ACQUIRE key owner ttl_ms`, then `SHARED` or `LIMIT n` for
+/// those modes (the exclusive form has no mode word).
+pub(crate) fn acquire(key: &str, owner: &str, ttl_ms: u64, mode: Mode) -> Cmd {
     let mut cmd = redis::cmd(ACQUIRE);
     cmd.arg(key).arg(owner).arg(ttl_ms);
+    match mode {
+        Mode::Exclusive => {}
+        Mode::Shared => {
+            cmd.arg("SHARED");
+        }
+        Mode::Limit(n) => {
+            cmd.arg("LIMIT").arg(n);
+        }
+    }
     cmd
 }
 
-/// `SPACELOCK.ACQUIRE key owner ttl_ms WAIT wait_ms`, `wait_ms` ≥ 1 (the
-/// server's "0 waits forever" is never sent).
-pub(crate) fn acquire_wait(key: &str, owner: &str, ttl_ms: u64, wait_ms: u64) -> Cmd {
-    let mut cmd = acquire(key, owner, ttl_ms);
+/// `SPACELOCK.ACQUIRE key owner ttl_ms [mode] WAIT wait_ms`, `wait_ms` ≥ 1
+/// (the server's "0 waits forever" is never sent).
+pub(crate) fn acquire_wait(key: &str, owner: &str, ttl_ms: u64, mode: Mode, wait_ms: u64) -> Cmd {
+    let mut cmd = acquire(key, owner, ttl_ms, mode);
     cmd.arg("WAIT").arg(wait_ms.clamp(1, i64::MAX as u64));
     cmd
 }
@@ -254,16 +264,33 @@ mod tests {
     #[test]
     fn commands_have_their_key_first() {
         assert_eq!(
-            args(&acquire("k", "o", 30_000)),
+            args(&acquire("k", "o", 30_000, Mode::Exclusive)),
             ["SPACELOCK.ACQUIRE", "k", "o", "30000"]
         );
         assert_eq!(
-            args(&acquire_wait("k", "o", 5, 0)),
+            args(&acquire("k", "o", 30_000, Mode::Shared)),
+            ["SPACELOCK.ACQUIRE", "k", "o", "30000", "SHARED"]
+        );
+        assert_eq!(
+            args(&acquire_wait("k", "o", 5, Mode::Limit(3), 7)),
+            [
+                "SPACELOCK.ACQUIRE",
+                "k",
+                "o",
+                "5",
+                "LIMIT",
+                "3",
+                "WAIT",
+                "7"
+            ]
+        );
+        assert_eq!(
+            args(&acquire_wait("k", "o", 5, Mode::Exclusive, 0)),
             ["SPACELOCK.ACQUIRE", "k", "o", "5", "WAIT", "1"],
             "never WAIT 0 (forever)"
         );
         assert_eq!(
-            args(&acquire_wait("k", "o", 5, u64::MAX))[5],
+            args(&acquire_wait("k", "o", 5, Mode::Exclusive, u64::MAX))[5],
             i64::MAX.to_string()
         );
         assert_eq!(

@@ -206,7 +206,8 @@ async fn send_acked<C: ConnectionLike + Clone>(
     }
 }
 
-/// `SPACELOCK.ACQUIRE key owner ttl` until it is answered or `timeout`
+/// `cmd` (`SPACELOCK.ACQUIRE key owner ttl [mode]`, from
+/// [`proto::acquire`]) until it is answered or `timeout`
 /// passes, followed on the same connection by the acknowledgement `ack`
 /// asks for (the attempt may then take `ack.timeout` longer). An attempt
 /// that got no reply is released (owner-checked, within `release_timeout`)
@@ -217,18 +218,17 @@ pub(crate) async fn acquire<C: ConnectionLike + Clone>(
     conn: &C,
     key: &str,
     owner: &str,
-    ttl_ms: u64,
+    cmd: &Cmd,
     timeout: Duration,
     release_timeout: Duration,
     ack: Option<&Ack>,
 ) -> Result<Acquired, Error> {
     let deadline = crate::options::after(Instant::now(), timeout);
-    let cmd = proto::acquire(key, owner, ttl_ms);
     let mut backoff = Backoff::default();
     loop {
         let sent = Instant::now();
         let reply = match ack {
-            None => send(conn, &cmd, proto::ACQUIRE, deadline, timeout)
+            None => send(conn, cmd, proto::ACQUIRE, deadline, timeout)
                 .await
                 .map(|v| (v, None)),
             Some(a) => {
@@ -236,7 +236,7 @@ pub(crate) async fn acquire<C: ConnectionLike + Clone>(
                     .min(crate::options::MAX_SPAN)
                     .saturating_add(a.timeout);
                 let until = crate::options::after(deadline, a.timeout);
-                send_acked(conn, &cmd, a, proto::ACQUIRE, until, budget)
+                send_acked(conn, cmd, a, proto::ACQUIRE, until, budget)
                     .await
                     .map(|(v, w)| (v, Some(w)))
             }
