@@ -9,7 +9,8 @@
 # BENCH_NAMES_N, BENCH_NAMES_RETENTION_MS, BENCH_BURST_LOCKS, BENCH_BURST_ROUNDS,
 # BENCH_ONLY (parts to run; see bench/README.md).
 # `run.sh profile`: callgrind instruction counts per call instead (PROFILE_SERVER,
-# PROFILE_N, PROFILE_CASES, PROFILE_OUT); the table lands in $PROFILE_OUT/table.md.
+# PROFILE_N, PROFILE_CASES, PROFILE_OUT, PROFILE_CACHE=1 to simulate the caches
+# too); the table lands in $PROFILE_OUT/table.md.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 tgt=${CARGO_TARGET_DIR:-$root/target}

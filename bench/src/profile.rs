@@ -29,7 +29,7 @@ pub(crate) fn profile(cfg: &Cfg) -> Result<(), String> {
     });
     for id in wanted.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let file = out.join(format!("callgrind.{id}"));
-        let wrapper: Vec<String> = [
+        let mut wrapper: Vec<String> = [
             "valgrind",
             "--tool=callgrind",
             "--instr-atstart=no",
@@ -38,6 +38,11 @@ pub(crate) fn profile(cfg: &Cfg) -> Result<(), String> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // PROFILE_CACHE=1: simulate the caches too (cache misses per call,
+        // which instruction counts do not show; several times slower).
+        if std::env::var_os("PROFILE_CACHE").is_some_and(|v| v == "1") {
+            wrapper.push("--cache-sim=yes".into());
+        }
         let srv = Server::start_wrapped(&wrapper, &binary, Some(&cfg.module), &[])?;
         let mut admin = srv.conn();
         let sha_rel = script_load(&mut admin, LUA_RELEASE)?;
