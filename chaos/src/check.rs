@@ -643,6 +643,14 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
 mod tests {
     use super::*;
 
+    /// The violations `r` reports under one check, e.g. `"(b)"`.
+    fn under<'a>(r: &'a Report, check: &str) -> Vec<&'a String> {
+        r.violations
+            .iter()
+            .filter(|v| v.starts_with(check))
+            .collect()
+    }
+
     const MS: i64 = 1_000_000;
 
     fn meta() -> Line {
@@ -708,11 +716,7 @@ mod tests {
         h.extend(body("node-2", "k0", 12, 280, 350));
         let r = check_lines(&h, "overlap");
         assert_eq!(r.overlaps, 1);
-        let v: Vec<_> = r
-            .violations
-            .iter()
-            .filter(|v| v.starts_with("(a)"))
-            .collect();
+        let v = under(&r, "(a)");
         assert_eq!(v.len(), 1, "{:?}", r.violations);
         assert!(
             v[0].contains("cli-1 (cli-1) token 11") && v[0].contains("node-2 (node-2) token 12")
@@ -788,11 +792,7 @@ mod tests {
         let mut h = clean();
         h.push(accepted("k0", 10, 4, "rust-1"));
         let r = check_lines(&h, "stale");
-        let v: Vec<_> = r
-            .violations
-            .iter()
-            .filter(|v| v.starts_with("(b)"))
-            .collect();
+        let v = under(&r, "(b)");
         assert_eq!(v.len(), 1, "{:?}", r.violations);
         assert!(v[0].contains("token 10 after token 11"));
     }
@@ -802,11 +802,7 @@ mod tests {
         let mut h = clean();
         h.extend(body("rust-3", "k0", 9, 500, 600));
         let r = check_lines(&h, "backwards");
-        let v: Vec<_> = r
-            .violations
-            .iter()
-            .filter(|v| v.starts_with("(c)"))
-            .collect();
+        let v = under(&r, "(c)");
         assert_eq!(v.len(), 1, "{:?}", r.violations);
         assert!(v[0].contains("rust-3 (rust-3) token 9"));
     }
@@ -827,12 +823,7 @@ mod tests {
                 .with("held_after", true),
         );
         let r = check_lines(&h, "disagree");
-        assert_eq!(
-            r.violations.iter().filter(|v| v.starts_with("(d)")).count(),
-            2,
-            "{:?}",
-            r.violations
-        );
+        assert_eq!(under(&r, "(d)").len(), 2, "{:?}", r.violations);
         // Right after its own lease on that key (which may still be live
         // there), the lock in its name is that lease's.
         h.push(
@@ -843,12 +834,7 @@ mod tests {
                 .with("held_after", true),
         );
         let r = check_lines(&h, "disagree, explained");
-        assert_eq!(
-            r.violations.iter().filter(|v| v.starts_with("(d)")).count(),
-            2,
-            "{:?}",
-            r.violations
-        );
+        assert_eq!(under(&r, "(d)").len(), 2, "{:?}", r.violations);
     }
 
     #[test]
