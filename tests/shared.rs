@@ -6,7 +6,9 @@
 
 use spacelock_testkit as kit;
 
-use kit::{acquire, call_args, check, err_args, release, snapshot, Server, ServerBuilder};
+use kit::{
+    acquire, call_args, check, err_args, release, slow_script, snapshot, Server, ServerBuilder,
+};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use redis::{Connection, Value};
 use std::collections::BTreeMap;
@@ -1038,30 +1040,8 @@ fn wait_times_out_acts_plainly_in_multi_and_waits_for_its_own_share() {
     assert_eq!(check(&mut con, "slots", "me", t), 1);
 }
 
-/// A counted Lua loop of about `ms` (calibrated once).
-fn slow_script(con: &mut Connection, ms: u64) -> redis::Cmd {
-    use std::sync::OnceLock;
-    static PER_MS: OnceLock<u64> = OnceLock::new();
-    let busy = |n: u64| {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg("local i = 0 while i < tonumber(ARGV[1]) do i = i + 1 end return i")
-            .arg(0)
-            .arg(n);
-        cmd
-    };
-    let per_ms = *PER_MS.get_or_init(|| {
-        let n = 2_000_000u64;
-        let start = Instant::now();
-        let _: i64 = busy(n).query(con).unwrap();
-        (n * 1000 / start.elapsed().as_micros().max(1) as u64).max(1)
-    });
-    busy(per_ms * ms)
-}
-
 /// Sends `ACQUIRE key owner 60000 LIMIT 1 WAIT 0` on a raw socket.
 fn raw_waiter(server: &Server, key: &str, owner: &str) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", server.port)).unwrap();
     let args = [
         "SPACELOCK.ACQUIRE",
         key,
@@ -1072,12 +1052,7 @@ fn raw_waiter(server: &Server, key: &str, owner: &str) -> std::net::TcpStream {
         "WAIT",
         "0",
     ];
-    let mut buf = format!("*{}\r\n", args.len());
-    for a in args {
-        buf.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(buf.as_bytes()).unwrap();
-    s
+    kit::send_raw(server.port, &args)
 }
 
 /// The head waiter's socket closes in the same event-loop iteration as

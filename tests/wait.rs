@@ -3,7 +3,6 @@
 //! disconnects, MULTI/scripts, other writers, replicas, limits, memory.
 use spacelock_testkit as kit;
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -437,14 +436,10 @@ fn timeout_replies_nil_and_leaves_the_queue() {
 
 /// Sends `ACQUIRE … WAIT 0` on a raw socket and returns it (to drop later).
 fn raw_waiter(server: &Server, key: &str, owner: &str) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    let args = ["SPACELOCK.ACQUIRE", key, owner, "10000", "WAIT", "0"];
-    let mut buf = format!("*{}\r\n", args.len());
-    for a in args {
-        buf.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(buf.as_bytes()).unwrap();
-    s
+    kit::send_raw(
+        server.port,
+        &["SPACELOCK.ACQUIRE", key, owner, "10000", "WAIT", "0"],
+    )
 }
 
 #[kit::test]

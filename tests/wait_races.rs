@@ -13,11 +13,10 @@
 use spacelock_testkit as kit;
 
 use std::net::TcpStream;
-use std::sync::OnceLock;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use kit::{acquire, until_waiting, Server, ServerBuilder};
+use kit::{acquire, slow_script, until_waiting, Server, ServerBuilder};
 use redis::{Connection, RedisResult, Value};
 
 /// Rounds of each scenario: the old module failed most of them every time.
@@ -131,19 +130,6 @@ fn agrees_within(
             None
         }
     }
-}
-
-/// A counted Lua loop that runs for about `ms` on this server (calibrated
-/// once per test binary).
-fn slow_script(con: &mut Connection, ms: u64) -> redis::Cmd {
-    static PER_MS: OnceLock<u64> = OnceLock::new();
-    let per_ms = *PER_MS.get_or_init(|| {
-        let n = 2_000_000u64;
-        let start = Instant::now();
-        let _: i64 = busy(n).query(con).unwrap();
-        (n * 1000 / start.elapsed().as_micros().max(1) as u64).max(1)
-    });
-    busy(per_ms * ms)
 }
 
 fn busy(iterations: u64) -> redis::Cmd {
@@ -325,15 +311,10 @@ fn client_unblock_in_the_same_turn_as_a_grant() {
 
 /// Sends `ACQUIRE key owner 60000 WAIT 0` on a raw socket, to close later.
 fn raw_waiter(server: &Server, key: &str, owner: &str) -> TcpStream {
-    use std::io::Write;
-    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
-    let args = ["SPACELOCK.ACQUIRE", key, owner, "60000", "WAIT", "0"];
-    let mut buf = format!("*{}\r\n", args.len());
-    for a in args {
-        buf.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(buf.as_bytes()).unwrap();
-    s
+    kit::send_raw(
+        server.port,
+        &["SPACELOCK.ACQUIRE", key, owner, "60000", "WAIT", "0"],
+    )
 }
 
 /// The head waiter's socket closes in the same turn as the holder's

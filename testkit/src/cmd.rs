@@ -331,3 +331,39 @@ pub fn one_packet(
     let replies: Vec<redis::RedisResult<redis::Value>> = pipe.query(con).unwrap();
     replies.into_iter().map(reply_or_error).collect()
 }
+
+/// Sends one command on a new raw socket to `port` and returns the socket
+/// without reading the reply: a client that blocks (a WAIT) and is then
+/// closed, by dropping the socket, at the moment a test picks.
+pub fn send_raw(port: u16, args: &[&str]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut buf = format!("*{}\r\n", args.len());
+    for a in args {
+        buf.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(buf.as_bytes()).unwrap();
+    s
+}
+
+/// A counted Lua loop that keeps the server busy for about `ms` (the rate
+/// is calibrated once per test binary, on `con`): pipelined after a first
+/// event, it makes the server read the next events in one iteration.
+pub fn slow_script(con: &mut redis::Connection, ms: u64) -> redis::Cmd {
+    use std::sync::OnceLock;
+    static PER_MS: OnceLock<u64> = OnceLock::new();
+    let busy = |n: u64| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg("local i = 0 while i < tonumber(ARGV[1]) do i = i + 1 end return i")
+            .arg(0)
+            .arg(n);
+        cmd
+    };
+    let per_ms = *PER_MS.get_or_init(|| {
+        let n = 2_000_000u64;
+        let start = Instant::now();
+        let _: i64 = busy(n).query(con).unwrap();
+        (n * 1000 / start.elapsed().as_micros().max(1) as u64).max(1)
+    });
+    busy(per_ms * ms)
+}
