@@ -148,3 +148,45 @@ fn bad_mode_arguments_exit_64() {
 }
 
 kit::main!();
+
+#[kit::test]
+fn info_lists_every_holder_of_a_shared_or_counted_key() {
+    let server = Server::new();
+    let mut con = server.conn();
+    for (key, owner, shape) in [
+        ("readers", "r1", "SHARED"),
+        ("readers", "r2", "SHARED"),
+        ("slots", "s1", "LIMIT"),
+    ] {
+        let mut cmd = redis::cmd("SPACELOCK.ACQUIRE");
+        cmd.arg(format!("{PREFIX}{key}"))
+            .arg(owner)
+            .arg(30_000)
+            .arg(shape);
+        if shape == "LIMIT" {
+            cmd.arg(3);
+        }
+        let token: i64 = cmd.query(&mut con).unwrap();
+        assert!(token > 0);
+    }
+    let info = |args: &[&str]| {
+        let mut c = kit::process::cli_command(BIN);
+        c.arg("info").args(args).args(["--url", &server.url()]);
+        let out = output(c);
+        assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+        out.stdout
+    };
+    let text = info(&["readers"]);
+    assert!(text.starts_with("held\n"), "{text}");
+    assert!(text.contains("mode: shared\nholders: 2\n"), "{text}");
+    assert!(
+        text.contains("owner: r1 ") && text.contains("owner: r2 "),
+        "{text}"
+    );
+    let json = info(&["--json", "slots"]);
+    assert!(json.contains(r#""held":true,"owner":"s1","#), "{json}");
+    assert!(
+        json.contains(r#""mode":"limit","limit":3,"holders":[{"owner":"s1","#),
+        "{json}"
+    );
+}

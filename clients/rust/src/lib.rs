@@ -138,7 +138,9 @@ pub use options::{
     Options, Settings, DEFAULT_KEY_PREFIX, DEFAULT_RELEASE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_TTL, DEFAULT_WAIT_CONNECTIONS, DEFAULT_WAIT_GRACE, MIN_TTL,
 };
-pub use outcome::{AcquireReply, LockInfo, Outcome, RefreshReply, ReleaseReply, Skipped};
+pub use outcome::{
+    AcquireReply, HolderInfo, LockInfo, LockMode, Outcome, RefreshReply, ReleaseReply, Skipped,
+};
 #[cfg(feature = "sentinel")]
 pub use sentinel::SentinelConnection;
 pub(crate) use shared::Mode;

@@ -196,12 +196,19 @@ pub enum ReleaseReply {
 
 /// Reply of [`SpaceLock::info`](crate::SpaceLock::info): the state of a held lock.
 ///
+/// `owner`, `ttl` and `token` describe one holder: the only one of an
+/// exclusive lock, the newest of a shared or counted one. Every holder is in
+/// [`holders`](Self::holders).
+///
 /// # Examples
 ///
 /// ```no_run
 /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
 /// if let Some(info) = locks.info("space-42").await? {
 ///     println!("{} holds it, token {}, {:?} left", info.owner, info.token, info.ttl);
+///     for h in &info.holders {
+///         println!("  {:?}: {} (token {})", info.mode, h.owner, h.token);
+///     }
 /// }
 /// # Ok(()) }
 /// ```
@@ -215,8 +222,39 @@ pub struct LockInfo {
     pub owner_bytes: Vec<u8>,
     /// The remaining time to live, `None` if the key has no expiry.
     pub ttl: Option<Duration>,
-    /// The token of the current grant (the last one issued for the key).
+    /// The token of that holder's grant (exclusive: the last one issued for
+    /// the key).
     pub token: u64,
     /// Clients blocked in `SPACELOCK.ACQUIRE … WAIT` on this key.
     pub waiters: u64,
+    /// How the lock is held.
+    pub mode: LockMode,
+    /// Every live holder, oldest grant first (one for an exclusive lock).
+    pub holders: Vec<HolderInfo>,
+}
+
+/// How a lock is held, in [`LockInfo::mode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockMode {
+    /// One holder ([`with_space_lock`](crate::SpaceLock::with_space_lock)).
+    Exclusive,
+    /// Readers ([`with_shared_lock`](crate::SpaceLock::with_shared_lock)).
+    Shared,
+    /// At most this many holders ([`Semaphore`](crate::Semaphore)).
+    Limit(u32),
+}
+
+/// One holder of a lock, in [`LockInfo::holders`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HolderInfo {
+    /// The owner id as UTF-8 (invalid bytes replaced by U+FFFD).
+    pub owner: String,
+    /// The owner id exactly as stored.
+    pub owner_bytes: Vec<u8>,
+    /// This holder's remaining time to live, `None` if it has no expiry.
+    pub ttl: Option<Duration>,
+    /// This holder's token.
+    pub token: u64,
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use redis::{Cmd, ErrorKind, ServerErrorKind, Value};
 
 use crate::options::Ack;
-use crate::{Error, LockInfo, Mode};
+use crate::{Error, HolderInfo, LockInfo, LockMode, Mode};
 
 pub(crate) const ACQUIRE: &str = "SPACELOCK.ACQUIRE";
 pub(crate) const ACQUIRE_WAIT: &str = "SPACELOCK.ACQUIRE … WAIT";
@@ -153,44 +153,94 @@ pub(crate) fn parse_flag(command: &'static str, value: Value) -> Result<bool, Er
     }
 }
 
-/// INFO's reply: nil, or the field/value pairs `owner`, `ttl_ms`, `token`,
-/// `waiters` (a flat array under RESP2, a map under RESP3). Unknown fields
-/// are skipped; `owner` and `token` are required.
+/// INFO's reply: nil, or field/value pairs (a flat array under RESP2, a map
+/// under RESP3). An exclusive lock has `owner`, `ttl_ms`, `token` and
+/// `waiters`; a shared or counted one has `mode`, `limit`, `holders` (each
+/// holder's own `owner`, `ttl_ms`, `token` pairs) and `waiters`. Unknown
+/// fields are skipped; an exclusive lock's `owner` and `token` are required,
+/// as is at least one holder of any other.
 pub(crate) fn parse_info(value: Value) -> Result<Option<LockInfo>, Error> {
     let value = check(value)?;
     if value == Value::Nil {
         return Ok(None);
     }
     let bad = || unexpected(INFO, &value);
-    let pairs: Vec<(&Value, &Value)> = match &value {
-        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
-        Value::Array(items) if items.len() % 2 == 0 => {
-            items.chunks(2).map(|c| (&c[0], &c[1])).collect()
-        }
-        _ => return Err(bad()),
-    };
-    let (mut owner, mut ttl, mut token, mut waiters) = (None, None, None, 0);
-    for (k, v) in pairs {
-        let k = text(k).ok_or_else(bad)?;
-        match k {
-            b"owner" => owner = Some(text(v).ok_or_else(bad)?.to_vec()),
-            b"ttl_ms" => ttl = Some(int(v).ok_or_else(bad)?),
-            b"token" => token = Some(int(v).filter(|t| *t >= 0).ok_or_else(bad)?),
+    let pairs = field_pairs(&value).ok_or_else(bad)?;
+    let (mut waiters, mut mode, mut limit, mut list) = (0, None, 0, None);
+    for (k, v) in &pairs {
+        match text(k).ok_or_else(bad)? {
             b"waiters" => waiters = int(v).filter(|w| *w >= 0).ok_or_else(bad)?,
+            b"mode" => mode = Some(text(v).ok_or_else(bad)?),
+            b"limit" => limit = int(v).ok_or_else(bad)?,
+            b"holders" => list = Some(*v),
             _ => {}
         }
     }
-    let owner_bytes = owner.ok_or_else(bad)?;
+    let (mode, holders) = match mode {
+        None => (LockMode::Exclusive, vec![holder(&pairs).ok_or_else(bad)?]),
+        Some(word) => {
+            let mode = match word {
+                b"shared" => LockMode::Shared,
+                b"limit" => LockMode::Limit(u32::try_from(limit).map_err(|_| bad())?),
+                b"exclusive" => LockMode::Exclusive,
+                _ => return Err(bad()),
+            };
+            let Some(Value::Array(items)) = list else {
+                return Err(bad());
+            };
+            let holders = items
+                .iter()
+                .map(|h| holder(&field_pairs(h)?))
+                .collect::<Option<Vec<_>>>()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(bad)?;
+            (mode, holders)
+        }
+    };
+    let newest = holders.last().cloned().ok_or_else(bad)?;
     Ok(Some(LockInfo {
+        owner: newest.owner,
+        owner_bytes: newest.owner_bytes,
+        ttl: newest.ttl,
+        token: newest.token,
+        waiters: waiters.unsigned_abs(),
+        mode,
+        holders,
+    }))
+}
+
+/// The field/value pairs of a RESP2 flat array or a RESP3 map.
+fn field_pairs(value: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match value {
+        Value::Map(pairs) => Some(pairs.iter().map(|(k, v)| (k, v)).collect()),
+        Value::Array(items) if items.len() % 2 == 0 => {
+            Some(items.chunks(2).map(|c| (&c[0], &c[1])).collect())
+        }
+        _ => None,
+    }
+}
+
+/// One holder from its `owner`, `ttl_ms` and `token` fields.
+fn holder(pairs: &[(&Value, &Value)]) -> Option<HolderInfo> {
+    let (mut owner, mut ttl, mut token) = (None, None, None);
+    for (k, v) in pairs {
+        match text(k)? {
+            b"owner" => owner = Some(text(v)?.to_vec()),
+            b"ttl_ms" => ttl = Some(int(v)?),
+            b"token" => token = Some(int(v).filter(|t| *t >= 0)?),
+            _ => {}
+        }
+    }
+    let owner_bytes = owner?;
+    Some(HolderInfo {
         owner: String::from_utf8_lossy(&owner_bytes).into_owned(),
         owner_bytes,
         // -1: no expiry; -2 cannot occur for a key that exists.
         ttl: ttl
             .and_then(|t| u64::try_from(t).ok())
             .map(Duration::from_millis),
-        token: token.ok_or_else(bad)?.unsigned_abs(),
-        waiters: waiters.unsigned_abs(),
-    }))
+        token: token?.unsigned_abs(),
+    })
 }
 
 fn text(v: &Value) -> Option<&[u8]> {
@@ -449,6 +499,49 @@ mod tests {
     }
 
     #[test]
+    fn info_of_shared_and_counted_locks() {
+        let shared = resp(
+            b"*8\r\n$4\r\nmode\r\n$6\r\nshared\r\n$5\r\nlimit\r\n:0\r\n\
+              $7\r\nholders\r\n*2\r\n\
+              *6\r\n$5\r\nowner\r\n$1\r\na\r\n$6\r\nttl_ms\r\n:900\r\n$5\r\ntoken\r\n:10\r\n\
+              *6\r\n$5\r\nowner\r\n$1\r\nb\r\n$6\r\nttl_ms\r\n:-1\r\n$5\r\ntoken\r\n:11\r\n\
+              $7\r\nwaiters\r\n:2\r\n",
+        );
+        let i = parse_info(shared).unwrap().unwrap();
+        assert_eq!(i.mode, LockMode::Shared);
+        assert_eq!(
+            (i.owner.as_str(), i.ttl, i.token, i.waiters),
+            ("b", None, 11, 2)
+        );
+        let h: Vec<_> = i
+            .holders
+            .iter()
+            .map(|h| (h.owner.as_str(), h.ttl, h.token))
+            .collect();
+        assert_eq!(
+            h,
+            [("a", Some(Duration::from_millis(900)), 10), ("b", None, 11)]
+        );
+        let counted = resp(
+            b"%3\r\n+mode\r\n+limit\r\n+limit\r\n:3\r\n+holders\r\n*1\r\n\
+              %3\r\n+owner\r\n$1\r\nc\r\n+ttl_ms\r\n:5\r\n+token\r\n:4\r\n",
+        );
+        let i = parse_info(counted).unwrap().unwrap();
+        assert_eq!(
+            (i.mode, i.token, i.holders.len()),
+            (LockMode::Limit(3), 4, 1)
+        );
+        let excl = parse_info(resp(
+            b"*4\r\n$5\r\nowner\r\n$1\r\no\r\n$5\r\ntoken\r\n:1\r\n",
+        ));
+        let i = excl.unwrap().unwrap();
+        assert_eq!(
+            (i.mode, i.holders.len(), i.holders[0].token),
+            (LockMode::Exclusive, 1, 1)
+        );
+    }
+
+    #[test]
     fn info_keeps_binary_owners() {
         let v = resp(b"*4\r\n$5\r\nowner\r\n$4\r\na\x00\xffb\r\n$5\r\ntoken\r\n:1\r\n");
         let i = parse_info(v).unwrap().unwrap();
@@ -469,6 +562,10 @@ mod tests {
             b"*4\r\n$5\r\nowner\r\n$1\r\no\r\n$5\r\ntoken\r\n$1\r\nx\r\n",
             b"*4\r\n:1\r\n$1\r\no\r\n$5\r\ntoken\r\n:1\r\n", // key not a string
             b"*6\r\n$5\r\nowner\r\n$1\r\no\r\n$5\r\ntoken\r\n:1\r\n$7\r\nwaiters\r\n:-2\r\n",
+            b"*4\r\n$4\r\nmode\r\n$6\r\nshared\r\n$7\r\nholders\r\n*0\r\n", // no holder
+            b"*2\r\n$4\r\nmode\r\n$6\r\nshared\r\n",                        // no holders field
+            b"*4\r\n$4\r\nmode\r\n$4\r\nodd?\r\n$7\r\nholders\r\n*0\r\n",   // unknown mode
+            b"*6\r\n$4\r\nmode\r\n$5\r\nlimit\r\n$5\r\nlimit\r\n:-1\r\n$7\r\nholders\r\n*0\r\n",
         ] {
             let e = parse_info(resp(bad)).unwrap_err();
             assert!(

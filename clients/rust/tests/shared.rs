@@ -314,3 +314,48 @@ async fn wrong_mode_is_a_typed_error_and_changes_nothing() {
 }
 
 kit::main!();
+
+#[kit::test]
+async fn info_lists_every_holder_with_its_own_token_and_ttl() {
+    let server = Server::new();
+    let locks = locks(&server, Options::default()).await;
+    let mut con = server.conn();
+    let grant = |key: &str, owner: &str, ttl: u64, shape: &[&str]| -> u64 {
+        redis::cmd("SPACELOCK.ACQUIRE")
+            .arg(locks.key(key))
+            .arg(owner)
+            .arg(ttl)
+            .arg(shape)
+            .query(&mut server.conn())
+            .unwrap()
+    };
+    let t1 = grant("cache", "r1", 30_000, &["SHARED"]);
+    let t2 = grant("cache", "r2", 10_000, &["SHARED"]);
+    let i = locks.info("cache").await.unwrap().expect("held");
+    assert_eq!(i.mode, spacelock_client::LockMode::Shared);
+    let holders: Vec<_> = i
+        .holders
+        .iter()
+        .map(|h| (h.owner.as_str(), h.token))
+        .collect();
+    assert_eq!(holders, [("r1", t1), ("r2", t2)]);
+    assert!(i.holders[0].ttl.unwrap() > Duration::from_secs(20));
+    assert!(i.holders[1].ttl.unwrap() <= Duration::from_secs(10));
+    assert_eq!((i.owner.as_str(), i.token), ("r2", t2), "the newest holder");
+    let s = grant("slots", "s1", 30_000, &["LIMIT", "3"]);
+    let i = locks.info("slots").await.unwrap().expect("held");
+    assert_eq!(
+        (i.mode, i.holders.len(), i.token),
+        (spacelock_client::LockMode::Limit(3), 1, s)
+    );
+    // An exclusive lock: one holder, the same as the top-level fields.
+    let e = grant("solo", "me", 30_000, &[]);
+    let i = locks.info("solo").await.unwrap().expect("held");
+    assert_eq!(i.mode, spacelock_client::LockMode::Exclusive);
+    assert_eq!((i.holders.len(), i.holders[0].token, i.token), (1, e, e));
+    let _: () = redis::cmd("DEL")
+        .arg(locks.key("cache"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(locks.info("cache").await.unwrap(), None);
+}
