@@ -23,6 +23,7 @@ mod profile;
 mod resp;
 mod runner;
 mod server;
+mod shared;
 mod versus_v01;
 mod workload1;
 mod workload2;
@@ -36,6 +37,7 @@ use crate::external::{sh, workload5_node, workload_replicas, workloads34};
 use crate::measure::median;
 use crate::names::names;
 use crate::profile::profile;
+use crate::shared::shared;
 use crate::versus_v01::versus_v01;
 use crate::workload1::workload1;
 use crate::workload2::workload2;
@@ -266,6 +268,9 @@ fn real_main() -> Result<(), String> {
     }
     if on("names") {
         ran_on(names(&cfg, &mut rows, &mut raw)?);
+    }
+    if on("shared") {
+        ran_on(shared(&cfg, &mut rows, &mut raw)?);
     }
     if on("burst") {
         ran_on(expiry_burst(&cfg, &mut rows, &mut raw)?);

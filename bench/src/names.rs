@@ -35,7 +35,7 @@ fn come_and_go(prefix: &'static str, n: usize) -> (Commands, Expect) {
     )
 }
 
-fn dbsize(runner: &mut Runner) -> Result<i64, String> {
+pub(crate) fn dbsize(runner: &mut Runner) -> Result<i64, String> {
     match runner.admin.call(&["DBSIZE"])? {
         crate::resp::Reply::Int(n) => Ok(n),
         r => Err(format!("DBSIZE: {}", r.show())),
@@ -45,7 +45,7 @@ fn dbsize(runner: &mut Runner) -> Result<i64, String> {
 /// `used_memory` less the client buffers (`mem_clients_normal`): the
 /// measuring connection's query and reply buffers grow and shrink with its
 /// idle time (by tens of KB on Redis 7.0), which is not what is measured.
-fn mem_now(runner: &mut Runner) -> Result<i64, String> {
+pub(crate) fn mem_now(runner: &mut Runner) -> Result<i64, String> {
     let text = runner
         .admin
         .call(&["INFO", "memory"])?
@@ -63,7 +63,7 @@ fn mem_now(runner: &mut Runner) -> Result<i64, String> {
 /// Polls every 100 ms until the memory has not moved for 10 polls (1 s)
 /// and, if `empty`, DBSIZE is 0; or until `limit` has passed since `from`:
 /// (memory, DBSIZE, whether it settled).
-fn settle(
+pub(crate) fn settle(
     runner: &mut Runner,
     empty: bool,
     from: Instant,
