@@ -1,12 +1,17 @@
 //! The checker: reads a run's history and judges it.
 //!
-//! * (a) no two bodies on one key overlap (bodies whose own client was
-//!   paused are left out; in a run outside the documented conditions an
-//!   overlap is reported as such, not as a violation);
+//! * (a) no two bodies on one key overlap where their modes exclude each
+//!   other (an exclusive body excludes every other; readers of a shared key
+//!   overlap each other), and a counted key never has more bodies at once
+//!   than its limit (bodies whose own client was paused are left out; in a
+//!   run outside the documented conditions an overlap is reported as such,
+//!   not as a violation);
 //! * (b) the fenced resource accepted writes in token order per key, and no
 //!   write below a token it had already accepted;
 //! * (c) the tokens of the bodies that ran never go backwards per key (in
-//!   start order);
+//!   start order; on a shared or counted key, where holders run together,
+//!   a body's token is above that of every body that ended before it
+//!   started);
 //! * (d) every grant agreed with the lock state: `SPACELOCK.CHECK` right
 //!   after it answered 1 (unless the lease was reported lost), and a
 //!   WAIT-queue acquire that timed out left nothing held in its name;
@@ -57,6 +62,35 @@ pub struct Body {
     pub via_wait: bool,
     /// Its client was paused while it ran: (pause start, pause end).
     pub paused: Option<(i64, i64)>,
+    /// How it held the lock.
+    pub mode: Mode,
+}
+
+/// How a body held its lock (the `mode` and `limit` of its start line;
+/// exclusive when absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The only holder.
+    Exclusive,
+    /// One of many readers.
+    Shared,
+    /// One of at most this many holders.
+    Limit(i128),
+}
+
+impl Mode {
+    fn of(l: &Line) -> Mode {
+        match (l.s("mode"), l.n("limit")) {
+            (Some("shared"), _) => Mode::Shared,
+            (Some("limit"), Some(n)) => Mode::Limit(n),
+            _ => Mode::Exclusive,
+        }
+    }
+
+    /// Whether two bodies in these modes may not run at once on one key.
+    fn excludes(self, other: Mode) -> bool {
+        self == Mode::Exclusive || other == Mode::Exclusive
+    }
 }
 
 impl Body {
@@ -199,6 +233,7 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
                             check_end: None,
                             via_wait: false,
                             paused: None,
+                            mode: Mode::of(l),
                         },
                     );
                 }
@@ -263,6 +298,9 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
                 if b.start >= a.end {
                     break;
                 }
+                if !a.mode.excludes(b.mode) {
+                    continue;
+                }
                 report.overlaps += 1;
                 // The earlier-started body lost its lease when the later
                 // one was granted.
@@ -285,6 +323,51 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
                     overlaps_bad += 1;
                     report.violations.push(text);
                 }
+            }
+        }
+    }
+
+    // (a) a counted key never has more holders at once than its limit: at
+    // each body's start, the bodies of the key still running then.
+    let mut over_limit = 0;
+    for (key, v) in &by_key {
+        for (j, b) in v.iter().enumerate() {
+            let Mode::Limit(n) = b.mode else { continue };
+            let running: Vec<&Body> = v[..j]
+                .iter()
+                .filter(|a| a.end > b.start && matches!(a.mode, Mode::Limit(_)))
+                .collect();
+            if (running.len() as i128) < n {
+                continue;
+            }
+            report.overlaps += 1;
+            // The oldest grant among them lost its permit to a later one.
+            if let Some(oldest) = running.iter().min_by_key(|a| a.token) {
+                if b.token > oldest.token {
+                    lost_refs.push(((*oldest).clone(), b.start, "over the limit"));
+                }
+            }
+            let text = format!(
+                "(a) {} holders at once on {key} (limit {n}): {} started while {} ran",
+                running.len() + 1,
+                b.describe(t0),
+                running
+                    .iter()
+                    .map(|a| a.describe(t0))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if b.paused.is_some() || running.iter().any(|a| a.paused.is_some()) {
+                overlaps_paused += 1;
+            } else if !documented {
+                overlaps_outside += 1;
+                report
+                    .outside
+                    .push(format!("{text} (outside the documented conditions)"));
+            } else {
+                over_limit += 1;
+                overlaps_bad += 1;
+                report.violations.push(text);
             }
         }
     }
@@ -326,30 +409,31 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
         .filter(|l| l.s("ev") == Some("write") && l.b("ok") == Some(false))
         .count();
 
-    // (c) tokens in body start order.
+    // (c) tokens in body start order; where holders run together, above
+    // every body that ended before this one started.
     let mut backwards = 0;
     for (key, v) in &by_key {
-        let mut high: Option<&Body> = None;
-        for b in v {
-            if let Some(h) = high {
-                if b.token <= h.token {
-                    backwards += 1;
-                    let text = format!(
-                        "(c) token went backwards on {key}: {} started after {}",
-                        b.describe(t0),
-                        h.describe(t0)
-                    );
-                    if documented {
-                        report.violations.push(text);
-                    } else {
-                        report
-                            .outside
-                            .push(format!("{text} (outside the documented conditions)"));
-                    }
+        let together = v.iter().any(|b| b.mode != Mode::Exclusive);
+        for (j, b) in v.iter().enumerate() {
+            let before = v[..j]
+                .iter()
+                .filter(|h| !together || h.end <= b.start)
+                .max_by_key(|h| h.token);
+            let Some(h) = before else { continue };
+            if b.token <= h.token {
+                backwards += 1;
+                let text = format!(
+                    "(c) token went backwards on {key}: {} started after {}",
+                    b.describe(t0),
+                    h.describe(t0)
+                );
+                if documented {
+                    report.violations.push(text);
+                } else {
+                    report
+                        .outside
+                        .push(format!("{text} (outside the documented conditions)"));
                 }
-            }
-            if high.is_none_or(|h| b.token > h.token) {
-                high = Some(b);
             }
         }
     }
@@ -578,10 +662,21 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
                 .join(", ")
         },
     );
+    let by_mode = |m: fn(&Mode) -> bool| by_key.values().flatten().filter(|b| m(&b.mode)).count();
+    row(
+        t,
+        "bodies exclusive / shared / counted",
+        format!(
+            "{} / {} / {}",
+            by_mode(|m| *m == Mode::Exclusive),
+            by_mode(|m| *m == Mode::Shared),
+            by_mode(|m| matches!(m, Mode::Limit(_)))
+        ),
+    );
     row(
         t,
         "(a) overlaps",
-        format!("{overlaps_bad} (outside conditions {overlaps_outside}, paused client {overlaps_paused})"),
+        format!("{overlaps_bad} (of which over a limit {over_limit}; outside conditions {overlaps_outside}, paused client {overlaps_paused})"),
     );
     row(
         t,
@@ -708,6 +803,73 @@ mod tests {
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert_eq!(r.bodies, 3);
         assert_eq!(r.overlaps, 0);
+    }
+
+    /// A body in `mode` (`"shared"`, or `"limit"` with `limit`).
+    fn held_as(
+        mode: &str,
+        limit: i64,
+        w: &str,
+        key: &str,
+        token: i64,
+        s: i64,
+        e: i64,
+    ) -> Vec<Line> {
+        let mut v = body(w, key, token, s, e);
+        v[1] = v[1].clone().with("mode", mode).with("limit", limit);
+        v
+    }
+
+    #[test]
+    fn readers_overlap_each_other_but_not_a_writer() {
+        let mut h = vec![meta()];
+        h.extend(held_as("shared", 0, "rust-1", "rw", 10, 100, 400));
+        h.extend(held_as("shared", 0, "node-1", "rw", 11, 150, 300));
+        h.extend(held_as("shared", 0, "cli-1", "rw", 12, 200, 500));
+        let r = check_lines(&h, "readers");
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!(r.overlaps, 0);
+        assert!(r.table.contains("0 / 3 / 0"), "{}", r.table);
+        // A writer granted while two readers still run.
+        h.extend(body("rust-2", "rw", 13, 350, 450));
+        let r = check_lines(&h, "writer among readers");
+        let v = under(&r, "(a)");
+        assert_eq!(v.len(), 2, "{:?}", r.violations);
+        assert!(v.iter().all(|v| v.contains("rust-2 (rust-2) token 13")));
+    }
+
+    #[test]
+    fn more_holders_than_the_limit_are_found() {
+        let mut h = vec![meta()];
+        h.extend(held_as("limit", 2, "rust-1", "slots", 10, 100, 400));
+        h.extend(held_as("limit", 2, "node-1", "slots", 11, 150, 300));
+        h.extend(held_as("limit", 2, "cli-1", "slots", 12, 320, 500));
+        let r = check_lines(&h, "two slots");
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        h.extend(held_as("limit", 2, "cli-2", "slots", 13, 200, 250));
+        let r = check_lines(&h, "three in two slots");
+        let v = under(&r, "(a)");
+        assert_eq!(v.len(), 1, "{:?}", r.violations);
+        assert!(
+            v[0].contains("3 holders at once on slots (limit 2)"),
+            "{}",
+            v[0]
+        );
+        assert!(r.table.contains("of which over a limit 1"), "{}", r.table);
+    }
+
+    #[test]
+    fn a_reader_token_below_one_that_ended_before_it_is_found() {
+        let mut h = vec![meta()];
+        // Readers may start out of token order while they overlap ...
+        h.extend(held_as("shared", 0, "rust-1", "rw", 11, 100, 300));
+        h.extend(held_as("shared", 0, "node-1", "rw", 10, 110, 200));
+        let r = check_lines(&h, "readers out of order");
+        assert!(under(&r, "(c)").is_empty(), "{:?}", r.violations);
+        // ... but not below a body that had ended.
+        h.extend(held_as("shared", 0, "cli-1", "rw", 9, 350, 400));
+        let r = check_lines(&h, "reader behind");
+        assert_eq!(under(&r, "(c)").len(), 1, "{:?}", r.violations);
     }
 
     #[test]
