@@ -71,6 +71,12 @@ enum Cmd {
         /// Replicas the CLI waited for.
         #[arg(long, default_value_t = 0)]
         replicas: usize,
+        /// How the CLI holds the lock: exclusive, shared or limit.
+        #[arg(long, default_value = "exclusive")]
+        mode: String,
+        /// A counted lock's permits.
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
     },
 }
 
@@ -117,6 +123,9 @@ struct RunArgs {
     /// Node worker processes (they need `--node-worker`).
     #[arg(long, default_value_t = 2)]
     node_workers: usize,
+    /// Only the exclusive names (no reader-writer `rw`, no counted `slots`).
+    #[arg(long)]
+    exclusive_only: bool,
     /// The `spacelock` binary [default: next to this one].
     #[arg(long)]
     cli: Option<PathBuf>,
@@ -144,6 +153,8 @@ struct WArgs {
     until_ns: i64,
     #[arg(long)]
     seed: u64,
+    #[arg(long, action = clap::ArgAction::Set, default_value_t = true)]
+    shapes: bool,
 }
 
 fn ports(list: &str) -> Vec<u16> {
@@ -163,6 +174,7 @@ impl WArgs {
             replicas: self.replicas,
             until_ns: self.until_ns,
             seed: self.seed,
+            shapes: self.shapes,
         }
     }
 }
@@ -248,6 +260,7 @@ fn main() {
                 workers: (a.cli_workers, a.rust_workers, a.node_workers),
                 cli: a.cli.clone().unwrap_or_else(|| bin_dir.join("spacelock")),
                 node_worker,
+                shapes: !a.exclusive_only,
             };
             eprintln!("chaos: run directory {} (seed {seed})", cfg.dir.display());
             match run::run(&cfg) {
@@ -274,6 +287,8 @@ fn main() {
             ms,
             via_wait,
             replicas,
+            mode,
+            limit,
         } => {
             let args = workers::WorkerArgs {
                 id,
@@ -284,12 +299,18 @@ fn main() {
                 replicas,
                 until_ns: 0,
                 seed: 0,
+                shapes: true,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime")
-                .block_on(workers::cli_body(args, ms, via_wait))
+                .block_on(workers::cli_body(
+                    args,
+                    ms,
+                    via_wait,
+                    workers::Shape::parse(&mode, limit),
+                ))
         }
     };
     std::process::exit(code);

@@ -69,6 +69,8 @@ pub struct RunConfig {
     pub cli: PathBuf,
     /// The compiled Node worker script.
     pub node_worker: Option<PathBuf>,
+    /// Whether the workers use the shared and counted names too.
+    pub shapes: bool,
 }
 
 struct Worker {
@@ -117,6 +119,8 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
             .arg(until.to_string())
             .arg("--seed")
             .arg(seed.to_string())
+            .arg("--shapes")
+            .arg(cfg.shapes.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());

@@ -2,6 +2,12 @@
 //! runs the `spacelock` CLI for each body, and the CLI's body. Each loops
 //! over the contended names until its deadline, half of its acquisitions
 //! through the server's WAIT queue, and records what happened.
+//!
+//! The names: `k0`–`k2` are exclusive locks; unless a run is exclusive-only,
+//! `rw` is a reader-writer lock (mostly readers, sometimes a writer) and
+//! `slots` a counted lock with [`SLOTS`] permits. Only exclusive holders
+//! write to the fenced resource: readers and permit holders run together,
+//! so no single high-water mark could judge their writes.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -9,13 +15,80 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::sentinel::{SentinelClient, SentinelServerType};
-use spacelock_client::{Lease, Options, Outcome, SentinelConnection, Skipped, SpaceLock};
+use spacelock_client::{
+    Lease, Options, Outcome, Semaphore, SentinelConnection, Skipped, SpaceLock,
+};
 
 use crate::fenced;
 use crate::history::{now_ns, Recorder};
 
-/// The contended names.
+/// The contended exclusive names.
 pub const NAMES: [&str; 3] = ["k0", "k1", "k2"];
+/// The reader-writer name.
+pub const RW: &str = "rw";
+/// The counted name, and its permits.
+pub const COUNTED: &str = "slots";
+/// Permits of [`COUNTED`].
+pub const SLOTS: u32 = 2;
+
+/// How a body holds its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The only holder.
+    Exclusive,
+    /// One of many readers.
+    Shared,
+    /// One of at most this many holders.
+    Limit(u32),
+}
+
+impl Shape {
+    /// The word its history lines carry in `mode`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Shape::Exclusive => "exclusive",
+            Shape::Shared => "shared",
+            Shape::Limit(_) => "limit",
+        }
+    }
+
+    /// A counted lock's permits, 0 otherwise (the `limit` field).
+    pub fn limit(self) -> u32 {
+        match self {
+            Shape::Limit(n) => n,
+            _ => 0,
+        }
+    }
+
+    /// From the body's `--mode` and `--limit`.
+    pub fn parse(word: &str, limit: u32) -> Shape {
+        match word {
+            "shared" => Shape::Shared,
+            "limit" => Shape::Limit(limit),
+            _ => Shape::Exclusive,
+        }
+    }
+}
+
+/// The next name and how to hold it: one of five names alike, a reader
+/// three times in four on `rw`.
+pub fn pick(rng: &mut StdRng, shapes: bool) -> (&'static str, Shape) {
+    if !shapes {
+        return (NAMES[rng.random_range(0..NAMES.len())], Shape::Exclusive);
+    }
+    match rng.random_range(0..NAMES.len() + 2) {
+        i if i < NAMES.len() => (NAMES[i], Shape::Exclusive),
+        i if i == NAMES.len() => (
+            RW,
+            if rng.random_bool(0.75) {
+                Shape::Shared
+            } else {
+                Shape::Exclusive
+            },
+        ),
+        _ => (COUNTED, Shape::Limit(SLOTS)),
+    }
+}
 /// The key prefix of every lock.
 pub const PREFIX: &str = "chaos:";
 /// How long a WAIT-queue acquire waits.
@@ -40,6 +113,8 @@ pub struct WorkerArgs {
     pub until_ns: i64,
     /// Random seed.
     pub seed: u64,
+    /// Whether to use the shared and counted names too.
+    pub shapes: bool,
 }
 
 impl WorkerArgs {
@@ -86,7 +161,6 @@ type Conn = SentinelConnection;
 
 struct Locks {
     locks: SpaceLock<Conn>,
-    raw: Conn,
 }
 
 /// A `SpaceLock` over the client's Sentinel connection, which follows the
@@ -116,7 +190,7 @@ async fn connect(args: &WorkerArgs, generation: u32) -> Option<Locks> {
         .release_timeout(Duration::from_millis(args.ttl_ms));
     let options = crate::acks::rust_options(options, args.replicas);
     let locks = SpaceLock::new(conn.clone(), options).with_wait_connector(conn.clone());
-    Some(Locks { locks, raw: conn })
+    Some(Locks { locks })
 }
 
 /// The Rust worker (`spacelock-chaos worker`).
@@ -140,7 +214,7 @@ pub async fn rust_worker(args: WorkerArgs) {
             }
         }
         let Some(l) = current.as_ref() else { continue };
-        let name = NAMES[rng.random_range(0..NAMES.len())];
+        let (name, shape) = pick(&mut rng, args.shapes);
         let key = format!("{PREFIX}{name}");
         let via_wait = rng.random_bool(0.5);
         let ms = body_ms(&mut rng, args.ttl_ms);
@@ -150,14 +224,19 @@ pub async fn rust_worker(args: WorkerArgs) {
             let fence = fence.clone();
             let owner = l.locks.owner().to_string();
             let replicas = args.replicas;
-            move |lease: Lease| body(lease, rec, fence, owner, via_wait, replicas, ms)
+            move |lease: Lease| body(lease, rec, fence, owner, via_wait, replicas, ms, shape)
         };
-        let outcome = if via_wait {
-            l.locks
-                .with_space_lock_wait(name, Duration::from_millis(WAIT_MS), body)
-                .await
-        } else {
-            l.locks.with_space_lock(name, body).await
+        let wait = Duration::from_millis(WAIT_MS);
+        let outcome = match (shape, via_wait) {
+            (Shape::Exclusive, true) => l.locks.with_space_lock_wait(name, wait, body).await,
+            (Shape::Exclusive, false) => l.locks.with_space_lock(name, body).await,
+            (Shape::Shared, true) => l.locks.with_shared_lock_wait(name, wait, body).await,
+            (Shape::Shared, false) => l.locks.with_shared_lock(name, body).await,
+            (Shape::Limit(n), _) => match Semaphore::new(l.locks.clone(), name, n) {
+                Ok(slots) if via_wait => slots.with_permit_wait(wait, body).await,
+                Ok(slots) => slots.with_permit(body).await,
+                Err(e) => Err(e),
+            },
         };
         match outcome {
             Ok(Outcome::Ran(())) => {}
@@ -179,18 +258,12 @@ pub async fn rust_worker(args: WorkerArgs) {
                         .with("required", required);
                 }
                 if why == "timed-out" {
-                    // Nothing may be left held in this owner's name.
-                    let info: redis::RedisResult<
-                        Option<std::collections::HashMap<String, redis::Value>>,
-                    > = redis::cmd("SPACELOCK.INFO")
-                        .arg(&key)
-                        .query_async(&mut l.raw.clone())
-                        .await;
-                    if let Ok(info) = info {
-                        let owner = info
-                            .and_then(|m| m.get("owner").cloned())
-                            .and_then(|v| redis::from_redis_value::<String>(v).ok());
-                        line = line.with("held_after", owner.as_deref() == Some(l.locks.owner()));
+                    // Nothing may be left held in this owner's name (by
+                    // any holder of a shared or counted lock).
+                    if let Ok(info) = l.locks.info(name).await {
+                        let mine = info
+                            .is_some_and(|i| i.holders.iter().any(|h| h.owner == l.locks.owner()));
+                        line = line.with("held_after", mine);
                     }
                 }
                 rec.write(&line);
@@ -224,6 +297,7 @@ async fn body(
     via_wait: bool,
     replicas: usize,
     ms: u64,
+    shape: Shape,
 ) {
     let granted = now_ns();
     let key = lease.key().to_string();
@@ -233,7 +307,9 @@ async fn body(
         &rec.line("start")
             .with("key", &key)
             .with("token", token)
-            .with("owner", &owner),
+            .with("owner", &owner)
+            .with("mode", shape.word())
+            .with("limit", u64::from(shape.limit())),
     );
     let work = async {
         let check = lease.check().await.ok();
@@ -249,6 +325,9 @@ async fn body(
         for phase in ["start", "end"] {
             if phase == "end" {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if shape != Shape::Exclusive {
+                continue;
             }
             let ok = fenced::write(&mut fence, &key, token, &rec.w).await;
             rec.write(
@@ -303,7 +382,7 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
         .collect::<Vec<_>>()
         .join(",");
     while now_ns() < args.until_ns {
-        let name = NAMES[rng.random_range(0..NAMES.len())];
+        let (name, shape) = pick(&mut rng, args.shapes);
         let key = format!("{PREFIX}{name}");
         let via_wait = rng.random_bool(0.5);
         let ms = body_ms(&mut rng, args.ttl_ms);
@@ -330,6 +409,15 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
         if via_wait {
             cmd.arg("--wait").arg(format!("{WAIT_MS}ms"));
         }
+        match shape {
+            Shape::Exclusive => {}
+            Shape::Shared => {
+                cmd.arg("--shared");
+            }
+            Shape::Limit(n) => {
+                cmd.arg("--limit").arg(n.to_string());
+            }
+        }
         cmd.arg(name)
             .arg("--")
             .arg(&me)
@@ -348,6 +436,10 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
             .arg(via_wait.to_string())
             .arg("--replicas")
             .arg(args.replicas.to_string())
+            .arg("--mode")
+            .arg(shape.word())
+            .arg("--limit")
+            .arg(shape.limit().to_string())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
@@ -386,7 +478,7 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
 /// under (from `SPACELOCK_KEY`, `SPACELOCK_TOKEN`, `SPACELOCK_OWNER`), its
 /// start, the fenced writes and its end into the CLI worker's file. A
 /// SIGTERM (the CLI's signal for a lost lease) ends it at once, recorded.
-pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool) -> i32 {
+pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool, shape: Shape) -> i32 {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     let granted = now_ns();
@@ -401,7 +493,9 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool) -> i32 {
         &rec.line("start")
             .with("key", &key)
             .with("token", token)
-            .with("owner", &owner),
+            .with("owner", &owner)
+            .with("mode", shape.word())
+            .with("limit", u64::from(shape.limit())),
     );
     let work = async {
         // CHECK on the primary Sentinel names now (the CLI's own connection
@@ -427,6 +521,9 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool) -> i32 {
         for phase in ["start", "end"] {
             if phase == "end" {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
+            if shape != Shape::Exclusive {
+                continue;
             }
             let ok = fenced::write(&mut fence, &key, token, &rec.w).await;
             rec.write(

@@ -10,9 +10,15 @@
 import { appendFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { isSkipped, SpaceLock } from '../src';
+import { isSkipped, SpaceLock, type Lease } from '../src';
 
 const NAMES = ['k0', 'k1', 'k2'];
+/** The reader-writer name and the counted one, as chaos/src/workers.rs. */
+const RW = 'rw';
+const COUNTED = 'slots';
+const SLOTS = 2;
+
+type Shape = { mode: 'exclusive' } | { mode: 'shared' } | { mode: 'limit'; limit: number };
 const PREFIX = 'chaos:';
 const WAIT_MS = 300;
 const SERVICE = 'chaos';
@@ -37,6 +43,7 @@ interface Args {
   replicas: number;
   untilNs: bigint;
   seed: number;
+  shapes: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -56,6 +63,7 @@ function parseArgs(argv: string[]): Args {
     replicas: Number(get('replicas')),
     untilNs: BigInt(get('until-ns')),
     seed: Number(get('seed')),
+    shapes: (m.get('shapes') ?? 'true') === 'true',
   };
 }
 
@@ -69,6 +77,15 @@ function rng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** The next name and how to hold it: one of five names alike, a reader three times in four on `rw`. */
+function pick(random: () => number, shapes: boolean): [string, Shape] {
+  if (!shapes) return [NAMES[Math.floor(random() * NAMES.length)]!, { mode: 'exclusive' }];
+  const i = Math.floor(random() * (NAMES.length + 2));
+  if (i < NAMES.length) return [NAMES[i]!, { mode: 'exclusive' }];
+  if (i === NAMES.length) return [RW, random() < 0.75 ? { mode: 'shared' } : { mode: 'exclusive' }];
+  return [COUNTED, { mode: 'limit', limit: SLOTS }];
 }
 
 const now = (): bigint => process.hrtime.bigint();
@@ -90,11 +107,6 @@ async function main(): Promise<void> {
     name: SERVICE,
   });
   redis.on('error', () => undefined);
-  const admin = new Redis({
-    sentinels: a.sentinels.map((port) => ({ host: '127.0.0.1', port })),
-    name: SERVICE,
-  });
-  admin.on('error', () => undefined);
   const fence = new Redis({ host: '127.0.0.1', port: a.fenced });
   fence.on('error', () => undefined);
   const owner = `${a.id}.1`;
@@ -107,18 +119,16 @@ async function main(): Promise<void> {
   });
 
   while (now() < a.untilNs) {
-    const name = NAMES[Math.floor(random() * NAMES.length)]!;
+    const [name, shape] = pick(random, a.shapes);
     const key = `${PREFIX}${name}`;
     const viaWait = random() < 0.5;
     const began = now();
     const bodyMs = random() < 0.7 ? 5 + Math.floor(random() * 55) : Math.floor(a.ttlMs / 3 + random() * (a.ttlMs * 1.5 - a.ttlMs / 3));
     try {
-      const r = await locks.withSpaceLock(
-        name,
-        async (lease) => {
+      const body = async (lease: Lease): Promise<void> => {
           const granted = now();
           const token = lease.token ?? 0n;
-          record('start', { key, token, owner: lease.owner }, granted);
+          record('start', { key, token, owner: lease.owner, mode: shape.mode, limit: shape.mode === 'limit' ? shape.limit : 0 }, granted);
           const work = async (): Promise<boolean | null> => {
             let check: boolean | null = null;
             try {
@@ -131,6 +141,8 @@ async function main(): Promise<void> {
               if (phase === 'end') await sleep(bodyMs);
               // The race below does not cancel this function: stop here once the lease is lost.
               if (lease.signal.aborted) return null;
+              // Readers and permit holders run together: only exclusive holders write.
+              if (shape.mode !== 'exclusive') continue;
               try {
                 const ok = (await fence.eval(
                   FENCE_SCRIPT,
@@ -162,9 +174,14 @@ async function main(): Promise<void> {
           const t = now();
           if (lost) record('lost', { key, token, reason: lease.lostReason() ?? null }, t);
           record('end', { key, token, lost, check_end: endCheck }, t);
-        },
-        viaWait ? { waitMs: WAIT_MS } : {},
-      );
+      };
+      const options = viaWait ? { waitMs: WAIT_MS } : {};
+      const r =
+        shape.mode === 'shared'
+          ? await locks.withSharedLock(name, body, options)
+          : shape.mode === 'limit'
+            ? await locks.withPermit(name, shape.limit, body, options)
+            : await locks.withSpaceLock(name, body, options);
       if (isSkipped(r)) {
         const fields: Record<string, string | number | boolean | null> = {
           key,
@@ -179,12 +196,9 @@ async function main(): Promise<void> {
         if (r.skipped === 'timed-out') {
           // Nothing may be left held in this owner's name.
           try {
-            const info = (await admin.call('SPACELOCK.INFO', key)) as unknown[] | null;
-            let holder: string | undefined;
-            if (Array.isArray(info)) {
-              for (let i = 0; i + 1 < info.length; i += 2) if (String(info[i]) === 'owner') holder = String(info[i + 1]);
-            }
-            fields['held_after'] = holder !== undefined && holder.startsWith(`${owner}:`);
+            // Any holder of a shared or counted lock counts.
+            const info = await locks.info(name);
+            fields['held_after'] = info !== null && info.holders.some((h) => h.owner.startsWith(`${owner}:`));
           } catch {
             // unknown
           }
@@ -199,7 +213,6 @@ async function main(): Promise<void> {
   }
   await locks.close({ timeoutMs: 2_000 });
   redis.disconnect();
-  admin.disconnect();
   fence.disconnect();
 }
 
