@@ -222,9 +222,8 @@ pub async fn rust_worker(args: WorkerArgs) {
         let body = {
             let rec = rec.clone();
             let fence = fence.clone();
-            let owner = l.locks.owner().to_string();
             let replicas = args.replicas;
-            move |lease: Lease| body(lease, rec, fence, owner, via_wait, replicas, ms, shape)
+            move |lease: Lease| body(lease, rec, fence, via_wait, replicas, ms, shape)
         };
         let wait = Duration::from_millis(WAIT_MS);
         let outcome = match (shape, via_wait) {
@@ -261,8 +260,11 @@ pub async fn rust_worker(args: WorkerArgs) {
                     // Nothing may be left held in this owner's name (by
                     // any holder of a shared or counted lock).
                     if let Ok(info) = l.locks.info(name).await {
-                        let mine = info
-                            .is_some_and(|i| i.holders.iter().any(|h| h.owner == l.locks.owner()));
+                        let mine = info.is_some_and(|i| {
+                            i.holders
+                                .iter()
+                                .any(|h| h.owner.starts_with(&format!("{}:", l.locks.owner())))
+                        });
                         line = line.with("held_after", mine);
                     }
                 }
@@ -293,7 +295,6 @@ async fn body(
     lease: Lease,
     rec: std::sync::Arc<Recorder>,
     mut fence: redis::aio::MultiplexedConnection,
-    owner: String,
     via_wait: bool,
     replicas: usize,
     ms: u64,
@@ -302,7 +303,7 @@ async fn body(
     let granted = now_ns();
     let key = lease.key().to_string();
     let token = lease.token();
-    let owner = owner.to_string();
+    let owner = lease.owner().to_string();
     rec.write(
         &rec.line("start")
             .with("key", &key)

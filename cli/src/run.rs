@@ -227,7 +227,7 @@ async fn run_child<C: LockConnection>(
     cmd.args(&args.command[1..])
         .env("SPACELOCK_KEY", lease.key())
         .env("SPACELOCK_TOKEN", lease.token().to_string())
-        .env("SPACELOCK_OWNER", locks.owner())
+        .env("SPACELOCK_OWNER", lease.owner())
         .stdin(Stdio::inherit())
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
@@ -388,7 +388,7 @@ async fn lost_reason<C: LockConnection>(locks: &SpaceLock<C>, lease: &Lease) -> 
     let server = tokio::time::timeout(SIDE_QUERY_TIMEOUT, locks.info(lease.name())).await;
     let expired = lease.lost_reason() != Some(LostReason::NotOwner);
     match server {
-        Ok(Ok(Some(info))) if info.owner_bytes != locks.owner().as_bytes() => format!(
+        Ok(Ok(Some(info))) if info.owner_bytes != lease.owner().as_bytes() => format!(
             "{}the lock now belongs to {} (token {})",
             if expired {
                 "no refresh succeeded within the ttl; "

@@ -157,3 +157,14 @@ macro_rules! main {
         }
     };
 }
+
+/// The owner id of an owner value that a client's locked call wrote
+/// (`{owner}:{n}`, the call's number after the last colon); the value
+/// itself when it has no such number.
+#[must_use]
+pub fn call_base(owner: &str) -> &str {
+    match owner.rsplit_once(':') {
+        Some((base, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => owner,
+    }
+}

@@ -48,6 +48,7 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
     inner: &Inner<C>,
     pool: &WaitPool,
     key: &str,
+    owner: &str,
     mode: Mode,
     timeout: Duration,
     ack: Option<&Ack>,
@@ -58,21 +59,21 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
     loop {
         let mut pooled = match pool.checkout(deadline).await {
             Checkout::Got(c) => c,
-            Checkout::NotInTime => return last_try(inner, key, mode, ack).await,
+            Checkout::NotInTime => return last_try(inner, key, owner, mode, ack).await,
             Checkout::Failed(e) => {
                 let e = Error::from(e);
                 if is_transient(&e) && backoff.wait(deadline).await {
                     continue;
                 }
                 // We cannot wait; but the lock may be free right now.
-                return match last_try(inner, key, mode, ack).await {
+                return match last_try(inner, key, owner, mode, ack).await {
                     Ok(Acquired::Held) => Err(e),
                     other => other,
                 };
             }
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        let cmd = proto::acquire_wait(key, &s.owner, s.ttl_ms, mode, millis_ceil(left));
+        let cmd = proto::acquire_wait(key, owner, s.ttl_ms, mode, millis_ceil(left));
         let sent = Instant::now();
         let budget = left.saturating_add(s.wait_grace());
         let reply = tokio::time::timeout_at(after(sent, budget), pooled.conn.req(&cmd)).await;
@@ -84,7 +85,7 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
                         pool.checkin(pooled);
                         return Ok(Acquired::Granted(grant));
                     };
-                    return acknowledge(inner, pool, pooled, key, a, grant).await;
+                    return acknowledge(inner, pool, pooled, key, owner, a, grant).await;
                 }
                 Ok(None) => {
                     pool.checkin(pooled);
@@ -93,7 +94,7 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
                     // runs when the pause ends) and quietly: nothing was
                     // granted, so nothing stays held if it does not land.
                     let wait = s.release_timeout().min(retry::DEFENSIVE_RELEASE_WAIT);
-                    if let Err(e) = retry::release(&inner.conn, key, &s.owner, wait).await {
+                    if let Err(e) = retry::release(&inner.conn, key, owner, wait).await {
                         tracing::debug!(key = %key, error = %e, "spacelock: the release after a nil WAIT reply is not confirmed");
                     }
                     return Ok(Acquired::Held);
@@ -120,7 +121,7 @@ pub(crate) async fn acquire_wait<C: LockConnection>(
         drop(pooled);
         if may_have_run(&e) {
             tracing::warn!(key = %key, error = %e, "spacelock: blocking acquire failed; releasing in case it was granted");
-            if !retry::release_logged(&inner.conn, key, &s.owner, s.release_budget()).await {
+            if !retry::release_logged(&inner.conn, key, owner, s.release_budget()).await {
                 return Err(e);
             }
         }
@@ -141,6 +142,7 @@ async fn acknowledge<C: LockConnection>(
     pool: &WaitPool,
     mut pooled: PooledConn,
     key: &str,
+    owner: &str,
     ack: &Ack,
     grant: Grant,
 ) -> Result<Acquired, Error> {
@@ -156,13 +158,13 @@ async fn acknowledge<C: LockConnection>(
         Ok(Err(e)) => {
             drop(pooled);
             tracing::warn!(key = %key, error = %e, "spacelock: the grant's acknowledgement failed; releasing it");
-            retry::release_logged(&inner.conn, key, &s.owner, s.release_budget()).await;
+            retry::release_logged(&inner.conn, key, owner, s.release_budget()).await;
             return Err(e.into());
         }
         Err(_) => {
             drop(pooled);
             tracing::warn!(key = %key, "spacelock: no reply to the grant's acknowledgement; releasing it");
-            retry::release_logged(&inner.conn, key, &s.owner, s.release_budget()).await;
+            retry::release_logged(&inner.conn, key, owner, s.release_budget()).await;
             return Err(Error::Timeout {
                 command: if ack.aof { proto::WAITAOF } else { proto::WAIT },
                 after: budget,
@@ -172,7 +174,7 @@ async fn acknowledge<C: LockConnection>(
     retry::settle_ack(
         &inner.conn,
         key,
-        &s.owner,
+        owner,
         s.release_budget(),
         ack,
         reply,
@@ -186,6 +188,7 @@ async fn acknowledge<C: LockConnection>(
 async fn last_try<C: LockConnection>(
     inner: &Inner<C>,
     key: &str,
+    owner: &str,
     mode: Mode,
     ack: Option<&Ack>,
 ) -> Result<Acquired, Error> {
@@ -193,8 +196,8 @@ async fn last_try<C: LockConnection>(
     retry::acquire(
         &inner.conn,
         key,
-        &s.owner,
-        &proto::acquire(key, &s.owner, s.ttl_ms, mode),
+        owner,
+        &proto::acquire(key, owner, s.ttl_ms, mode),
         s.request_timeout(),
         s.release_budget(),
         ack,

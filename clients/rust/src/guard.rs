@@ -24,6 +24,8 @@ use crate::retry;
 pub(crate) struct Guard<C: LockConnection> {
     inner: Arc<Inner<C>>,
     key: String,
+    /// The call's own owner value ([`Inner::call_owner`]).
+    owner: Arc<str>,
     claim: Option<Claim>,
     /// Redis may hold our lock (acquiring, or held): release on drop.
     held: bool,
@@ -52,10 +54,11 @@ impl<C: LockConnection> Guard<C> {
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub(crate) fn new(inner: Arc<Inner<C>>, key: String, claim: Claim) -> Self {
+    pub(crate) fn new(inner: Arc<Inner<C>>, key: String, owner: Arc<str>, claim: Claim) -> Self {
         Guard {
             inner,
             key,
+            owner,
             claim: Some(claim),
             held: true,
             heartbeat_id: None,
@@ -99,7 +102,7 @@ impl<C: LockConnection> Guard<C> {
         self.stop_heartbeat();
         let s = &self.inner.settings;
         let budget = release_budget(s, self.valid_until.as_deref());
-        let ok = retry::release_logged(&self.inner.conn, &self.key, &s.owner, budget).await;
+        let ok = retry::release_logged(&self.inner.conn, &self.key, &self.owner, budget).await;
         if !ok {
             if let Some(lost) = &self.lost {
                 lost.release_failed();
@@ -126,11 +129,11 @@ impl<C: LockConnection> Drop for Guard<C> {
         };
         tracing::debug!(key = %pending.key, "spacelock: cancelled while the lock may be held; releasing in the background");
         let (inner, lost, claim) = (self.inner.clone(), self.lost.take(), claim.into_releasing());
+        let owner = self.owner.clone();
         let budget = release_budget(&inner.settings, self.valid_until.as_deref());
         self.handle.spawn(async move {
             let mut pending = pending;
-            let owner = &inner.settings.owner;
-            let ok = retry::release_logged(&inner.conn, &pending.key, owner, budget).await;
+            let ok = retry::release_logged(&inner.conn, &pending.key, &owner, budget).await;
             if !ok {
                 if let Some(lost) = lost {
                     lost.release_failed();

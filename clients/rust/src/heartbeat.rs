@@ -51,6 +51,8 @@ fn retry_delay(failures: u32, interval: Duration) -> Duration {
 
 struct Entry {
     key: String,
+    /// The owner value of the call that holds it.
+    owner: Arc<str>,
     ttl: Duration,
     ttl_ms: u64,
     interval: Duration,
@@ -160,6 +162,7 @@ impl Heartbeat {
         let ttl = Duration::from_millis(ttl_ms);
         let entry = Entry {
             key: key.to_string(),
+            owner: owner.clone(),
             ttl,
             ttl_ms,
             interval,
@@ -179,7 +182,7 @@ impl Heartbeat {
         let wake_refresher = earliest.is_none_or(|t| next_refresh.min(valid_until_at) < t);
         let running = st.task.as_ref().is_some_and(|t| !t.is_finished());
         if !running {
-            let task = tokio::spawn(run(self.shared.clone(), conn.clone(), owner.clone()));
+            let task = tokio::spawn(run(self.shared.clone(), conn.clone()));
             st.task = Some(task);
         }
         drop(st);
@@ -294,7 +297,7 @@ async fn send_refreshes<C: LockConnection>(
     }
 }
 
-async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
+async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C) {
     let ack = shared.ack;
     let mut inflight = FuturesUnordered::new();
     loop {
@@ -336,7 +339,7 @@ async fn run<C: LockConnection>(shared: Arc<Shared>, conn: C, owner: Arc<str>) {
                             .or_insert_with(|| (Vec::new(), redis::pipe(), deadline));
                         ids.push(id);
                         *until = (*until).max(deadline);
-                        pipe.add_command(crate::proto::refresh(&e.key, &owner, e.ttl_ms));
+                        pipe.add_command(crate::proto::refresh(&e.key, &e.owner, e.ttl_ms));
                     }
                     e.next_refresh = after(now, e.interval);
                 }

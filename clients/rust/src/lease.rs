@@ -45,6 +45,7 @@ pub(crate) type Checker =
 struct LeaseInner {
     name: String,
     key: String,
+    owner: Arc<str>,
     token: u64,
     ttl: Duration,
     lost: Arc<LostSignal>,
@@ -57,6 +58,7 @@ impl std::fmt::Debug for LeaseInner {
         f.debug_struct("LeaseInner")
             .field("name", &self.name)
             .field("key", &self.key)
+            .field("owner", &self.owner)
             .field("token", &self.token)
             .field("ttl", &self.ttl)
             .field("lost", &self.lost)
@@ -269,6 +271,7 @@ impl Lease {
     pub(crate) fn new(
         name: &str,
         key: String,
+        owner: Arc<str>,
         token: u64,
         ttl: Duration,
         lost: Arc<LostSignal>,
@@ -279,6 +282,7 @@ impl Lease {
             inner: Arc::new(LeaseInner {
                 name: name.to_string(),
                 key,
+                owner,
                 token,
                 ttl,
                 lost,
@@ -365,6 +369,30 @@ impl Lease {
     #[must_use]
     pub fn key(&self) -> &str {
         &self.inner.key
+    }
+
+    /// The owner value this lease's grant holds the lock under: the
+    /// `SpaceLock`'s [`owner`](crate::SpaceLock::owner) id and the call's
+    /// number, `{owner}:{n}`. Each call has its own, so that a release one
+    /// call sends late can never end another call's grant of the same name.
+    /// It is what `SPACELOCK.CHECK key owner token` and `SPACELOCK.INFO`
+    /// name.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(locks: spacelock_client::SpaceLock<redis::aio::ConnectionManager>) -> Result<(), spacelock_client::Error> {
+    /// let prefix = format!("{}:", locks.owner());
+    /// locks
+    ///     .with_space_lock("space-42", |lease| async move {
+    ///         assert!(lease.owner().starts_with(&prefix));
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
     }
 
     /// The lock name as given to `with_space_lock` (without the prefix).

@@ -117,6 +117,7 @@ impl<C: LockConnection> SpaceLock<C> {
                 heartbeat: Heartbeat::new(settings.ack()),
                 settings,
                 registry: Arc::default(),
+                calls: std::sync::atomic::AtomicU64::new(0),
             }),
             wait: None,
         }
@@ -149,7 +150,13 @@ impl<C: LockConnection> SpaceLock<C> {
         self
     }
 
-    /// The owner id this `SpaceLock` writes into its locks.
+    /// The owner id this `SpaceLock` writes into its locks. The locked
+    /// calls (`with_space_lock`, `with_shared_lock`, a `Semaphore`'s
+    /// permits) hold each grant under `{owner}:{n}`, `n` counting this
+    /// `SpaceLock`'s calls ([`Lease::owner`](crate::Lease::owner)), so that
+    /// a release one call sends late can never end a later call's grant of
+    /// the same name; the primitives ([`acquire`](Self::acquire) and the
+    /// rest) write the owner id itself.
     ///
     /// # Examples
     ///
@@ -431,19 +438,29 @@ impl<C: LockConnection> SpaceLock<C> {
         let Some(claim) = inner.registry.claim(&key).await else {
             return Ok(Outcome::Skipped(Skipped::InProgress));
         };
-        let mut guard = Guard::new(inner.clone(), key.clone(), claim);
+        let owner = inner.call_owner();
+        let mut guard = Guard::new(inner.clone(), key.clone(), owner.clone(), claim);
         let ack = s.ack();
         let reply = match (wait, &pool) {
             (Some(timeout), Some(pool)) => {
-                blocking_acquire::acquire_wait(inner, pool, &key, mode, timeout, ack.as_ref()).await
+                blocking_acquire::acquire_wait(
+                    inner,
+                    pool,
+                    &key,
+                    &owner,
+                    mode,
+                    timeout,
+                    ack.as_ref(),
+                )
+                .await
             }
             _ => {
                 let (ttl, timeout) = (s.ttl_ms, s.request_timeout());
                 retry::acquire(
                     &inner.conn,
                     &key,
-                    &s.owner,
-                    &proto::acquire(&key, &s.owner, ttl, mode),
+                    &owner,
+                    &proto::acquire(&key, &owner, ttl, mode),
                     timeout,
                     s.release_budget(),
                     ack.as_ref(),
@@ -479,7 +496,7 @@ impl<C: LockConnection> SpaceLock<C> {
                 return Err(e);
             }
         };
-        let start = match self.lease_start(&key, grant).await {
+        let start = match self.lease_start(&key, &owner, grant).await {
             Ok(Confirmed::From(start)) => start,
             Ok(Confirmed::Gone) => {
                 guard.set_free();
@@ -501,7 +518,7 @@ impl<C: LockConnection> SpaceLock<C> {
         let valid_until = ValidUntil::new(start, s.ttl());
         let id = inner.heartbeat.register(
             &inner.conn,
-            &s.owner,
+            &owner,
             &key,
             s.ttl_ms,
             lost.clone(),
@@ -509,7 +526,7 @@ impl<C: LockConnection> SpaceLock<C> {
         );
         guard.attach(id, lost.clone(), valid_until.clone());
         let checker: crate::lease::Checker = {
-            let (conn, key, owner) = (inner.conn.clone(), key.clone(), s.owner.clone());
+            let (conn, key, owner) = (inner.conn.clone(), key.clone(), owner.clone());
             let (token, timeout) = (grant.token, s.request_timeout());
             Arc::new(move || {
                 let (conn, cmd) = (conn.clone(), proto::check_grant(&key, &owner, token));
@@ -522,6 +539,7 @@ impl<C: LockConnection> SpaceLock<C> {
         let lease = Lease::new(
             name,
             key.clone(),
+            owner,
             grant.token,
             s.ttl(),
             lost.clone(),
@@ -554,7 +572,7 @@ impl<C: LockConnection> SpaceLock<C> {
     /// process, a slow acknowledgement). Then a REFRESH (acknowledged like
     /// the grant) confirms the grant first and the lease counts from that
     /// refresh.
-    async fn lease_start(&self, key: &str, grant: Grant) -> Result<Confirmed, Error> {
+    async fn lease_start(&self, key: &str, owner: &str, grant: Grant) -> Result<Confirmed, Error> {
         let s = &self.inner.settings;
         if Instant::now() < after(grant.sent, s.interval()) {
             return Ok(Confirmed::From(grant.sent));
@@ -564,7 +582,7 @@ impl<C: LockConnection> SpaceLock<C> {
         retry::confirm(
             &self.inner.conn,
             key,
-            &s.owner,
+            owner,
             s.ttl_ms,
             s.ttl(),
             ack.as_ref(),

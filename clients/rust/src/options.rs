@@ -148,9 +148,11 @@ impl Options {
     }
 
     /// The owner id written into every lock this `SpaceLock` takes (the
-    /// existing service's `instanceId`). Two `SpaceLock`s with the same owner can release
-    /// and refresh each other's locks, so only set this to give a process a
-    /// stable, unique, recognisable id.
+    /// existing service's `instanceId`; a locked call adds its own number,
+    /// `{owner}:{n}`, see [`SpaceLock::owner`](crate::SpaceLock::owner)).
+    /// Two `SpaceLock`s with the same owner can release and refresh each
+    /// other's locks, so only set this to give a process a stable, unique,
+    /// recognisable id.
     ///
     /// Defaults to a fresh UUID v4 for each [`SpaceLock::new`](crate::SpaceLock::new).
     ///

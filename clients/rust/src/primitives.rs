@@ -52,7 +52,8 @@ impl<C: LockConnection> SpaceLock<C> {
         let Some(claim) = self.inner.registry.claim(&key).await else {
             return Ok(AcquireReply::Held);
         };
-        let mut guard = Guard::new(self.inner.clone(), key.clone(), claim);
+        let owner = self.inner.settings.owner.clone();
+        let mut guard = Guard::new(self.inner.clone(), key.clone(), owner, claim);
         let (ttl, timeout) = (s.ttl_ms, s.request_timeout());
         let reply = retry::acquire(
             &self.inner.conn,
@@ -115,11 +116,15 @@ impl<C: LockConnection> SpaceLock<C> {
         let Some(claim) = self.inner.registry.claim(&key).await else {
             return Ok(AcquireReply::Held);
         };
-        let mut guard = Guard::new(self.inner.clone(), key.clone(), claim);
+        // The primitives write this `SpaceLock`'s own owner id, which the
+        // caller's REFRESH and RELEASE name.
+        let owner = self.inner.settings.owner.clone();
+        let mut guard = Guard::new(self.inner.clone(), key.clone(), owner.clone(), claim);
         let reply = blocking_acquire::acquire_wait(
             &self.inner,
             &pool,
             &key,
+            &owner,
             crate::Mode::Exclusive,
             timeout,
             None,

@@ -154,7 +154,12 @@ async fn lock_held_across_two_instances() {
         !b.is_running("space"),
         "a LockHeld call must free its entry"
     );
-    assert_eq!(holder(&server, &a.key("space")).as_deref(), Some(a.owner()));
+    assert_eq!(
+        holder(&server, &a.key("space"))
+            .as_deref()
+            .map(kit::call_base),
+        Some(a.owner())
+    );
     stop_tx.send(()).unwrap();
     assert!(holder_task.await.unwrap().is_ran());
     let outcome = b
@@ -179,8 +184,8 @@ async fn heartbeat_keeps_a_300ms_lock_for_1500ms() {
                 while started.elapsed() < Duration::from_millis(1600) {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     assert_eq!(
-                        holder(server, &key),
-                        Some(owner.clone()),
+                        holder(server, &key).as_deref().map(kit::call_base),
+                        Some(owner.as_str()),
                         "after {:?}",
                         started.elapsed()
                     );
@@ -429,7 +434,10 @@ async fn releases_on_cancellation() {
         .await
     });
     held_rx.await.unwrap();
-    assert_eq!(holder(&server, &key).as_deref(), Some(a.owner()));
+    assert_eq!(
+        holder(&server, &key).as_deref().map(kit::call_base),
+        Some(a.owner())
+    );
     assert!(a.is_running("space"));
     assert_eq!(a.active_leases(), 1);
     task.abort();
@@ -550,7 +558,8 @@ async fn works_over_a_multiplexed_connection_and_with_a_custom_prefix() {
     assert_eq!(a.owner(), "me-1");
     let key = a
         .with_space_lock("space-42", |lease| async move {
-            assert_eq!(holder(server, lease.key()).as_deref(), Some("me-1"));
+            assert_eq!(holder(server, lease.key()).as_deref(), Some(lease.owner()));
+            assert_eq!(kit::call_base(lease.owner()), "me-1");
             lease.key().to_string()
         })
         .await
@@ -597,7 +606,10 @@ async fn a_failed_refresh_is_retried_not_lost() {
                 .unwrap();
             assert!(killed >= 1);
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            assert_eq!(holder(server, key), Some(owner));
+            assert_eq!(
+                holder(server, key).as_deref().map(kit::call_base),
+                Some(owner.as_str())
+            );
             lease.is_lost()
         })
         .await
@@ -657,6 +669,48 @@ async fn releases_when_cancelled_during_acquire() {
         .query(&mut server.conn())
         .unwrap();
     assert!(last.is_some_and(|t| t > 0), "{last:?}");
+}
+
+/// Each locked call holds its grant under its own owner value, so that a
+/// release one call sends late (its lease lost while the server was
+/// stopped or paused, the RELEASE still on its way) cannot end the next
+/// call's grant of the same name. With one owner value for every call, the
+/// late RELEASE below answered 1 and freed the second grant for anyone.
+#[kit::test]
+async fn a_late_release_of_an_earlier_call_cannot_end_a_later_grant() {
+    let server = Server::new();
+    let a = locks(&server, Options::default()).await;
+    let first = a
+        .with_space_lock("space", |lease| async move { lease.owner().to_string() })
+        .await
+        .unwrap()
+        .ran()
+        .expect("the first call ran");
+    assert_eq!(kit::call_base(&first), a.owner());
+    let key = a.key("space");
+    let (server, first2) = (&server, first.clone());
+    let (second, late, held) = a
+        .with_space_lock("space", |lease| async move {
+            // The first call's RELEASE, arriving only now.
+            let late: i64 = redis::cmd("SPACELOCK.RELEASE")
+                .arg(lease.key())
+                .arg(&first2)
+                .query(&mut server.conn())
+                .unwrap();
+            (
+                lease.owner().to_string(),
+                late,
+                lease.check().await.unwrap(),
+            )
+        })
+        .await
+        .unwrap()
+        .ran()
+        .expect("the second call ran");
+    assert_ne!(second, first);
+    assert_eq!(kit::call_base(&second), a.owner());
+    assert_eq!(late, 0, "the late release ended nothing");
+    assert!(held, "the second grant still holds {key}");
 }
 
 kit::main!();
