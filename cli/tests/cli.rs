@@ -619,8 +619,9 @@ fn info_shows_free_and_the_holder() {
         "{json}"
     );
     assert!(
-        json.trim_end()
-            .ends_with(&format!(r#","token":{token},"waiters":0}}"#)),
+        json.contains(&format!(
+            r#","token":{token},"waiters":0,"mode":"exclusive","limit":1,"holders":[{{"owner":"{owner}","#
+        )),
         "{json}"
     );
 
