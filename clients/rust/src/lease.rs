@@ -42,15 +42,15 @@ pub struct Lease {
 pub(crate) type Checker =
     Arc<dyn Fn() -> BoxFuture<'static, Result<bool, crate::Error>> + Send + Sync>;
 
-struct LeaseInner {
-    name: String,
-    key: String,
-    owner: Arc<str>,
-    token: u64,
-    ttl: Duration,
-    lost: Arc<LostSignal>,
-    valid_until: Arc<ValidUntil>,
-    checker: Checker,
+pub(crate) struct LeaseInner {
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) owner: Arc<str>,
+    pub(crate) token: u64,
+    pub(crate) ttl: Duration,
+    pub(crate) lost: Arc<LostSignal>,
+    pub(crate) valid_until: Arc<ValidUntil>,
+    pub(crate) checker: Checker,
 }
 
 impl std::fmt::Debug for LeaseInner {
@@ -268,27 +268,9 @@ impl ValidUntil {
 }
 
 impl Lease {
-    pub(crate) fn new(
-        name: &str,
-        key: String,
-        owner: Arc<str>,
-        token: u64,
-        ttl: Duration,
-        lost: Arc<LostSignal>,
-        valid_until: Arc<ValidUntil>,
-        checker: Checker,
-    ) -> Self {
+    pub(crate) fn new(inner: LeaseInner) -> Self {
         Lease {
-            inner: Arc::new(LeaseInner {
-                name: name.to_string(),
-                key,
-                owner,
-                token,
-                ttl,
-                lost,
-                valid_until,
-                checker,
-            }),
+            inner: Arc::new(inner),
         }
     }
 

@@ -16,7 +16,7 @@ use crate::conn::{LockConnection, WaitConnector, WaitPool};
 use crate::guard::Guard;
 use crate::heartbeat::Heartbeat;
 use crate::inner::Inner;
-use crate::lease::{LostSignal, ValidUntil};
+use crate::lease::{LeaseInner, LostSignal, ValidUntil};
 use crate::options::{after, Settings};
 use crate::proto;
 use crate::retry::{self, Acquired, Confirmed, Grant};
@@ -536,16 +536,16 @@ impl<C: LockConnection> SpaceLock<C> {
                 })
             })
         };
-        let lease = Lease::new(
-            name,
-            key.clone(),
+        let lease = Lease::new(LeaseInner {
+            name: name.to_string(),
+            key: key.clone(),
             owner,
-            grant.token,
-            s.ttl(),
-            lost.clone(),
+            token: grant.token,
+            ttl: s.ttl(),
+            lost: lost.clone(),
             valid_until,
             checker,
-        );
+        });
 
         let body = AssertUnwindSafe(async move { f(lease).await }).catch_unwind();
         let result: Option<Result<T, Box<dyn Any + Send>>> = if s.cancel_on_lost() {
