@@ -353,6 +353,43 @@ fn refresh_and_release_act_on_one_holder() {
     assert_eq!(refresh(&mut con, "cache", "b", 1000), 0);
 }
 
+/// On a counted key, REFRESH and RELEASE by an owner that holds no permit
+/// (one that never held one, one that released its own) answer 0 and write
+/// nothing: the holders keep their permits, deadlines and tokens, the key
+/// its expiry, the fence key its value, and the free permit stays free.
+#[kit::test]
+fn refresh_and_release_without_a_permit_answer_0_and_change_nothing() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let a = limit(&mut con, "slots", "a", 30_000, 3).unwrap();
+    let b = limit(&mut con, "slots", "b", 60_000, 3).unwrap();
+    limit(&mut con, "slots", "gone", 90_000, 3).unwrap();
+    assert_eq!(release(&mut con, "slots", "gone"), 1);
+    let before = dump(&mut con);
+    let (_, db) = field(&mut con, "slots", "b").unwrap();
+    assert_eq!(pexpiretime(&mut con, "slots"), db);
+    for owner in ["stranger", "gone"] {
+        // A ttl past every deadline: a refresh that wrote would move the key's expiry.
+        assert_eq!(refresh(&mut con, "slots", owner, 120_000), 0, "{owner}");
+        assert_eq!(release(&mut con, "slots", owner), 0, "{owner}");
+        assert_eq!(field(&mut con, "slots", owner), None, "{owner}");
+    }
+    assert_eq!(dump(&mut con), before, "nothing changed");
+    assert_eq!(check(&mut con, "slots", "a", a), 1);
+    assert_eq!(check(&mut con, "slots", "b", b), 1);
+    let i = info(&mut con, "slots").unwrap();
+    let holders: Vec<(&str, i64)> = i.holders.iter().map(|(o, _, t)| (o.as_str(), *t)).collect();
+    assert_eq!(holders, [("a", a), ("b", b)]);
+    assert!(
+        i.holders[0].1 <= 30_000 && i.holders[1].1 <= 60_000,
+        "{i:?}"
+    );
+    // Two of three permits held, as before: one more fits, and no other.
+    let c = limit(&mut con, "slots", "c", 60_000, 3).expect("the free permit");
+    assert!(c > b);
+    assert_eq!(limit(&mut con, "slots", "stranger", 60_000, 3), None);
+}
+
 #[kit::test]
 fn check_is_per_holder_and_token() {
     let server = Server::new();
@@ -517,15 +554,56 @@ fn old_lua_clients_see_a_shared_key_as_held_and_change_nothing() {
         (fields(&mut con, "cache"), pexpiretime(&mut con, "cache")),
         before
     );
-    // And a counted key alike.
-    limit(&mut con, "slots", "a", 60_000, 2).unwrap();
-    let set: Option<String> = redis::cmd("SET")
-        .arg("slots")
-        .arg("b")
-        .arg("NX")
-        .query(&mut con)
-        .unwrap();
-    assert_eq!(set, None);
+}
+
+/// The Lua-based client on a counted key with a permit still free: its
+/// `SET NX` is nil (held, as any held lock), its refresh and release
+/// scripts fail on `GET` with WRONGTYPE, and the permit, its deadline, its
+/// token and the fence key stay as they were.
+#[kit::test]
+fn old_lua_clients_see_a_counted_key_as_held_and_change_nothing() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let a = limit(&mut con, "slots", "a", 60_000, 2).unwrap();
+    let before = dump(&mut con);
+    // Its acquire, as the holder and as a newcomer that would fit.
+    for owner in ["a", "b"] {
+        let set: Option<String> = redis::cmd("SET")
+            .arg("slots")
+            .arg(owner)
+            .arg("PX")
+            .arg(60_000)
+            .arg("NX")
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(set, None, "{owner}");
+    }
+    for (script, args) in [
+        (LUA_SERVICE_REFRESH, vec!["a", "120000"]),
+        (LUA_SERVICE_RELEASE, vec!["a"]),
+        (LUA_SERVICE_REFRESH, vec!["b", "120000"]),
+        (LUA_SERVICE_RELEASE, vec!["b"]),
+    ] {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(script).arg(1).arg("slots");
+        for a in &args {
+            cmd.arg(*a);
+        }
+        let e = match kit::reply_or_error(cmd.query(&mut con)) {
+            Err(e) => e,
+            Ok(v) => panic!("{args:?}: expected an error, got {v:?}"),
+        };
+        assert!(e.contains("WRONGTYPE"), "{args:?}: {e}");
+    }
+    assert_eq!(dump(&mut con), before, "nothing changed");
+    assert_eq!(check(&mut con, "slots", "a", a), 1);
+    let i = info(&mut con, "slots").unwrap();
+    assert_eq!((i.mode.as_str(), i.limit), ("limit", 2));
+    assert_eq!(i.holders.len(), 1);
+    assert_eq!((i.holders[0].0.as_str(), i.holders[0].2), ("a", a));
+    // The free permit is still there for the module's clients.
+    let b = limit(&mut con, "slots", "b", 60_000, 2).expect("one permit free");
+    assert!(b > a, "{b} > {a}");
 }
 
 #[kit::test]
@@ -965,6 +1043,89 @@ fn counted_waiters_are_granted_in_order_as_permits_come_back() {
     assert_eq!(release(&mut con, "slots", "c"), 1);
     let te = e.join().unwrap().unwrap().expect("e last");
     assert!(td < te);
+}
+
+/// Nobody barges on a counted key: while a request is queued, a request
+/// without WAIT is nil even with permits free, and one with WAIT queues
+/// behind it; a permit that a RELEASE frees goes to the head waiter, not to
+/// a request right after the RELEASE in the same MULTI.
+#[kit::test]
+fn a_counted_queue_keeps_later_requests_out_while_a_permit_is_free() {
+    let server = Server::new();
+    let mut con = server.conn();
+    // A holder that WAITs on its own name queues until its own permit
+    // ends: one of three permits held, two free, one request queued.
+    let first = limit(&mut con, "slots", "me", 60_000, 3).unwrap();
+    let again = waiter(&server, "slots", "me", 60_000, &["LIMIT", "3"], 20_000);
+    kit::until_waiting(&mut con, 1);
+    let i = info(&mut con, "slots").unwrap();
+    assert_eq!((i.holders.len(), i.queue, i.waiters), (1, 1, 1), "{i:?}");
+    assert_eq!(limit(&mut con, "slots", "x", 60_000, 3), None, "no barging");
+    assert_eq!(field(&mut con, "slots", "x"), None);
+    // With WAIT, it queues behind the head and is not granted past it.
+    let x = waiter(&server, "slots", "x", 60_000, &["LIMIT", "3"], 20_000);
+    kit::until_waiting(&mut con, 2);
+    assert_eq!(
+        queue(&mut con, "slots"),
+        [("me".into(), "limit".into()), ("x".into(), "limit".into())]
+    );
+    assert_eq!(limit(&mut con, "slots", "y", 60_000, 3), None, "no barging");
+    assert_eq!(info(&mut con, "slots").unwrap().holders.len(), 1);
+    // The holder leaves: its own request, then x's, in order.
+    assert_eq!(release(&mut con, "slots", "me"), 1);
+    let tm = again.join().unwrap().unwrap().expect("me, at the head");
+    let tx = x.join().unwrap().unwrap().expect("x, behind it");
+    assert!(first < tm && tm < tx, "{first} {tm} {tx}");
+    assert_eq!(kit::waiting_clients(&mut con), 0);
+    let owners: Vec<String> = info(&mut con, "slots")
+        .unwrap()
+        .holders
+        .into_iter()
+        .map(|h| h.0)
+        .collect();
+    assert_eq!(owners, ["me", "x"]);
+
+    // Every permit held, one waiter: a RELEASE and a request without WAIT
+    // in one MULTI. The permit is free when the request runs, but it is
+    // due to the waiter: the request is nil, the waiter gets the permit.
+    limit(&mut con, "full", "a", 60_000, 2).unwrap();
+    limit(&mut con, "full", "b", 60_000, 2).unwrap();
+    let c = waiter(&server, "full", "c", 60_000, &["LIMIT", "2"], 20_000);
+    kit::until_waiting(&mut con, 1);
+    let (released, barged, barged_wait): (i64, Option<i64>, Option<i64>) = redis::pipe()
+        .atomic()
+        .cmd("SPACELOCK.RELEASE")
+        .arg("full")
+        .arg("a")
+        .cmd("SPACELOCK.ACQUIRE")
+        .arg("full")
+        .arg("x")
+        .arg(60_000)
+        .arg("LIMIT")
+        .arg(2)
+        // Inside MULTI, WAIT is a plain ACQUIRE: nil as well.
+        .cmd("SPACELOCK.ACQUIRE")
+        .arg("full")
+        .arg("y")
+        .arg(60_000)
+        .arg("LIMIT")
+        .arg(2)
+        .arg("WAIT")
+        .arg(1_000)
+        .query(&mut con)
+        .unwrap();
+    assert_eq!((released, barged, barged_wait), (1, None, None));
+    let tc = c.join().unwrap().unwrap().expect("the permit goes to c");
+    assert_eq!(check(&mut con, "full", "c", tc), 1);
+    assert_eq!(field(&mut con, "full", "x"), None);
+    assert_eq!(field(&mut con, "full", "y"), None);
+    let owners: Vec<String> = info(&mut con, "full")
+        .unwrap()
+        .holders
+        .into_iter()
+        .map(|h| h.0)
+        .collect();
+    assert_eq!(owners, ["b", "c"]);
 }
 
 #[kit::test]

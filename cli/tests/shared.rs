@@ -5,7 +5,7 @@ use spacelock_testkit as kit;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kit::process::{finish, sh, start, wait_for_file, Output};
 use kit::Server;
@@ -58,6 +58,74 @@ fn two_shared_runs_overlap_and_a_writer_is_excluded() {
     let out = finish(first, Duration::from_secs(10));
     assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
     assert!(!kit::exists(&mut server.conn(), format!("{PREFIX}cache")));
+}
+
+/// A reader run on a name a writer holds: without `--wait` it exits 75 at
+/// once; with a `--wait` that runs out while the writer still holds, 75
+/// when it runs out. Then, with a reader inside and a writer queued, a
+/// reader run that would fit beside the reader exits 75 too (nobody
+/// barges). The command runs in none of them, and the run that waited has
+/// left the queue.
+#[kit::test]
+fn a_shared_run_exits_75_while_a_writer_holds_or_waits() {
+    let server = Server::new();
+    let mut con = server.conn();
+    let key = format!("{PREFIX}cache");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut c = run_cmd(&server, &["cache", "--"]);
+    c.args(sh(&hold_until(d, "writing", "written")));
+    let writer = start(c);
+    wait_for_file(&d.join("writing"));
+    let mut c = run_cmd(&server, &["--shared", "cache", "--"]);
+    c.args(sh(&touch(d, "no-wait")));
+    let out = output(c);
+    assert_eq!(out.code(), Some(75), "stderr: {}", out.stderr);
+    assert!(!d.join("no-wait").exists());
+    // With --wait: queued on the server until the wait runs out, then 75.
+    let mut c = run_cmd(&server, &["--shared", "--wait", "2s", "cache", "--"]);
+    c.args(sh(&touch(d, "waited")));
+    let started = Instant::now();
+    let waiting = start(c);
+    assert!(kit::wait_until(
+        Duration::from_secs(10),
+        || kit::key_waiters(&mut con, &key) == 1
+    ));
+    let out = finish(waiting, Duration::from_secs(20));
+    assert_eq!(out.code(), Some(75), "stderr: {}", out.stderr);
+    assert!(started.elapsed() >= Duration::from_secs(2), "it waited");
+    assert!(!d.join("waited").exists());
+    assert_eq!(kit::key_waiters(&mut con, &key), 0, "it left the queue");
+    let t: String = redis::cmd("TYPE").arg(&key).query(&mut con).unwrap();
+    assert_eq!(t, "string", "the writer still holds the name");
+    std::fs::write(d.join("written"), "").unwrap();
+    let out = finish(writer, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+
+    // A reader inside, a writer queued behind it: a reader run does not
+    // pass the writer, though it would fit beside the reader.
+    let mut c = run_cmd(&server, &["--shared", "cache", "--"]);
+    c.args(sh(&hold_until(d, "reading", "read")));
+    let reader = start(c);
+    wait_for_file(&d.join("reading"));
+    let mut w = server.conn();
+    let k = key.clone();
+    let queued =
+        std::thread::spawn(move || kit::acquire_wait(&mut w, &k, "syncer", 60_000, 20_000));
+    assert!(kit::wait_until(
+        Duration::from_secs(10),
+        || kit::key_waiters(&mut con, &key) == 1
+    ));
+    let mut c = run_cmd(&server, &["--shared", "cache", "--"]);
+    c.args(sh(&touch(d, "barged")));
+    let out = output(c);
+    assert_eq!(out.code(), Some(75), "stderr: {}", out.stderr);
+    assert!(!d.join("barged").exists());
+    std::fs::write(d.join("read"), "").unwrap();
+    let out = finish(reader, Duration::from_secs(10));
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    let token = queued.join().unwrap().unwrap().expect("the writer's turn");
+    assert_eq!(kit::check(&mut con, &key, "syncer", token), 1);
 }
 
 #[kit::test]

@@ -2,13 +2,13 @@
  * Shared (reader-writer) and counted locks: withSharedLock and withPermit
  * against a real server with the module. Readers hold a name together, a
  * writer waits for them and keeps later readers behind it, a counted name
- * never has more than its limit, a share whose lease ends aborts its
- * signal and goes to the queue at once, and a name of the other kind is a
- * WrongModeError.
+ * never has more than its limit, the heartbeat keeps permits held past
+ * their ttl, a share whose lease ends aborts its signal and goes to the
+ * queue at once, and a name of the other kind is a WrongModeError.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isSkipped, LeaseLostError, ModuleNotLoadedError, SpaceLockError, WrongModeError } from '../src';
+import { isSkipped, LeaseLostError, ModuleNotLoadedError, SpaceLockError, WrongModeError, type Outcome } from '../src';
 import { skipped, sleep, spacelockStat, stallEventLoop, waitFor, withReplicas, withServer } from './harness';
 
 /** A gate: `open()` lets every `wait` through. */
@@ -167,6 +167,67 @@ describe('shared and counted locks', () => {
     g.open();
     await Promise.all(holders);
     assert.equal(await fx.admin.exists('shared:slots'), 0);
+  });
+
+  it('a heartbeat keeps two 300 ms permits for 1 s: signals not aborted, CHECK and INFO show them held', async (t) => {
+    if (skipped(t)) return;
+    const limit = 2;
+    const ttlMs = 300;
+    const locks = fx.make({ ttlMs });
+    const other = fx.make();
+    const g = gate();
+    interface Seen {
+      token: bigint;
+      owner: string;
+      aborted: boolean;
+      lost: unknown;
+      check: boolean;
+      onServer: unknown;
+    }
+    const seen: Seen[] = [];
+    const hold = (): Promise<Outcome<boolean>> =>
+      locks.withPermitOutcome('heartbeat', limit, async (lease) => {
+        // More than three ttls of the body (a timer may fire a fraction of a ms early: loop).
+        const start = performance.now();
+        while (performance.now() - start < 1_000) await sleep(1_000 - (performance.now() - start) + 1);
+        seen.push({
+          token: lease.token!,
+          owner: lease.owner,
+          aborted: lease.signal.aborted,
+          lost: lease.lostReason(),
+          check: await lease.check(),
+          onServer: await fx.admin.call('SPACELOCK.CHECK', lease.key, lease.owner, String(lease.token)),
+        });
+        await g.wait;
+        return lease.signal.aborted;
+      });
+    const runs = [hold(), hold()];
+    await waitFor('both permits held for 1 s', () => seen.length === limit, 10_000);
+    for (const s of seen) {
+      assert.equal(s.aborted, false, 'the signal is not aborted');
+      assert.equal(s.lost, undefined, 'not lost');
+      assert.equal(s.check, true, 'its grant still checks');
+      assert.equal(s.onServer, 1, 'SPACELOCK.CHECK of its grant');
+    }
+    // The server still counts both permits: INFO lists them, a third call is refused.
+    const info = await other.info('heartbeat');
+    assert.ok(info);
+    assert.equal(info.mode, 'limit');
+    assert.equal(info.limit, limit);
+    assert.deepEqual(
+      info.holders.map((h) => [h.owner, h.token]),
+      [...seen].sort((x, y) => (x.token < y.token ? -1 : 1)).map((h) => [h.owner, h.token]),
+      'both holders, each with its own token',
+    );
+    assert.ok(info.holders.every((h) => h.ttlMs > 0 && h.ttlMs <= ttlMs), 'refreshed with the 300 ms ttl');
+    assert.deepEqual(await other.withPermit('heartbeat', limit, async () => 'ran'), { skipped: 'lock-held' });
+    g.open();
+    for (const o of await Promise.all(runs)) {
+      assert.ok(!isSkipped(o));
+      assert.equal(o.value, false, 'still not aborted when the body ends');
+      assert.equal(o.lost, undefined, 'never lost');
+    }
+    assert.equal(await fx.admin.exists('shared:heartbeat'), 0, 'both released');
   });
 
   it('a share whose lease ends aborts its signal (expired), and the queued writer gets the name at once', async (t) => {
