@@ -10,8 +10,8 @@
 //!   write below a token it had already accepted;
 //! * (c) the tokens of the bodies that ran never go backwards per key (in
 //!   start order; on a shared or counted key, where holders run together,
-//!   a body's token is above that of every body that ended before it
-//!   started);
+//!   a body's token is above that of every body that ended before its
+//!   worker began asking for the lock);
 //! * (d) every grant agreed with the lock state: `SPACELOCK.CHECK` right
 //!   after it answered 1 (unless the lease was reported lost), and a
 //!   WAIT-queue acquire that timed out left nothing held in its name;
@@ -48,6 +48,9 @@ pub struct Body {
     pub token: i128,
     /// Start (ns).
     pub start: i64,
+    /// When its worker began asking for the lock (ns; the start when the
+    /// history does not say): its grant was made after this.
+    pub asked: i64,
     /// End (ns); the worker's last line when it never recorded one.
     pub end: i64,
     /// Whether the end was recorded.
@@ -129,6 +132,29 @@ pub struct Fault {
     /// Time from the fault until Sentinel named a new primary (ns), when
     /// it failed over.
     pub failover_ns: Option<i64>,
+    /// Time from the fault until the topology was whole again (ns): every
+    /// Sentinel names one primary and both other servers replicate from it.
+    pub whole_ns: Option<i64>,
+}
+
+/// The stalls around the faults of one kind.
+#[derive(Debug, Default)]
+struct Stalls {
+    /// Faults of this kind.
+    n: usize,
+    /// The longest stall (ns), and that fault's failover and whole-again
+    /// times.
+    worst: i64,
+    failover: Option<i64>,
+    whole: Option<i64>,
+    /// The most any stall lasted beyond its own fault's failover time.
+    beyond_failover: Option<i64>,
+    /// The longest time from one of these faults until every contended key
+    /// had a grant again (ns), and how far that went past the fault's own
+    /// failover time plus one ttl (without a failover: the fault's length
+    /// plus one ttl).
+    back: i64,
+    back_over: Option<i64>,
 }
 
 /// What the checker found.
@@ -184,6 +210,7 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
             end: l.i("end").unwrap_or(0),
             target: l.s("target").map(str::to_string),
             failover_ns: l.i("failover_ns"),
+            whole_ns: l.i("whole_ns"),
         })
         .collect();
 
@@ -226,6 +253,7 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
                             owner: l.s("owner").unwrap_or("").to_string(),
                             token: i.2,
                             start: t,
+                            asked: l.i("asked").filter(|a| *a > 0 && *a <= t).unwrap_or(t),
                             end: i64::MAX,
                             ended: false,
                             lost_at: None,
@@ -410,14 +438,17 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
         .count();
 
     // (c) tokens in body start order; where holders run together, above
-    // every body that ended before this one started.
+    // every body that ended before this one's worker began asking. (Not
+    // before its start: two permits granted in token order can start
+    // their bodies in the other order, when the first waits longer for its
+    // replicas' acknowledgement.)
     let mut backwards = 0;
     for (key, v) in &by_key {
         let together = v.iter().any(|b| b.mode != Mode::Exclusive);
         for (j, b) in v.iter().enumerate() {
             let before = v[..j]
                 .iter()
-                .filter(|h| !together || h.end <= b.start)
+                .filter(|h| !together || h.end <= b.asked)
                 .max_by_key(|h| h.token);
             let Some(h) = before else { continue };
             if b.token <= h.token {
@@ -537,7 +568,7 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
 
     // (f) progress: gaps between grants (body starts) per key, with the run's
     // start and end as fence posts; a gap belongs to a fault it overlaps.
-    let mut stall_by_kind: BTreeMap<String, (i64, usize, Option<i64>)> = BTreeMap::new();
+    let mut stall_by_kind: BTreeMap<String, Stalls> = BTreeMap::new();
     let mut longest = (0i64, String::new());
     for f in &faults {
         let mut worst = 0i64;
@@ -552,11 +583,25 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
                 }
             }
         }
-        let e = stall_by_kind.entry(f.kind.clone()).or_insert((0, 0, None));
-        e.0 = e.0.max(worst);
-        e.1 += 1;
+        // Back: from the fault's start until each key's first grant after it.
+        let back = by_key
+            .values()
+            .filter_map(|v| v.iter().map(|b| b.start).filter(|t| *t > f.start).min())
+            .map(|t| t - f.start)
+            .max()
+            .unwrap_or(0);
+        let e = stall_by_kind.entry(f.kind.clone()).or_default();
+        e.n += 1;
+        e.back = e.back.max(back);
+        let over = back - f.failover_ns.unwrap_or(f.end - f.start) - ttl_ns;
+        e.back_over = Some(e.back_over.map_or(over, |x| x.max(over)));
+        if worst >= e.worst {
+            e.worst = worst;
+            e.failover = f.failover_ns;
+            e.whole = f.whole_ns;
+        }
         if let Some(fo) = f.failover_ns {
-            e.2 = Some(e.2.map_or(fo, |x: i64| x.max(fo)));
+            e.beyond_failover = Some(e.beyond_failover.map_or(worst - fo, |x| x.max(worst - fo)));
         }
         if worst > longest.0 {
             longest = (worst, f.kind.clone());
@@ -595,7 +640,7 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
     let _ = writeln!(t, "run {title}");
     let _ = writeln!(
         t,
-        "  {:.0}s, ttl {} ms, replicas acknowledging: {}, {}; primary persistence: {}; sentinel down-after {} ms; seed {}",
+        "  {:.0}s, ttl {} ms, replicas acknowledging: {}, {}; primary persistence: {}; sentinel down-after {} ms; a primary failed over from rejoins as {}; seed {}",
         secs(t1 - t0),
         ttl_ns / 1_000_000,
         if acks == 0 { "off".to_string() } else { acks.to_string() },
@@ -606,11 +651,15 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
         },
         meta.s("persistence").unwrap_or("?"),
         meta.i("down_after_ms").unwrap_or(0),
+        meta.s("rejoin").unwrap_or("primary"),
         meta.n("seed").unwrap_or(0),
     );
     let row = |t: &mut String, k: &str, v: String| {
         let _ = writeln!(t, "  | {k:<40} | {v:<50} |");
     };
+    if let Some(spec) = meta.s("sentinel_debug").filter(|s| !s.is_empty()) {
+        let _ = writeln!(t, "  sentinel periods: SENTINEL DEBUG {spec}");
+    }
     let _ = writeln!(t, "  | {:<40} | {:<50} |", "", "");
     row(
         t,
@@ -705,14 +754,48 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
             format!("{:.2}s (after {})", secs(longest.0), longest.1)
         },
     );
-    for (kind, (worst, n, fo)) in &stall_by_kind {
+    for (kind, st) in &stall_by_kind {
+        let mut text = format!("{:.2}s", secs(st.worst));
+        let mut of_it = Vec::new();
+        if let Some(fo) = st.failover {
+            of_it.push(format!("failover {:.2}s", secs(fo)));
+        }
+        if let Some(w) = st.whole {
+            of_it.push(format!("whole again {:.2}s", secs(w)));
+        }
+        if !of_it.is_empty() {
+            let _ = write!(text, " ({})", of_it.join(", "));
+        }
+        if let Some(b) = st.beyond_failover {
+            let _ = write!(
+                text,
+                "; beyond its failover at most {:.2}s (ttl {:.2}s)",
+                secs(b),
+                secs(ttl_ns)
+            );
+        }
+        row(t, &format!("    stall after {kind} (x{})", st.n), text);
+    }
+    for (kind, st) in &stall_by_kind {
+        let over = st.back_over.unwrap_or(0);
         row(
             t,
-            &format!("    stall after {kind} (x{n})"),
-            match fo {
-                Some(fo) => format!("{:.2}s (failover {:.2}s)", secs(*worst), secs(*fo)),
-                None => format!("{:.2}s", secs(*worst)),
-            },
+            &format!("    granted again after {kind}"),
+            format!(
+                "within {:.2}s; {}",
+                secs(st.back),
+                if over <= 0 {
+                    format!(
+                        "inside its failover (or length) + one ttl by {:.2}s",
+                        secs(-over)
+                    )
+                } else {
+                    format!(
+                        "up to {:.2}s past its failover (or length) + one ttl",
+                        secs(over)
+                    )
+                }
+            ),
         );
     }
     row(
@@ -873,6 +956,37 @@ mod tests {
     }
 
     #[test]
+    fn a_permit_whose_body_starts_after_a_later_permit_ended_is_not_backwards() {
+        // Two permits granted in token order: the first waited longer for
+        // its replicas, so the second ran and ended before the first body
+        // started. Both were asked for before either ran.
+        let asked = |mut v: Vec<Line>, ms: i64| {
+            v[1] = v[1].clone().with("asked", ms * MS);
+            v
+        };
+        let mut h = vec![meta()];
+        h.extend(asked(
+            held_as("limit", 2, "rust-2", "slots", 17, 313, 340),
+            280,
+        ));
+        h.extend(asked(
+            held_as("limit", 2, "cli-1", "slots", 18, 286, 296),
+            281,
+        ));
+        let r = check_lines(&h, "permits in token order, bodies not");
+        assert!(under(&r, "(c)").is_empty(), "{:?}", r.violations);
+        // Asked for after the other had ended, a lower token is backwards.
+        h.extend(asked(
+            held_as("limit", 2, "node-1", "slots", 16, 360, 380),
+            350,
+        ));
+        let r = check_lines(&h, "asked after, token below");
+        let v = under(&r, "(c)");
+        assert_eq!(v.len(), 1, "{:?}", r.violations);
+        assert!(v[0].contains("node-1 (node-1) token 16"), "{}", v[0]);
+    }
+
+    #[test]
     fn an_overlap_is_found_with_both_bodies() {
         let mut h = clean();
         h.extend(body("node-2", "k0", 12, 280, 350));
@@ -1013,6 +1127,37 @@ mod tests {
         let r = check_lines(&h, "stall");
         assert!(
             r.table.contains("3.00s (after kill-restart)"),
+            "{}",
+            r.table
+        );
+        // From the fault's start, k0 was granted again 2.1 s later: past
+        // the fault's length (0.1 s) and one ttl (1.5 s).
+        assert!(
+            r.table
+                .contains("within 2.10s; up to 0.50s past its failover (or length) + one ttl"),
+            "{}",
+            r.table
+        );
+        // With a failover of 1 s, the same is inside.
+        h.retain(|l| l.s("ev") != Some("fault"));
+        h.push(
+            Line::new("fault", 0, "orchestrator")
+                .with("kind", "kill-failover")
+                .with("start", 1000 * MS)
+                .with("end", 2000 * MS)
+                .with("failover_ns", 1000 * MS)
+                .with("whole_ns", 1500 * MS),
+        );
+        let r = check_lines(&h, "stall after a failover");
+        assert!(
+            r.table
+                .contains("3.00s (failover 1.00s, whole again 1.50s)"),
+            "{}",
+            r.table
+        );
+        assert!(
+            r.table
+                .contains("within 2.10s; inside its failover (or length) + one ttl by 0.40s"),
             "{}",
             r.table
         );

@@ -77,6 +77,10 @@ enum Cmd {
         /// A counted lock's permits.
         #[arg(long, default_value_t = 0)]
         limit: u32,
+        /// When the CLI worker started the run (ns, monotonic): no grant
+        /// it runs under was made before.
+        #[arg(long, default_value_t = 0)]
+        asked: i64,
     },
 }
 
@@ -126,6 +130,11 @@ struct RunArgs {
     /// Only the exclusive names (no reader-writer `rw`, no counted `slots`).
     #[arg(long)]
     exclusive_only: bool,
+    /// After a kill-failover, start the killed server again with its own
+    /// settings (a primary until Sentinel turns it into a replica) instead
+    /// of as a replica of Sentinel's current primary.
+    #[arg(long)]
+    restart_as_primary: bool,
     /// The `spacelock` binary [default: next to this one].
     #[arg(long)]
     cli: Option<PathBuf>,
@@ -261,6 +270,7 @@ fn main() {
                 cli: a.cli.clone().unwrap_or_else(|| bin_dir.join("spacelock")),
                 node_worker,
                 shapes: !a.exclusive_only,
+                rejoin_as_replica: !a.restart_as_primary,
             };
             eprintln!("chaos: run directory {} (seed {seed})", cfg.dir.display());
             match run::run(&cfg) {
@@ -289,6 +299,7 @@ fn main() {
             replicas,
             mode,
             limit,
+            asked,
         } => {
             let args = workers::WorkerArgs {
                 id,
@@ -310,6 +321,7 @@ fn main() {
                     ms,
                     via_wait,
                     workers::Shape::parse(&mode, limit),
+                    asked,
                 ))
         }
     };

@@ -71,6 +71,9 @@ pub struct RunConfig {
     pub node_worker: Option<PathBuf>,
     /// Whether the workers use the shared and counted names too.
     pub shapes: bool,
+    /// Whether a server killed and failed over from starts again as a
+    /// replica of Sentinel's current primary (else as a primary).
+    pub rejoin_as_replica: bool,
 }
 
 struct Worker {
@@ -183,16 +186,21 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
             eprintln!("chaos: the topology did not become whole again; no more faults");
             break;
         };
-        let line = inject(&mut topo, &kind, primary, &workers, cfg, &mut rng);
+        let mut line = inject(&mut topo, &kind, primary, &workers, cfg, &mut rng);
+        // The interval to the next fault counts from when the topology is
+        // whole again, so that each fault's stall is its own and not the
+        // sum of two; how long that took is part of the fault's line.
+        let whole = topo.until_healthy(Duration::from_secs(30));
+        if whole.is_some() {
+            let since = line.i("start").unwrap_or(0);
+            line = line.with("whole_ns", now_ns() - since);
+        }
         eprintln!(
             "chaos: {:>6.1}s {}",
             (line.i("start").unwrap_or(0) - t0) as f64 / 1e9,
             line.to_json()
         );
         faults_rec.write(&line);
-        // The interval counts from when the topology is whole again, so
-        // that each fault's stall is its own and not the sum of two.
-        let _ = topo.until_healthy(Duration::from_secs(30));
         next = Instant::now() + Duration::from_secs(rng.random_range(cfg.every.0..=cfg.every.1));
     }
 
@@ -246,6 +254,18 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
                 .then_some("a primary without persistence, restarted empty before a failover"),
         )
         .with("down_after_ms", cfg.down_after_ms)
+        .with(
+            "rejoin",
+            if cfg.rejoin_as_replica {
+                "replica"
+            } else {
+                "primary"
+            },
+        )
+        .with(
+            "sentinel_debug",
+            std::env::var("CHAOS_SENTINEL_DEBUG").unwrap_or_default(),
+        )
         .with("seed", cfg.seed)
         .with("faults", cfg.faults.join(","));
     Recorder::open(&cfg.dir.join("meta.jsonl"), "orchestrator").write(&meta);
@@ -323,7 +343,16 @@ fn inject(
                 "failover_ns",
                 until_failover(topo, primary, start, failover_wait),
             );
-            topo.restart(primary);
+            match topo.primary().filter(|p| *p != primary) {
+                Some(now) if cfg.rejoin_as_replica => {
+                    topo.restart_as_replica(primary, now);
+                    line = line.with("rejoined", "replica");
+                }
+                _ => {
+                    topo.restart(primary);
+                    line = line.with("rejoined", "primary");
+                }
+            }
         }
         "pause-writes" => {
             let ms = cfg.ttl_ms + 500;

@@ -245,13 +245,32 @@ impl Topology {
     }
 
     /// Starts node `i` again on its port and data directory (a killed one,
-    /// or one running: it is killed first).
+    /// or one running: it is stopped first), with its own settings: a
+    /// primary of its own until told otherwise.
     ///
     /// # Panics
     /// If it does not come up.
     pub fn restart(&mut self, i: usize) {
         if let Some(s) = self.nodes[i].server.take() {
-            self.nodes[i].server = Some(s.restart_with(|b| b));
+            self.nodes[i].server = Some(s.restart_with(|b| b.without_arg("replicaof")));
+        }
+    }
+
+    /// Starts node `i` again as a replica of node `primary` (through its
+    /// proxy), as a server managed by Sentinel is usually started once
+    /// Sentinel has failed over from it: asking Sentinel for the primary
+    /// first, so that it never serves as a primary of its own again. (Left
+    /// to Sentinel, it would come up as a primary, keep that role until
+    /// Sentinel turns it into a replica four publish periods later, and
+    /// grants acknowledged by every replica would wait all that time.)
+    ///
+    /// # Panics
+    /// If it does not come up.
+    pub fn restart_as_replica(&mut self, i: usize, primary: usize) {
+        let port = self.nodes[primary].proxy.port.to_string();
+        if let Some(s) = self.nodes[i].server.take() {
+            self.nodes[i].server =
+                Some(s.restart_with(|b| b.arg_words("replicaof", &["127.0.0.1", &port])));
         }
     }
 }

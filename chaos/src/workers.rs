@@ -223,7 +223,8 @@ pub async fn rust_worker(args: WorkerArgs) {
             let rec = rec.clone();
             let fence = fence.clone();
             let replicas = args.replicas;
-            move |lease: Lease| body(lease, rec, fence, via_wait, replicas, ms, shape)
+            let asked = began;
+            move |lease: Lease| body(lease, rec, fence, (via_wait, asked), replicas, ms, shape)
         };
         let wait = Duration::from_millis(WAIT_MS);
         let outcome = match (shape, via_wait) {
@@ -295,7 +296,7 @@ async fn body(
     lease: Lease,
     rec: std::sync::Arc<Recorder>,
     mut fence: redis::aio::MultiplexedConnection,
-    via_wait: bool,
+    (via_wait, asked): (bool, i64),
     replicas: usize,
     ms: u64,
     shape: Shape,
@@ -310,7 +311,8 @@ async fn body(
             .with("token", token)
             .with("owner", &owner)
             .with("mode", shape.word())
-            .with("limit", u64::from(shape.limit())),
+            .with("limit", u64::from(shape.limit()))
+            .with("asked", asked),
     );
     let work = async {
         let check = lease.check().await.ok();
@@ -391,6 +393,7 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
+        let asked = now_ns();
         let mut cmd = std::process::Command::new(&cli);
         cmd.env_remove("SPACELOCK_URL")
             .env_remove("REDIS_URL")
@@ -441,6 +444,8 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
             .arg(shape.word())
             .arg("--limit")
             .arg(shape.limit().to_string())
+            .arg("--asked")
+            .arg(asked.to_string())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
@@ -479,7 +484,7 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
 /// under (from `SPACELOCK_KEY`, `SPACELOCK_TOKEN`, `SPACELOCK_OWNER`), its
 /// start, the fenced writes and its end into the CLI worker's file. A
 /// SIGTERM (the CLI's signal for a lost lease) ends it at once, recorded.
-pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool, shape: Shape) -> i32 {
+pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool, shape: Shape, asked: i64) -> i32 {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
     let granted = now_ns();
@@ -496,7 +501,8 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool, shape: Shape) -
             .with("token", token)
             .with("owner", &owner)
             .with("mode", shape.word())
-            .with("limit", u64::from(shape.limit())),
+            .with("limit", u64::from(shape.limit()))
+            .with("asked", asked),
     );
     let work = async {
         // CHECK on the primary Sentinel names now (the CLI's own connection

@@ -180,7 +180,7 @@ pub struct ServerBuilder {
     binary: PathBuf,
     module: Option<PathBuf>,
     module_args: Vec<String>,
-    args: Vec<(String, String)>,
+    args: Vec<(String, Vec<String>)>,
     dir: Option<Arc<tempfile::TempDir>>,
     port: Option<u16>,
     /// `Some` for a cluster node; the inner value is a fixed bus port
@@ -230,7 +230,26 @@ impl ServerBuilder {
 
     /// An extra config directive, e.g. `arg("appendonly", "yes")`.
     pub fn arg(mut self, name: &str, value: &str) -> Self {
-        self.args.push((name.to_string(), value.to_string()));
+        self.args.push((name.to_string(), vec![value.to_string()]));
+        self
+    }
+
+    /// A config directive with several values, each its own word on the
+    /// command line, e.g. `arg_words("replicaof", &["127.0.0.1", "6380"])`
+    /// (one value with a space in it would reach the server quoted, as one
+    /// word).
+    pub fn arg_words(mut self, name: &str, values: &[&str]) -> Self {
+        self.args.push((
+            name.to_string(),
+            values.iter().map(|v| v.to_string()).collect(),
+        ));
+        self
+    }
+
+    /// Drops a config directive set by [`arg`](Self::arg) or
+    /// [`arg_words`](Self::arg_words) (for a restart without it).
+    pub fn without_arg(mut self, name: &str) -> Self {
+        self.args.retain(|(k, _)| k != name);
         self
     }
 
@@ -325,7 +344,7 @@ impl ServerBuilder {
             cmd.args(&self.module_args);
         }
         for (k, v) in &self.args {
-            cmd.arg(format!("--{k}")).arg(v);
+            cmd.arg(format!("--{k}")).args(v);
         }
         let child = spawn_until_ping(
             cmd,

@@ -98,7 +98,7 @@ async function main(): Promise<void> {
     const o: Record<string, unknown> = { ev, t: t.toString(), w: a.id };
     for (const [k, v] of Object.entries(fields)) o[k] = typeof v === 'bigint' ? v.toString() : (v ?? null);
     // Integers as JSON numbers (the checker reads them as such).
-    const text = JSON.stringify(o).replace(/"(t|token|began)":"(\d+)"/g, '"$1":$2');
+    const text = JSON.stringify(o).replace(/"(t|token|began|asked)":"(\d+)"/g, '"$1":$2');
     appendFileSync(file, `${text}\n`);
   };
   const random = rng(a.seed);
@@ -128,7 +128,7 @@ async function main(): Promise<void> {
       const body = async (lease: Lease): Promise<void> => {
           const granted = now();
           const token = lease.token ?? 0n;
-          record('start', { key, token, owner: lease.owner, mode: shape.mode, limit: shape.mode === 'limit' ? shape.limit : 0 }, granted);
+          record('start', { key, token, owner: lease.owner, mode: shape.mode, limit: shape.mode === 'limit' ? shape.limit : 0, asked: began }, granted);
           const work = async (): Promise<boolean | null> => {
             let check: boolean | null = null;
             try {
