@@ -152,7 +152,8 @@ struct Stalls {
     /// The longest time from one of these faults until every contended key
     /// had a grant again (ns), and how far that went past the fault's own
     /// failover time plus one ttl (without a failover: the fault's length
-    /// plus one ttl).
+    /// plus one ttl), or past the end of a body that held the name through
+    /// the fault, when that came later.
     back: i64,
     back_over: Option<i64>,
 }
@@ -583,18 +584,35 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
                 }
             }
         }
-        // Back: from the fault's start until each key's first grant after it.
-        let back = by_key
-            .values()
-            .filter_map(|v| v.iter().map(|b| b.start).filter(|t| *t > f.start).min())
-            .map(|t| t - f.start)
-            .max()
-            .unwrap_or(0);
+        // Back: from the fault's start until each key's first grant after
+        // it. The fault's own bound is its failover time (or its length)
+        // plus one ttl; a body that held its name through the fault and was
+        // not lost had the name until it ended, so the bound for that key
+        // is no earlier than that end.
+        let bound = f.start + f.failover_ns.unwrap_or(f.end - f.start) + ttl_ns;
+        let mut back = 0i64;
+        let mut over: Option<i64> = None;
+        for v in by_key.values() {
+            let Some(next) = v.iter().map(|b| b.start).filter(|t| *t > f.start).min() else {
+                continue;
+            };
+            let held_until = v
+                .iter()
+                .filter(|b| b.start <= f.start && b.end > f.start && b.end < next)
+                .filter(|b| b.ended && b.lost_at.is_none())
+                .map(|b| b.end)
+                .max()
+                .unwrap_or(f.start);
+            back = back.max(next - f.start);
+            let o = next - bound.max(held_until);
+            over = Some(over.map_or(o, |x| x.max(o)));
+        }
         let e = stall_by_kind.entry(f.kind.clone()).or_default();
         e.n += 1;
         e.back = e.back.max(back);
-        let over = back - f.failover_ns.unwrap_or(f.end - f.start) - ttl_ns;
-        e.back_over = Some(e.back_over.map_or(over, |x| x.max(over)));
+        if let Some(o) = over {
+            e.back_over = Some(e.back_over.map_or(o, |x| x.max(o)));
+        }
         if worst >= e.worst {
             e.worst = worst;
             e.failover = f.failover_ns;
@@ -1158,6 +1176,42 @@ mod tests {
         assert!(
             r.table
                 .contains("within 2.10s; inside its failover (or length) + one ttl by 0.40s"),
+            "{}",
+            r.table
+        );
+    }
+
+    #[test]
+    fn a_body_that_held_its_name_through_a_fault_moves_the_bound() {
+        // k1's holder went on through a kill-restart (its lease lived on in
+        // the restarted server) until 3.0 s; the next grant came 0.05 s
+        // after that, although 1.95 s after the fault's length plus a ttl.
+        let mut h = vec![meta()];
+        h.extend(body("rust-1", "k1", 1, 900, 3000));
+        h.extend(body("node-1", "k1", 2, 3050, 3100));
+        h.push(
+            Line::new("fault", 0, "orchestrator")
+                .with("kind", "kill-restart")
+                .with("start", 1000 * MS)
+                .with("end", 1100 * MS),
+        );
+        let r = check_lines(&h, "held through");
+        assert!(
+            r.table
+                .contains("within 2.05s; up to 0.05s past its failover (or length) + one ttl"),
+            "{}",
+            r.table
+        );
+        // Lost, it did not hold the name: the bound is the fault's own.
+        h.push(
+            Line::new("lost", 1500 * MS, "rust-1")
+                .with("key", "k1")
+                .with("token", 1i64),
+        );
+        let r = check_lines(&h, "lost through");
+        assert!(
+            r.table
+                .contains("within 2.05s; up to 0.45s past its failover (or length) + one ttl"),
             "{}",
             r.table
         );
