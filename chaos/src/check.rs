@@ -569,6 +569,12 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
 
     // (f) progress: gaps between grants (body starts) per key, with the run's
     // start and end as fence posts; a gap belongs to a fault it overlaps.
+    let mut skips: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for l in lines.iter().filter(|l| l.s("ev") == Some("skip")) {
+        if let (Some(k), Some(t)) = (l.s("key"), l.i("t")) {
+            skips.entry(k).or_default().push(t);
+        }
+    }
     let mut stall_by_kind: BTreeMap<String, Stalls> = BTreeMap::new();
     let mut longest = (0i64, String::new());
     for f in &faults {
@@ -589,13 +595,21 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
         // plus one ttl; a body that held its name through the fault and was
         // not lost had the name until it ended, so the bound for that key
         // is no earlier than that end.
+        // A name that nobody asked for after that bound was idle, not held
+        // back: with no refused or failed attempt on it in between, the
+        // time counts only from when the next grant's worker began asking.
         let bound = f.start + f.failover_ns.unwrap_or(f.end - f.start) + ttl_ns;
         let mut back = 0i64;
         let mut over: Option<i64> = None;
-        for v in by_key.values() {
-            let Some(next) = v.iter().map(|b| b.start).filter(|t| *t > f.start).min() else {
+        for (key, v) in &by_key {
+            let Some(first) = v
+                .iter()
+                .filter(|b| b.start > f.start)
+                .min_by_key(|b| b.start)
+            else {
                 continue;
             };
+            let next = first.start;
             let held_until = v
                 .iter()
                 .filter(|b| b.start <= f.start && b.end > f.start && b.end < next)
@@ -603,8 +617,13 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
                 .map(|b| b.end)
                 .max()
                 .unwrap_or(f.start);
+            let from = bound.max(held_until);
+            let sought = skips
+                .get(key.as_str())
+                .is_some_and(|ts| ts.iter().any(|t| *t > from && *t < next));
+            let from = if sought { from } else { from.max(first.asked) };
             back = back.max(next - f.start);
-            let o = next - bound.max(held_until);
+            let o = next - from;
             over = Some(over.map_or(o, |x| x.max(o)));
         }
         let e = stall_by_kind.entry(f.kind.clone()).or_default();
@@ -879,6 +898,14 @@ mod tests {
         ]
     }
 
+    /// An attempt on `key` refused at `ms` (the name was sought then).
+    fn refused(w: &str, key: &str, ms: i64) -> Line {
+        Line::new("skip", ms * MS, w)
+            .with("key", key)
+            .with("why", "lock-held")
+            .with("wait", false)
+    }
+
     fn accepted(key: &str, token: i64, seq: i64, w: &str) -> Line {
         Line::new("accepted", 0, "fenced")
             .with("key", key)
@@ -1142,6 +1169,16 @@ mod tests {
                 .with("start", 1000 * MS)
                 .with("end", 1100 * MS),
         );
+        // Nobody asked for k0 between the fault's bound and its next grant:
+        // the name was idle, not held back.
+        let r = check_lines(&h, "idle");
+        assert!(
+            r.table
+                .contains("within 2.10s; inside its failover (or length) + one ttl by 0.00s"),
+            "{}",
+            r.table
+        );
+        h.push(refused("node-1", "k0", 2900));
         let r = check_lines(&h, "stall");
         assert!(
             r.table.contains("3.00s (after kill-restart)"),
@@ -1189,6 +1226,7 @@ mod tests {
         let mut h = vec![meta()];
         h.extend(body("rust-1", "k1", 1, 900, 3000));
         h.extend(body("node-1", "k1", 2, 3050, 3100));
+        h.push(refused("cli-1", "k1", 3020));
         h.push(
             Line::new("fault", 0, "orchestrator")
                 .with("kind", "kill-restart")
