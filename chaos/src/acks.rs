@@ -12,8 +12,16 @@ pub fn rust_options(options: Options, n: usize) -> Options {
     options.replicas(n)
 }
 
-/// The CLI's `--url`: the Sentinels, which name the primary.
-pub fn cli_url(sentinels: &[u16]) -> Option<String> {
+/// The CLI's `--url`: the cluster's nodes (for `--cluster`) when there are
+/// any, else the Sentinels, which name the primary.
+pub fn cli_url(sentinels: &[u16], cluster: &[u16]) -> Option<String> {
+    if !cluster.is_empty() {
+        let nodes: Vec<String> = cluster
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect();
+        return Some(nodes.join(","));
+    }
     let hosts: Vec<String> = sentinels.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     Some(format!(
         "redis+sentinel://{}/{}",

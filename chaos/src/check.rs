@@ -675,9 +675,21 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
     };
     let t = &mut report.table;
     let _ = writeln!(t, "run {title}");
+    // A run recorded before the topology was in its meta ran Sentinel's.
+    let (topology, detection) = match meta.s("topology") {
+        Some("cluster") => (
+            "cluster (3 primaries, a replica each)",
+            "cluster-node-timeout",
+        ),
+        _ => (
+            "sentinel (a primary, 2 replicas, 3 Sentinels)",
+            "sentinel down-after",
+        ),
+    };
+    let _ = writeln!(t, "  topology: {topology}");
     let _ = writeln!(
         t,
-        "  {:.0}s, ttl {} ms, replicas acknowledging: {}, {}; primary persistence: {}; sentinel down-after {} ms; a primary failed over from rejoins as {}; seed {}",
+        "  {:.0}s, ttl {} ms, replicas acknowledging: {}, {}; primary persistence: {}; {detection} {} ms; a primary failed over from rejoins as {}; seed {}",
         secs(t1 - t0),
         ttl_ns / 1_000_000,
         if acks == 0 { "off".to_string() } else { acks.to_string() },

@@ -1,6 +1,7 @@
 //! `spacelock-chaos`: runs spacelock's clients against a real primary, two
-//! replicas and three Sentinels on loopback while injecting faults, records
-//! what every client did, and checks that history.
+//! replicas and three Sentinels on loopback (or, with `--topology cluster`,
+//! a Redis Cluster of three primaries with a replica each) while injecting
+//! faults, records what every client did, and checks that history.
 //!
 //! * `spacelock-chaos run [--seconds N] [--replicas N] …`: a whole run,
 //!   then the check; exits 1 on any violation.
@@ -9,6 +10,7 @@
 
 mod acks;
 mod check;
+mod cluster;
 mod fenced;
 mod history;
 mod run;
@@ -17,7 +19,7 @@ mod workers;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,8 +62,11 @@ enum Cmd {
         #[arg(long)]
         fenced: u16,
         /// The Sentinels' ports.
-        #[arg(long)]
+        #[arg(long, default_value = "")]
         sentinels: String,
+        /// The cluster nodes' ports (a cluster run).
+        #[arg(long, default_value = "")]
+        cluster: String,
         /// How long the body works.
         #[arg(long)]
         ms: u64,
@@ -84,23 +89,36 @@ enum Cmd {
     },
 }
 
+/// The servers a run starts.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TopologyArg {
+    /// A primary, two replicas and three Sentinels.
+    Sentinel,
+    /// A Redis Cluster: three primaries with a replica each.
+    Cluster,
+}
+
 #[derive(Debug, Args)]
 struct RunArgs {
+    /// The servers to run against.
+    #[arg(long, value_enum, default_value = "sentinel")]
+    topology: TopologyArg,
     /// Where the history goes [default: target/chaos/UNIX-TIME].
     #[arg(long)]
     dir: Option<PathBuf>,
     /// How long the clients run.
     #[arg(long, default_value_t = 600)]
     seconds: u64,
-    /// Replicas that must acknowledge each grant and refresh (0: off).
-    #[arg(long, default_value_t = 2)]
-    replicas: usize,
+    /// Replicas that must acknowledge each grant and refresh (0: off)
+    /// [default: 2 with Sentinel, 1 on a cluster].
+    #[arg(long)]
+    replicas: Option<usize>,
     /// Run the data servers without persistence (outside the documented
     /// conditions: a primary restarted empty wipes its replicas).
     #[arg(long)]
     no_persistence: bool,
-    /// Fault kinds, comma-separated [default: all but lossy-failover];
-    /// `none` for none.
+    /// Fault kinds, comma-separated [default: all but lossy-failover; on a
+    /// cluster all but stall-replica and lossy-failover]; `none` for none.
     #[arg(long)]
     faults: Option<String>,
     /// Seconds between faults, MIN-MAX.
@@ -118,6 +136,9 @@ struct RunArgs {
     /// Sentinel's down-after-milliseconds (its ping period is 1 s).
     #[arg(long, default_value_t = 3000)]
     down_after_ms: u64,
+    /// The cluster's cluster-node-timeout, in ms (a cluster run).
+    #[arg(long, default_value_t = 3000)]
+    node_timeout_ms: u64,
     /// CLI worker processes.
     #[arg(long, default_value_t = 2)]
     cli_workers: usize,
@@ -150,8 +171,10 @@ struct WArgs {
     id: String,
     #[arg(long)]
     dir: PathBuf,
-    #[arg(long)]
+    #[arg(long, default_value = "")]
     sentinels: String,
+    #[arg(long, default_value = "")]
+    cluster: String,
     #[arg(long)]
     fenced: u16,
     #[arg(long)]
@@ -178,6 +201,7 @@ impl WArgs {
             id: self.id,
             dir: self.dir,
             sentinels: ports(&self.sentinels),
+            cluster: ports(&self.cluster),
             fenced: self.fenced,
             ttl_ms: self.ttl_ms,
             replicas: self.replicas,
@@ -221,15 +245,26 @@ fn main() {
             let me = std::env::current_exe().expect("own path");
             let bin_dir = me.parent().expect("own dir").to_path_buf();
             let root = bin_dir.parent().unwrap_or(&bin_dir).join("chaos");
+            let topology = match a.topology {
+                TopologyArg::Sentinel => run::TopologyKind::Sentinel,
+                TopologyArg::Cluster => run::TopologyKind::Cluster,
+            };
             let faults: Vec<String> = match a.faults.as_deref() {
-                None => run::DEFAULT_FAULTS.iter().map(|s| s.to_string()).collect(),
+                None => topology
+                    .default_faults()
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 Some("none") => Vec::new(),
                 Some(list) => list.split(',').map(|s| s.trim().to_string()).collect(),
             };
-            if let Some(bad) = faults.iter().find(|f| !run::FAULTS.contains(&f.as_str())) {
+            if let Some(bad) = faults
+                .iter()
+                .find(|f| !topology.faults().contains(&f.as_str()))
+            {
                 eprintln!(
-                    "spacelock-chaos: unknown fault {bad:?}; the kinds are {}",
-                    run::FAULTS.join(", ")
+                    "spacelock-chaos: unknown fault {bad:?} for this topology; the kinds are {}",
+                    topology.faults().join(", ")
                 );
                 std::process::exit(2);
             }
@@ -256,16 +291,20 @@ fn main() {
                 p.exists().then_some(p)
             });
             let cfg = run::RunConfig {
+                topology,
                 dir: a.dir.clone().unwrap_or_else(|| run::default_dir(&root)),
                 seconds: a.seconds,
-                replicas: a.replicas,
+                replicas: a.replicas.unwrap_or(topology.default_replicas()),
                 persistence: !a.no_persistence,
                 faults,
                 every,
                 first_fault_s: a.first_fault,
                 seed,
                 ttl_ms: a.ttl_ms,
-                down_after_ms: a.down_after_ms,
+                down_after_ms: match topology {
+                    run::TopologyKind::Sentinel => a.down_after_ms,
+                    run::TopologyKind::Cluster => a.node_timeout_ms,
+                },
                 workers: (a.cli_workers, a.rust_workers, a.node_workers),
                 cli: a.cli.clone().unwrap_or_else(|| bin_dir.join("spacelock")),
                 node_worker,
@@ -294,6 +333,7 @@ fn main() {
             dir,
             fenced,
             sentinels,
+            cluster,
             ms,
             via_wait,
             replicas,
@@ -305,6 +345,7 @@ fn main() {
                 id,
                 dir,
                 sentinels: ports(&sentinels),
+                cluster: ports(&cluster),
                 fenced,
                 ttl_ms: 0,
                 replicas,

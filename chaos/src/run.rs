@@ -12,8 +12,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use crate::cluster::ClusterTopology;
 use crate::history::{now_ns, Line, Recorder};
-use crate::topology::{Topology, SERVICE};
+use crate::topology::{Servers, Topology};
 use crate::workers::{NAMES, PREFIX};
 
 /// Every fault kind, by name.
@@ -40,9 +41,58 @@ pub const DEFAULT_FAULTS: [&str; 7] = [
     "pause-client",
 ];
 
+/// The faults a cluster run can inject: there are no proxies to stall a
+/// replica's link in, and the lossy failover is Sentinel's.
+pub const CLUSTER_FAULTS: [&str; 6] = [
+    "kill-restart",
+    "stop-primary",
+    "planned-failover",
+    "kill-failover",
+    "pause-writes",
+    "pause-client",
+];
+
+/// Which servers a run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopologyKind {
+    /// A primary, two replicas and three Sentinels.
+    Sentinel,
+    /// A Redis Cluster of three primaries with a replica each.
+    Cluster,
+}
+
+impl TopologyKind {
+    /// The fault kinds it can inject.
+    pub fn faults(self) -> &'static [&'static str] {
+        match self {
+            TopologyKind::Sentinel => &FAULTS,
+            TopologyKind::Cluster => &CLUSTER_FAULTS,
+        }
+    }
+
+    /// The fault kinds of a default run.
+    pub fn default_faults(self) -> &'static [&'static str] {
+        match self {
+            TopologyKind::Sentinel => &DEFAULT_FAULTS,
+            TopologyKind::Cluster => &CLUSTER_FAULTS,
+        }
+    }
+
+    /// Replicas that must acknowledge a grant by default: every replica
+    /// that can be promoted.
+    pub fn default_replicas(self) -> usize {
+        match self {
+            TopologyKind::Sentinel => 2,
+            TopologyKind::Cluster => 1,
+        }
+    }
+}
+
 /// How a run is set up.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// Which servers run.
+    pub topology: TopologyKind,
     /// Where the history goes.
     pub dir: PathBuf,
     /// How long the clients run.
@@ -61,7 +111,9 @@ pub struct RunConfig {
     pub seed: u64,
     /// Lease ttl.
     pub ttl_ms: u64,
-    /// Sentinel's `down-after-milliseconds`.
+    /// Sentinel's `down-after-milliseconds`, or the cluster's
+    /// `cluster-node-timeout`: how long a primary may be silent before it
+    /// is failed over from.
     pub down_after_ms: u64,
     /// Worker processes of each kind: CLI, Rust, Node.
     pub workers: (usize, usize, usize),
@@ -94,12 +146,24 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
         );
     }
     let documented = cfg.persistence;
-    eprintln!(
-        "chaos: starting 3 data servers (appendonly {}), 3 sentinels (quorum 2, down-after-milliseconds {} ms, ping period 1 s), a fenced-resource server",
-        if cfg.persistence { "yes" } else { "no" },
-        cfg.down_after_ms
-    );
-    let mut topo = Topology::start(cfg.persistence, cfg.down_after_ms)?;
+    let mut topo: Box<dyn Servers> = match cfg.topology {
+        TopologyKind::Sentinel => {
+            eprintln!(
+                "chaos: starting 3 data servers (appendonly {}), 3 sentinels (quorum 2, down-after-milliseconds {} ms, ping period 1 s), a fenced-resource server",
+                if cfg.persistence { "yes" } else { "no" },
+                cfg.down_after_ms
+            );
+            Box::new(Topology::start(cfg.persistence, cfg.down_after_ms)?)
+        }
+        TopologyKind::Cluster => {
+            eprintln!(
+                "chaos: starting a cluster of 3 primaries with a replica each (appendonly {}, cluster-node-timeout {} ms), a fenced-resource server",
+                if cfg.persistence { "yes" } else { "no" },
+                cfg.down_after_ms
+            );
+            Box::new(ClusterTopology::start(cfg.persistence, cfg.down_after_ms)?)
+        }
+    };
     let faults_rec = Recorder::open(&cfg.dir.join("faults.jsonl"), "orchestrator");
     let t0 = now_ns();
     let until = t0 + i64::try_from(cfg.seconds).unwrap_or(0) * 1_000_000_000;
@@ -110,10 +174,9 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
             .arg(id)
             .arg("--dir")
             .arg(&cfg.dir)
-            .arg("--sentinels")
-            .arg(topo.sentinel_ports())
+            .args(topo.worker_args())
             .arg("--fenced")
-            .arg(topo.fenced.port.to_string())
+            .arg(topo.fenced_port().to_string())
             .arg("--ttl-ms")
             .arg(cfg.ttl_ms.to_string())
             .arg("--replicas")
@@ -182,16 +245,20 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
             round.shuffle(&mut rng);
         }
         let kind = round.pop().unwrap();
-        let Some(primary) = topo.until_healthy(Duration::from_secs(30)) else {
+        let primary = if topo.until_whole(Duration::from_secs(30)) {
+            topo.target(&mut rng)
+        } else {
+            None
+        };
+        let Some(primary) = primary else {
             eprintln!("chaos: the topology did not become whole again; no more faults");
             break;
         };
-        let mut line = inject(&mut topo, &kind, primary, &workers, cfg, &mut rng);
+        let mut line = inject(topo.as_mut(), &kind, primary, &workers, cfg, &mut rng);
         // The interval to the next fault counts from when the topology is
         // whole again, so that each fault's stall is its own and not the
         // sum of two; how long that took is part of the fault's line.
-        let whole = topo.until_healthy(Duration::from_secs(30));
-        if whole.is_some() {
+        if topo.until_whole(Duration::from_secs(30)) {
             let since = line.i("start").unwrap_or(0);
             line = line.with("whole_ns", now_ns() - since);
         }
@@ -225,7 +292,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
     let t1 = now_ns();
 
     // The fenced resource's log, and the run's settings.
-    let mut con = topo.fenced.conn();
+    let mut con = topo.fenced_conn();
     let fenced_rec = Recorder::open(&cfg.dir.join("fenced.jsonl"), "fenced");
     for name in NAMES {
         for l in
@@ -237,6 +304,7 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
     let meta = Line::new("meta", t0, "orchestrator")
         .with("t0", t0)
         .with("t1", t1)
+        .with("topology", topo.name())
         .with("ttl_ms", cfg.ttl_ms)
         .with("replicas", cfg.replicas)
         .with(
@@ -256,7 +324,8 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
         .with("down_after_ms", cfg.down_after_ms)
         .with(
             "rejoin",
-            if cfg.rejoin_as_replica {
+            // A cluster node comes back as a replica by itself.
+            if cfg.rejoin_as_replica || cfg.topology == TopologyKind::Cluster {
                 "replica"
             } else {
                 "primary"
@@ -264,7 +333,10 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
         )
         .with(
             "sentinel_debug",
-            std::env::var("CHAOS_SENTINEL_DEBUG").unwrap_or_default(),
+            std::env::var("CHAOS_SENTINEL_DEBUG")
+                .ok()
+                .filter(|_| cfg.topology == TopologyKind::Sentinel)
+                .unwrap_or_default(),
         )
         .with("seed", cfg.seed)
         .with("faults", cfg.faults.join(","));
@@ -277,15 +349,14 @@ fn signal(pid: i32, sig: Signal) {
     let _ = kill(Pid::from_raw(pid), sig);
 }
 
-/// Waits until the Sentinels name a primary other than `old`; the time it
-/// took from `since`.
-fn until_failover(topo: &Topology, old: usize, since: i64, timeout: Duration) -> Option<i64> {
+/// Waits until another node serves as primary in place of `old` (the
+/// Sentinels name another primary; the cluster has promoted `old`'s
+/// replica); the time it took from `since`.
+fn until_failover(topo: &dyn Servers, old: usize, since: i64, timeout: Duration) -> Option<i64> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if let Some(p) = topo.primary() {
-            if p != old {
-                return Some(now_ns() - since);
-            }
+        if topo.failed_over(old) {
+            return Some(now_ns() - since);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -294,7 +365,7 @@ fn until_failover(topo: &Topology, old: usize, since: i64, timeout: Duration) ->
 
 /// Injects one fault of `kind` and returns its history line.
 fn inject(
-    topo: &mut Topology,
+    topo: &mut dyn Servers,
     kind: &str,
     primary: usize,
     workers: &[Worker],
@@ -313,7 +384,8 @@ fn inject(
             topo.restart(primary);
         }
         "stop-primary" => {
-            // Longer than the ttl, shorter than Sentinel's down-after.
+            // Longer than the ttl, shorter than Sentinel's down-after or
+            // the cluster's node timeout.
             let hold = (ttl + Duration::from_millis(500))
                 .min(Duration::from_millis(cfg.down_after_ms * 3 / 4));
             if let Some(pid) = topo.pid(primary) {
@@ -324,13 +396,8 @@ fn inject(
             line = line.with("held_ms", hold.as_millis() as u64);
         }
         "planned-failover" => {
-            let mut con = topo.sentinels[0].conn();
-            let r: redis::RedisResult<()> = redis::cmd("SENTINEL")
-                .arg("FAILOVER")
-                .arg(SERVICE)
-                .query(&mut con);
-            if let Err(e) = r {
-                line = line.with("error", e.to_string());
+            if let Err(e) = topo.planned_failover(primary) {
+                line = line.with("error", e);
             }
             line = line.with(
                 "failover_ns",
@@ -343,16 +410,7 @@ fn inject(
                 "failover_ns",
                 until_failover(topo, primary, start, failover_wait),
             );
-            match topo.primary().filter(|p| *p != primary) {
-                Some(now) if cfg.rejoin_as_replica => {
-                    topo.restart_as_replica(primary, now);
-                    line = line.with("rejoined", "replica");
-                }
-                _ => {
-                    topo.restart(primary);
-                    line = line.with("rejoined", "primary");
-                }
-            }
+            line = line.with("rejoined", topo.rejoin(primary, cfg.rejoin_as_replica));
         }
         "pause-writes" => {
             let ms = cfg.ttl_ms + 500;
@@ -369,15 +427,10 @@ fn inject(
             std::thread::sleep(Duration::from_millis(ms));
             line = line.with("held_ms", ms);
         }
-        "stall-replica" => {
-            let replicas: Vec<usize> = (0..topo.nodes.len()).filter(|i| *i != primary).collect();
-            let r = replicas[rng.random_range(0..replicas.len())];
-            let source = topo.nodes[r].source;
-            topo.nodes[primary].proxy.stall_peer(source, true);
-            std::thread::sleep(Duration::from_secs(3));
-            topo.nodes[primary].proxy.stall_peer(source, false);
-            line = line.with("replica", r).with("held_ms", 3000u64);
-        }
+        "stall-replica" => match topo.stall_replica(primary, rng, Duration::from_secs(3)) {
+            Ok(r) => line = line.with("replica", r).with("held_ms", 3000u64),
+            Err(e) => line = line.with("error", e),
+        },
         "pause-client" => {
             let candidates: Vec<&Worker> = workers
                 .iter()

@@ -13,6 +13,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::Rng;
 use spacelock_testkit::{free_port, Proxy, Sentinel, SentinelTimings, Server, ServerBuilder};
 
 /// The name Sentinel monitors the primary under.
@@ -40,7 +42,69 @@ pub struct Topology {
     pub fenced: Server,
 }
 
-fn conn_to(port: u16, timeout: Duration) -> redis::RedisResult<redis::Connection> {
+/// What the orchestrator asks of a topology: where its servers are, when
+/// it is whole, which primary a fault acts on, and the actions of the
+/// faults that depend on how it fails over.
+pub trait Servers {
+    /// Its name in the run's meta: `sentinel` or `cluster`.
+    fn name(&self) -> &'static str;
+    /// The arguments that tell a worker where the servers are.
+    fn worker_args(&self) -> Vec<String>;
+    /// The fenced resource's port.
+    fn fenced_port(&self) -> u16;
+    /// A connection to the fenced resource.
+    fn fenced_conn(&self) -> redis::Connection;
+    /// Waits up to `timeout` until the topology is whole; whether it is.
+    fn until_whole(&self, timeout: Duration) -> bool;
+    /// The primary the next fault acts on.
+    fn target(&self, rng: &mut StdRng) -> Option<usize>;
+    /// The process id of node `i`'s server.
+    fn pid(&self, i: usize) -> Option<i32>;
+    /// A connection to node `i` directly (not through a proxy).
+    fn conn(&self, i: usize) -> redis::RedisResult<redis::Connection>;
+    /// Kills node `i` with SIGKILL.
+    fn kill(&mut self, i: usize);
+    /// Starts node `i` again on its port and data directory, with its own
+    /// settings.
+    ///
+    /// # Panics
+    /// If it does not come up.
+    fn restart(&mut self, i: usize);
+    /// Whether another node serves as primary in place of `old`.
+    fn failed_over(&self, old: usize) -> bool;
+    /// Asks for a planned failover away from `primary`.
+    ///
+    /// # Errors
+    /// What the failover command answered.
+    fn planned_failover(&self, primary: usize) -> Result<(), String>;
+    /// Starts the killed `old` again once another node has taken its place
+    /// (as a replica of that one when `as_replica`, where the topology lets
+    /// the starter choose); how it rejoined.
+    fn rejoin(&mut self, old: usize, as_replica: bool) -> &'static str;
+    /// Stalls the link of one replica of `primary` for `hold`; which one.
+    ///
+    /// # Errors
+    /// When the topology has no way to stall a link.
+    fn stall_replica(
+        &mut self,
+        primary: usize,
+        rng: &mut StdRng,
+        hold: Duration,
+    ) -> Result<usize, String>;
+}
+
+/// The process id of the server on `port`.
+pub fn pid_of(port: u16) -> Option<i32> {
+    let mut con = conn_to(port, Duration::from_millis(500)).ok()?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut con).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A synchronous connection to the server on `port`, with `timeout` on
+/// connecting, reading and writing.
+pub fn conn_to(port: u16, timeout: Duration) -> redis::RedisResult<redis::Connection> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
     let con = client.get_connection_with_timeout(timeout)?;
     con.set_read_timeout(Some(timeout))?;
@@ -225,11 +289,7 @@ impl Topology {
 
     /// The process id of node `i`'s server.
     pub fn pid(&self, i: usize) -> Option<i32> {
-        let mut con = conn_to(self.nodes[i].port, Duration::from_millis(500)).ok()?;
-        let info: String = redis::cmd("INFO").arg("server").query(&mut con).ok()?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("process_id:"))
-            .and_then(|v| v.trim().parse().ok())
+        pid_of(self.nodes[i].port)
     }
 
     /// A connection to node `i` directly (not through its proxy).
@@ -285,5 +345,95 @@ fn builder(port: u16, proxy: u16, source: IpAddr, persistence: bool) -> ServerBu
         b.arg("appendonly", "yes")
     } else {
         b.arg("appendonly", "no")
+    }
+}
+
+impl Servers for Topology {
+    fn name(&self) -> &'static str {
+        "sentinel"
+    }
+
+    fn worker_args(&self) -> Vec<String> {
+        vec!["--sentinels".into(), self.sentinel_ports()]
+    }
+
+    fn fenced_port(&self) -> u16 {
+        self.fenced.port
+    }
+
+    fn fenced_conn(&self) -> redis::Connection {
+        self.fenced.conn()
+    }
+
+    fn until_whole(&self, timeout: Duration) -> bool {
+        self.until_healthy(timeout).is_some()
+    }
+
+    /// The primary Sentinel names, while the topology is whole.
+    fn target(&self, _rng: &mut StdRng) -> Option<usize> {
+        self.healthy()
+    }
+
+    fn pid(&self, i: usize) -> Option<i32> {
+        Topology::pid(self, i)
+    }
+
+    fn conn(&self, i: usize) -> redis::RedisResult<redis::Connection> {
+        Topology::conn(self, i)
+    }
+
+    fn kill(&mut self, i: usize) {
+        Topology::kill(self, i);
+    }
+
+    fn restart(&mut self, i: usize) {
+        Topology::restart(self, i);
+    }
+
+    /// The Sentinels name a primary other than `old`.
+    fn failed_over(&self, old: usize) -> bool {
+        self.primary().is_some_and(|p| p != old)
+    }
+
+    /// `SENTINEL FAILOVER`.
+    fn planned_failover(&self, _primary: usize) -> Result<(), String> {
+        let mut con = self.sentinels[0].conn();
+        redis::cmd("SENTINEL")
+            .arg("FAILOVER")
+            .arg(SERVICE)
+            .query::<()>(&mut con)
+            .map_err(|e| e.to_string())
+    }
+
+    /// As a replica of the primary Sentinel names now (`replicaof` on its
+    /// command line) when `as_replica`, else with its own settings.
+    fn rejoin(&mut self, old: usize, as_replica: bool) -> &'static str {
+        match self.primary().filter(|p| *p != old) {
+            Some(now) if as_replica => {
+                self.restart_as_replica(old, now);
+                "replica"
+            }
+            _ => {
+                self.restart(old);
+                "primary"
+            }
+        }
+    }
+
+    /// Stalls one replica's link in the primary's proxy (nothing forwarded,
+    /// the connection kept).
+    fn stall_replica(
+        &mut self,
+        primary: usize,
+        rng: &mut StdRng,
+        hold: Duration,
+    ) -> Result<usize, String> {
+        let replicas: Vec<usize> = (0..self.nodes.len()).filter(|i| *i != primary).collect();
+        let r = replicas[rng.random_range(0..replicas.len())];
+        let source = self.nodes[r].source;
+        self.nodes[primary].proxy.stall_peer(source, true);
+        std::thread::sleep(hold);
+        self.nodes[primary].proxy.stall_peer(source, false);
+        Ok(r)
     }
 }

@@ -9,14 +9,17 @@
 //! write to the fenced resource: readers and permit holders run together,
 //! so no single high-water mark could judge their writes.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use spacelock_client::{
-    Lease, Options, Outcome, Semaphore, SentinelConnection, Skipped, SpaceLock,
+    Lease, LockConnection, Options, Outcome, Semaphore, SentinelConnection, Skipped, SpaceLock,
 };
 
 use crate::fenced;
@@ -101,8 +104,10 @@ pub struct WorkerArgs {
     pub id: String,
     /// The run directory.
     pub dir: PathBuf,
-    /// The Sentinels' ports.
+    /// The Sentinels' ports (a Sentinel run).
     pub sentinels: Vec<u16>,
+    /// The cluster nodes' ports (a cluster run).
+    pub cluster: Vec<u16>,
     /// The fenced resource's port.
     pub fenced: u16,
     /// Lease ttl.
@@ -157,15 +162,23 @@ pub fn primary_port(sentinels: &[u16]) -> Option<u16> {
     None
 }
 
-type Conn = SentinelConnection;
-
-struct Locks {
-    locks: SpaceLock<Conn>,
+/// The options every Rust worker's `SpaceLock` has.
+fn options(args: &WorkerArgs, generation: u32) -> Options {
+    let options = Options::default()
+        .ttl(Duration::from_millis(args.ttl_ms))
+        .key_prefix(PREFIX)
+        .owner(format!("{}.{generation}", args.id))
+        .request_timeout(Duration::from_millis(args.ttl_ms))
+        .release_timeout(Duration::from_millis(args.ttl_ms));
+    crate::acks::rust_options(options, args.replicas)
 }
 
 /// A `SpaceLock` over the client's Sentinel connection, which follows the
 /// primary through failovers by itself.
-async fn connect(args: &WorkerArgs, generation: u32) -> Option<Locks> {
+async fn connect_sentinel(
+    args: WorkerArgs,
+    generation: u32,
+) -> Option<SpaceLock<SentinelConnection>> {
     let urls: Vec<String> = args
         .sentinels
         .iter()
@@ -182,19 +195,57 @@ async fn connect(args: &WorkerArgs, generation: u32) -> Option<Locks> {
         .await
         .ok()?
         .ok()?;
-    let options = Options::default()
-        .ttl(Duration::from_millis(args.ttl_ms))
-        .key_prefix(PREFIX)
-        .owner(format!("{}.{generation}", args.id))
-        .request_timeout(Duration::from_millis(args.ttl_ms))
-        .release_timeout(Duration::from_millis(args.ttl_ms));
-    let options = crate::acks::rust_options(options, args.replicas);
-    let locks = SpaceLock::new(conn.clone(), options).with_wait_connector(conn.clone());
-    Some(Locks { locks })
+    Some(SpaceLock::new(conn.clone(), options(&args, generation)).with_wait_connector(conn))
 }
 
-/// The Rust worker (`spacelock-chaos worker`).
+/// The cluster nodes' URLs.
+fn cluster_urls(ports: &[u16]) -> Vec<String> {
+    ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect()
+}
+
+/// A `SpaceLock` over a cluster connection, which routes each command to
+/// the primary serving its key's slot and follows `MOVED` after a failover;
+/// the WAIT queue on dedicated cluster connections.
+async fn connect_cluster(
+    args: WorkerArgs,
+    generation: u32,
+) -> Option<SpaceLock<ClusterConnection>> {
+    // The client puts its own deadline on every call; a response timeout
+    // below it would cut a write pause's held command short.
+    let client = ClusterClient::builder(cluster_urls(&args.cluster))
+        .connection_timeout(Duration::from_secs(1))
+        .response_timeout(Duration::from_secs(60))
+        .retries(2)
+        .build()
+        .ok()?;
+    let conn = tokio::time::timeout(Duration::from_secs(2), client.get_async_connection())
+        .await
+        .ok()?
+        .ok()?;
+    Some(SpaceLock::new(conn, options(&args, generation)).with_wait_connector(client))
+}
+
+/// The Rust worker (`spacelock-chaos worker`): over Sentinel, or over the
+/// cluster when it is given the cluster's nodes.
 pub async fn rust_worker(args: WorkerArgs) {
+    if args.cluster.is_empty() {
+        worker_loop(args, connect_sentinel).await;
+    } else {
+        worker_loop(args, connect_cluster).await;
+    }
+}
+
+/// The Rust worker's loop over a `SpaceLock` that `connect` makes (again
+/// after it failed to).
+async fn worker_loop<C, F, Fut>(args: WorkerArgs, connect: F)
+where
+    C: LockConnection,
+    F: Fn(WorkerArgs, u32) -> Fut,
+    Fut: Future<Output = Option<SpaceLock<C>>>,
+{
     let rec = std::sync::Arc::new(Recorder::open(&args.file(), &args.id));
     let mut rng = StdRng::seed_from_u64(args.seed);
     let fence = redis::Client::open(format!("redis://127.0.0.1:{}/", args.fenced))
@@ -203,11 +254,11 @@ pub async fn rust_worker(args: WorkerArgs) {
         .await
         .expect("the fenced resource");
     let mut generation = 0;
-    let mut current: Option<Locks> = None;
+    let mut current: Option<SpaceLock<C>> = None;
     while now_ns() < args.until_ns {
         if current.is_none() {
             generation += 1;
-            current = connect(&args, generation).await;
+            current = connect(args.clone(), generation).await;
             if current.is_none() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -228,11 +279,11 @@ pub async fn rust_worker(args: WorkerArgs) {
         };
         let wait = Duration::from_millis(WAIT_MS);
         let outcome = match (shape, via_wait) {
-            (Shape::Exclusive, true) => l.locks.with_space_lock_wait(name, wait, body).await,
-            (Shape::Exclusive, false) => l.locks.with_space_lock(name, body).await,
-            (Shape::Shared, true) => l.locks.with_shared_lock_wait(name, wait, body).await,
-            (Shape::Shared, false) => l.locks.with_shared_lock(name, body).await,
-            (Shape::Limit(n), _) => match Semaphore::new(l.locks.clone(), name, n) {
+            (Shape::Exclusive, true) => l.with_space_lock_wait(name, wait, body).await,
+            (Shape::Exclusive, false) => l.with_space_lock(name, body).await,
+            (Shape::Shared, true) => l.with_shared_lock_wait(name, wait, body).await,
+            (Shape::Shared, false) => l.with_shared_lock(name, body).await,
+            (Shape::Limit(n), _) => match Semaphore::new(l.clone(), name, n) {
                 Ok(slots) if via_wait => slots.with_permit_wait(wait, body).await,
                 Ok(slots) => slots.with_permit(body).await,
                 Err(e) => Err(e),
@@ -260,11 +311,11 @@ pub async fn rust_worker(args: WorkerArgs) {
                 if why == "timed-out" {
                     // Nothing may be left held in this owner's name (by
                     // any holder of a shared or counted lock).
-                    if let Ok(info) = l.locks.info(name).await {
+                    if let Ok(info) = l.info(name).await {
                         let mine = info.is_some_and(|i| {
                             i.holders
                                 .iter()
-                                .any(|h| h.owner.starts_with(&format!("{}:", l.locks.owner())))
+                                .any(|h| h.owner.starts_with(&format!("{}:", l.owner())))
                         });
                         line = line.with("held_after", mine);
                     }
@@ -378,18 +429,20 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
     let rec = Recorder::open(&args.file(), &args.id);
     let mut rng = StdRng::seed_from_u64(args.seed);
     let me = std::env::current_exe().expect("own path");
-    let sentinels = args
-        .sentinels
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let list = |ports: &[u16]| {
+        ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (sentinels, cluster) = (list(&args.sentinels), list(&args.cluster));
     while now_ns() < args.until_ns {
         let (name, shape) = pick(&mut rng, args.shapes);
         let key = format!("{PREFIX}{name}");
         let via_wait = rng.random_bool(0.5);
         let ms = body_ms(&mut rng, args.ttl_ms);
-        let Some(url) = crate::acks::cli_url(&args.sentinels) else {
+        let Some(url) = crate::acks::cli_url(&args.sentinels, &args.cluster) else {
             std::thread::sleep(Duration::from_millis(100));
             continue;
         };
@@ -409,6 +462,9 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
             .arg("--release-timeout")
             .arg(format!("{}ms", args.ttl_ms))
             .arg("-q");
+        if !args.cluster.is_empty() {
+            cmd.arg("--cluster");
+        }
         crate::acks::cli_args(&mut cmd, args.replicas);
         if via_wait {
             cmd.arg("--wait").arg(format!("{WAIT_MS}ms"));
@@ -434,6 +490,8 @@ pub fn cli_worker(args: WorkerArgs, cli: PathBuf) {
             .arg(args.fenced.to_string())
             .arg("--sentinels")
             .arg(&sentinels)
+            .arg("--cluster")
+            .arg(&cluster)
             .arg("--ms")
             .arg(ms.to_string())
             .arg("--via-wait")
@@ -505,9 +563,9 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool, shape: Shape, a
             .with("asked", asked),
     );
     let work = async {
-        // CHECK on the primary Sentinel names now (the CLI's own connection
-        // is not reachable from here).
-        let check = check_via_sentinel(&args.sentinels, &key, &owner, token).await;
+        // CHECK on the primary serving the name now (the CLI's own
+        // connection is not reachable from here).
+        let check = check_on_primary(&args, &key, &owner, token).await;
         rec.write(
             &crate::history::Line::new("grant", granted, &rec.w)
                 .with("key", &key)
@@ -542,7 +600,7 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool, shape: Shape, a
                     .with("error", ok.err().map(|e| e.to_string())),
             );
         }
-        check_via_sentinel(&args.sentinels, &key, &owner, token).await
+        check_on_primary(&args, &key, &owner, token).await
     };
     let (mut lost, end_check) = tokio::select! {
         c = work => (false, c),
@@ -577,28 +635,34 @@ pub async fn cli_body(args: WorkerArgs, ms: u64, via_wait: bool, shape: Shape, a
     }
 }
 
-/// `SPACELOCK.CHECK` on the primary Sentinel names now (the CLI's own
-/// connection is not reachable from its command).
-async fn check_via_sentinel(sentinels: &[u16], key: &str, owner: &str, token: u64) -> Option<bool> {
-    let p = primary_port(sentinels)?;
-    let client = redis::Client::open(format!("redis://127.0.0.1:{p}/")).ok()?;
-    let mut con = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .ok()?
-    .ok()?;
-    tokio::time::timeout(
-        Duration::from_secs(1),
-        redis::cmd("SPACELOCK.CHECK")
-            .arg(key)
-            .arg(owner)
-            .arg(token)
-            .query_async::<i64>(&mut con),
-    )
-    .await
-    .ok()?
-    .ok()
-    .map(|n| n == 1)
+/// `SPACELOCK.CHECK` on the primary serving `key` now: the one Sentinel
+/// names, or the cluster's primary for its slot (the CLI's own connection
+/// is not reachable from its command).
+async fn check_on_primary(args: &WorkerArgs, key: &str, owner: &str, token: u64) -> Option<bool> {
+    let mut check = redis::cmd("SPACELOCK.CHECK");
+    check.arg(key).arg(owner).arg(token);
+    let answer = if args.cluster.is_empty() {
+        let p = primary_port(&args.sentinels)?;
+        let client = redis::Client::open(format!("redis://127.0.0.1:{p}/")).ok()?;
+        let mut con = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        tokio::time::timeout(Duration::from_secs(1), check.query_async::<i64>(&mut con)).await
+    } else {
+        let client = ClusterClient::builder(cluster_urls(&args.cluster))
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(1))
+            .build()
+            .ok()?;
+        let mut con = tokio::time::timeout(Duration::from_secs(1), client.get_async_connection())
+            .await
+            .ok()?
+            .ok()?;
+        tokio::time::timeout(Duration::from_secs(1), check.query_async::<i64>(&mut con)).await
+    };
+    answer.ok()?.ok().map(|n| n == 1)
 }

@@ -1,7 +1,8 @@
 /**
  * The history checker's Node client process (`spacelock-chaos run` starts
  * it; see chaos/): loops over the contended names until its deadline with
- * the Node client over an ioredis Sentinel connection, half of its
+ * the Node client over an ioredis Sentinel connection (or an ioredis
+ * Cluster when it is given `--cluster`), half of its
  * acquisitions through the server's wait queue, and appends what happened
  * to `<dir>/<id>.jsonl`, one JSON object per line, times on
  * `process.hrtime.bigint()` (CLOCK_MONOTONIC, the clock the Rust processes
@@ -9,7 +10,7 @@
  */
 import { appendFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Redis } from 'ioredis';
+import { Cluster, Redis } from 'ioredis';
 import { isSkipped, SpaceLock, type Lease } from '../src';
 
 const NAMES = ['k0', 'k1', 'k2'];
@@ -38,6 +39,8 @@ interface Args {
   id: string;
   dir: string;
   sentinels: number[];
+  /** The cluster nodes' ports: a cluster run when not empty. */
+  cluster: number[];
   fenced: number;
   ttlMs: number;
   replicas: number;
@@ -57,7 +60,8 @@ function parseArgs(argv: string[]): Args {
   return {
     id: get('id'),
     dir: get('dir'),
-    sentinels: get('sentinels').split(',').map(Number),
+    sentinels: ports(m.get('sentinels')),
+    cluster: ports(m.get('cluster')),
     fenced: Number(get('fenced')),
     ttlMs: Number(get('ttl-ms')),
     replicas: Number(get('replicas')),
@@ -66,6 +70,8 @@ function parseArgs(argv: string[]): Args {
     shapes: (m.get('shapes') ?? 'true') === 'true',
   };
 }
+
+const ports = (list: string | undefined): number[] => (list ?? '').split(',').filter((p) => p !== '').map(Number);
 
 /** mulberry32: a small seeded generator. */
 function rng(seed: number): () => number {
@@ -102,10 +108,15 @@ async function main(): Promise<void> {
     appendFileSync(file, `${text}\n`);
   };
   const random = rng(a.seed);
-  const redis = new Redis({
-    sentinels: a.sentinels.map((port) => ({ host: '127.0.0.1', port })),
-    name: SERVICE,
-  });
+  // The client routes each command to the primary serving its key, and a
+  // grant's WAIT to the node that granted it.
+  const redis =
+    a.cluster.length > 0
+      ? new Cluster(a.cluster.map((port) => ({ host: '127.0.0.1', port })))
+      : new Redis({
+          sentinels: a.sentinels.map((port) => ({ host: '127.0.0.1', port })),
+          name: SERVICE,
+        });
   redis.on('error', () => undefined);
   const fence = new Redis({ host: '127.0.0.1', port: a.fenced });
   fence.on('error', () => undefined);

@@ -1,0 +1,423 @@
+//! The cluster topology on loopback: a Redis Cluster of three primaries,
+//! each with one replica, every server with the module and `appendonly yes`,
+//! built as the test kit's `Cluster` is (distinct config epochs,
+//! `CLUSTER ADDSLOTSRANGE`, `CLUSTER MEET`), then `CLUSTER REPLICATE`.
+//!
+//! The slot ranges are cut between the slots of the run's lock names, so
+//! that every primary serves at least one name. There are no proxies here:
+//! clients and the cluster bus connect to the servers directly.
+
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::Rng;
+use spacelock_testkit::{Server, ServerBuilder};
+
+use crate::topology::{conn_to, info_field, Servers};
+use crate::workers::{COUNTED, NAMES, PREFIX, RW};
+
+/// Primaries, and replicas per primary.
+const PRIMARIES: usize = 3;
+
+/// The whole cluster and the fenced resource.
+pub struct ClusterTopology {
+    /// The six servers (`None` while killed): the first three are the
+    /// primaries at the start, server `3 + i` the replica of server `i`.
+    pub nodes: Vec<Option<Server>>,
+    /// Their ports (kept across restarts).
+    pub ports: Vec<u16>,
+    /// Their cluster node ids (kept across restarts, in `nodes.conf`).
+    pub ids: Vec<String>,
+    /// The fenced resource (a plain server).
+    pub fenced: Server,
+}
+
+/// One line of `CLUSTER NODES`: its node's port, id, flags, primary id and
+/// slots served.
+struct NodeLine {
+    id: String,
+    port: u16,
+    flags: String,
+    primary: String,
+    connected: bool,
+    slots: Vec<(u16, u16)>,
+}
+
+fn parse_nodes(text: &str) -> Vec<NodeLine> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let port = f[1]
+                .split(['@', ','])
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()?;
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((lo, hi)) => Some((lo.parse().ok()?, hi.parse().ok()?)),
+                    None => s.parse().ok().map(|n| (n, n)),
+                })
+                .collect();
+            Some(NodeLine {
+                id: f[0].to_string(),
+                port,
+                flags: f[2].to_string(),
+                primary: f[3].to_string(),
+                connected: f[7] == "connected",
+                slots,
+            })
+        })
+        .collect()
+}
+
+impl ClusterTopology {
+    /// Starts six servers, makes them one cluster (three primaries with a
+    /// replica each) and waits until it is whole.
+    ///
+    /// # Errors
+    /// Why it could not start.
+    pub fn start(persistence: bool, node_timeout_ms: u64) -> Result<ClusterTopology, String> {
+        let mut nodes = Vec::new();
+        for i in 0..PRIMARIES * 2 {
+            let server = ServerBuilder::new()
+                .cluster()
+                .arg("cluster-node-timeout", &node_timeout_ms.to_string())
+                .arg("appendonly", if persistence { "yes" } else { "no" })
+                .try_start()
+                .map_err(|e| format!("cluster node {i}: {e}"))?;
+            nodes.push(server);
+        }
+        let ports: Vec<u16> = nodes.iter().map(|s| s.port).collect();
+        let cmd = |i: usize, c: &mut redis::Cmd| -> Result<redis::Value, String> {
+            let mut con = conn_to(ports[i], Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            c.query(&mut con)
+                .map_err(|e| format!("node {i}: {c:?}: {e}"))
+        };
+        let ranges = slot_ranges(&cluster_slots(ports[0])?);
+        let mut ids = Vec::new();
+        for i in 0..nodes.len() {
+            // Distinct config epochs up front, as `redis-cli --cluster create` does.
+            cmd(i, redis::cmd("CLUSTER").arg("SET-CONFIG-EPOCH").arg(i + 1))?;
+            let id = cmd(i, redis::cmd("CLUSTER").arg("MYID"))?;
+            ids.push(redis::from_redis_value::<String>(id).map_err(|e| e.to_string())?);
+        }
+        for (i, (lo, hi)) in ranges.iter().enumerate() {
+            cmd(
+                i,
+                redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(lo).arg(hi),
+            )?;
+        }
+        for n in &nodes[1..] {
+            let bus = n.bus_port.ok_or("a cluster node without a bus port")?;
+            cmd(
+                0,
+                redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(n.port)
+                    .arg(bus),
+            )?;
+        }
+        // A replica can follow its primary only once it knows it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (r, id) in (PRIMARIES..PRIMARIES * 2).zip(ids.clone()) {
+            loop {
+                if cmd(
+                    r,
+                    redis::cmd("CLUSTER")
+                        .arg("REPLICATE")
+                        .arg(&ids[r - PRIMARIES]),
+                )
+                .is_ok()
+                {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("node {r} ({id}) never learned of its primary"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let fenced = ServerBuilder::new()
+            .without_module()
+            .try_start()
+            .map_err(|e| format!("fenced server: {e}"))?;
+        let t = ClusterTopology {
+            nodes: nodes.into_iter().map(Some).collect(),
+            ports,
+            ids,
+            fenced,
+        };
+        if !t.until_whole(Duration::from_secs(60)) {
+            let log = t.nodes[0].as_ref().map(Server::log).unwrap_or_default();
+            return Err(format!("the cluster never became whole:\n{log}"));
+        }
+        Ok(t)
+    }
+
+    /// `CLUSTER NODES` as node `i` sees it.
+    fn view(&self, i: usize) -> Option<Vec<NodeLine>> {
+        let mut con = conn_to(self.ports[i], Duration::from_millis(500)).ok()?;
+        let text: String = redis::cmd("CLUSTER").arg("NODES").query(&mut con).ok()?;
+        Some(parse_nodes(&text))
+    }
+
+    /// The node that serves `slot` as primary, as the first node that
+    /// answers sees it.
+    fn serving(&self, slot: u16) -> Option<usize> {
+        let view = (0..self.ports.len()).find_map(|i| self.view(i))?;
+        let line = view.iter().find(|l| {
+            l.flags.contains("master")
+                && !l.flags.contains("fail")
+                && l.slots.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot))
+        })?;
+        self.ports.iter().position(|p| *p == line.port)
+    }
+
+    /// Whether node `i` answers, says `cluster_state:ok` with every slot
+    /// served and all six nodes known, and sees no node failing or
+    /// disconnected.
+    fn node_ok(&self, i: usize) -> bool {
+        let Ok(mut con) = conn_to(self.ports[i], Duration::from_millis(500)) else {
+            return false;
+        };
+        let Ok(info) = redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut con) else {
+            return false;
+        };
+        let want = [
+            "cluster_state:ok".to_string(),
+            "cluster_slots_ok:16384".to_string(),
+            format!("cluster_known_nodes:{}", self.ports.len()),
+        ];
+        if !want.iter().all(|w| info.lines().any(|l| l.trim() == w)) {
+            return false;
+        }
+        self.view(i).is_some_and(|v| {
+            v.iter()
+                .all(|l| !l.flags.contains("fail") && (l.flags.contains("myself") || l.connected))
+        })
+    }
+
+    /// Whether the cluster is whole: every node up and content, three
+    /// primaries each with one replica online, and every replica's link up.
+    fn whole(&self) -> bool {
+        if self.nodes.iter().any(Option::is_none) {
+            return false;
+        }
+        let (mut primaries, mut replicas) = (0, 0);
+        for (i, port) in self.ports.iter().enumerate() {
+            if !self.node_ok(i) {
+                return false;
+            }
+            match info_field(*port, "role").as_deref() {
+                Some("master") => {
+                    let online = info_field(*port, "slave0")
+                        .is_some_and(|s| s.contains("state=online"))
+                        && info_field(*port, "connected_slaves").as_deref() == Some("1");
+                    if !online {
+                        return false;
+                    }
+                    primaries += 1;
+                }
+                Some("slave") => {
+                    if info_field(*port, "master_link_status").as_deref() != Some("up") {
+                        return false;
+                    }
+                    replicas += 1;
+                }
+                _ => return false,
+            }
+        }
+        primaries == PRIMARIES && replicas == PRIMARIES
+    }
+}
+
+/// The hash slots of the run's lock names, asked of the server on `port`.
+fn cluster_slots(port: u16) -> Result<Vec<u16>, String> {
+    let mut con = conn_to(port, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    NAMES
+        .iter()
+        .chain([&RW, &COUNTED])
+        .map(|n| {
+            redis::cmd("CLUSTER")
+                .arg("KEYSLOT")
+                .arg(format!("{PREFIX}{n}"))
+                .query(&mut con)
+                .map_err(|e| format!("CLUSTER KEYSLOT: {e}"))
+        })
+        .collect()
+}
+
+/// Three slot ranges covering all 16384 slots, cut halfway between the
+/// names' slots so that each range holds at least one of them (two, two
+/// and one of the five); even thirds if the names fall on fewer than three
+/// slots.
+fn slot_ranges(slots: &[u16]) -> Vec<(u16, u16)> {
+    let mut s = slots.to_vec();
+    s.sort_unstable();
+    s.dedup();
+    let cuts = if s.len() >= PRIMARIES {
+        // After the first two fifths of the names, and after four fifths.
+        let a = (s.len() * 2).div_ceil(5).clamp(1, s.len() - 2);
+        let b = (s.len() * 4).div_ceil(5).clamp(a + 1, s.len() - 1);
+        [
+            s[a - 1] + (s[a] - s[a - 1]).div_ceil(2),
+            s[b - 1] + (s[b] - s[b - 1]).div_ceil(2),
+        ]
+    } else {
+        [16384 / 3, 16384 * 2 / 3]
+    };
+    vec![(0, cuts[0] - 1), (cuts[0], cuts[1] - 1), (cuts[1], 16383)]
+}
+
+impl Servers for ClusterTopology {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn worker_args(&self) -> Vec<String> {
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        vec!["--cluster".into(), ports.join(",")]
+    }
+
+    fn fenced_port(&self) -> u16 {
+        self.fenced.port
+    }
+
+    fn fenced_conn(&self) -> redis::Connection {
+        self.fenced.conn()
+    }
+
+    fn until_whole(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.whole() {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The primary serving a name picked at random.
+    fn target(&self, rng: &mut StdRng) -> Option<usize> {
+        let slots = cluster_slots(
+            self.ports
+                .iter()
+                .copied()
+                .find(|p| conn_to(*p, Duration::from_millis(500)).is_ok())?,
+        )
+        .ok()?;
+        self.serving(slots[rng.random_range(0..slots.len())])
+    }
+
+    fn pid(&self, i: usize) -> Option<i32> {
+        crate::topology::pid_of(self.ports[i])
+    }
+
+    fn conn(&self, i: usize) -> redis::RedisResult<redis::Connection> {
+        conn_to(self.ports[i], Duration::from_secs(2))
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(s) = self.nodes[i].as_mut() {
+            s.kill9();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        if let Some(s) = self.nodes[i].take() {
+            self.nodes[i] = Some(s.restart_with(|b| b));
+        }
+    }
+
+    /// Some other node sees node `old` serving no slot, and another
+    /// primary serving what it served.
+    fn failed_over(&self, old: usize) -> bool {
+        (0..self.ports.len()).filter(|j| *j != old).any(|j| {
+            self.view(j).is_some_and(|v| {
+                let serving = |l: &NodeLine| {
+                    l.flags.contains("master") && !l.flags.contains("fail") && !l.slots.is_empty()
+                };
+                let old_serves = v.iter().any(|l| l.id == self.ids[old] && serving(l));
+                let covered: u32 = v
+                    .iter()
+                    .filter(|l| serving(l))
+                    .flat_map(|l| l.slots.iter().map(|(lo, hi)| u32::from(hi - lo) + 1))
+                    .sum();
+                !old_serves && covered == 16384
+            })
+        })
+    }
+
+    /// `CLUSTER FAILOVER` on the replica of `primary`.
+    fn planned_failover(&self, primary: usize) -> Result<(), String> {
+        let view = self.view(primary).ok_or("the primary does not answer")?;
+        let replica = view
+            .iter()
+            .find(|l| l.primary == self.ids[primary] && l.flags.contains("slave"))
+            .and_then(|l| self.ports.iter().position(|p| *p == l.port))
+            .ok_or("the primary has no replica")?;
+        let mut con = self.conn(replica).map_err(|e| e.to_string())?;
+        redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .query::<()>(&mut con)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Starts the killed node again from its data directory: it comes back
+    /// with its `nodes.conf`, learns from the others' gossip that its slots
+    /// have a newer owner, and becomes that node's replica by itself.
+    fn rejoin(&mut self, old: usize, _as_replica: bool) -> &'static str {
+        self.restart(old);
+        "replica"
+    }
+
+    fn stall_replica(
+        &mut self,
+        _primary: usize,
+        _rng: &mut StdRng,
+        _hold: Duration,
+    ) -> Result<usize, String> {
+        Err("the cluster topology has no proxies to stall a link in".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_ranges_put_names_on_every_primary() {
+        let slots = [100, 5000, 9000, 12000, 16000];
+        let r = slot_ranges(&slots);
+        assert_eq!(r[0].0, 0);
+        assert_eq!(r[2].1, 16383);
+        for w in r.windows(2) {
+            assert_eq!(w[0].1 + 1, w[1].0);
+        }
+        for (lo, hi) in &r {
+            assert!(slots.iter().any(|s| (lo..=hi).contains(&s)), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn cluster_nodes_lines_parse() {
+        let text = "07c3 127.0.0.1:30004@31004,host slave e7d1 0 1426238317239 4 connected\n\
+                    e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460 7000 [5461->-abc]\n";
+        let v = parse_nodes(text);
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].port, 30004);
+        assert_eq!(v[0].primary, "e7d1");
+        assert_eq!(v[1].slots, vec![(0, 5460), (7000, 7000)]);
+    }
+}
