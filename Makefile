@@ -91,6 +91,8 @@ clean: ## Remove build output
 # The long run of the history checker (chaos/): a primary, two replicas and
 # three Sentinels on loopback, CLI, Rust and Node clients, a fault every
 # 8-15 s; prints the table and exits non-zero on any violation.
+# CHAOS_ARGS="--topology cluster": a Redis Cluster of three primaries with a
+# replica each instead.
 CHAOS_SECONDS ?= 600
 .PHONY: chaos
 chaos: deps build $(NODE_STAMP) ## History checker under faults for CHAOS_SECONDS (default 600): prints the table, fails on any violation

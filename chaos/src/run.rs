@@ -41,9 +41,20 @@ pub const DEFAULT_FAULTS: [&str; 7] = [
     "pause-client",
 ];
 
-/// The faults a cluster run can inject: there are no proxies to stall a
-/// replica's link in, and the lossy failover is Sentinel's.
-pub const CLUSTER_FAULTS: [&str; 6] = [
+/// The faults a cluster run can inject: every one but the stalled replica
+/// link (there are no proxies to stall it in).
+pub const CLUSTER_FAULTS: [&str; 7] = [
+    "kill-restart",
+    "stop-primary",
+    "planned-failover",
+    "kill-failover",
+    "pause-writes",
+    "pause-client",
+    "lossy-failover",
+];
+
+/// The faults of a default cluster run: all but the lossy failover.
+pub const CLUSTER_DEFAULT_FAULTS: [&str; 6] = [
     "kill-restart",
     "stop-primary",
     "planned-failover",
@@ -74,7 +85,7 @@ impl TopologyKind {
     pub fn default_faults(self) -> &'static [&'static str] {
         match self {
             TopologyKind::Sentinel => &DEFAULT_FAULTS,
-            TopologyKind::Cluster => &CLUSTER_FAULTS,
+            TopologyKind::Cluster => &CLUSTER_DEFAULT_FAULTS,
         }
     }
 
@@ -450,9 +461,10 @@ fn inject(
             }
         }
         "lossy-failover" => {
-            // Stopped until Sentinel has promoted a replica, and a while
-            // more: the resumed old primary keeps granting to the clients
-            // still connected to it until Sentinel turns it into a replica.
+            // Stopped until Sentinel (or the cluster) has promoted a
+            // replica, and a while more: the resumed old primary keeps
+            // granting to the clients still connected to it until Sentinel
+            // turns it into a replica (or the cluster's gossip does).
             if let Some(pid) = topo.pid(primary) {
                 signal(pid, Signal::SIGSTOP);
                 line = line.with(
