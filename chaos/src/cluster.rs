@@ -7,8 +7,11 @@
 //! that every primary serves at least one name. There are no proxies here:
 //! clients and the cluster bus connect to the servers directly.
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use rand::rngs::StdRng;
 use rand::Rng;
 use spacelock_testkit::{Server, ServerBuilder};
@@ -179,6 +182,15 @@ impl ClusterTopology {
                 && l.slots.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot))
         })?;
         self.ports.iter().position(|p| *p == line.port)
+    }
+
+    /// The replica of `primary`, as `primary` sees it.
+    fn replica_of(&self, primary: usize) -> Result<usize, String> {
+        let view = self.view(primary).ok_or("the primary does not answer")?;
+        view.iter()
+            .find(|l| l.primary == self.ids[primary] && l.flags.contains("slave"))
+            .and_then(|l| self.ports.iter().position(|p| *p == l.port))
+            .ok_or_else(|| "the primary has no replica".to_string())
     }
 
     /// Whether node `i` answers, says `cluster_state:ok` with every slot
@@ -361,17 +373,47 @@ impl Servers for ClusterTopology {
 
     /// `CLUSTER FAILOVER` on the replica of `primary`.
     fn planned_failover(&self, primary: usize) -> Result<(), String> {
-        let view = self.view(primary).ok_or("the primary does not answer")?;
-        let replica = view
-            .iter()
-            .find(|l| l.primary == self.ids[primary] && l.flags.contains("slave"))
-            .and_then(|l| self.ports.iter().position(|p| *p == l.port))
-            .ok_or("the primary has no replica")?;
+        let replica = self.replica_of(primary)?;
         let mut con = self.conn(replica).map_err(|e| e.to_string())?;
         redis::cmd("CLUSTER")
             .arg("FAILOVER")
             .query::<()>(&mut con)
             .map_err(|e| e.to_string())
+    }
+
+    /// The replica of `primary` is stopped, the primary drops its link
+    /// (`CLIENT KILL TYPE replica`), grants for half a second that reach
+    /// no replica, and then the resumed replica takes over without the
+    /// primary's agreement (`CLUSTER FAILOVER TAKEOVER`) before it has
+    /// caught up: those grants are gone from the new primary, and from the
+    /// old one once it follows the new one; their holders run on until a
+    /// refresh tells them.
+    fn lossy_failover(&mut self, primary: usize, since: i64, timeout: Duration) -> Option<i64> {
+        let replica = self.replica_of(primary).ok()?;
+        let pid = Pid::from_raw(self.pid(replica)?);
+        let _ = kill(pid, Signal::SIGSTOP);
+        if let Ok(mut con) = self.conn(primary) {
+            let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("replica")
+                .query(&mut con);
+        }
+        // The takeover is sent while the replica is still stopped, so that
+        // it is the first thing the replica does when it resumes, before it
+        // reconnects to its primary and catches up.
+        let takeover =
+            std::net::TcpStream::connect(("127.0.0.1", self.ports[replica])).and_then(|mut s| {
+                s.write_all(b"CLUSTER FAILOVER TAKEOVER\r\n")?;
+                Ok(s)
+            });
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = kill(pid, Signal::SIGCONT);
+        if let Ok(mut s) = takeover {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.read(&mut [0u8; 64]);
+        }
+        self.until_failover(primary, since, timeout)
     }
 
     /// Starts the killed node again from its data directory: it comes back

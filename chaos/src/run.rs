@@ -360,20 +360,6 @@ fn signal(pid: i32, sig: Signal) {
     let _ = kill(Pid::from_raw(pid), sig);
 }
 
-/// Waits until another node serves as primary in place of `old` (the
-/// Sentinels name another primary; the cluster has promoted `old`'s
-/// replica); the time it took from `since`.
-fn until_failover(topo: &dyn Servers, old: usize, since: i64, timeout: Duration) -> Option<i64> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if topo.failed_over(old) {
-            return Some(now_ns() - since);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
-}
-
 /// Injects one fault of `kind` and returns its history line.
 fn inject(
     topo: &mut dyn Servers,
@@ -412,14 +398,14 @@ fn inject(
             }
             line = line.with(
                 "failover_ns",
-                until_failover(topo, primary, start, failover_wait),
+                topo.until_failover(primary, start, failover_wait),
             );
         }
         "kill-failover" => {
             topo.kill(primary);
             line = line.with(
                 "failover_ns",
-                until_failover(topo, primary, start, failover_wait),
+                topo.until_failover(primary, start, failover_wait),
             );
             line = line.with("rejoined", topo.rejoin(primary, cfg.rejoin_as_replica));
         }
@@ -461,19 +447,10 @@ fn inject(
             }
         }
         "lossy-failover" => {
-            // Stopped until Sentinel (or the cluster) has promoted a
-            // replica, and a while more: the resumed old primary keeps
-            // granting to the clients still connected to it until Sentinel
-            // turns it into a replica (or the cluster's gossip does).
-            if let Some(pid) = topo.pid(primary) {
-                signal(pid, Signal::SIGSTOP);
-                line = line.with(
-                    "failover_ns",
-                    until_failover(topo, primary, start, failover_wait),
-                );
-                std::thread::sleep(Duration::from_millis(500));
-                signal(pid, Signal::SIGCONT);
-            }
+            line = line.with(
+                "failover_ns",
+                topo.lossy_failover(primary, start, failover_wait),
+            );
         }
         other => {
             line = line.with("error", format!("unknown fault {other}"));

@@ -13,6 +13,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid as Nix;
 use rand::rngs::StdRng;
 use rand::Rng;
 use spacelock_testkit::{free_port, Proxy, Sentinel, SentinelTimings, Server, ServerBuilder};
@@ -72,6 +74,23 @@ pub trait Servers {
     fn restart(&mut self, i: usize);
     /// Whether another node serves as primary in place of `old`.
     fn failed_over(&self, old: usize) -> bool;
+    /// Waits until another node serves as primary in place of `old` (the
+    /// Sentinels name another primary; the cluster has promoted `old`'s
+    /// replica); the time it took from `since`.
+    fn until_failover(&self, old: usize, since: i64, timeout: Duration) -> Option<i64> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.failed_over(old) {
+                return Some(crate::history::now_ns() - since);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+    /// Fails over from `primary` so that what it granted lately is lost
+    /// unless replicas acknowledged it; the failover time from `since`, as
+    /// [`until_failover`](Self::until_failover).
+    fn lossy_failover(&mut self, primary: usize, since: i64, timeout: Duration) -> Option<i64>;
     /// Asks for a planned failover away from `primary`.
     ///
     /// # Errors
@@ -393,6 +412,18 @@ impl Servers for Topology {
     /// The Sentinels name a primary other than `old`.
     fn failed_over(&self, old: usize) -> bool {
         self.primary().is_some_and(|p| p != old)
+    }
+
+    /// SIGSTOP of the primary until Sentinel has promoted a replica, and a
+    /// while more: the resumed old primary keeps granting to the clients
+    /// still connected to it until Sentinel turns it into a replica.
+    fn lossy_failover(&mut self, primary: usize, since: i64, timeout: Duration) -> Option<i64> {
+        let pid = Nix::from_raw(self.pid(primary)?);
+        let _ = kill(pid, Signal::SIGSTOP);
+        let failover = self.until_failover(primary, since, timeout);
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = kill(pid, Signal::SIGCONT);
+        failover
     }
 
     /// `SENTINEL FAILOVER`.
