@@ -130,20 +130,14 @@ impl ClusterTopology {
         }
         // A replica can follow its primary only once it knows it.
         let deadline = Instant::now() + Duration::from_secs(30);
-        for (r, id) in (PRIMARIES..PRIMARIES * 2).zip(ids.clone()) {
+        for r in PRIMARIES..PRIMARIES * 2 {
+            let primary = &ids[r - PRIMARIES];
             loop {
-                if cmd(
-                    r,
-                    redis::cmd("CLUSTER")
-                        .arg("REPLICATE")
-                        .arg(&ids[r - PRIMARIES]),
-                )
-                .is_ok()
-                {
+                if cmd(r, redis::cmd("CLUSTER").arg("REPLICATE").arg(primary)).is_ok() {
                     break;
                 }
                 if Instant::now() > deadline {
-                    return Err(format!("node {r} ({id}) never learned of its primary"));
+                    return Err(format!("node {r} never learned of its primary {primary}"));
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
