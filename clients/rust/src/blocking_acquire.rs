@@ -149,7 +149,11 @@ async fn acknowledge<C: LockConnection>(
     let s = &inner.settings;
     let cmd = proto::ack(ack);
     let budget = ack.timeout.saturating_add(s.request_timeout());
-    let reply = tokio::time::timeout_at(after(Instant::now(), budget), pooled.conn.req(&cmd)).await;
+    let reply = tokio::time::timeout_at(
+        after(Instant::now(), budget),
+        pooled.conn.req_for_key(&cmd, key),
+    )
+    .await;
     let reply = match reply {
         Ok(Ok(value)) => {
             pool.checkin(pooled);

@@ -104,7 +104,13 @@ impl<T: ConnectionLike + Send> DynConn for T {
 /// [`Options::replicas`](crate::Options::replicas), the `WAIT` after a grant
 /// must go out on the connection that got the grant (on a fresh connection
 /// it would count the replicas' acknowledgements of nothing).
-pub struct WaitConnection(Box<dyn DynConn>);
+pub struct WaitConnection {
+    conn: Box<dyn DynConn>,
+    /// For a cluster: the same connection, to send a command to the
+    /// primary of a given key's slot (redis-rs routes a keyless `WAIT` to
+    /// every primary).
+    cluster: Option<redis::cluster_async::ClusterConnection>,
+}
 
 impl WaitConnection {
     /// Wraps any async redis-rs connection.
@@ -121,11 +127,54 @@ impl WaitConnection {
     /// # Ok(()) }
     /// ```
     pub fn new<C: ConnectionLike + Send + 'static>(conn: C) -> Self {
-        WaitConnection(Box::new(conn))
+        WaitConnection {
+            conn: Box::new(conn),
+            cluster: None,
+        }
+    }
+
+    /// Wraps a cluster connection: the `WAIT` that acknowledges a grant
+    /// goes to the primary of the granted key's slot, on the connection
+    /// that got the grant, and to no other shard. ([`new`](Self::new) on a
+    /// cluster connection would let redis-rs send that `WAIT` to every
+    /// primary and take the fewest acknowledgements: never a false
+    /// acknowledgement, but a failover on another shard would fail it.)
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo() -> redis::RedisResult<()> {
+    /// use spacelock_client::WaitConnection;
+    /// let client = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7000/"])?;
+    /// let conn = WaitConnection::cluster(client.get_async_connection().await?);
+    /// # let _ = conn;
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster(conn: redis::cluster_async::ClusterConnection) -> Self {
+        WaitConnection {
+            conn: Box::new(conn.clone()),
+            cluster: Some(conn),
+        }
     }
 
     pub(crate) fn req<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        self.0.req(cmd)
+        self.conn.req(cmd)
+    }
+
+    /// `cmd` (which names no key) on the node that serves `key`: the
+    /// primary of its slot on a cluster, the one node otherwise.
+    pub(crate) fn req_for_key<'a>(&'a mut self, cmd: &'a Cmd, key: &str) -> RedisFuture<'a, Value> {
+        use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+        match self.cluster.as_mut() {
+            Some(c) => {
+                let slot = spacelock_core::fence::key_slot(key.as_bytes());
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot, SlotAddr::Master),
+                ));
+                Box::pin(c.route_command(cmd.clone(), route))
+            }
+            None => self.conn.req(cmd),
+        }
     }
 }
 
@@ -188,7 +237,7 @@ impl WaitConnector for redis::cluster::ClusterClient {
             let config = redis::cluster::ClusterConfig::new()
                 .set_response_timeout(std::time::Duration::from_secs(365 * 24 * 3600));
             let conn = self.get_async_connection_with_config(config).await?;
-            Ok(WaitConnection::new(conn))
+            Ok(WaitConnection::cluster(conn))
         })
     }
 }

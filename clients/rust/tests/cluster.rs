@@ -117,4 +117,100 @@ async fn blocking_acquire_through_a_cluster_client() {
     }
 }
 
+/// A grant handed over by the wait queue is acknowledged by the replicas of
+/// its own shard alone: the `WAIT` after it goes to the key's primary, so
+/// another shard that does not answer (here `DEBUG SLEEP`; in production a
+/// failover) neither delays nor fails it. (A keyless `WAIT` over a cluster
+/// connection goes to every primary.)
+#[kit::test]
+async fn a_wait_queue_grant_is_acknowledged_by_its_own_shard_alone() {
+    let cluster = Cluster::start(2);
+    // A replica for node 0.
+    let replica = kit::ServerBuilder::new()
+        .cluster()
+        .arg("cluster-node-timeout", "5000")
+        .start();
+    let _: () = redis::cmd("CLUSTER")
+        .arg("MEET")
+        .arg("127.0.0.1")
+        .arg(replica.port)
+        .arg(replica.bus_port.unwrap())
+        .query(&mut cluster.nodes[0].conn())
+        .unwrap();
+    let primary_id = cluster.node_id(0);
+    let mut rcon = replica.conn();
+    assert!(
+        kit::wait_until(Duration::from_secs(20), || {
+            redis::cmd("CLUSTER")
+                .arg("REPLICATE")
+                .arg(&primary_id)
+                .query::<()>(&mut rcon)
+                .is_ok()
+        }),
+        "the replica never learned of its primary"
+    );
+    assert!(
+        kit::wait_until(Duration::from_secs(20), || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut rcon)
+                .unwrap();
+            info.contains("master_link_status:up")
+        }),
+        "the replica never synced"
+    );
+
+    let client = ClusterClient::new(cluster.urls()).unwrap();
+    let options = Options::default()
+        .ttl(Duration::from_secs(3))
+        .replicas(1)
+        // Generous: a busy machine must not make the own shard's replica late.
+        .ack_timeout(Duration::from_secs(2));
+    let new_locks = || async {
+        SpaceLock::new(
+            client.get_async_connection().await.unwrap(),
+            options.clone(),
+        )
+        .with_wait_connector(client.clone())
+    };
+    let (a, b) = (new_locks().await, new_locks().await);
+    let mut any = cluster.nodes[0].conn();
+    let name = (0..100)
+        .map(|i| format!("space-{i}"))
+        .find(|n| cluster.owner_of(keyslot(&mut any, a.key(n))) == 0)
+        .expect("a name on node 0");
+    let name = name.as_str();
+    let _held = a.acquire(name).await.unwrap();
+    let b2 = b.clone();
+    let waiter_name = name.to_string();
+    let waiter = tokio::spawn(async move {
+        b2.with_space_lock_wait(&waiter_name, Duration::from_secs(10), |lease| async move {
+            lease.token()
+        })
+        .await
+    });
+    kit::until_waiting(&mut cluster.nodes[0].conn(), 1);
+    // The other shard stops answering for 5 s, longer than the ack timeout.
+    let mut other = cluster.nodes[1].conn();
+    let sleeper = std::thread::spawn(move || {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(5)
+            .query::<()>(&mut other)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = a.release(name).await.unwrap();
+    let outcome = waiter.await.unwrap();
+    let token = match outcome {
+        Ok(Outcome::Ran(token)) => token,
+        other => panic!("the waiter's grant was not acknowledged by its own shard: {other:?}"),
+    };
+    assert!(token > 0);
+    assert!(
+        !sleeper.is_finished(),
+        "the grant was acknowledged while the other shard still slept"
+    );
+    sleeper.join().unwrap().unwrap();
+}
+
 kit::main!();
