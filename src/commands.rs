@@ -54,6 +54,7 @@ impl Command for Acquire {
         if let Some(mode) = KeyMode::of(mode) {
             return acquire_shared(ctx, *key, *owner, ttl, mode, wait_ms);
         }
+        process::prefetch(key.as_bytes(), true);
         // Clients queued for permits of a counted key: exclusive is the
         // wrong mode there, as on the key itself.
         if let Some(Kind::Counted(n)) = handoff::queue_kind(ctx.selected_db(), key.as_bytes()) {
@@ -169,6 +170,7 @@ impl Command for Refresh {
             return Err(CommandError::WrongArity);
         };
         let ttl = owner_and_ttl(*owner, *ttl)?;
+        process::prefetch(key.as_bytes(), false);
         let _quiet = handoff::SelfWrites::begin();
         let mut store = RedisStore::open(ctx, *key, *owner);
         let refreshed = if store.is_hash() {
@@ -210,6 +212,7 @@ impl Command for Release {
             return Err(CommandError::WrongArity);
         };
         check_owner(owner.as_bytes(), config::max_owner_len())?;
+        process::prefetch(key.as_bytes(), false);
         let _quiet = handoff::SelfWrites::begin();
         let mut store = RedisStore::open(ctx, *key, *owner);
         let released = if store.is_hash() {

@@ -61,6 +61,17 @@ pub fn with<R>(f: impl FnOnce(&mut Process) -> R) -> R {
     f(&mut lock())
 }
 
+/// Asks the CPU for the process memory a command on `key` will read (see
+/// `Process::lines_of`), so that it arrives while the server looks the
+/// key up: on a server with many locks, both look-ups wait on memory, and
+/// one after the other they would wait twice.
+pub fn prefetch(key: &[u8], with_marks: bool) {
+    let lines = lock().lines_of(key, with_marks);
+    for (at, len) in lines.into_iter().flatten() {
+        crate::ffi::prefetch(at, len);
+    }
+}
+
 /// Runs `f` on the process state and the index of shared and counted
 /// keys (locked in that order).
 pub fn with_shared<R>(f: impl FnOnce(&mut Process, &mut SharedIndex) -> R) -> R {

@@ -56,9 +56,12 @@ pub(crate) fn versus_v01(
         "against v0.1 on {v}: this module on port {}, v0.1 ({}) on port {}",
         cur.port, cfg.v01_rev, old.port
     );
+    // BENCH_V01_CASES: a comma list of the cases to run (all by default).
+    let only = std::env::var("BENCH_V01_CASES").ok();
     let cases: Vec<Case> = workload1_cases(cfg.n, cur.is_valkey, "", "")
         .into_iter()
         .filter(|c| PAIRS.iter().any(|(id, _, _)| *id == c.id))
+        .filter(|c| only.as_ref().is_none_or(|o| o.split(',').any(|id| id == c.id)))
         .collect();
     let mut sides = [
         Runner::new(cfg, &cur, cur.conn()),
@@ -85,7 +88,7 @@ pub(crate) fn versus_v01(
         }
         eprintln!("  round {}/{} done", r + 1, cfg.rounds);
     }
-    for (a, b, _) in PAIRS {
+    for (a, b, _) in PAIRS.into_iter().filter(|p| s.contains_key(p.0)) {
         for id in [a, b] {
             for (r, x) in s[id].iter().enumerate() {
                 let _ = writeln!(
@@ -97,7 +100,7 @@ pub(crate) fn versus_v01(
         }
     }
     use Metric::{Cpu, Rps, Us};
-    for (a, b, what) in PAIRS {
+    for (a, b, what) in PAIRS.into_iter().filter(|p| s.contains_key(p.0)) {
         for (m, unit) in [
             (Us, "server µs/call"),
             (Cpu, "server CPU µs/call"),

@@ -19,8 +19,6 @@
 //! released) are swept as the ledger grows, so it never holds more than
 //! twice the entries whose leases were live at the last sweep.
 
-use hashbrown::HashTable;
-
 /// A lock name in one database, with the keyed hash of its key, computed
 /// once per command ([`crate::lock::Process::name`]) and shared by the
 /// ledger and the token marks.
@@ -31,7 +29,7 @@ pub struct Name<'a> {
     /// The lock key.
     pub key: &'a [u8],
     /// The keyed hash of `key` (the database plays no part: one key in
-    /// several databases shares a bucket, a chain no longer than the
+    /// several databases shares a home slot, a run no longer than the
     /// number of databases).
     pub hash: u64,
 }
@@ -48,24 +46,62 @@ pub struct Record {
     pub fence_until_ms: Option<i64>,
 }
 
-/// One entry: the key and the owner share one allocation.
+/// Bytes of key and owner that an entry holds in its own slot: a name and
+/// an owner of usual length (a `space:<uuid>` key and a host-and-process
+/// owner) need no allocation of their own, and are compared on the cache
+/// lines the slot already brought in.
+const INLINE: usize = 78;
+
+/// The key, then the owner: in the slot when they fit, else on the heap.
 #[derive(Debug)]
+enum Bytes {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Box<[u8]>),
+}
+
+impl Bytes {
+    fn of(key: &[u8], owner: &[u8]) -> Bytes {
+        let len = key.len() + owner.len();
+        if len <= INLINE {
+            let mut buf = [0u8; INLINE];
+            buf[..key.len()].copy_from_slice(key);
+            buf[key.len()..len].copy_from_slice(owner);
+            // len ≤ INLINE < 256.
+            Bytes::Inline {
+                len: len as u8,
+                buf,
+            }
+        } else {
+            Bytes::Heap([key, owner].concat().into_boxed_slice())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, buf } => &buf[..usize::from(*len)],
+            Bytes::Heap(b) => b,
+        }
+    }
+}
+
+/// One entry: two cache lines, aligned on them.
+#[derive(Debug)]
+#[repr(align(64))]
 struct Entry {
     hash: u64,
-    db: i32,
-    key_len: usize,
-    /// The key, then the owner.
-    bytes: Box<[u8]>,
     record: Record,
+    db: i32,
+    key_len: u32,
+    bytes: Bytes,
 }
 
 impl Entry {
     fn key(&self) -> &[u8] {
-        &self.bytes[..self.key_len]
+        &self.bytes.as_slice()[..self.key_len as usize]
     }
 
     fn owner(&self) -> &[u8] {
-        &self.bytes[self.key_len..]
+        &self.bytes.as_slice()[self.key_len as usize..]
     }
 
     fn is(&self, name: &Name<'_>) -> bool {
@@ -82,11 +118,44 @@ impl Default for Ledger {
 /// Below this many entries the ledger is never swept.
 const SWEEP_FLOOR: usize = 1024;
 
+/// The smallest index allocated.
+const MIN_SLOTS: usize = 16;
+
+/// One slot of the index: the low 32 bits of the name's hash (which fix
+/// its home slot, and tell most other names apart without reading their
+/// entry), then the entry's position plus one; 0 when free.
+type Slot = u64;
+
+fn slot(hash: u64, at: usize) -> Slot {
+    (hash & 0xffff_ffff) << 32 | (at as u64 + 1)
+}
+
+/// The low 32 bits of the hash a slot holds.
+fn slot_hash(s: Slot) -> u64 {
+    s >> 32
+}
+
+/// The entry position a (taken) slot holds.
+fn slot_at(s: Slot) -> usize {
+    ((s & 0xffff_ffff) - 1) as usize
+}
+
 /// The grants of every database, by lock key.
+///
+/// The entries sit side by side in one array, in no order; a small index
+/// (8 bytes a slot, at most half full, linear probing with backward-shift
+/// removal) maps each name's hash to its entry's position. So a new grant
+/// appends (no random write into a large table), and a look-up reads the
+/// index, which stays small enough for the CPU's caches, and then one
+/// entry: [`entry_at`](Self::entry_at) tells a command where that entry is,
+/// for a prefetch before the server looks the lock key up, so that the two
+/// waits on memory overlap instead of adding up.
 #[derive(Debug)]
 pub struct Ledger {
-    table: HashTable<Entry>,
-    /// Sweep when the table reaches this many entries.
+    entries: Vec<Entry>,
+    /// A power of two slots (or none).
+    index: Vec<Slot>,
+    /// Sweep when the ledger reaches this many entries.
     sweep_at: usize,
 }
 
@@ -94,60 +163,136 @@ impl Ledger {
     /// An empty ledger.
     pub const fn new() -> Self {
         Ledger {
-            table: HashTable::new(),
+            entries: Vec::new(),
+            index: Vec::new(),
             sweep_at: SWEEP_FLOOR,
         }
     }
 
     /// Entries held (grants that may still stand).
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.entries.len()
     }
 
     /// Whether it holds no entry.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.entries.is_empty()
+    }
+
+    /// Slots of the index allocated.
+    pub fn capacity(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Where the entry of the name whose hash is `hash` most likely is (the
+    /// first entry whose slot carries the same hash bits), as its address
+    /// and size in bytes, for a prefetch: nothing is read through it.
+    /// `None` when no slot matches.
+    pub fn entry_at(&self, hash: u64) -> Option<(*const u8, usize)> {
+        let mask = self.mask()?;
+        let mut i = hash as usize & mask;
+        loop {
+            let s = self.index[i];
+            if s == 0 {
+                return None;
+            }
+            if slot_hash(s) == hash & 0xffff_ffff {
+                let at = self.entries.as_ptr().wrapping_add(slot_at(s));
+                return Some((at.cast(), std::mem::size_of::<Entry>()));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn mask(&self) -> Option<usize> {
+        (!self.index.is_empty()).then(|| self.index.len() - 1)
+    }
+
+    /// The index slot and the entry position of `name`.
+    fn find(&self, name: &Name<'_>) -> Option<(usize, usize)> {
+        let mask = self.mask()?;
+        let low = name.hash & 0xffff_ffff;
+        // Truncation keeps the low bits, which the mask keeps anyway.
+        let mut i = name.hash as usize & mask;
+        // The index is never full, so a free slot ends every probe.
+        loop {
+            let s = self.index[i];
+            if s == 0 {
+                return None;
+            }
+            if slot_hash(s) == low && self.entries[slot_at(s)].is(name) {
+                return Some((i, slot_at(s)));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Writes `s` into the first free slot from its home on.
+    fn place(index: &mut [Slot], s: Slot) {
+        let mask = index.len() - 1;
+        let mut i = slot_hash(s) as usize & mask;
+        while index[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        index[i] = s;
+    }
+
+    /// Rebuilds the index with `slots` slots for the entries as they are.
+    fn reindex(&mut self, slots: usize) {
+        let mut index = vec![0; slots];
+        for (at, e) in self.entries.iter().enumerate() {
+            Self::place(&mut index, slot(e.hash, at));
+        }
+        self.index = index;
+    }
+
+    /// The index size for `len` entries: at most half full once built.
+    fn slots_for(len: usize) -> usize {
+        len.saturating_mul(2).next_power_of_two().max(MIN_SLOTS)
     }
 
     /// Records `owner`'s grant of `name`, replacing any earlier one.
     /// Sweeps ended leases (deadline ≤ `now_ms`) when the ledger has doubled
     /// since the last sweep.
     pub fn record(&mut self, name: &Name<'_>, owner: &[u8], record: Record, now_ms: i64) {
-        match self.table.find_mut(name.hash, |e| e.is(name)) {
-            Some(e) if e.owner() == owner => e.record = record,
-            Some(e) => {
-                e.bytes = [name.key, owner].concat().into_boxed_slice();
-                e.record = record;
+        if let Some((_, at)) = self.find(name) {
+            let e = &mut self.entries[at];
+            if e.owner() != owner {
+                e.bytes = Bytes::of(name.key, owner);
             }
-            None => {
-                let entry = Entry {
-                    hash: name.hash,
-                    db: name.db,
-                    key_len: name.key.len(),
-                    bytes: [name.key, owner].concat().into_boxed_slice(),
-                    record,
-                };
-                self.table.insert_unique(name.hash, entry, |e| e.hash);
-            }
+            e.record = record;
+            return;
         }
-        if self.table.len() >= self.sweep_at {
+        if self.entries.len() + 1 >= self.sweep_at {
             self.sweep(now_ms);
+        }
+        let at = self.entries.len();
+        self.entries.push(Entry {
+            hash: name.hash,
+            db: name.db,
+            key_len: name.key.len() as u32,
+            bytes: Bytes::of(name.key, owner),
+            record,
+        });
+        if self.entries.len() * 2 > self.index.len() {
+            self.reindex(Self::slots_for(self.entries.len()));
+        } else {
+            Self::place(&mut self.index, slot(name.hash, at));
         }
     }
 
     /// The owner and record of `name`'s last grant.
     pub fn get(&self, name: &Name<'_>) -> Option<(&[u8], &Record)> {
-        self.table
-            .find(name.hash, |e| e.is(name))
-            .map(|e| (e.owner(), &e.record))
+        let (_, at) = self.find(name)?;
+        let e = &self.entries[at];
+        Some((e.owner(), &e.record))
     }
 
     /// The record of `name`'s last grant, if it went to `owner`.
     pub fn get_mut(&mut self, name: &Name<'_>, owner: &[u8]) -> Option<&mut Record> {
-        self.table
-            .find_mut(name.hash, |e| e.is(name))
-            .filter(|e| e.owner() == owner)
-            .map(|e| &mut e.record)
+        let (_, at) = self.find(name)?;
+        let e = &mut self.entries[at];
+        (e.owner() == owner).then_some(&mut e.record)
     }
 
     /// The token of `name`'s last grant, if it went to `owner`.
@@ -159,27 +304,63 @@ impl Ledger {
 
     /// Forgets `name`'s grant (the lock key was deleted); returns it.
     pub fn forget(&mut self, name: &Name<'_>) -> Option<Record> {
-        let entry = self.table.find_entry(name.hash, |e| e.is(name)).ok()?;
-        let (e, _) = entry.remove();
+        let (hole, at) = self.find(name)?;
+        let mask = self.index.len() - 1;
+        self.unindex(hole, mask);
+        let record = self.entries.swap_remove(at).record;
+        // The last entry moved into the gap: its slot follows it.
+        if let Some(moved) = self.entries.get(at) {
+            let (from, to) = (slot(moved.hash, self.entries.len()), slot(moved.hash, at));
+            let mut i = moved.hash as usize & mask;
+            while self.index[i] != from {
+                i = (i + 1) & mask;
+            }
+            self.index[i] = to;
+        }
         self.shrink();
-        Some(e.record)
+        Some(record)
+    }
+
+    /// Frees index slot `hole`. Backward shift: every slot of the run after
+    /// the hole whose probe path crosses the hole moves into it, so that no
+    /// probe stops short of its entry.
+    fn unindex(&mut self, mut hole: usize, mask: usize) {
+        self.index[hole] = 0;
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let s = self.index[j];
+            if s == 0 {
+                return;
+            }
+            let home = slot_hash(s) as usize & mask;
+            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.index[hole] = s;
+                self.index[j] = 0;
+                hole = j;
+            }
+        }
+    }
+
+    /// Keeps the entries `keep` accepts, and rebuilds the index for them.
+    fn retain(&mut self, keep: impl FnMut(&Entry) -> bool) {
+        self.entries.retain(keep);
+        self.reindex(Self::slots_for(self.entries.len()));
+        self.shrink();
     }
 
     /// Forgets every grant of database `db` (`FLUSHDB`), or of all of them
     /// (`None`: `FLUSHALL`, a full resync, an RDB load).
     pub fn forget_db(&mut self, db: Option<i32>) {
         match db {
-            Some(db) => {
-                self.table.retain(|e| e.db != db);
-                self.shrink();
-            }
+            Some(db) => self.retain(|e| e.db != db),
             None => *self = Ledger::new(),
         }
     }
 
     /// Swaps the grants of databases `a` and `b` (`SWAPDB`).
     pub fn swap_dbs(&mut self, a: i32, b: i32) {
-        for e in self.table.iter_mut() {
+        for e in &mut self.entries {
             if e.db == a {
                 e.db = b;
             } else if e.db == b {
@@ -190,16 +371,22 @@ impl Ledger {
 
     /// Drops the entries whose lease has ended by `now_ms`.
     pub fn sweep(&mut self, now_ms: i64) {
-        self.table.retain(|e| e.record.deadline_ms > now_ms);
-        self.shrink();
-        self.sweep_at = (2 * self.table.len()).max(SWEEP_FLOOR);
+        if self.entries.iter().any(|e| e.record.deadline_ms <= now_ms) {
+            self.retain(|e| e.record.deadline_ms > now_ms);
+        }
+        self.sweep_at = (2 * self.entries.len()).max(SWEEP_FLOOR);
     }
 
-    /// Gives memory back after a burst of names.
+    /// Gives memory back after a burst of names: an index less than a
+    /// sixteenth full is rebuilt at most half full, and the entries' array
+    /// keeps at most twice what it holds.
     fn shrink(&mut self) {
-        let (len, cap) = (self.table.len(), self.table.capacity());
-        if cap > 64 && len * 4 < cap {
-            self.table.shrink_to(len * 2, |e| e.hash);
+        let (len, slots) = (self.entries.len(), self.index.len());
+        if slots > 4 * MIN_SLOTS && len * 16 < slots {
+            self.reindex(Self::slots_for(len));
+        }
+        if self.entries.capacity() > 4 * len.max(MIN_SLOTS) {
+            self.entries.shrink_to(2 * len.max(MIN_SLOTS));
         }
     }
 }
@@ -311,6 +498,85 @@ mod tests {
             l.forget(&n(0, &i.to_le_bytes()));
         }
         assert!(l.is_empty());
-        assert!(l.table.capacity() <= 128, "{}", l.table.capacity());
+        assert!(l.capacity() <= 128, "{}", l.capacity());
+    }
+
+    /// The table against a `HashMap`, through records, replacements and
+    /// removals, with hashes squeezed into few home slots so that runs
+    /// wrap around and removals shift entries back across them.
+    #[test]
+    fn agrees_with_a_map_under_collisions_and_removals() {
+        use std::collections::HashMap;
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for spread in [1u64, 3, 17, 1 << 40] {
+            let mut l = Ledger::new();
+            let mut m: HashMap<(i32, Vec<u8>), (Vec<u8>, i64)> = HashMap::new();
+            for step in 0..20_000 {
+                let k = next() % 300;
+                let db = (k % 2) as i32;
+                // Some keys too long for the slot, some owners too.
+                let key = if k % 7 == 0 {
+                    format!("{k}-{}", "x".repeat(90)).into_bytes()
+                } else {
+                    format!("{k}").into_bytes()
+                };
+                let name = Name {
+                    db,
+                    key: &key,
+                    hash: (k % spread).wrapping_mul(0x1000_0000_0000_0001) ^ (k / spread) << 50,
+                };
+                let r = next() % 3;
+                if r == 0 {
+                    assert_eq!(
+                        l.forget(&name).map(|r| r.token),
+                        m.remove(&(db, key.clone())).map(|v| v.1),
+                        "step {step}"
+                    );
+                } else {
+                    let owner = if r == 1 {
+                        b"a".to_vec()
+                    } else {
+                        vec![b'o'; 70]
+                    };
+                    let token = step as i64;
+                    l.record(&name, &owner, rec(token, i64::MAX), 0);
+                    m.insert((db, key.clone()), (owner, token));
+                }
+                assert_eq!(l.len(), m.len());
+            }
+            for ((db, key), (owner, token)) in &m {
+                let k: u64 = std::str::from_utf8(key)
+                    .unwrap()
+                    .split('-')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let name = Name {
+                    db: *db,
+                    key,
+                    hash: (k % spread).wrapping_mul(0x1000_0000_0000_0001) ^ (k / spread) << 50,
+                };
+                assert_eq!(l.get(&name), Some((&owner[..], &rec(*token, i64::MAX))));
+            }
+        }
+    }
+
+    #[test]
+    fn the_prefetch_address_is_the_entry_s() {
+        let mut l = Ledger::new();
+        assert_eq!(l.entry_at(5), None);
+        l.record(&n(0, b"k"), b"a", rec(1, 100), 0);
+        let name = n(0, b"k");
+        let (at, size) = l.entry_at(name.hash).unwrap();
+        assert_eq!(size, 128);
+        let (_, i) = l.find(&name).unwrap();
+        assert_eq!(at, l.entries.as_ptr().wrapping_add(i).cast());
     }
 }

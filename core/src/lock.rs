@@ -30,6 +30,21 @@ impl Process {
         ledger: Ledger::new(),
     };
 
+    /// The memory a command on `key` reads in this state (the name's entry
+    /// in the ledger, and its high-water mark cells when `with_marks`), as
+    /// `(address, bytes)` for a prefetch issued before the server looks the
+    /// key up; nothing is read through them.
+    pub fn lines_of(&self, key: &[u8], with_marks: bool) -> [Option<(*const u8, usize)>; 3] {
+        let hash = self.terms.hash(key);
+        let mut lines = [self.ledger.entry_at(hash), None, None];
+        if with_marks {
+            let [a, b] = self.terms.cells_at(hash);
+            lines[1] = a.map(|at| (at, 8));
+            lines[2] = b.map(|at| (at, 8));
+        }
+        lines
+    }
+
     /// `key` in database `db`, hashed once for the ledger and the marks.
     /// The hash key is drawn when the first term opens (at load): the
     /// ledger holds nothing before.

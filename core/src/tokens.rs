@@ -255,6 +255,15 @@ impl Terms {
         ]
     }
 
+    /// The addresses of the cells of the name whose hash is `hash`, for a
+    /// prefetch (nothing is read through them); none before the first term.
+    pub fn cells_at(&self, hash: u64) -> [Option<*const u8>; GUARD_ROWS] {
+        if self.cells.is_empty() {
+            return [None; GUARD_ROWS];
+        }
+        Self::cells_of(hash).map(|c| Some(self.cells.as_ptr().wrapping_add(c).cast()))
+    }
+
     /// At least every token this process ever issued for the name whose
     /// hash is `hash` (0 before any term opened).
     fn guard(&self, hash: u64) -> i64 {

@@ -15,6 +15,7 @@
 //! | registration | [`LoadCtx`], [`CommandDef`] | [`Configs`], [`InfoSection`] |
 //! | blocked clients | [`BlockedClient`] | [`Blocking`] |
 //! | timers, keyspace and server events | `Ctx::create_timer`, … | [`Timers`], [`KeyEvents`], [`ServerEvents`] |
+//! | CPU hints | [`prefetch`] | – |
 //!
 //! Invariant relied on by every `// SAFETY:` comment: the server calls the
 //! module on its main thread only, with pointers valid for the duration of
@@ -37,6 +38,7 @@ mod calls;
 mod ctx;
 mod entry;
 mod events;
+mod hint;
 mod keys;
 mod register;
 mod strings;
@@ -45,6 +47,7 @@ pub use blocking::{BlockedClient, Blocking};
 pub use ctx::{Ctx, EventClass, Level};
 pub use entry::{entry, load, unload, Command, CommandError};
 pub use events::{KeyEvents, ServerEvent, ServerEvents, Timers};
+pub use hint::prefetch;
 pub use keys::{Contents, Key};
 pub use register::{ArgDoc, ArgType, CommandDef, Configs, InfoCtx, InfoSection, KeyFlags, LoadCtx};
 pub use strings::{OwnedStr, RStr};
