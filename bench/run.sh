@@ -55,6 +55,44 @@ fi
 [ -z "$BENCH_BASELINE_MISSING" ] || BENCH_BASELINE_MODULE=""
 export BENCH_BASELINE_MODULE BENCH_BASELINE_MISSING BENCH_BASELINE_REV=$v01_rev
 
+# The floors under the v0.1 rows (BENCH_ONLY=floor, not in a default run):
+# v0.1 with one of the costs the module's guarantees add, and nothing else,
+# built from the v0.1 tree above with bench/floor/v01-floor.patch applied:
+# `record` keeps the cheapest per-lock record there is (one u64 per hash
+# slot, read by REFRESH, written by ACQUIRE and RELEASE), `fence` gives
+# fence keys the expiry that forgets unused names. Each is built once into
+# $tgt/bench/floor-<kind>-target and reused while its stamp matches.
+BENCH_FLOOR_RECORD_MODULE="" BENCH_FLOOR_FENCE_MODULE="" BENCH_FLOOR_MISSING=""
+case ",${BENCH_ONLY:-}," in
+*,floor,*)
+  patch_file=$root/bench/floor/v01-floor.patch
+  if [ -z "${v01_full:-}" ] || [ ! -d "${v01_src:-/nonexistent}" ]; then
+    BENCH_FLOOR_MISSING="the v0.1 tree is unavailable (${BENCH_BASELINE_MISSING:-BENCH_BASELINE_MODULE given})"
+  else
+    stamp="$v01_full $(sha1sum <"$patch_file" | cut -c1-40)"
+    for kind in record fence; do
+      f_src=$tgt/bench/floor-src f_tgt=$tgt/bench/floor-$kind-target
+      so=$f_tgt/release/libspacelock.so
+      if [ -f "$so" ] && [ "$(cat "$f_tgt/built-from" 2>/dev/null)" = "$stamp" ]; then
+        :
+      elif [ -n "${BENCH_NO_BUILD:-}" ]; then
+        BENCH_FLOOR_MISSING="the $kind floor is not built yet and BENCH_NO_BUILD=1"; break
+      elif rm -rf "$f_src" && cp -r "$v01_src" "$f_src" \
+          && (cd "$f_src" && GIT_CEILING_DIRECTORIES="$(dirname "$f_src")" git apply -p1 "$patch_file") \
+          && grep -q minrec "$f_src/src/lib.rs" \
+          && (cd "$f_src" && env "SPACELOCK_FLOOR_$(echo $kind | tr a-z A-Z)=1" \
+                CARGO_TARGET_DIR=$f_tgt "$cargo" build --release -p spacelock) >&2; then
+        echo "$stamp" >"$f_tgt/built-from"
+      else
+        BENCH_FLOOR_MISSING="the $kind floor failed to build in $f_src"; break
+      fi
+      if [ $kind = record ]; then BENCH_FLOOR_RECORD_MODULE=$so; else BENCH_FLOOR_FENCE_MODULE=$so; fi
+    done
+  fi
+  ;;
+esac
+export BENCH_FLOOR_RECORD_MODULE BENCH_FLOOR_FENCE_MODULE BENCH_FLOOR_MISSING
+
 # The load tool, in its own target dir. BENCH_TOOL_NO_BUILD=1 uses the one
 # built before (`make test` builds it, so the smoke test never runs cargo).
 tool=$tgt/bench-tool/release/spacelock-bench

@@ -38,7 +38,7 @@ use crate::measure::median;
 use crate::names::names;
 use crate::profile::profile;
 use crate::shared::shared;
-use crate::versus_v01::versus_v01;
+use crate::versus_v01::{floors_v01, versus_v01};
 use crate::workload1::workload1;
 use crate::workload2::workload2;
 
@@ -72,6 +72,10 @@ pub(crate) struct Cfg {
     pub(crate) module: PathBuf,
     /// The v0.1 module for the "vs v0.1" rows, or why there is none.
     pub(crate) v01: Result<PathBuf, String>,
+    /// The floor builds under the v0.1 rows (`BENCH_ONLY=floor`): v0.1 with
+    /// the cheapest per-lock record, and v0.1 with fence keys that expire;
+    /// or why there are none.
+    pub(crate) floors: Result<[PathBuf; 2], String>,
     /// Its commit, for the labels.
     pub(crate) v01_rev: String,
     /// Distinct names acquired and released once each (memory after names
@@ -129,6 +133,16 @@ impl Cfg {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "BENCH_BASELINE_MODULE not set (run.sh builds it)".into())),
         };
+        let floors = match (
+            std::env::var_os("BENCH_FLOOR_RECORD_MODULE").filter(|v| !v.is_empty()),
+            std::env::var_os("BENCH_FLOOR_FENCE_MODULE").filter(|v| !v.is_empty()),
+        ) {
+            (Some(r), Some(f)) => Ok([PathBuf::from(r), PathBuf::from(f)]),
+            _ => Err(std::env::var("BENCH_FLOOR_MISSING")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "not built (run.sh builds them under BENCH_ONLY=floor)".into())),
+        };
         let scale_n = env_usize("BENCH_SCALE_N", if quick { 100_000 } else { 1_000_000 }).max(1);
         Ok(Cfg {
             quick,
@@ -146,6 +160,7 @@ impl Cfg {
             valkey_missing,
             module,
             v01,
+            floors,
             v01_rev: std::env::var("BENCH_BASELINE_REV")
                 .ok()
                 .filter(|v| !v.is_empty())
@@ -248,6 +263,12 @@ fn real_main() -> Result<(), String> {
                 ran_on(name);
             }
         }
+        // Named only: not part of a default run.
+        if only.is_some() && on("floor") {
+            if let Some(name) = floors_v01(&cfg, vk, &mut rows, &mut raw, &mut missing)? {
+                ran_on(name);
+            }
+        }
     } else {
         eprintln!("skipping Valkey rows: {}", cfg.valkey_missing);
     }
@@ -260,6 +281,11 @@ fn real_main() -> Result<(), String> {
     }
     if on("v01") {
         if let Some(name) = versus_v01(&cfg, &cfg.redis, &mut rows, &mut raw, &mut missing)? {
+            ran_on(name);
+        }
+    }
+    if only.is_some() && on("floor") {
+        if let Some(name) = floors_v01(&cfg, &cfg.redis, &mut rows, &mut raw, &mut missing)? {
             ran_on(name);
         }
     }

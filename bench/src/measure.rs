@@ -124,9 +124,9 @@ pub(crate) enum Metric {
 
 /// A row comparing case `a` (spacelock) with case `b` (baseline), from
 /// per-round pairs. Ratio > 1 means spacelock is better.
-pub(crate) fn row(
+pub(crate) fn row<K: std::borrow::Borrow<str> + std::hash::Hash + Eq>(
     label: String,
-    s: &HashMap<&'static str, Vec<Sample>>,
+    s: &HashMap<K, Vec<Sample>>,
     a: &str,
     b: &str,
     m: Metric,

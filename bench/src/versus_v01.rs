@@ -36,6 +36,78 @@ pub(crate) fn versus_v01(
     raw: &mut String,
     missing: &mut Vec<String>,
 ) -> Result<Option<String>, String> {
+    against_v01(cfg, binary, &cfg.module, None, rows, raw, missing)
+}
+
+/// The floors against v0.1 on `binary`: v0.1 itself (the bench's spread
+/// between identical sides), v0.1 with the cheapest per-lock
+/// record (what the module's own record of its grants costs at the least),
+/// then v0.1 with fence keys that expire (what forgetting unused names
+/// costs at the least). Skipped, with the reason, when they are not built.
+pub(crate) fn floors_v01(
+    cfg: &Cfg,
+    binary: &Path,
+    rows: &mut Vec<Row>,
+    raw: &mut String,
+    missing: &mut Vec<String>,
+) -> Result<Option<String>, String> {
+    let [record, fence] = match &cfg.floors {
+        Ok(f) => f,
+        Err(why) => {
+            eprintln!("skipping the floors under v0.1: {why}");
+            if !missing.iter().any(|m| m.contains(why.as_str())) {
+                missing.push(format!("the floors under v0.1: {why}"));
+            }
+            return Ok(None);
+        }
+    };
+    // v0.1 against itself first: the spread of identical sides, against
+    // which the floors' ratios and this module's are read.
+    let same = match &cfg.v01 {
+        Ok(v01) => against_v01(
+            cfg,
+            binary,
+            v01,
+            Some(("floor_none", "v0.1 itself (no cost added)")),
+            rows,
+            raw,
+            missing,
+        )?,
+        Err(_) => None,
+    };
+    let a = against_v01(
+        cfg,
+        binary,
+        record,
+        Some(("floor_record", "v0.1 + the cheapest per-lock record")),
+        rows,
+        raw,
+        missing,
+    )?;
+    let b = against_v01(
+        cfg,
+        binary,
+        fence,
+        Some(("floor_fence", "v0.1 + fence keys that expire")),
+        rows,
+        raw,
+        missing,
+    )?;
+    Ok(same.or(a).or(b))
+}
+
+/// One module set against v0.1: this module (`floor` `None`), or a floor
+/// build (`Some((id, label))`: v0.1 with one of the costs the guarantees
+/// add, see bench/floor/v01-floor.patch), whose rows say so.
+pub(crate) fn against_v01(
+    cfg: &Cfg,
+    binary: &Path,
+    module: &Path,
+    floor: Option<(&str, &str)>,
+    rows: &mut Vec<Row>,
+    raw: &mut String,
+    missing: &mut Vec<String>,
+) -> Result<Option<String>, String> {
     let v01 = match &cfg.v01 {
         Ok(p) => p,
         Err(why) => {
@@ -49,11 +121,12 @@ pub(crate) fn versus_v01(
             return Ok(None);
         }
     };
-    let cur = Server::start(binary, Some(&cfg.module), &[])?;
+    let cur = Server::start(binary, Some(module), &[])?;
     let old = Server::start(binary, Some(v01), &[])?;
     let v = cur.name.clone();
+    let this = floor.map_or("this module", |f| f.1);
     eprintln!(
-        "against v0.1 on {v}: this module on port {}, v0.1 ({}) on port {}",
+        "against v0.1 on {v}: {this} on port {}, v0.1 ({}) on port {}",
         cur.port, cfg.v01_rev, old.port
     );
     // BENCH_V01_CASES: a comma list of the cases to run (all by default).
@@ -67,7 +140,10 @@ pub(crate) fn versus_v01(
         Runner::new(cfg, &cur, cur.conn()),
         Runner::new(cfg, &old, old.conn()),
     ];
-    let mut s: HashMap<&'static str, Vec<Sample>> = HashMap::new();
+    // The samples of this side are filed under the case's id (with the
+    // floor's in front), v0.1's under its own id.
+    let this_id = |id: &str| floor.map_or(id.to_string(), |f| format!("{}:{id}", f.0));
+    let mut s: HashMap<String, Vec<Sample>> = HashMap::new();
     for r in 0..cfg.rounds {
         let order: Vec<&Case> = if r % 2 == 0 {
             cases.iter().collect()
@@ -79,18 +155,22 @@ pub(crate) fn versus_v01(
             let both = if r % 2 == 0 { [0, 1] } else { [1, 0] };
             for side in both {
                 let x = sides[side].measure(c, r).map_err(|e| {
-                    let which = if side == 0 { "this module" } else { "v0.1" };
+                    let which = if side == 0 { this } else { "v0.1" };
                     format!("{v} ({which}): {e}")
                 })?;
-                let id = if side == 0 { c.id } else { v01_id };
+                let id = if side == 0 {
+                    this_id(c.id)
+                } else {
+                    v01_id.to_string()
+                };
                 s.entry(id).or_default().push(x);
             }
         }
         eprintln!("  round {}/{} done", r + 1, cfg.rounds);
     }
-    for (a, b, _) in PAIRS.into_iter().filter(|p| s.contains_key(p.0)) {
-        for id in [a, b] {
-            for (r, x) in s[id].iter().enumerate() {
+    for (a, b, _) in PAIRS.into_iter().filter(|p| s.contains_key(&this_id(p.0))) {
+        for id in [this_id(a), b.to_string()] {
+            for (r, x) in s[&id].iter().enumerate() {
                 let _ = writeln!(
                     raw,
                     "{v} vs v0.1,{id},{r},{:.4},{:.0},{:.4}",
@@ -100,7 +180,11 @@ pub(crate) fn versus_v01(
         }
     }
     use Metric::{Cpu, Rps, Us};
-    for (a, b, what) in PAIRS.into_iter().filter(|p| s.contains_key(p.0)) {
+    for (a, b, what) in PAIRS.into_iter().filter(|p| s.contains_key(&this_id(p.0))) {
+        let what = match floor {
+            None => what.to_string(),
+            Some((_, label)) => format!("{what}, {label},"),
+        };
         for (m, unit) in [
             (Us, "server µs/call"),
             (Cpu, "server CPU µs/call"),
@@ -112,7 +196,7 @@ pub(crate) fn versus_v01(
                     cfg.v01_rev
                 ),
                 &s,
-                a,
+                &this_id(a),
                 b,
                 m,
             ));

@@ -107,7 +107,24 @@ impl Entry {
     fn is(&self, name: &Name<'_>) -> bool {
         self.hash == name.hash && self.db == name.db && self.key() == name.key
     }
+
+    /// Marks the place free (and gives back a long name's bytes).
+    fn free(&mut self) {
+        self.key_len = FREE;
+        self.bytes = Bytes::Inline {
+            len: 0,
+            buf: [0; INLINE],
+        };
+    }
+
+    fn is_free(&self) -> bool {
+        self.key_len == FREE
+    }
 }
+
+/// The `key_len` of a free place (no key is that long: keys are far
+/// shorter than 4 GiB).
+const FREE: u32 = u32::MAX;
 
 impl Default for Ledger {
     fn default() -> Self {
@@ -142,17 +159,21 @@ fn slot_at(s: Slot) -> usize {
 
 /// The grants of every database, by lock key.
 ///
-/// The entries sit side by side in one array, in no order; a small index
-/// (8 bytes a slot, at most half full, linear probing with backward-shift
-/// removal) maps each name's hash to its entry's position. So a new grant
-/// appends (no random write into a large table), and a look-up reads the
+/// The entries sit in one array, in no order; a small index (8 bytes a
+/// slot, at most half full, linear probing with backward-shift removal)
+/// maps each name's hash to its entry's position. A removed entry leaves a
+/// free place, which the next new grant takes (the array is compacted once
+/// most of it is free), so a removal moves nothing. A look-up reads the
 /// index, which stays small enough for the CPU's caches, and then one
-/// entry: [`entry_at`](Self::entry_at) tells a command where that entry is,
-/// for a prefetch before the server looks the lock key up, so that the two
-/// waits on memory overlap instead of adding up.
+/// entry: [`entry_at`](Self::entry_at) and [`next_free_at`](Self::next_free_at)
+/// tell a command which entry it will touch, for a prefetch before the
+/// server looks the lock key up, so that the two waits on memory overlap
+/// instead of adding up.
 #[derive(Debug)]
 pub struct Ledger {
     entries: Vec<Entry>,
+    /// Positions in `entries` that hold no grant, the next one to use last.
+    free: Vec<u32>,
     /// A power of two slots (or none).
     index: Vec<Slot>,
     /// Sweep when the ledger reaches this many entries.
@@ -164,6 +185,7 @@ impl Ledger {
     pub const fn new() -> Self {
         Ledger {
             entries: Vec::new(),
+            free: Vec::new(),
             index: Vec::new(),
             sweep_at: SWEEP_FLOOR,
         }
@@ -171,12 +193,20 @@ impl Ledger {
 
     /// Entries held (grants that may still stand).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() - self.free.len()
     }
 
     /// Whether it holds no entry.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    /// Where the next new grant's entry goes, when it reuses a free place
+    /// (address and size, for a prefetch; nothing is read through it).
+    pub fn next_free_at(&self) -> Option<(*const u8, usize)> {
+        let at = *self.free.last()? as usize;
+        let e = self.entries.as_ptr().wrapping_add(at);
+        Some((e.cast(), std::mem::size_of::<Entry>()))
     }
 
     /// Slots of the index allocated.
@@ -241,7 +271,9 @@ impl Ledger {
     fn reindex(&mut self, slots: usize) {
         let mut index = vec![0; slots];
         for (at, e) in self.entries.iter().enumerate() {
-            Self::place(&mut index, slot(e.hash, at));
+            if !e.is_free() {
+                Self::place(&mut index, slot(e.hash, at));
+            }
         }
         self.index = index;
     }
@@ -263,19 +295,28 @@ impl Ledger {
             e.record = record;
             return;
         }
-        if self.entries.len() + 1 >= self.sweep_at {
+        if self.len() + 1 >= self.sweep_at {
             self.sweep(now_ms);
         }
-        let at = self.entries.len();
-        self.entries.push(Entry {
+        let entry = Entry {
             hash: name.hash,
             db: name.db,
             key_len: name.key.len() as u32,
             bytes: Bytes::of(name.key, owner),
             record,
-        });
-        if self.entries.len() * 2 > self.index.len() {
-            self.reindex(Self::slots_for(self.entries.len()));
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.entries[at as usize] = entry;
+                at as usize
+            }
+            None => {
+                self.entries.push(entry);
+                self.entries.len() - 1
+            }
+        };
+        if self.len() * 2 > self.index.len() {
+            self.reindex(Self::slots_for(self.len()));
         } else {
             Self::place(&mut self.index, slot(name.hash, at));
         }
@@ -307,16 +348,11 @@ impl Ledger {
         let (hole, at) = self.find(name)?;
         let mask = self.index.len() - 1;
         self.unindex(hole, mask);
-        let record = self.entries.swap_remove(at).record;
-        // The last entry moved into the gap: its slot follows it.
-        if let Some(moved) = self.entries.get(at) {
-            let (from, to) = (slot(moved.hash, self.entries.len()), slot(moved.hash, at));
-            let mut i = moved.hash as usize & mask;
-            while self.index[i] != from {
-                i = (i + 1) & mask;
-            }
-            self.index[i] = to;
-        }
+        let e = &mut self.entries[at];
+        let record = e.record;
+        e.free();
+        // Positions fit in 32 bits: the index addresses no more.
+        self.free.push(at as u32);
         self.shrink();
         Some(record)
     }
@@ -343,8 +379,9 @@ impl Ledger {
     }
 
     /// Keeps the entries `keep` accepts, and rebuilds the index for them.
-    fn retain(&mut self, keep: impl FnMut(&Entry) -> bool) {
-        self.entries.retain(keep);
+    fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
+        self.entries.retain(|e| !e.is_free() && keep(e));
+        self.free.clear();
         self.reindex(Self::slots_for(self.entries.len()));
         self.shrink();
     }
@@ -360,7 +397,7 @@ impl Ledger {
 
     /// Swaps the grants of databases `a` and `b` (`SWAPDB`).
     pub fn swap_dbs(&mut self, a: i32, b: i32) {
-        for e in &mut self.entries {
+        for e in self.entries.iter_mut().filter(|e| !e.is_free()) {
             if e.db == a {
                 e.db = b;
             } else if e.db == b {
@@ -371,22 +408,29 @@ impl Ledger {
 
     /// Drops the entries whose lease has ended by `now_ms`.
     pub fn sweep(&mut self, now_ms: i64) {
-        if self.entries.iter().any(|e| e.record.deadline_ms <= now_ms) {
+        if self
+            .entries
+            .iter()
+            .any(|e| !e.is_free() && e.record.deadline_ms <= now_ms)
+        {
             self.retain(|e| e.record.deadline_ms > now_ms);
         }
-        self.sweep_at = (2 * self.entries.len()).max(SWEEP_FLOOR);
+        self.sweep_at = (2 * self.len()).max(SWEEP_FLOOR);
     }
 
-    /// Gives memory back after a burst of names: an index less than a
-    /// sixteenth full is rebuilt at most half full, and the entries' array
-    /// keeps at most twice what it holds.
+    /// Gives memory back after a burst of names: once most of the entries'
+    /// array is free it is compacted (and keeps at most twice what it
+    /// holds), and an index less than a sixteenth full is rebuilt at most
+    /// half full.
     fn shrink(&mut self) {
-        let (len, slots) = (self.entries.len(), self.index.len());
-        if slots > 4 * MIN_SLOTS && len * 16 < slots {
-            self.reindex(Self::slots_for(len));
-        }
-        if self.entries.capacity() > 4 * len.max(MIN_SLOTS) {
+        let len = self.len();
+        if self.free.len() > 4 * MIN_SLOTS && self.free.len() > 2 * len {
+            self.entries.retain(|e| !e.is_free());
+            self.free.clear();
             self.entries.shrink_to(2 * len.max(MIN_SLOTS));
+            self.reindex(Self::slots_for(len));
+        } else if self.index.len() > 4 * MIN_SLOTS && len * 16 < self.index.len() {
+            self.reindex(Self::slots_for(len));
         }
     }
 }
@@ -569,7 +613,7 @@ mod tests {
     }
 
     #[test]
-    fn the_prefetch_address_is_the_entry_s() {
+    fn the_prefetch_addresses_are_the_entries_touched() {
         let mut l = Ledger::new();
         assert_eq!(l.entry_at(5), None);
         l.record(&n(0, b"k"), b"a", rec(1, 100), 0);
@@ -578,5 +622,14 @@ mod tests {
         assert_eq!(size, 128);
         let (_, i) = l.find(&name).unwrap();
         assert_eq!(at, l.entries.as_ptr().wrapping_add(i).cast());
+        // A removal leaves a free place, named for the next grant, which
+        // takes it.
+        l.record(&n(0, b"j"), b"a", rec(2, 100), 0);
+        assert_eq!(l.next_free_at(), None);
+        l.forget(&name);
+        assert_eq!(l.next_free_at(), Some((at, 128)));
+        l.record(&n(0, b"m"), b"b", rec(3, 100), 0);
+        assert_eq!(l.entry_at(n(0, b"m").hash).map(|e| e.0), Some(at));
+        assert_eq!((l.len(), l.next_free_at()), (2, None));
     }
 }

@@ -31,16 +31,19 @@ impl Process {
     };
 
     /// The memory a command on `key` reads in this state (the name's entry
-    /// in the ledger, and its high-water mark cells when `with_marks`), as
+    /// in the ledger; for a grant, `with_marks`, also the place its entry
+    /// goes and the name's high-water mark cells), as
     /// `(address, bytes)` for a prefetch issued before the server looks the
     /// key up; nothing is read through them.
-    pub fn lines_of(&self, key: &[u8], with_marks: bool) -> [Option<(*const u8, usize)>; 3] {
+    pub fn lines_of(&self, key: &[u8], with_marks: bool) -> [Option<(*const u8, usize)>; 4] {
         let hash = self.terms.hash(key);
-        let mut lines = [self.ledger.entry_at(hash), None, None];
+        let mut lines = [self.ledger.entry_at(hash), None, None, None];
         if with_marks {
+            // A grant: where its entry goes, and the name's mark cells.
+            lines[1] = self.ledger.next_free_at();
             let [a, b] = self.terms.cells_at(hash);
-            lines[1] = a.map(|at| (at, 8));
-            lines[2] = b.map(|at| (at, 8));
+            lines[2] = a.map(|at| (at, 8));
+            lines[3] = b.map(|at| (at, 8));
         }
         lines
     }
