@@ -39,6 +39,16 @@ pub(crate) fn versus_v01(
     against_v01(cfg, binary, &cfg.module, None, rows, raw, missing)
 }
 
+/// Says why `what` is skipped, once per reason under the table: nothing
+/// ran.
+fn skip(what: &str, why: &str, missing: &mut Vec<String>) -> Option<String> {
+    eprintln!("skipping {what}: {why}");
+    if !missing.iter().any(|m| m.contains(why)) {
+        missing.push(format!("{what}: {why}"));
+    }
+    None
+}
+
 /// The floors against v0.1 on `binary`: v0.1 itself (the bench's spread
 /// between identical sides), v0.1 with the cheapest per-lock
 /// record (what the module's own record of its grants costs at the least),
@@ -53,13 +63,7 @@ pub(crate) fn floors_v01(
 ) -> Result<Option<String>, String> {
     let [record, fence] = match &cfg.floors {
         Ok(f) => f,
-        Err(why) => {
-            eprintln!("skipping the floors under v0.1: {why}");
-            if !missing.iter().any(|m| m.contains(why.as_str())) {
-                missing.push(format!("the floors under v0.1: {why}"));
-            }
-            return Ok(None);
-        }
+        Err(why) => return Ok(skip("the floors under v0.1", why, missing)),
     };
     // v0.1 against itself first: the spread of identical sides, against
     // which the floors' ratios and this module's are read.
@@ -111,14 +115,8 @@ pub(crate) fn against_v01(
     let v01 = match &cfg.v01 {
         Ok(p) => p,
         Err(why) => {
-            eprintln!("skipping the rows against v0.1 ({}): {why}", cfg.v01_rev);
-            if !missing.iter().any(|m| m.contains(why.as_str())) {
-                missing.push(format!(
-                    "the rows against v0.1 (module {}): {why}",
-                    cfg.v01_rev
-                ));
-            }
-            return Ok(None);
+            let what = format!("the rows against v0.1 (module {})", cfg.v01_rev);
+            return Ok(skip(&what, why, missing));
         }
     };
     let cur = Server::start(binary, Some(module), &[])?;
