@@ -1,5 +1,6 @@
 //! Checks on the test harness itself: the port picker that every
-//! integration test depends on.
+//! integration test depends on, and how a start that lost its port is told
+//! apart from one the server refused.
 
 use spacelock_testkit as kit;
 
@@ -38,6 +39,27 @@ fn cluster_nodes_keep_their_bus_port_on_restart() {
     assert!(info.ends_with(&bus.to_string()), "{info}");
     let node = node.restart_with(|b| b);
     assert_eq!(node.bus_port, Some(bus));
+}
+
+/// A server started on a port someone else holds fails, and its log is
+/// recognised as a clash: that is what lets a start on a picked port try a
+/// fresh one, and a test that expects a refusal never judge a clash's log.
+#[kit::test]
+fn a_start_on_a_taken_port_is_recognised_as_a_clash() {
+    let port = kit::free_port();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let log = match kit::ServerBuilder::new().port(port).try_start() {
+        Ok(_) => panic!("the server started on a taken port {port}"),
+        Err(log) => log,
+    };
+    assert!(kit::port_clash(&log), "not recognised as a clash:\n{log}");
+    // A refusal is not a clash.
+    let refused = kit::ServerBuilder::new()
+        .module_args(&["token-mode", "sometimes"])
+        .try_start()
+        .err()
+        .expect("an unknown token mode is refused");
+    assert!(!kit::port_clash(&refused), "{refused}");
 }
 
 kit::main!();

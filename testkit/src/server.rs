@@ -117,8 +117,8 @@ pub fn is_valkey(con: &mut redis::Connection) -> bool {
     info.contains("valkey_version:")
 }
 
-/// Whether a failed start was a port taken by someone else.
-fn port_clash(log: &str) -> bool {
+/// Whether a failed start's log says its port was taken by someone else.
+pub fn port_clash(log: &str) -> bool {
     log.contains("Address already in use")
         || log.contains("Could not create server TCP listening socket")
 }
@@ -291,20 +291,28 @@ impl ServerBuilder {
     /// # Panics
     /// If the server does not come up; the panic message holds its log.
     pub fn start(self) -> Server {
-        // `free_port` releases the port before the server binds it, so
-        // another process can take it in between: retry on a fresh port.
+        self.try_start()
+            .unwrap_or_else(|log| panic!("server failed to start:\n{log}"))
+    }
+
+    /// Like [`start`](Self::start) but returns the server log on failure.
+    ///
+    /// `free_port` releases the port before the server binds it, so another
+    /// process can take it in between: a start on a port it picked that
+    /// fails on the port is tried again on a fresh one (five tries). A test
+    /// that expects the start to fail (the server refusing the module) then
+    /// gets the refusal's log, never a clash's that happened to exit too.
+    pub fn try_start(self) -> Result<Server, String> {
         let mut attempt = 0;
         loop {
-            match self.clone().try_start() {
-                Ok(s) => return s,
+            match self.clone().start_once() {
                 Err(log) if attempt < 4 && self.port.is_none() && port_clash(&log) => attempt += 1,
-                Err(log) => panic!("server failed to start:\n{log}"),
+                done => return done,
             }
         }
     }
 
-    /// Like [`start`](Self::start) but returns the server log on failure.
-    pub fn try_start(self) -> Result<Server, String> {
+    fn start_once(self) -> Result<Server, String> {
         let dir = self
             .dir
             .clone()
