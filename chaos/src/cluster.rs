@@ -3,8 +3,10 @@
 //! built as the test kit's `Cluster` is (distinct config epochs,
 //! `CLUSTER ADDSLOTSRANGE`, `CLUSTER MEET`), then `CLUSTER REPLICATE`.
 //!
-//! The slot ranges are cut between the slots of the run's lock names, so
-//! that every primary serves at least one name. There are no proxies here:
+//! The slot ranges are cut between the slots of the run's lock names (the
+//! exclusive ones only, in a run without the other shapes), so that every
+//! primary serves at least one name in use, and a fault aims at the primary
+//! of a name in use. There are no proxies here:
 //! clients and the cluster bus connect to the servers directly.
 
 use std::io::{Read, Write};
@@ -33,6 +35,9 @@ pub struct ClusterTopology {
     pub ids: Vec<String>,
     /// The fenced resource (a plain server).
     pub fenced: Server,
+    /// Whether the workers also lock the reader-writer and counted names:
+    /// a fault only targets a primary that serves a name in use.
+    shapes: bool,
 }
 
 /// One line of `CLUSTER NODES`: its node's port, id, flags, primary id and
@@ -86,7 +91,11 @@ impl ClusterTopology {
     ///
     /// # Errors
     /// Why it could not start.
-    pub fn start(persistence: bool, node_timeout_ms: u64) -> Result<ClusterTopology, String> {
+    pub fn start(
+        persistence: bool,
+        node_timeout_ms: u64,
+        shapes: bool,
+    ) -> Result<ClusterTopology, String> {
         let mut nodes = Vec::new();
         for i in 0..PRIMARIES * 2 {
             let server = ServerBuilder::new()
@@ -103,7 +112,7 @@ impl ClusterTopology {
             c.query(&mut con)
                 .map_err(|e| format!("node {i}: {c:?}: {e}"))
         };
-        let ranges = slot_ranges(&cluster_slots(ports[0])?);
+        let ranges = slot_ranges(names_in_use(&cluster_slots(ports[0])?, shapes));
         let mut ids = Vec::new();
         for i in 0..nodes.len() {
             // Distinct config epochs up front, as `redis-cli --cluster create` does.
@@ -151,6 +160,7 @@ impl ClusterTopology {
             ports,
             ids,
             fenced,
+            shapes,
         };
         if !t.until_whole(Duration::from_secs(60)) {
             let log = t.nodes[0].as_ref().map(Server::log).unwrap_or_default();
@@ -261,6 +271,17 @@ fn cluster_slots(port: u16) -> Result<Vec<u16>, String> {
         .collect()
 }
 
+/// The slots of the names the workers lock, out of [`cluster_slots`]'s
+/// (the exclusive names come first): all of them, or the exclusive names'
+/// only in a run without the other shapes.
+fn names_in_use(slots: &[u16], shapes: bool) -> &[u16] {
+    if shapes {
+        slots
+    } else {
+        &slots[..NAMES.len().min(slots.len())]
+    }
+}
+
 /// Three slot ranges covering all 16384 slots, cut halfway between the
 /// names' slots so that each range holds at least one of them (two, two
 /// and one of the five); even thirds if the names fall on fewer than three
@@ -314,7 +335,7 @@ impl Servers for ClusterTopology {
         }
     }
 
-    /// The primary serving a name picked at random.
+    /// The primary serving a name in use, picked at random.
     fn target(&self, rng: &mut StdRng) -> Option<usize> {
         let slots = cluster_slots(
             self.ports
@@ -323,7 +344,8 @@ impl Servers for ClusterTopology {
                 .find(|p| conn_to(*p, Duration::from_millis(500)).is_ok())?,
         )
         .ok()?;
-        self.serving(slots[rng.random_range(0..slots.len())])
+        let in_use = names_in_use(&slots, self.shapes);
+        self.serving(in_use[rng.random_range(0..in_use.len())])
     }
 
     fn pid(&self, i: usize) -> Option<i32> {
@@ -443,6 +465,25 @@ mod tests {
         }
         for (lo, hi) in &r {
             assert!(slots.iter().any(|s| (lo..=hi).contains(&s)), "{r:?}");
+        }
+    }
+
+    /// In a run with the exclusive names only, faults aim at those names'
+    /// primaries, and the slots are cut so that each primary serves one.
+    #[test]
+    fn an_exclusive_only_run_puts_one_name_in_use_on_every_primary() {
+        // k0, k1, k2, then rw and slots.
+        let slots = [100, 9000, 16000, 5000, 12000];
+        assert_eq!(names_in_use(&slots, true), &slots);
+        let in_use = names_in_use(&slots, false);
+        assert_eq!(in_use, &[100, 9000, 16000]);
+        let r = slot_ranges(in_use);
+        for (lo, hi) in &r {
+            assert_eq!(
+                in_use.iter().filter(|s| (lo..=hi).contains(s)).count(),
+                1,
+                "{r:?}"
+            );
         }
     }
 

@@ -172,7 +172,11 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
                 if cfg.persistence { "yes" } else { "no" },
                 cfg.down_after_ms
             );
-            Box::new(ClusterTopology::start(cfg.persistence, cfg.down_after_ms)?)
+            Box::new(ClusterTopology::start(
+                cfg.persistence,
+                cfg.down_after_ms,
+                cfg.shapes,
+            )?)
         }
     };
     let faults_rec = Recorder::open(&cfg.dir.join("faults.jsonl"), "orchestrator");
