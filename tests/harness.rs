@@ -46,8 +46,9 @@ fn cluster_nodes_keep_their_bus_port_on_restart() {
 /// fresh one, and a test that expects a refusal never judge a clash's log.
 #[kit::test]
 fn a_start_on_a_taken_port_is_recognised_as_a_clash() {
-    let port = kit::free_port();
-    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    // Held for the whole test (a port the kernel picks, so no one else's).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
     let log = match kit::ServerBuilder::new().port(port).try_start() {
         Ok(_) => panic!("the server started on a taken port {port}"),
         Err(log) => log,
