@@ -34,22 +34,11 @@ async fn sentinel_failover_issues_only_higher_tokens_and_the_old_lease_is_lost()
     let mut primary = Server::new();
     kit::replicaof(&mut r, primary.port);
     kit::until_link_up(&mut r, &replica);
-    let sentinel = match Sentinel::start(&primary, "spacelock-fo", SentinelTimings::default()) {
-        Ok(s) => s,
-        // Only a missing binary is a skip; a sentinel that starts and then
-        // dies or never answers is a failure.
-        Err(why) if why.starts_with("cannot spawn") => {
-            kit::skip(format!("no sentinel can run here: {why}"))
-        }
-        Err(why) => panic!("the sentinel did not start: {why}"),
-    };
+    // Only a missing binary is a skip; a sentinel that starts and then dies
+    // or never answers is a failure.
+    let sentinel = Sentinel::start_or_skip(&primary, "spacelock-fo", SentinelTimings::default());
     assert_eq!(sentinel.primary_port(), Some(primary.port));
-    assert!(
-        wait_until(Duration::from_secs(15), || sentinel
-            .knows_replica(replica.port)),
-        "the sentinel never saw the replica:\n{}",
-        sentinel.log()
-    );
+    sentinel.until_knows_replica(&replica, Duration::from_secs(15));
 
     // A lease held through a ConnectionManager on the primary, whose body
     // waits for the lease to be lost.

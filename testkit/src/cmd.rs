@@ -182,6 +182,13 @@ pub fn info_text(con: &mut redis::Connection, section: &str, field: &str) -> Opt
         .map(|v| v.trim().to_string())
 }
 
+/// The server's replication role (`master` or `slave`), or `None` when it
+/// cannot be reached.
+pub fn role(server: &crate::Server) -> Option<String> {
+    let mut c = server.client().get_connection().ok()?;
+    info_text(&mut c, "replication", "role")
+}
+
 /// An integer field of `INFO <section>`.
 ///
 /// # Panics

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::server::spawn_until_ping;
-use crate::{free_port, Server};
+use crate::{free_port, Server, ServerBuilder};
 
 /// Timings of a fast failover: quorum 1, a primary down after
 /// `down_after_ms`, a failover given up after `failover_timeout_ms`.
@@ -124,6 +124,81 @@ impl Sentinel {
             dir,
             log,
         })
+    }
+
+    /// [`start`](Self::start), or the test is skipped when no sentinel
+    /// binary can run here.
+    ///
+    /// # Panics
+    ///
+    /// If a sentinel that could be spawned did not come up: that is a
+    /// failure, not a reason to skip.
+    pub fn start_or_skip(primary: &Server, name: &str, timings: SentinelTimings) -> Sentinel {
+        match Self::start(primary, name, timings) {
+            Ok(s) => s,
+            Err(why) if why.starts_with("cannot spawn") => {
+                crate::skip(format!("no sentinel can run here: {why}"))
+            }
+            Err(why) => panic!("the sentinel did not start: {why}"),
+        }
+    }
+
+    /// A primary, one replica in sync with it, and a sentinel monitoring the
+    /// primary as `name` (default timings) that knows the replica, so that
+    /// it can promote it. Skips the test when no sentinel can run here.
+    ///
+    /// # Panics
+    ///
+    /// If the sentinel does not see the replica within 20 s.
+    pub fn over_a_replicated_primary(name: &str) -> (Server, Server, Sentinel) {
+        let primary = Server::new();
+        let replica = ServerBuilder::new().replica_of(&primary).start();
+        crate::until_link_up(&mut replica.conn(), &replica);
+        crate::sync_replicas(&mut primary.conn(), 1);
+        let sentinel = Self::start_or_skip(&primary, name, SentinelTimings::default());
+        sentinel.until_knows_replica(&replica, Duration::from_secs(20));
+        (primary, replica, sentinel)
+    }
+
+    /// Waits until the sentinel knows `replica` with its link up.
+    ///
+    /// # Panics
+    ///
+    /// If it does not within `timeout`, with the sentinel's log.
+    pub fn until_knows_replica(&self, replica: &Server, timeout: Duration) {
+        assert!(
+            crate::wait_until(timeout, || self.knows_replica(replica.port)),
+            "the sentinel never saw the replica on port {}:\n{}",
+            replica.port,
+            self.log()
+        );
+    }
+
+    /// `SENTINEL FAILOVER`, retried for 15 s while the sentinel is not
+    /// ready for it, then waits up to `timeout` until `to` is the primary
+    /// the sentinel names and calls itself one.
+    ///
+    /// # Panics
+    ///
+    /// If the failover is refused throughout, or does not end on `to`.
+    pub fn fail_over_to(&self, to: &Server, timeout: Duration) {
+        let mut con = self.conn();
+        assert!(
+            crate::wait_until(Duration::from_secs(15), || redis::cmd("SENTINEL")
+                .arg("FAILOVER")
+                .arg(&self.name)
+                .query::<()>(&mut con)
+                .is_ok()),
+            "SENTINEL FAILOVER refused:\n{}",
+            self.log()
+        );
+        assert!(
+            crate::wait_until(timeout, || self.primary_port() == Some(to.port)
+                && crate::role(to).as_deref() == Some("master")),
+            "no failover to port {}:\n{}",
+            to.port,
+            self.log()
+        );
     }
 
     /// A connection to the sentinel.

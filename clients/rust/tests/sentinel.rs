@@ -8,72 +8,17 @@ use spacelock_testkit as kit;
 
 use std::time::Duration;
 
-use kit::{wait_until, Sentinel, SentinelTimings, Server, ServerBuilder};
+use kit::{role, wait_until, Sentinel, Server};
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use spacelock_client::{Options, SentinelConnection, SpaceLock};
 
 const SERVICE: &str = "spacelock-client-fo";
-
-fn role(server: &Server) -> Option<String> {
-    let mut c = server.client().get_connection().ok()?;
-    kit::info_text(&mut c, "replication", "role")
-}
 
 fn holder(server: &Server, key: &str) -> Option<String> {
     redis::cmd("GET")
         .arg(key)
         .query(&mut server.conn())
         .unwrap()
-}
-
-/// A primary, one replica and a Sentinel that knows both.
-fn topology() -> (Server, Server, Sentinel) {
-    let primary = Server::new();
-    let replica = ServerBuilder::new().replica_of(&primary).start();
-    kit::until_link_up(&mut replica.conn(), &replica);
-    let mut con = primary.conn();
-    let _: () = redis::cmd("SET")
-        .arg("sync")
-        .arg(1)
-        .query(&mut con)
-        .unwrap();
-    kit::sync_replicas(&mut con, 1);
-    let sentinel = match Sentinel::start(&primary, SERVICE, SentinelTimings::default()) {
-        Ok(s) => s,
-        Err(why) if why.starts_with("cannot spawn") => {
-            kit::skip(format!("no sentinel can run here: {why}"))
-        }
-        Err(why) => panic!("the sentinel did not start: {why}"),
-    };
-    assert!(
-        wait_until(Duration::from_secs(20), || sentinel
-            .knows_replica(replica.port)),
-        "the sentinel never saw the replica:\n{}",
-        sentinel.log()
-    );
-    (primary, replica, sentinel)
-}
-
-/// `SENTINEL FAILOVER`, retried while the Sentinel is not ready for it,
-/// then waits until the replica is the primary Sentinel names.
-fn fail_over(sentinel: &Sentinel, to: &Server) {
-    let mut con = sentinel.conn();
-    assert!(
-        wait_until(Duration::from_secs(15), || redis::cmd("SENTINEL")
-            .arg("FAILOVER")
-            .arg(SERVICE)
-            .query::<()>(&mut con)
-            .is_ok()),
-        "SENTINEL FAILOVER refused:\n{}",
-        sentinel.log()
-    );
-    assert!(
-        wait_until(Duration::from_secs(20), || sentinel.primary_port()
-            == Some(to.port)
-            && role(to).as_deref() == Some("master")),
-        "no failover:\n{}",
-        sentinel.log()
-    );
 }
 
 async fn locks(sentinel: &Sentinel, options: Options) -> SpaceLock<SentinelConnection> {
@@ -140,7 +85,7 @@ fn followed_or_reported((lost, reason, check): &Held, what: &str) {
 
 #[kit::test]
 async fn a_lease_follows_the_primary_or_is_reported_lost() {
-    let (primary, replica, sentinel) = topology();
+    let (primary, replica, sentinel) = Sentinel::over_a_replicated_primary(SERVICE);
     let ttl = Duration::from_secs(2);
     let plain = locks(&sentinel, Options::default().ttl(ttl)).await;
     let acked = locks(&sentinel, Options::default().ttl(ttl).replicas(1)).await;
@@ -154,7 +99,7 @@ async fn a_lease_follows_the_primary_or_is_reported_lost() {
         Some(plain.owner())
     );
     kit::sync_replicas(&mut primary.conn(), 1);
-    fail_over(&sentinel, &replica);
+    sentinel.fail_over_to(&replica, Duration::from_secs(20));
     // Both grants reached the replica before the failover.
     assert_eq!(
         holder(&replica, &k1).as_deref().map(kit::call_base),
@@ -230,7 +175,7 @@ async fn a_lease_follows_the_primary_or_is_reported_lost() {
 
 #[kit::test]
 async fn a_waiter_follows_the_primary() {
-    let (primary, replica, sentinel) = topology();
+    let (primary, replica, sentinel) = Sentinel::over_a_replicated_primary(SERVICE);
     let holder_locks = locks(&sentinel, Options::default()).await;
     let waiter = locks(&sentinel, Options::default()).await;
     assert!(matches!(
@@ -252,7 +197,7 @@ async fn a_waiter_follows_the_primary() {
         &mut primary.conn(),
         &key
     ) == 1));
-    fail_over(&sentinel, &replica);
+    sentinel.fail_over_to(&replica, Duration::from_secs(20));
     // The demoted primary let its waiter go (-UNBLOCKED); the waiter waits
     // again on the new primary, where the holder's lock (replicated) expires
     // or is released.
