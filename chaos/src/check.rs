@@ -686,7 +686,15 @@ pub fn check_lines(lines: &[Line], title: &str) -> Report {
             "sentinel down-after",
         ),
     };
-    let _ = writeln!(t, "  topology: {topology}");
+    match meta.s("server") {
+        Some(server) => {
+            let _ = writeln!(t, "  topology: {topology}; server: {server}");
+        }
+        // A run recorded before its meta named the server.
+        None => {
+            let _ = writeln!(t, "  topology: {topology}");
+        }
+    }
     let _ = writeln!(
         t,
         "  {:.0}s, ttl {} ms, replicas acknowledging: {}, {}; primary persistence: {}; {detection} {} ms; a primary failed over from rejoins as {}; seed {}",

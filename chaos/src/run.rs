@@ -316,10 +316,18 @@ pub fn run(cfg: &RunConfig) -> Result<crate::check::Report, String> {
             fenced_rec.write(&l);
         }
     }
+    // The data servers run the same binary as the fenced one.
+    let (major, minor, patch) = spacelock_testkit::version_of(&mut con);
+    let product = if spacelock_testkit::is_valkey(&mut con) {
+        "Valkey"
+    } else {
+        "Redis"
+    };
     let meta = Line::new("meta", t0, "orchestrator")
         .with("t0", t0)
         .with("t1", t1)
         .with("topology", topo.name())
+        .with("server", format!("{product} {major}.{minor}.{patch}"))
         .with("ttl_ms", cfg.ttl_ms)
         .with("replicas", cfg.replicas)
         .with(

@@ -119,6 +119,21 @@ fn acknowledged_grants_hold_through_every_server_fault() {
     ]);
     assert_eq!(run.code, Some(0), "violations:\n{}", run.stdout);
     assert!(row(&run.stdout, "(a) overlaps") == 0, "{}", run.stdout);
+    // The report names the server it ran on (the binary the kit starts).
+    let plain = kit::ServerBuilder::new().without_module().start();
+    let mut con = plain.conn();
+    let (major, minor, patch) = kit::version_of(&mut con);
+    let product = if kit::is_valkey(&mut con) {
+        "Valkey"
+    } else {
+        "Redis"
+    };
+    let server = format!("; server: {product} {major}.{minor}.{patch}\n");
+    assert!(
+        run.stdout.contains(&server),
+        "no {server:?} in\n{}",
+        run.stdout
+    );
     let bodies = row(&run.stdout, "bodies");
     assert!(
         bodies >= 80,
