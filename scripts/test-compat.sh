@@ -76,10 +76,11 @@ counts() {
 }
 
 # COMPAT_JOBS=N runs up to N suites side by side (default 1: one after
-# another). The suites mostly wait on servers and timers, but on two cores
-# three at once made a timing-tight race test (a grant and a disconnect in
-# one event-loop iteration, tests/shared.rs) miss its window on every
-# server, so the matrix stays sequential unless asked. Each suite writes its
+# another). The suites mostly wait on servers and timers; the race tests
+# that need two arrivals inside one slow command check afterwards that they
+# came inside it, and try a round again when the load delayed it (three at
+# once on two cores: a few rounds in a hundred). The matrix stays
+# sequential unless asked, so that CI judges the suites, not the load. Each suite writes its
 # row to "$log.row" and its exit code to "$log.rc".
 COMPAT_JOBS="${COMPAT_JOBS:-1}"
 declare -a logs

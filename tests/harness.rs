@@ -1,6 +1,7 @@
 //! Checks on the test harness itself: the port picker that every
-//! integration test depends on, and how a start that lost its port is told
-//! apart from one the server refused.
+//! integration test depends on, how a start that lost its port is told
+//! apart from one the server refused, and the window by which race tests
+//! judge whether their arrivals met inside a slow command.
 
 use spacelock_testkit as kit;
 
@@ -39,6 +40,45 @@ fn cluster_nodes_keep_their_bus_port_on_restart() {
     assert!(info.ends_with(&bus.to_string()), "{info}");
     let node = node.restart_with(|b| b);
     assert_eq!(node.bus_port, Some(bus));
+}
+
+/// An arrival counts as inside a slow command only where every placement
+/// of the command between its sending and its reply covers it, and the
+/// loop's length follows the server time it measured, four times at most
+/// per step.
+#[kit::test]
+fn a_busy_window_holds_only_arrivals_surely_inside_the_slow_command() {
+    // Sent at 0, replied at 500 ms, ran 400 ms: it began within the first
+    // 100 ms and ended by 400 ms at the earliest.
+    let w = kit::BusyWindow {
+        sent_us: 0,
+        replied_us: 500_000,
+        ran_us: 400_000,
+    };
+    for (at, inside) in [
+        (50_000, false),
+        (99_000, false),
+        (110_000, true),
+        (250_000, true),
+        (390_000, true),
+        (395_000, false),
+        (450_000, false),
+    ] {
+        assert_eq!(w.holds(at), inside, "an arrival at {at} µs ({w})");
+    }
+    // It ran no longer than its reply took to come: nothing is surely in.
+    let short = kit::BusyWindow {
+        ran_us: 100_000,
+        ..w
+    };
+    assert!(!(0..500_000).step_by(1_000).any(|at| short.holds(at)));
+    assert_eq!(kit::busy_rescaled(1_000, 200_000, 400), 2_000);
+    assert_eq!(kit::busy_rescaled(1_000, 10_000, 400), 4_000, "at most 4x");
+    assert_eq!(
+        kit::busy_rescaled(1_000, 10_000_000, 400),
+        250,
+        "at least 1/4"
+    );
 }
 
 /// A server started on a port someone else holds fails, and its log is

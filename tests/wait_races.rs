@@ -132,14 +132,6 @@ fn agrees_within(
     }
 }
 
-fn busy(iterations: u64) -> redis::Cmd {
-    let mut cmd = redis::cmd("EVAL");
-    cmd.arg("local i = 0 while i < tonumber(ARGV[1]) do i = i + 1 end return i")
-        .arg(0)
-        .arg(iterations);
-    cmd
-}
-
 fn debug_sleep(secs: f64) -> redis::Cmd {
     let mut cmd = redis::cmd("DEBUG");
     cmd.arg("SLEEP").arg(secs);
@@ -325,13 +317,23 @@ fn raw_waiter(server: &Server, key: &str, owner: &str) -> TcpStream {
 /// order the closing client is skipped at the grant: the RELEASE makes the
 /// grant due, and it is written at the end of the iteration, after the
 /// close was read, so there is nothing to undo.
+///
+/// A round counts only if both arrivals surely came while the slow command
+/// ran: on a loaded machine it can start late, and a RELEASE read before it
+/// is an ordinary grant to a client that goes away afterwards, holding the
+/// lock (`kit::BusyWindow`). Other rounds are undone and tried again.
 #[kit::test]
 fn a_grant_whose_waiter_closes_in_the_same_turn() {
+    const BUSY_MS: u64 = 400;
     let server = Server::new();
     let mut con = conn(&server);
     let mut blocker = conn(&server);
-    let mut release_first = 0;
-    for round in 0..ROUNDS * 2 {
+    let (mut counted, mut release_first) = (0, 0);
+    let mut iterations = kit::busy_iterations(&mut blocker, BUSY_MS);
+    for round in 0..ROUNDS * 10 {
+        if counted == ROUNDS * 2 {
+            break;
+        }
         let key = format!("k{round}");
         let mut holder = conn(&server);
         acquire(&mut holder, &key, "holder", 60_000).unwrap();
@@ -339,38 +341,68 @@ fn a_grant_whose_waiter_closes_in_the_same_turn() {
         until_waiting(&mut con, 1);
         let next = waiter(&server, &key, "next", 5_000);
         until_waiting(&mut con, 2);
-        let slow = slow_script(&mut blocker, 300);
+        let slow = kit::busy_script(iterations);
+        let eval_before = kit::eval_usec(&mut con);
+        let sent = kit::now_us();
         let stall = thread::spawn(move || {
             let _: i64 = slow.query(&mut blocker).unwrap();
-            (blocker, Instant::now())
+            (blocker, Instant::now(), kit::now_us())
         });
         // Inside the slow command, 100 ms apart: the close and the RELEASE.
         // (These sleeps order two arrivals while the server cannot read;
         // there is no state to poll for then.)
-        thread::sleep(Duration::from_millis(30));
+        thread::sleep(Duration::from_millis(60));
         let send_release = |mut h: Connection, k: String| {
-            thread::spawn(move || -> i64 {
-                redis::cmd("SPACELOCK.RELEASE")
+            thread::spawn(move || -> (i64, i64) {
+                let at = kit::now_us();
+                let n = redis::cmd("SPACELOCK.RELEASE")
                     .arg(k)
                     .arg("holder")
                     .query(&mut h)
-                    .unwrap()
+                    .unwrap();
+                (at, n)
             })
         };
-        let released = if round % 2 == 1 {
-            release_first += 1;
+        let first = round % 2 == 1;
+        let (released, gone_at) = if first {
             let r = send_release(holder, key.clone());
             thread::sleep(Duration::from_millis(100));
+            let at = kit::now_us();
             drop(gone);
-            r
+            (r, at)
         } else {
+            let at = kit::now_us();
             drop(gone);
             thread::sleep(Duration::from_millis(100));
-            send_release(holder, key.clone())
+            (send_release(holder, key.clone()), at)
         };
-        let resumed;
-        (blocker, resumed) = stall.join().unwrap();
-        assert_eq!(released.join().unwrap(), 1);
+        let (resumed, replied);
+        (blocker, resumed, replied) = stall.join().unwrap();
+        let (release_at, n) = released.join().unwrap();
+        assert_eq!(n, 1);
+        let window = kit::BusyWindow {
+            sent_us: sent,
+            replied_us: replied,
+            ran_us: kit::eval_usec(&mut con) - eval_before,
+        };
+        iterations = kit::busy_rescaled(iterations, window.ran_us, BUSY_MS);
+        if !(window.holds(gone_at) && window.holds(release_at)) {
+            // Not one turn: whoever was granted, "next" gets the lock once
+            // "gone" lets go of it (if it ever had it).
+            let _ = kit::release(&mut con, &key, "gone");
+            let seen = next.join().unwrap();
+            assert!(matches!(seen.reply, Ok(Some(_))), "round {round}");
+            assert_eq!(kit::release(&mut con, &key, "next"), 1);
+            eprintln!(
+                "round {round}: the arrivals came outside the slow command, tried again \
+                 ({window}; arrivals at +{} and +{} µs)",
+                gone_at - sent,
+                release_at - sent
+            );
+            continue;
+        }
+        counted += 1;
+        release_first += usize::from(first);
         let seen = next.join().unwrap();
         let got = agrees(&seen, &mut con, &key, "next", 5_000);
         assert!(got.is_some(), "round {round}: the next waiter got the lock");
@@ -380,6 +412,7 @@ fn a_grant_whose_waiter_closes_in_the_same_turn() {
             "round {round}: granted {after:?} after the server resumed"
         );
     }
+    assert_eq!(counted, ROUNDS * 2, "too few rounds met in one turn");
     assert!(release_first > 0);
     assert_eq!(
         kit::stat(&mut con, "wait_grants_undone"),
@@ -546,7 +579,7 @@ fn soak_run(server: &Server, key: &str, clients: usize, length: Duration) -> Str
     // Chaos: slow commands in the middle of grants, now and then.
     let chaos = chaos(server, &stop, Duration::from_millis(20), |n, c| {
         if n % 2 == 0 {
-            busy(200_000).query(c)
+            kit::busy_script(200_000).query(c)
         } else {
             debug_sleep(0.005).query(c)
         }
@@ -633,7 +666,7 @@ fn chaos_never_leaves_a_call_without_a_reply() {
         .collect();
     let chaos = chaos(&server, &stop, Duration::from_millis(15), |n, c| {
         match n % 4 {
-            0 => busy(300_000).query(c),
+            0 => kit::busy_script(300_000).query(c),
             1 => debug_sleep(0.02).query(c),
             2 => redis::cmd("DEL").arg(format!("chaos{}", n % 3)).query(c),
             _ => {

@@ -353,24 +353,106 @@ pub fn send_raw(port: u16, args: &[&str]) -> std::net::TcpStream {
     s
 }
 
+/// The wall clock in µs since the epoch: the clock the server's `TIME`
+/// reads, on the same machine.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The server's time spent in `EVAL`, µs (`INFO commandstats`): the
+/// difference across a [`slow_script`] is how long it kept the server busy.
+pub fn eval_usec(con: &mut redis::Connection) -> i64 {
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(con).unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_eval:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// A counted Lua loop that keeps the server busy for about `ms` (the rate
 /// is calibrated once per test binary, on `con`): pipelined after a first
 /// event, it makes the server read the next events in one iteration.
 pub fn slow_script(con: &mut redis::Connection, ms: u64) -> redis::Cmd {
+    busy_script(busy_iterations(con, ms))
+}
+
+/// A Lua loop of `n` iterations (see [`slow_script`]).
+pub fn busy_script(n: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg("local i = 0 while i < tonumber(ARGV[1]) do i = i + 1 end return i")
+        .arg(0)
+        .arg(n);
+    cmd
+}
+
+/// The iterations of [`busy_script`] that keep the server busy for about
+/// `ms`, by a rate measured once per test binary on `con`. A machine that
+/// was loaded then makes them too few later: a test that needs a length
+/// measures it ([`eval_usec`]) and rescales ([`busy_rescaled`]).
+pub fn busy_iterations(con: &mut redis::Connection, ms: u64) -> u64 {
     use std::sync::OnceLock;
     static PER_MS: OnceLock<u64> = OnceLock::new();
-    let busy = |n: u64| {
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg("local i = 0 while i < tonumber(ARGV[1]) do i = i + 1 end return i")
-            .arg(0)
-            .arg(n);
-        cmd
-    };
     let per_ms = *PER_MS.get_or_init(|| {
         let n = 2_000_000u64;
         let start = Instant::now();
-        let _: i64 = busy(n).query(con).unwrap();
+        let _: i64 = busy_script(n).query(con).unwrap();
         (n * 1000 / start.elapsed().as_micros().max(1) as u64).max(1)
     });
-    busy(per_ms * ms)
+    per_ms * ms
+}
+
+/// When a slow command held the server, as far as the client can prove it:
+/// it was sent at `sent_us`, its reply came at `replied_us` (both
+/// [`now_us`]), and it ran `ran_us` ([`eval_usec`] across it), somewhere in
+/// between. Another connection's arrival sent at `at` came while it ran,
+/// and is read in the iteration after it, if `at` is at least `ran_us`
+/// before the reply and at most `ran_us` after the sending ([`holds`]).
+/// On a loaded machine the command can start late: a race test checks its
+/// arrivals with this and tries a round again rather than judge a race
+/// that did not happen.
+///
+/// [`holds`]: BusyWindow::holds
+#[derive(Debug, Clone, Copy)]
+pub struct BusyWindow {
+    /// When the slow command was sent.
+    pub sent_us: i64,
+    /// When its reply came.
+    pub replied_us: i64,
+    /// How long the server ran it.
+    pub ran_us: i64,
+}
+
+impl BusyWindow {
+    /// Slack for loopback delivery and the clock reads, either side.
+    const MARGIN_US: i64 = 10_000;
+
+    /// Whether an arrival sent at `at_us` surely came while the command ran.
+    pub fn holds(&self, at_us: i64) -> bool {
+        self.replied_us - self.ran_us + Self::MARGIN_US <= at_us
+            && at_us + Self::MARGIN_US <= self.sent_us + self.ran_us
+    }
+}
+
+impl std::fmt::Display for BusyWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the slow command ran {} µs, {} µs from its sending to its reply",
+            self.ran_us,
+            self.replied_us - self.sent_us
+        )
+    }
+}
+
+/// The iterations that make `ms` of server time, from `n` iterations that
+/// took `took_us` (at most four times more or fewer at a step, so that one
+/// stalled measure cannot run away).
+pub fn busy_rescaled(n: u64, took_us: i64, ms: u64) -> u64 {
+    let want = u128::from(ms) * 1000;
+    let took = u128::try_from(took_us.max(1)).unwrap_or(1);
+    let next = u64::try_from(u128::from(n) * want / took).unwrap_or(u64::MAX);
+    next.clamp((n / 4).max(1), n.saturating_mul(4))
 }
