@@ -154,7 +154,15 @@ impl Sentinel {
         let primary = Server::new();
         let replica = ServerBuilder::new().replica_of(&primary).start();
         crate::until_link_up(&mut replica.conn(), &replica);
-        crate::sync_replicas(&mut primary.conn(), 1);
+        // A write for WAIT to wait for: with none, it counts every attached
+        // replica at once, before the replica has acknowledged anything.
+        let mut con = primary.conn();
+        let _: () = redis::cmd("SET")
+            .arg("sync")
+            .arg(1)
+            .query(&mut con)
+            .unwrap();
+        crate::sync_replicas(&mut con, 1);
         let sentinel = Self::start_or_skip(&primary, name, SentinelTimings::default());
         sentinel.until_knows_replica(&replica, Duration::from_secs(20));
         (primary, replica, sentinel)

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kit::{role, wait_until, Sentinel, Server};
 use redis::sentinel::{SentinelClient, SentinelServerType};
-use spacelock_client::{Options, SentinelConnection, SpaceLock};
+use spacelock_client::{Options, Outcome, SentinelConnection, SpaceLock};
 
 const SERVICE: &str = "spacelock-client-fo";
 
@@ -54,18 +54,21 @@ fn hold(
     let (failed_over_tx, failed_over_rx) = tokio::sync::oneshot::channel::<()>();
     let l = l.clone();
     let task = tokio::spawn(async move {
-        l.with_space_lock(name, |lease| async move {
-            granted_tx.send(lease.token()).unwrap();
-            failed_over_rx.await.unwrap();
-            // Two ttls after the failover: the heartbeat must have moved to
-            // the new primary, or reported the lease lost, by then.
-            tokio::time::sleep(ttl * 2).await;
-            (lease.is_lost(), lease.lost_reason(), lease.check().await)
-        })
-        .await
-        .unwrap()
-        .ran()
-        .unwrap()
+        let outcome = l
+            .with_space_lock(name, |lease| async move {
+                granted_tx.send(lease.token()).unwrap();
+                failed_over_rx.await.unwrap();
+                // Two ttls after the failover: the heartbeat must have moved to
+                // the new primary, or reported the lease lost, by then.
+                tokio::time::sleep(ttl * 2).await;
+                (lease.is_lost(), lease.lost_reason(), lease.check().await)
+            })
+            .await
+            .unwrap();
+        match outcome {
+            Outcome::Ran(held) => held,
+            skipped => panic!("{name}: not granted before the failover: {skipped:?}"),
+        }
     });
     (granted_rx, failed_over_tx, task)
 }
