@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kit::process::{sh, Output};
-use kit::{Server, ServerBuilder};
+use kit::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_spacelock");
 const PREFIX: &str = "spacelock:lock:";
@@ -25,15 +25,7 @@ fn output(cmd: Command) -> Output {
 /// A primary with one replica, its link up and counted by `WAIT`.
 fn primary_with_replica() -> (Server, Server) {
     let primary = Server::new();
-    let replica = ServerBuilder::new().replica_of(&primary).start();
-    kit::until_link_up(&mut replica.conn(), &replica);
-    let mut con = primary.conn();
-    let _: () = redis::cmd("SET")
-        .arg("sync")
-        .arg(1)
-        .query(&mut con)
-        .unwrap();
-    kit::sync_replicas(&mut con, 1);
+    let replica = kit::attached_replica(&primary);
     (primary, replica)
 }
 

@@ -45,7 +45,7 @@ pub use cmd::*;
 pub use fake::FakeServer;
 pub use logs::{captured_logs, CapturedLogs};
 pub use proxy::{Proxy, ProxyMode};
-pub use replication::{promote, replicaof, sync_replicas, until_link_up};
+pub use replication::{attached_replica, promote, replicaof, sync_replicas, until_link_up};
 pub use sentinel::{Sentinel, SentinelTimings};
 pub use server::*;
 pub use spacelock_testkit_macros::test;

@@ -15,6 +15,28 @@ impl ServerBuilder {
     }
 }
 
+/// A replica of `primary` (default settings), its link up, and a write
+/// made on the primary and acknowledged by it, so that the primary's
+/// `WAIT` counts it from the first grant on. (A `WAIT` on a connection
+/// that wrote nothing counts every attached replica at once, before the
+/// replica has acknowledged anything.)
+///
+/// # Panics
+/// If the link does not come up, or the write is not acknowledged, within
+/// the bounds of [`until_link_up`] and [`sync_replicas`].
+pub fn attached_replica(primary: &Server) -> Server {
+    let replica = ServerBuilder::new().replica_of(primary).start();
+    until_link_up(&mut replica.conn(), &replica);
+    let mut con = primary.conn();
+    let _: () = redis::cmd("SET")
+        .arg("sync")
+        .arg(1)
+        .query(&mut con)
+        .unwrap();
+    sync_replicas(&mut con, 1);
+    replica
+}
+
 /// `REPLICAOF 127.0.0.1 port` on the server behind `con`.
 pub fn replicaof(con: &mut Connection, port: u16) {
     let _: () = redis::cmd("REPLICAOF")

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::server::spawn_until_ping;
-use crate::{free_port, Server, ServerBuilder};
+use crate::{free_port, Server};
 
 /// Timings of a fast failover: quorum 1, a primary down after
 /// `down_after_ms`, a failover given up after `failover_timeout_ms`.
@@ -152,17 +152,7 @@ impl Sentinel {
     /// If the sentinel does not see the replica within 20 s.
     pub fn over_a_replicated_primary(name: &str) -> (Server, Server, Sentinel) {
         let primary = Server::new();
-        let replica = ServerBuilder::new().replica_of(&primary).start();
-        crate::until_link_up(&mut replica.conn(), &replica);
-        // A write for WAIT to wait for: with none, it counts every attached
-        // replica at once, before the replica has acknowledged anything.
-        let mut con = primary.conn();
-        let _: () = redis::cmd("SET")
-            .arg("sync")
-            .arg(1)
-            .query(&mut con)
-            .unwrap();
-        crate::sync_replicas(&mut con, 1);
+        let replica = crate::attached_replica(&primary);
         let sentinel = Self::start_or_skip(&primary, name, SentinelTimings::default());
         sentinel.until_knows_replica(&replica, Duration::from_secs(20));
         (primary, replica, sentinel)

@@ -25,21 +25,6 @@ async fn locks(server: &Server, options: Options) -> SpaceLock<ConnectionManager
     SpaceLock::new(conn, options).with_wait_connector(client)
 }
 
-/// A replica of `primary`, its link up, counted by the primary's `WAIT`
-/// (online), and every write so far on it.
-fn replica_of(primary: &Server) -> Server {
-    let replica = ServerBuilder::new().replica_of(primary).start();
-    kit::until_link_up(&mut replica.conn(), &replica);
-    let mut con = primary.conn();
-    let _: () = redis::cmd("SET")
-        .arg("sync")
-        .arg(1)
-        .query(&mut con)
-        .unwrap();
-    kit::sync_replicas(&mut con, 1);
-    replica
-}
-
 /// Calls of `command` (lower case) on `server`, from INFO commandstats.
 fn calls(server: &Server, command: &str) -> u64 {
     kit::command_calls(&mut server.conn(), command)
@@ -82,7 +67,7 @@ fn signal(pid: i64, sig: &str) {
 #[kit::test]
 async fn an_acknowledged_grant_runs() {
     let primary = Server::new();
-    let replica = replica_of(&primary);
+    let replica = kit::attached_replica(&primary);
     let waits = calls(&primary, "wait");
     let l = locks(&primary, Options::default().replicas(1)).await;
     assert_eq!(l.settings().replicas(), 1);
@@ -120,7 +105,7 @@ async fn an_acknowledged_grant_runs() {
 #[kit::test]
 async fn too_few_replicas_is_not_acknowledged_and_the_body_never_runs() {
     let primary = Server::new();
-    let replica = replica_of(&primary);
+    let replica = kit::attached_replica(&primary);
     let options = Options::default()
         .replicas(2)
         .ack_timeout(Duration::from_millis(300));
@@ -174,7 +159,7 @@ async fn too_few_replicas_is_not_acknowledged_and_the_body_never_runs() {
 #[kit::test]
 async fn a_queued_grant_with_the_replica_stalled_is_not_acknowledged() {
     let primary = Server::new();
-    let replica = replica_of(&primary);
+    let replica = kit::attached_replica(&primary);
     let holder_locks = locks(&primary, Options::default()).await;
     let waiter = locks(
         &primary,
@@ -285,7 +270,7 @@ async fn a_queued_grant_with_the_replica_stalled_is_not_acknowledged() {
 #[kit::test]
 async fn an_immediate_grant_with_the_replica_stalled_is_not_acknowledged() {
     let primary = Server::new();
-    let replica = replica_of(&primary);
+    let replica = kit::attached_replica(&primary);
     let l = locks(
         &primary,
         Options::default()
@@ -319,7 +304,7 @@ async fn an_immediate_grant_with_the_replica_stalled_is_not_acknowledged() {
 #[kit::test]
 async fn an_unacknowledged_refresh_does_not_extend_the_lease() {
     let primary = Server::new();
-    let replica = replica_of(&primary);
+    let replica = kit::attached_replica(&primary);
     let ttl = Duration::from_millis(900);
     let l = locks(
         &primary,
@@ -365,7 +350,7 @@ async fn an_unacknowledged_refresh_does_not_extend_the_lease() {
 #[kit::test]
 async fn replicas_zero_sends_no_wait() {
     let primary = Server::new();
-    let _replica = replica_of(&primary);
+    let _replica = kit::attached_replica(&primary);
     let (waits, waitaofs) = (calls(&primary, "wait"), calls(&primary, "waitaof"));
     let l = locks(&primary, Options::default().ttl(Duration::from_millis(300))).await;
     assert_eq!(l.settings().replicas(), 0);
