@@ -1260,7 +1260,7 @@ fn a_grant_and_a_disconnect_in_one_iteration() {
     let mut con = server.conn();
     let mut blocker = server.conn();
     let mut counted = 0;
-    let mut iterations = kit::busy_iterations(&mut blocker, BUSY_MS);
+    let mut busy = kit::BusyLoop::new(&mut blocker, BUSY_MS);
     for attempt in 0..5 * ROUNDS {
         if counted == ROUNDS {
             break;
@@ -1272,9 +1272,8 @@ fn a_grant_and_a_disconnect_in_one_iteration() {
         kit::until_waiting(&mut con, 1);
         let next = waiter(&server, &key, "next", 60_000, &["LIMIT", "1"], 5_000);
         kit::until_waiting(&mut con, 2);
-        let slow = kit::busy_script(iterations);
-        let eval_before = kit::eval_usec(&mut con);
-        let sent = kit::now_us();
+        let (slow, started) = busy.round(&mut con);
+        let sent = started.sent_us;
         let stall = std::thread::spawn(move || {
             let _: i64 = slow.query(&mut blocker).unwrap();
             (blocker, kit::now_us())
@@ -1303,12 +1302,7 @@ fn a_grant_and_a_disconnect_in_one_iteration() {
         (blocker, replied) = stall.join().unwrap();
         let (release_at, released) = released.join().unwrap();
         assert_eq!(released, 1);
-        let window = kit::BusyWindow {
-            sent_us: sent,
-            replied_us: replied,
-            ran_us: kit::eval_usec(&mut con) - eval_before,
-        };
-        iterations = kit::busy_rescaled(iterations, window.ran_us, BUSY_MS);
+        let window = busy.window(&mut con, started, replied);
         if !(window.holds(gone_at) && window.holds(release_at)) {
             // Not one iteration: whoever was granted, the next waiter gets
             // the permit once "gone" lets go of it (if it ever had it).

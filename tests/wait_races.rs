@@ -329,7 +329,7 @@ fn a_grant_whose_waiter_closes_in_the_same_turn() {
     let mut con = conn(&server);
     let mut blocker = conn(&server);
     let (mut counted, mut release_first) = (0, 0);
-    let mut iterations = kit::busy_iterations(&mut blocker, BUSY_MS);
+    let mut busy = kit::BusyLoop::new(&mut blocker, BUSY_MS);
     for round in 0..ROUNDS * 10 {
         if counted == ROUNDS * 2 {
             break;
@@ -341,9 +341,8 @@ fn a_grant_whose_waiter_closes_in_the_same_turn() {
         until_waiting(&mut con, 1);
         let next = waiter(&server, &key, "next", 5_000);
         until_waiting(&mut con, 2);
-        let slow = kit::busy_script(iterations);
-        let eval_before = kit::eval_usec(&mut con);
-        let sent = kit::now_us();
+        let (slow, started) = busy.round(&mut con);
+        let sent = started.sent_us;
         let stall = thread::spawn(move || {
             let _: i64 = slow.query(&mut blocker).unwrap();
             (blocker, Instant::now(), kit::now_us())
@@ -380,12 +379,7 @@ fn a_grant_whose_waiter_closes_in_the_same_turn() {
         (blocker, resumed, replied) = stall.join().unwrap();
         let (release_at, n) = released.join().unwrap();
         assert_eq!(n, 1);
-        let window = kit::BusyWindow {
-            sent_us: sent,
-            replied_us: replied,
-            ran_us: kit::eval_usec(&mut con) - eval_before,
-        };
-        iterations = kit::busy_rescaled(iterations, window.ran_us, BUSY_MS);
+        let window = busy.window(&mut con, started, replied);
         if !(window.holds(gone_at) && window.holds(release_at)) {
             // Not one turn: whoever was granted, "next" gets the lock once
             // "gone" lets go of it (if it ever had it).

@@ -447,6 +447,63 @@ impl std::fmt::Display for BusyWindow {
     }
 }
 
+/// A [`busy_script`] run round after round to hold the server for `ms`
+/// while other arrivals queue up: each round's window ([`BusyWindow`]) is
+/// measured, and the next round's length follows the server time the last
+/// one took, whatever the load was when the rate was first calibrated.
+#[derive(Debug)]
+pub struct BusyLoop {
+    ms: u64,
+    iterations: u64,
+}
+
+/// A round of a [`BusyLoop`] that was sent: when, and the server's `EVAL`
+/// time before it.
+#[derive(Debug, Clone, Copy)]
+pub struct BusyRound {
+    /// When the script was about to be sent ([`now_us`]).
+    pub sent_us: i64,
+    eval_before_us: i64,
+}
+
+impl BusyLoop {
+    /// A loop of about `ms`, calibrated on `con` ([`busy_iterations`]).
+    pub fn new(con: &mut redis::Connection, ms: u64) -> BusyLoop {
+        BusyLoop {
+            ms,
+            iterations: busy_iterations(con, ms),
+        }
+    }
+
+    /// The next round's script, to send at once on its own connection, and
+    /// its start, read on `admin` (another connection to the same server).
+    pub fn round(&self, admin: &mut redis::Connection) -> (redis::Cmd, BusyRound) {
+        let eval_before_us = eval_usec(admin);
+        let round = BusyRound {
+            sent_us: now_us(),
+            eval_before_us,
+        };
+        (busy_script(self.iterations), round)
+    }
+
+    /// The window of `round`, whose reply came at `replied_us`; the next
+    /// round's length follows the time it took.
+    pub fn window(
+        &mut self,
+        admin: &mut redis::Connection,
+        round: BusyRound,
+        replied_us: i64,
+    ) -> BusyWindow {
+        let window = BusyWindow {
+            sent_us: round.sent_us,
+            replied_us,
+            ran_us: eval_usec(admin) - round.eval_before_us,
+        };
+        self.iterations = busy_rescaled(self.iterations, window.ran_us, self.ms);
+        window
+    }
+}
+
 /// The iterations that make `ms` of server time, from `n` iterations that
 /// took `took_us` (at most four times more or fewer at a step, so that one
 /// stalled measure cannot run away).
